@@ -1,0 +1,30 @@
+"""Typed errors a user can hit; each message says what went wrong and what to do.
+
+The CLI prints these as one line without a traceback; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class GlmEngineError(Exception):
+    """Base class of every error a user can cause and fix."""
+
+
+class ConfigError(GlmEngineError, ValueError):
+    """A model config is inconsistent (e.g. heads do not divide the hidden size) or unknown."""
+
+
+class CheckpointError(GlmEngineError):
+    """A checkpoint is missing, unreadable, or does not match the model config."""
+
+
+class TokenizerError(GlmEngineError):
+    """The tokenizer model file is missing or unusable."""
+
+
+class InputError(GlmEngineError, ValueError):
+    """A prompt or generation request is invalid (too long, empty, bad options)."""
+
+
+class BackendError(GlmEngineError):
+    """A backend is unknown, unavailable here, or cannot run the requested op/dtype/format."""
