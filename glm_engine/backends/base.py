@@ -1,0 +1,147 @@
+"""What every backend declares: availability with a reason, capabilities per op/dtype/format, and how it runs.
+
+Two kinds share one surface. Op-level backends (cpu, cuda, rocm_dcu, ascend) hand the device-agnostic GLM graph an
+:class:`~glm_engine.ops.interface.OpTable`; graph-level backends (tensorrt, onnxruntime) run an exported graph and
+hand the engine a :class:`ModelRunner` directly. Vendor SDKs are imported inside the methods, never at module level.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+import torch
+
+from glm_engine.ops.interface import Op, OpTable
+
+if TYPE_CHECKING:
+    from glm_engine.config import GLMConfig
+    from glm_engine.model.kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A yes/no answer with the reason a user can act on (or a note on how a yes is served)."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device a backend can run on, as shown by ``glm-engine backends``."""
+
+    index: int
+    name: str
+    total_memory_bytes: int | None = None
+    detail: str = ""
+
+
+class BackendKind(str, Enum):
+    OP_LEVEL = "op-level"
+    GRAPH_LEVEL = "graph-level"
+
+
+class ModelRunner(Protocol):
+    """What the generator needs from a loaded model, whichever kind of backend runs it."""
+
+    config: GLMConfig
+    device: torch.device
+    dtype: torch.dtype
+
+    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
+        """A preallocated KV cache for ``batch_size`` rows of up to ``max_length`` tokens."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        blocked: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits ``[b, s, vocab]`` (only the last position with ``last_only``); a cache gets the new keys/values."""
+
+
+DTYPE_NAMES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPE_NAMES.items()}.get(dtype, str(dtype))
+
+
+class Backend(ABC):
+    """A way to run GLM on one family of devices."""
+
+    name: ClassVar[str]
+    kind: ClassVar[BackendKind]
+    device_type: ClassVar[str]  # torch device type of its tensors ("cpu", "cuda", "npu")
+    dist_backend: ClassVar[str]  # torch.distributed backend for tensor parallelism
+    priority: ClassVar[int] = 0  # higher wins in ``--backend auto`` among available backends
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def availability(self) -> Verdict:
+        """Whether this backend can run here; if not, why, in words a user can act on. Must not raise."""
+
+    def devices(self) -> list[DeviceInfo]:
+        """Devices found (empty when unavailable)."""
+        return []
+
+    @abstractmethod
+    def supported_dtypes(self) -> tuple[torch.dtype, ...]:
+        """Compute dtypes this backend runs, best first (the first is the default)."""
+
+    def quant_formats(self) -> tuple[str, ...]:
+        """Weight quantization formats this backend runs natively."""
+        return ()
+
+    def implemented_ops(self) -> frozenset[Op]:
+        return frozenset(Op)
+
+    def supports(self, op: Op, dtype: torch.dtype, quant_format: str | None = None) -> Verdict:
+        """Whether ``op`` runs in ``dtype`` (with weights in ``quant_format``), with a reason either way."""
+        if op not in self.implemented_ops():
+            return Verdict(False, f"{self.name} has no implementation of {op.value}")
+        if dtype not in self.supported_dtypes():
+            names = ", ".join(dtype_name(d) for d in self.supported_dtypes())
+            return Verdict(False, f"{self.name} does not compute in {dtype_name(dtype)}; it supports {names}")
+        if quant_format is not None and quant_format not in self.quant_formats():
+            have = ", ".join(self.quant_formats()) or "none"
+            return Verdict(False, f"{self.name} has no kernels for {quant_format} weights (formats: {have})")
+        return Verdict(True, self.support_note(op, dtype, quant_format))
+
+    def support_note(self, op: Op, dtype: torch.dtype, quant_format: str | None) -> str:
+        """How a supported combination is served when that is worth knowing (e.g. computed in fp32)."""
+        return ""
+
+    def default_dtype(self) -> torch.dtype:
+        return self.supported_dtypes()[0]
+
+
+class OpLevelBackend(Backend):
+    """Runs glm-engine's own GLM graph with device-specific op implementations."""
+
+    kind = BackendKind.OP_LEVEL
+
+    def device(self, index: int = 0) -> torch.device:
+        return torch.device(self.device_type, index) if self.device_type != "cpu" else torch.device("cpu")
+
+    @abstractmethod
+    def op_table(self, dtype: torch.dtype, device_index: int = 0) -> OpTable:
+        """The op implementations for ``dtype`` on device ``device_index``."""
+
+
+class GraphLevelBackend(Backend):
+    """Runs a whole exported graph (ONNX, TensorRT engine) behind the same runner interface."""
+
+    kind = BackendKind.GRAPH_LEVEL
+
+    @abstractmethod
+    def load_runner(self, artifact: str, dtype: torch.dtype | None = None) -> ModelRunner:
+        """Open an exported model (a folder or engine file made by ``glm-engine export``)."""

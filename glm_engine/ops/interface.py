@@ -1,0 +1,82 @@
+"""The op interface: the only way the GLM graph computes anything.
+
+A backend hands the graph an :class:`OpTable`; the graph never calls a device API itself. Each op's docstring is
+its contract (shapes, dtypes, semantics) and every implementation must meet it; the conformance suite checks
+implementations against the portable PyTorch ones in float64. Layout: activations are ``[batch, seq, hidden]``;
+attention works on ``[batch, heads, seq, head_dim]``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import Enum
+
+import torch
+
+
+class Op(str, Enum):
+    """Names of the ops a backend implements; ``supports()`` is asked per op."""
+
+    EMBEDDING = "embedding"
+    LAYERNORM = "layernorm"
+    LINEAR = "linear"
+    ROTARY = "rotary"
+    ATTENTION = "attention"
+    GEGLU = "geglu"
+    DEEPNORM_RESIDUAL = "deepnorm_residual"
+
+
+class OpTable(ABC):
+    """One implementation of every op, bound to a device and a compute dtype."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.device = device
+        self.dtype = dtype
+
+    @abstractmethod
+    def embedding(self, input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Rows of ``weight [vocab, hidden]`` for ``input_ids [b, s]`` -> ``[b, s, hidden]`` (no scaling)."""
+
+    @abstractmethod
+    def layernorm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        """LayerNorm over the last dim with affine weight and bias."""
+
+    @abstractmethod
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x @ weight.T + bias`` with ``weight [out, in]`` (PyTorch Linear convention)."""
+
+    @abstractmethod
+    def rotary(
+        self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate-half rotary embedding of ``q, k [b, s, heads, d]`` with per-token ``cos, sin [b, s, 1, d]``.
+
+        ``x' = x * cos + rotate_half(x) * sin`` where ``rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2])``, so
+        dimension ``i`` pairs with ``i + d/2`` (GPT-NeoX style, glm130b.md section 1.5).
+        """
+
+    @abstractmethod
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        blocked: torch.Tensor,
+        layer_scale: float,
+    ) -> torch.Tensor:
+        """``softmax(q k^T / sqrt(d))`` over unblocked keys, times ``v``, with the softmax in fp32.
+
+        ``q [b, h, sq, d]``, ``k, v [b, h, sk, d]``, ``blocked`` bool broadcastable to ``[b, 1, sq, sk]`` with
+        True = may not attend. ``layer_scale`` is the reference's query-key layer scaling coefficient
+        (``layer_id + 1``): q is divided by it before the product and the scores multiplied by it in fp32, which keeps
+        fp16 scores finite in deep layers and leaves the math unchanged. Every query row has at least one
+        unblocked key. Returns ``[b, h, sq, d]``.
+        """
+
+    @abstractmethod
+    def geglu(self, x: torch.Tensor) -> torch.Tensor:
+        """GeGLU: with ``x1, x2 = x.chunk(2, -1)`` return ``x1 * gelu_erf(x2)`` (first half linear, second gated)."""
+
+    @abstractmethod
+    def deepnorm_residual(self, normed: torch.Tensor, branch: torch.Tensor, alpha: float) -> torch.Tensor:
+        """DeepNorm residual as GLM-130B computes it: ``normed * alpha + branch`` (two roundings in low precision)."""

@@ -1,0 +1,65 @@
+"""Portable PyTorch implementations of every op: the reference semantics, runnable on any torch device.
+
+These follow the reference's order of operations and roundings (glm130b.md sections 1.3-1.6), so in fp16 they
+reproduce SwissArmyTransformer closely and in float64 they are the conformance oracle. Backends subclass
+:class:`TorchOps` and override only what they can do faster without changing the semantics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from glm_engine.ops.interface import OpTable
+
+# Value the reference writes into blocked attention scores before the fp32 rescale (SAT's non-apex path).
+MASKED_SCORE = -10000.0
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``cat(-x[..., d/2:], x[..., :d/2])``: pairs dimension i with i + d/2."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor, layer_scale: float
+) -> torch.Tensor:
+    """Attention exactly as SAT's ``attention_fn`` without apex: layer-scaled q, masked fill, fp32 softmax."""
+    q = q / (math.sqrt(q.shape[-1]) * layer_scale)
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    scores = scores.masked_fill(blocked, MASKED_SCORE)
+    probs = torch.softmax(scores.float() * layer_scale, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v)
+
+
+class TorchOps(OpTable):
+    """Every op in plain PyTorch with the reference's numerics; valid on every device torch supports."""
+
+    def embedding(self, input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, weight)
+
+    def layernorm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    def rotary(
+        self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+    def attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor, layer_scale: float
+    ) -> torch.Tensor:
+        return reference_attention(q, k, v, blocked, layer_scale)
+
+    def geglu(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return x1 * F.gelu(x2)
+
+    def deepnorm_residual(self, normed: torch.Tensor, branch: torch.Tensor, alpha: float) -> torch.Tensor:
+        return normed * alpha + branch
