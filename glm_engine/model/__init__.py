@@ -1,0 +1,1 @@
+"""The device-agnostic GLM graph: weights, rotary table, KV cache and the forward pass."""

@@ -1,0 +1,91 @@
+"""The GLM-130B forward pass, written once against the op interface (glm130b.md section 1.3).
+
+embedding -> per layer [LN_in; QKV (heads interleaved [q|k|v] per head); rotary; layer-scaled fp32-softmax
+attention; dense; ``alpha * LN_in_out + attn``; LN_post; GeGLU MLP; ``alpha * LN_post_out + mlp``] -> final LN ->
+tied output projection. ``alpha = sqrt(2 * num_layers)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from glm_engine.config import GLMConfig
+from glm_engine.model.kv_cache import KVCache
+from glm_engine.model.rotary import rotary_table
+from glm_engine.model.weights import GLMWeights, LayerWeights
+from glm_engine.ops.interface import OpTable
+
+
+class GLMModel:
+    """A loaded GLM model bound to one backend's op table; implements the ``ModelRunner`` interface."""
+
+    def __init__(self, config: GLMConfig, weights: GLMWeights, ops: OpTable) -> None:
+        self.config = config
+        self.weights = weights
+        self.ops = ops
+        self.device = ops.device
+        self.dtype = ops.dtype
+        self.cos, self.sin = rotary_table(config, ops.dtype, ops.device)
+
+    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
+        c = self.config
+        return KVCache(c.num_layers, batch_size, c.num_attention_heads, max_length, c.head_dim, self.dtype,
+                       self.device)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        blocked: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits ``[b, s, vocab]`` (``[b, 1, vocab]`` with ``last_only``) for ``input_ids [b, s]``.
+
+        ``position_ids [b, s]``; ``blocked`` bool ``[b or 1, 1, s, cached + s]``, True = may not attend. With a
+        cache, the new keys/values are appended after the cached ones.
+        """
+        ops, w = self.ops, self.weights
+        x = ops.embedding(input_ids, w.word_embeddings)
+        cos = ops.embedding(position_ids, self.cos).unsqueeze(2)  # [b, s, 1, d], the reference's F.embedding lookup
+        sin = ops.embedding(position_ids, self.sin).unsqueeze(2)
+        for index, layer in enumerate(w.layers):
+            x = self._layer(index, layer, x, cos, sin, blocked, cache)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        if last_only:
+            x = x[:, -1:]
+        x = ops.layernorm(x, w.final_layernorm_weight, w.final_layernorm_bias, self.config.layernorm_epsilon)
+        return ops.linear(x, w.word_embeddings, None)
+
+    def _layer(
+        self,
+        index: int,
+        layer: LayerWeights,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        blocked: torch.Tensor,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        ops, c = self.ops, self.config
+        b, s, h = x.shape
+        alpha, eps = c.deepnorm_alpha, c.layernorm_epsilon
+
+        normed = ops.layernorm(x, layer.input_layernorm_weight, layer.input_layernorm_bias, eps)
+        qkv = ops.linear(normed, layer.query_key_value_weight, layer.query_key_value_bias)
+        q, k, v = qkv.view(b, s, c.num_attention_heads, 3 * c.head_dim).split(c.head_dim, dim=-1)
+        q, k = ops.rotary(q, k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, s, d]
+        if cache is not None:
+            k, v = cache.update(index, k, v)
+        context = ops.attention(q, k, v, blocked, layer_scale=float(index + 1))
+        context = context.transpose(1, 2).reshape(b, s, h)
+        attn = ops.linear(context, layer.dense_weight, layer.dense_bias)
+        x = ops.deepnorm_residual(normed, attn, alpha)
+
+        normed = ops.layernorm(x, layer.post_attention_layernorm_weight, layer.post_attention_layernorm_bias, eps)
+        hidden = ops.geglu(ops.linear(normed, layer.dense_h_to_4h_weight, layer.dense_h_to_4h_bias))
+        mlp = ops.linear(hidden, layer.dense_4h_to_h_weight, layer.dense_4h_to_h_bias)
+        return ops.deepnorm_residual(normed, mlp, alpha)

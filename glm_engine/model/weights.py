@@ -1,0 +1,190 @@
+"""GLM weights: the reference's state-dict names and shapes, a typed container, and seeded random weights.
+
+Names are SwissArmyTransformer's (``transformer.layers.{i}.attention.query_key_value.weight`` ...), used unchanged by
+the native format too, so a SAT state dict and ours are the same thing (glm130b.md section 2.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+import torch
+
+from glm_engine.config import GLMConfig
+from glm_engine.errors import CheckpointError
+
+EMBEDDING_KEY = "transformer.word_embeddings.weight"
+FINAL_LN_KEYS = ("transformer.final_layernorm.weight", "transformer.final_layernorm.bias")
+# Buffers some releases carry that are recomputed, never loaded (glm130b.md section 2.2).
+IGNORED_KEY_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+@dataclass
+class LayerWeights:
+    """One transformer layer; field order follows the forward pass."""
+
+    input_layernorm_weight: torch.Tensor
+    input_layernorm_bias: torch.Tensor
+    query_key_value_weight: torch.Tensor  # [3h, h], rows head-major: head*3d + {q,k,v}*d + i
+    query_key_value_bias: torch.Tensor
+    dense_weight: torch.Tensor  # [h, h]
+    dense_bias: torch.Tensor
+    post_attention_layernorm_weight: torch.Tensor
+    post_attention_layernorm_bias: torch.Tensor
+    dense_h_to_4h_weight: torch.Tensor  # [2*inner, h]: first half linear, second half gate
+    dense_h_to_4h_bias: torch.Tensor
+    dense_4h_to_h_weight: torch.Tensor  # [h, inner]
+    dense_4h_to_h_bias: torch.Tensor
+
+
+# LayerWeights field -> key suffix after ``transformer.layers.{i}.``
+LAYER_KEY_SUFFIX = {
+    "input_layernorm_weight": "input_layernorm.weight",
+    "input_layernorm_bias": "input_layernorm.bias",
+    "query_key_value_weight": "attention.query_key_value.weight",
+    "query_key_value_bias": "attention.query_key_value.bias",
+    "dense_weight": "attention.dense.weight",
+    "dense_bias": "attention.dense.bias",
+    "post_attention_layernorm_weight": "post_attention_layernorm.weight",
+    "post_attention_layernorm_bias": "post_attention_layernorm.bias",
+    "dense_h_to_4h_weight": "mlp.dense_h_to_4h.weight",
+    "dense_h_to_4h_bias": "mlp.dense_h_to_4h.bias",
+    "dense_4h_to_h_weight": "mlp.dense_4h_to_h.weight",
+    "dense_4h_to_h_bias": "mlp.dense_4h_to_h.bias",
+}
+
+
+def layer_key(layer: int, field_name: str) -> str:
+    return f"transformer.layers.{layer}.{LAYER_KEY_SUFFIX[field_name]}"
+
+
+def parameter_shapes(config: GLMConfig) -> dict[str, tuple[int, ...]]:
+    """Every expected state-dict key with its (TP=1) shape."""
+    h, i = config.hidden_size, config.inner_hidden_size
+    layer_shapes = {
+        "input_layernorm_weight": (h,),
+        "input_layernorm_bias": (h,),
+        "query_key_value_weight": (3 * h, h),
+        "query_key_value_bias": (3 * h,),
+        "dense_weight": (h, h),
+        "dense_bias": (h,),
+        "post_attention_layernorm_weight": (h,),
+        "post_attention_layernorm_bias": (h,),
+        "dense_h_to_4h_weight": (2 * i, h),
+        "dense_h_to_4h_bias": (2 * i,),
+        "dense_4h_to_h_weight": (h, i),
+        "dense_4h_to_h_bias": (h,),
+    }
+    shapes: dict[str, tuple[int, ...]] = {EMBEDDING_KEY: (config.vocab_size, h)}
+    for layer in range(config.num_layers):
+        for name, shape in layer_shapes.items():
+            shapes[layer_key(layer, name)] = shape
+    shapes.update({key: (h,) for key in FINAL_LN_KEYS})
+    return shapes
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str) -> None:
+    """Raise CheckpointError naming every missing, unexpected and misshapen key (ignored buffers excepted)."""
+    expected = parameter_shapes(config)
+    present = {k for k in state_dict if not k.endswith(IGNORED_KEY_SUFFIXES)}
+    shapes = {k: _shape(state_dict, k) for k in present}
+    missing = sorted(set(expected) - present)
+    unexpected = sorted(present - set(expected))
+    misshapen = [
+        f"{k} is {shapes[k]}, expected {expected[k]}"
+        for k in sorted(present & set(expected))
+        if shapes[k] != expected[k]
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)):
+        if items:
+            shown = ", ".join(items[:8]) + (f" ... ({len(items) - 8} more)" if len(items) > 8 else "")
+            problems.append(f"{len(items)} {label}: {shown}")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not match the model config ({config.num_layers} layers, hidden {config.hidden_size}, "
+            f"vocab {config.vocab_size}): " + "; ".join(problems) + ". Check the config (--config) or the file."
+        )
+    floating = [k for k in sorted(present) if not _is_floating(state_dict, k)]
+    if floating:
+        raise CheckpointError(f"{source} holds non-floating-point weights ({floating[0]} ...): a quantized "
+                              "checkpoint, which this version of glm-engine does not load")
+
+
+def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    """A tensor's shape, from file metadata when the mapping is lazy (no read)."""
+    shape_of = getattr(state_dict, "shape", None)
+    return tuple(shape_of(key)) if callable(shape_of) else tuple(state_dict[key].shape)
+
+
+def _is_floating(state_dict: Mapping[str, torch.Tensor], key: str) -> bool:
+    dtype_of = getattr(state_dict, "dtype", None)
+    return dtype_of(key).is_floating_point if callable(dtype_of) else state_dict[key].is_floating_point()
+
+
+@dataclass
+class GLMWeights:
+    """All parameters of a GLM model, as tensors on one device in one dtype."""
+
+    word_embeddings: torch.Tensor  # [vocab, h], also the tied output projection
+    layers: list[LayerWeights]
+    final_layernorm_weight: torch.Tensor
+    final_layernorm_bias: torch.Tensor
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, torch.Tensor],
+        config: GLMConfig,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        source: str = "state dict",
+    ) -> GLMWeights:
+        """Validate, then convert each tensor to ``dtype`` on ``device`` one at a time (no second full copy)."""
+        check_state_dict(state_dict, config, source)
+
+        def take(key: str) -> torch.Tensor:
+            return state_dict[key].to(device=device, dtype=dtype).contiguous()
+
+        layers = [
+            LayerWeights(**{f.name: take(layer_key(n, f.name)) for f in fields(LayerWeights)})
+            for n in range(config.num_layers)
+        ]
+        return cls(take(EMBEDDING_KEY), layers, take(FINAL_LN_KEYS[0]), take(FINAL_LN_KEYS[1]))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {EMBEDDING_KEY: self.word_embeddings}
+        for n, layer in enumerate(self.layers):
+            out.update({layer_key(n, f.name): getattr(layer, f.name) for f in fields(LayerWeights)})
+        out[FINAL_LN_KEYS[0]], out[FINAL_LN_KEYS[1]] = self.final_layernorm_weight, self.final_layernorm_bias
+        return out
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+
+def random_state_dict(config: GLMConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Seeded random weights that keep activations O(1) and give non-trivial greedy output.
+
+    Embedding rows ~ N(0, 1); each linear ~ N(0, 1/fan_in); layer LayerNorm gains 1 +- 0.2; biases ~ N(0, 0.1).
+    The final LayerNorm gain is N(0, 1) with random signs: with a tied output embedding and the DeepNorm residual,
+    gains near 1 make "repeat the input token" the model's fixed point, and larger linear weights instead make an
+    fp16 model chaotic. Random signs break the fixed point without amplifying rounding noise.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in parameter_shapes(config).items():
+        noise = torch.randn(shape, generator=gen)
+        if key == FINAL_LN_KEYS[0]:
+            tensor = noise
+        elif key.endswith("layernorm.weight"):
+            tensor = 1.0 + 0.2 * noise
+        elif key.endswith("bias"):
+            tensor = 0.1 * noise
+        elif key == EMBEDDING_KEY:
+            tensor = noise
+        else:
+            tensor = noise / shape[1] ** 0.5
+        out[key] = tensor.to(dtype)
+    return out
