@@ -59,7 +59,7 @@ def test_builtin_model_is_packaged_and_small():
 def test_reserved_pieces_sit_at_icetk_ids(tok):
     assert [tok._sp.id_to_piece(i) for i in range(5)] == ["<unk>", "<s>", "</s>", "<pad>", "<n>"]
     assert [tok.id_to_piece(20000 + i) for i in range(5)] == ["<unk>", "<s>", "[</s>]", "<pad>", "<n>"]
-    assert tok.num_text_pieces == tok.vocab_size_text == 4000
+    assert tok.num_text_pieces == 4000
 
 
 def test_encode_adds_text_offset_to_sentencepiece_ids(tok):

@@ -74,11 +74,6 @@ class GLMTokenizer:
         return self._num_pieces
 
     @property
-    def vocab_size_text(self) -> int:
-        """Alias of :attr:`num_text_pieces`."""
-        return self._num_pieces
-
-    @property
     def text_id_range(self) -> range:
         """Ids that map to SentencePiece pieces; special ids inside it (eos) still render as specials."""
         return range(self.text_offset, self.text_offset + self._num_pieces)
