@@ -39,8 +39,14 @@ class GLMConfig:
     vocab_layout: VocabLayout = field(default_factory=VocabLayout)
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "hidden_size", "num_attention_heads", "inner_hidden_size", "vocab_size",
-                     "max_sequence_length"):
+        for name in (
+            "num_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "inner_hidden_size",
+            "vocab_size",
+            "max_sequence_length",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -100,8 +106,11 @@ class GLMConfig:
         kwargs = dict(data)
         if "vocab_layout" in kwargs:
             kwargs["vocab_layout"] = VocabLayout.from_dict(kwargs["vocab_layout"])
-        missing = [f.name for f in fields(cls) if f.name not in kwargs and f.default is MISSING
-                   and f.default_factory is MISSING]
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING
+        ]
         if missing:
             raise ConfigError(f"{source}: missing required config keys {missing}")
         return cls(**kwargs)

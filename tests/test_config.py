@@ -43,8 +43,15 @@ def test_config_json_round_trip_uses_the_reference_argument_names(tmp_path):
     path = tmp_path / "config.json"
     preset("glm-130b").to_json_file(path)
     data = json.loads(path.read_text())
-    for name in ("num_layers", "hidden_size", "inner_hidden_size", "num_attention_heads", "vocab_size",
-                 "max_sequence_length", "layernorm_epsilon"):
+    for name in (
+        "num_layers",
+        "hidden_size",
+        "inner_hidden_size",
+        "num_attention_heads",
+        "vocab_size",
+        "max_sequence_length",
+        "layernorm_epsilon",
+    ):
         assert name in data
     assert GLMConfig.from_json_file(path) == preset("glm-130b")
 

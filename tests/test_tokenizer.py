@@ -92,8 +92,17 @@ def test_ids_come_from_a_non_default_layout(small):
 
 def test_specials_are_recognised_at_layout_ids(tok):
     layout = tok.layout
-    expected = {150000: "[MASK]", 150001: "[gMASK]", 150002: "[sMASK]", 150003: "eod", 150004: "sop",
-                150005: "eop", 150006: "ENC", 150007: "dBLOCK", 20002: "</s>"}
+    expected = {
+        150000: "[MASK]",
+        150001: "[gMASK]",
+        150002: "[sMASK]",
+        150003: "eod",
+        150004: "sop",
+        150005: "eop",
+        150006: "ENC",
+        150007: "dBLOCK",
+        20002: "</s>",
+    }
     assert tok.special_ids == expected
     assert layout.mask_ids == {"[MASK]": 150000, "[sMASK]": 150002, "[gMASK]": 150001}
     assert all(tok.is_special(i) and not tok.is_text(i) for i in expected)
@@ -114,7 +123,7 @@ def test_id_to_piece_names_specials_and_unknown_ids(tok):
     "text",
     [
         "The quick brown fox jumps over the lazy dog.",
-        "database connection failed: could not open file \"%s\"",
+        'database connection failed: could not open file "%s"',
         "清华大学位于中国的首都北京。",
         "数据库连接失败",
         "GLM 是一个开源的中英双语预训练语言模型。",
@@ -202,7 +211,12 @@ def test_prompt_mask_at_start_and_end(tok):
 def test_prompt_with_several_masks_of_each_kind(tok):
     text = "A [MASK] B [sMASK] C [gMASK][MASK] 中文"
     expected = (
-        tok.encode("A ") + [150000] + tok.encode(" B ") + [150002] + tok.encode(" C ") + [150001, 150000]
+        tok.encode("A ")
+        + [150000]
+        + tok.encode(" B ")
+        + [150002]
+        + tok.encode(" C ")
+        + [150001, 150000]
         + tok.encode(" 中文")
     )
     assert tok.tokenize_prompt(text) == expected
@@ -290,7 +304,7 @@ def test_missing_model_in_cache_names_searched_path_and_fix(tmp_path, monkeypatc
 
 def test_missing_explicit_file_names_it(tmp_path):
     missing = tmp_path / "nope.model"
-    with pytest.raises(TokenizerError, match="nope.model"):
+    with pytest.raises(TokenizerError, match=r"nope\.model"):
         load_tokenizer(missing, VocabLayout())
 
 

@@ -29,8 +29,7 @@ class GLMModel:
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         c = self.config
-        return KVCache(c.num_layers, batch_size, c.num_attention_heads, max_length, c.head_dim, self.dtype,
-                       self.device)
+        return KVCache(c.num_layers, batch_size, c.num_attention_heads, max_length, c.head_dim, self.dtype, self.device)
 
     @torch.inference_mode()
     def forward(

@@ -24,8 +24,9 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device | str,
     ) -> None:
-        self.storage = torch.zeros(num_layers, 2, batch_size, num_heads, max_length, head_dim, dtype=dtype,
-                                   device=device)
+        self.storage = torch.zeros(
+            num_layers, 2, batch_size, num_heads, max_length, head_dim, dtype=dtype, device=device
+        )
         self.length = 0
 
     @property
@@ -41,8 +42,8 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_length:
             raise InputError(f"KV cache holds {self.max_length} tokens; {end} were asked for")
-        self.storage[layer, 0, :, :, self.length:end] = k
-        self.storage[layer, 1, :, :, self.length:end] = v
+        self.storage[layer, 0, :, :, self.length : end] = k
+        self.storage[layer, 1, :, :, self.length : end] = v
         return self.storage[layer, 0, :, :, :end], self.storage[layer, 1, :, :, :end]
 
     def advance(self, num_tokens: int) -> None:

@@ -108,8 +108,10 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: GLMConfig, 
         )
     floating = [k for k in sorted(present) if not _is_floating(state_dict, k)]
     if floating:
-        raise CheckpointError(f"{source} holds non-floating-point weights ({floating[0]} ...): a quantized "
-                              "checkpoint, which this version of glm-engine does not load")
+        raise CheckpointError(
+            f"{source} holds non-floating-point weights ({floating[0]} ...): a quantized "
+            "checkpoint, which this version of glm-engine does not load"
+        )
 
 
 def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:

@@ -19,13 +19,16 @@ from glm_engine.ops.torch_ops import TorchOps
 def _import_torch_npu() -> tuple[object | None, str]:
     """The torch_npu module, or None and why not."""
     if importlib.util.find_spec("torch_npu") is None:
-        return None, ("torch_npu is not installed (install the torch_npu wheel that matches your torch version "
-                      "and CANN toolkit)")
+        return None, (
+            "torch_npu is not installed (install the torch_npu wheel that matches your torch version and CANN toolkit)"
+        )
     try:
         return importlib.import_module("torch_npu"), ""
     except Exception as exc:  # missing CANN libraries surface as OSError/ImportError/RuntimeError
-        return None, (f"torch_npu is installed but failed to import ({type(exc).__name__}: {exc}); install CANN "
-                      "and source its set_env.sh")
+        return None, (
+            f"torch_npu is installed but failed to import ({type(exc).__name__}: {exc}); install CANN "
+            "and source its set_env.sh"
+        )
 
 
 class AscendBackend(OpLevelBackend):
@@ -40,8 +43,11 @@ class AscendBackend(OpLevelBackend):
         if module is None:
             return Verdict(False, why)
         if not torch.npu.is_available():
-            return Verdict(False, "torch_npu sees no Ascend NPU (torch.npu.is_available() is False); check the "
-                                  "driver and ASCEND_RT_VISIBLE_DEVICES")
+            return Verdict(
+                False,
+                "torch_npu sees no Ascend NPU (torch.npu.is_available() is False); check the "
+                "driver and ASCEND_RT_VISIBLE_DEVICES",
+            )
         return Verdict(True, f"{torch.npu.device_count()} NPU(s)")
 
     def devices(self) -> list[DeviceInfo]:

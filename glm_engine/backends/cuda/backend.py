@@ -25,11 +25,16 @@ class CudaBackend(OpLevelBackend):
         if torch.version.hip:
             return Verdict(False, "this torch is a ROCm/HIP build, not CUDA; use --backend rocm_dcu")
         if torch.version.cuda is None:
-            return Verdict(False, "this torch build has no CUDA support (torch.version.cuda is None); "
-                                  "install a CUDA build of torch")
+            return Verdict(
+                False,
+                "this torch build has no CUDA support (torch.version.cuda is None); install a CUDA build of torch",
+            )
         if not torch.cuda.is_available():
-            return Verdict(False, "torch has no CUDA device (torch.cuda.is_available() is False); "
-                                  "check the NVIDIA driver and CUDA_VISIBLE_DEVICES")
+            return Verdict(
+                False,
+                "torch has no CUDA device (torch.cuda.is_available() is False); "
+                "check the NVIDIA driver and CUDA_VISIBLE_DEVICES",
+            )
         return Verdict(True, f"{torch.cuda.device_count()} CUDA device(s), CUDA {torch.version.cuda}")
 
     def devices(self) -> list[DeviceInfo]:

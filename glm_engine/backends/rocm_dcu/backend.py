@@ -23,11 +23,17 @@ class RocmDcuBackend(OpLevelBackend):
 
     def availability(self) -> Verdict:
         if not torch.version.hip:
-            return Verdict(False, "this torch build has no ROCm/HIP support (torch.version.hip is None); install "
-                                  "a ROCm build of torch (AMD) or the DTK build (Hygon DCU)")
+            return Verdict(
+                False,
+                "this torch build has no ROCm/HIP support (torch.version.hip is None); install "
+                "a ROCm build of torch (AMD) or the DTK build (Hygon DCU)",
+            )
         if not torch.cuda.is_available():
-            return Verdict(False, "torch (HIP) sees no GPU (torch.cuda.is_available() is False); check the "
-                                  "amdgpu/DCU driver and HIP_VISIBLE_DEVICES")
+            return Verdict(
+                False,
+                "torch (HIP) sees no GPU (torch.cuda.is_available() is False); check the "
+                "amdgpu/DCU driver and HIP_VISIBLE_DEVICES",
+            )
         return Verdict(True, f"{torch.cuda.device_count()} HIP device(s), HIP {torch.version.hip}")
 
     def devices(self) -> list[DeviceInfo]:

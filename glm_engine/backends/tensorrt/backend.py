@@ -24,12 +24,15 @@ class TensorRTBackend(GraphLevelBackend):
 
     def availability(self) -> Verdict:
         if importlib.util.find_spec("tensorrt") is None:
-            return Verdict(False, "the tensorrt Python package is not installed (pip install tensorrt from "
-                                  "NVIDIA's package index)")
+            return Verdict(
+                False, "the tensorrt Python package is not installed (pip install tensorrt from NVIDIA's package index)"
+            )
         if torch.version.cuda is None or not torch.cuda.is_available():
             return Verdict(False, "TensorRT needs a CUDA device and a CUDA build of torch; none found")
-        return Verdict(False, "tensorrt is installed, but this glm-engine version cannot export engines yet "
-                              "(no `glm-engine export`)")
+        return Verdict(
+            False,
+            "tensorrt is installed, but this glm-engine version cannot export engines yet (no `glm-engine export`)",
+        )
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         return (torch.float16, torch.bfloat16, torch.float32)
