@@ -1,0 +1,88 @@
+"""The incremental decoding loop: one prefill, then one cached step per token (reference ``batch_filling_sequence``).
+
+Prompts of a batch are left-aligned so every row writes the same KV-cache column each step. Beams are rows of the
+cache; after each beam step the cache is reordered in place, copying only the generated part of moved beams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+
+from glm_engine.backends.base import ModelRunner
+from glm_engine.generation.masks import GenerationRow, align_left
+
+# Called after every step with the step index and the new token of each row and beam ([batch][beam]; -1 = ended).
+TokenCallback = Callable[[int, list[list[int]]], None]
+
+
+class Strategy(Protocol):
+    num_beams: int
+
+    @property
+    def is_done(self) -> bool: ...
+
+    def start(self, contexts: Sequence[Sequence[int]]) -> None: ...
+
+    def finish(self, row: int) -> None: ...
+
+    def step(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def finalize(self) -> list[list[list[int]]]: ...
+
+
+def decode(
+    runner: ModelRunner,
+    rows: Sequence[GenerationRow],
+    budgets: Sequence[int],
+    strategy: Strategy,
+    pad_id: int,
+    on_token: TokenCallback | None = None,
+) -> list[list[list[int]]]:
+    """Generate up to ``budgets[i]`` tokens after each row's ``sop``; per row, beams best first (generated tokens)."""
+    batch = len(rows)
+    most = max(budgets)
+    aligned = align_left(rows, aligned_length := max(len(r.context) for r in rows) + most, pad_id)
+    start = aligned.context_length
+    device = runner.device
+    positions = aligned.position_ids.to(device)
+    blocked = aligned.blocked.to(device)
+    cache = runner.new_cache(batch, aligned_length)
+    strategy.start([r.context for r in rows])
+
+    logits = runner.forward(
+        aligned.input_ids[:, :start].to(device),
+        positions[:, :start],
+        blocked[:, :, :start, :start],
+        cache,
+        last_only=True,
+    )
+    beams_so_far = 1
+    for step in range(most):
+        for row, budget in enumerate(budgets):
+            if budget == step:
+                strategy.finish(row)
+        if strategy.is_done:
+            break
+        tokens, parents = strategy.step(logits.view(batch, beams_so_far, -1).float().cpu())
+        if on_token is not None:
+            on_token(step, tokens.tolist())
+        if strategy.is_done or step == most - 1:
+            break
+        beams = tokens.shape[1]
+        if beams != beams_so_far:
+            cache = cache.expanded(beams)
+            positions = positions.repeat_interleave(beams, 0)
+            blocked = blocked.repeat_interleave(beams, 0)
+        flat_parents = (torch.arange(batch).unsqueeze(1) * beams + parents).flatten()
+        cache.reorder(flat_parents, shared_prefix=start)
+        beams_so_far = beams
+        column = start + step
+        feed = tokens.flatten()
+        feed = torch.where(feed < 0, pad_id, feed).unsqueeze(1).to(device)  # ended rows (-1) compute on a pad
+        logits = runner.forward(
+            feed, positions[:, column : column + 1], blocked[:, :, column : column + 1, : column + 1], cache
+        )
+    return strategy.finalize()

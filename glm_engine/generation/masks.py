@@ -1,0 +1,81 @@
+"""GLM's generation masks and position ids, and left-aligned batches of them (glm130b.md sections 1.7 and 1.9).
+
+Everything before ``sop`` (the prompt, its mask token, a trailing ``eos``) attends bidirectionally to the whole
+prompt; ``sop`` and generated tokens see the prompt plus, causally, ``sop..self``. With ``[MASK]``/``[sMASK]`` the
+``sop`` and every generated token take the mask's position; with ``[gMASK]`` positions continue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def generation_blocked(context_length: int, total_length: int) -> torch.Tensor:
+    """``[total, total]`` bool, True = blocked; ``context_length`` counts the prompt including ``sop``."""
+    allowed = torch.ones(total_length, total_length, dtype=torch.bool).tril()
+    allowed[:, : context_length - 1] = True
+    return ~allowed
+
+
+def generation_positions(context_length: int, total_length: int, mask_position: int, gmask: bool) -> torch.Tensor:
+    """``[total]`` positions: ``0..`` then, unless ``gmask``, the mask's position from ``sop`` on."""
+    positions = torch.arange(total_length, dtype=torch.long)
+    if not gmask:
+        positions[context_length - 1 :] = mask_position
+    return positions
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    """One prompt to continue: its tokens up to and including ``sop``, and where its blank is."""
+
+    context: list[int]
+    mask_position: int
+    gmask: bool
+
+
+@dataclass
+class AlignedBatch:
+    """Rows left-padded so that every prompt ends (at ``sop``) in the same column."""
+
+    input_ids: torch.Tensor  # [b, total]; generated columns hold the pad id until filled
+    position_ids: torch.Tensor  # [b, total]
+    blocked: torch.Tensor  # [b, 1, total, total]
+    context_length: int  # the common column count of the prompts (longest prompt)
+    pad_lengths: list[int]
+
+    def repeat_rows(self, repeats: int) -> AlignedBatch:
+        """Each row ``repeats`` times in a row (for beams)."""
+        return AlignedBatch(
+            self.input_ids.repeat_interleave(repeats, 0),
+            self.position_ids.repeat_interleave(repeats, 0),
+            self.blocked.repeat_interleave(repeats, 0),
+            self.context_length,
+            [p for p in self.pad_lengths for _ in range(repeats)],
+        )
+
+
+def align_left(rows: Sequence[GenerationRow], total_length: int, pad_id: int) -> AlignedBatch:
+    """Left-pad ``rows`` to a common prompt length, with masks and positions out to ``total_length`` columns.
+
+    Pad columns are blocked for every query; a pad row attends only to itself so no softmax row is empty. A row
+    computed in a padded batch therefore sees exactly what it would see alone.
+    """
+    context_length = max(len(r.context) for r in rows)
+    batch = len(rows)
+    input_ids = torch.full((batch, total_length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros(batch, total_length, dtype=torch.long)
+    blocked = torch.ones(batch, 1, total_length, total_length, dtype=torch.bool)
+    pads = []
+    for i, row in enumerate(rows):
+        pad = context_length - len(row.context)
+        pads.append(pad)
+        span = total_length - pad
+        input_ids[i, pad:context_length] = torch.tensor(row.context, dtype=torch.long)
+        position_ids[i, pad:] = generation_positions(len(row.context), span, row.mask_position, row.gmask)
+        blocked[i, 0, pad:, pad:] = generation_blocked(len(row.context), span)
+        blocked[i, 0, torch.arange(pad), torch.arange(pad)] = False
+    return AlignedBatch(input_ids, position_ids, blocked, context_length, pads)

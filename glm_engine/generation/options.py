@@ -1,0 +1,89 @@
+"""Generation options with the reference CLI's names and defaults (``scripts/generate.sh``, glm130b.md 4.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from glm_engine.errors import InputError
+from glm_engine.generation.strategies import BaseStrategy, BeamSearchStrategy
+
+STRATEGIES = ("BaseStrategy", "BeamSearchStrategy")
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to fill blanks; ``out_seq_length`` counts the prompt, as in the reference."""
+
+    sampling_strategy: str = "BaseStrategy"
+    out_seq_length: int = 256
+    min_gen_length: int = 0  # beam search only, as in the reference
+    num_beams: int = 4
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 3
+    deterministic: bool = False  # beam search: top-k candidates instead of sampling them (evaluation uses True)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.7
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.sampling_strategy not in STRATEGIES:
+            raise InputError(
+                f"sampling strategy must be one of {', '.join(STRATEGIES)}, got {self.sampling_strategy!r}"
+            )
+        checks = [
+            (self.out_seq_length > 0, "out_seq_length must be > 0"),
+            (self.min_gen_length >= 0, "min_gen_length must be >= 0"),
+            (self.num_beams >= 1, "num_beams must be >= 1"),
+            (
+                self.no_repeat_ngram_size >= 0 and self.no_repeat_ngram_size != 1,
+                "no_repeat_ngram_size must be 0 (off) or >= 2",
+            ),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
+            (0.0 <= self.top_p <= 1.0, "top_p must be in [0, 1] (0 = off)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> GenerationOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise InputError(f"unknown generation options {unknown}; known: {sorted(known)}")
+        return cls(**kwargs)
+
+    @property
+    def beams(self) -> int:
+        return self.num_beams if self.sampling_strategy == "BeamSearchStrategy" else 1
+
+    def build_strategy(
+        self, end_tokens: tuple[int, ...], invalid_slices: tuple[slice, ...] = ()
+    ) -> BaseStrategy | BeamSearchStrategy:
+        """A fresh strategy with its own generator seeded from ``seed`` (sampling runs on the CPU: reproducible)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.sampling_strategy == "BeamSearchStrategy":
+            return BeamSearchStrategy(
+                self.num_beams,
+                length_penalty=self.length_penalty,
+                consider_end=True,
+                end_tokens=end_tokens,
+                invalid_slices=invalid_slices,
+                no_repeat_ngram_size=self.no_repeat_ngram_size,
+                min_gen_length=self.min_gen_length,
+                deterministic=self.deterministic,
+                generator=generator,
+            )
+        return BaseStrategy(
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            end_tokens=end_tokens,
+            invalid_slices=invalid_slices,
+            generator=generator,
+        )

@@ -1,0 +1,171 @@
+"""Generation strategies against the reference semantics (glm130b.md 4.1, 4.2), on hand-made logits."""
+
+import math
+
+import pytest
+import torch
+
+from glm_engine.generation.strategies import (
+    FILTER_VALUE,
+    BaseStrategy,
+    BeamSearchStrategy,
+    sampling_candidates,
+    top_k_top_p_filter,
+)
+
+EOP, EOS = 8, 9
+
+
+def logits_from_probs(probs: list[float]) -> torch.Tensor:
+    return torch.tensor([math.log(p) if p > 0 else -1e4 for p in probs])
+
+
+def test_top_k_keeps_ties_with_the_kth_value():
+    logits = torch.tensor([[5.0, 3.0, 3.0, 1.0]])
+    filtered = top_k_top_p_filter(logits, top_k=2)
+    assert (filtered[0] > FILTER_VALUE).tolist() == [True, True, True, False]
+
+
+def test_top_p_keeps_the_token_that_crosses_the_threshold():
+    logits = logits_from_probs([0.5, 0.3, 0.15, 0.05]).unsqueeze(0)
+    kept = top_k_top_p_filter(logits, top_p=0.6)[0] > FILTER_VALUE
+    assert kept.tolist() == [True, True, False, False]  # 0.5 < 0.6, 0.8 crosses: both kept
+    kept = top_k_top_p_filter(logits, top_p=0.4)[0] > FILTER_VALUE
+    assert kept.tolist() == [True, False, False, False]  # the first token always survives
+
+
+def test_top_k_applies_before_top_p():
+    logits = logits_from_probs([0.4, 0.3, 0.2, 0.1]).unsqueeze(0)
+    kept = top_k_top_p_filter(logits, top_k=2, top_p=0.9)[0] > FILTER_VALUE
+    # after top-k the renormalised mass is 4/7, 3/7: 4/7 < 0.9 so both survive, nothing beyond k
+    assert kept.tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 0.0), (1, 0.0), (40, 0.0), (0, 0.3), (0, 0.95), (50, 0.7)])
+@pytest.mark.parametrize("scale", [0.5, 8.0])
+def test_fast_candidate_search_equals_the_reference_filter(top_k, top_p, scale):
+    gen = torch.Generator().manual_seed(int(scale * 100) + top_k)
+    logits = torch.randn(20000, generator=gen) * scale
+    reference = (top_k_top_p_filter(logits.unsqueeze(0), top_k, top_p)[0] > FILTER_VALUE).nonzero().flatten()
+    fast = sampling_candidates(logits, top_k, top_p)
+    assert sorted(fast.tolist()) == reference.tolist()
+
+
+def test_base_strategy_greedy_and_end_tokens():
+    strategy = BaseStrategy(top_k=1, end_tokens=(EOP, EOS))
+    strategy.start([[1, 2], [3]])
+    step1 = torch.full((2, 1, 10), -5.0)
+    step1[0, 0, 4] = 1.0
+    step1[1, 0, EOP] = 1.0
+    tokens, parents = strategy.step(step1)
+    assert tokens.tolist() == [[4], [EOP]] and parents.tolist() == [[0], [0]]
+    assert not strategy.is_done
+    step2 = torch.full((2, 1, 10), -5.0)
+    step2[:, 0, EOS] = 1.0
+    tokens, _ = strategy.step(step2)
+    assert tokens.tolist() == [[EOS], [-1]]  # a finished row gets -1
+    assert strategy.is_done
+    assert strategy.finalize() == [[[4, EOS]], [[EOP]]]  # end tokens are kept
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
+    logits = torch.randn(3, 1, 1000)
+
+    def run(seed):
+        strategy = BaseStrategy(temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(seed))
+        strategy.start([[0]] * 3)
+        return [strategy.step(logits)[0].tolist() for _ in range(5)]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def make_beam_logits(batch, beams, vocab, favourites, gap=1.0):
+    """Logits where (row, beam) prefers the given tokens in order, ``gap`` apart."""
+    logits = torch.full((batch, beams, vocab), -20.0)
+    for (row, beam), tokens in favourites.items():
+        for rank, token in enumerate(tokens):
+            logits[row, beam, token] = -gap * rank
+    return logits
+
+
+def test_beam_search_expands_one_beam_into_num_beams_and_reports_parents():
+    strategy = BeamSearchStrategy(2, end_tokens=(EOP, EOS), deterministic=True)
+    strategy.start([[1, 2, 3]])
+    tokens, parents = strategy.step(make_beam_logits(1, 1, 10, {(0, 0): [4, 5, 6]}, gap=5.0))
+    assert tokens.tolist() == [[4, 5]] and parents.tolist() == [[0, 0]]
+    tokens, parents = strategy.step(make_beam_logits(1, 2, 10, {(0, 0): [6, 7], (0, 1): [7, 6]}))
+    # beam 0 (token 4) is far ahead, so both of its continuations beat beam 1's best
+    assert tokens.tolist() == [[6, 7]] and parents.tolist() == [[0, 0]]
+    tokens, parents = strategy.step(make_beam_logits(1, 2, 10, {(0, 0): [3], (0, 1): [2]}, gap=5.0))
+    assert tokens.tolist() == [[3, 2]] and parents.tolist() == [[0, 1]]
+
+
+def test_length_penalty_counts_the_context_tokens():
+    strategy = BeamSearchStrategy(1, length_penalty=1.0, end_tokens=(EOP,), deterministic=True)
+    context = list(range(7))
+    strategy.start([context])
+    strategy._add_end_beam(0, -2.0, [4, EOP])
+    # GNMT penalty with len(beam) = 7 context + 2 generated = 9: score / ((5 + 9) / 6)
+    assert strategy._end_scores[0][0] == pytest.approx(-2.0 / (14 / 6))
+
+
+def test_end_beams_insert_before_equal_scores_and_keep_the_best():
+    strategy = BeamSearchStrategy(2, length_penalty=0.0, end_tokens=(EOP,))
+    strategy.start([[0]])
+    strategy._add_end_beam(0, -1.0, [1])
+    strategy._add_end_beam(0, -1.0, [2])
+    strategy._add_end_beam(0, -3.0, [3])
+    assert strategy._end_beams[0] == [[2], [1]]
+
+
+def test_no_repeat_ngram_bans_generated_ngrams_only():
+    strategy = BeamSearchStrategy(1, no_repeat_ngram_size=2, end_tokens=(EOP,), deterministic=True)
+    context = [5, 6]  # the context's own bigram (5, 6) must not be banned
+    strategy.start([context])
+    strategy.step(make_beam_logits(1, 1, 10, {(0, 0): [5, 3]}))  # generates 5 after 6: records bigram (6, 5)
+    tokens, _ = strategy.step(make_beam_logits(1, 1, 10, {(0, 0): [6, 3]}))
+    assert tokens.tolist() == [[6]]  # (5, 6) occurred only in the context: allowed
+    tokens, _ = strategy.step(make_beam_logits(1, 1, 10, {(0, 0): [5, 3]}))
+    assert tokens.tolist() == [[3]]  # (6, 5) was generated before: banned
+
+
+def test_min_gen_length_holds_back_end_tokens():
+    strategy = BeamSearchStrategy(1, min_gen_length=2, end_tokens=(EOP, EOS), deterministic=True)
+    strategy.start([[1]])
+    favour_end = make_beam_logits(1, 1, 10, {(0, 0): [EOP, 4]})
+    assert strategy.step(favour_end)[0].tolist() == [[4]]
+    assert strategy.step(favour_end)[0].tolist() == [[4]]
+    strategy.step(favour_end)  # now the end token is allowed and ends a beam
+    assert strategy._end_beams[0] and strategy._end_beams[0][0][-1] == EOP
+
+
+def test_beam_search_is_done_when_no_running_beam_can_beat_the_ended_ones():
+    strategy = BeamSearchStrategy(1, length_penalty=1.0, end_tokens=(EOP,), deterministic=True)
+    strategy.start([[1, 2]])
+    logits = torch.full((1, 1, 10), -30.0)
+    logits[0, 0, EOP] = 0.0
+    logits[0, 0, 4] = -10.0
+    strategy.step(logits)
+    assert strategy.is_done
+    assert strategy.finalize() == [[[EOP]]]
+
+
+def test_finish_turns_running_beams_into_results():
+    strategy = BeamSearchStrategy(2, end_tokens=(EOP,), deterministic=True)
+    strategy.start([[1]])
+    strategy.step(make_beam_logits(1, 1, 10, {(0, 0): [4, 5]}))
+    strategy.finish(0)
+    assert strategy.is_done
+    assert strategy.finalize() == [[[4], [5]]]
+
+
+def test_stochastic_beam_search_is_reproducible_per_seed():
+    logits = torch.randn(1, 1, 50)
+
+    def run(seed):
+        strategy = BeamSearchStrategy(3, end_tokens=(EOP,), generator=torch.Generator().manual_seed(seed))
+        strategy.start([[1]])
+        return strategy.step(logits)[0].tolist()
+
+    assert run(1) == run(1)
