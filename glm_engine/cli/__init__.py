@@ -1,0 +1,1 @@
+"""The ``glm-engine`` command line."""

@@ -1,0 +1,27 @@
+"""Entry point of the ``glm-engine`` console script: one sub-command per module in this folder."""
+
+from __future__ import annotations
+
+import typer
+
+from glm_engine.cli.backends import backends
+from glm_engine.cli.run import run
+
+app = typer.Typer(
+    name="glm-engine",
+    help="Run GLM models (GLM-130B and family) on CPU, CUDA, ROCm/DCU, Ascend and TensorRT with the same answers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+app.command(name="run")(run)
+app.command(name="backends")(backends)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""``glm-engine run``: fill blanks interactively or for every line of a file, as the reference's generate.py does."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from glm_engine.checkpoint.atomic import write_atomically
+from glm_engine.cli.errors import user_errors
+from glm_engine.engine import DEFAULT_MODEL, Engine, load
+from glm_engine.errors import InputError
+from glm_engine.generation.blank_filling import Completion
+from glm_engine.generation.options import GenerationOptions
+
+INTERACTIVE = "interactive"
+PROMPT = "\nPlease Input Query (stop to exit) >>> "
+_DEFAULTS = GenerationOptions()
+
+
+class Strategy(str, Enum):
+    BaseStrategy = "BaseStrategy"
+    BeamSearchStrategy = "BeamSearchStrategy"
+
+
+def interactive_queries() -> Iterator[tuple[str | None, str]]:
+    """Queries typed at the prompt until ``stop`` or end of input; empty input is refused."""
+    while True:
+        try:
+            text = input(PROMPT).strip()
+        except EOFError:
+            return
+        if text == "stop":
+            return
+        if not text:
+            print("Query should not be empty!")
+            continue
+        yield None, text
+
+
+def file_queries(path: Path, with_id: bool) -> Iterator[tuple[str | None, str]]:
+    """Non-empty stripped lines of ``path``; with ``with_id`` each line is ``id<TAB>text``."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if with_id:
+            query_id, tab, text = line.partition("\t")
+            if not tab:
+                raise InputError(f"{path}:{number}: --with-id needs 'id<TAB>text' lines")
+            yield query_id, text
+        else:
+            yield None, line
+
+
+def output_file(output_path: Path, query_id: str | None, text: str) -> Path:
+    """``<id>.txt`` with an id, else the first 20 characters of the text (without '/') and a timestamp."""
+    if query_id is not None:
+        return output_path / f"{query_id}.txt"
+    stem = f"{text.replace('/', '')[:20]}-{datetime.now().strftime('%m-%d-%H-%M-%S')}"
+    path, n = output_path / f"{stem}.txt", 1
+    while path.exists():  # two queries within a second must not overwrite each other
+        path, n = output_path / f"{stem}-{n}.txt", n + 1
+    return path
+
+
+def report(completion: Completion, print_all_beams: bool) -> None:
+    print(f"\nInput: {completion.prompt}\n")
+    if print_all_beams and len(completion.styled) > 1:
+        for index, styled in enumerate(completion.styled):
+            print(f"Output beam {index}:", styled)
+    else:
+        print("Output:", completion.styled[0])
+
+
+def save(completion: Completion, path: Path) -> None:
+    text = "".join(answer + "\n" for answer in completion.answers)
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _process(
+    engine: Engine, query_id: str | None, text: str, options: dict, output_path: Path, print_all_beams: bool
+) -> None:
+    started = time.perf_counter()
+    completion = engine.generate(text, **options)[0]
+    report(completion, print_all_beams)
+    save(completion, output_file(output_path, query_id, text))
+    print(f"Taken time {time.perf_counter() - started:.2f}", file=sys.stderr)
+
+
+def run(
+    backend: Annotated[str, typer.Option(help="backend name, or auto for the best available")] = "auto",
+    checkpoint: Annotated[
+        str | None, typer.Option(help=f"checkpoint folder (native or SAT); default: the built-in {DEFAULT_MODEL} model")
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option(help="preset name or config.json, for a SAT folder without config.json")
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="ice_text.model file or its folder; default ~/.icetk_models/")
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16; default: the backend's first choice")] = None,
+    input_source: Annotated[str, typer.Option(help="'interactive' or a file with one query per line")] = INTERACTIVE,
+    output_path: Annotated[Path, typer.Option(help="folder for one answer file per query")] = Path("samples"),
+    with_id: Annotated[bool, typer.Option(help="input lines are 'id<TAB>text'; answers go to <id>.txt")] = False,
+    out_seq_length: Annotated[int, typer.Option(help="maximum tokens, prompt included")] = _DEFAULTS.out_seq_length,
+    min_gen_length: Annotated[int, typer.Option(help="minimum tokens per blank (beam search)")] = 0,
+    sampling_strategy: Annotated[Strategy, typer.Option()] = Strategy.BaseStrategy,
+    num_beams: Annotated[int, typer.Option()] = _DEFAULTS.num_beams,
+    length_penalty: Annotated[float, typer.Option()] = _DEFAULTS.length_penalty,
+    no_repeat_ngram_size: Annotated[int, typer.Option()] = _DEFAULTS.no_repeat_ngram_size,
+    deterministic: Annotated[
+        bool, typer.Option(help="beam search takes the top candidates instead of sampling them")
+    ] = False,
+    print_all_beams: Annotated[bool, typer.Option()] = False,
+    top_k: Annotated[int, typer.Option("--top-k", "--top_k", help="0 = off")] = _DEFAULTS.top_k,
+    top_p: Annotated[float, typer.Option("--top-p", "--top_p", help="0 = off")] = _DEFAULTS.top_p,
+    temperature: Annotated[float, typer.Option()] = _DEFAULTS.temperature,
+    seed: Annotated[int, typer.Option()] = _DEFAULTS.seed,
+) -> None:
+    """Fill [MASK]/[sMASK] blanks or continue text ([gMASK]) for each query, printing and saving the answers."""
+    with user_errors():
+        options = dict(
+            sampling_strategy=sampling_strategy.value,
+            out_seq_length=out_seq_length,
+            min_gen_length=min_gen_length,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            deterministic=deterministic,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+        GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
+        if input_source != INTERACTIVE and not Path(input_source).is_file():
+            raise InputError(f"--input-source {input_source!r} is neither 'interactive' nor an existing file")
+        engine = load(checkpoint or DEFAULT_MODEL, backend=backend, dtype=dtype, tokenizer=tokenizer, config=config)
+        for note in engine.notes:
+            print(f"[glm-engine] {note}", file=sys.stderr)
+        output_path.mkdir(parents=True, exist_ok=True)
+        interactive = input_source == INTERACTIVE
+        queries = interactive_queries() if interactive else file_queries(Path(input_source), with_id)
+        for query_id, text in queries:
+            try:
+                _process(engine, query_id, text, options, output_path, print_all_beams)
+            except InputError as exc:
+                if not interactive:
+                    raise
+                print(f"error: {exc}", file=sys.stderr)  # the reference keeps the session going

@@ -1,0 +1,163 @@
+"""The Python API: ``load()`` a model on a backend, then ``generate()`` text or ``forward()`` logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from glm_engine.backends.base import DTYPE_NAMES, Backend, ModelRunner, dtype_name
+from glm_engine.backends.registry import REGISTRY, op_table_for
+from glm_engine.checkpoint import load_checkpoint
+from glm_engine.config import PRESETS, GLMConfig, preset
+from glm_engine.errors import ConfigError, InputError
+from glm_engine.generation.blank_filling import Completion, fill_blanks
+from glm_engine.generation.decode import TokenCallback
+from glm_engine.generation.options import GenerationOptions
+from glm_engine.model.glm import GLMModel
+from glm_engine.model.weights import GLMWeights, random_state_dict
+from glm_engine.tokenizer import GLMTokenizer, builtin_tokenizer, load_tokenizer
+
+# What ``glm-engine run`` uses without --checkpoint: the tiny preset with seeded random weights.
+DEFAULT_MODEL = "glm-tiny"
+RANDOM_WEIGHTS_SEED = 1234
+# Random weights are for test-sized presets; anything larger needs a checkpoint.
+MAX_RANDOM_PARAMETERS = 2_000_000_000
+
+
+@dataclass
+class Engine:
+    """A model loaded on one backend, with its tokenizer."""
+
+    runner: ModelRunner
+    tokenizer: GLMTokenizer
+    backend: Backend
+    source: str
+    notes: list[str] = field(default_factory=list)
+    banned_tokens: tuple[slice, ...] = ()  # id ranges never generated
+
+    @property
+    def config(self) -> GLMConfig:
+        return self.runner.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.runner.dtype
+
+    def generate(
+        self, prompts: str | Sequence[str], on_token: TokenCallback | None = None, **options: object
+    ) -> list[Completion]:
+        """Fill the blanks of each prompt (``[MASK]``, ``[sMASK]``, or continue with ``[gMASK]``).
+
+        ``options`` are :class:`GenerationOptions` fields (``sampling_strategy``, ``out_seq_length``, ``top_k``,
+        ``top_p``, ``temperature``, ``num_beams``, ``seed`` ...). ``on_token(step, tokens)`` streams each step.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise InputError("no prompts given")
+        return fill_blanks(
+            self.runner,
+            self.tokenizer,
+            list(prompts),
+            GenerationOptions.from_kwargs(**options),
+            on_token,
+            self.banned_tokens,
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[b, s, vocab]`` as the reference computes them: ids and positions ``[b, s]``, a bool mask
+        ``[b or 1, 1, s, s]`` with True = blocked."""
+        if input_ids.dim() != 2 or position_ids.shape != input_ids.shape:
+            raise InputError(
+                f"input_ids and position_ids must both be [batch, seq]; got {tuple(input_ids.shape)} "
+                f"and {tuple(position_ids.shape)}"
+            )
+        b, s = input_ids.shape
+        if (
+            attention_mask.dtype != torch.bool
+            or attention_mask.dim() != 4
+            or attention_mask.shape[1:] != (1, s, s)
+            or attention_mask.shape[0] not in (1, b)
+        ):
+            raise InputError(
+                f"attention_mask must be bool [{b} or 1, 1, {s}, {s}] with True = blocked; got "
+                f"{attention_mask.dtype} {tuple(attention_mask.shape)}"
+            )
+        if int(position_ids.max()) >= self.config.max_sequence_length or int(position_ids.min()) < 0:
+            raise InputError(f"position ids must lie in [0, {self.config.max_sequence_length})")
+        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
+            raise InputError(f"token ids must lie in [0, {self.config.vocab_size})")
+        device = self.runner.device
+        return self.runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.dtype:
+    if dtype is None:
+        return backend.default_dtype()
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPE_NAMES:
+        raise InputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[dtype]
+
+
+def _resolve_config(config: str | Path | GLMConfig | None) -> GLMConfig | None:
+    if config is None or isinstance(config, GLMConfig):
+        return config
+    if str(config) in PRESETS:
+        return preset(str(config))
+    if Path(config).is_file():
+        return GLMConfig.from_json_file(config)
+    raise ConfigError(f"--config {config!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json file")
+
+
+def load(
+    path_or_preset: str | Path = DEFAULT_MODEL,
+    backend: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    tokenizer: str | Path | None = None,
+    config: str | Path | GLMConfig | None = None,
+    device_index: int = 0,
+) -> Engine:
+    """Load a checkpoint folder, or a preset name (seeded random weights, for tests and the built-in default).
+
+    ``backend`` is a registered name or ``"auto"``; ``dtype`` ``"fp32" | "bf16" | "fp16"`` (default: the backend's
+    first choice); ``tokenizer`` the ``ice_text.model`` file or its folder (default: icetk's cache, or the packaged
+    test tokenizer for presets); ``config`` a preset name or config.json overriding the checkpoint's.
+    """
+    chosen, why = REGISTRY.resolve(backend)
+    run_dtype = _resolve_dtype(dtype, chosen)
+    notes = [why]
+    banned: tuple[slice, ...] = ()
+    device = chosen.device(device_index) if hasattr(chosen, "device") else torch.device("cpu")
+    if isinstance(path_or_preset, str) and path_or_preset in PRESETS and not Path(path_or_preset).exists():
+        model_config = _resolve_config(config) or preset(path_or_preset)
+        if model_config.num_parameters() > MAX_RANDOM_PARAMETERS:
+            raise InputError(
+                f"preset {path_or_preset} has {model_config.num_parameters() / 1e9:.1f}B parameters; "
+                "random weights are only for small presets: pass a checkpoint"
+            )
+        state_dict = random_state_dict(model_config, RANDOM_WEIGHTS_SEED)
+        source = f"preset {path_or_preset} with random weights (seed {RANDOM_WEIGHTS_SEED})"
+        notes.append(f"{source}: its output is noise, not language")
+        tok = (
+            load_tokenizer(tokenizer, model_config.vocab_layout)
+            if tokenizer
+            else builtin_tokenizer(model_config.vocab_layout)
+        )
+        text = tok.text_id_range
+        banned = (slice(0, text.start), slice(text.stop, model_config.vocab_size))  # keep noise readable
+    else:
+        model_config, state_dict = load_checkpoint(path_or_preset, _resolve_config(config))
+        source = f"checkpoint {path_or_preset}"
+        tok = load_tokenizer(tokenizer, model_config.vocab_layout)
+    ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
+    weights = GLMWeights.from_state_dict(state_dict, model_config, run_dtype, device, source=source)
+    runner = GLMModel(model_config, weights, ops)
+    notes.append(f"{chosen.name} backend, {dtype_name(run_dtype)}")
+    return Engine(runner, tok, chosen, source, notes, banned)

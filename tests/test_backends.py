@@ -1,0 +1,144 @@
+"""The backend registry: built-ins, availability with reasons, capability queries, plugins, auto selection."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from glm_engine.backends import registry as registry_module
+from glm_engine.backends.base import BackendKind, OpLevelBackend, Verdict
+from glm_engine.backends.registry import BackendRegistry, op_table_for
+from glm_engine.errors import BackendError
+from glm_engine.ops.interface import Op
+from glm_engine.ops.torch_ops import TorchOps
+
+BUILTINS = ["cpu", "cuda", "rocm_dcu", "ascend", "tensorrt"]
+
+
+def test_every_builtin_backend_is_listed_and_answers_availability():
+    reg = BackendRegistry()
+    assert reg.names()[:5] == BUILTINS
+    for backend in reg.all():
+        verdict = backend.availability()
+        assert isinstance(verdict, Verdict)
+        assert verdict.ok or len(verdict.reason) > 20  # unavailable always says why
+
+
+def test_cpu_is_available_and_declares_its_abilities():
+    cpu = BackendRegistry().get("cpu")
+    assert cpu.availability().ok
+    assert cpu.kind is BackendKind.OP_LEVEL and cpu.dist_backend == "gloo"
+    assert cpu.supported_dtypes() == (torch.float32, torch.bfloat16, torch.float16)
+    assert cpu.devices()[0].total_memory_bytes > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the reasons given on a machine without a GPU")
+def test_unavailable_backends_say_precisely_why():
+    reg = BackendRegistry()
+    assert (
+        "torch.version.cuda is None" in reg.get("cuda").availability().reason
+        or "no CUDA device" in reg.get("cuda").availability().reason
+    )
+    assert "torch.version.hip is None" in reg.get("rocm_dcu").availability().reason
+    assert "torch_npu" in reg.get("ascend").availability().reason
+    assert "tensorrt" in reg.get("tensorrt").availability().reason
+    assert reg.get("tensorrt").kind is BackendKind.GRAPH_LEVEL
+
+
+def test_supports_answers_yes_or_no_with_a_reason():
+    cpu = BackendRegistry().get("cpu")
+    assert cpu.supports(Op.ATTENTION, torch.float32)
+    fp16_linear = cpu.supports(Op.LINEAR, torch.float16)
+    assert fp16_linear.ok and "fp32" in fp16_linear.reason
+    no_fp64 = cpu.supports(Op.LINEAR, torch.float64)
+    assert not no_fp64.ok and "fp32, bf16, fp16" in no_fp64.reason
+    no_quant = cpu.supports(Op.LINEAR, torch.float32, "int4-rowwise")
+    assert not no_quant.ok and "int4-rowwise" in no_quant.reason
+
+
+def test_op_table_refuses_unsupported_dtypes_before_running():
+    cpu = BackendRegistry().get("cpu")
+    with pytest.raises(BackendError, match="cannot run this model"):
+        op_table_for(cpu, torch.float64)
+
+
+def test_auto_picks_the_best_available_backend_and_says_why():
+    backend, why = BackendRegistry().auto()
+    if not torch.cuda.is_available():
+        assert backend.name == "cpu"
+    assert backend.name in why
+
+
+def test_unknown_backend_names_the_known_ones():
+    with pytest.raises(BackendError, match="known backends: cpu, cuda"):
+        BackendRegistry().get("tpu")
+
+
+def test_requesting_an_unavailable_backend_explains():
+    reg = BackendRegistry()
+    reg.register("never", type("Never", (FakeBackend,), {"name": "never", "available": False}))
+    with pytest.raises(BackendError, match="not available here: switched off for the test"):
+        reg.resolve("never")
+
+
+class FakeBackend(OpLevelBackend):
+    """A third-party backend as a plugin would ship it."""
+
+    name = "fake"
+    device_type = "cpu"
+    dist_backend = "gloo"
+    priority = 100
+    available = True
+
+    def availability(self) -> Verdict:
+        return Verdict(self.available, "" if self.available else "switched off for the test")
+
+    def supported_dtypes(self):
+        return (torch.float32,)
+
+    def op_table(self, dtype, device_index=0):
+        return TorchOps(torch.device("cpu"), dtype)
+
+
+class FakeEntryPoint:
+    def __init__(self, name, target, dist="fake-plugin"):
+        self.name, self._target = name, target
+        self.value = f"{dist}:thing"
+        self.dist = types.SimpleNamespace(name=dist)
+
+    def load(self):
+        if isinstance(self._target, Exception):
+            raise self._target
+        return self._target
+
+
+def test_plugins_register_through_entry_points_and_broken_ones_report_why(monkeypatch):
+    entries = [
+        FakeEntryPoint("fake", FakeBackend),
+        FakeEntryPoint("broken", ImportError("libfoo.so missing")),
+        FakeEntryPoint("cpu", FakeBackend),
+    ]
+    monkeypatch.setattr(
+        registry_module, "entry_points", lambda group: entries if group == "glm_engine.backends" else []
+    )
+    reg = BackendRegistry()
+    assert reg.names() == [*BUILTINS, "fake", "broken"]  # a plugin cannot shadow a built-in
+    assert reg.source("fake") == "plugin fake-plugin"
+    assert reg.get("fake").availability().ok
+    broken = reg.get("broken").availability()
+    assert not broken.ok and "libfoo.so missing" in broken.reason
+    backend, why = reg.auto()  # the plugin's priority beats cpu
+    assert backend.name == "fake" and "fake" in why
+
+
+def test_a_failing_vendor_module_does_not_break_the_registry(monkeypatch):
+    monkeypatch.setitem(registry_module.BUILTIN_BACKENDS, "ascend", "glm_engine_missing_module:Nothing")
+    reg = BackendRegistry()
+    verdict = reg.get("ascend").availability()
+    assert not verdict.ok and "failed to load" in verdict.reason
+    assert reg.get("cpu").availability().ok
+
+
+def test_importing_the_package_imports_no_vendor_sdk():
+    assert "torch_npu" not in sys.modules and "tensorrt" not in sys.modules

@@ -1,0 +1,138 @@
+"""``glm-engine run`` and ``glm-engine backends`` end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from glm_engine.cli.main import app
+
+runner = CliRunner()
+FAST = ["--out-seq-length", "24", "--seed", "3"]
+
+
+def test_backends_table_lists_every_backend():
+    result = runner.invoke(app, ["backends"])
+    assert result.exit_code == 0
+    for name in ("cpu", "cuda", "rocm_dcu", "ascend", "tensorrt"):
+        assert name in result.output
+
+
+def test_backends_json_is_machine_readable():
+    result = runner.invoke(app, ["backends", "--format", "json"])
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["cpu"]["available"] and rows["cpu"]["dtypes"] == ["fp32", "bf16", "fp16"]
+    assert rows["cpu"]["distributed_backend"] == "gloo"
+    assert rows["ascend"]["distributed_backend"] == "hccl"
+    assert all(row["available"] or row["reason"] for row in rows.values())
+
+
+def test_run_on_a_file_prints_and_saves_one_answer_file_per_query(tmp_path):
+    queries = tmp_path / "queries.txt"
+    queries.write_text("Hello [MASK] world\n\n天空是[MASK]色的\nno mask here\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "--input-source", str(queries), "--output-path", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("Input: ") == 3 and result.output.count("Output: ") == 3
+    assert "Input: no mask here [gMASK]" in result.output
+    files = sorted(out.iterdir())
+    assert len(files) == 3
+    for file in files:
+        lines = file.read_text(encoding="utf-8").splitlines()
+        assert len(lines) == 1 and lines[0]
+
+
+def test_run_with_ids_and_beam_search_writes_every_beam(tmp_path):
+    queries = tmp_path / "queries.tsv"
+    queries.write_text("q1\tThe sky is [MASK].\nq2\tOnce upon a time\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--input-source",
+            str(queries),
+            "--output-path",
+            str(out),
+            "--with-id",
+            "--sampling-strategy",
+            "BeamSearchStrategy",
+            "--num-beams",
+            "3",
+            "--print-all-beams",
+            *FAST,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["q1.txt", "q2.txt"]
+    assert len((out / "q1.txt").read_text(encoding="utf-8").splitlines()) == 3
+    assert "Output beam 2:" in result.output
+
+
+def test_interactive_mode_answers_until_stop_and_survives_bad_input(tmp_path):
+    stdin = "\nHello [MASK]\n" + "word " * 3000 + "\nstop\nnever read\n"
+    result = runner.invoke(app, ["run", "--output-path", str(tmp_path), *FAST], input=stdin)
+    assert result.exit_code == 0, result.output
+    assert "Query should not be empty!" in result.output
+    assert result.output.count("Output: ") == 1
+    assert "text too long" in result.output
+    assert "never read" not in result.output
+
+
+def test_reference_underscore_spellings_are_accepted(tmp_path):
+    queries = tmp_path / "q.txt"
+    queries.write_text("a [MASK] b\n")
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--input-source",
+            str(queries),
+            "--output-path",
+            str(tmp_path / "o"),
+            "--top_k",
+            "1",
+            "--top_p",
+            "0",
+            *FAST,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint", "/no/such/folder"], "checkpoint /no/such/folder does not exist"),
+        (["--input-source", "/no/such/file.txt"], "neither 'interactive' nor an existing file"),
+        (["--backend", "tpu"], "unknown backend 'tpu'"),
+        (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (["--top-p", "1.5"], "top_p must be in [0, 1]"),
+        (["--tokenizer", "/no/such/ice_text.model"], "looked in: /no/such/ice_text.model"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, message):
+    result = runner.invoke(app, ["run", *args], input="stop\n")
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_the_console_script_reports_errors_without_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "glm_engine.cli.main", "run", "--checkpoint", "/no/such"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: checkpoint /no/such does not exist"
+
+
+def test_wrong_flags_are_usage_errors():
+    result = runner.invoke(app, ["run", "--no-such-flag"])
+    assert result.exit_code == 2

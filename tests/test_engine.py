@@ -1,0 +1,113 @@
+"""The Python API: load, generate (blank filling), forward."""
+
+import pytest
+import torch
+
+import glm_engine
+from glm_engine.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return glm_engine.load()
+
+
+def test_default_engine_is_the_tiny_preset_on_the_cpu_and_says_its_weights_are_random(engine):
+    assert engine.backend.name == "cpu" or torch.cuda.is_available()
+    assert engine.config == glm_engine.preset("glm-tiny")
+    assert any("random weights" in note for note in engine.notes)
+
+
+def test_seeded_generation_is_reproducible(engine):
+    first = engine.generate("The sky is [MASK] today", out_seq_length=30, seed=11)
+    again = engine.generate("The sky is [MASK] today", out_seq_length=30, seed=11)
+    other = engine.generate("The sky is [MASK] today", out_seq_length=30, seed=12)
+    assert first[0].token_ids == again[0].token_ids
+    assert first[0].token_ids != other[0].token_ids
+
+
+def test_blank_filling_replaces_each_mask_and_keeps_the_text_around_it(engine):
+    layout = engine.tokenizer.layout
+    result = engine.generate("Alpha [MASK] beta [MASK] gamma", out_seq_length=40, top_k=1, top_p=0.0)[0]
+    ids = result.token_ids[0]
+    assert layout.mask not in ids and layout.sop not in ids and ids[-1] != layout.eos
+    assert len(result.blanks[0]) == 2 and all(result.blanks[0])
+    assert result.answers[0].startswith("Alpha") and result.answers[0].endswith("gamma")
+
+
+def test_gmask_is_appended_and_the_answer_continues_the_prompt(engine):
+    result = engine.generate("Once upon a time", out_seq_length=20, top_k=1, top_p=0.0)[0]
+    assert result.prompt == "Once upon a time [gMASK]"
+    assert result.answers[0].startswith("Once upon a time")
+    assert len(result.token_ids[0]) <= 20
+
+
+def test_batched_prompts_give_the_same_greedy_answers_as_single_prompts(engine):
+    prompts = ["Alpha [MASK] beta", "天空是[MASK]色的", "Once upon a time"]
+    together = engine.generate(prompts, out_seq_length=24, top_k=1, top_p=0.0)
+    for prompt, result in zip(prompts, together):
+        assert engine.generate(prompt, out_seq_length=24, top_k=1, top_p=0.0)[0].answers == result.answers
+
+
+def test_beam_search_returns_num_beams_answers(engine):
+    result = engine.generate(
+        "The sky is [MASK].", sampling_strategy="BeamSearchStrategy", num_beams=3, out_seq_length=24, deterministic=True
+    )[0]
+    assert len(result.answers) == 3 and len(result.styled) == 3
+
+
+def test_token_callback_streams_every_step(engine):
+    seen = []
+    result = engine.generate(
+        "Stream [MASK]",
+        out_seq_length=16,
+        top_k=1,
+        top_p=0.0,
+        on_token=lambda step, tokens: seen.append((step, tokens[0][0])),
+    )
+    assert [step for step, _ in seen] == list(range(len(seen)))
+    streamed = [t for _, t in seen if t not in engine.tokenizer.layout.end_tokens]
+    assert streamed and engine.tokenizer.decode(streamed) == result[0].blanks[0][0]
+
+
+def test_forward_matches_the_reference_shapes_and_validates_them(engine):
+    ids = torch.tensor([[20100, 20200, 20300]])
+    positions = torch.arange(3).unsqueeze(0)
+    blocked = torch.zeros(1, 1, 3, 3, dtype=torch.bool)
+    assert engine.forward(ids, positions, blocked).shape == (1, 3, engine.config.vocab_size)
+    with pytest.raises(InputError, match="attention_mask must be bool"):
+        engine.forward(ids, positions, blocked.float())
+    with pytest.raises(InputError, match="position ids"):
+        engine.forward(ids, positions + 5000, blocked)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"out_seq_length": 4096}, "exceeds the model's maximum"),
+        ({"out_seq_length": 3}, "leaves no room"),
+        ({"sampling_strategy": "Greedy"}, "sampling strategy must be one of"),
+        ({"top_k": -1}, "top_k must be >= 0"),
+        ({"frobnicate": 1}, "unknown generation options"),
+    ],
+)
+def test_bad_generation_requests_are_clear_errors(engine, options, message):
+    with pytest.raises(InputError, match=message):
+        engine.generate("Hello [MASK] there", **options)
+
+
+def test_too_long_prompt_is_refused(engine):
+    with pytest.raises(InputError, match="text too long"):
+        engine.generate("word " * 3000)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_reduced_precision_engines_generate(dtype):
+    engine = glm_engine.load(dtype=dtype)
+    assert engine.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    assert engine.generate("Hello [MASK]", out_seq_length=12, top_k=1)[0].answers[0].startswith("Hello")
+
+
+def test_random_weights_for_a_huge_preset_are_refused():
+    with pytest.raises(InputError, match="pass a checkpoint"):
+        glm_engine.load("glm-130b")
