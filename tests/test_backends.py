@@ -55,6 +55,8 @@ def test_supports_answers_yes_or_no_with_a_reason():
     assert not no_fp64.ok and "fp32, bf16, fp16" in no_fp64.reason
     no_quant = cpu.supports(Op.LINEAR, torch.float32, "int4-rowwise")
     assert not no_quant.ok and "int4-rowwise" in no_quant.reason
+    unknown = cpu.supports(Op.LINEAR, torch.float32, "int3-magic")
+    assert not unknown.ok and "known formats: int8-rowwise" in unknown.reason
 
 
 def test_op_table_refuses_unsupported_dtypes_before_running():

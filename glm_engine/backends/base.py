@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 
+from glm_engine.errors import InputError
 from glm_engine.ops.interface import Op, OpTable
+from glm_engine.quant.formats import QuantFormat, parse_quant_format
 
 if TYPE_CHECKING:
     from glm_engine.config import GLMConfig
@@ -97,26 +99,31 @@ class Backend(ABC):
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         """Compute dtypes this backend runs, best first (the first is the default)."""
 
-    def quant_formats(self) -> tuple[str, ...]:
+    def quant_formats(self) -> tuple[QuantFormat, ...]:
         """Weight quantization formats this backend runs natively."""
         return ()
 
     def implemented_ops(self) -> frozenset[Op]:
         return frozenset(Op)
 
-    def supports(self, op: Op, dtype: torch.dtype, quant_format: str | None = None) -> Verdict:
+    def supports(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | str | None = None) -> Verdict:
         """Whether ``op`` runs in ``dtype`` (with weights in ``quant_format``), with a reason either way."""
         if op not in self.implemented_ops():
             return Verdict(False, f"{self.name} has no implementation of {op.value}")
         if dtype not in self.supported_dtypes():
             names = ", ".join(dtype_name(d) for d in self.supported_dtypes())
             return Verdict(False, f"{self.name} does not compute in {dtype_name(dtype)}; it supports {names}")
-        if quant_format is not None and quant_format not in self.quant_formats():
-            have = ", ".join(self.quant_formats()) or "none"
-            return Verdict(False, f"{self.name} has no kernels for {quant_format} weights (formats: {have})")
+        if quant_format is not None:
+            try:
+                quant_format = parse_quant_format(quant_format)
+            except InputError as exc:
+                return Verdict(False, str(exc))
+            if quant_format not in self.quant_formats():
+                have = ", ".join(f.value for f in self.quant_formats()) or "none"
+                return Verdict(False, f"{self.name} has no kernels for {quant_format.value} weights (formats: {have})")
         return Verdict(True, self.support_note(op, dtype, quant_format))
 
-    def support_note(self, op: Op, dtype: torch.dtype, quant_format: str | None) -> str:
+    def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
         """How a supported combination is served when that is worth knowing (e.g. computed in fp32)."""
         return ""
 

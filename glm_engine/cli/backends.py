@@ -38,7 +38,7 @@ def describe_backend(backend: Backend) -> dict[str, Any]:
             for d in devices
         ],
         "dtypes": [dtype_name(d) for d in backend.supported_dtypes()],
-        "quant_formats": list(backend.quant_formats()),
+        "quant_formats": [f.value for f in backend.quant_formats()],
         "distributed_backend": backend.dist_backend,
     }
 

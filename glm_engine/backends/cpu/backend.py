@@ -11,6 +11,7 @@ import torch
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
 from glm_engine.backends.cpu.ops import CpuOps
 from glm_engine.ops.interface import Op, OpTable
+from glm_engine.quant.formats import QuantFormat
 
 
 def _cpu_model_name() -> str:
@@ -47,7 +48,7 @@ class CpuBackend(OpLevelBackend):
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         return (torch.float32, torch.bfloat16, torch.float16)
 
-    def support_note(self, op: Op, dtype: torch.dtype, quant_format: str | None) -> str:
+    def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
         if dtype == torch.float16 and op is Op.LINEAR:
             return "computed in fp32 and rounded to fp16 (torch's CPU fp16 GEMM is slow)"
         if op is Op.ATTENTION:

@@ -1,0 +1,1 @@
+"""Weight-only quantization: the formats glm-engine names, and (later) quantizers and packed layouts."""
