@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from glm_engine.backends.base import DTYPE_NAMES, Backend, ModelRunner, dtype_name
+from glm_engine.backends.base import DTYPE_NAMES, Backend, GraphLevelBackend, ModelRunner, dtype_name
 from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.checkpoint import load_checkpoint
 from glm_engine.config import PRESETS, GLMConfig, preset
@@ -133,8 +133,12 @@ def load(
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = _resolve_dtype(dtype, chosen)
     notes = [why]
+    if isinstance(chosen, GraphLevelBackend):  # runs an exported graph: no weights of ours to load
+        runner = chosen.load_runner(str(path_or_preset), run_dtype)
+        tok = load_tokenizer(tokenizer, runner.config.vocab_layout)
+        return Engine(runner, tok, chosen, f"exported model {path_or_preset}", notes)
     banned: tuple[slice, ...] = ()
-    device = chosen.device(device_index) if hasattr(chosen, "device") else torch.device("cpu")
+    device = chosen.device(device_index)
     if isinstance(path_or_preset, str) and path_or_preset in PRESETS and not Path(path_or_preset).exists():
         model_config = _resolve_config(config) or preset(path_or_preset)
         if model_config.num_parameters() > MAX_RANDOM_PARAMETERS:
