@@ -50,7 +50,7 @@ class CpuBackend(OpLevelBackend):
 
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
         if dtype == torch.float16 and op is Op.LINEAR:
-            return "computed in fp32 and rounded to fp16 (torch's CPU fp16 GEMM is slow)"
+            return "prefill-sized products computed in fp32 and rounded to fp16 (torch's CPU fp16 GEMM is slow)"
         if op is Op.ATTENTION:
             return "explicit reference path" if dtype == torch.float16 else "scaled_dot_product_attention"
         return ""
