@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
-from glm_engine.backends.torch_cuda_devices import all_devices_support_bf16, list_torch_cuda_devices
-from glm_engine.ops.interface import OpTable
-from glm_engine.ops.torch_ops import TorchOps
+from glm_engine.backends.base import Verdict
+from glm_engine.backends.torch_cuda import TorchCudaBackend
 
 
-class CudaBackend(OpLevelBackend):
+class CudaBackend(TorchCudaBackend):
     name = "cuda"
-    device_type = "cuda"
-    dist_backend = "nccl"
     priority = 30
     description = "NVIDIA GPUs through torch CUDA"
 
@@ -36,14 +32,3 @@ class CudaBackend(OpLevelBackend):
                 "check the NVIDIA driver and CUDA_VISIBLE_DEVICES",
             )
         return Verdict(True, f"{torch.cuda.device_count()} CUDA device(s), CUDA {torch.version.cuda}")
-
-    def devices(self) -> list[DeviceInfo]:
-        return list_torch_cuda_devices() if self.availability() else []
-
-    def supported_dtypes(self) -> tuple[torch.dtype, ...]:
-        if self.availability() and all_devices_support_bf16():
-            return (torch.float16, torch.bfloat16, torch.float32)
-        return (torch.float16, torch.float32)
-
-    def op_table(self, dtype: torch.dtype, device_index: int = 0) -> OpTable:
-        return TorchOps(self.device(device_index), dtype)
