@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from glm_engine.generation.decode import TokenCallback
 from glm_engine.generation.options import GenerationOptions
 from glm_engine.model.glm import GLMModel
 from glm_engine.model.weights import GLMWeights, random_state_dict
+from glm_engine.ops.interface import Op
 from glm_engine.tokenizer import GLMTokenizer, builtin_tokenizer, load_tokenizer
 
 # What ``glm-engine run`` uses without --checkpoint: the tiny preset with seeded random weights.
@@ -47,12 +48,17 @@ class Engine:
         return self.runner.dtype
 
     def generate(
-        self, prompts: str | Sequence[str], on_token: TokenCallback | None = None, **options: object
+        self,
+        prompts: str | Sequence[str],
+        on_token: TokenCallback | None = None,
+        generator: torch.Generator | None = None,
+        **options: object,
     ) -> list[Completion]:
         """Fill the blanks of each prompt (``[MASK]``, ``[sMASK]``, or continue with ``[gMASK]``).
 
         ``options`` are :class:`GenerationOptions` fields (``sampling_strategy``, ``out_seq_length``, ``top_k``,
-        ``top_p``, ``temperature``, ``num_beams``, ``seed`` ...). ``on_token(step, tokens)`` streams each step.
+        ``top_p``, ``temperature``, ``num_beams``, ``seed`` ...). ``on_token(step, tokens, parents)`` streams each
+        step. Pass one ``generator`` to several calls to continue a single random stream (``seed`` is then unused).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -65,6 +71,7 @@ class Engine:
             GenerationOptions.from_kwargs(**options),
             on_token,
             self.banned_tokens,
+            generator,
         )
 
     def forward(
@@ -123,12 +130,14 @@ def load(
     tokenizer: str | Path | None = None,
     config: str | Path | GLMConfig | None = None,
     device_index: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Engine:
     """Load a checkpoint folder, or a preset name (seeded random weights, for tests and the built-in default).
 
     ``backend`` is a registered name or ``"auto"``; ``dtype`` ``"fp32" | "bf16" | "fp16"`` (default: the backend's
     first choice); ``tokenizer`` the ``ice_text.model`` file or its folder (default: icetk's cache, or the packaged
-    test tokenizer for presets); ``config`` a preset name or config.json overriding the checkpoint's.
+    test tokenizer for presets); ``config`` a preset name or config.json overriding the checkpoint's;
+    ``progress(done, total)`` follows the weights as they are converted and placed on the device.
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = _resolve_dtype(dtype, chosen)
@@ -161,7 +170,16 @@ def load(
         source = f"checkpoint {path_or_preset}"
         tok = load_tokenizer(tokenizer, model_config.vocab_layout)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
-    weights = GLMWeights.from_state_dict(state_dict, model_config, run_dtype, device, source=source)
+    weights = GLMWeights.from_state_dict(state_dict, model_config, run_dtype, device, source, progress)
     runner = GLMModel(model_config, weights, ops)
     notes.append(f"{chosen.name} backend, {dtype_name(run_dtype)}")
+    notes.extend(
+        f"{op.value} in {dtype_name(run_dtype)}: {v.reason}"
+        for op in Op
+        if (v := chosen.supports(op, run_dtype)).reason
+    )
+    if weights.unused_keys:
+        notes.append(
+            f"{len(weights.unused_keys)} keys of the checkpoint are not used: {', '.join(weights.unused_keys[:5])}"
+        )
     return Engine(runner, tok, chosen, source, notes, banned)

@@ -13,9 +13,6 @@ from typing import Any
 
 from glm_engine.errors import ConfigError
 
-# Names the detokenizer renders as ``[name]`` and that prompts may contain (the mask tokens).
-MASK_TOKEN_NAMES = ("[MASK]", "[sMASK]", "[gMASK]")
-
 
 @dataclass(frozen=True)
 class VocabLayout:
@@ -65,11 +62,13 @@ class VocabLayout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VocabLayout:
+        if not isinstance(data, dict):
+            raise ConfigError(f"vocab_layout must be a JSON object of token ids, got {data!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"vocab_layout has unknown keys {unknown}; known keys are {sorted(known)}")
-        bad = {k: v for k, v in data.items() if not isinstance(v, int) or v < 0}
+        bad = {k: v for k, v in data.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0}
         if bad:
             raise ConfigError(f"vocab_layout ids must be non-negative integers, got {bad}")
         return cls(**data)

@@ -111,9 +111,21 @@ def test_reference_underscore_spellings_are_accepted(tmp_path):
         (["--dtype", "fp8"], "unknown dtype 'fp8'"),
         (["--top-p", "1.5"], "top_p must be in [0, 1]"),
         (["--tokenizer", "/no/such/ice_text.model"], "looked in: /no/such/ice_text.model"),
+        (["--input-source", "TMP/a_file", "--output-path", "TMP/a_file"], "is a file; answers go into a folder"),
+        (["--input-source", "TMP/latin1.txt"], "is not UTF-8 text"),
+        (["--input-source", "TMP/ids.tsv", "--with-id"], "cannot name an answer file"),
+        (["--config", "TMP/bad.json"], "layernorm_epsilon must be a number"),
     ],
 )
-def test_user_errors_are_one_line_without_traceback(args, message):
+def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
+    args = [a.replace("TMP", str(tmp_path)) for a in args]
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 [MASK]\n".encode("latin-1"))
+    (tmp_path / "ids.tsv").write_text("../evil\thello [MASK]\n")
+    (tmp_path / "bad.json").write_text(
+        '{"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, '
+        '"inner_hidden_size": 96, "vocab_size": 150528, "layernorm_epsilon": "x"}'
+    )
     result = runner.invoke(app, ["run", *args], input="stop\n")
     assert result.exit_code == 1
     assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import glm_engine
+from glm_engine.backends.registry import REGISTRY
 from glm_engine.errors import InputError
 
 
@@ -12,8 +13,8 @@ def engine():
     return glm_engine.load()
 
 
-def test_default_engine_is_the_tiny_preset_on_the_cpu_and_says_its_weights_are_random(engine):
-    assert engine.backend.name == "cpu" or torch.cuda.is_available()
+def test_default_engine_is_the_tiny_preset_on_the_auto_backend_and_says_its_weights_are_random(engine):
+    assert engine.backend.name == REGISTRY.auto()[0].name
     assert engine.config == glm_engine.preset("glm-tiny")
     assert any("random weights" in note for note in engine.notes)
 
@@ -53,7 +54,7 @@ def test_beam_search_returns_num_beams_answers(engine):
     result = engine.generate(
         "The sky is [MASK].", sampling_strategy="BeamSearchStrategy", num_beams=3, out_seq_length=24, deterministic=True
     )[0]
-    assert len(result.answers) == 3 and len(result.styled) == 3
+    assert len(result.answers) == 3 and len(result.blank_spans) == 3 and len(result.token_ids) == 3
 
 
 def test_token_callback_streams_every_step(engine):
@@ -63,7 +64,7 @@ def test_token_callback_streams_every_step(engine):
         out_seq_length=16,
         top_k=1,
         top_p=0.0,
-        on_token=lambda step, tokens: seen.append((step, tokens[0][0])),
+        on_token=lambda step, tokens, parents: seen.append((step, tokens[0][0])),
     )
     assert [step for step, _ in seen] == list(range(len(seen)))
     streamed = [t for _, t in seen if t not in engine.tokenizer.layout.end_tokens]
@@ -85,7 +86,7 @@ def test_forward_matches_the_reference_shapes_and_validates_them(engine):
     ("options", "message"),
     [
         ({"out_seq_length": 4096}, "exceeds the model's maximum"),
-        ({"out_seq_length": 3}, "leaves no room"),
+        ({"out_seq_length": 3}, "is shorter"),
         ({"sampling_strategy": "Greedy"}, "sampling strategy must be one of"),
         ({"top_k": -1}, "top_k must be >= 0"),
         ({"frobnicate": 1}, "unknown generation options"),
@@ -111,3 +112,41 @@ def test_reduced_precision_engines_generate(dtype):
 def test_random_weights_for_a_huge_preset_are_refused():
     with pytest.raises(InputError, match="pass a checkpoint"):
         glm_engine.load("glm-130b")
+
+
+class RecordingRunner:
+    """Wraps a runner and keeps the position ids of every prefill (the calls with more than one new token)."""
+
+    def __init__(self, runner):
+        self.runner, self.prefill_positions = runner, []
+        self.config, self.device, self.dtype = runner.config, runner.device, runner.dtype
+
+    def new_cache(self, batch_size, max_length):
+        return self.runner.new_cache(batch_size, max_length)
+
+    def forward(self, input_ids, position_ids, blocked, cache=None, last_only=False):
+        if input_ids.shape[1] > 1:
+            self.prefill_positions.append(position_ids[0].tolist())
+        return self.runner.forward(input_ids, position_ids, blocked, cache, last_only)
+
+
+@pytest.mark.parametrize("mask", ["[MASK]", "[sMASK]"])
+def test_each_blank_round_puts_sop_at_the_position_of_its_mask_in_the_filled_text(engine, mask):
+    recorder = RecordingRunner(engine.runner)
+    spy = glm_engine.Engine(recorder, engine.tokenizer, engine.backend, engine.source, [], engine.banned_tokens)
+    result = spy.generate(f"Alpha {mask} beta {mask} gamma", out_seq_length=40, top_k=1, top_p=0.0)[0]
+    (first, _), (second, _) = result.blank_spans[0]
+    assert len(recorder.prefill_positions) == 2
+    # the last prefill column is sop: at the mask's index in the sequence of that round
+    assert recorder.prefill_positions[0][-1] == first
+    assert recorder.prefill_positions[1][-1] == second  # after blank 1 was filled in
+    assert recorder.prefill_positions[1][:-1] == list(range(len(recorder.prefill_positions[1]) - 1))
+
+
+def test_one_generator_across_calls_continues_a_single_random_stream(engine):
+    generator = torch.Generator().manual_seed(5)
+    first = engine.generate("The sky is [MASK] today", out_seq_length=30, generator=generator)[0]
+    second = engine.generate("The sky is [MASK] today", out_seq_length=30, generator=generator)[0]
+    assert first.token_ids != second.token_ids  # an interactive session does not replay the same draws
+    replay = engine.generate("The sky is [MASK] today", out_seq_length=30, generator=torch.Generator().manual_seed(5))
+    assert replay[0].token_ids == first.token_ids

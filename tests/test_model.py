@@ -166,3 +166,34 @@ def test_fp16_on_cpu_runs_and_tracks_fp32(small_config):
     assert torch.isfinite(b).all()
     nmse = ((a - b) ** 2).sum() / (a**2).sum()
     assert nmse < 1e-5
+
+
+def test_a_batch_near_the_maximum_length_keeps_every_row_inside_the_position_range(small_model, small_config):
+    """A long prompt with a small budget next to a short prompt with a large one: the aligned batch is wider than
+    max_sequence_length, and the finished long row must not run past the rotary table."""
+    limit = small_config.max_sequence_length
+    long_row = GenerationRow(list(range(20, 20 + limit - 9)) + [501, 504], limit - 8, True)
+    short_row = GenerationRow([40, 41, 501, 504], 2, True)
+    budgets = [limit - len(long_row.context), limit - len(short_row.context)]
+    assert max(len(r.context) for r in (long_row, short_row)) + max(budgets) > limit
+
+    def greedy():
+        return BaseStrategy(top_k=1, end_tokens=())
+
+    together = decode(small_model, [long_row, short_row], budgets, greedy(), pad_id=0)
+    assert [len(r[0]) for r in together] == budgets
+    assert decode(small_model, [short_row], budgets[1:], greedy(), pad_id=0) == together[1:]
+
+
+def test_batched_beam_search_matches_single_rows(small_model):
+    rows = [GenerationRow([30, 31, 500, 33, 12, 504], 2, False), GenerationRow([60, 61, 62, 63, 64, 501, 504], 5, True)]
+    budgets = [6, 9]
+
+    def beams():
+        return BeamSearchStrategy(
+            3, length_penalty=1.0, end_tokens=END_TOKENS, no_repeat_ngram_size=2, deterministic=True
+        )
+
+    together = decode(small_model, rows, budgets, beams(), pad_id=0)
+    for row, budget, result in zip(rows, budgets, together):
+        assert decode(small_model, [row], [budget], beams(), pad_id=0) == [result]

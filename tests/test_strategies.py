@@ -160,12 +160,39 @@ def test_finish_turns_running_beams_into_results():
     assert strategy.finalize() == [[[4], [5]]]
 
 
-def test_stochastic_beam_search_is_reproducible_per_seed():
-    logits = torch.randn(1, 1, 50)
+def test_stochastic_beam_search_samples_candidates_reproducibly_per_seed():
+    logits = torch.randn(1, 1, 50, generator=torch.Generator().manual_seed(0)) * 0.1  # a flat distribution
 
-    def run(seed):
-        strategy = BeamSearchStrategy(3, end_tokens=(EOP,), generator=torch.Generator().manual_seed(seed))
+    def run(seed, deterministic=False):
+        strategy = BeamSearchStrategy(
+            3, end_tokens=(EOP,), deterministic=deterministic, generator=torch.Generator().manual_seed(seed)
+        )
         strategy.start([[1]])
         return strategy.step(logits)[0].tolist()
 
     assert run(1) == run(1)
+    assert len({str(run(seed)) for seed in range(6)}) > 1  # sampled: seeds differ
+    assert run(1, deterministic=True) == run(2, deterministic=True) == [logits[0, 0].topk(3).indices.tolist()]
+
+
+def test_beam_search_stop_rule_penalises_the_full_length_context_included():
+    """An ended beam scoring e (about -0.74) against a running beam at e - 0.1 that is one token longer: with a short
+    prompt the longer beam's smaller penalty keeps it alive; with a long prompt that difference is negligible."""
+
+    def done_after_two_steps(context_length):
+        strategy = BeamSearchStrategy(1, length_penalty=1.0, end_tokens=(EOP,), deterministic=True)
+        strategy.start([list(range(context_length))])
+        first = torch.full((1, 1, 10), -50.0)
+        first[0, 0, EOP], first[0, 0, 4] = 0.0, 0.1
+        end_score, running_score = torch.log_softmax(first[0, 0], 0)[[EOP, 4]].tolist()
+        strategy.step(first)
+        assert not strategy.is_done
+        needed = (end_score - 0.1) - running_score  # log-prob the running beam's next token must have
+        second = torch.full((1, 1, 10), -50.0)
+        second[0, 0, 5], second[0, 0, 6] = 0.0, math.log(math.exp(-needed) - 1)
+        strategy.step(second)
+        assert strategy._scores[0, 0].item() == pytest.approx(end_score - 0.1, abs=1e-5)
+        return strategy.is_done
+
+    assert not done_after_two_steps(0)  # e / (6/6) < (e - 0.1) / (7/6)
+    assert done_after_two_steps(100)  # e / (106/6) >= (e - 0.1) / (107/6)

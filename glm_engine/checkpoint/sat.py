@@ -25,7 +25,10 @@ def is_sat_checkpoint(folder: Path) -> bool:
 
 def sat_iteration_dir(folder: Path) -> Path:
     """The directory ``latest`` points at: an iteration number > 0 or the word ``release``."""
-    tag = (folder / LATEST_FILE_NAME).read_text(encoding="utf-8").strip()
+    try:
+        tag = (folder / LATEST_FILE_NAME).read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{folder / LATEST_FILE_NAME} is not a text file") from None
     if tag != "release" and not (tag.isdigit() and int(tag) > 0):
         raise CheckpointError(
             f"{folder / LATEST_FILE_NAME} must hold an iteration number > 0 or 'release', found {tag!r}"
@@ -51,7 +54,12 @@ def sat_shards(folder: Path) -> list[Path]:
 def read_sat_shard(path: Path) -> dict[str, torch.Tensor]:
     """The ``module`` state dict of one shard, loaded safely (no code execution) and memory-mapped."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) files cannot be mapped
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, so it is refused "

@@ -15,9 +15,9 @@ USER_ERROR_EXIT_CODE = 1
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Print ``error: <message>`` for GlmEngineError (and a missing file) and exit with code 1."""
+    """Print ``error: <message>`` for GlmEngineError and operating-system errors (paths, permissions, disk), exit 1."""
     try:
         yield
-    except (GlmEngineError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (GlmEngineError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(USER_ERROR_EXIT_CODE) from None

@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
+from glm_engine.cli.render import styled_answer
 from glm_engine.engine import DEFAULT_MODEL, Engine, load
 from glm_engine.errors import InputError
 from glm_engine.generation.blank_filling import Completion
 from glm_engine.generation.options import GenerationOptions
+from glm_engine.tokenizer import GLMTokenizer
 
 INTERACTIVE = "interactive"
 PROMPT = "\nPlease Input Query (stop to exit) >>> "
 _DEFAULTS = GenerationOptions()
 
 
-class Strategy(str, Enum):
+class StrategyName(str, Enum):
     BaseStrategy = "BaseStrategy"
     BeamSearchStrategy = "BeamSearchStrategy"
 
@@ -44,19 +50,27 @@ def interactive_queries() -> Iterator[tuple[str | None, str]]:
         yield None, text
 
 
-def file_queries(path: Path, with_id: bool) -> Iterator[tuple[str | None, str]]:
-    """Non-empty stripped lines of ``path``; with ``with_id`` each line is ``id<TAB>text``."""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+def read_queries(path: Path, with_id: bool) -> list[tuple[str | None, str]]:
+    """Non-empty stripped lines of ``path``; with ``with_id`` each line is ``id<TAB>text``. All checked up front."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text: {exc}") from None
+    queries: list[tuple[str | None, str]] = []
+    for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line:
             continue
-        if with_id:
-            query_id, tab, text = line.partition("\t")
-            if not tab:
-                raise InputError(f"{path}:{number}: --with-id needs 'id<TAB>text' lines")
-            yield query_id, text
-        else:
-            yield None, line
+        if not with_id:
+            queries.append((None, line))
+            continue
+        query_id, tab, text = line.partition("\t")
+        if not tab:
+            raise InputError(f"{path}:{number}: --with-id needs 'id<TAB>text' lines")
+        if query_id in ("", ".", "..") or any(sep in query_id for sep in ("/", "\\")):
+            raise InputError(f"{path}:{number}: id {query_id!r} cannot name an answer file (no '/', '\\', '.', '..')")
+        queries.append((query_id, text))
+    return queries
 
 
 def output_file(output_path: Path, query_id: str | None, text: str) -> Path:
@@ -70,13 +84,28 @@ def output_file(output_path: Path, query_id: str | None, text: str) -> Path:
     return path
 
 
-def report(completion: Completion, print_all_beams: bool) -> None:
+@contextmanager
+def loading_progress() -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr for the weights being placed on the device; gone once loading ends."""
+    with Progress(
+        TextColumn("loading weights"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("load", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def report(completion: Completion, tokenizer: GLMTokenizer, print_all_beams: bool) -> None:
     print(f"\nInput: {completion.prompt}\n")
-    if print_all_beams and len(completion.styled) > 1:
-        for index, styled in enumerate(completion.styled):
-            print(f"Output beam {index}:", styled)
+    if print_all_beams and len(completion.answers) > 1:
+        for beam in range(len(completion.answers)):
+            print(f"Output beam {beam}:", styled_answer(completion, beam, tokenizer))
     else:
-        print("Output:", completion.styled[0])
+        print("Output:", styled_answer(completion, 0, tokenizer))
 
 
 def save(completion: Completion, path: Path) -> None:
@@ -85,11 +114,17 @@ def save(completion: Completion, path: Path) -> None:
 
 
 def _process(
-    engine: Engine, query_id: str | None, text: str, options: dict, output_path: Path, print_all_beams: bool
+    engine: Engine,
+    query_id: str | None,
+    text: str,
+    options: dict,
+    generator: torch.Generator,
+    output_path: Path,
+    print_all_beams: bool,
 ) -> None:
     started = time.perf_counter()
-    completion = engine.generate(text, **options)[0]
-    report(completion, print_all_beams)
+    completion = engine.generate(text, generator=generator, **options)[0]
+    report(completion, engine.tokenizer, print_all_beams)
     save(completion, output_file(output_path, query_id, text))
     print(f"Taken time {time.perf_counter() - started:.2f}", file=sys.stderr)
 
@@ -110,8 +145,10 @@ def run(
     output_path: Annotated[Path, typer.Option(help="folder for one answer file per query")] = Path("samples"),
     with_id: Annotated[bool, typer.Option(help="input lines are 'id<TAB>text'; answers go to <id>.txt")] = False,
     out_seq_length: Annotated[int, typer.Option(help="maximum tokens, prompt included")] = _DEFAULTS.out_seq_length,
-    min_gen_length: Annotated[int, typer.Option(help="minimum tokens per blank (beam search)")] = 0,
-    sampling_strategy: Annotated[Strategy, typer.Option()] = Strategy.BaseStrategy,
+    min_gen_length: Annotated[
+        int, typer.Option(help="minimum tokens per blank (beam search)")
+    ] = _DEFAULTS.min_gen_length,
+    sampling_strategy: Annotated[StrategyName, typer.Option()] = StrategyName.BaseStrategy,
     num_beams: Annotated[int, typer.Option()] = _DEFAULTS.num_beams,
     length_penalty: Annotated[float, typer.Option()] = _DEFAULTS.length_penalty,
     no_repeat_ngram_size: Annotated[int, typer.Option()] = _DEFAULTS.no_repeat_ngram_size,
@@ -142,15 +179,19 @@ def run(
         GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
         if input_source != INTERACTIVE and not Path(input_source).is_file():
             raise InputError(f"--input-source {input_source!r} is neither 'interactive' nor an existing file")
-        engine = load(checkpoint or DEFAULT_MODEL, backend=backend, dtype=dtype, tokenizer=tokenizer, config=config)
+        if output_path.exists() and not output_path.is_dir():
+            raise InputError(f"--output-path {output_path} is a file; answers go into a folder")
+        interactive = input_source == INTERACTIVE
+        queries = interactive_queries() if interactive else iter(read_queries(Path(input_source), with_id))
+        with loading_progress() as progress:
+            engine = load(checkpoint or DEFAULT_MODEL, backend, dtype, tokenizer, config, progress=progress)
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)
         output_path.mkdir(parents=True, exist_ok=True)
-        interactive = input_source == INTERACTIVE
-        queries = interactive_queries() if interactive else file_queries(Path(input_source), with_id)
+        generator = torch.Generator().manual_seed(seed)  # one random stream per session, as the reference seeds once
         for query_id, text in queries:
             try:
-                _process(engine, query_id, text, options, output_path, print_all_beams)
+                _process(engine, query_id, text, options, generator, output_path, print_all_beams)
             except InputError as exc:
                 if not interactive:
                     raise

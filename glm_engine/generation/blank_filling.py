@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from glm_engine.backends.base import ModelRunner
 from glm_engine.errors import InputError
 from glm_engine.generation.decode import TokenCallback, decode
 from glm_engine.generation.masks import GenerationRow
 from glm_engine.generation.options import GenerationOptions
 from glm_engine.tokenizer import GLMTokenizer
-
-UNDERLINE, GREEN, RESET = "\033[4m", "\x1b[0;32m", "\033[0m"
 
 
 @dataclass
@@ -56,34 +56,18 @@ def plan_prompt(text: str, tokenizer: GLMTokenizer, max_sequence_length: int) ->
 class Completion:
     """The filled text of one prompt: every beam, best first."""
 
-    prompt: str
+    prompt: str  # as the reference shows it (`` [gMASK]`` appended when the model continues the text)
     answers: list[str]  # plain text with the blanks filled, one per beam
-    styled: list[str]  # the same with the generated spans underlined (and [MASK] blanks green), for consoles
     blanks: list[list[str]]  # per beam, the text of each blank
-    token_ids: list[list[int]] = field(repr=False)
+    token_ids: list[list[int]] = field(repr=False)  # per beam, the filled token sequence (no trailing eos)
+    blank_spans: list[list[tuple[int, int]]] = field(repr=False)  # per beam, [start, end) of each blank in token_ids
+    gmask: bool = False  # the blanks continue the text ([gMASK]) rather than fill [MASK]/[sMASK]
 
 
 @dataclass
 class _Fill:
     position: int  # where the blank starts in the filled sequence
     tokens: list[int]
-
-
-def _is_english(text: str) -> bool:
-    return text.isascii()
-
-
-def _styled(tokenizer: GLMTokenizer, seq: list[int], fills: list[_Fill], gmask: bool, english: bool) -> str:
-    """The reference's console rendering: text between blanks, then each blank underlined (green for [MASK])."""
-    space = " " if english else ""
-    opening, closing = (UNDERLINE, RESET) if gmask else (GREEN + UNDERLINE, RESET + RESET)
-    out, last = [], 0
-    for fill in fills:
-        out.append(tokenizer.decode(seq[last : fill.position]))
-        out.append(space + opening + tokenizer.decode(fill.tokens) + closing + space)
-        last = fill.position + len(fill.tokens)
-    out.append(tokenizer.decode(seq[last:]))
-    return "".join(out)
 
 
 def _strip_eos(seq: list[int], eos: int) -> list[int]:
@@ -97,12 +81,16 @@ def fill_blanks(
     options: GenerationOptions,
     on_token: TokenCallback | None = None,
     banned: tuple[slice, ...] = (),
+    generator: torch.Generator | None = None,
 ) -> list[Completion]:
     """Fill every blank of every prompt; one :class:`Completion` per prompt, in order.
 
     ``banned`` are id ranges never generated (the reference bans none; the built-in random model bans ids its
-    tokenizer cannot decode).
+    tokenizer cannot decode). Sampling draws from ``generator`` (default: a new one seeded with ``options.seed``),
+    one stream for all blanks, so the second blank does not replay the first one's draws.
     """
+    if generator is None:
+        generator = torch.Generator().manual_seed(options.seed)
     config, layout = runner.config, tokenizer.layout
     if options.out_seq_length > config.max_sequence_length:
         raise InputError(
@@ -122,14 +110,14 @@ def fill_blanks(
         for i in active:
             context = best[i] + [layout.sop]
             budget = options.out_seq_length - len(context)
-            if budget <= 0:
+            if budget < 0:  # at 0 the reference leaves the blank empty; below, its padding call would truncate
                 raise InputError(
                     f"the prompt needs {len(context)} tokens with its blanks filled so far; "
-                    f"out_seq_length {options.out_seq_length} (which counts the prompt) leaves no room"
+                    f"out_seq_length {options.out_seq_length} (which counts the prompt) is shorter"
                 )
             rows.append(GenerationRow(context, best[i].index(plans[i].mask_id), plans[i].gmask))
             budgets.append(budget)
-        strategy = options.build_strategy(end_tokens, banned)
+        strategy = options.build_strategy(end_tokens, banned, generator)
         results = decode(runner, rows, budgets, strategy, layout.pad, on_token)
         for i, beams, row in zip(active, results, rows):
             seq, at = best[i], row.mask_position
@@ -143,14 +131,13 @@ def fill_blanks(
 
     completions = []
     for i, plan in enumerate(plans):
-        english = _is_english(plan.text)
-        answers, styled, blanks, ids = [], [], [], []
+        answers, blanks, ids, spans = [], [], [], []
         for seq, fill in finals[i]:
-            beam_fills = fills[i][:-1] + [fill]
+            beam_fills = [*fills[i][:-1], fill]
             seq = _strip_eos(seq, layout.eos)
             ids.append(seq)
             answers.append(tokenizer.decode(seq))
-            styled.append(_styled(tokenizer, seq, beam_fills, plan.gmask, english))
             blanks.append([tokenizer.decode(f.tokens) for f in beam_fills])
-        completions.append(Completion(plan.text, answers, styled, blanks, ids))
+            spans.append([(f.position, f.position + len(f.tokens)) for f in beam_fills])
+        completions.append(Completion(plan.text, answers, blanks, ids, spans, plan.gmask))
     return completions

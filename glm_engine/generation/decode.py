@@ -14,8 +14,9 @@ import torch
 from glm_engine.backends.base import ModelRunner
 from glm_engine.generation.masks import GenerationRow, align_left
 
-# Called after every step with the step index and the new token of each row and beam ([batch][beam]; -1 = ended).
-TokenCallback = Callable[[int, list[list[int]]], None]
+# Called after every step with the step index, the new token of each row and beam ([batch][beam]; -1 = ended) and
+# the beam each one continues ([batch][beam], an index into the previous step's beams; all 0 without beam search).
+TokenCallback = Callable[[int, list[list[int]], list[list[int]]], None]
 
 
 class Strategy(Protocol):
@@ -44,7 +45,7 @@ def decode(
     """Generate up to ``budgets[i]`` tokens after each row's ``sop``; per row, beams best first (generated tokens)."""
     batch = len(rows)
     most = max(budgets)
-    aligned = align_left(rows, aligned_length := max(len(r.context) for r in rows) + most, pad_id)
+    aligned = align_left(rows, aligned_length := max(len(r.context) for r in rows) + most, pad_id, budgets)
     start = aligned.context_length
     device = runner.device
     positions = aligned.position_ids.to(device)
@@ -68,7 +69,7 @@ def decode(
             break
         tokens, parents = strategy.step(logits.view(batch, beams_so_far, -1).float().cpu())
         if on_token is not None:
-            on_token(step, tokens.tolist())
+            on_token(step, tokens.tolist(), parents.tolist())
         if strategy.is_done or step == most - 1:
             break
         beams = tokens.shape[1]

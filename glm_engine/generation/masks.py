@@ -47,22 +47,16 @@ class AlignedBatch:
     context_length: int  # the common column count of the prompts (longest prompt)
     pad_lengths: list[int]
 
-    def repeat_rows(self, repeats: int) -> AlignedBatch:
-        """Each row ``repeats`` times in a row (for beams)."""
-        return AlignedBatch(
-            self.input_ids.repeat_interleave(repeats, 0),
-            self.position_ids.repeat_interleave(repeats, 0),
-            self.blocked.repeat_interleave(repeats, 0),
-            self.context_length,
-            [p for p in self.pad_lengths for _ in range(repeats)],
-        )
 
-
-def align_left(rows: Sequence[GenerationRow], total_length: int, pad_id: int) -> AlignedBatch:
+def align_left(
+    rows: Sequence[GenerationRow], total_length: int, pad_id: int, budgets: Sequence[int] | None = None
+) -> AlignedBatch:
     """Left-pad ``rows`` to a common prompt length, with masks and positions out to ``total_length`` columns.
 
     Pad columns are blocked for every query; a pad row attends only to itself so no softmax row is empty. A row
-    computed in a padded batch therefore sees exactly what it would see alone.
+    computed in a padded batch therefore sees exactly what it would see alone. Past a row's own budget of generated
+    tokens (when ``budgets`` is given) its positions stay at the last one it can use: a finished row keeps being
+    computed alongside longer ones and must not run past the model's position range.
     """
     context_length = max(len(r.context) for r in rows)
     batch = len(rows)
@@ -75,7 +69,11 @@ def align_left(rows: Sequence[GenerationRow], total_length: int, pad_id: int) ->
         pads.append(pad)
         span = total_length - pad
         input_ids[i, pad:context_length] = torch.tensor(row.context, dtype=torch.long)
-        position_ids[i, pad:] = generation_positions(len(row.context), span, row.mask_position, row.gmask)
+        positions = generation_positions(len(row.context), span, row.mask_position, row.gmask)
+        if budgets is not None:
+            last = len(row.context) + budgets[i] - 1
+            positions[last + 1 :] = positions[last]
+        position_ids[i, pad:] = positions
         blocked[i, 0, pad:, pad:] = generation_blocked(len(row.context), span)
         blocked[i, 0, torch.arange(pad), torch.arange(pad)] = False
     return AlignedBatch(input_ids, position_ids, blocked, context_length, pads)

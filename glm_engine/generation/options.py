@@ -63,10 +63,14 @@ class GenerationOptions:
         return self.num_beams if self.sampling_strategy == "BeamSearchStrategy" else 1
 
     def build_strategy(
-        self, end_tokens: tuple[int, ...], invalid_slices: tuple[slice, ...] = ()
+        self,
+        end_tokens: tuple[int, ...],
+        invalid_slices: tuple[slice, ...] = (),
+        generator: torch.Generator | None = None,
     ) -> BaseStrategy | BeamSearchStrategy:
-        """A fresh strategy with its own generator seeded from ``seed`` (sampling runs on the CPU: reproducible)."""
-        generator = torch.Generator().manual_seed(self.seed)
+        """A fresh strategy drawing from ``generator`` (default: one seeded with ``seed``); sampling runs on the
+        CPU, so a seed gives the same tokens on every device."""
+        generator = generator if generator is not None else torch.Generator().manual_seed(self.seed)
         if self.sampling_strategy == "BeamSearchStrategy":
             return BeamSearchStrategy(
                 self.num_beams,

@@ -81,10 +81,15 @@ class GLMModel:
             k, v = cache.update(index, k, v)
         context = ops.attention(q, k, v, blocked, layer_scale=float(index + 1))
         context = context.transpose(1, 2).reshape(b, s, h)
-        attn = ops.linear(context, layer.dense_weight, layer.dense_bias)
+        attn = self._row_parallel_linear(context, layer.dense_weight, layer.dense_bias)
         x = ops.deepnorm_residual(normed, attn, alpha)
 
         normed = ops.layernorm(x, layer.post_attention_layernorm_weight, layer.post_attention_layernorm_bias, eps)
         hidden = ops.geglu(ops.linear(normed, layer.dense_h_to_4h_weight, layer.dense_h_to_4h_bias))
-        mlp = ops.linear(hidden, layer.dense_4h_to_h_weight, layer.dense_4h_to_h_bias)
+        mlp = self._row_parallel_linear(hidden, layer.dense_4h_to_h_weight, layer.dense_4h_to_h_bias)
         return ops.deepnorm_residual(normed, mlp, alpha)
+
+    def _row_parallel_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The reference's RowParallelLinear: the product, then (under tensor parallelism, the all-reduce, then) the
+        bias as its own addition, which also rounds separately in fp16 (glm130b.md section 1.3)."""
+        return self.ops.linear(x, weight, None) + bias

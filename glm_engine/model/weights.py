@@ -6,8 +6,8 @@ the native format too, so a SAT state dict and ours are the same thing (glm130b.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -84,13 +84,18 @@ def parameter_shapes(config: GLMConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str) -> None:
-    """Raise CheckpointError naming every missing, unexpected and misshapen key (ignored buffers excepted)."""
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str) -> list[str]:
+    """Raise CheckpointError naming every missing, unexpected and misshapen key; return the keys left unused.
+
+    Unexpected keys under ``transformer.`` are errors (e.g. layers beyond ``num_layers``: a config that does not
+    match the file would silently drop them); other extra keys and recomputed buffers are only reported back.
+    """
     expected = parameter_shapes(config)
     present = {k for k in state_dict if not k.endswith(IGNORED_KEY_SUFFIXES)}
     shapes = {k: _shape(state_dict, k) for k in present}
     missing = sorted(set(expected) - present)
-    unexpected = sorted(present - set(expected))
+    extra = sorted(present - set(expected))
+    unexpected = [k for k in extra if k.startswith("transformer.")]
     misshapen = [
         f"{k} is {shapes[k]}, expected {expected[k]}"
         for k in sorted(present & set(expected))
@@ -106,12 +111,13 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: GLMConfig, 
             f"{source} does not match the model config ({config.num_layers} layers, hidden {config.hidden_size}, "
             f"vocab {config.vocab_size}): " + "; ".join(problems) + ". Check the config (--config) or the file."
         )
-    floating = [k for k in sorted(present) if not _is_floating(state_dict, k)]
+    floating = [k for k in expected if not _is_floating(state_dict, k)]
     if floating:
         raise CheckpointError(
             f"{source} holds non-floating-point weights ({floating[0]} ...): a quantized "
             "checkpoint, which this version of glm-engine does not load"
         )
+    return [k for k in extra if k not in unexpected]
 
 
 def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
@@ -133,6 +139,7 @@ class GLMWeights:
     layers: list[LayerWeights]
     final_layernorm_weight: torch.Tensor
     final_layernorm_bias: torch.Tensor
+    unused_keys: list[str] = field(default_factory=list)  # keys of the source the model does not use
 
     @classmethod
     def from_state_dict(
@@ -142,20 +149,32 @@ class GLMWeights:
         dtype: torch.dtype,
         device: torch.device | str,
         source: str = "state dict",
+        progress: Callable[[int, int], None] | None = None,
     ) -> GLMWeights:
-        """Validate, then convert each tensor to ``dtype`` on ``device`` one at a time (no second full copy)."""
-        check_state_dict(state_dict, config, source)
+        """Validate, then convert each tensor to ``dtype`` on ``device`` one at a time (no second full copy).
+
+        ``progress(done, total)`` is called after each tensor, for a progress bar on long loads.
+        """
+        unused = check_state_dict(state_dict, config, source)
+        total, done = len(parameter_shapes(config)), 0
 
         def take(key: str) -> torch.Tensor:
-            return state_dict[key].to(device=device, dtype=dtype).contiguous()
+            nonlocal done
+            tensor = state_dict[key].to(device=device, dtype=dtype).contiguous()
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            return tensor
 
+        embeddings = take(EMBEDDING_KEY)
         layers = [
             LayerWeights(**{f.name: take(layer_key(n, f.name)) for f in fields(LayerWeights)})
             for n in range(config.num_layers)
         ]
-        return cls(take(EMBEDDING_KEY), layers, take(FINAL_LN_KEYS[0]), take(FINAL_LN_KEYS[1]))
+        return cls(embeddings, layers, take(FINAL_LN_KEYS[0]), take(FINAL_LN_KEYS[1]), unused)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under their reference key names."""
         out = {EMBEDDING_KEY: self.word_embeddings}
         for n, layer in enumerate(self.layers):
             out.update({layer_key(n, f.name): getattr(layer, f.name) for f in fields(LayerWeights)})
