@@ -20,7 +20,8 @@ def top_k_top_p_filter(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0)
     """SAT's ``top_k_logits`` per row: top-k first (ties with the k-th value survive), then nucleus.
 
     Nucleus keeps the smallest prefix of the sorted distribution whose mass exceeds ``top_p``, including the token
-    that crosses it. Works on ``[rows, vocab]``; returns a new tensor.
+    that crosses it. Works on ``[rows, vocab]``; returns a new tensor. This is the reference formulation, kept as the
+    oracle that :func:`sampling_candidates` (what sampling uses) is tested against.
     """
     logits = logits.clone()
     if top_k > 0:
