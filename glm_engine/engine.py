@@ -21,8 +21,9 @@ from glm_engine.model.weights import GLMWeights, random_state_dict
 from glm_engine.ops.interface import Op
 from glm_engine.tokenizer import GLMTokenizer, builtin_tokenizer, load_tokenizer
 
-# What ``glm-engine run`` uses without --checkpoint: the tiny preset with seeded random weights.
-DEFAULT_MODEL = "glm-tiny"
+# What ``load()`` and ``glm-engine run`` use without a checkpoint: the small trained bilingual demo model shipped
+# with the package (tools/train_demo_model.py made it).
+DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "demo_model")
 RANDOM_WEIGHTS_SEED = 1234
 # Random weights are for test-sized presets; anything larger needs a checkpoint.
 MAX_RANDOM_PARAMETERS = 2_000_000_000
@@ -100,7 +101,8 @@ class Engine:
         if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
             raise InputError(f"token ids must lie in [0, {self.config.vocab_size})")
         device = self.runner.device
-        return self.runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
+        with torch.inference_mode():
+            return self.runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.dtype:
@@ -132,19 +134,19 @@ def load(
     device_index: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Engine:
-    """Load a checkpoint folder, or a preset name (seeded random weights, for tests and the built-in default).
+    """Load a checkpoint folder (default: the built-in demo model), or a preset name (seeded random weights).
 
     ``backend`` is a registered name or ``"auto"``; ``dtype`` ``"fp32" | "bf16" | "fp16"`` (default: the backend's
-    first choice); ``tokenizer`` the ``ice_text.model`` file or its folder (default: icetk's cache, or the packaged
-    test tokenizer for presets); ``config`` a preset name or config.json overriding the checkpoint's;
-    ``progress(done, total)`` follows the weights as they are converted and placed on the device.
+    first choice); ``tokenizer`` the ``ice_text.model`` file or its folder (default: the checkpoint's own, else
+    icetk's cache; the packaged test tokenizer for presets); ``config`` a preset name or config.json overriding the
+    checkpoint's; ``progress(done, total)`` follows the weights as they are converted and placed on the device.
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = _resolve_dtype(dtype, chosen)
     notes = [why]
     if isinstance(chosen, GraphLevelBackend):  # runs an exported graph: no weights of ours to load
         runner = chosen.load_runner(str(path_or_preset), run_dtype)
-        tok = load_tokenizer(tokenizer, runner.config.vocab_layout)
+        tok = load_tokenizer(tokenizer, runner.config.vocab_layout, path_or_preset)
         return Engine(runner, tok, chosen, f"exported model {path_or_preset}", notes)
     banned: tuple[slice, ...] = ()
     device = chosen.device(device_index)
@@ -167,8 +169,8 @@ def load(
         banned = (slice(0, text.start), slice(text.stop, model_config.vocab_size))  # keep noise readable
     else:
         model_config, state_dict = load_checkpoint(path_or_preset, _resolve_config(config))
-        source = f"checkpoint {path_or_preset}"
-        tok = load_tokenizer(tokenizer, model_config.vocab_layout)
+        source = "the built-in demo model" if str(path_or_preset) == DEFAULT_MODEL else f"checkpoint {path_or_preset}"
+        tok = load_tokenizer(tokenizer, model_config.vocab_layout, path_or_preset)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
     weights = GLMWeights.from_state_dict(state_dict, model_config, run_dtype, device, source, progress)
     runner = GLMModel(model_config, weights, ops)

@@ -34,6 +34,7 @@ class Strategy(Protocol):
     def finalize(self) -> list[list[list[int]]]: ...
 
 
+@torch.inference_mode()
 def decode(
     runner: ModelRunner,
     rows: Sequence[GenerationRow],

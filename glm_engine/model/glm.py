@@ -31,7 +31,6 @@ class GLMModel:
         c = self.config
         return KVCache(c.num_layers, batch_size, c.num_attention_heads, max_length, c.head_dim, self.dtype, self.device)
 
-    @torch.inference_mode()
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -43,7 +42,8 @@ class GLMModel:
         """Logits ``[b, s, vocab]`` (``[b, 1, vocab]`` with ``last_only``) for ``input_ids [b, s]``.
 
         ``position_ids [b, s]``; ``blocked`` bool ``[b or 1, 1, s, cached + s]``, True = may not attend. With a
-        cache, the new keys/values are appended after the cached ones.
+        cache, the new keys/values are appended after the cached ones. Differentiable when the weights require
+        gradients (training the demo model); inference callers run it under ``torch.inference_mode()``.
         """
         ops, w = self.ops, self.weights
         x = ops.embedding(input_ids, w.word_embeddings)
