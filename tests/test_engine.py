@@ -10,10 +10,11 @@ from glm_engine.errors import InputError
 
 @pytest.fixture(scope="module")
 def engine():
-    return glm_engine.load()
+    """The tiny preset with random weights: the generation machinery, independent of any trained model."""
+    return glm_engine.load("glm-tiny")
 
 
-def test_default_engine_is_the_tiny_preset_on_the_auto_backend_and_says_its_weights_are_random(engine):
+def test_a_preset_loads_on_the_auto_backend_and_says_its_weights_are_random(engine):
     assert engine.backend.name == REGISTRY.auto()[0].name
     assert engine.config == glm_engine.preset("glm-tiny")
     assert any("random weights" in note for note in engine.notes)
@@ -104,7 +105,7 @@ def test_too_long_prompt_is_refused(engine):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_reduced_precision_engines_generate(dtype):
-    engine = glm_engine.load(dtype=dtype)
+    engine = glm_engine.load("glm-tiny", dtype=dtype)
     assert engine.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     assert engine.generate("Hello [MASK]", out_seq_length=12, top_k=1)[0].answers[0].startswith("Hello")
 

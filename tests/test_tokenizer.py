@@ -12,6 +12,7 @@ from glm_engine.tokenizer import (
     ICETK_CACHE_DIR,
     GLMTokenizer,
     builtin_tokenizer,
+    find_tokenizer_model,
     load_tokenizer,
 )
 from glm_engine.vocab import VocabLayout
@@ -339,3 +340,13 @@ def test_path_with_tilde_is_expanded(tmp_path, monkeypatch):
     (tmp_path / "ice_text.model").write_bytes(BUILTIN_TOKENIZER_PATH.read_bytes())
     monkeypatch.setenv("HOME", str(tmp_path))
     assert load_tokenizer(Path("~"), VocabLayout()).model_path == tmp_path / "ice_text.model"
+
+
+def test_without_a_path_the_tokenizer_beside_the_checkpoint_comes_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "ice_text.model").write_bytes(BUILTIN_TOKENIZER_PATH.read_bytes())
+    assert find_tokenizer_model(None, checkpoint) == checkpoint / "ice_text.model"
+    with pytest.raises(TokenizerError, match=r"elsewhere/ice_text\.model, .*\.icetk_models/ice_text\.model"):
+        find_tokenizer_model(None, tmp_path / "elsewhere")

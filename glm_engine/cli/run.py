@@ -132,13 +132,14 @@ def _process(
 def run(
     backend: Annotated[str, typer.Option(help="backend name, or auto for the best available")] = "auto",
     checkpoint: Annotated[
-        str | None, typer.Option(help=f"checkpoint folder (native or SAT); default: the built-in {DEFAULT_MODEL} model")
+        str | None, typer.Option(help="checkpoint folder (native or SAT); default: the built-in demo model")
     ] = None,
     config: Annotated[
         str | None, typer.Option(help="preset name or config.json, for a SAT folder without config.json")
     ] = None,
     tokenizer: Annotated[
-        str | None, typer.Option(help="ice_text.model file or its folder; default ~/.icetk_models/")
+        str | None,
+        typer.Option(help="ice_text.model file or its folder; default: the checkpoint's own, else ~/.icetk_models/"),
     ] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16; default: the backend's first choice")] = None,
     input_source: Annotated[str, typer.Option(help="'interactive' or a file with one query per line")] = INTERACTIVE,

@@ -155,10 +155,13 @@ def icetk_cache_model_path() -> Path:
     return Path(os.path.expanduser(ICETK_CACHE_DIR)) / MODEL_FILENAME
 
 
-def find_tokenizer_model(path: str | Path | None) -> Path:
-    """Resolve ``path`` (a model file, a directory holding ``ice_text.model``, or None for icetk's cache) to a file."""
+def find_tokenizer_model(path: str | Path | None, checkpoint: str | Path | None = None) -> Path:
+    """Resolve ``path`` (a model file, or a directory holding ``ice_text.model``) to a file; without a path, look
+    beside the checkpoint first, then in icetk's cache."""
     if path is None:
         candidates = [icetk_cache_model_path()]
+        if checkpoint is not None:
+            candidates.insert(0, Path(checkpoint).expanduser() / MODEL_FILENAME)
     else:
         given = Path(os.path.expanduser(str(path)))
         candidates = [given / MODEL_FILENAME] if given.is_dir() else [given]
@@ -173,9 +176,10 @@ def find_tokenizer_model(path: str | Path | None) -> Path:
     )
 
 
-def load_tokenizer(path: str | Path | None, layout: VocabLayout) -> GLMTokenizer:
-    """Load the tokenizer from a file, a directory containing ``ice_text.model``, or (None) icetk's cache dir."""
-    return GLMTokenizer(find_tokenizer_model(path), layout)
+def load_tokenizer(path: str | Path | None, layout: VocabLayout, checkpoint: str | Path | None = None) -> GLMTokenizer:
+    """Load the tokenizer from a file or a directory containing ``ice_text.model``; with no path, from beside the
+    checkpoint if it has one, else from icetk's cache dir."""
+    return GLMTokenizer(find_tokenizer_model(path, checkpoint), layout)
 
 
 def builtin_tokenizer(layout: VocabLayout | None = None) -> GLMTokenizer:
