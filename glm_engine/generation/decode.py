@@ -78,8 +78,9 @@ def decode(
             cache = cache.expanded(beams)
             positions = positions.repeat_interleave(beams, 0)
             blocked = blocked.repeat_interleave(beams, 0)
-        flat_parents = (torch.arange(batch).unsqueeze(1) * beams + parents).flatten()
-        cache.reorder(flat_parents, shared_prefix=start)
+        if beams > 1:  # sampling keeps every row in place: nothing to reorder
+            flat_parents = (torch.arange(batch).unsqueeze(1) * beams + parents).flatten()
+            cache.reorder(flat_parents, shared_prefix=start)
         beams_so_far = beams
         column = start + step
         feed = tokens.flatten()

@@ -45,7 +45,6 @@ class AlignedBatch:
     position_ids: torch.Tensor  # [b, total]
     blocked: torch.Tensor  # [b, 1, total, total]
     context_length: int  # the common column count of the prompts (longest prompt)
-    pad_lengths: list[int]
 
 
 def align_left(
@@ -63,10 +62,8 @@ def align_left(
     input_ids = torch.full((batch, total_length), pad_id, dtype=torch.long)
     position_ids = torch.zeros(batch, total_length, dtype=torch.long)
     blocked = torch.ones(batch, 1, total_length, total_length, dtype=torch.bool)
-    pads = []
     for i, row in enumerate(rows):
         pad = context_length - len(row.context)
-        pads.append(pad)
         span = total_length - pad
         input_ids[i, pad:context_length] = torch.tensor(row.context, dtype=torch.long)
         positions = generation_positions(len(row.context), span, row.mask_position, row.gmask)
@@ -76,4 +73,4 @@ def align_left(
         position_ids[i, pad:] = positions
         blocked[i, 0, pad:, pad:] = generation_blocked(len(row.context), span)
         blocked[i, 0, torch.arange(pad), torch.arange(pad)] = False
-    return AlignedBatch(input_ids, position_ids, blocked, context_length, pads)
+    return AlignedBatch(input_ids, position_ids, blocked, context_length)
