@@ -1,0 +1,176 @@
+"""How each GLM weight is split across tensor-parallel ranks, and re-sharding between any two TP degrees.
+
+The reference's rules (glm130b.md section 2.3): column-parallel weights (QKV, ``dense_h_to_4h``, the word embedding)
+split dim 0 and their biases with them; row-parallel weights (``attention.dense``, ``mlp.dense_4h_to_h``) split
+dim 1 and keep their bias whole; LayerNorms are replicated. ``dense_h_to_4h`` is GLU-aware: each rank holds its
+slice of the linear half followed by its slice of the gate half. QKV needs no special case (heads are contiguous).
+
+Re-sharding is written in global coordinates: a rank's shard is a list of *segments* (a global range of the split
+axis and where it sits in the local tensor), and a target shard is filled from the overlaps with the source
+segments. So any TP degree converts to any other that divides the axes, one source shard at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from glm_engine.errors import CheckpointError
+
+
+class Split(Enum):
+    REPLICATED = "replicated"
+    COLUMN = "column"  # dim 0, contiguous
+    GLU_COLUMN = "glu-column"  # dim 0, each half split separately
+    ROW = "row"  # dim 1
+
+
+_ROW_WEIGHTS = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
+_GLU = ("mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
+_COLUMN = ("attention.query_key_value.weight", "attention.query_key_value.bias", "word_embeddings.weight")
+
+
+def split_of(key: str) -> Split:
+    """How ``key`` (a reference state-dict name of a floating-point tensor) is split."""
+    if key.endswith(_ROW_WEIGHTS):
+        return Split.ROW
+    if key.endswith(_GLU):
+        return Split.GLU_COLUMN
+    if key.endswith(_COLUMN):
+        return Split.COLUMN
+    return Split.REPLICATED
+
+
+def split_dim(split: Split) -> int:
+    return 1 if split is Split.ROW else 0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Global rows/columns ``[start, stop)`` of the split axis, stored from ``local_start`` in the shard."""
+
+    start: int
+    stop: int
+    local_start: int
+
+
+def segments(split: Split, global_length: int, rank: int, tp: int) -> list[Segment]:
+    """The pieces of the split axis that ``rank`` of ``tp`` holds (one, or two for the GLU halves)."""
+    if split is Split.REPLICATED:
+        return [Segment(0, global_length, 0)]
+    parts = 2 if split is Split.GLU_COLUMN else 1
+    if global_length % (parts * tp):
+        raise CheckpointError(f"an axis of {global_length} cannot be split {tp} ways ({split.value} split)")
+    part, piece = global_length // parts, global_length // (parts * tp)
+    return [Segment(p * part + rank * piece, p * part + (rank + 1) * piece, p * piece) for p in range(parts)]
+
+
+def shard_shape(key: str, global_shape: Sequence[int], tp: int) -> tuple[int, ...]:
+    """The per-rank shape of ``key`` at TP degree ``tp``."""
+    split = split_of(key)
+    shape = list(global_shape)
+    if split is not Split.REPLICATED:
+        dim = split_dim(split)
+        segments(split, shape[dim], 0, tp)  # validates divisibility
+        shape[dim] //= tp
+    return tuple(shape)
+
+
+def shard(key: str, full: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
+    """Rank ``rank``'s shard of the full (TP=1) tensor, as a new contiguous tensor."""
+    return reshard(key, [full], rank, tp)
+
+
+def merge(key: str, shards: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The full (TP=1) tensor from all shards in rank order (the reference's merge, including the GLU halves)."""
+    return reshard(key, shards, 0, 1)
+
+
+def reshard(key: str, sources: Sequence[torch.Tensor], rank: int, tp: int) -> torch.Tensor:
+    """Rank ``rank`` of ``tp`` built from all source shards (source TP = ``len(sources)``)."""
+    target = ShardBuilder(key, sources[0].shape, len(sources), rank, tp, sources[0].dtype, sources[0].device)
+    for source_rank, source in enumerate(sources):
+        target.add(source_rank, source)
+    return target.finish()
+
+
+class ShardBuilder:
+    """Fills one target shard from source shards that arrive one at a time (so only one needs to be in memory)."""
+
+    def __init__(
+        self,
+        key: str,
+        source_shape: Sequence[int],
+        source_tp: int,
+        rank: int,
+        tp: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.key, self.split = key, split_of(key)
+        self.source_tp, self.rank, self.tp = source_tp, rank, tp
+        self.dim = split_dim(self.split)
+        global_shape = list(source_shape)
+        if self.split is not Split.REPLICATED:
+            global_shape[self.dim] *= source_tp
+        self.global_length = global_shape[self.dim] if len(global_shape) > self.dim else 1
+        self.source_shape = tuple(source_shape)
+        self.wanted = segments(self.split, self.global_length, rank, tp)
+        shape = shard_shape(key, global_shape, tp)
+        self.out = torch.empty(shape, dtype=dtype, device=device)
+        self.filled = 0
+
+    def needs(self, source_rank: int) -> bool:
+        """Whether the source shard ``source_rank`` holds any part of this target shard."""
+        if self.split is Split.REPLICATED:
+            return source_rank == 0
+        return any(_overlap(w, s) for w in self.wanted for s in self._source_segments(source_rank))
+
+    def add(self, source_rank: int, source: torch.Tensor) -> None:
+        """Copy the parts of ``source`` (shard ``source_rank`` of the source TP) that this target shard holds."""
+        if tuple(source.shape) != self.source_shape:
+            raise CheckpointError(
+                f"{self.key}: source shard {source_rank} is {tuple(source.shape)}, expected {self.source_shape} "
+                "like shard 0"
+            )
+        if self.split is Split.REPLICATED:
+            if source_rank == 0:  # the reference copies replicated tensors from the first source
+                self.out.copy_(source)
+                self.filled = self.global_length
+            return
+        for want in self.wanted:
+            for have in self._source_segments(source_rank):
+                start, stop = max(want.start, have.start), min(want.stop, have.stop)
+                if start >= stop:
+                    continue
+                piece = source.narrow(self.dim, have.local_start + start - have.start, stop - start)
+                self.out.narrow(self.dim, want.local_start + start - want.start, stop - start).copy_(piece)
+                self.filled += stop - start
+
+    def finish(self) -> torch.Tensor:
+        expected = self.global_length if self.split is Split.REPLICATED else self.out.shape[self.dim]
+        if self.filled != expected:
+            raise CheckpointError(f"{self.key}: target shard {self.rank} of {self.tp} is incomplete (internal error)")
+        return self.out
+
+    def _source_segments(self, source_rank: int) -> list[Segment]:
+        return segments(self.split, self.global_length, source_rank, self.source_tp)
+
+
+def _overlap(a: Segment, b: Segment) -> bool:
+    return max(a.start, b.start) < min(a.stop, b.stop)
+
+
+def sources_for(split: Split, global_length: int, source_tp: int, rank: int, tp: int) -> list[int]:
+    """The source ranks whose shards overlap target ``rank`` of ``tp`` for one split axis."""
+    if split is Split.REPLICATED:
+        return [0]
+    wanted = segments(split, global_length, rank, tp)
+    return [
+        s
+        for s in range(source_tp)
+        if any(_overlap(w, h) for w in wanted for h in segments(split, global_length, s, source_tp))
+    ]

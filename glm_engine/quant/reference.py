@@ -1,0 +1,91 @@
+"""The reference's weight-only quantization, bit for bit (glm130b.md sections 3.1-3.2).
+
+Per output row: ``scale = fp16(absmax / (2**(bits-1) - 1))`` and ``q = round_half_even(fp16(W / scale))``, so INT8
+values lie in [-127, 127] and INT4 in [-7, 7]. INT4 packs two values per byte, the even column in the HIGH nibble.
+Dequantization is the reference's extraction kernel: ``half(q) * scale``, a half-precision multiply.
+
+A scale may also be ``[out, groups]``: one scale per equal block of input columns. That is how a row-parallel weight
+quantized on each tensor-parallel rank's input slice (the reference's convert_tp) is represented once merged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from glm_engine.errors import CheckpointError
+
+SUPPORTED_BITS = (4, 8)
+
+
+def _check_bits(bits: int) -> None:
+    if bits not in SUPPORTED_BITS:
+        raise CheckpointError(f"quantization bit width must be 4 or 8, got {bits}")
+
+
+def quantize_rowwise(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)``: int8 values ``[out, in]`` (not yet packed) and the fp16 per-row scale ``[out]``.
+
+    Computed in fp16 like the reference (which quantizes the fp16 weight on the GPU); an all-zero row gets scale 0
+    and, as in the reference, 0/0 is NaN there, so such rows are mapped to 0 explicitly.
+    """
+    _check_bits(bits)
+    if weight.dim() != 2:
+        raise CheckpointError(f"only 2-D weights are quantized, got shape {tuple(weight.shape)}")
+    half = weight.to(torch.float16)
+    scale = half.abs().amax(dim=-1) / (2 ** (bits - 1) - 1)
+    q = torch.round(half / scale[:, None])
+    q = torch.nan_to_num(q, nan=0.0).to(torch.int8)
+    return q, scale
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Two int4 values per int8 byte along the last dim: ``(q[..., 2k] << 4) | (q[..., 2k+1] & 0x0F)``."""
+    if q.shape[-1] % 2:
+        raise CheckpointError(f"INT4 packing needs an even number of columns, got {q.shape[-1]}")
+    q = q.to(torch.int8)
+    high, low = q[..., 0::2], q[..., 1::2]
+    return ((high << 4) | (low & 0x0F)).to(torch.int8)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``pack_int4``: arithmetic shifts recover the signed nibbles, even column from the high one."""
+    packed = packed.to(torch.int8)
+    high = packed >> 4
+    low = (packed << 4) >> 4
+    return torch.stack((high, low), dim=-1).flatten(-2)
+
+
+def quantize(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored form: INT8 values, or INT4 values packed two per byte, plus the fp16 row scale."""
+    q, scale = quantize_rowwise(weight, bits)
+    return (pack_int4(q) if bits == 4 else q), scale
+
+
+def dequantize(
+    stored: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torch.dtype = torch.float16
+) -> torch.Tensor:
+    """``half(q) * scale`` (in fp16, as the reference's kernels), then cast to ``dtype``.
+
+    ``scale`` is ``[out]`` (one per row) or ``[out, groups]`` (one per equal block of input columns).
+    """
+    _check_bits(bits)
+    q = unpack_int4(stored) if bits == 4 else stored
+    if q.dtype != torch.int8:
+        raise CheckpointError(f"quantized weights must be int8, got {q.dtype}")
+    scale = scale.to(torch.float16)
+    if scale.dim() == 1:
+        scale = scale[:, None]
+    out, columns = q.shape
+    groups = scale.shape[1]
+    if scale.shape[0] != out or columns % groups:
+        raise CheckpointError(
+            f"scale shape {tuple(scale.shape)} does not fit quantized weight [{out}, {columns}] ({bits}-bit)"
+        )
+    grouped = q.to(torch.float16).view(out, groups, columns // groups) * scale[:, :, None]
+    return grouped.view(out, columns).to(dtype)
+
+
+def stored_columns(in_features: int, bits: int) -> int:
+    """Columns of the stored int8 tensor for a weight with ``in_features`` inputs (INT4: two per byte)."""
+    _check_bits(bits)
+    return in_features * bits // 8

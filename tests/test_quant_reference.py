@@ -1,0 +1,58 @@
+"""The reference's INT8/INT4 formula against an independent numpy transcription of glm130b.md section 3.1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from glm_engine.quant.reference import dequantize, pack_int4, quantize, quantize_rowwise, unpack_int4
+
+
+def numpy_reference(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """scale = fp16(absmax / (2**(bits-1)-1)); q = round_half_even(fp16(W / scale)), divisions in fp32 then fp16."""
+    w = weight.astype(np.float16)
+    absmax = np.abs(w).max(axis=1).astype(np.float32)
+    scale = (absmax / np.float32(2 ** (bits - 1) - 1)).astype(np.float16)
+    quotient = (w.astype(np.float32) / scale.astype(np.float32)[:, None]).astype(np.float16)
+    return np.round(quotient.astype(np.float32)).astype(np.int8), scale
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantize_matches_independent_formula(bits: int) -> None:
+    weight = torch.randn(64, 96, generator=torch.Generator().manual_seed(bits)) * 0.05
+    weight[3, 7] = 0.9  # an outlier row
+    q, scale = quantize_rowwise(weight, bits)
+    expected_q, expected_scale = numpy_reference(weight.numpy(), bits)
+    assert np.array_equal(scale.numpy(), expected_scale)
+    assert np.array_equal(q.numpy(), expected_q)
+    limit = 2 ** (bits - 1) - 1
+    assert int(q.abs().max()) == limit and int(q.min()) >= -limit
+
+
+def test_int4_packs_even_column_in_the_high_nibble() -> None:
+    q = torch.tensor([[1, -2, -7, 7]], dtype=torch.int8)
+    packed = pack_int4(q)
+    assert packed.view(torch.uint8).tolist() == [[0x1E, 0x97]]  # 1|-2 -> 0x1E; -7|7 -> 0x97
+    assert torch.equal(unpack_int4(packed), q)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_dequantize_is_half_times_scale(bits: int) -> None:
+    weight = torch.randn(8, 16)
+    stored, scale = quantize(weight, bits)
+    q, _ = quantize_rowwise(weight, bits)
+    expected = q.to(torch.float16) * scale[:, None]
+    assert torch.equal(dequantize(stored, scale, bits), expected)
+    assert (dequantize(stored, scale, bits, torch.float32) - weight).abs().max() <= scale.float().max() / 2 + 1e-3
+
+
+def test_grouped_scales_dequantize_each_column_block() -> None:
+    q = torch.ones(2, 6, dtype=torch.int8)
+    scale = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float16)
+    assert dequantize(q, scale, 8, torch.float32).tolist() == [[1, 1, 1, 2, 2, 2], [3, 3, 3, 4, 4, 4]]
+
+
+def test_zero_rows_quantize_to_zero() -> None:
+    q, scale = quantize_rowwise(torch.zeros(2, 4), 8)
+    assert scale.tolist() == [0.0, 0.0] and q.abs().sum() == 0

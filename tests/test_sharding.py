@@ -1,0 +1,93 @@
+"""Tensor-parallel split rules against an independent transcription of the reference's tools/convert_tp.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glm_engine.errors import CheckpointError
+from glm_engine.parallel.sharding import ShardBuilder, Split, merge, reshard, shard, shard_shape, sources_for, split_of
+
+KEYS = {
+    "transformer.word_embeddings.weight": (24, 4),
+    "transformer.layers.0.attention.query_key_value.weight": (48, 4),
+    "transformer.layers.0.attention.query_key_value.bias": (48,),
+    "transformer.layers.0.attention.dense.weight": (4, 24),
+    "transformer.layers.0.attention.dense.bias": (4,),
+    "transformer.layers.0.mlp.dense_h_to_4h.weight": (48, 4),
+    "transformer.layers.0.mlp.dense_h_to_4h.bias": (48,),
+    "transformer.layers.0.mlp.dense_4h_to_h.weight": (4, 24),
+    "transformer.layers.0.input_layernorm.weight": (4,),
+    "transformer.final_layernorm.bias": (4,),
+}
+
+
+def reference_convert(key: str, sources: list[torch.Tensor], rank: int, target_tp: int) -> torch.Tensor:
+    """convert_tp.py's merge/split (glm130b.md section 2.4), for target dividing or divided by the source TP."""
+    name = key.split(".", 3)[-1] if key.startswith("transformer.layers.") else key.removeprefix("transformer.")
+    if split_of(key) is Split.REPLICATED:
+        return sources[0].clone()
+    dim = 1 if name in ("attention.dense.weight", "mlp.dense_4h_to_h.weight") else 0
+    glu = name.startswith("mlp.dense_h_to_4h")
+    original = len(sources)
+    if target_tp <= original:
+        k = original // target_tp
+        parts = sources[rank * k : (rank + 1) * k]
+        if glu:
+            return torch.cat([p.chunk(2)[0] for p in parts] + [p.chunk(2)[1] for p in parts])
+        return torch.cat(parts, dim)
+    n = target_tp // original
+    src, off = sources[rank // n], rank % n
+    if glu:
+        c = src.chunk(2 * n)
+        return torch.cat([c[off], c[n + off]])
+    return src.chunk(n, dim)[off].clone()
+
+
+@pytest.mark.parametrize("key", sorted(KEYS))
+@pytest.mark.parametrize(("source_tp", "target_tp"), [(1, 4), (4, 1), (4, 2), (2, 4), (2, 2), (1, 1)])
+def test_reshard_equals_reference_convert_tp(key: str, source_tp: int, target_tp: int) -> None:
+    full = torch.randn(KEYS[key], dtype=torch.float16)
+    sources = [shard(key, full, r, source_tp) for r in range(source_tp)]
+    for rank in range(target_tp):
+        ours = reshard(key, sources, rank, target_tp)
+        assert torch.equal(ours, reference_convert(key, sources, rank, target_tp))
+    assert torch.equal(merge(key, [reshard(key, sources, r, target_tp) for r in range(target_tp)]), full)
+
+
+def test_glu_shard_holds_its_slice_of_each_half() -> None:
+    key = "transformer.layers.0.mlp.dense_h_to_4h.bias"
+    full = torch.arange(16.0)
+    assert shard(key, full, 1, 4).tolist() == [2.0, 3.0, 10.0, 11.0]
+
+
+def test_uneven_degrees_go_through_global_coordinates() -> None:
+    key = "transformer.layers.0.mlp.dense_h_to_4h.weight"
+    full = torch.randn(48, 4)
+    three = [shard(key, full, r, 3) for r in range(3)]
+    two = [reshard(key, three, r, 2) for r in range(2)]
+    assert all(torch.equal(two[r], shard(key, full, r, 2)) for r in range(2))
+
+
+def test_builder_takes_sources_one_at_a_time_and_knows_which_it_needs() -> None:
+    key = "transformer.layers.0.attention.dense.weight"
+    full = torch.randn(4, 24)
+    sources = [shard(key, full, r, 4) for r in range(4)]
+    builder = ShardBuilder(key, sources[0].shape, 4, rank=1, tp=2, dtype=full.dtype)
+    assert [s for s in range(4) if builder.needs(s)] == [2, 3]
+    assert sources_for(Split.ROW, 24, 4, 1, 2) == [2, 3]
+    for s in (2, 3):
+        builder.add(s, sources[s])
+    assert torch.equal(builder.finish(), full[:, 12:])
+
+
+def test_incomplete_or_mismatched_sources_are_errors() -> None:
+    key = "transformer.layers.0.attention.query_key_value.weight"
+    builder = ShardBuilder(key, (12, 4), 4, rank=0, tp=1, dtype=torch.float32)
+    builder.add(0, torch.zeros(12, 4))
+    with pytest.raises(CheckpointError, match="incomplete"):
+        builder.finish()
+    with pytest.raises(CheckpointError, match="expected"):
+        builder.add(1, torch.zeros(11, 4))
+    with pytest.raises(CheckpointError, match="cannot be split 5 ways"):
+        shard_shape(key, (48, 4), 5)
