@@ -13,6 +13,7 @@ import torch
 
 from glm_engine.config import GLMConfig
 from glm_engine.errors import CheckpointError
+from glm_engine.parallel.sharding import shard_shape
 
 EMBEDDING_KEY = "transformer.word_embeddings.weight"
 FINAL_LN_KEYS = ("transformer.final_layernorm.weight", "transformer.final_layernorm.bias")
@@ -59,8 +60,8 @@ def layer_key(layer: int, field_name: str) -> str:
     return f"transformer.layers.{layer}.{LAYER_KEY_SUFFIX[field_name]}"
 
 
-def parameter_shapes(config: GLMConfig) -> dict[str, tuple[int, ...]]:
-    """Every expected state-dict key with its (TP=1) shape."""
+def parameter_shapes(config: GLMConfig, tp: int = 1) -> dict[str, tuple[int, ...]]:
+    """Every expected state-dict key with its shape on one rank of tensor-parallel degree ``tp``."""
     h, i = config.hidden_size, config.inner_hidden_size
     layer_shapes = {
         "input_layernorm_weight": (h,),
@@ -81,16 +82,20 @@ def parameter_shapes(config: GLMConfig) -> dict[str, tuple[int, ...]]:
         for name, shape in layer_shapes.items():
             shapes[layer_key(layer, name)] = shape
     shapes.update({key: (h,) for key in FINAL_LN_KEYS})
-    return shapes
+    if tp == 1:
+        return shapes
+    return {key: shard_shape(key, shape, tp) for key, shape in shapes.items()}
 
 
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str) -> list[str]:
+def check_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str, tp: int = 1
+) -> list[str]:
     """Raise CheckpointError naming every missing, unexpected and misshapen key; return the keys left unused.
 
     Unexpected keys under ``transformer.`` are errors (e.g. layers beyond ``num_layers``: a config that does not
     match the file would silently drop them); other extra keys and recomputed buffers are only reported back.
     """
-    expected = parameter_shapes(config)
+    expected = parameter_shapes(config, tp)
     present = {k for k in state_dict if not k.endswith(IGNORED_KEY_SUFFIXES)}
     shapes = {k: _shape(state_dict, k) for k in present}
     missing = sorted(set(expected) - present)
@@ -150,12 +155,14 @@ class GLMWeights:
         device: torch.device | str,
         source: str = "state dict",
         progress: Callable[[int, int], None] | None = None,
+        tp: int = 1,
     ) -> GLMWeights:
         """Validate, then convert each tensor to ``dtype`` on ``device`` one at a time (no second full copy).
 
-        ``progress(done, total)`` is called after each tensor, for a progress bar on long loads.
+        ``state_dict`` holds one rank's shards when ``tp > 1``. ``progress(done, total)`` is called after each
+        tensor, for a progress bar on long loads.
         """
-        unused = check_state_dict(state_dict, config, source)
+        unused = check_state_dict(state_dict, config, source, tp)
         total, done = len(parameter_shapes(config)), 0
 
         def take(key: str) -> torch.Tensor:
