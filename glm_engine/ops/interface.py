@@ -23,6 +23,7 @@ class Op(str, Enum):
     ROTARY = "rotary"
     ATTENTION = "attention"
     GEGLU = "geglu"
+    GELU = "gelu"
     DEEPNORM_RESIDUAL = "deepnorm_residual"
 
 
@@ -76,6 +77,11 @@ class OpTable(ABC):
     @abstractmethod
     def geglu(self, x: torch.Tensor) -> torch.Tensor:
         """GeGLU: with ``x1, x2 = x.chunk(2, -1)`` return ``x1 * gelu_erf(x2)`` (first half linear, second gated)."""
+
+    @abstractmethod
+    def gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """GeLU with the tanh approximation, written as ChatGLM-6B's ``gelu_impl`` (OpenAI's form):
+        ``0.5 * x * (1 + tanh(0.7978845608028654 * x * (1 + 0.044715 * x * x)))``, elementwise in ``x``'s dtype."""
 
     @abstractmethod
     def deepnorm_residual(self, normed: torch.Tensor, branch: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -16,6 +16,9 @@ from glm_engine.ops.interface import OpTable
 
 # Value the reference writes into blocked attention scores before the fp32 rescale (SAT's non-apex path).
 MASKED_SCORE = -10000.0
+# sqrt(2 / pi) as ChatGLM-6B's gelu_impl writes it, and the cubic coefficient of the tanh approximation.
+GELU_TANH_SCALE = 0.7978845608028654
+GELU_TANH_CUBIC = 0.044715
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +63,9 @@ class TorchOps(OpTable):
     def geglu(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=-1)
         return x1 * F.gelu(x2)
+
+    def gelu(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(GELU_TANH_SCALE * x * (1.0 + GELU_TANH_CUBIC * x * x)))
 
     def deepnorm_residual(self, normed: torch.Tensor, branch: torch.Tensor, alpha: float) -> torch.Tensor:
         return normed * alpha + branch
