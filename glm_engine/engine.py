@@ -115,7 +115,8 @@ def _resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.d
     return DTYPE_NAMES[dtype]
 
 
-def _resolve_config(config: str | Path | GLMConfig | None) -> GLMConfig | None:
+def resolve_config(config: str | Path | GLMConfig | None) -> GLMConfig | None:
+    """A preset name or config.json path as a GLMConfig (None stays None: use the checkpoint's own)."""
     if config is None or isinstance(config, GLMConfig):
         return config
     if str(config) in PRESETS:
@@ -153,7 +154,7 @@ def load(
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
     checkpoint = None
     if isinstance(path_or_preset, str) and path_or_preset in PRESETS and not Path(path_or_preset).exists():
-        model_config = _resolve_config(config) or preset(path_or_preset)
+        model_config = resolve_config(config) or preset(path_or_preset)
         if model_config.num_parameters() > MAX_RANDOM_PARAMETERS:
             raise InputError(
                 f"preset {path_or_preset} has {model_config.num_parameters() / 1e9:.1f}B parameters; "
@@ -170,7 +171,7 @@ def load(
         text = tok.text_id_range
         banned = (slice(0, text.start), slice(text.stop, model_config.vocab_size))  # keep noise readable
     else:
-        checkpoint = open_checkpoint(path_or_preset, _resolve_config(config))  # validated before anything heavy
+        checkpoint = open_checkpoint(path_or_preset, resolve_config(config))  # validated before anything heavy
         model_config = checkpoint.config
         source = "the built-in demo model" if str(path_or_preset) == DEFAULT_MODEL else checkpoint.describe()
         tok = load_tokenizer(tokenizer, model_config.vocab_layout, path_or_preset)
