@@ -10,7 +10,7 @@ import torch
 
 from glm_engine.backends.base import DTYPE_NAMES, Backend, GraphLevelBackend, ModelRunner, dtype_name
 from glm_engine.backends.registry import REGISTRY, op_table_for
-from glm_engine.checkpoint import load_checkpoint
+from glm_engine.checkpoint import open_checkpoint
 from glm_engine.config import PRESETS, GLMConfig, preset
 from glm_engine.errors import ConfigError, InputError
 from glm_engine.generation.blank_filling import Completion, fill_blanks
@@ -115,7 +115,8 @@ def _resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.d
     return DTYPE_NAMES[dtype]
 
 
-def _resolve_config(config: str | Path | GLMConfig | None) -> GLMConfig | None:
+def resolve_config(config: str | Path | GLMConfig | None) -> GLMConfig | None:
+    """A preset name or config.json path as a GLMConfig (None stays None: use the checkpoint's own)."""
     if config is None or isinstance(config, GLMConfig):
         return config
     if str(config) in PRESETS:
@@ -150,8 +151,10 @@ def load(
         return Engine(runner, tok, chosen, f"exported model {path_or_preset}", notes)
     banned: tuple[slice, ...] = ()
     device = chosen.device(device_index)
+    ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
+    checkpoint = None
     if isinstance(path_or_preset, str) and path_or_preset in PRESETS and not Path(path_or_preset).exists():
-        model_config = _resolve_config(config) or preset(path_or_preset)
+        model_config = resolve_config(config) or preset(path_or_preset)
         if model_config.num_parameters() > MAX_RANDOM_PARAMETERS:
             raise InputError(
                 f"preset {path_or_preset} has {model_config.num_parameters() / 1e9:.1f}B parameters; "
@@ -168,11 +171,15 @@ def load(
         text = tok.text_id_range
         banned = (slice(0, text.start), slice(text.stop, model_config.vocab_size))  # keep noise readable
     else:
-        model_config, state_dict = load_checkpoint(path_or_preset, _resolve_config(config))
-        source = "the built-in demo model" if str(path_or_preset) == DEFAULT_MODEL else f"checkpoint {path_or_preset}"
+        checkpoint = open_checkpoint(path_or_preset, resolve_config(config))  # validated before anything heavy
+        model_config = checkpoint.config
+        source = "the built-in demo model" if str(path_or_preset) == DEFAULT_MODEL else checkpoint.describe()
         tok = load_tokenizer(tokenizer, model_config.vocab_layout, path_or_preset)
-    ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
+        state_dict = checkpoint.rank_state_dict(0, 1, run_dtype, device, progress)
+        progress = None  # the weights are already converted and placed
     weights = GLMWeights.from_state_dict(state_dict, model_config, run_dtype, device, source, progress)
+    if checkpoint is not None:
+        weights.unused_keys = checkpoint.unused_keys
     runner = GLMModel(model_config, weights, ops)
     notes.append(f"{chosen.name} backend, {dtype_name(run_dtype)}")
     notes.extend(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -13,11 +12,10 @@ from typing import Annotated
 
 import torch
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
+from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.render import styled_answer
 from glm_engine.engine import DEFAULT_MODEL, Engine, load
 from glm_engine.errors import InputError
@@ -82,21 +80,6 @@ def output_file(output_path: Path, query_id: str | None, text: str) -> Path:
     while path.exists():  # two queries within a second must not overwrite each other
         path, n = output_path / f"{stem}-{n}.txt", n + 1
     return path
-
-
-@contextmanager
-def loading_progress() -> Iterator[Callable[[int, int], None]]:
-    """A progress bar on stderr for the weights being placed on the device; gone once loading ends."""
-    with Progress(
-        TextColumn("loading weights"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("load", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def report(completion: Completion, tokenizer: GLMTokenizer, print_all_beams: bool) -> None:
@@ -184,7 +167,7 @@ def run(
             raise InputError(f"--output-path {output_path} is a file; answers go into a folder")
         interactive = input_source == INTERACTIVE
         queries = interactive_queries() if interactive else iter(read_queries(Path(input_source), with_id))
-        with loading_progress() as progress:
+        with progress_bar("loading weights") as progress:
             engine = load(checkpoint or DEFAULT_MODEL, backend, dtype, tokenizer, config, progress=progress)
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)
