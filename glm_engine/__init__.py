@@ -1,5 +1,6 @@
 """glm-engine: one GLM graph (GLM-130B and family) on many accelerators, with the reference's exact semantics."""
 
+from glm_engine.chatglm_engine import ChatGLMEngine, load_chatglm
 from glm_engine.config import GLMConfig, preset
 from glm_engine.engine import Engine, load
 from glm_engine.errors import GlmEngineError
@@ -7,4 +8,14 @@ from glm_engine.generation.blank_filling import Completion
 
 __version__ = "0.1.0"
 
-__all__ = ["Completion", "Engine", "GLMConfig", "GlmEngineError", "__version__", "load", "preset"]
+__all__ = [
+    "ChatGLMEngine",
+    "Completion",
+    "Engine",
+    "GLMConfig",
+    "GlmEngineError",
+    "__version__",
+    "load",
+    "load_chatglm",
+    "preset",
+]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from glm_engine.checkpoint import layout, native, sat
+from glm_engine.checkpoint import hf, layout, native, sat
 from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.errors import CheckpointError, ConfigError
 from glm_engine.model.weights import parameter_shapes
@@ -123,6 +123,11 @@ def open_checkpoint(path: str | Path, config: GLMConfig | None = None) -> Checkp
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a file; pass the folder that holds it")
+    if hf.is_chatglm_checkpoint(path):
+        raise CheckpointError(
+            f"{path} is a ChatGLM-6B (Hugging Face) checkpoint: chat with it through `glm-engine chat --checkpoint "
+            f"{path}` or glm_engine.load_chatglm()"
+        )
     if native.is_native_checkpoint(path):
         return _open_native(path, config)
     if sat.is_sat_checkpoint(path):

@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 
 from glm_engine.backends.base import ModelRunner
-from glm_engine.generation.masks import GenerationRow, align_left
+from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 
 # Called after every step with the step index, the new token of each row and beam ([batch][beam]; -1 = ended) and
 # the beam each one continues ([batch][beam], an index into the previous step's beams; all 0 without beam search).
@@ -44,19 +44,34 @@ def decode(
     on_token: TokenCallback | None = None,
 ) -> list[list[list[int]]]:
     """Generate up to ``budgets[i]`` tokens after each row's ``sop``; per row, beams best first (generated tokens)."""
-    batch = len(rows)
+    aligned = align_left(rows, max(len(r.context) for r in rows) + max(budgets), pad_id, budgets)
+    return decode_aligned(runner, aligned, [r.context for r in rows], budgets, strategy, pad_id, on_token)
+
+
+@torch.inference_mode()
+def decode_aligned(
+    runner: ModelRunner,
+    aligned: AlignedBatch,
+    contexts: Sequence[Sequence[int]],
+    budgets: Sequence[int],
+    strategy: Strategy,
+    pad_id: int,
+    on_token: TokenCallback | None = None,
+) -> list[list[list[int]]]:
+    """The loop of :func:`decode` over a batch whose ids, positions and masks the caller built (a model variant with
+    its own position scheme; ChatGLM's are ``[b, 2, total]``: the position axis is always the last)."""
+    batch = len(contexts)
     most = max(budgets)
-    aligned = align_left(rows, aligned_length := max(len(r.context) for r in rows) + most, pad_id, budgets)
     start = aligned.context_length
     device = runner.device
     positions = aligned.position_ids.to(device)
     blocked = aligned.blocked.to(device)
-    cache = runner.new_cache(batch, aligned_length)
-    strategy.start([r.context for r in rows])
+    cache = runner.new_cache(batch, aligned.input_ids.shape[1])
+    strategy.start(contexts)
 
     logits = runner.forward(
         aligned.input_ids[:, :start].to(device),
-        positions[:, :start],
+        positions[..., :start],
         blocked[:, :, :start, :start],
         cache,
         last_only=True,
@@ -86,6 +101,6 @@ def decode(
         feed = tokens.flatten()
         feed = torch.where(feed < 0, pad_id, feed).unsqueeze(1).to(device)  # ended rows (-1) compute on a pad
         logits = runner.forward(
-            feed, positions[:, column : column + 1], blocked[:, :, column : column + 1, : column + 1], cache
+            feed, positions[..., column : column + 1], blocked[:, :, column : column + 1, : column + 1], cache
         )
     return strategy.finalize()

@@ -37,6 +37,10 @@ What is generated
   ``_update_model_kwargs_for_generation``); a forward hook records the prefill logits of every position.
   ``step_logits[k]`` are the logits greedy step k chose from (k = 0: the prefill's last position).
 * The rotary tables of layer 0 as the reference cached them (``rotary.<dtype>.cos|sin``).
+* Tokenizer cases (metadata ``tokenizer_cases``): ``tokenization_chatglm.py``'s ``ChatGLMTokenizer`` over the
+  packaged 4000-piece test SentencePiece model, set up as ``from_pretrained`` does (``sanitize_special_tokens``,
+  which here gives the special strings new ids, recorded in ``tokenizer_special_ids``): ids of texts with
+  linebreaks, tabs, blank runs and special-token strings, and ``decode`` of those ids.
 """
 
 from __future__ import annotations
@@ -79,16 +83,35 @@ N_GEN = 16
 # Weight scales: embedding N(0, 1); linears N(0, (GAIN^2)/fan_in); LayerNorm gains 1 +- 0.2, biases N(0, 0.1^2).
 # Seed and gain were picked by trying seeds 0..39 at gains {1.0, 1.5}, requiring in all six dtype/case runs 16 greedy
 # tokens (no early <eop>), >= 8 distinct ones and a top-1/top-2 margin >= 0.02 at every step. Four passed (gain 1.0:
-# seed 24; gain 1.5: seeds 18, 19, 21); 19 and 21 share the largest smallest margin (0.051), the lower one is kept.
-SEED = 19
+# seed 24; gain 1.5: seeds 18, 19, 21); 21 has the largest smallest margin (0.053).
+SEED = 21
 GAIN = 1.5
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+TOKENIZER_MODEL = REPO_ROOT / "glm_engine" / "assets" / "test_tokenizer" / "ice_text.model"
+TOKENIZER_TEXTS = (
+    "你好",
+    "Hello world!",
+    "a\nb",
+    "line one\n\nline two",
+    "  two leading",
+    "x    four\tspaces",
+    "def f():\n    return 1",
+    "trailing   ",
+    "[Round 0]\n问：你好\n答：你好👋！\n[Round 1]\n问：介绍一下\n答：",
+    "It is , ok . Isn 't it ?",
+    "[MASK] in text",
+    "x[MASK]y",
+    "a  <eop>  b",
+    "[gMASK] z",
+    "a </s> b",
+    "tab\t\tdouble" + " " * 90 + "end",
+)
 
 
 def import_reference(folder: Path) -> tuple[types.ModuleType, types.ModuleType]:
     """Import ``configuration_chatglm`` and ``modeling_chatglm`` from ``folder`` as one package (they import each
-    other relatively)."""
-    for name in ("modeling_chatglm.py", "configuration_chatglm.py"):
+    other relatively); ``tokenization_chatglm`` is imported from the same package later."""
+    for name in ("modeling_chatglm.py", "configuration_chatglm.py", "tokenization_chatglm.py"):
         if not (folder / name).is_file():
             sys.exit(f"{folder} has no {name}; pass the folder of THUDM/chatglm-6b's reference code")
     package = types.ModuleType(PACKAGE)
@@ -177,6 +200,19 @@ def run_case(model: torch.nn.Module, ids: list[int]) -> dict[str, torch.Tensor]:
     }
 
 
+def tokenizer_cases() -> tuple[list[dict], dict[str, int]]:
+    """The reference tokenizer's ids and decoded text for TOKENIZER_TEXTS, and the ids it gave the specials."""
+    module = importlib.import_module(f"{PACKAGE}.tokenization_chatglm")
+    tokenizer = module.ChatGLMTokenizer(vocab_file=str(TOKENIZER_MODEL), num_image_tokens=0)
+    tokenizer.sanitize_special_tokens()  # what from_pretrained does: the special strings become unsplittable
+    cases = []
+    for text in TOKENIZER_TEXTS:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        cases.append({"text": text, "ids": ids, "decoded": tokenizer.decode(ids)})
+    specials = {name: tokenizer.convert_tokens_to_ids(name) for name in ("<sop>", "<eop>", "[MASK]", "<pad>")}
+    return cases, specials
+
+
 def quality(run: dict[str, torch.Tensor]) -> tuple[int, int, float]:
     """(generated tokens, distinct ones, smallest top-1/top-2 gap of the step logits)."""
     top2 = run["step_logits"].float().topk(2, dim=-1).values
@@ -211,12 +247,12 @@ def generate(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         for name, ids in cases.items():
             run = run_case(model, ids)
             report.append(f"{dtype_name}/{name}: tokens, distinct, min margin = {quality(run)}")
-            for key in ("position_ids", "attention_mask", "step_position_ids"):
+            for key in ("position_ids", "attention_mask"):
                 shared = f"cases.{name}.{key}"
                 if shared in tensors:
                     assert torch.equal(tensors[shared], run[key]), f"{shared} differs between dtypes"
                 tensors[shared] = run[key]
-            for key in ("prefill_logits", "step_logits", "greedy_tokens"):
+            for key in ("prefill_logits", "step_logits", "greedy_tokens", "step_position_ids"):
                 tensors[f"{dtype_name}.{name}.{key}"] = run[key].contiguous()
         rotary = model.transformer.layers[0].attention.rotary_emb
         tensors[f"rotary.{dtype_name}.cos"] = rotary.cos_cached[:, 0].clone()
@@ -225,7 +261,10 @@ def generate(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
     import transformers
 
+    tokenizer_texts, tokenizer_specials = tokenizer_cases()
     metadata = {
+        "tokenizer_cases": json.dumps(tokenizer_texts, ensure_ascii=False),
+        "tokenizer_special_ids": json.dumps(tokenizer_specials),
         "generator": GENERATOR,
         "reference": REFERENCE_REVISION,
         "modeling_chatglm_sha256": hashlib.sha256((folder / "modeling_chatglm.py").read_bytes()).hexdigest(),
@@ -247,12 +286,17 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="compare against the existing file instead of writing")
     options = parser.parse_args()
 
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     tensors, metadata = generate(options.reference.resolve())
     if options.check:
         stored = load_file(str(options.out))
-        bad = [k for k in set(stored) | set(tensors) if k not in stored or k not in tensors]
+        with safe_open(str(options.out), framework="pt") as handle:
+            stored_metadata = handle.metadata()
+        versions = ("torch", "transformers")
+        bad = [f"metadata:{k}" for k in metadata if k not in versions and stored_metadata.get(k) != metadata[k]]
+        bad += [k for k in set(stored) | set(tensors) if k not in stored or k not in tensors]
         bad += [k for k in set(stored) & set(tensors) if not torch.equal(stored[k], tensors[k])]
         print(f"[check] {len(tensors)} tensors; {len(bad)} differ: {sorted(bad)[:10]}")
         sys.exit(1 if bad else 0)

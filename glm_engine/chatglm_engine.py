@@ -1,0 +1,157 @@
+"""The Python API for ChatGLM-6B: ``load_chatglm()`` a Hugging Face folder on a backend, then ``chat()``.
+
+ChatGLM's generation differs from GLM-130B's blank filling (2-D positions, a chat prompt, ``<eop>`` as the only end
+token), so it has its own engine; ``glm_engine.load`` recognises a ChatGLM folder and points here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from glm_engine.backends.base import Backend, dtype_name
+from glm_engine.backends.registry import REGISTRY, op_table_for
+from glm_engine.checkpoint.hf import open_chatglm_checkpoint
+from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED, _resolve_dtype
+from glm_engine.errors import InputError, TokenizerError
+from glm_engine.generation.chat import ChatOptions, History, chat, generate_ids
+from glm_engine.model.chatglm import ChatGLMModel
+from glm_engine.model.chatglm_config import CHATGLM_PRESETS, ChatGLMConfig, chatglm_preset
+from glm_engine.model.chatglm_weights import ChatGLMWeights, plan_load, random_state_dict
+from glm_engine.tokenizer.chatglm import ChatGLMTokenizer
+from glm_engine.tokenizer.ice import BUILTIN_TOKENIZER_PATH, MODEL_FILENAME
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ChatGLMEngine:
+    """A ChatGLM model loaded on one backend, with its tokenizer."""
+
+    runner: ChatGLMModel
+    tokenizer: ChatGLMTokenizer
+    backend: Backend
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> ChatGLMConfig:
+        return self.runner.config
+
+    def chat(
+        self,
+        query: str,
+        history: Sequence[tuple[str, str]] = (),
+        generator: torch.Generator | None = None,
+        on_text: Callable[[str], None] | None = None,
+        **options: object,
+    ) -> tuple[str, History]:
+        """One chat round, as the reference's ``model.chat(tokenizer, query, history)``: ``(response, history)``.
+
+        ``options`` are :class:`~glm_engine.generation.chat.ChatOptions` fields (``max_length``, ``do_sample``,
+        ``top_p``, ``temperature``, ``top_k``, ``seed``); ``on_text(reply_so_far)`` streams as ``stream_chat``.
+        """
+        return chat(self.runner, self.tokenizer, query, history, _options(options), generator, on_text)
+
+    def generate(self, prompt: str, generator: torch.Generator | None = None, **options: object) -> str:
+        """The text the model continues ``prompt`` with (``model.generate`` on ``tokenizer(prompt)``, decoded)."""
+        opts = _options(options)
+        ids = self.tokenizer.build_inputs(prompt)
+        strategy = opts.build_strategy(self.config, generator)
+        out = generate_ids(self.runner, self.config, [ids], opts.max_length, strategy)
+        return self.tokenizer.decode(t for t in out[0] if t not in self.config.end_token_ids)
+
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[b, s, vocab]``: ids ``[b, s]``, positions ``[b, 2, s]`` (position ids, block position ids),
+        bool mask ``[b or 1, 1, s, s]`` with True = blocked, the reference's layouts."""
+        b, s = input_ids.shape
+        if position_ids.shape != (b, 2, s) or attention_mask.dtype != torch.bool or attention_mask.dim() != 4:
+            raise InputError(
+                f"need input_ids [b, s], position_ids [b, 2, s] and a bool mask [b, 1, s, s]; got "
+                f"{tuple(input_ids.shape)}, {tuple(position_ids.shape)}, {attention_mask.dtype} "
+                f"{tuple(attention_mask.shape)}"
+            )
+        if int(position_ids.max()) >= self.config.max_sequence_length or int(position_ids.min()) < 0:
+            raise InputError(f"position ids must lie in [0, {self.config.max_sequence_length})")
+        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
+            raise InputError(f"token ids must lie in [0, {self.config.vocab_size})")
+        device = self.runner.device
+        with torch.inference_mode():
+            return self.runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
+
+
+def _options(options: dict[str, object]) -> ChatOptions:
+    known = set(ChatOptions.__dataclass_fields__)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"unknown chat options {unknown}; known: {sorted(known)}")
+    return ChatOptions(**options)  # type: ignore[arg-type]
+
+
+def find_chatglm_tokenizer(path: str | Path | None, checkpoint: Path | None) -> Path:
+    """``path`` (the file or its folder), else ``ice_text.model`` in the checkpoint folder. icetk's cache is not
+    searched: GLM-130B's ``ice_text.model`` there has another id layout."""
+    candidates = []
+    if path is not None:
+        given = Path(path).expanduser()
+        candidates.append(given / MODEL_FILENAME if given.is_dir() else given)
+    elif checkpoint is not None:
+        candidates.append(checkpoint / MODEL_FILENAME)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(map(str, candidates)) or "nowhere (no checkpoint folder)"
+    raise TokenizerError(
+        f"ChatGLM's {MODEL_FILENAME} not found; looked in: {looked}. It ships in the THUDM/chatglm-6b folder; pass "
+        "--tokenizer PATH. glm-engine never downloads it."
+    )
+
+
+def load_chatglm(
+    path_or_preset: str | Path,
+    backend: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    tokenizer: str | Path | None = None,
+    device_index: int = 0,
+    progress: Progress | None = None,
+) -> ChatGLMEngine:
+    """Load a ChatGLM-6B Hugging Face folder (fp16, or the INT4/INT8 releases), or ``chatglm-tiny`` (random weights
+    with the packaged test tokenizer, for trying things out).
+
+    ``backend`` is a registered name or ``"auto"``; ``dtype`` ``"fp32" | "bf16" | "fp16"`` (default: the backend's
+    first choice); ``tokenizer`` ``ice_text.model`` or its folder (default: the checkpoint's own);
+    ``progress(done, total)`` follows the weights as they are converted.
+    """
+    chosen, why = REGISTRY.resolve(backend)
+    run_dtype = _resolve_dtype(dtype, chosen)
+    ops = op_table_for(chosen, run_dtype, device_index)  # refuses graph-level backends and unsupported ops/dtypes
+    device = chosen.device(device_index)
+    notes = [why]
+    name = str(path_or_preset)
+    if name in CHATGLM_PRESETS and not Path(name).exists():
+        config = chatglm_preset(name)
+        if config.num_parameters() > MAX_RANDOM_PARAMETERS:
+            raise InputError(f"preset {name} has {config.num_parameters() / 1e9:.1f}B parameters: pass a checkpoint")
+        state_dict = random_state_dict(config, RANDOM_WEIGHTS_SEED)
+        weights = ChatGLMWeights.from_state_dict(state_dict, config, run_dtype, device)
+        source = f"preset {name} with random weights (seed {RANDOM_WEIGHTS_SEED})"
+        notes.append(f"{source}: its output is noise, not language")
+        tok = ChatGLMTokenizer(find_chatglm_tokenizer(tokenizer or BUILTIN_TOKENIZER_PATH, None), config)
+    else:
+        checkpoint = open_chatglm_checkpoint(path_or_preset)
+        config = checkpoint.config
+        tok = ChatGLMTokenizer(find_chatglm_tokenizer(tokenizer, checkpoint.path), config)  # fail before loading
+        plan = plan_load(checkpoint.entries, config, str(checkpoint.path))  # validated before anything heavy
+        weights = ChatGLMWeights.from_shards(checkpoint.shards(), plan, config, run_dtype, device, progress)
+        source = checkpoint.describe()
+        if weights.quantization_bits:
+            notes.append(f"INT{weights.quantization_bits} weights dequantized to {dtype_name(run_dtype)} on load")
+        if weights.unused_keys:
+            notes.append(f"{len(weights.unused_keys)} keys not used: {', '.join(weights.unused_keys[:5])}")
+    notes.append(f"{chosen.name} backend, {dtype_name(run_dtype)}")
+    return ChatGLMEngine(ChatGLMModel(config, weights, ops), tok, chosen, source, notes)

@@ -1,0 +1,142 @@
+"""``glm-engine chat``: multi-round chat with a ChatGLM-6B checkpoint, as the reference's ``cli_demo.py``.
+
+Reads one query per line from the terminal or from piped standard input until ``stop`` or end of input; ``clear``
+forgets the conversation. Each reply is streamed as it is generated. With ``--history-file`` the conversation is
+read from and written to a JSON file (a list of ``[query, response]`` pairs) after every round.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from glm_engine.chatglm_engine import ChatGLMEngine, load_chatglm
+from glm_engine.checkpoint.atomic import write_atomically
+from glm_engine.cli.errors import user_errors
+from glm_engine.cli.progress import progress_bar
+from glm_engine.errors import InputError
+from glm_engine.generation.chat import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    ChatOptions,
+    History,
+)
+
+WELCOME = "欢迎使用 ChatGLM-6B 模型，输入内容即可进行对话，clear 清空对话历史，stop 终止程序"
+USER_PROMPT = "\n用户："
+BOT_PREFIX = "\nChatGLM-6B："
+STOP, CLEAR = "stop", "clear"
+# A reply decoded mid-character ends in U+FFFD; the reference's demo waits for the next token before printing it.
+INCOMPLETE_CHARACTER = "\ufffd"
+
+
+def read_history(path: Path | None) -> History:
+    """The rounds stored in ``path`` (none if it does not exist yet)."""
+    if path is None or not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"--history-file {path} is not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, list) or not all(
+        isinstance(r, list) and len(r) == 2 and all(isinstance(t, str) for t in r) for r in data
+    ):
+        raise InputError(f"--history-file {path} must hold a list of [query, response] string pairs")
+    return [(q, r) for q, r in data]
+
+
+def write_history(path: Path | None, history: History) -> None:
+    if path is not None:
+        text = json.dumps([list(r) for r in history], ensure_ascii=False, indent=1) + "\n"
+        write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+class StreamPrinter:
+    """Prints a growing reply as the reference's demo does: only the characters not printed yet."""
+
+    def __init__(self) -> None:
+        self.printed = ""
+
+    def __call__(self, reply: str) -> None:
+        if not reply.startswith(self.printed) or INCOMPLETE_CHARACTER in reply:
+            return  # process_response rewrote earlier text, or a character is incomplete: wait
+        print(reply[len(self.printed) :], end="", flush=True)
+        self.printed = reply
+
+    def finish(self, reply: str) -> None:
+        """Print what streaming held back, so the final reply is on screen whole."""
+        if reply != self.printed:
+            print(reply if not reply.startswith(self.printed) else reply[len(self.printed) :], end="")
+        print(flush=True)
+
+
+def converse(engine: ChatGLMEngine, history: History, options: dict, history_file: Path | None) -> None:
+    """The read-reply loop on standard input."""
+    generator = torch.Generator().manual_seed(options["seed"])  # one random stream for the whole session
+    print(WELCOME)
+    while True:
+        try:
+            query = input(USER_PROMPT).strip()
+        except EOFError:
+            print()
+            return
+        if query == STOP:
+            return
+        if query == CLEAR:
+            history = []
+            write_history(history_file, history)
+            if sys.stdout.isatty():
+                print("\033[2J\033[H", end="")
+            print(WELCOME)
+            continue
+        if not query:
+            continue
+        print(BOT_PREFIX, end="", flush=True)
+        printer = StreamPrinter()
+        try:
+            reply, history = engine.chat(query, history, generator=generator, on_text=printer, **options)
+        except InputError as exc:  # e.g. the conversation outgrew --max-length: say so and keep the session
+            print(f"\nerror: {exc}", file=sys.stderr)
+            continue
+        printer.finish(reply)
+        write_history(history_file, history)
+
+
+def chat(
+    checkpoint: Annotated[
+        str, typer.Option(help="ChatGLM-6B Hugging Face folder (fp16, INT8 or INT4), or chatglm-tiny (random)")
+    ],
+    backend: Annotated[str, typer.Option(help="backend name, or auto for the best available")] = "auto",
+    dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16; default: the backend's first choice")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="ChatGLM's ice_text.model or its folder; default: the checkpoint's own")
+    ] = None,
+    max_length: Annotated[int, typer.Option(help="tokens per round, prompt and history included")] = DEFAULT_MAX_LENGTH,
+    top_p: Annotated[float, typer.Option("--top-p", "--top_p", help="0 = off")] = DEFAULT_TOP_P,
+    top_k: Annotated[int, typer.Option("--top-k", "--top_k", help="0 = off")] = DEFAULT_TOP_K,
+    temperature: Annotated[float, typer.Option()] = DEFAULT_TEMPERATURE,
+    greedy: Annotated[bool, typer.Option(help="argmax decoding instead of sampling (do_sample=False)")] = False,
+    seed: Annotated[int, typer.Option()] = 1234,
+    history_file: Annotated[
+        Path | None, typer.Option(help="JSON file the conversation is read from and saved to after each round")
+    ] = None,
+) -> None:
+    """Chat with ChatGLM-6B: one query per line, 'clear' forgets the conversation, 'stop' or end of input quits."""
+    with user_errors():
+        options = dict(
+            max_length=max_length, do_sample=not greedy, top_p=top_p, top_k=top_k, temperature=temperature, seed=seed
+        )
+        ChatOptions(**options)  # reject bad options before loading anything
+        history = read_history(history_file)
+        with progress_bar("loading weights") as progress:
+            engine = load_chatglm(checkpoint, backend, dtype, tokenizer, progress=progress)
+        for note in engine.notes:
+            print(f"[glm-engine] {note}", file=sys.stderr)
+        converse(engine, history, options, history_file)
