@@ -51,7 +51,8 @@ class ChatGLMEngine:
     ) -> tuple[str, History]:
         """One chat round, as the reference's ``model.chat(tokenizer, query, history)``: ``(response, history)``.
 
-        ``options`` are :class:`~glm_engine.generation.chat.ChatOptions` fields (``max_length``, ``do_sample``,
+        ``options`` are :class:`~glm_engine.generation.chat.ChatOptions` fields (``max_length``, ``max_new_tokens``,
+        ``do_sample``,
         ``top_p``, ``temperature``, ``top_k``, ``seed``); ``on_text(reply_so_far)`` streams as ``stream_chat``.
         """
         return chat(self.runner, self.tokenizer, query, history, _options(options), generator, on_text)
@@ -61,7 +62,7 @@ class ChatGLMEngine:
         opts = _options(options)
         ids = self.tokenizer.build_inputs(prompt)
         strategy = opts.build_strategy(self.config, generator)
-        out = generate_ids(self.runner, self.config, [ids], opts.max_length, strategy)
+        out = generate_ids(self.runner, self.config, [ids], opts.length_limit(len(ids)), strategy)
         return self.tokenizer.decode(t for t in out[0] if t not in self.config.end_token_ids)
 
     def forward(

@@ -119,6 +119,9 @@ def chat(
         str | None, typer.Option(help="ChatGLM's ice_text.model or its folder; default: the checkpoint's own")
     ] = None,
     max_length: Annotated[int, typer.Option(help="tokens per round, prompt and history included")] = DEFAULT_MAX_LENGTH,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="tokens per reply; takes precedence over --max-length")
+    ] = None,
     top_p: Annotated[float, typer.Option("--top-p", "--top_p", help="0 = off")] = DEFAULT_TOP_P,
     top_k: Annotated[int, typer.Option("--top-k", "--top_k", help="0 = off")] = DEFAULT_TOP_K,
     temperature: Annotated[float, typer.Option()] = DEFAULT_TEMPERATURE,
@@ -131,7 +134,13 @@ def chat(
     """Chat with ChatGLM-6B: one query per line, 'clear' forgets the conversation, 'stop' or end of input quits."""
     with user_errors():
         options = dict(
-            max_length=max_length, do_sample=not greedy, top_p=top_p, top_k=top_k, temperature=temperature, seed=seed
+            max_length=max_length,
+            max_new_tokens=max_new_tokens,
+            do_sample=not greedy,
+            top_p=top_p,
+            top_k=top_k,
+            temperature=temperature,
+            seed=seed,
         )
         ChatOptions(**options)  # reject bad options before loading anything
         history = read_history(history_file)

@@ -129,9 +129,11 @@ class InvalidScoreGuard:
 
 @dataclass(frozen=True)
 class ChatOptions:
-    """How to generate a reply; defaults are ``chat()``'s. ``max_length`` counts the prompt, as in the reference."""
+    """How to generate a reply; defaults are ``chat()``'s. ``max_length`` counts the prompt, as in the reference;
+    ``max_new_tokens``, when set, takes precedence and counts only the reply (transformers' rule)."""
 
     max_length: int = DEFAULT_MAX_LENGTH
+    max_new_tokens: int | None = None
     do_sample: bool = True
     top_p: float = DEFAULT_TOP_P
     temperature: float = DEFAULT_TEMPERATURE
@@ -141,6 +143,7 @@ class ChatOptions:
     def __post_init__(self) -> None:
         checks = [
             (self.max_length > 0, "max_length must be > 0"),
+            (self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens must be > 0"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
             (0.0 <= self.top_p <= 1.0, "top_p must be in [0, 1] (0 = off)"),
@@ -148,6 +151,10 @@ class ChatOptions:
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+
+    def length_limit(self, prompt_length: int) -> int:
+        """Tokens allowed in total (prompt included) for a prompt of ``prompt_length`` tokens."""
+        return self.max_length if self.max_new_tokens is None else prompt_length + self.max_new_tokens
 
     def build_strategy(self, config: ChatGLMConfig, generator: torch.Generator | None = None) -> Strategy:
         """Sampling (temperature, top-k, top-p; on the CPU, so a seed gives the same tokens on every device) or
@@ -213,6 +220,6 @@ def chat(
             on_text(process_response(tokenizer.decode(generated)))
 
     strategy = options.build_strategy(config, generator)
-    generate_ids(runner, config, [prompt], options.max_length, strategy, stream)
+    generate_ids(runner, config, [prompt], options.length_limit(len(prompt)), strategy, stream)
     response = process_response(tokenizer.decode(generated))
     return response, [*history, (query, response)]
