@@ -93,6 +93,8 @@ class Checkpoint:
             if not keys:
                 continue
             with self.open_shard(source_rank) as shard:
+                if isinstance(shard, native.LazySafetensors):
+                    keys = shard.keys_by_file(keys)
                 for key in keys:
                     builders[key].add(source_rank, self.floating(shard, key))
                     done += 1
