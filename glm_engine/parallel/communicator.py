@@ -21,9 +21,11 @@ import torch.distributed as dist
 from glm_engine.backends.base import Backend
 from glm_engine.errors import CollectiveError, ParallelError
 
-# How long a collective may wait for the other ranks before failing instead of hanging forever (a rank that died or
-# a broken interconnect; glm130b.md section 7, problem 4). Generous: rank 0 may wait for a user typing a query.
-DEFAULT_TIMEOUT = timedelta(hours=1)
+# How long a collective of the model may wait for the other ranks before failing instead of hanging forever (a rank
+# that died or a broken interconnect; glm130b.md section 7, problem 4). Loading a shard may take minutes.
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+# How long ranks wait for rank 0's next message (a query typed at an interactive prompt): a gloo group of its own.
+CONTROL_TIMEOUT = timedelta(days=7)
 # How much of a backend's error message a CollectiveError quotes.
 MAX_DETAIL_CHARS = 160
 # The variables torchrun (and torch's elastic launcher) sets for every worker.
@@ -77,6 +79,9 @@ class TorchDistributedCommunicator(Communicator):
         self.world_size = dist.get_world_size()
         self.local_rank = local_rank
         self._owns_group = owns_group
+        # Python objects travel on a CPU (gloo) group with a long timeout: an idle prompt is not a failure, and
+        # pickled objects never need a device copy.
+        self._control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         with self._collective("all_reduce"):
@@ -98,7 +103,7 @@ class TorchDistributedCommunicator(Communicator):
     def broadcast_object(self, obj: T, src: int = 0) -> T:
         holder = [obj if self.rank == src else None]
         with self._collective("broadcast_object"):
-            dist.broadcast_object_list(holder, src=src)
+            dist.broadcast_object_list(holder, src=src, group=self._control)
         return holder[0]  # type: ignore[return-value]
 
     def barrier(self) -> None:
