@@ -10,8 +10,8 @@ import torch
 
 from glm_engine.backends.base import DTYPE_NAMES, Backend, GraphLevelBackend, ModelRunner, dtype_name
 from glm_engine.backends.registry import REGISTRY, op_table_for
-from glm_engine.checkpoint import load_checkpoint
-from glm_engine.config import CONFIG_FILE_NAME, PRESETS, GLMConfig, preset
+from glm_engine.checkpoint import open_checkpoint
+from glm_engine.config import PRESETS, GLMConfig, preset
 from glm_engine.errors import ConfigError, InputError, ParallelError
 from glm_engine.generation.blank_filling import Completion, fill_blanks
 from glm_engine.generation.decode import TokenCallback
@@ -118,7 +118,8 @@ def _resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.d
     return DTYPE_NAMES[dtype]
 
 
-def _resolve_config(config: str | Path | GLMConfig | None) -> GLMConfig | None:
+def resolve_config(config: str | Path | GLMConfig | None) -> GLMConfig | None:
+    """A preset name or config.json path as a GLMConfig (None stays None: use the checkpoint's own)."""
     if config is None or isinstance(config, GLMConfig):
         return config
     if str(config) in PRESETS:
@@ -133,22 +134,19 @@ def _is_preset(path_or_preset: str | Path) -> bool:
 
 
 def describe_source(path_or_preset: str | Path) -> str:
-    """How messages name a model: the built-in demo model, a preset or a checkpoint folder."""
+    """How messages name a model before it is opened: the built-in demo model, a preset or a checkpoint folder."""
     if _is_preset(path_or_preset):
         return f"preset {path_or_preset}"
     return "the built-in demo model" if str(path_or_preset) == DEFAULT_MODEL else f"checkpoint {path_or_preset}"
 
 
-def peek_config(path_or_preset: str | Path, config: str | Path | GLMConfig | None = None) -> GLMConfig | None:
-    """The model config when it can be known without reading weights (``config``, a preset, the folder's
-    ``config.json``), else None; lets a launcher check the TP degree before starting any rank."""
-    resolved = _resolve_config(config)
-    if resolved is not None:
-        return resolved
+def peek_config(path_or_preset: str | Path, config: str | Path | GLMConfig | None = None) -> GLMConfig:
+    """The model config from ``config``, a preset or the checkpoint's metadata (no weights are read), so a launcher
+    can check the TP degree before starting any rank."""
+    resolved = resolve_config(config)
     if _is_preset(path_or_preset):
-        return preset(str(path_or_preset))
-    config_file = Path(path_or_preset).expanduser() / CONFIG_FILE_NAME
-    return GLMConfig.from_json_file(config_file) if config_file.is_file() else None
+        return resolved or preset(str(path_or_preset))
+    return open_checkpoint(path_or_preset, resolved).config
 
 
 def _communicator(tp: int, given: Communicator | None, backend: Backend) -> Communicator:
@@ -194,8 +192,9 @@ def load(
         tok = load_tokenizer(tokenizer, runner.config.vocab_layout, path_or_preset)
         return Engine(runner, tok, chosen, f"exported model {path_or_preset}", notes)
     banned: tuple[slice, ...] = ()
+    checkpoint = None
     if _is_preset(path_or_preset):
-        model_config = _resolve_config(config) or preset(path_or_preset)
+        model_config = resolve_config(config) or preset(path_or_preset)
         if model_config.num_parameters() > MAX_RANDOM_PARAMETERS:
             raise InputError(
                 f"preset {path_or_preset} has {model_config.num_parameters() / 1e9:.1f}B parameters; "
@@ -212,18 +211,24 @@ def load(
         text = tok.text_id_range
         banned = (slice(0, text.start), slice(text.stop, model_config.vocab_size))  # keep noise readable
     else:
-        model_config, state_dict = load_checkpoint(path_or_preset, _resolve_config(config))
-        source = describe_source(path_or_preset)
+        checkpoint = open_checkpoint(path_or_preset, resolve_config(config))  # validated before anything heavy
+        model_config = checkpoint.config
+        source = "the built-in demo model" if str(path_or_preset) == DEFAULT_MODEL else checkpoint.describe()
         tok = load_tokenizer(tokenizer, model_config.vocab_layout, path_or_preset)
     check_tp_degree(model_config, tp, source)
     comm = _communicator(tp, communicator, chosen)
     if comm.world_size > 1:
         device_index = comm.local_rank
+    device = chosen.device(device_index)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
-    state_dict = rank_state_dict(state_dict, model_config, comm.rank, tp, source)
-    weights = GLMWeights.from_state_dict(
-        state_dict, model_config, run_dtype, chosen.device(device_index), source, progress, tp=tp
-    )
+    if checkpoint is None:
+        state_dict = rank_state_dict(state_dict, model_config, comm.rank, tp, source)
+    else:
+        state_dict = checkpoint.rank_state_dict(comm.rank, tp, run_dtype, device, progress)
+        progress = None  # the weights are already converted and placed
+    weights = GLMWeights.from_state_dict(state_dict, model_config, run_dtype, device, source, progress, tp=tp)
+    if checkpoint is not None:
+        weights.unused_keys = checkpoint.unused_keys
     runner = GLMModel(model_config, weights, ops, comm)
     notes.append(
         f"{chosen.name} backend, {dtype_name(run_dtype)}" + (f", tensor parallel over {tp} ranks" if tp > 1 else "")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_tp import reference_convert
 
 from glm_engine.errors import CheckpointError
-from glm_engine.parallel.sharding import ShardBuilder, Split, merge, reshard, shard, shard_shape, sources_for, split_of
+from glm_engine.parallel.sharding import ShardBuilder, Split, merge, reshard, shard, shard_shape, sources_for
 
 KEYS = {
     "transformer.word_embeddings.weight": (24, 4),
@@ -20,28 +21,6 @@ KEYS = {
     "transformer.layers.0.input_layernorm.weight": (4,),
     "transformer.final_layernorm.bias": (4,),
 }
-
-
-def reference_convert(key: str, sources: list[torch.Tensor], rank: int, target_tp: int) -> torch.Tensor:
-    """convert_tp.py's merge/split (glm130b.md section 2.4), for target dividing or divided by the source TP."""
-    name = key.split(".", 3)[-1] if key.startswith("transformer.layers.") else key.removeprefix("transformer.")
-    if split_of(key) is Split.REPLICATED:
-        return sources[0].clone()
-    dim = 1 if name in ("attention.dense.weight", "mlp.dense_4h_to_h.weight") else 0
-    glu = name.startswith("mlp.dense_h_to_4h")
-    original = len(sources)
-    if target_tp <= original:
-        k = original // target_tp
-        parts = sources[rank * k : (rank + 1) * k]
-        if glu:
-            return torch.cat([p.chunk(2)[0] for p in parts] + [p.chunk(2)[1] for p in parts])
-        return torch.cat(parts, dim)
-    n = target_tp // original
-    src, off = sources[rank // n], rank % n
-    if glu:
-        c = src.chunk(2 * n)
-        return torch.cat([c[off], c[n + off]])
-    return src.chunk(n, dim)[off].clone()
 
 
 @pytest.mark.parametrize("key", sorted(KEYS))

@@ -1,11 +1,15 @@
-"""glm-engine's native checkpoint: ``config.json`` + ``model.safetensors`` with the reference's key names.
+"""glm-engine's native checkpoint: ``config.json`` + safetensors with the reference's key names (TP=1 layout).
 
-Loading memory-maps the safetensors file, so host RAM holds a tensor only while it is converted to the run dtype.
+Small models are one ``model.safetensors``; large ones are ``model-00001-of-0000N.safetensors`` files plus
+``model.safetensors.index.json`` (``weight_map``: key -> file, as Hugging Face writes it). Loading memory-maps the
+files, so host RAM holds a tensor only while it is converted. Quantized weights keep the reference's stored form
+(int8, INT4 packed) with ``*_scale`` keys; a row-parallel scale may be ``[out, groups]`` (see quant/reference.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -13,10 +17,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from glm_engine.checkpoint.atomic import write_atomically
+from glm_engine.checkpoint.layout import TensorInfo
 from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.errors import CheckpointError
 
 WEIGHTS_FILE_NAME = "model.safetensors"
+INDEX_FILE_NAME = "model.safetensors.index.json"
+DEFAULT_SHARD_BYTES = 4 * 2**30
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -30,58 +37,143 @@ _SAFETENSORS_DTYPES = {
 
 
 def is_native_checkpoint(folder: Path) -> bool:
-    return (folder / WEIGHTS_FILE_NAME).is_file()
-
-
-def save_native(folder: str | Path, config: GLMConfig, state_dict: Mapping[str, torch.Tensor]) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``folder`` (each atomically)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    write_atomically(folder / WEIGHTS_FILE_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    write_atomically(folder / CONFIG_FILE_NAME, config.to_json_file)
-    return folder
+    return (folder / WEIGHTS_FILE_NAME).is_file() or (folder / INDEX_FILE_NAME).is_file()
 
 
 class LazySafetensors(Mapping[str, torch.Tensor]):
-    """A read-only mapping over a safetensors file: tensors are read (memory-mapped) on access."""
+    """A read-only mapping over one or more safetensors files: tensors are read (memory-mapped) on access."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        try:
-            self._file = safe_open(str(path), framework="pt")
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"cannot read {path}: {exc}") from None
-        self._keys = list(self._file.keys())
-        slices = {k: self._file.get_slice(k) for k in self._keys}
-        self._shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
-        self._dtypes = {k: _SAFETENSORS_DTYPES.get(s.get_dtype(), torch.uint8) for k, s in slices.items()}
+    def __init__(self, files: Mapping[str, Path] | Path) -> None:
+        """``files``: one safetensors file, or key -> file (an index's ``weight_map``)."""
+        self._handles = {}
+        self._file_of: dict[str, Path] = {}
+        paths = [files] if isinstance(files, Path) else sorted(set(files.values()))
+        for path in paths:
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except Exception as exc:  # safetensors raises its own error types for missing files and corrupt headers
+                raise CheckpointError(f"cannot read {path}: {exc}") from None
+            self._handles[path] = handle
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                self._file_of.setdefault(key, path)
+        if not isinstance(files, Path):
+            absent = sorted(k for k, p in files.items() if self._file_of.get(k) != p)
+            if absent:
+                raise CheckpointError(f"{INDEX_FILE_NAME} lists keys its files do not hold: {', '.join(absent[:5])}")
+        self._infos = {}
+        for key, path in self._file_of.items():
+            part = self._handles[path].get_slice(key)
+            dtype = _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8)
+            self._infos[key] = TensorInfo(tuple(part.get_shape()), dtype)
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._shapes:
+        if key not in self._file_of:
             raise KeyError(key)
-        return self._file.get_tensor(key)
+        return self._handles[self._file_of[key]].get_tensor(key)
 
-    def __iter__(self):
-        return iter(self._keys)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._file_of)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._file_of)
 
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self._shapes[key]
+    def infos(self) -> dict[str, TensorInfo]:
+        return dict(self._infos)
 
-    def dtype(self, key: str) -> torch.dtype:
-        return self._dtypes[key]
+    def file_of(self, key: str) -> Path:
+        return self._file_of[key]
 
 
-def load_native(folder: Path, config: GLMConfig | None = None) -> tuple[GLMConfig, LazySafetensors]:
-    """The config (``config.json`` unless one is given) and a lazy view of the weights."""
-    if config is None:
-        config_path = folder / CONFIG_FILE_NAME
-        if not config_path.is_file():
-            raise CheckpointError(
-                f"{folder} has {WEIGHTS_FILE_NAME} but no {CONFIG_FILE_NAME}; write one or pass --config PRESET"
-            )
-        config = GLMConfig.from_json_file(config_path)
-    return config, LazySafetensors(folder / WEIGHTS_FILE_NAME)
+def open_native(folder: Path) -> tuple[LazySafetensors, dict[str, str]]:
+    """The weights of a native checkpoint folder and the index's metadata (empty for a single file)."""
+    index_path = folder / INDEX_FILE_NAME
+    if not index_path.is_file():
+        return LazySafetensors(folder / WEIGHTS_FILE_NAME), {}
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        weight_map = {str(k): folder / str(v) for k, v in index["weight_map"].items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index_path} is not a safetensors index (needs a 'weight_map' object): {exc}") from None
+    for path in weight_map.values():
+        if path.parent != folder:
+            raise CheckpointError(f"{index_path} points outside its folder: {path}")
+    return LazySafetensors(weight_map), {str(k): str(v) for k, v in index.get("metadata", {}).items()}
+
+
+def read_native_config(folder: Path) -> GLMConfig:
+    config_path = folder / CONFIG_FILE_NAME
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder} has weights but no {CONFIG_FILE_NAME}; write one or pass --config PRESET")
+    return GLMConfig.from_json_file(config_path)
+
+
+def write_native(
+    folder: Path,
+    config: GLMConfig,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    metadata: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Write ``(key, tensor)`` pairs as they arrive into safetensors files of at most ``max_shard_bytes`` each.
+
+    Only one file's worth of tensors is held at a time. Files are named ``model-XXXXX.safetensors`` while writing
+    and renamed to the ``-of-N`` form at the end with the index, or to ``model.safetensors`` when there is one.
+    Each file is written atomically; callers wanting an all-or-nothing folder use ``atomic.staged_folder``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[Path, list[str]]] = []
+    pending: dict[str, torch.Tensor] = {}
+    pending_bytes = 0
+    file_metadata = {"format": "pt", **(metadata or {})}
+
+    def flush() -> None:
+        nonlocal pending, pending_bytes
+        path = folder / f"model-{len(written) + 1:05d}.safetensors"
+        batch = pending
+        write_atomically(path, lambda tmp: save_file(batch, str(tmp), metadata=file_metadata))
+        written.append((path, list(batch)))
+        pending, pending_bytes = {}, 0
+
+    for key, tensor in tensors:
+        size = tensor.numel() * tensor.element_size()
+        if pending and pending_bytes + size > max_shard_bytes:
+            flush()
+        pending[key] = tensor.detach().contiguous().cpu()
+        pending_bytes += size
+    if pending or not written:
+        flush()
+    final_paths = _name_shards(folder, written, file_metadata)
+    write_atomically(folder / CONFIG_FILE_NAME, config.to_json_file)
+    return final_paths
+
+
+def _name_shards(folder: Path, written: list[tuple[Path, list[str]]], metadata: Mapping[str, str]) -> list[Path]:
+    if len(written) == 1:
+        final = folder / WEIGHTS_FILE_NAME
+        written[0][0].replace(final)
+        (folder / INDEX_FILE_NAME).unlink(missing_ok=True)
+        return [final]
+    total = len(written)
+    weight_map, paths, size = {}, [], 0
+    for number, (path, keys) in enumerate(written, start=1):
+        final = folder / f"model-{number:05d}-of-{total:05d}.safetensors"
+        path.replace(final)
+        paths.append(final)
+        size += final.stat().st_size
+        weight_map.update(dict.fromkeys(keys, final.name))
+    index = {"metadata": {**metadata, "total_size": str(size)}, "weight_map": weight_map}
+    write_atomically(folder / INDEX_FILE_NAME, lambda tmp: tmp.write_text(json.dumps(index, indent=2) + "\n"))
+    (folder / WEIGHTS_FILE_NAME).unlink(missing_ok=True)
+    return paths
+
+
+def save_native(
+    folder: str | Path,
+    config: GLMConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Path:
+    """Write ``config.json`` and the weights of an in-memory state dict into ``folder``."""
+    folder = Path(folder)
+    write_native(folder, config, state_dict.items(), max_shard_bytes)
+    return folder

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
+from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.errors import CheckpointError
 
 LATEST_FILE_NAME = "latest"
@@ -20,11 +20,17 @@ SHARD_PATTERN = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
 
 
 def is_sat_checkpoint(folder: Path) -> bool:
+    """A folder with a ``latest`` file (what the reference's loader looks for first)."""
     return (folder / LATEST_FILE_NAME).is_file()
 
 
 def sat_iteration_dir(folder: Path) -> Path:
     """The directory ``latest`` points at: an iteration number > 0 or the word ``release``."""
+    return folder / sat_tag(folder)
+
+
+def sat_tag(folder: Path) -> str:
+    """The iteration tag in ``latest``, checked to name an existing directory."""
     try:
         tag = (folder / LATEST_FILE_NAME).read_text(encoding="utf-8").strip()
     except UnicodeDecodeError:
@@ -36,7 +42,7 @@ def sat_iteration_dir(folder: Path) -> Path:
     directory = folder / tag
     if not directory.is_dir():
         raise CheckpointError(f"{folder / LATEST_FILE_NAME} names {tag!r} but {directory} does not exist")
-    return directory
+    return tag
 
 
 def sat_shards(folder: Path) -> list[Path]:
@@ -72,20 +78,10 @@ def read_sat_shard(path: Path) -> dict[str, torch.Tensor]:
     return obj["module"]
 
 
-def load_sat(folder: Path, config: GLMConfig | None) -> tuple[GLMConfig, dict[str, torch.Tensor]]:
-    """Config (``config.json`` beside ``latest``, else the given one) and the state dict of a TP=1 checkpoint."""
-    config_path = folder / CONFIG_FILE_NAME
-    if config is None:
-        if not config_path.is_file():
-            raise CheckpointError(
-                f"SAT checkpoint {folder} has no {CONFIG_FILE_NAME} next to '{LATEST_FILE_NAME}'; "
-                "pass --config PRESET (e.g. --config glm-130b) or write one"
-            )
-        config = GLMConfig.from_json_file(config_path)
-    shards = sat_shards(folder)
-    if len(shards) > 1:
-        raise CheckpointError(
-            f"{folder} has {len(shards)} tensor-parallel shards; this version loads single-shard "
-            "(TP=1) SAT checkpoints only"
-        )
-    return config, read_sat_shard(shards[0])
+def write_sat_shard(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Save ``{"module": state_dict}`` as the reference writes it, atomically (temporary name, fsync, rename)."""
+    write_atomically(path, lambda tmp: torch.save({"module": state_dict}, tmp))
+
+
+def sat_shard_path(folder: Path, tag: str, rank: int) -> Path:
+    return folder / tag / f"mp_rank_{rank:02d}_model_states.pt"

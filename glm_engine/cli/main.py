@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from glm_engine.cli.backends import backends
+from glm_engine.cli.convert import convert, convert_tp
 from glm_engine.cli.run import run
 
 app = typer.Typer(
@@ -17,6 +18,8 @@ app = typer.Typer(
 )
 app.command(name="run")(run)
 app.command(name="backends")(backends)
+app.command(name="convert-tp")(convert_tp)
+app.command(name="convert")(convert)
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -19,14 +19,13 @@ from typing import Annotated
 
 import torch
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.distributed.elastic.multiprocessing.errors import record
 from typer.core import TyperOption
 
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import USER_ERROR_EXIT_CODE, user_errors
+from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.render import styled_answer
 from glm_engine.engine import DEFAULT_MODEL, describe_source, load, peek_config
 from glm_engine.errors import GlmEngineError, InputError, ParallelError
@@ -96,21 +95,6 @@ def output_file(output_path: Path, query_id: str | None, text: str) -> Path:
     return path
 
 
-@contextmanager
-def loading_progress() -> Iterator[Callable[[int, int], None]]:
-    """A progress bar on stderr for the weights being placed on the device; gone once loading ends."""
-    with Progress(
-        TextColumn("loading weights"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("load", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
 def report(completion: Completion, tokenizer: GLMTokenizer, print_all_beams: bool) -> None:
     print(f"\nInput: {completion.prompt}\n")
     if print_all_beams and len(completion.answers) > 1:
@@ -161,7 +145,7 @@ def serve(
     if options is None:
         return
     interactive = input_source == INTERACTIVE
-    with loading_progress() if comm.is_leader else nullcontext(None) as progress:
+    with progress_bar("loading weights") if comm.is_leader else nullcontext(None) as progress:
         engine = load(**load_args, progress=progress, tp=tp, communicator=comm)
     if comm.is_leader:
         for note in engine.notes:
@@ -212,8 +196,7 @@ def _check_before_launch(load_args: dict, tp: int) -> None:
     backend, _ = REGISTRY.resolve(load_args["backend"])
     check_device_count(backend, tp)
     config = peek_config(load_args["path_or_preset"], load_args["config"])
-    if config is not None:
-        check_tp_degree(config, tp, describe_source(load_args["path_or_preset"]))
+    check_tp_degree(config, tp, describe_source(load_args["path_or_preset"]))
 
 
 @record

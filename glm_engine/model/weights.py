@@ -87,9 +87,7 @@ def parameter_shapes(config: GLMConfig, tp: int = 1) -> dict[str, tuple[int, ...
     return {key: shard_shape(key, shape, tp) for key, shape in shapes.items()}
 
 
-def check_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str, tp: int = 1
-) -> list[str]:
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str, tp: int = 1) -> list[str]:
     """Raise CheckpointError naming every missing, unexpected and misshapen key; return the keys left unused.
 
     Unexpected keys under ``transformer.`` are errors (e.g. layers beyond ``num_layers``: a config that does not

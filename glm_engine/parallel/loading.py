@@ -1,8 +1,8 @@
-"""One rank's weights from a full (TP=1) state dict.
+"""One rank's weights from a full (TP=1) state dict already in memory (random preset weights, tests).
 
-:func:`rank_state_dict` is the single place the engine asks for a rank's tensors. Today it slices full tensors
-lazily with :func:`~glm_engine.parallel.sharding.shard`, one tensor at a time, so host RAM holds one full tensor and
-this rank's shards; a streaming reader of TP-sharded SAT files can replace its body without touching the callers.
+Checkpoints on disk go through ``Checkpoint.rank_state_dict``, which streams source shards at any TP degree;
+:func:`rank_state_dict` slices full tensors lazily with :func:`~glm_engine.parallel.sharding.shard`, one tensor at a
+time, so memory holds one full tensor and this rank's shards beyond the source.
 """
 
 from __future__ import annotations

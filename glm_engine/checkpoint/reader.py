@@ -1,0 +1,182 @@
+"""One view of any checkpoint (SAT at any TP degree, native sharded safetensors), validated from metadata, then read
+one source shard at a time.
+
+``Checkpoint.rank_state_dict(rank, tp, ...)`` builds one tensor-parallel rank's weights for *any* valid TP degree
+from the source shards (re-sharding at load time, glm130b.md section 7 row 7). Host RAM holds at most one
+memory-mapped source shard plus that rank's weights (row 3). Quantized sources are dequantized exactly as the
+reference's kernels do (``half(q) * scale``) before re-sharding, so they run at any TP degree too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from glm_engine.checkpoint import layout, native, sat
+from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
+from glm_engine.errors import CheckpointError, ConfigError
+from glm_engine.model.weights import parameter_shapes
+from glm_engine.parallel.sharding import ShardBuilder
+from glm_engine.quant.reference import dequantize
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder: format, config, source TP degree, quantization, and its shard files."""
+
+    path: Path
+    format: str  # "sat" | "native"
+    config: GLMConfig
+    source_tp: int
+    bits: int | None  # 4, 8, or None for floating-point weights
+    files: list[Path]
+    infos: list[dict[str, layout.TensorInfo]]  # per source shard
+    unused_keys: list[str] = field(default_factory=list)
+    iteration: str = ""  # SAT: the tag in ``latest``
+
+    @property
+    def scale_groups(self) -> int:
+        """Scale columns of row-parallel quantized weights (> 1 only in a merged native checkpoint)."""
+        for key, info in self.infos[0].items():
+            if key.endswith("attention.dense.weight" + layout.SCALE_SUFFIX):
+                return info.shape[1] if len(info.shape) == 2 else 1
+        return 1
+
+    def describe(self) -> str:
+        quant = f", INT{self.bits} weights" if self.bits else ""
+        return f"{self.format} checkpoint {self.path} (TP={self.source_tp}{quant})"
+
+    @contextmanager
+    def open_shard(self, rank: int) -> Iterator[Mapping[str, torch.Tensor]]:
+        """Source shard ``rank``, memory-mapped; released when the block ends."""
+        if self.format == "sat":
+            shard = sat.read_sat_shard(self.files[rank])
+        else:
+            shard, _ = native.open_native(self.path)
+        try:
+            yield shard
+        finally:
+            del shard
+
+    def floating(self, shard: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+        """``key`` of an open shard as floating point: quantized linears dequantized like the reference."""
+        if self.bits is not None and layout.is_quantized_key(key):
+            return dequantize(shard[key], shard[key + layout.SCALE_SUFFIX], self.bits, torch.float16)
+        return shard[key]
+
+    def rank_state_dict(
+        self,
+        rank: int,
+        tp: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+        progress: Progress | None = None,
+        keys: list[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Rank ``rank`` of TP degree ``tp``: the model weights (or just ``keys``) in ``dtype`` on ``device``, read
+        one source shard at a time."""
+        check_tp(self.config, tp)
+        source_shapes = parameter_shapes(self.config, self.source_tp)
+        builders = {
+            key: ShardBuilder(key, source_shapes[key], self.source_tp, rank, tp, dtype, device)
+            for key in (source_shapes if keys is None else keys)
+        }
+        plan = [(s, [k for k, b in builders.items() if b.needs(s)]) for s in range(self.source_tp)]
+        total, done = sum(len(keys) for _, keys in plan), 0
+        for source_rank, keys in plan:
+            if not keys:
+                continue
+            with self.open_shard(source_rank) as shard:
+                for key in keys:
+                    builders[key].add(source_rank, self.floating(shard, key))
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        return {key: builder.finish() for key, builder in builders.items()}
+
+
+def check_tp(config: GLMConfig, tp: int) -> None:
+    """A ConfigError listing the valid degrees unless ``tp`` splits heads, vocab rows and FFN units evenly."""
+    valid = config.valid_tp_degrees()
+    if tp not in valid:
+        raise ConfigError(
+            f"tensor-parallel degree {tp} does not divide this model ({config.num_attention_heads} heads, "
+            f"{config.vocab_size} vocab rows, {config.inner_hidden_size} FFN units); valid degrees: "
+            + ", ".join(map(str, valid))
+        )
+
+
+def open_checkpoint(path: str | Path, config: GLMConfig | None = None) -> Checkpoint:
+    """Recognise, describe and validate a checkpoint folder from metadata alone (no tensor data is read).
+
+    ``config`` overrides the checkpoint's own; a SAT folder without ``config.json`` matching a preset's shapes
+    (the GLM-130B release) needs none.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a file; pass the folder that holds it")
+    if native.is_native_checkpoint(path):
+        return _open_native(path, config)
+    if sat.is_sat_checkpoint(path):
+        return _open_sat(path, config)
+    raise CheckpointError(
+        f"{path} is not a checkpoint: expected config.json with {native.WEIGHTS_FILE_NAME} or "
+        f"{native.INDEX_FILE_NAME} (native), or a 'latest' file and an iteration folder (SAT)"
+    )
+
+
+def _open_native(path: Path, config: GLMConfig | None) -> Checkpoint:
+    config = config or native.read_native_config(path)
+    weights, _ = native.open_native(path)
+    infos = weights.infos()
+    bits = layout.detect_quantization(infos, config, 1, str(path))
+    groups = 1
+    scale = infos.get(f"transformer.layers.0.attention.dense.weight{layout.SCALE_SUFFIX}")
+    if bits and scale is not None and len(scale.shape) == 2:
+        groups = scale.shape[1]
+    unused = layout.validate(infos, config, 1, bits, str(path), groups)
+    files = sorted({weights.file_of(k) for k in weights})
+    return Checkpoint(path, "native", config, 1, bits, files, [infos], unused)
+
+
+def _open_sat(path: Path, config: GLMConfig | None) -> Checkpoint:
+    tag = sat.sat_tag(path)
+    files = sat.sat_shards(path)
+    infos = []
+    for file in files:
+        shard = sat.read_sat_shard(file)  # memory-mapped: only the pickled metadata is read here
+        infos.append(layout.infos_of(shard))
+        del shard
+    tp = len(files)
+    if config is None:
+        config = _sat_config(path, infos[0], tp)
+    bits = layout.detect_quantization(infos[0], config, tp, str(files[0]))
+    unused: list[str] = []
+    for file, info in zip(files, infos):
+        file_bits = layout.detect_quantization(info, config, tp, str(file))
+        if file_bits != bits:
+            described = {None: "not quantized", 4: "INT4", 8: "INT8"}
+            raise CheckpointError(f"{file} is {described[file_bits]} but {files[0]} is {described[bits]}")
+        unused = layout.validate(info, config, tp, bits, str(file))
+    return Checkpoint(path, "sat", config, tp, bits, files, infos, unused, tag)
+
+
+def _sat_config(path: Path, infos: Mapping[str, layout.TensorInfo], tp: int) -> GLMConfig:
+    config_path = path / CONFIG_FILE_NAME
+    if config_path.is_file():
+        return GLMConfig.from_json_file(config_path)
+    inferred = layout.infer_config(infos, tp)
+    if inferred is None:
+        raise CheckpointError(
+            f"SAT checkpoint {path} has no {CONFIG_FILE_NAME} next to '{sat.LATEST_FILE_NAME}' and its shapes "
+            "match no preset; pass --config PRESET (e.g. --config glm-130b) or a config.json"
+        )
+    return inferred

@@ -1,0 +1,85 @@
+"""``glm-engine convert-tp`` (the reference's tools/convert_tp.py, any TP to any TP) and ``glm-engine convert``
+(SAT <-> native safetensors)."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from glm_engine.checkpoint import convert as conversions
+from glm_engine.checkpoint import open_checkpoint
+from glm_engine.cli.errors import user_errors
+from glm_engine.cli.progress import progress_bar
+from glm_engine.config import GLMConfig
+from glm_engine.engine import resolve_config
+from glm_engine.errors import InputError
+
+GIB = 2**30
+
+
+def convert_tp(
+    input_folder: Annotated[
+        Path, typer.Option("--input-folder", help="Checkpoint to read (SAT at any TP, or native).")
+    ],
+    output_folder: Annotated[Path, typer.Option("--output-folder", help="New folder for the SAT shards.")],
+    target_tp: Annotated[int, typer.Option("--target-tp", help="Tensor-parallel degree to write.")] = 4,
+    quantization_bit_width: Annotated[
+        int | None,
+        typer.Option("--quantization-bit-width", help="Quantize the linears to 4 or 8 bits on each rank's shard."),
+    ] = None,
+    config: Annotated[str | None, typer.Option(help="Preset name or config.json, if the folder has none.")] = None,
+) -> None:
+    """Re-shard a checkpoint to another tensor-parallel degree in the reference's SAT layout."""
+    with user_errors():
+        if quantization_bit_width not in (None, 4, 8):
+            raise InputError(f"--quantization-bit-width must be 4 or 8, got {quantization_bit_width}")
+        started = time.perf_counter()
+        with progress_bar(f"writing TP={target_tp}") as progress:
+            conversions.convert_tp(
+                input_folder, output_folder, target_tp, quantization_bit_width, _config(config), progress
+            )
+        _report(output_folder, started)
+
+
+class Target(str, Enum):
+    native = "native"
+    sat = "sat"
+
+
+def convert(
+    input_folder: Annotated[Path, typer.Option("--input", help="Checkpoint to read (SAT at any TP, or native).")],
+    output_folder: Annotated[Path, typer.Option("--output", help="New folder to write.")],
+    to: Annotated[Target, typer.Option(help="Format to write.")] = Target.native,
+    tp: Annotated[int, typer.Option(help="TP degree of the SAT shards (with --to sat).")] = 1,
+    shard_size_gb: Annotated[float, typer.Option(help="Largest safetensors file (with --to native), in GiB.")] = 4.0,
+    config: Annotated[str | None, typer.Option(help="Preset name or config.json, if the folder has none.")] = None,
+) -> None:
+    """Convert between the reference's SAT format and glm-engine's native sharded safetensors."""
+    with user_errors():
+        if shard_size_gb <= 0:
+            raise InputError(f"--shard-size-gb must be positive, got {shard_size_gb}")
+        started = time.perf_counter()
+        with progress_bar(f"writing {to.value}") as progress:
+            if to is Target.native:
+                limit = int(shard_size_gb * GIB)
+                conversions.convert_to_native(input_folder, output_folder, _config(config), limit, progress)
+            else:
+                conversions.convert_tp(input_folder, output_folder, tp, None, _config(config), progress)
+        _report(output_folder, started)
+
+
+def _config(config: str | None) -> GLMConfig | None:
+    return resolve_config(config) if config else None
+
+
+def _report(output_folder: Path, started: float) -> None:
+    written = open_checkpoint(output_folder)  # re-validates what was written
+    size = sum(f.stat().st_size for f in written.files)
+    print(
+        f"wrote {written.describe()}: {len(written.files)} files, {size / GIB:.2f} GiB in "
+        f"{time.perf_counter() - started:.1f} s"
+    )

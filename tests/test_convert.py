@@ -1,0 +1,219 @@
+"""Multi-shard SAT checkpoints, re-sharding (load time and convert-tp), quantized conversion and the native format.
+
+Source shards are written in the reference's own layout by an independent transcription of its convert_tp.py
+(tests/reference_tp.py), so these tests do not check our split rules against themselves.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference_tp import reference_shards
+from safetensors.torch import save_file
+
+import glm_engine
+from glm_engine.checkpoint import open_checkpoint
+from glm_engine.checkpoint.convert import convert_to_native, convert_tp
+from glm_engine.checkpoint.native import INDEX_FILE_NAME, save_native
+from glm_engine.errors import CheckpointError, ConfigError
+from glm_engine.model.weights import random_state_dict
+from glm_engine.quant.reference import pack_int4
+from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
+
+INV_FREQ = "transformer.layers.0.attention.rotary_emb.inv_freq"
+
+
+def write_reference_sat(folder, shards, config=None, tag="49300"):
+    """``latest`` + ``<tag>/mp_rank_XX_model_states.pt`` holding ``{"module": shard}``, as the release."""
+    (folder / tag).mkdir(parents=True)
+    (folder / "latest").write_text(tag)  # the release's file has no trailing newline
+    for rank, shard in enumerate(shards):
+        torch.save({"module": shard, "iteration": 49300}, folder / tag / f"mp_rank_{rank:02d}_model_states.pt")
+    if config is not None:
+        config.to_json_file(folder / "config.json")
+    return folder
+
+
+def read_shards(folder, tag="49300"):
+    files = sorted((folder / tag).glob("mp_rank_*_model_states.pt"))
+    return [torch.load(f, weights_only=True)["module"] for f in files]
+
+
+@pytest.fixture
+def full(small_config):
+    state = random_state_dict(small_config, seed=11, dtype=torch.float16)
+    state[INV_FREQ] = torch.arange(8, dtype=torch.float32)
+    return state
+
+
+@pytest.fixture
+def tp4(tmp_path, small_config, full):
+    return write_reference_sat(tmp_path / "tp4", reference_shards(full, 4), small_config)
+
+
+def test_tp4_round_trips_through_tp1_and_tp2_bit_for_bit(tmp_path, tp4, full):
+    convert_tp(tp4, tmp_path / "tp1", 1)
+    convert_tp(tmp_path / "tp1", tmp_path / "tp2", 2)
+    convert_tp(tmp_path / "tp2", tmp_path / "back", 4)
+    assert (tmp_path / "tp1" / "latest").read_text() == "49300\n"
+    (tp1,) = read_shards(tmp_path / "tp1")
+    assert set(tp1) == set(full) and all(torch.equal(tp1[k], full[k]) for k in full)
+    for got, expected in zip(read_shards(tmp_path / "tp2"), reference_shards(full, 2)):
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+    for got, expected in zip(read_shards(tmp_path / "back"), read_shards(tp4)):
+        assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+        assert all(got[k].dtype == expected[k].dtype for k in expected)
+
+
+def test_a_tp4_checkpoint_runs_at_tp1_with_the_weights_of_the_original(tmp_path, tp4, full, small_config):
+    save_native(tmp_path / "native", small_config, {k: v for k, v in full.items() if k != INV_FREQ})
+    checkpoint = open_checkpoint(tp4)
+    assert (checkpoint.format, checkpoint.source_tp, checkpoint.bits) == ("sat", 4, None)
+    assert checkpoint.unused_keys == [INV_FREQ]
+    sat = glm_engine.load(str(tp4), tokenizer=BUILTIN_TOKENIZER_PATH, dtype="fp32")
+    ref = glm_engine.load(str(tmp_path / "native"), tokenizer=BUILTIN_TOKENIZER_PATH, dtype="fp32")
+    ids = torch.tensor([[30, 31, 32]])
+    blocked = ~torch.ones(3, 3, dtype=torch.bool).tril()[None, None]
+    positions = torch.arange(3)[None]
+    assert torch.equal(sat.forward(ids, positions, blocked), ref.forward(ids, positions, blocked))
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_load_time_resharding_gives_each_rank_its_reference_shard(tp4, full, tp):
+    checkpoint = open_checkpoint(tp4)
+    expected = reference_shards(full, tp)
+    for rank in range(tp):
+        state = checkpoint.rank_state_dict(rank, tp, torch.float16)
+        assert all(torch.equal(state[k], expected[rank][k]) for k in state)
+
+
+def reference_quantize(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """glm130b.md section 3.1 in float64 arithmetic with explicit fp16 roundings, INT4 packed by hand."""
+    w = weight.to(torch.float16).double()
+    scale = (w.abs().max(dim=1).values.float() / (2 ** (bits - 1) - 1)).half()
+    q = torch.round((w.float() / scale.float()[:, None]).half().double()).to(torch.int8)
+    if bits == 4:
+        q = pack_int4(q)
+    return q, scale
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_conversion_matches_the_reference_formula_per_local_shard(tmp_path, tp4, full, bits):
+    convert_tp(tp4, tmp_path / "q", 2, bits=bits)
+    linear = "transformer.layers.1.mlp.dense_4h_to_h.weight"  # row-parallel: absmax over the local input slice
+    for shard, local in zip(read_shards(tmp_path / "q"), reference_shards(full, 2)):
+        q, scale = reference_quantize(local[linear], bits)
+        assert torch.equal(shard[linear], q) and torch.equal(shard[linear + "_scale"], scale)
+        assert shard[linear].dtype == torch.int8 and shard[linear + "_scale"].dtype == torch.float16
+        assert shard["transformer.layers.1.mlp.dense_4h_to_h.bias"].dtype == torch.float16
+    checkpoint = open_checkpoint(tmp_path / "q")
+    assert (checkpoint.source_tp, checkpoint.bits) == (2, bits)
+
+
+def test_quantized_checkpoints_load_dequantized_at_any_tp(tmp_path, tp4, full):
+    convert_tp(tp4, tmp_path / "q", 2, bits=8)
+    checkpoint = open_checkpoint(tmp_path / "q")
+    merged = checkpoint.rank_state_dict(0, 1, torch.float32)
+    key = "transformer.layers.2.attention.dense.weight"
+    halves = [reference_quantize(s[key], 8) for s in reference_shards(full, 2)]
+    expected = torch.cat([q.half() * s[:, None] for q, s in halves], dim=1).float()
+    assert torch.equal(merged[key], expected)
+    error = (merged[key] - full[key].float()).abs().max()
+    assert 0 < error < full[key].float().abs().max() / 127
+
+
+def test_quantized_checkpoints_are_not_resharded(tmp_path, tp4):
+    convert_tp(tp4, tmp_path / "q", 2, bits=4)
+    with pytest.raises(CheckpointError, match="already quantized"):
+        convert_tp(tmp_path / "q", tmp_path / "q1", 1)
+
+
+def test_mixed_or_malformed_quantized_files_are_named(tmp_path, tp4, small_config):
+    convert_tp(tp4, tmp_path / "q", 2, bits=8)
+    path = tmp_path / "q" / "49300" / "mp_rank_01_model_states.pt"
+    shard = torch.load(path, weights_only=True)["module"]
+    key = "transformer.layers.0.attention.query_key_value.weight"
+    shard[key] = shard[key][:, :5].contiguous()
+    torch.save({"module": shard}, path)
+    with pytest.raises(CheckpointError, match=r"mp_rank_01.*query_key_value.weight has 5 columns"):
+        open_checkpoint(tmp_path / "q")
+    convert_tp(tp4, tmp_path / "q4", 2, bits=4)
+    path.write_bytes((tmp_path / "q4" / "49300" / "mp_rank_01_model_states.pt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"mp_rank_01_model_states.pt is INT4 but .*mp_rank_00.* is INT8"):
+        open_checkpoint(tmp_path / "q")
+
+
+def test_shard_errors_name_the_file(tmp_path, small_config, full):
+    shards = reference_shards(full, 2)
+    del shards[1]["transformer.layers.2.input_layernorm.bias"]
+    shards[1]["transformer.layers.0.mlp.dense_h_to_4h.weight"] = torch.zeros(10, 64, dtype=torch.float16)
+    write_reference_sat(tmp_path / "bad", shards, small_config)
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(tmp_path / "bad")
+    message = str(info.value)
+    assert "mp_rank_01_model_states.pt" in message and "TP=2" in message
+    assert "1 missing: transformer.layers.2.input_layernorm.bias" in message
+    assert "transformer.layers.0.mlp.dense_h_to_4h.weight is [10, 64], expected [96, 64]" in message
+
+
+def test_invalid_target_tp_lists_the_valid_degrees(tmp_path, tp4):
+    with pytest.raises(ConfigError, match="valid degrees: 1, 2, 4"):
+        convert_tp(tp4, tmp_path / "x", 3)
+    assert not (tmp_path / "x").exists()
+
+
+def test_conversion_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path, tp4, monkeypatch):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not empty"):
+        convert_tp(tp4, tmp_path / "taken", 2)
+    assert (tmp_path / "taken" / "file").read_text() == "keep me"
+
+    from glm_engine.checkpoint import sat
+
+    calls = []
+
+    def failing_write(path, state):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        torch.save({"module": state}, path)
+
+    monkeypatch.setattr(sat, "write_sat_shard", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        convert_tp(tp4, tmp_path / "out", 2)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_sat_without_config_is_recognised_by_its_shapes(tmp_path, monkeypatch, small_config, full):
+    from glm_engine import config as config_module
+
+    monkeypatch.setitem(config_module.PRESETS, "small", small_config)
+    folder = write_reference_sat(tmp_path / "noconfig", reference_shards(full, 2))
+    assert open_checkpoint(folder).config == small_config
+
+
+def test_sat_to_native_sharded_with_index_loads_by_mmap(tmp_path, tp4, full, small_config):
+    convert_to_native(tp4, tmp_path / "native", max_shard_bytes=40_000)
+    names = sorted(p.name for p in (tmp_path / "native").iterdir())
+    assert INDEX_FILE_NAME in names and "config.json" in names
+    files = [n for n in names if n.startswith("model-")]
+    assert len(files) > 2 and files[0].endswith(f"-of-{len(files):05d}.safetensors")
+    checkpoint = open_checkpoint(tmp_path / "native")
+    assert checkpoint.format == "native" and len(checkpoint.files) == len(files)
+    merged = checkpoint.rank_state_dict(0, 1, torch.float16)
+    assert all(torch.equal(merged[k], full[k]) for k in merged)
+    convert_tp(tmp_path / "native", tmp_path / "sat2", 2)
+    for got, expected in zip(read_shards(tmp_path / "sat2", "release"), reference_shards(full, 2)):
+        assert all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def test_native_index_pointing_at_missing_keys_is_an_error(tmp_path, small_config, full):
+    folder = tmp_path / "n"
+    folder.mkdir()
+    small_config.to_json_file(folder / "config.json")
+    save_file({"a": torch.zeros(1)}, str(folder / "model-00001-of-00001.safetensors"))
+    (folder / INDEX_FILE_NAME).write_text('{"weight_map": {"b": "model-00001-of-00001.safetensors"}}')
+    with pytest.raises(CheckpointError, match="lists keys its files do not hold: b"):
+        open_checkpoint(folder)
