@@ -86,9 +86,7 @@ def parameter_shapes(config: GLMConfig, tp: int = 1) -> dict[str, tuple[int, ...
     return {key: shard_shape(key, shape, tp) for key, shape in shapes.items()}
 
 
-def check_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str, tp: int = 1
-) -> list[str]:
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str, tp: int = 1) -> list[str]:
     """Raise CheckpointError naming every missing, unexpected, misshapen and non-float key; return the keys left
     unused (see ``checkpoint.layout.validate``, which checks files the same way from their metadata)."""
     from glm_engine.checkpoint.layout import infos_of, validate  # layout builds on this module's key names
