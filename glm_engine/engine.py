@@ -12,13 +12,16 @@ from glm_engine.backends.base import DTYPE_NAMES, Backend, GraphLevelBackend, Mo
 from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.checkpoint import open_checkpoint
 from glm_engine.config import PRESETS, GLMConfig, preset
-from glm_engine.errors import ConfigError, InputError
+from glm_engine.errors import ConfigError, InputError, ParallelError
 from glm_engine.generation.blank_filling import Completion, fill_blanks
 from glm_engine.generation.decode import TokenCallback
 from glm_engine.generation.options import GenerationOptions
 from glm_engine.model.glm import GLMModel
 from glm_engine.model.weights import GLMWeights, random_state_dict
 from glm_engine.ops.interface import Op
+from glm_engine.parallel.communicator import Communicator, init_from_environment
+from glm_engine.parallel.degree import check_tp_degree
+from glm_engine.parallel.loading import rank_state_dict
 from glm_engine.tokenizer import GLMTokenizer, builtin_tokenizer, load_tokenizer
 
 # What ``load()`` and ``glm-engine run`` use without a checkpoint: the small trained bilingual demo model shipped
@@ -126,6 +129,37 @@ def resolve_config(config: str | Path | GLMConfig | None) -> GLMConfig | None:
     raise ConfigError(f"--config {config!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json file")
 
 
+def _is_preset(path_or_preset: str | Path) -> bool:
+    return isinstance(path_or_preset, str) and path_or_preset in PRESETS and not Path(path_or_preset).exists()
+
+
+def describe_source(path_or_preset: str | Path) -> str:
+    """How messages name a model before it is opened: the built-in demo model, a preset or a checkpoint folder."""
+    if _is_preset(path_or_preset):
+        return f"preset {path_or_preset}"
+    return "the built-in demo model" if str(path_or_preset) == DEFAULT_MODEL else f"checkpoint {path_or_preset}"
+
+
+def peek_config(path_or_preset: str | Path, config: str | Path | GLMConfig | None = None) -> GLMConfig:
+    """The model config from ``config``, a preset or the checkpoint's metadata (no weights are read), so a launcher
+    can check the TP degree before starting any rank."""
+    resolved = resolve_config(config)
+    if _is_preset(path_or_preset):
+        return resolved or preset(str(path_or_preset))
+    return open_checkpoint(path_or_preset, resolved).config
+
+
+def _communicator(tp: int, given: Communicator | None, backend: Backend) -> Communicator:
+    """The communicator of ``tp`` ranks: the caller's, one joined from torchrun's environment, or a single process."""
+    if given is None:
+        given = Communicator() if tp == 1 else init_from_environment(backend)
+    if given.world_size != tp:
+        raise ParallelError(
+            f"tp={tp} needs {tp} ranks, but the process group has {given.world_size}; start as many ranks as --tp"
+        )
+    return given
+
+
 def load(
     path_or_preset: str | Path = DEFAULT_MODEL,
     backend: str = "auto",
@@ -134,6 +168,8 @@ def load(
     config: str | Path | GLMConfig | None = None,
     device_index: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    tp: int = 1,
+    communicator: Communicator | None = None,
 ) -> Engine:
     """Load a checkpoint folder (default: the built-in demo model), or a preset name (seeded random weights).
 
@@ -141,19 +177,23 @@ def load(
     first choice); ``tokenizer`` the ``ice_text.model`` file or its folder (default: the checkpoint's own, else
     icetk's cache; the packaged test tokenizer for presets); ``config`` a preset name or config.json overriding the
     checkpoint's; ``progress(done, total)`` follows the weights as they are converted and placed on the device.
+
+    ``tp > 1`` loads this process's rank of a tensor-parallel model: every rank calls ``load`` with the same
+    arguments, under torchrun (the process group is joined from its environment) or with a ``communicator`` of
+    ``tp`` ranks; the device is the rank's LOCAL_RANK. Every rank's ``generate``/``forward`` returns the full result.
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = _resolve_dtype(dtype, chosen)
     notes = [why]
     if isinstance(chosen, GraphLevelBackend):  # runs an exported graph: no weights of ours to load
+        if tp != 1:
+            raise ParallelError(f"{chosen.name} runs an exported graph, which has no tensor-parallel form; use tp=1")
         runner = chosen.load_runner(str(path_or_preset), run_dtype)
         tok = load_tokenizer(tokenizer, runner.config.vocab_layout, path_or_preset)
         return Engine(runner, tok, chosen, f"exported model {path_or_preset}", notes)
     banned: tuple[slice, ...] = ()
-    device = chosen.device(device_index)
-    ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
     checkpoint = None
-    if isinstance(path_or_preset, str) and path_or_preset in PRESETS and not Path(path_or_preset).exists():
+    if _is_preset(path_or_preset):
         model_config = resolve_config(config) or preset(path_or_preset)
         if model_config.num_parameters() > MAX_RANDOM_PARAMETERS:
             raise InputError(
@@ -175,13 +215,24 @@ def load(
         model_config = checkpoint.config
         source = "the built-in demo model" if str(path_or_preset) == DEFAULT_MODEL else checkpoint.describe()
         tok = load_tokenizer(tokenizer, model_config.vocab_layout, path_or_preset)
-        state_dict = checkpoint.rank_state_dict(0, 1, run_dtype, device, progress)
+    check_tp_degree(model_config, tp, source)
+    comm = _communicator(tp, communicator, chosen)
+    if comm.world_size > 1:
+        device_index = comm.local_rank
+    device = chosen.device(device_index)
+    ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
+    if checkpoint is None:
+        state_dict = rank_state_dict(state_dict, model_config, comm.rank, tp, source)
+    else:
+        state_dict = checkpoint.rank_state_dict(comm.rank, tp, run_dtype, device, progress)
         progress = None  # the weights are already converted and placed
-    weights = GLMWeights.from_state_dict(state_dict, model_config, run_dtype, device, source, progress)
+    weights = GLMWeights.from_state_dict(state_dict, model_config, run_dtype, device, source, progress, tp=tp)
     if checkpoint is not None:
         weights.unused_keys = checkpoint.unused_keys
-    runner = GLMModel(model_config, weights, ops)
-    notes.append(f"{chosen.name} backend, {dtype_name(run_dtype)}")
+    runner = GLMModel(model_config, weights, ops, comm)
+    notes.append(
+        f"{chosen.name} backend, {dtype_name(run_dtype)}" + (f", tensor parallel over {tp} ranks" if tp > 1 else "")
+    )
     notes.extend(
         f"{op.value} in {dtype_name(run_dtype)}: {v.reason}"
         for op in Op

@@ -28,3 +28,13 @@ class InputError(GlmEngineError, ValueError):
 
 class BackendError(GlmEngineError):
     """A backend is unknown, unavailable here, or cannot run the requested op/dtype/format."""
+
+
+class ParallelError(GlmEngineError):
+    """Tensor parallelism cannot run as asked: a TP degree that does not divide the model, more ranks than devices,
+    a launch environment that does not match ``--tp``, or a rank that failed (the message names it)."""
+
+
+class CollectiveError(ParallelError):
+    """A collective failed on this rank, most often because another rank stopped: the other rank's error is the
+    cause, and the launcher reports that one first."""

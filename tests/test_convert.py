@@ -15,7 +15,7 @@ import glm_engine
 from glm_engine.checkpoint import open_checkpoint
 from glm_engine.checkpoint.convert import convert_to_native, convert_tp
 from glm_engine.checkpoint.native import INDEX_FILE_NAME, save_native
-from glm_engine.errors import CheckpointError, ConfigError
+from glm_engine.errors import CheckpointError, ParallelError
 from glm_engine.model.weights import random_state_dict
 from glm_engine.quant.reference import pack_int4
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
@@ -157,7 +157,7 @@ def test_shard_errors_name_the_file(tmp_path, small_config, full):
 
 
 def test_invalid_target_tp_lists_the_valid_degrees(tmp_path, tp4):
-    with pytest.raises(ConfigError, match="valid degrees: 1, 2, 4"):
+    with pytest.raises(ParallelError, match="valid degrees: 1, 2, 4"):
         convert_tp(tp4, tmp_path / "x", 3)
     assert not (tmp_path / "x").exists()
 

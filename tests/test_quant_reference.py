@@ -39,12 +39,14 @@ def test_int4_packs_even_column_in_the_high_nibble() -> None:
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_dequantize_is_half_times_scale(bits: int) -> None:
-    weight = torch.randn(8, 16)
+    weight = torch.randn(8, 16, generator=torch.Generator().manual_seed(7))
     stored, scale = quantize(weight, bits)
     q, _ = quantize_rowwise(weight, bits)
     expected = q.to(torch.float16) * scale[:, None]
     assert torch.equal(dequantize(stored, scale, bits), expected)
-    assert (dequantize(stored, scale, bits, torch.float32) - weight).abs().max() <= scale.float().max() / 2 + 1e-3
+    # half a step of rounding, plus fp16 rounding of the quotient (ulp 1/16 near 127) and of the product
+    error = (dequantize(stored, scale, bits, torch.float32) - weight.half().float()).abs()
+    assert (error <= 0.55 * scale.float()[:, None] + weight.abs() * 2**-10).all()
 
 
 def test_grouped_scales_dequantize_each_column_block() -> None:

@@ -4,6 +4,6 @@ validated view (``open_checkpoint``), re-sharded at load time, and converted bet
 from __future__ import annotations
 
 from glm_engine.checkpoint.native import save_native
-from glm_engine.checkpoint.reader import Checkpoint, check_tp, open_checkpoint
+from glm_engine.checkpoint.reader import Checkpoint, open_checkpoint
 
-__all__ = ["Checkpoint", "check_tp", "open_checkpoint", "save_native"]
+__all__ = ["Checkpoint", "open_checkpoint", "save_native"]

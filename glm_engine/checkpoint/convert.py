@@ -16,10 +16,11 @@ import torch
 
 from glm_engine.checkpoint import layout, native, sat
 from glm_engine.checkpoint.atomic import staged_folder, write_atomically
-from glm_engine.checkpoint.reader import Checkpoint, check_tp, open_checkpoint
+from glm_engine.checkpoint.reader import Checkpoint, open_checkpoint
 from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.errors import CheckpointError
 from glm_engine.model.weights import IGNORED_KEY_SUFFIXES, parameter_shapes
+from glm_engine.parallel.degree import check_tp_degree
 from glm_engine.quant.reference import quantize
 
 Progress = Callable[[int, int], None]
@@ -66,7 +67,7 @@ def convert_tp(
     ``config.json`` is written beside ``latest`` (the reference ignores it; glm-engine reads it).
     """
     checkpoint = _source(input_folder, config)
-    check_tp(checkpoint.config, target_tp)
+    check_tp_degree(checkpoint.config, target_tp, checkpoint.describe())
     dtype, extra = _source_dtype(checkpoint), _passthrough(checkpoint)
     tag = checkpoint.iteration or RELEASE_TAG
     keys = list(parameter_shapes(checkpoint.config))

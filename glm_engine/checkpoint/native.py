@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -41,35 +42,47 @@ def is_native_checkpoint(folder: Path) -> bool:
 
 
 class LazySafetensors(Mapping[str, torch.Tensor]):
-    """A read-only mapping over one or more safetensors files: tensors are read (memory-mapped) on access."""
+    """A read-only mapping over one or more safetensors files: tensors are read (memory-mapped) on access.
+
+    Only one file is open at a time: reading keys file by file (``keys_by_file``) keeps the mapped pages the
+    process holds to one file's worth, however large the checkpoint.
+    """
 
     def __init__(self, files: Mapping[str, Path] | Path) -> None:
         """``files``: one safetensors file, or key -> file (an index's ``weight_map``)."""
-        self._handles = {}
         self._file_of: dict[str, Path] = {}
+        self._infos: dict[str, TensorInfo] = {}
+        self._open: tuple[Path, Any] | None = None
         paths = [files] if isinstance(files, Path) else sorted(set(files.values()))
         for path in paths:
-            try:
-                handle = safe_open(str(path), framework="pt")
-            except Exception as exc:  # safetensors raises its own error types for missing files and corrupt headers
-                raise CheckpointError(f"cannot read {path}: {exc}") from None
-            self._handles[path] = handle
+            handle = self._handle(path)
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                self._file_of.setdefault(key, path)
+                if key in self._file_of:
+                    continue
+                part = handle.get_slice(key)
+                self._file_of[key] = path
+                self._infos[key] = TensorInfo(
+                    tuple(part.get_shape()), _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8)
+                )
+        self._open = None
         if not isinstance(files, Path):
             absent = sorted(k for k, p in files.items() if self._file_of.get(k) != p)
             if absent:
                 raise CheckpointError(f"{INDEX_FILE_NAME} lists keys its files do not hold: {', '.join(absent[:5])}")
-        self._infos = {}
-        for key, path in self._file_of.items():
-            part = self._handles[path].get_slice(key)
-            dtype = _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8)
-            self._infos[key] = TensorInfo(tuple(part.get_shape()), dtype)
+
+    def _handle(self, path: Path) -> Any:  # safetensors' handle type is private
+        if self._open is None or self._open[0] != path:
+            self._open = None  # release the previous file's mapping first
+            try:
+                self._open = (path, safe_open(str(path), framework="pt"))
+            except Exception as exc:  # safetensors raises its own error types for missing files and corrupt headers
+                raise CheckpointError(f"cannot read {path}: {exc}") from None
+        return self._open[1]
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._file_of:
             raise KeyError(key)
-        return self._handles[self._file_of[key]].get_tensor(key)
+        return self._handle(self._file_of[key]).get_tensor(key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._file_of)
@@ -82,6 +95,10 @@ class LazySafetensors(Mapping[str, torch.Tensor]):
 
     def file_of(self, key: str) -> Path:
         return self._file_of[key]
+
+    def keys_by_file(self, keys: list[str]) -> list[str]:
+        """``keys`` reordered so each file is opened once."""
+        return sorted(keys, key=lambda k: (str(self._file_of.get(k, "")), keys.index(k)))
 
 
 def open_native(folder: Path) -> tuple[LazySafetensors, dict[str, str]]:

@@ -18,8 +18,9 @@ import torch
 
 from glm_engine.checkpoint import hf, layout, native, sat
 from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
-from glm_engine.errors import CheckpointError, ConfigError
+from glm_engine.errors import CheckpointError
 from glm_engine.model.weights import parameter_shapes
+from glm_engine.parallel.degree import check_tp_degree
 from glm_engine.parallel.sharding import ShardBuilder
 from glm_engine.quant.reference import dequantize
 
@@ -81,7 +82,7 @@ class Checkpoint:
     ) -> dict[str, torch.Tensor]:
         """Rank ``rank`` of TP degree ``tp``: the model weights (or just ``keys``) in ``dtype`` on ``device``, read
         one source shard at a time."""
-        check_tp(self.config, tp)
+        check_tp_degree(self.config, tp, str(self.path))
         source_shapes = parameter_shapes(self.config, self.source_tp)
         builders = {
             key: ShardBuilder(key, source_shapes[key], self.source_tp, rank, tp, dtype, device)
@@ -93,23 +94,14 @@ class Checkpoint:
             if not keys:
                 continue
             with self.open_shard(source_rank) as shard:
+                if isinstance(shard, native.LazySafetensors):
+                    keys = shard.keys_by_file(keys)
                 for key in keys:
                     builders[key].add(source_rank, self.floating(shard, key))
                     done += 1
                     if progress is not None:
                         progress(done, total)
         return {key: builder.finish() for key, builder in builders.items()}
-
-
-def check_tp(config: GLMConfig, tp: int) -> None:
-    """A ConfigError listing the valid degrees unless ``tp`` splits heads, vocab rows and FFN units evenly."""
-    valid = config.valid_tp_degrees()
-    if tp not in valid:
-        raise ConfigError(
-            f"tensor-parallel degree {tp} does not divide this model ({config.num_attention_heads} heads, "
-            f"{config.vocab_size} vocab rows, {config.inner_hidden_size} FFN units); valid degrees: "
-            + ", ".join(map(str, valid))
-        )
 
 
 def open_checkpoint(path: str | Path, config: GLMConfig | None = None) -> Checkpoint:

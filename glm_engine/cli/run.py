@@ -1,10 +1,17 @@
-"""``glm-engine run``: fill blanks interactively or for every line of a file, as the reference's generate.py does."""
+"""``glm-engine run``: fill blanks interactively or for every line of a file, as the reference's generate.py does.
+
+With ``--tp N`` the same command runs as N ranks (started here with torch's launcher, or by torchrun across nodes):
+rank 0 reads the queries, prints and writes the answers, and broadcasts each query and the session's options and
+seed; every rank runs the same decode loop on the same gathered logits, so sampling picks the same tokens everywhere.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -12,15 +19,21 @@ from typing import Annotated
 
 import torch
 import typer
+from torch.distributed.elastic.multiprocessing.errors import record
+from typer.core import TyperOption
 
+from glm_engine.backends.registry import REGISTRY
 from glm_engine.checkpoint.atomic import write_atomically
-from glm_engine.cli.errors import user_errors
+from glm_engine.cli.errors import USER_ERROR_EXIT_CODE, user_errors
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.render import styled_answer
-from glm_engine.engine import DEFAULT_MODEL, Engine, load
-from glm_engine.errors import InputError
+from glm_engine.engine import DEFAULT_MODEL, describe_source, load, peek_config
+from glm_engine.errors import GlmEngineError, InputError, ParallelError
 from glm_engine.generation.blank_filling import Completion
 from glm_engine.generation.options import GenerationOptions
+from glm_engine.parallel.communicator import Communicator, init_from_environment, running_under_torchrun
+from glm_engine.parallel.degree import check_device_count, check_tp_degree
+from glm_engine.parallel.launch import LAUNCHED_BY_GLM_ENGINE, launch_local
 from glm_engine.tokenizer import GLMTokenizer
 
 INTERACTIVE = "interactive"
@@ -96,23 +109,117 @@ def save(completion: Completion, path: Path) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _process(
-    engine: Engine,
-    query_id: str | None,
-    text: str,
+def shared_queries(
+    comm: Communicator, queries: Iterable[tuple[str | None, str]] | None
+) -> Iterator[tuple[str | None, str]]:
+    """Rank 0's queries on every rank: rank 0 reads ``queries`` and broadcasts each one, then the end (None)."""
+    if comm.is_leader:
+        assert queries is not None
+        for query in queries:
+            yield comm.broadcast_object(query)
+        comm.broadcast_object(None)
+        return
+    while (query := comm.broadcast_object(None)) is not None:
+        yield query
+
+
+def serve(
+    comm: Communicator,
+    tp: int,
     options: dict,
-    generator: torch.Generator,
+    load_args: dict,
+    input_source: str,
     output_path: Path,
+    with_id: bool,
     print_all_beams: bool,
 ) -> None:
-    started = time.perf_counter()
-    completion = engine.generate(text, generator=generator, **options)[0]
-    report(completion, engine.tokenizer, print_all_beams)
-    save(completion, output_file(output_path, query_id, text))
-    print(f"Taken time {time.perf_counter() - started:.2f}", file=sys.stderr)
+    """Load the model (this rank's part) and answer every query; only rank 0 touches the console and files."""
+    queries: Iterable[tuple[str | None, str]] | None = None
+    if comm.is_leader:
+        try:
+            queries = _open_queries(input_source, output_path, with_id)
+        except (GlmEngineError, OSError):
+            comm.broadcast_object(None)  # the other ranks stop quietly; this rank reports the error
+            raise
+    options = comm.broadcast_object(options)  # rank 0's options and seed hold for every rank
+    if options is None:
+        return
+    interactive = input_source == INTERACTIVE
+    with progress_bar("loading weights") if comm.is_leader else nullcontext(None) as progress:
+        engine = load(**load_args, progress=progress, tp=tp, communicator=comm)
+    if comm.is_leader:
+        for note in engine.notes:
+            print(f"[glm-engine] {note}", file=sys.stderr)
+        output_path.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(options["seed"])  # one random stream per session, as the reference
+    for query_id, text in shared_queries(comm, queries):
+        started = time.perf_counter()
+        try:
+            completion = engine.generate(text, generator=generator, **options)[0]
+        except InputError as exc:  # every rank refuses the same query the same way
+            if not interactive:
+                raise
+            if comm.is_leader:
+                print(f"error: {exc}", file=sys.stderr)  # the reference keeps the session going
+            continue
+        if comm.is_leader:
+            report(completion, engine.tokenizer, print_all_beams)
+            save(completion, output_file(output_path, query_id, text))
+            print(f"Taken time {time.perf_counter() - started:.2f}", file=sys.stderr)
+
+
+def _open_queries(input_source: str, output_path: Path, with_id: bool) -> Iterable[tuple[str | None, str]]:
+    """The queries (a file is read and checked whole, up front); the paths are checked before any loading."""
+    if input_source != INTERACTIVE and not Path(input_source).is_file():
+        raise InputError(f"--input-source {input_source!r} is neither 'interactive' nor an existing file")
+    if output_path.exists() and not output_path.is_dir():
+        raise InputError(f"--output-path {output_path} is a file; answers go into a folder")
+    return interactive_queries() if input_source == INTERACTIVE else read_queries(Path(input_source), with_id)
+
+
+def command_line(ctx: typer.Context) -> list[str]:
+    """The options of this invocation as command-line arguments, for the ranks to run the same command."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if not isinstance(param, TyperOption) or value is None:
+            continue
+        if param.is_flag:
+            args.extend(param.opts[:1] if value else param.secondary_opts[:1])
+        else:
+            args.extend([param.opts[0], str(value.value if isinstance(value, Enum) else value)])
+    return args
+
+
+def _check_before_launch(load_args: dict, tp: int) -> None:
+    """Refuse a TP degree the model or this node cannot take before any rank starts."""
+    backend, _ = REGISTRY.resolve(load_args["backend"])
+    check_device_count(backend, tp)
+    config = peek_config(load_args["path_or_preset"], load_args["config"])
+    check_tp_degree(config, tp, describe_source(load_args["path_or_preset"]))
+
+
+@record
+def _serve_rank(tp: int, session: tuple) -> None:
+    """One rank of a torchrun job: join the process group, serve, leave. ``@record`` writes any exception into the
+    error file torch's launcher reads, so the launching process can name this rank and its message."""
+    options, load_args = session[0], session[1]
+    GenerationOptions.from_kwargs(**options)
+    backend, _ = REGISTRY.resolve(load_args["backend"])
+    comm = init_from_environment(backend)
+    try:
+        if comm.world_size != tp:
+            raise ParallelError(
+                f"torchrun started {comm.world_size} ranks but --tp is {tp}; pass --tp {comm.world_size} or start "
+                f"{tp} ranks (--nnodes x --nproc-per-node)"
+            )
+        serve(comm, tp, *session)
+    finally:
+        comm.close()
 
 
 def run(
+    ctx: typer.Context,
     backend: Annotated[str, typer.Option(help="backend name, or auto for the best available")] = "auto",
     checkpoint: Annotated[
         str | None, typer.Option(help="checkpoint folder (native or SAT); default: the built-in demo model")
@@ -144,39 +251,47 @@ def run(
     top_p: Annotated[float, typer.Option("--top-p", "--top_p", help="0 = off")] = _DEFAULTS.top_p,
     temperature: Annotated[float, typer.Option()] = _DEFAULTS.temperature,
     seed: Annotated[int, typer.Option()] = _DEFAULTS.seed,
+    tp: Annotated[
+        int, typer.Option("--tp", help="tensor-parallel degree: ranks to split the model over (torchrun sets them)")
+    ] = 1,
 ) -> None:
     """Fill [MASK]/[sMASK] blanks or continue text ([gMASK]) for each query, printing and saving the answers."""
+    options = dict(
+        sampling_strategy=sampling_strategy.value,
+        out_seq_length=out_seq_length,
+        min_gen_length=min_gen_length,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        deterministic=deterministic,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
+    load_args = dict(
+        path_or_preset=checkpoint or DEFAULT_MODEL, backend=backend, dtype=dtype, tokenizer=tokenizer, config=config
+    )
+    session = (options, load_args, input_source, output_path, with_id, print_all_beams)
+    if running_under_torchrun():
+        _run_as_rank(tp, session)
+        return
     with user_errors():
-        options = dict(
-            sampling_strategy=sampling_strategy.value,
-            out_seq_length=out_seq_length,
-            min_gen_length=min_gen_length,
-            num_beams=num_beams,
-            length_penalty=length_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            deterministic=deterministic,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-        )
         GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
-        if input_source != INTERACTIVE and not Path(input_source).is_file():
-            raise InputError(f"--input-source {input_source!r} is neither 'interactive' nor an existing file")
-        if output_path.exists() and not output_path.is_dir():
-            raise InputError(f"--output-path {output_path} is a file; answers go into a folder")
-        interactive = input_source == INTERACTIVE
-        queries = interactive_queries() if interactive else iter(read_queries(Path(input_source), with_id))
-        with progress_bar("loading weights") as progress:
-            engine = load(checkpoint or DEFAULT_MODEL, backend, dtype, tokenizer, config, progress=progress)
-        for note in engine.notes:
-            print(f"[glm-engine] {note}", file=sys.stderr)
-        output_path.mkdir(parents=True, exist_ok=True)
-        generator = torch.Generator().manual_seed(seed)  # one random stream per session, as the reference seeds once
-        for query_id, text in queries:
-            try:
-                _process(engine, query_id, text, options, generator, output_path, print_all_beams)
-            except InputError as exc:
-                if not interactive:
-                    raise
-                print(f"error: {exc}", file=sys.stderr)  # the reference keeps the session going
+        if tp < 1:
+            raise InputError(f"--tp must be at least 1, got {tp}")
+        if tp == 1:
+            serve(Communicator(), 1, *session)
+            return
+        _check_before_launch(load_args, tp)
+        launch_local(tp, ["run", *command_line(ctx)])
+
+
+def _run_as_rank(tp: int, session: tuple) -> None:
+    """Serve as one rank; a user error ends this rank with exit code 1, reported once by whoever launched it."""
+    try:
+        _serve_rank(tp, session)
+    except (GlmEngineError, OSError) as exc:
+        if LAUNCHED_BY_GLM_ENGINE not in os.environ:  # under a plain torchrun, say it here
+            print(f"error: rank {os.environ.get('RANK', '?')}: {exc}", file=sys.stderr)
+        raise typer.Exit(USER_ERROR_EXIT_CODE) from None

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from glm_engine.config import GLMConfig
-from glm_engine.errors import CheckpointError
 from glm_engine.parallel.sharding import shard_shape
 
 EMBEDDING_KEY = "transformer.word_embeddings.weight"
@@ -88,50 +87,11 @@ def parameter_shapes(config: GLMConfig, tp: int = 1) -> dict[str, tuple[int, ...
 
 
 def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str, tp: int = 1) -> list[str]:
-    """Raise CheckpointError naming every missing, unexpected and misshapen key; return the keys left unused.
+    """Raise CheckpointError naming every missing, unexpected, misshapen and non-float key; return the keys left
+    unused (see ``checkpoint.layout.validate``, which checks files the same way from their metadata)."""
+    from glm_engine.checkpoint.layout import infos_of, validate  # layout builds on this module's key names
 
-    Unexpected keys under ``transformer.`` are errors (e.g. layers beyond ``num_layers``: a config that does not
-    match the file would silently drop them); other extra keys and recomputed buffers are only reported back.
-    """
-    expected = parameter_shapes(config, tp)
-    present = {k for k in state_dict if not k.endswith(IGNORED_KEY_SUFFIXES)}
-    shapes = {k: _shape(state_dict, k) for k in present}
-    missing = sorted(set(expected) - present)
-    extra = sorted(present - set(expected))
-    unexpected = [k for k in extra if k.startswith("transformer.")]
-    misshapen = [
-        f"{k} is {shapes[k]}, expected {expected[k]}"
-        for k in sorted(present & set(expected))
-        if shapes[k] != expected[k]
-    ]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)):
-        if items:
-            shown = ", ".join(items[:8]) + (f" ... ({len(items) - 8} more)" if len(items) > 8 else "")
-            problems.append(f"{len(items)} {label}: {shown}")
-    if problems:
-        raise CheckpointError(
-            f"{source} does not match the model config ({config.num_layers} layers, hidden {config.hidden_size}, "
-            f"vocab {config.vocab_size}): " + "; ".join(problems) + ". Check the config (--config) or the file."
-        )
-    floating = [k for k in expected if not _is_floating(state_dict, k)]
-    if floating:
-        raise CheckpointError(
-            f"{source} holds non-floating-point weights ({floating[0]} ...): a quantized "
-            "checkpoint, which this version of glm-engine does not load"
-        )
-    return [k for k in extra if k not in unexpected]
-
-
-def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
-    """A tensor's shape, from file metadata when the mapping is lazy (no read)."""
-    shape_of = getattr(state_dict, "shape", None)
-    return tuple(shape_of(key)) if callable(shape_of) else tuple(state_dict[key].shape)
-
-
-def _is_floating(state_dict: Mapping[str, torch.Tensor], key: str) -> bool:
-    dtype_of = getattr(state_dict, "dtype", None)
-    return dtype_of(key).is_floating_point if callable(dtype_of) else state_dict[key].is_floating_point()
+    return validate(infos_of(state_dict), config, tp, None, source)
 
 
 @dataclass
