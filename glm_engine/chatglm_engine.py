@@ -15,7 +15,7 @@ import torch
 from glm_engine.backends.base import Backend, dtype_name
 from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.checkpoint.hf import open_chatglm_checkpoint
-from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED, _resolve_dtype
+from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED, resolve_dtype
 from glm_engine.errors import InputError, TokenizerError
 from glm_engine.generation.chat import ChatOptions, History, chat, generate_ids
 from glm_engine.model.chatglm import ChatGLMModel
@@ -129,7 +129,7 @@ def load_chatglm(
     ``progress(done, total)`` follows the weights as they are converted.
     """
     chosen, why = REGISTRY.resolve(backend)
-    run_dtype = _resolve_dtype(dtype, chosen)
+    run_dtype = resolve_dtype(dtype, chosen)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses graph-level backends and unsupported ops/dtypes
     device = chosen.device(device_index)
     notes = [why]

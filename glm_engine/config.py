@@ -91,8 +91,7 @@ class GLMConfig:
 
     def valid_tp_degrees(self, limit: int = 64) -> list[int]:
         """Tensor-parallel degrees that split heads, vocab rows and GeGLU units evenly (glm130b.md section 1.11)."""
-        divisor = math.gcd(self.num_attention_heads, math.gcd(self.vocab_size, self.inner_hidden_size))
-        return [t for t in range(1, limit + 1) if divisor % t == 0]
+        return even_split_degrees((self.num_attention_heads, self.vocab_size, self.inner_hidden_size), limit)
 
     def with_overrides(self, **changes: Any) -> GLMConfig:
         return replace(self, **changes)
@@ -123,19 +122,30 @@ class GLMConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> GLMConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid UTF-8 JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_object(path), source=str(path))
 
     def to_json_file(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def even_split_degrees(axes: tuple[int, ...], limit: int = 64) -> list[int]:
+    """Tensor-parallel degrees up to ``limit`` that divide every one of ``axes`` (heads, vocab rows, FFN units)."""
+    divisor = math.gcd(*axes)
+    return [t for t in range(1, limit + 1) if divisor % t == 0]
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a UTF-8 file, or a ConfigError that says what is wrong with the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data
 
 
 PRESETS: dict[str, GLMConfig] = {

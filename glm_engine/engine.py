@@ -108,7 +108,8 @@ class Engine:
             return self.runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.dtype:
+    """A dtype name (fp32, bf16, fp16) or torch dtype; None is the backend's first choice."""
     if dtype is None:
         return backend.default_dtype()
     if isinstance(dtype, torch.dtype):
@@ -183,7 +184,7 @@ def load(
     ``tp`` ranks; the device is the rank's LOCAL_RANK. Every rank's ``generate``/``forward`` returns the full result.
     """
     chosen, why = REGISTRY.resolve(backend)
-    run_dtype = _resolve_dtype(dtype, chosen)
+    run_dtype = resolve_dtype(dtype, chosen)
     notes = [why]
     if isinstance(chosen, GraphLevelBackend):  # runs an exported graph: no weights of ours to load
         if tp != 1:

@@ -15,7 +15,6 @@ one file before opening the next, so host RAM holds one source file's pages plus
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from glm_engine.checkpoint.native import LazySafetensors
+from glm_engine.checkpoint.torch_file import load_torch_file
 from glm_engine.errors import CheckpointError, ConfigError
 from glm_engine.model.chatglm_config import MODEL_TYPE, ChatGLMConfig
 from glm_engine.model.chatglm_weights import TensorInfo
@@ -47,20 +47,7 @@ def is_chatglm_checkpoint(folder: Path) -> bool:
 
 def read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
     """A ``torch.save``d state dict, loaded without running code and memory-mapped (legacy files: fully read)."""
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip format cannot be mapped
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and plain containers, so it is refused "
-            f"(a checkpoint must not run code); re-save it as a plain state dict or as safetensors: {exc}"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    obj = load_torch_file(path)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} is not a state dict (a mapping of names to tensors)")
     return obj

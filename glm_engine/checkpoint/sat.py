@@ -6,13 +6,13 @@ Each shard is a ``torch.save`` of ``{"module": state_dict}`` (glm130b.md section
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
 import torch
 
 from glm_engine.checkpoint.atomic import write_atomically
+from glm_engine.checkpoint.torch_file import load_torch_file
 from glm_engine.errors import CheckpointError
 
 LATEST_FILE_NAME = "latest"
@@ -59,20 +59,7 @@ def sat_shards(folder: Path) -> list[Path]:
 
 def read_sat_shard(path: Path) -> dict[str, torch.Tensor]:
     """The ``module`` state dict of one shard, loaded safely (no code execution) and memory-mapped."""
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) files cannot be mapped
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and plain containers, so it is refused "
-            f"(a checkpoint must not run code): {exc}"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    obj = load_torch_file(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("module"), dict):
         raise CheckpointError(f"{path} is not a SAT model-states file: no 'module' state dict inside")
     return obj["module"]

@@ -9,12 +9,11 @@ See :mod:`glm_engine.model.chatglm` for how the graph uses each field.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from glm_engine.config import even_split_degrees, read_json_object
 from glm_engine.errors import ConfigError
 
 # ``SelfAttention`` builds ``RotaryEmbedding(..., base=10000)``: not a config field in the reference.
@@ -131,8 +130,7 @@ class ChatGLMConfig:
 
     def valid_tp_degrees(self, limit: int = 64) -> list[int]:
         """Degrees that split heads, vocab rows and MLP units evenly (for tensor parallelism)."""
-        divisor = math.gcd(self.num_attention_heads, math.gcd(self.vocab_size, self.inner_hidden_size))
-        return [t for t in range(1, limit + 1) if divisor % t == 0]
+        return even_split_degrees((self.num_attention_heads, self.vocab_size, self.inner_hidden_size), limit)
 
     def with_overrides(self, **changes: Any) -> ChatGLMConfig:
         return replace(self, **changes)
@@ -179,13 +177,7 @@ class ChatGLMConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path, num_image_tokens: int | None = None) -> ChatGLMConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid UTF-8 JSON: {exc}") from None
+        data = read_json_object(path)
         return cls.from_hf_dict(data, source=str(path), num_image_tokens=num_image_tokens)
 
 
