@@ -113,15 +113,19 @@ class BaseStrategy:
         for row in range(logits.shape[0]):
             if self._done[row]:
                 continue
-            candidates = sampling_candidates(logits[row], self.top_k, self.top_p)
-            probs = F.softmax(logits[row, candidates], dim=-1)
-            token = int(candidates[torch.multinomial(probs, 1, generator=self.generator)])
+            token = self._choose(logits[row])
             pred[row] = token
             self._tokens[row].append(token)
             if token in self.end_tokens:
                 self._done[row] = True
         tokens = torch.tensor(pred, dtype=torch.long).unsqueeze(1)
         return tokens, torch.zeros_like(tokens)
+
+    def _choose(self, logits: torch.Tensor) -> int:
+        """One token from a row's filtered logits ``[vocab]``: the reference's top-k/top-p sample."""
+        candidates = sampling_candidates(logits, self.top_k, self.top_p)
+        probs = F.softmax(logits[candidates], dim=-1)
+        return int(candidates[torch.multinomial(probs, 1, generator=self.generator)])
 
     def finalize(self) -> list[list[list[int]]]:
         """Per row, one beam: the generated tokens including a final end token."""
@@ -264,44 +268,12 @@ class BeamSearchStrategy:
         return [ends if ends else [beams[0]] for ends, beams in zip(self._end_beams, self._beams)]
 
 
-class GreedyStrategy:
+class GreedyStrategy(BaseStrategy):
     """Argmax decoding, as transformers' ``generate(do_sample=False, num_beams=1)``: the first index among equal
     maxima; a row ends at its first end token (which is kept)."""
 
     def __init__(self, end_tokens: Sequence[int] = (), invalid_slices: Sequence[slice | int] = ()) -> None:
-        self.end_tokens = tuple(end_tokens)
-        self.invalid_slices = tuple(invalid_slices)
-        self.num_beams = 1
-        self._done: list[bool] = []
-        self._tokens: list[list[int]] = []
+        super().__init__(end_tokens=end_tokens, invalid_slices=invalid_slices)
 
-    def start(self, contexts: Sequence[Sequence[int]]) -> None:
-        self._done = [False] * len(contexts)
-        self._tokens = [[] for _ in contexts]
-
-    @property
-    def is_done(self) -> bool:
-        return all(self._done)
-
-    def finish(self, row: int) -> None:
-        self._done[row] = True
-
-    def step(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The argmax of ``logits [b, 1, vocab]`` per running row; finished rows get -1."""
-        logits = logits[:, 0].float()
-        for invalid in self.invalid_slices:
-            logits[..., invalid] = FILTER_VALUE
-        best = logits.argmax(dim=-1).tolist()
-        pred = [-1] * len(best)
-        for row, token in enumerate(best):
-            if self._done[row]:
-                continue
-            pred[row] = token
-            self._tokens[row].append(token)
-            if token in self.end_tokens:
-                self._done[row] = True
-        tokens = torch.tensor(pred, dtype=torch.long).unsqueeze(1)
-        return tokens, torch.zeros_like(tokens)
-
-    def finalize(self) -> list[list[list[int]]]:
-        return [[tokens] for tokens in self._tokens]
+    def _choose(self, logits: torch.Tensor) -> int:
+        return int(logits.argmax())
