@@ -21,7 +21,7 @@ import torch
 
 from glm_engine.errors import CheckpointError
 from glm_engine.model.chatglm_config import ChatGLMConfig
-from glm_engine.model.weights import LayerWeights, layer_key
+from glm_engine.model.weights import LayerWeights, layer_key, layer_parameter_shapes
 from glm_engine.quant.reference import dequantize, unpack_int4
 
 EMBEDDING_KEY = "transformer.word_embeddings.weight"
@@ -49,20 +49,7 @@ class TensorInfo:
 def parameter_shapes(config: ChatGLMConfig) -> dict[str, tuple[int, ...]]:
     """Every expected key with its unquantized shape."""
     h, i = config.hidden_size, config.inner_hidden_size
-    layer_shapes = {
-        "input_layernorm_weight": (h,),
-        "input_layernorm_bias": (h,),
-        "query_key_value_weight": (3 * h, h),
-        "query_key_value_bias": (3 * h,),
-        "dense_weight": (h, h),
-        "dense_bias": (h,),
-        "post_attention_layernorm_weight": (h,),
-        "post_attention_layernorm_bias": (h,),
-        "dense_h_to_4h_weight": (i, h),  # a plain MLP: no GeGLU halves
-        "dense_h_to_4h_bias": (i,),
-        "dense_4h_to_h_weight": (h, i),
-        "dense_4h_to_h_bias": (h,),
-    }
+    layer_shapes = layer_parameter_shapes(h, i, i)  # a plain MLP: no GeGLU halves
     shapes: dict[str, tuple[int, ...]] = {EMBEDDING_KEY: (config.vocab_size, h)}
     for layer in range(config.num_layers):
         for name, shape in layer_shapes.items():

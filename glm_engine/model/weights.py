@@ -59,10 +59,10 @@ def layer_key(layer: int, field_name: str) -> str:
     return f"transformer.layers.{layer}.{LAYER_KEY_SUFFIX[field_name]}"
 
 
-def parameter_shapes(config: GLMConfig, tp: int = 1) -> dict[str, tuple[int, ...]]:
-    """Every expected state-dict key with its shape on one rank of tensor-parallel degree ``tp``."""
-    h, i = config.hidden_size, config.inner_hidden_size
-    layer_shapes = {
+def layer_parameter_shapes(hidden: int, h_to_4h_rows: int, inner: int) -> dict[str, tuple[int, ...]]:
+    """One layer's LayerWeights fields with their TP=1 shapes; ``h_to_4h_rows`` is ``2 * inner`` for GeGLU."""
+    h = hidden
+    return {
         "input_layernorm_weight": (h,),
         "input_layernorm_bias": (h,),
         "query_key_value_weight": (3 * h, h),
@@ -71,11 +71,17 @@ def parameter_shapes(config: GLMConfig, tp: int = 1) -> dict[str, tuple[int, ...
         "dense_bias": (h,),
         "post_attention_layernorm_weight": (h,),
         "post_attention_layernorm_bias": (h,),
-        "dense_h_to_4h_weight": (2 * i, h),
-        "dense_h_to_4h_bias": (2 * i,),
-        "dense_4h_to_h_weight": (h, i),
+        "dense_h_to_4h_weight": (h_to_4h_rows, h),
+        "dense_h_to_4h_bias": (h_to_4h_rows,),
+        "dense_4h_to_h_weight": (h, inner),
         "dense_4h_to_h_bias": (h,),
     }
+
+
+def parameter_shapes(config: GLMConfig, tp: int = 1) -> dict[str, tuple[int, ...]]:
+    """Every expected state-dict key with its shape on one rank of tensor-parallel degree ``tp``."""
+    h = config.hidden_size
+    layer_shapes = layer_parameter_shapes(h, 2 * config.inner_hidden_size, config.inner_hidden_size)
     shapes: dict[str, tuple[int, ...]] = {EMBEDDING_KEY: (config.vocab_size, h)}
     for layer in range(config.num_layers):
         for name, shape in layer_shapes.items():
