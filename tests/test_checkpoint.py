@@ -97,8 +97,20 @@ class NotATensor:
 def test_checkpoints_that_would_run_code_are_refused(tmp_path, small_config, state_dict):
     folder = write_sat(tmp_path / "sat", state_dict, small_config)
     torch.save({"module": state_dict, "payload": NotATensor()}, folder / "1000" / "mp_rank_00_model_states.pt")
-    with pytest.raises(CheckpointError, match="must not run code"):
+    with pytest.raises(CheckpointError, match=r"refers to .*NotATensor.*must not be able to run code"):
         open_checkpoint(folder)
+
+
+def test_sat_training_checkpoints_with_numpy_rng_state_load(tmp_path, small_config, state_dict):
+    """SAT's save_checkpoint stores np.random.get_state() next to 'module': data, not code."""
+    import random
+
+    import numpy as np
+
+    folder = write_sat(tmp_path / "sat", state_dict, small_config)
+    extra = {"np_rng_state": np.random.get_state(), "random_rng_state": random.getstate(), "iteration": 1000}
+    torch.save({"module": state_dict, **extra}, folder / "1000" / "mp_rank_00_model_states.pt")
+    assert open_checkpoint(folder).source_tp == 1
 
 
 @pytest.mark.parametrize("kind", ["missing", "file", "empty"])

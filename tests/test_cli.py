@@ -112,6 +112,7 @@ def test_reference_underscore_spellings_are_accepted(tmp_path):
         (["--top-p", "1.5"], "top_p must be in [0, 1]"),
         (["--tokenizer", "/no/such/ice_text.model"], "looked in: /no/such/ice_text.model"),
         (["--input-source", "TMP/a_file", "--output-path", "TMP/a_file"], "is a file; answers go into a folder"),
+        (["--input-source", "TMP/a_file", "--output-path", "TMP/a_file/sub"], "Not a directory"),
         (["--input-source", "TMP/latin1.txt"], "is not UTF-8 text"),
         (["--input-source", "TMP/ids.tsv", "--with-id"], "cannot name an answer file"),
         (["--config", "TMP/bad.json"], "layernorm_epsilon must be a number"),

@@ -17,7 +17,6 @@ from glm_engine.checkpoint.convert import convert_to_native, convert_tp
 from glm_engine.checkpoint.native import INDEX_FILE_NAME, save_native
 from glm_engine.errors import CheckpointError, ParallelError
 from glm_engine.model.weights import random_state_dict
-from glm_engine.quant.reference import pack_int4
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
 
 INV_FREQ = "transformer.layers.0.attention.rotary_emb.inv_freq"
@@ -55,7 +54,7 @@ def test_tp4_round_trips_through_tp1_and_tp2_bit_for_bit(tmp_path, tp4, full):
     convert_tp(tp4, tmp_path / "tp1", 1)
     convert_tp(tmp_path / "tp1", tmp_path / "tp2", 2)
     convert_tp(tmp_path / "tp2", tmp_path / "back", 4)
-    assert (tmp_path / "tp1" / "latest").read_text() == "49300\n"
+    assert (tmp_path / "tp1" / "latest").read_text() == "49300"  # no newline: convert_tp.py does not strip
     (tp1,) = read_shards(tmp_path / "tp1")
     assert set(tp1) == set(full) and all(torch.equal(tp1[k], full[k]) for k in full)
     for got, expected in zip(read_shards(tmp_path / "tp2"), reference_shards(full, 2)):
@@ -92,20 +91,32 @@ def reference_quantize(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, t
     w = weight.to(torch.float16).double()
     scale = (w.abs().max(dim=1).values.float() / (2 ** (bits - 1) - 1)).half()
     q = torch.round((w.float() / scale.float()[:, None]).half().double()).to(torch.int8)
-    if bits == 4:
-        q = pack_int4(q)
+    if bits == 4:  # two's-complement nibbles by hand: even column high, odd column low
+        high, low = q[:, 0::2].to(torch.int32) & 0xF, q[:, 1::2].to(torch.int32) & 0xF
+        q = ((high << 4) | low).to(torch.uint8).view(torch.int8)
     return q, scale
+
+
+LINEARS = (
+    "attention.query_key_value.weight",
+    "attention.dense.weight",  # row-parallel: absmax over the rank's input slice
+    "mlp.dense_h_to_4h.weight",
+    "mlp.dense_4h_to_h.weight",  # row-parallel
+)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_conversion_matches_the_reference_formula_per_local_shard(tmp_path, tp4, full, bits):
     convert_tp(tp4, tmp_path / "q", 2, bits=bits)
-    linear = "transformer.layers.1.mlp.dense_4h_to_h.weight"  # row-parallel: absmax over the local input slice
     for shard, local in zip(read_shards(tmp_path / "q"), reference_shards(full, 2)):
-        q, scale = reference_quantize(local[linear], bits)
-        assert torch.equal(shard[linear], q) and torch.equal(shard[linear + "_scale"], scale)
-        assert shard[linear].dtype == torch.int8 and shard[linear + "_scale"].dtype == torch.float16
+        for layer in range(3):
+            for name in LINEARS:
+                key = f"transformer.layers.{layer}.{name}"
+                q, scale = reference_quantize(local[key], bits)
+                assert torch.equal(shard[key], q) and torch.equal(shard[key + "_scale"], scale)
+                assert shard[key].dtype == torch.int8 and shard[key + "_scale"].dtype == torch.float16
         assert shard["transformer.layers.1.mlp.dense_4h_to_h.bias"].dtype == torch.float16
+        assert shard["transformer.word_embeddings.weight"].dtype == torch.float16
     checkpoint = open_checkpoint(tmp_path / "q")
     assert (checkpoint.source_tp, checkpoint.bits) == (2, bits)
 
@@ -217,3 +228,38 @@ def test_native_index_pointing_at_missing_keys_is_an_error(tmp_path, small_confi
     (folder / INDEX_FILE_NAME).write_text('{"weight_map": {"b": "model-00001-of-00001.safetensors"}}')
     with pytest.raises(CheckpointError, match="lists keys its files do not hold: b"):
         open_checkpoint(folder)
+
+
+def test_conversions_keep_each_tensors_dtype(tmp_path, small_config, full):
+    mixed = dict(full)
+    mixed["transformer.layers.0.input_layernorm.weight"] = full["transformer.layers.0.input_layernorm.weight"].float()
+    folder = write_reference_sat(tmp_path / "mixed", reference_shards(mixed, 2), small_config)
+    convert_tp(folder, tmp_path / "tp1", 1)
+    (tp1,) = read_shards(tmp_path / "tp1")
+    assert all(tp1[k].dtype == mixed[k].dtype and torch.equal(tp1[k], mixed[k]) for k in mixed)
+    convert_to_native(folder, tmp_path / "native")
+    merged = open_checkpoint(tmp_path / "native").rank_state_dict(0, 1, None)
+    assert merged["transformer.layers.0.input_layernorm.weight"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", ["empty folder", "symlink to an empty folder"])
+def test_an_existing_empty_output_folder_is_filled_in_place(tmp_path, tp4, kind):
+    target = tmp_path / "disk" / "out"
+    target.mkdir(parents=True)
+    output = target
+    if kind.startswith("symlink"):
+        output = tmp_path / "link"
+        output.symlink_to(target)
+    convert_tp(tp4, output, 2)
+    assert sorted(p.name for p in target.iterdir()) == ["49300", "config.json", "latest"]
+    assert open_checkpoint(output).source_tp == 2
+
+
+def test_unused_keys_of_every_shard_are_reported_and_carried_through(tmp_path, small_config, full):
+    shards = reference_shards(full, 2)
+    shards[1]["optimizer.step"] = torch.tensor(3)
+    folder = write_reference_sat(tmp_path / "extra", shards, small_config)
+    assert open_checkpoint(folder).unused_keys == sorted([INV_FREQ, "optimizer.step"])
+    convert_tp(folder, tmp_path / "tp1", 1)
+    (tp1,) = read_shards(tmp_path / "tp1")
+    assert tp1["optimizer.step"].item() == 3 and torch.equal(tp1[INV_FREQ], full[INV_FREQ])

@@ -25,6 +25,7 @@ import glm_engine
 from glm_engine.backends.base import DeviceInfo
 from glm_engine.backends.cpu import CpuBackend
 from glm_engine.backends.registry import get_backend, op_table_for
+from glm_engine.checkpoint import open_checkpoint
 from glm_engine.cli.main import app
 from glm_engine.config import GLMConfig
 from glm_engine.errors import ParallelError
@@ -40,6 +41,8 @@ from glm_engine.parallel.loading import rank_state_dict
 from glm_engine.parallel.sharding import merge
 from glm_engine.parallel.vocab import vocab_parallel_embedding
 from tests.conftest import SMALL_LAYOUT
+from tests.reference_tp import reference_shards
+from tests.test_convert import write_reference_sat
 
 REPO = Path(__file__).resolve().parent.parent
 # The issue's bar for TP=2 against TP=1 logits in fp32 (different partial-sum order only).
@@ -95,6 +98,17 @@ def _generate(model: GLMModel, strategy: BaseStrategy) -> list[int]:
     return decode(model, [GenerationRow(PROMPT, 2, False)], [GREEDY_STEPS], strategy, SMALL_LAYOUT.pad)[0][0]
 
 
+SAT_TP4_ENV = "GLM_ENGINE_TEST_SAT_TP4"  # a TP=4 SAT checkpoint of the same weights, for the ranks to load
+
+
+def _sat_model(comm) -> GLMModel:
+    """This rank's model read from the TP=4 SAT checkpoint (re-sharded 4 -> 2 at load time)."""
+    checkpoint = open_checkpoint(os.environ[SAT_TP4_ENV])
+    state = checkpoint.rank_state_dict(comm.rank, comm.world_size, torch.float32)
+    weights = GLMWeights.from_state_dict(state, CONFIG, torch.float32, "cpu", tp=comm.world_size)
+    return GLMModel(CONFIG, weights, op_table_for(get_backend("cpu"), torch.float32), comm)
+
+
 def _rank_results() -> dict:
     """Run by each rank: logits, greedy and sampled tokens, and the embedding lookup, all from this rank's shards."""
     comm = init_from_environment(CpuBackend())
@@ -103,6 +117,7 @@ def _rank_results() -> dict:
             model = _model(comm)
             ids = torch.tensor([[0, 5, 255, 256, 300, 511]])  # both halves of the vocabulary
             return {
+                "sat_logits": _teacher_forced_logits(_sat_model(comm)),
                 "logits": _teacher_forced_logits(model),
                 "greedy": _generate(model, BaseStrategy(top_k=1)),
                 "sampled": _generate(
@@ -132,7 +147,18 @@ def _launch(function, tmp_path: Path, nproc: int = 2) -> dict:
 
 @pytest.fixture(scope="module")
 def tp2_results(tmp_path_factory) -> dict:
-    return _launch(_rank_results, tmp_path_factory.mktemp("tp2"))
+    folder = tmp_path_factory.mktemp("sat") / "tp4"
+    write_reference_sat(folder, reference_shards(random_state_dict(CONFIG, SEED), 4), CONFIG)
+    os.environ[SAT_TP4_ENV] = str(folder)
+    try:
+        return _launch(_rank_results, tmp_path_factory.mktemp("tp2"))
+    finally:
+        del os.environ[SAT_TP4_ENV]
+
+
+def test_a_tp4_sat_checkpoint_runs_at_tp2_like_the_same_weights_split_directly(tp2_results):
+    for rank in (0, 1):
+        assert torch.equal(tp2_results[rank]["sat_logits"], tp2_results[rank]["logits"])
 
 
 def test_tp2_logits_equal_tp1_through_prefill_and_cached_decode_steps(tp2_results):

@@ -29,30 +29,58 @@ def write_atomically(final: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
 
 
-@contextmanager
-def staged_folder(final: str | Path) -> Iterator[Path]:
-    """Yield a hidden folder beside ``final`` to fill; rename it to ``final`` only when the block completes.
+STAGING_TAG = ".partial-"
 
-    ``final`` must not exist yet (or be an empty folder): a conversion never mixes its files with older ones, and an
-    interrupted one leaves only the hidden ``.NAME.partial-PID`` folder behind, never something that looks complete.
+
+@contextmanager
+def staged_folder(final: str | Path, markers: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a hidden staging folder to fill; move its content to ``final`` only when the block completes.
+
+    ``final`` must not exist yet, or be an empty folder (also a symlink to one or a mount point: then the staging
+    folder is made inside it, so everything stays on ``final``'s file system). Entries named in ``markers`` (what
+    makes a folder look like a checkpoint, e.g. ``latest``) are moved last. An interrupted conversion leaves only the
+    hidden ``.NAME.partial-PID`` folder, never something that looks complete.
     """
     final = Path(final)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         raise FileExistsError(f"{final} already exists and is not empty; choose a new output folder or remove it")
-    staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    inside = final.is_dir()
+    staging = (
+        final / f"{STAGING_TAG}{os.getpid()}" if inside else final.with_name(f".{final.name}{STAGING_TAG}{os.getpid()}")
+    )
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
         yield staging
-        _fsync_directory(staging)
-        if final.exists():
-            final.rmdir()
-        os.replace(staging, final)
-        _fsync_directory(final.parent)
+        _fsync_tree(staging)
+        if inside:
+            entries = sorted(staging.iterdir(), key=lambda p: p.name in markers)
+            for entry in entries:
+                os.replace(entry, final / entry.name)
+            staging.rmdir()
+            _fsync_directory(final)
+        else:
+            os.replace(staging, final)
+            _fsync_directory(final.parent)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def stale_staging_folders(final: str | Path) -> list[Path]:
+    """Staging folders that earlier, interrupted conversions to ``final`` left behind."""
+    final = Path(final)
+    found = list(final.parent.glob(f".{final.name}{STAGING_TAG}*")) if final.parent.is_dir() else []
+    if final.is_dir():
+        found += list(final.glob(f"{STAGING_TAG}*"))
+    return sorted(found)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every directory under ``folder`` (files are fsynced as they are written)."""
+    for directory, _, _ in os.walk(folder):
+        _fsync_directory(Path(directory))
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -19,7 +19,7 @@ from glm_engine.checkpoint.atomic import staged_folder, write_atomically
 from glm_engine.checkpoint.reader import Checkpoint, open_checkpoint
 from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.errors import CheckpointError
-from glm_engine.model.weights import IGNORED_KEY_SUFFIXES, parameter_shapes
+from glm_engine.model.weights import parameter_shapes
 from glm_engine.parallel.degree import check_tp_degree
 from glm_engine.quant.reference import quantize
 
@@ -38,18 +38,17 @@ def _source(input_folder: str | Path, config: GLMConfig | None) -> Checkpoint:
     return checkpoint
 
 
-def _source_dtype(checkpoint: Checkpoint) -> torch.dtype:
-    dtypes = {info.dtype for info in checkpoint.infos[0].values() if info.dtype.is_floating_point}
-    return torch.float16 if torch.float16 in dtypes or not dtypes else sorted(dtypes, key=str)[0]
-
-
 def _passthrough(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-    """Recomputed buffers the reference keeps in its files (``rotary_emb.inv_freq``), copied from the first shard."""
-    keys = [k for k in checkpoint.infos[0] if k.endswith(IGNORED_KEY_SUFFIXES)]
-    if not keys:
-        return {}
-    with checkpoint.open_shard(0) as shard:
-        return {k: shard[k].clone() for k in keys}
+    """Keys the model does not use (``rotary_emb.inv_freq`` buffers, extras outside ``transformer.``), copied
+    unchanged from the first shard holding each, as the reference's convert_tp.py copies replicated keys."""
+    remaining, out = set(checkpoint.unused_keys), {}
+    for rank, infos in enumerate(checkpoint.infos):
+        wanted = sorted(k for k in remaining if k in infos)
+        if wanted:
+            with checkpoint.open_shard(rank) as shard:
+                out.update({k: shard[k].clone() for k in wanted})
+            remaining -= set(wanted)
+    return out
 
 
 def convert_tp(
@@ -68,31 +67,29 @@ def convert_tp(
     """
     checkpoint = _source(input_folder, config)
     check_tp_degree(checkpoint.config, target_tp, checkpoint.describe())
-    dtype, extra = _source_dtype(checkpoint), _passthrough(checkpoint)
+    extra = _passthrough(checkpoint)
     tag = checkpoint.iteration or RELEASE_TAG
     keys = list(parameter_shapes(checkpoint.config))
-    with staged_folder(output_folder) as staging:
+    with staged_folder(output_folder, markers=(sat.LATEST_FILE_NAME,)) as staging:
         (staging / tag).mkdir()
         for rank in range(target_tp):
-            state = checkpoint.rank_state_dict(rank, target_tp, dtype, "cpu", _offset(progress, rank, target_tp))
+            state = checkpoint.rank_state_dict(rank, target_tp, None, "cpu", _offset(progress, rank, target_tp))
             if bits is not None:
-                state = _quantized(state, bits)
+                _quantize_in_place(state, bits)
             state.update(extra)
             sat.write_sat_shard(sat.sat_shard_path(staging, tag, rank), {k: state[k] for k in _ordered(state, keys)})
             del state
-        write_atomically(staging / sat.LATEST_FILE_NAME, lambda tmp: tmp.write_text(tag + "\n"))
+        # no newline: the reference's convert_tp.py uses the file's text unstripped as a folder name
+        write_atomically(staging / sat.LATEST_FILE_NAME, lambda tmp: tmp.write_text(tag))
         write_atomically(staging / CONFIG_FILE_NAME, checkpoint.config.to_json_file)
     return Path(output_folder)
 
 
-def _quantized(state: dict[str, torch.Tensor], bits: int) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, tensor in state.items():
-        if layout.is_quantized_key(key):
-            out[key], out[key + layout.SCALE_SUFFIX] = quantize(tensor, bits)
-        else:
-            out[key] = tensor
-    return out
+def _quantize_in_place(state: dict[str, torch.Tensor], bits: int) -> None:
+    """Replace each of the four linears per layer by its quantized form and ``_scale``, one at a time (so the fp16
+    and quantized copies of the whole rank never coexist)."""
+    for key in [k for k in state if layout.is_quantized_key(k)]:
+        state[key], state[key + layout.SCALE_SUFFIX] = quantize(state[key], bits)
 
 
 def _ordered(state: dict[str, torch.Tensor], keys: list[str]) -> list[str]:
@@ -125,34 +122,34 @@ def convert_to_native(
     of weights plus one memory-mapped source shard.
     """
     checkpoint = _source(input_folder, config)
-    dtype = _source_dtype(checkpoint)
     shapes = parameter_shapes(checkpoint.config)
-    batches = _batches(shapes, dtype, max_shard_bytes)
+    sizes = {k: math.prod(shape) * checkpoint.dtype_of(k).itemsize for k, shape in shapes.items()}
+    batches = _batches(sizes, max_shard_bytes)
     done_before = 0
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         nonlocal done_before
         for batch in batches:
-            merged = checkpoint.rank_state_dict(0, 1, dtype, "cpu", None, keys=batch)
+            merged = checkpoint.rank_state_dict(0, 1, None, "cpu", None, keys=batch)
             yield from merged.items()
             done_before += len(batch)
             if progress is not None:
                 progress(done_before, len(shapes))
 
-    with staged_folder(output_folder) as staging:
+    markers = (native.INDEX_FILE_NAME, native.WEIGHTS_FILE_NAME)
+    with staged_folder(output_folder, markers) as staging:
         native.write_native(staging, checkpoint.config, tensors(), max_shard_bytes, {"source": checkpoint.describe()})
     return Path(output_folder)
 
 
-def _batches(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, max_bytes: int) -> list[list[str]]:
+def _batches(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
     """Keys grouped into runs of at most ``max_bytes`` (one output file each)."""
     batches: list[list[str]] = [[]]
-    size, item = 0, torch.empty((), dtype=dtype).element_size()
-    for key, shape in shapes.items():
-        nbytes = item * math.prod(shape)
-        if batches[-1] and size + nbytes > max_bytes:
+    total = 0
+    for key, nbytes in sizes.items():
+        if batches[-1] and total + nbytes > max_bytes:
             batches.append([])
-            size = 0
+            total = 0
         batches[-1].append(key)
-        size += nbytes
+        total += nbytes
     return batches

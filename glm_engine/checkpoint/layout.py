@@ -41,19 +41,15 @@ def infos_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:
     return {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
 
 
-def expected_layout(config: GLMConfig, tp: int, bits: int | None, groups: int = 1) -> dict[str, tuple[int, ...]]:
-    """Every key one rank must hold, with its shape; quantized linears add ``*_scale`` keys (glm130b.md 2.5).
-
-    ``groups`` > 1 is the native format's merged quantized checkpoint: row-parallel scales ``[out, groups]``.
-    """
+def expected_layout(config: GLMConfig, tp: int, bits: int | None) -> dict[str, tuple[int, ...]]:
+    """Every key one rank must hold, with its shape; quantized linears add ``*_scale`` keys (glm130b.md 2.5)."""
     shapes = parameter_shapes(config, tp)
     if bits is None:
         return shapes
     for key in [k for k in shapes if is_quantized_key(k)]:
         out, columns = shapes[key]
         shapes[key] = (out, stored_columns(columns, bits))
-        row_parallel = key.endswith(("attention.dense.weight", "mlp.dense_4h_to_h.weight"))
-        shapes[key + SCALE_SUFFIX] = (out, groups) if row_parallel and groups > 1 else (out,)
+        shapes[key + SCALE_SUFFIX] = (out,)
     return shapes
 
 
@@ -87,11 +83,10 @@ def validate(
     tp: int,
     bits: int | None,
     source: str,
-    groups: int = 1,
 ) -> list[str]:
     """Raise CheckpointError naming every missing, unexpected, misshapen or mistyped key of ``source``; return the
     keys the model does not use (recomputed buffers, extras outside ``transformer.``)."""
-    expected = expected_layout(config, tp, bits, groups)
+    expected = expected_layout(config, tp, bits)
     present = {k for k in infos if not k.endswith(IGNORED_KEY_SUFFIXES)}
     missing = sorted(set(expected) - present)
     extra = sorted(present - set(expected))

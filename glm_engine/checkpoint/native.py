@@ -3,7 +3,7 @@
 Small models are one ``model.safetensors``; large ones are ``model-00001-of-0000N.safetensors`` files plus
 ``model.safetensors.index.json`` (``weight_map``: key -> file, as Hugging Face writes it). Loading memory-maps the
 files, so host RAM holds a tensor only while it is converted. Quantized weights keep the reference's stored form
-(int8, INT4 packed) with ``*_scale`` keys; a row-parallel scale may be ``[out, groups]`` (see quant/reference.py).
+(int8, INT4 packed) with ``*_scale`` keys.
 """
 
 from __future__ import annotations

@@ -41,14 +41,6 @@ class Checkpoint:
     unused_keys: list[str] = field(default_factory=list)
     iteration: str = ""  # SAT: the tag in ``latest``
 
-    @property
-    def scale_groups(self) -> int:
-        """Scale columns of row-parallel quantized weights (> 1 only in a merged native checkpoint)."""
-        for key, info in self.infos[0].items():
-            if key.endswith("attention.dense.weight" + layout.SCALE_SUFFIX):
-                return info.shape[1] if len(info.shape) == 2 else 1
-        return 1
-
     def describe(self) -> str:
         quant = f", INT{self.bits} weights" if self.bits else ""
         return f"{self.format} checkpoint {self.path} (TP={self.source_tp}{quant})"
@@ -65,6 +57,11 @@ class Checkpoint:
         finally:
             del shard
 
+    def dtype_of(self, key: str) -> torch.dtype:
+        """The stored dtype of ``key`` (fp16 for a quantized weight, which dequantizes to fp16)."""
+        dtype = self.infos[0][key].dtype
+        return torch.float16 if dtype == torch.int8 else dtype
+
     def floating(self, shard: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
         """``key`` of an open shard as floating point: quantized linears dequantized like the reference."""
         if self.bits is not None and layout.is_quantized_key(key):
@@ -75,17 +72,17 @@ class Checkpoint:
         self,
         rank: int,
         tp: int,
-        dtype: torch.dtype,
+        dtype: torch.dtype | None,
         device: torch.device | str = "cpu",
         progress: Progress | None = None,
         keys: list[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Rank ``rank`` of TP degree ``tp``: the model weights (or just ``keys``) in ``dtype`` on ``device``, read
-        one source shard at a time."""
+        """Rank ``rank`` of TP degree ``tp``: the model weights (or just ``keys``) in ``dtype`` (None: each tensor's
+        own, for conversions) on ``device``, read one source shard at a time."""
         check_tp_degree(self.config, tp, str(self.path))
         source_shapes = parameter_shapes(self.config, self.source_tp)
         builders = {
-            key: ShardBuilder(key, source_shapes[key], self.source_tp, rank, tp, dtype, device)
+            key: ShardBuilder(key, source_shapes[key], self.source_tp, rank, tp, dtype or self.dtype_of(key), device)
             for key in (source_shapes if keys is None else keys)
         }
         plan = [(s, [k for k, b in builders.items() if b.needs(s)]) for s in range(self.source_tp)]
@@ -135,11 +132,7 @@ def _open_native(path: Path, config: GLMConfig | None) -> Checkpoint:
     weights, _ = native.open_native(path)
     infos = weights.infos()
     bits = layout.detect_quantization(infos, config, 1, str(path))
-    groups = 1
-    scale = infos.get(f"transformer.layers.0.attention.dense.weight{layout.SCALE_SUFFIX}")
-    if bits and scale is not None and len(scale.shape) == 2:
-        groups = scale.shape[1]
-    unused = layout.validate(infos, config, 1, bits, str(path), groups)
+    unused = layout.validate(infos, config, 1, bits, str(path))
     files = sorted({weights.file_of(k) for k in weights})
     return Checkpoint(path, "native", config, 1, bits, files, [infos], unused)
 
@@ -156,14 +149,14 @@ def _open_sat(path: Path, config: GLMConfig | None) -> Checkpoint:
     if config is None:
         config = _sat_config(path, infos[0], tp)
     bits = layout.detect_quantization(infos[0], config, tp, str(files[0]))
-    unused: list[str] = []
+    unused: set[str] = set()
     for file, info in zip(files, infos):
         file_bits = layout.detect_quantization(info, config, tp, str(file))
         if file_bits != bits:
             described = {None: "not quantized", 4: "INT4", 8: "INT8"}
             raise CheckpointError(f"{file} is {described[file_bits]} but {files[0]} is {described[bits]}")
-        unused = layout.validate(info, config, tp, bits, str(file))
-    return Checkpoint(path, "sat", config, tp, bits, files, infos, unused, tag)
+        unused.update(layout.validate(info, config, tp, bits, str(file)))
+    return Checkpoint(path, "sat", config, tp, bits, files, infos, sorted(unused), tag)
 
 
 def _sat_config(path: Path, infos: Mapping[str, layout.TensorInfo], tp: int) -> GLMConfig:

@@ -16,7 +16,7 @@ from glm_engine.checkpoint.torch_file import load_torch_file
 from glm_engine.errors import CheckpointError
 
 LATEST_FILE_NAME = "latest"
-SHARD_PATTERN = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
+SHARD_PATTERN = re.compile(r"mp_rank_(\d+)_model_states\.pt")
 
 
 def is_sat_checkpoint(folder: Path) -> bool:
@@ -39,6 +39,8 @@ def sat_tag(folder: Path) -> str:
         raise CheckpointError(
             f"{folder / LATEST_FILE_NAME} must hold an iteration number > 0 or 'release', found {tag!r}"
         )
+    if tag != "release":
+        tag = str(int(tag))  # SAT reads the number: "049300" means folder 49300
     directory = folder / tag
     if not directory.is_dir():
         raise CheckpointError(f"{folder / LATEST_FILE_NAME} names {tag!r} but {directory} does not exist")
@@ -48,7 +50,7 @@ def sat_tag(folder: Path) -> str:
 def sat_shards(folder: Path) -> list[Path]:
     """Shard files in rank order; ranks must be 0..n-1 without gaps."""
     directory = sat_iteration_dir(folder)
-    shards = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := SHARD_PATTERN.search(p.name)))
+    shards = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := SHARD_PATTERN.fullmatch(p.name)))
     if not shards:
         raise CheckpointError(f"{directory} holds no mp_rank_XX_model_states.pt files")
     ranks = [rank for rank, _ in shards]

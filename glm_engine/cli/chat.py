@@ -8,6 +8,7 @@ read from and written to a JSON file (a list of ``[query, response]`` pairs) aft
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -38,8 +39,14 @@ INCOMPLETE_CHARACTER = "\ufffd"
 
 
 def read_history(path: Path | None) -> History:
-    """The rounds stored in ``path`` (none if it does not exist yet)."""
-    if path is None or not path.exists():
+    """The rounds stored in ``path`` (none if it does not exist yet); its folder must be writable, checked now
+    rather than after the first reply."""
+    if path is None:
+        return []
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError(f"--history-file {path}: its folder {folder} does not exist or is not writable")
+    if not path.exists():
         return []
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from enum import Enum
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 
 from glm_engine.checkpoint import convert as conversions
 from glm_engine.checkpoint import open_checkpoint
+from glm_engine.checkpoint.atomic import stale_staging_folders
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
 from glm_engine.config import GLMConfig
@@ -37,6 +39,7 @@ def convert_tp(
     with user_errors():
         if quantization_bit_width not in (None, 4, 8):
             raise InputError(f"--quantization-bit-width must be 4 or 8, got {quantization_bit_width}")
+        _warn_about_leftovers(output_folder)
         started = time.perf_counter()
         with progress_bar(f"writing TP={target_tp}") as progress:
             conversions.convert_tp(
@@ -62,6 +65,7 @@ def convert(
     with user_errors():
         if shard_size_gb <= 0:
             raise InputError(f"--shard-size-gb must be positive, got {shard_size_gb}")
+        _warn_about_leftovers(output_folder)
         started = time.perf_counter()
         with progress_bar(f"writing {to.value}") as progress:
             if to is Target.native:
@@ -70,6 +74,12 @@ def convert(
             else:
                 conversions.convert_tp(input_folder, output_folder, tp, None, _config(config), progress)
         _report(output_folder, started)
+
+
+def _warn_about_leftovers(output_folder: Path) -> None:
+    """Mention staging folders that earlier interrupted runs left (they can be as large as a checkpoint)."""
+    for folder in stale_staging_folders(output_folder):
+        print(f"note: {folder} is left from an interrupted conversion; remove it to free its space", file=sys.stderr)
 
 
 def _config(config: str | None) -> GLMConfig | None:

@@ -150,7 +150,6 @@ def serve(
     if comm.is_leader:
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)
-        output_path.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(options["seed"])  # one random stream per session, as the reference
     for query_id, text in shared_queries(comm, queries):
         started = time.perf_counter()
@@ -174,6 +173,7 @@ def _open_queries(input_source: str, output_path: Path, with_id: bool) -> Iterab
         raise InputError(f"--input-source {input_source!r} is neither 'interactive' nor an existing file")
     if output_path.exists() and not output_path.is_dir():
         raise InputError(f"--output-path {output_path} is a file; answers go into a folder")
+    output_path.mkdir(parents=True, exist_ok=True)  # fail now, not after minutes of loading
     return interactive_queries() if input_source == INTERACTIVE else read_queries(Path(input_source), with_id)
 
 

@@ -95,8 +95,9 @@ def _is_consequence(failure: ProcessFailure) -> bool:
 
 
 def _user_error_names() -> set[str]:
-    """Class names of the errors a user can fix: their messages are shown without the type, as the CLI does."""
-    names, pending = set(), [GlmEngineError]
+    """Class names of the errors a user can fix (ours and the operating system's: paths, permissions, disk): their
+    messages are shown without the type, as the CLI does."""
+    names, pending = set(), [GlmEngineError, OSError]
     while pending:
         cls = pending.pop()
         names.add(cls.__name__)
