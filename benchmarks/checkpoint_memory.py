@@ -61,6 +61,11 @@ from glm_engine.checkpoint import open_checkpoint
 import torch
 weights = open_checkpoint(src).rank_state_dict(0, 1, torch.float16)
 """,
+    "glm_engine.load() at TP=1 (cpu, fp16, model + tokenizer)": """
+import glm_engine
+from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
+engine = glm_engine.load(src, backend="cpu", dtype="fp16", tokenizer=BUILTIN_TOKENIZER_PATH)
+""",
     "load rank 0 of TP=4 (fp16)": """
 from glm_engine.checkpoint import open_checkpoint
 import torch
