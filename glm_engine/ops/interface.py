@@ -13,6 +13,8 @@ from enum import Enum
 
 import torch
 
+from glm_engine.quant.weight import QuantizedWeight
+
 
 class Op(str, Enum):
     """Names of the ops a backend implements; ``supports()`` is asked per op."""
@@ -25,6 +27,26 @@ class Op(str, Enum):
     GEGLU = "geglu"
     GELU = "gelu"
     DEEPNORM_RESIDUAL = "deepnorm_residual"
+
+
+class PackedLinear(ABC):
+    """A backend's runtime form of a quantized linear weight (made once, at load, by ``OpTable.prepare_quantized``).
+
+    ``packed(x)`` computes ``x @ W.T`` without bias for ``x [..., in]`` in the op table's dtype, where ``W`` is the
+    dequantized weight (``half(q) * scale``, see ``glm_engine.quant.weight``); the graph adds the bias.
+    """
+
+    def __init__(self, weight: QuantizedWeight) -> None:
+        self.format = weight.format
+        self.out_features, self.in_features = weight.out_features, weight.in_features
+
+    @abstractmethod
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes this weight occupies on its device in the runtime layout."""
 
 
 class OpTable(ABC):
@@ -43,8 +65,16 @@ class OpTable(ABC):
         """LayerNorm over the last dim with affine weight and bias."""
 
     @abstractmethod
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """``x @ weight.T + bias`` with ``weight [out, in]`` (PyTorch Linear convention)."""
+    def linear(self, x: torch.Tensor, weight: torch.Tensor | PackedLinear, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x @ weight.T + bias`` with ``weight [out, in]`` (PyTorch Linear convention), or a quantized weight
+        prepared by ``prepare_quantized`` (the product as its dequantized weight computes it, then the bias)."""
+
+    @abstractmethod
+    def prepare_quantized(self, weight: QuantizedWeight) -> PackedLinear:
+        """This backend's runtime layout for a stored quantized weight (on this table's device), made at load.
+
+        Raise BackendError when the weight's format is not one the backend runs (``Backend.supports`` says so
+        before loading)."""
 
     @abstractmethod
     def rotary(

@@ -12,7 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from glm_engine.ops.interface import OpTable
+from glm_engine.ops.interface import OpTable, PackedLinear
+from glm_engine.quant.weight import QuantizedWeight
 
 # Value the reference writes into blocked attention scores before the fp32 rescale (SAT's non-apex path).
 MASKED_SCORE = -10000.0
@@ -38,6 +39,23 @@ def reference_attention(
     return torch.matmul(probs, v)
 
 
+class DequantizingLinear(PackedLinear):
+    """The portable quantized linear: keeps the stored form (1 or 0.5 bytes per weight plus scales) and
+    dequantizes it for each product, as the reference's kernels do. Correct everywhere; backends with fused
+    dequant-GEMM kernels replace it. Also the oracle those kernels are tested against."""
+
+    def __init__(self, weight: QuantizedWeight) -> None:
+        super().__init__(weight)
+        self.weight = weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.dequantize(x.dtype))
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes
+
+
 class TorchOps(OpTable):
     """Every op in plain PyTorch with the reference's numerics; valid on every device torch supports."""
 
@@ -47,8 +65,14 @@ class TorchOps(OpTable):
     def layernorm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, weight: torch.Tensor | PackedLinear, bias: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(weight, PackedLinear):
+            out = weight(x)
+            return out if bias is None else out + bias
         return F.linear(x, weight, bias)
+
+    def prepare_quantized(self, weight: QuantizedWeight) -> PackedLinear:
+        return DequantizingLinear(weight.to(self.device))
 
     def rotary(
         self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor

@@ -38,6 +38,20 @@ def quantize_rowwise(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, tor
     return q, scale
 
 
+def quantize_groupwise(weight: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)`` with one symmetric scale per ``group_size`` consecutive input columns: int8 values
+    ``[out, in]`` and fp16 scales ``[out, in / group_size]``, by the reference's formula applied to each group (so a
+    group spanning the whole row is exactly the reference's rowwise quantization)."""
+    _check_bits(bits)
+    if weight.dim() != 2 or group_size <= 0 or weight.shape[1] % group_size:
+        raise CheckpointError(
+            f"group size {group_size} must divide the input width of a 2-D weight, got shape {tuple(weight.shape)}"
+        )
+    out, columns = weight.shape
+    q, scale = quantize_rowwise(weight.reshape(out * columns // group_size, group_size), bits)
+    return q.view(out, columns), scale.view(out, columns // group_size)
+
+
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Two int4 values per int8 byte along the last dim: ``(q[..., 2k] << 4) | (q[..., 2k+1] & 0x0F)``."""
     if q.shape[-1] % 2:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from glm_engine.ops.interface import PackedLinear
 from glm_engine.ops.torch_ops import TorchOps, reference_attention
 
 # Up to this many rows an fp16 GEMM runs natively; above it, in fp32 (crossover measured at ~12 rows on AVX2).
@@ -22,7 +23,9 @@ FP16_NATIVE_MAX_ROWS = 8
 class CpuOps(TorchOps):
     """TorchOps with CPU-specific fast paths."""
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, weight: torch.Tensor | PackedLinear, bias: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(weight, PackedLinear):
+            return super().linear(x, weight, bias)
         if x.dtype != torch.float16 or x.numel() // x.shape[-1] <= FP16_NATIVE_MAX_ROWS:
             return F.linear(x, weight, bias)
         out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
