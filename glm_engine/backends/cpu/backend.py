@@ -10,6 +10,7 @@ import torch
 
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
 from glm_engine.backends.cpu.ops import CpuOps
+from glm_engine.backends.cpu.quant_linear import CPU_QUANT_FORMATS
 from glm_engine.ops.interface import Op, OpTable
 from glm_engine.quant.formats import QuantFormat
 
@@ -31,6 +32,17 @@ def _total_memory_bytes() -> int | None:
         return None
 
 
+# How each quantized format runs (glm_engine/backends/cpu/quant_linear.py); the kernels are fast only in bf16.
+_QUANT_NOTES = {
+    QuantFormat.INT8_ROWWISE: "torch _weight_int8pack_mm in bf16",
+    QuantFormat.INT8_GROUPWISE: (
+        "torch _weight_int4pack_mm_for_cpu in bf16 on the two 4-bit halves of each value (group size a multiple of 32)"
+    ),
+    QuantFormat.INT4_ROWWISE: "torch _weight_int4pack_mm_for_cpu in bf16 (the row scale repeated per group)",
+    QuantFormat.INT4_GROUPWISE: "torch _weight_int4pack_mm_for_cpu in bf16 (group size a multiple of 32)",
+}
+
+
 class CpuBackend(OpLevelBackend):
     name = "cpu"
     device_type = "cpu"
@@ -48,7 +60,14 @@ class CpuBackend(OpLevelBackend):
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         return (torch.float32, torch.bfloat16, torch.float16)
 
+    def quant_formats(self) -> tuple[QuantFormat, ...]:
+        return CPU_QUANT_FORMATS
+
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
+        if op is Op.LINEAR and quant_format is not None:
+            return _QUANT_NOTES[quant_format] + (
+                "" if dtype == torch.bfloat16 else "; activations rounded to bf16 for the product, result cast back"
+            )
         if dtype == torch.float16 and op is Op.LINEAR:
             return "prefill-sized products computed in fp32 and rounded to fp16 (torch's CPU fp16 GEMM is slow)"
         if op is Op.ATTENTION:

@@ -6,6 +6,7 @@
   times slower there, and this is the numerics of a GPU fp16 GEMM with fp32 accumulation, which the reference used.
   Decode-sized products (a few rows) stay in fp16, whose CPU matrix-vector kernel is fast and accumulates in fp32;
   converting the weight would cost more than the product (measured: 2.4 ms native vs 25 ms for 4096x4096, 1 row).
+* quantized weights run on torch's weight-only int8/int4 kernels with bf16 activations (see ``quant_linear``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from glm_engine.backends.cpu.quant_linear import prepare_cpu_quantized
 from glm_engine.ops.interface import PackedLinear
 from glm_engine.ops.torch_ops import TorchOps, reference_attention
+from glm_engine.quant.weight import QuantizedWeight
 
 # Up to this many rows an fp16 GEMM runs natively; above it, in fp32 (crossover measured at ~12 rows on AVX2).
 FP16_NATIVE_MAX_ROWS = 8
@@ -30,6 +33,9 @@ class CpuOps(TorchOps):
             return F.linear(x, weight, bias)
         out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
         return out.to(torch.float16)
+
+    def prepare_quantized(self, weight: QuantizedWeight) -> PackedLinear:
+        return prepare_cpu_quantized(weight)
 
     def attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor, layer_scale: float
