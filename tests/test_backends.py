@@ -8,10 +8,12 @@ import torch
 
 from glm_engine.backends import registry as registry_module
 from glm_engine.backends.base import BackendKind, OpLevelBackend, Verdict
+from glm_engine.backends.cpu import CpuBackend
 from glm_engine.backends.registry import BackendRegistry, op_table_for
 from glm_engine.errors import BackendError
 from glm_engine.ops.interface import Op
 from glm_engine.ops.torch_ops import TorchOps
+from glm_engine.quant.formats import QuantFormat
 
 BUILTINS = ["cpu", "cuda", "rocm_dcu", "ascend", "tensorrt"]
 
@@ -46,6 +48,11 @@ def test_unavailable_backends_say_precisely_why():
     assert reg.get("tensorrt").kind is BackendKind.GRAPH_LEVEL
 
 
+class NoKernelsBackend(CpuBackend):
+    def quant_formats(self) -> tuple[QuantFormat, ...]:
+        return ()
+
+
 def test_supports_answers_yes_or_no_with_a_reason():
     cpu = BackendRegistry().get("cpu")
     assert cpu.supports(Op.ATTENTION, torch.float32)
@@ -53,8 +60,8 @@ def test_supports_answers_yes_or_no_with_a_reason():
     assert fp16_linear.ok and "fp32" in fp16_linear.reason
     no_fp64 = cpu.supports(Op.LINEAR, torch.float64)
     assert not no_fp64.ok and "fp32, bf16, fp16" in no_fp64.reason
-    no_quant = cpu.supports(Op.LINEAR, torch.float32, "int4-rowwise")
-    assert not no_quant.ok and "int4-rowwise" in no_quant.reason
+    no_quant = NoKernelsBackend().supports(Op.LINEAR, torch.float32, "int4-rowwise")
+    assert not no_quant.ok and "no kernels for int4-rowwise weights (formats: none)" in no_quant.reason
     unknown = cpu.supports(Op.LINEAR, torch.float32, "int3-magic")
     assert not unknown.ok and "known formats: int8-rowwise" in unknown.reason
 

@@ -22,7 +22,7 @@ INT8_K_MULTIPLE = 32  # in-features of an int8 weight are padded to this (torch 
 INT4_N_MULTIPLE = 16  # out-features of an int4 weight are padded to this (the int4 packer's requirement)
 INT4_GROUP_SIZES = (256, 128, 64, 32)  # group sizes the int4 kernel accepts, largest first
 
-# Schemas these wrappers are written against (torch 2.5 .. 2.13 at least).
+# Schemas these wrappers are written against (as in torch 2.13, the tested release).
 _SCHEMAS = {
     "_weight_int8pack_mm": "aten::_weight_int8pack_mm(Tensor self, Tensor mat2, Tensor scales) -> Tensor",
     "_convert_weight_to_int4pack_for_cpu": (
@@ -44,7 +44,7 @@ def private_op(name: str) -> torch._ops.OpOverload:
     if found != expected:
         raise BackendError(
             f"torch {torch.__version__} does not provide {expected} (found: {found}); the CPU backend's quantized "
-            "kernels need a torch release with it (2.5 to 2.13 are known to work): install one, or load the model "
+            "kernels need a torch release with it (2.13 is tested): install one, or load the model "
             "without quantization"
         )
     return overload
