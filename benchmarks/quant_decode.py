@@ -32,6 +32,7 @@ from glm_engine.vocab import VocabLayout
 VARIANTS: dict[str, tuple[int, int | None] | None] = {
     "bf16": None,
     "int8-rowwise": (8, None),
+    "int8-groupwise(128)": (8, 128),
     "int4-rowwise": (4, None),
     "int4-groupwise(128)": (4, 128),
 }
