@@ -89,3 +89,24 @@ def test_run_quant_from_the_command_line(tmp_path):
     assert "linears in INT8 rowwise" in result.stderr and "Output:" in result.output
     bad = runner.invoke(app, ["run", "--quant", "int4", "--quant-group-size", "64"], input="stop\n")
     assert bad.exit_code == 1 and "goes with --quant-scheme groupwise" in bad.output
+
+
+def test_chatglm_quantizes_at_load_and_chats_quantized():
+    from glm_engine.chatglm_engine import load_chatglm
+
+    ids = torch.tensor([[5, 6, 7, 4001, 4004]])
+    positions = torch.tensor([[[0, 1, 2, 3, 3], [0, 0, 0, 0, 1]]])
+    blocked = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
+    blocked[..., :4, 4] = True  # the context is bidirectional; <sop> sees everything
+    base = load_chatglm("chatglm-tiny", dtype="fp32")
+    engine = load_chatglm("chatglm-tiny", dtype="fp32", quant="int8")
+    assert isinstance(engine.runner.weights.layers[1].dense_4h_to_h_weight, PackedLinear)
+    assert engine.runner.weights.nbytes() < base.runner.weights.nbytes()
+    assert 0 < nmse(engine.forward(ids, positions, blocked), base.forward(ids, positions, blocked)) < 1e-3
+    result = runner.invoke(
+        app,
+        ["chat", "--checkpoint", "chatglm-tiny", "--quant", "int4", "--greedy", "--max-new-tokens", "4"],
+        input="hello\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "linears in INT4 rowwise" in result.stderr
