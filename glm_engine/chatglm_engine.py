@@ -15,7 +15,7 @@ import torch
 from glm_engine.backends.base import Backend, dtype_name
 from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.checkpoint.hf import open_chatglm_checkpoint
-from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED, resolve_dtype
+from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED, forward_checked, resolve_dtype
 from glm_engine.errors import BackendError, InputError, TokenizerError
 from glm_engine.generation.chat import ChatOptions, History, chat, generate_ids
 from glm_engine.model.chatglm import ChatGLMModel
@@ -80,13 +80,7 @@ class ChatGLMEngine:
                 f"{tuple(input_ids.shape)}, {tuple(position_ids.shape)}, {attention_mask.dtype} "
                 f"{tuple(attention_mask.shape)}"
             )
-        if int(position_ids.max()) >= self.config.max_sequence_length or int(position_ids.min()) < 0:
-            raise InputError(f"position ids must lie in [0, {self.config.max_sequence_length})")
-        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
-            raise InputError(f"token ids must lie in [0, {self.config.vocab_size})")
-        device = self.runner.device
-        with torch.inference_mode():
-            return self.runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
+        return forward_checked(self.runner, input_ids, position_ids, attention_mask)
 
 
 def _options(options: dict[str, object]) -> ChatOptions:

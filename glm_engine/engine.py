@@ -106,13 +106,21 @@ class Engine:
                 f"attention_mask must be bool [{b} or 1, 1, {s}, {s}] with True = blocked; got "
                 f"{attention_mask.dtype} {tuple(attention_mask.shape)}"
             )
-        if int(position_ids.max()) >= self.config.max_sequence_length or int(position_ids.min()) < 0:
-            raise InputError(f"position ids must lie in [0, {self.config.max_sequence_length})")
-        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
-            raise InputError(f"token ids must lie in [0, {self.config.vocab_size})")
-        device = self.runner.device
-        with torch.inference_mode():
-            return self.runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
+        return forward_checked(self.runner, input_ids, position_ids, attention_mask)
+
+
+def forward_checked(
+    runner: ModelRunner, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """``runner.forward`` under inference mode, after checking ids and positions against its config."""
+    config = runner.config
+    if int(position_ids.max()) >= config.max_sequence_length or int(position_ids.min()) < 0:
+        raise InputError(f"position ids must lie in [0, {config.max_sequence_length})")
+    if int(input_ids.max()) >= config.vocab_size or int(input_ids.min()) < 0:
+        raise InputError(f"token ids must lie in [0, {config.vocab_size})")
+    device = runner.device
+    with torch.inference_mode():
+        return runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.dtype:

@@ -21,7 +21,7 @@ import torch
 
 from glm_engine.errors import CheckpointError
 from glm_engine.model.chatglm_config import ChatGLMConfig
-from glm_engine.model.weights import LayerWeights, layer_key, layer_parameter_shapes
+from glm_engine.model.weights import LayerWeights, layer_key, layer_parameter_shapes, scaled_noise
 from glm_engine.ops.interface import PackedLinear
 from glm_engine.quant.reference import dequantize, unpack_int4
 from glm_engine.quant.weight import QuantizedWeight
@@ -287,14 +287,5 @@ def random_state_dict(config: ChatGLMConfig, seed: int, dtype: torch.dtype = tor
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for key, shape in parameter_shapes(config).items():
-        noise = torch.randn(shape, generator=gen)
-        if key.endswith("layernorm.weight"):
-            tensor = 1.0 + 0.2 * noise
-        elif key.endswith("bias"):
-            tensor = 0.1 * noise
-        elif key == EMBEDDING_KEY:
-            tensor = noise
-        else:
-            tensor = noise / shape[1] ** 0.5
-        out[key] = tensor.to(dtype)
+        out[key] = scaled_noise(key, torch.randn(shape, generator=gen)).to(dtype)
     return out

@@ -204,15 +204,17 @@ def random_state_dict(config: GLMConfig, seed: int, dtype: torch.dtype = torch.f
     out = {}
     for key, shape in parameter_shapes(config).items():
         noise = torch.randn(shape, generator=gen)
-        if key == FINAL_LN_KEYS[0]:
-            tensor = noise
-        elif key.endswith("layernorm.weight"):
-            tensor = 1.0 + 0.2 * noise
-        elif key.endswith("bias"):
-            tensor = 0.1 * noise
-        elif key == EMBEDDING_KEY:
-            tensor = noise
-        else:
-            tensor = noise / shape[1] ** 0.5
-        out[key] = tensor.to(dtype)
+        out[key] = (noise if key == FINAL_LN_KEYS[0] else scaled_noise(key, noise)).to(dtype)
     return out
+
+
+def scaled_noise(key: str, noise: torch.Tensor) -> torch.Tensor:
+    """Standard-normal ``noise`` scaled for the parameter ``key``: LayerNorm gains 1 +- 0.2, biases 0.1, embedding
+    rows 1, linears 1/sqrt(fan_in) (keeps activations O(1) through random layers)."""
+    if key.endswith("layernorm.weight"):
+        return 1.0 + 0.2 * noise
+    if key.endswith("bias"):
+        return 0.1 * noise
+    if key.endswith("word_embeddings.weight"):
+        return noise
+    return noise / noise.shape[1] ** 0.5
