@@ -12,6 +12,7 @@ from glm_engine.backends.cpu.quant_linear import Int4Linear, Int8GroupwiseLinear
 from glm_engine.backends.registry import op_table_for
 from glm_engine.errors import BackendError
 from glm_engine.ops.interface import Op
+from glm_engine.ops.torch_ops import DequantizingLinear
 from glm_engine.quant.formats import QuantFormat
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -81,9 +82,15 @@ def test_quantized_linears_keep_the_packed_size():
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_group_sizes_the_kernel_cannot_run_are_refused_with_what_to_do(bits):
+def test_group_sizes_the_kernel_cannot_run_take_the_portable_path(bits):
+    """Re-sharded TP-quantized checkpoints have groups of ``in / TP`` columns, e.g. 16 in tiny models."""
+    q = quantized(16, 64, bits, 16)
+    packed = prepare_cpu_quantized(q)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(4))
+    assert isinstance(packed, DequantizingLinear)
+    assert torch.equal(packed(x), x @ q.dequantize(torch.float32).T)
     with pytest.raises(BackendError, match="multiples of 32, got 16: quantize with --group-size 32, 64 or 128"):
-        prepare_cpu_quantized(quantized(16, 64, bits, 16))
+        Int4Linear(q) if bits == 4 else Int8GroupwiseLinear(q)
 
 
 def test_a_private_op_with_another_signature_names_the_torch_version(monkeypatch):

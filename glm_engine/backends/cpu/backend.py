@@ -36,10 +36,13 @@ def _total_memory_bytes() -> int | None:
 _QUANT_NOTES = {
     QuantFormat.INT8_ROWWISE: "torch _weight_int8pack_mm in bf16",
     QuantFormat.INT8_GROUPWISE: (
-        "torch _weight_int4pack_mm_for_cpu in bf16 on the two 4-bit halves of each value (group size a multiple of 32)"
+        "torch _weight_int4pack_mm_for_cpu in bf16 on the two 4-bit halves of each value (other group sizes than "
+        "multiples of 32: dequantized per product)"
     ),
     QuantFormat.INT4_ROWWISE: "torch _weight_int4pack_mm_for_cpu in bf16 (the row scale repeated per group)",
-    QuantFormat.INT4_GROUPWISE: "torch _weight_int4pack_mm_for_cpu in bf16 (group size a multiple of 32)",
+    QuantFormat.INT4_GROUPWISE: (
+        "torch _weight_int4pack_mm_for_cpu in bf16 (other group sizes than multiples of 32: dequantized per product)"
+    ),
 }
 
 

@@ -15,7 +15,8 @@ reason (the kernels take scales in the activation dtype).
   which makes rowwise exact on the groupwise kernel.
 
 Shapes the kernels cannot take are padded with zero weights at load (in-features of INT8 and rowwise INT4, rows of
-INT4) and the padding is dropped from each product, so any ``[out, in]`` runs.
+INT4) and the padding is dropped from each product, so any ``[out, in]`` runs; group sizes that are not multiples of
+32 take the portable dequantizing path.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from glm_engine.backends.cpu.quant_kernels import (
 )
 from glm_engine.errors import BackendError
 from glm_engine.ops.interface import PackedLinear
+from glm_engine.ops.torch_ops import DequantizingLinear
 from glm_engine.quant.formats import QuantFormat
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -77,17 +79,21 @@ class Int8RowwiseLinear(CpuQuantizedLinear):
         return int8_matmul(rows, self.values, self.scales)
 
 
-def int4_kernel_group_size(in_features: int, group_size: int | None) -> int:
-    """The kernel group size for a weight: the largest the kernel accepts that divides ``group_size`` (rowwise:
-    ``in_features`` already padded to a multiple of 32). BackendError when there is none."""
-    span = in_features if group_size is None else group_size
-    for size in INT4_GROUP_SIZES:
-        if span % size == 0:
-            return size
-    raise BackendError(
-        f"the CPU backend's groupwise kernel runs group sizes that are multiples of {INT4_GROUP_SIZES[-1]}, got "
-        f"{group_size}: quantize with --group-size 32, 64 or 128, or use the rowwise scheme"
-    )
+def int4_kernel_group_size(span: int) -> int | None:
+    """The largest group size the int4 kernel accepts that divides ``span`` (a weight's group size, or its padded
+    in-features when rowwise), or None when there is none."""
+    return next((size for size in INT4_GROUP_SIZES if span % size == 0), None)
+
+
+def _kernel_group_size(span: int) -> int:
+    size = int4_kernel_group_size(span)
+    if size is None:
+        raise BackendError(
+            f"the CPU backend's groupwise kernel runs group sizes that are multiples of {INT4_GROUP_SIZES[-1]}, got "
+            f"{span}: quantize with --group-size 32, 64 or 128, or load it through prepare_cpu_quantized, which "
+            "takes the portable path for such weights"
+        )
+    return size
 
 
 class Int4Linear(CpuQuantizedLinear):
@@ -99,7 +105,7 @@ class Int4Linear(CpuQuantizedLinear):
         if rowwise:
             self.in_padding = _round_up(self.in_features, INT4_GROUP_SIZES[-1]) - self.in_features
         padded_in = self.in_features + self.in_padding
-        self.group_size = int4_kernel_group_size(padded_in, None if rowwise else weight.group_size)
+        self.group_size = _kernel_group_size(padded_in if rowwise else weight.group_size)
         row_padding = _round_up(self.out_features, INT4_N_MULTIPLE) - self.out_features
         unsigned = weight.values().to(torch.int32) + INT4_OFFSET
         unsigned = F.pad(unsigned, (0, self.in_padding, 0, row_padding), value=INT4_OFFSET)
@@ -125,7 +131,7 @@ class Int8GroupwiseLinear(Int4Linear):
     def __init__(self, weight: QuantizedWeight) -> None:
         PackedLinear.__init__(self, weight)
         q = weight.values().to(torch.int32)
-        self.group_size = int4_kernel_group_size(self.in_features, weight.group_size)
+        self.group_size = _kernel_group_size(weight.group_size)
         row_padding = _round_up(self.out_features, INT4_N_MULTIPLE) - self.out_features
         unsigned = torch.cat(((q >> 4) + INT4_OFFSET, q & 15), dim=1)
         self.packed = int4_pack(F.pad(unsigned, (0, 0, 0, row_padding), value=INT4_OFFSET))
@@ -148,6 +154,13 @@ _LAYOUTS: dict[QuantFormat, type[CpuQuantizedLinear]] = {
 CPU_QUANT_FORMATS = tuple(_LAYOUTS)
 
 
-def prepare_cpu_quantized(weight: QuantizedWeight) -> CpuQuantizedLinear:
-    """The CPU runtime layout of a stored quantized weight (on the CPU)."""
-    return _LAYOUTS[weight.format](weight.to("cpu"))
+def prepare_cpu_quantized(weight: QuantizedWeight) -> PackedLinear:
+    """The CPU runtime layout of a stored quantized weight (on the CPU).
+
+    Groupwise weights whose group size is not a multiple of 32 take the portable path (``DequantizingLinear``, in the
+    activations' dtype): re-sharding a TP-quantized reference checkpoint makes groups of ``in / TP`` columns, which
+    are multiples of 32 for real widths but not for tiny test models."""
+    weight = weight.to("cpu")
+    if weight.groups > 1 and int4_kernel_group_size(weight.group_size) is None:
+        return DequantizingLinear(weight)
+    return _LAYOUTS[weight.format](weight)
