@@ -20,11 +20,11 @@ ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
 
 def kernel_verdict(weight: QuantizedWeight, dtype: torch.dtype) -> tuple[bool, str]:
     """``(ok, reason)``: whether the Triton kernels run this weight with ``dtype`` activations here."""
+    if dtype not in ACTIVATION_DTYPES:
+        return False, f"the Triton dequant-GEMM kernels take fp16/bf16 activations, not {dtype}"
     ok, why = triton_verdict()
     if not ok:
         return False, why
-    if dtype not in ACTIVATION_DTYPES:
-        return False, f"the Triton dequant-GEMM kernels take fp16/bf16 activations, not {dtype}"
     group_size = weight.group_size if weight.groups > 1 else None
     why = unsupported_reason(weight.bits, weight.in_features, group_size)
     return (not why), why or "fused Triton dequant-GEMM"
