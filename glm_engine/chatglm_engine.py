@@ -15,12 +15,15 @@ import torch
 from glm_engine.backends.base import Backend, dtype_name
 from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.checkpoint.hf import open_chatglm_checkpoint
-from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED, resolve_dtype
-from glm_engine.errors import InputError, TokenizerError
+from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED, forward_checked, resolve_dtype
+from glm_engine.errors import BackendError, InputError, TokenizerError
 from glm_engine.generation.chat import ChatOptions, History, chat, generate_ids
 from glm_engine.model.chatglm import ChatGLMModel
 from glm_engine.model.chatglm_config import CHATGLM_PRESETS, ChatGLMConfig, chatglm_preset
-from glm_engine.model.chatglm_weights import ChatGLMWeights, plan_load, random_state_dict
+from glm_engine.model.chatglm_weights import ChatGLMWeights, TensorInfo, plan_load, random_state_dict
+from glm_engine.ops.interface import Op, OpTable, PackedLinear
+from glm_engine.quant.spec import QuantSpec
+from glm_engine.quant.weight import QuantizedWeight
 from glm_engine.tokenizer.chatglm import ChatGLMTokenizer
 from glm_engine.tokenizer.ice import BUILTIN_TOKENIZER_PATH, MODEL_FILENAME
 
@@ -77,13 +80,7 @@ class ChatGLMEngine:
                 f"{tuple(input_ids.shape)}, {tuple(position_ids.shape)}, {attention_mask.dtype} "
                 f"{tuple(attention_mask.shape)}"
             )
-        if int(position_ids.max()) >= self.config.max_sequence_length or int(position_ids.min()) < 0:
-            raise InputError(f"position ids must lie in [0, {self.config.max_sequence_length})")
-        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
-            raise InputError(f"token ids must lie in [0, {self.config.vocab_size})")
-        device = self.runner.device
-        with torch.inference_mode():
-            return self.runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
+        return forward_checked(self.runner, input_ids, position_ids, attention_mask)
 
 
 def _options(options: dict[str, object]) -> ChatOptions:
@@ -113,6 +110,39 @@ def find_chatglm_tokenizer(path: str | Path | None, checkpoint: Path | None) -> 
     )
 
 
+def _quant_plan(
+    backend: Backend,
+    dtype: torch.dtype,
+    ops: OpTable,
+    quant: str | None,
+    scheme: str,
+    group_size: int | None,
+    stored_bits: int,
+    notes: list[str],
+) -> tuple[Callable[[QuantizedWeight], PackedLinear] | None, tuple[int, int | None] | None]:
+    """How the linears are loaded: ``(prepare, (bits, group))`` for quantizing while loading, ``(prepare, None)``
+    to keep a quantized release quantized, ``(None, None)`` for floating point (or to dequantize a release)."""
+    if quant is not None and stored_bits:
+        raise InputError(f"the checkpoint is already INT{stored_bits}; drop --quant to run it as it is")
+    if quant is not None:
+        spec = QuantSpec.parse(quant, scheme, group_size)
+        verdict = backend.supports(Op.LINEAR, dtype, spec.format)
+        if not verdict:
+            raise BackendError(f"--quant {spec.describe()}: {verdict.reason}")
+        notes.append(f"linears in {spec.describe()}" + (f" ({verdict.reason})" if verdict.reason else ""))
+        return ops.prepare_quantized, (spec.bits, spec.group_size)
+    if stored_bits:
+        verdict = backend.supports(Op.LINEAR, dtype, QuantSpec(stored_bits).format)
+        if not verdict:
+            notes.append(f"INT{stored_bits} weights dequantized to {dtype_name(dtype)} on load: {verdict.reason}")
+            return None, None
+        notes.append(
+            f"linears in INT{stored_bits} rowwise, as stored" + (f" ({verdict.reason})" if verdict.reason else "")
+        )
+        return ops.prepare_quantized, None
+    return None, None
+
+
 def load_chatglm(
     path_or_preset: str | Path,
     backend: str = "auto",
@@ -120,13 +150,18 @@ def load_chatglm(
     tokenizer: str | Path | None = None,
     device_index: int = 0,
     progress: Progress | None = None,
+    quant: str | None = None,
+    quant_scheme: str = "rowwise",
+    quant_group_size: int | None = None,
 ) -> ChatGLMEngine:
     """Load a ChatGLM-6B Hugging Face folder (fp16, or the INT4/INT8 releases), or ``chatglm-tiny`` (random weights
     with the packaged test tokenizer, for trying things out).
 
     ``backend`` is a registered name or ``"auto"``; ``dtype`` ``"fp32" | "bf16" | "fp16"`` (default: the backend's
     first choice); ``tokenizer`` ``ice_text.model`` or its folder (default: the checkpoint's own);
-    ``progress(done, total)`` follows the weights as they are converted.
+    ``progress(done, total)`` follows the weights as they are converted; ``quant`` (``"int8"``/``"int4"``, with
+    ``quant_scheme``/``quant_group_size``) quantizes the linears while loading, as ``glm_engine.load`` does. The
+    INT4/INT8 releases run quantized where the backend has kernels for them, dequantized otherwise.
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = resolve_dtype(dtype, chosen)
@@ -139,7 +174,11 @@ def load_chatglm(
         if config.num_parameters() > MAX_RANDOM_PARAMETERS:
             raise InputError(f"preset {name} has {config.num_parameters() / 1e9:.1f}B parameters: pass a checkpoint")
         state_dict = random_state_dict(config, RANDOM_WEIGHTS_SEED)
-        weights = ChatGLMWeights.from_state_dict(state_dict, config, run_dtype, device)
+        prepare, spec = _quant_plan(chosen, run_dtype, ops, quant, quant_scheme, quant_group_size, 0, notes)
+        entries = {k: TensorInfo(tuple(v.shape), v.dtype, name) for k, v in state_dict.items()}
+        weights = ChatGLMWeights.from_shards(
+            [(name, state_dict)], plan_load(entries, config, name), config, run_dtype, device, None, prepare, spec
+        )
         source = f"preset {name} with random weights (seed {RANDOM_WEIGHTS_SEED})"
         notes.append(f"{source}: its output is noise, not language")
         tok = ChatGLMTokenizer(find_chatglm_tokenizer(tokenizer or BUILTIN_TOKENIZER_PATH, None), config)
@@ -148,10 +187,11 @@ def load_chatglm(
         config = checkpoint.config
         tok = ChatGLMTokenizer(find_chatglm_tokenizer(tokenizer, checkpoint.path), config)  # fail before loading
         plan = plan_load(checkpoint.entries, config, str(checkpoint.path))  # validated before anything heavy
-        weights = ChatGLMWeights.from_shards(checkpoint.shards(), plan, config, run_dtype, device, progress)
+        prepare, spec = _quant_plan(chosen, run_dtype, ops, quant, quant_scheme, quant_group_size, plan.bits, notes)
+        weights = ChatGLMWeights.from_shards(
+            checkpoint.shards(), plan, config, run_dtype, device, progress, prepare, spec
+        )
         source = checkpoint.describe()
-        if weights.quantization_bits:
-            notes.append(f"INT{weights.quantization_bits} weights dequantized to {dtype_name(run_dtype)} on load")
         if weights.unused_keys:
             notes.append(f"{len(weights.unused_keys)} keys not used: {', '.join(weights.unused_keys[:5])}")
     notes.append(f"{chosen.name} backend, {dtype_name(run_dtype)}")

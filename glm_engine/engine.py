@@ -10,18 +10,25 @@ import torch
 
 from glm_engine.backends.base import DTYPE_NAMES, Backend, GraphLevelBackend, ModelRunner, dtype_name
 from glm_engine.backends.registry import REGISTRY, op_table_for
-from glm_engine.checkpoint import open_checkpoint
+from glm_engine.checkpoint import Checkpoint, open_checkpoint
 from glm_engine.config import PRESETS, GLMConfig, preset
-from glm_engine.errors import ConfigError, InputError, ParallelError
+from glm_engine.errors import BackendError, ConfigError, InputError, ParallelError
 from glm_engine.generation.blank_filling import Completion, fill_blanks
 from glm_engine.generation.decode import TokenCallback
 from glm_engine.generation.options import GenerationOptions
 from glm_engine.model.glm import GLMModel
-from glm_engine.model.weights import GLMWeights, random_state_dict
+from glm_engine.model.weights import (
+    GLMWeights,
+    is_quantized_key,
+    parameter_shapes,
+    quantize_linears,
+    random_state_dict,
+)
 from glm_engine.ops.interface import Op
 from glm_engine.parallel.communicator import Communicator, init_from_environment
 from glm_engine.parallel.degree import check_tp_degree
 from glm_engine.parallel.loading import rank_state_dict
+from glm_engine.quant.spec import QuantSpec
 from glm_engine.tokenizer import GLMTokenizer, builtin_tokenizer, load_tokenizer
 
 # What ``load()`` and ``glm-engine run`` use without a checkpoint: the small trained bilingual demo model shipped
@@ -99,13 +106,21 @@ class Engine:
                 f"attention_mask must be bool [{b} or 1, 1, {s}, {s}] with True = blocked; got "
                 f"{attention_mask.dtype} {tuple(attention_mask.shape)}"
             )
-        if int(position_ids.max()) >= self.config.max_sequence_length or int(position_ids.min()) < 0:
-            raise InputError(f"position ids must lie in [0, {self.config.max_sequence_length})")
-        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
-            raise InputError(f"token ids must lie in [0, {self.config.vocab_size})")
-        device = self.runner.device
-        with torch.inference_mode():
-            return self.runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
+        return forward_checked(self.runner, input_ids, position_ids, attention_mask)
+
+
+def forward_checked(
+    runner: ModelRunner, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """``runner.forward`` under inference mode, after checking ids and positions against its config."""
+    config = runner.config
+    if int(position_ids.max()) >= config.max_sequence_length or int(position_ids.min()) < 0:
+        raise InputError(f"position ids must lie in [0, {config.max_sequence_length})")
+    if int(input_ids.max()) >= config.vocab_size or int(input_ids.min()) < 0:
+        raise InputError(f"token ids must lie in [0, {config.vocab_size})")
+    device = runner.device
+    with torch.inference_mode():
+        return runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.dtype:
@@ -161,6 +176,45 @@ def _communicator(tp: int, given: Communicator | None, backend: Backend) -> Comm
     return given
 
 
+def _quantization(
+    requested: QuantSpec | None,
+    checkpoint: Checkpoint | None,
+    backend: Backend,
+    dtype: torch.dtype,
+    notes: list[str],
+) -> tuple[QuantSpec | None, bool]:
+    """The quantization the model runs with, and whether a quantized checkpoint stays quantized."""
+    stored = checkpoint.quant_spec if checkpoint is not None else None
+    if requested is not None and stored is not None:
+        raise InputError(
+            f"{checkpoint.describe()} is already quantized ({stored.describe()}); drop --quant to run it as it is, "
+            "or quantize its FP16 original"
+        )
+    spec = requested or stored
+    if spec is None:
+        return None, True
+    verdict = backend.supports(Op.LINEAR, dtype, spec.format)
+    if not verdict:
+        if requested is not None:
+            raise BackendError(f"--quant {spec.describe()}: {verdict.reason}")
+        notes.append(f"{stored.describe()} weights dequantized while loading: {verdict.reason}")
+        return None, False
+    notes.append(f"linears in {spec.describe()}" + (f" ({verdict.reason})" if verdict.reason else ""))
+    return spec, True
+
+
+def check_quant_fits(config: GLMConfig, tp: int, spec: QuantSpec) -> None:
+    """An InputError unless the group size divides every quantized linear's input width on one rank."""
+    if spec.group_size is None:
+        return
+    for key, shape in parameter_shapes(config, tp).items():
+        if is_quantized_key(key) and shape[1] % spec.group_size:
+            raise InputError(
+                f"group size {spec.group_size} does not divide the {shape[1]} inputs of {key.split('.', 3)[-1]} "
+                f"at TP={tp}; choose a group size from 32, 64, 128 that does, or rowwise"
+            )
+
+
 def load(
     path_or_preset: str | Path = DEFAULT_MODEL,
     backend: str = "auto",
@@ -171,6 +225,9 @@ def load(
     progress: Callable[[int, int], None] | None = None,
     tp: int = 1,
     communicator: Communicator | None = None,
+    quant: str | QuantSpec | None = None,
+    quant_scheme: str = "rowwise",
+    quant_group_size: int | None = None,
 ) -> Engine:
     """Load a checkpoint folder (default: the built-in demo model), or a preset name (seeded random weights).
 
@@ -182,6 +239,10 @@ def load(
     ``tp > 1`` loads this process's rank of a tensor-parallel model: every rank calls ``load`` with the same
     arguments, under torchrun (the process group is joined from its environment) or with a ``communicator`` of
     ``tp`` ranks; the device is the rank's LOCAL_RANK. Every rank's ``generate``/``forward`` returns the full result.
+
+    ``quant="int8"|"int4"`` quantizes the four linears per layer while loading (``quant_scheme`` ``"rowwise"``, the
+    reference's, or ``"groupwise"`` with ``quant_group_size`` 32/64/128). A quantized checkpoint runs quantized
+    without it (dequantized, with a note, where the backend has no kernels for its format).
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = resolve_dtype(dtype, chosen)
@@ -222,12 +283,22 @@ def load(
         device_index = comm.local_rank
     device = chosen.device(device_index)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
+    requested = QuantSpec.parse(quant, quant_scheme, quant_group_size) if isinstance(quant, str) else quant
+    spec, keep_quantized = _quantization(requested, checkpoint, chosen, run_dtype, notes)
+    if spec is not None:
+        check_quant_fits(model_config, tp, spec)
     if checkpoint is None:
         state_dict = rank_state_dict(state_dict, model_config, comm.rank, tp, source)
+        if spec is not None:
+            state_dict = quantize_linears(state_dict, spec.bits, spec.group_size)
     else:
-        state_dict = checkpoint.rank_state_dict(comm.rank, tp, run_dtype, device, progress)
+        state_dict = checkpoint.rank_state_dict(
+            comm.rank, tp, run_dtype, device, progress, quant=requested, keep_quantized=keep_quantized
+        )
         progress = None  # the weights are already converted and placed
-    weights = GLMWeights.from_state_dict(state_dict, model_config, run_dtype, device, source, progress, tp=tp)
+    weights = GLMWeights.from_state_dict(
+        state_dict, model_config, run_dtype, device, source, progress, tp=tp, prepare=ops.prepare_quantized
+    )
     if checkpoint is not None:
         weights.unused_keys = checkpoint.unused_keys
     runner = GLMModel(model_config, weights, ops, comm)

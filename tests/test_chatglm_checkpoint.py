@@ -12,6 +12,7 @@ from glm_engine.checkpoint.hf import open_chatglm_checkpoint
 from glm_engine.errors import CheckpointError, ConfigError
 from glm_engine.model.chatglm_config import CHATGLM_PRESETS, ChatGLMConfig
 from glm_engine.model.chatglm_weights import ChatGLMWeights, plan_load, quantizable_keys, random_state_dict
+from glm_engine.ops.interface import PackedLinear
 from glm_engine.quant.reference import quantize
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
 
@@ -161,12 +162,20 @@ def test_quantized_releases_are_detected_from_shapes_and_dequantized_like_the_ke
     values = signed_nibbles(quantized[key]) if bits == 4 else quantized[key]
     scale = quantized[key + "_scale"]
 
-    fp32 = glm_engine.load_chatglm(folder, dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
-    assert fp32.runner.weights.quantization_bits == bits
+    kept = glm_engine.load_chatglm(folder, dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
+    assert any(f"INT{bits} rowwise, as stored" in note for note in kept.notes)
+    packed = kept.runner.weights.layers[0].dense_h_to_4h_weight  # runs quantized: the release's bytes, unchanged
+    assert isinstance(packed, PackedLinear) and packed.format.value == f"int{bits}-rowwise"
+    columns = packed(torch.eye(32)).T  # one-hot inputs read the weight back: half(q) * scale
+    assert torch.allclose(columns, (values.half() * scale[:, None]).float(), rtol=1e-2, atol=1e-4)
+
+    with_bits = CONFIG.with_overrides(quantization_bit=bits)  # dequantized at load, as the reference's kernels do
+    fp32 = ChatGLMWeights.from_state_dict(quantized, with_bits, torch.float32)
+    assert fp32.quantization_bits == bits
     cpu_kernel = values.float() * scale.float()[:, None]  # extract_int*_weight_to_float: exact in fp32
-    assert torch.equal(fp32.runner.weights.layers[0].dense_h_to_4h_weight, cpu_kernel)
-    fp16 = glm_engine.load_chatglm(folder, dtype="fp16", tokenizer=BUILTIN_TOKENIZER_PATH)
-    assert torch.equal(fp16.runner.weights.layers[0].dense_h_to_4h_weight, cpu_kernel.half())  # half(q) * scale
+    assert torch.equal(fp32.layers[0].dense_h_to_4h_weight, cpu_kernel)
+    fp16 = ChatGLMWeights.from_state_dict(quantized, with_bits, torch.float16)
+    assert torch.equal(fp16.layers[0].dense_h_to_4h_weight, cpu_kernel.half())  # half(q) * scale
     error = (cpu_kernel - state_dict[key].float()).abs().max()
     assert error <= scale.float().max() / 2 + 1e-3  # within half a quantization step of the original
 

@@ -20,7 +20,7 @@ def test_convert_tp_then_convert_to_native_and_back(tmp_path, small_config):
     args = ["convert-tp", "--input-folder", str(tmp_path / "tp4"), "--output-folder", str(tmp_path / "tp2")]
     result = runner.invoke(app, [*args, "--target-tp", "2", "--quantization-bit-width", "8"])
     assert result.exit_code == 0, result.output
-    assert "TP=2, INT8 weights): 2 files" in result.output
+    assert "TP=2, INT8 rowwise weights): 2 files" in result.output
     assert open_checkpoint(tmp_path / "tp2").bits == 8
 
     result = runner.invoke(app, ["convert", "--input", str(tmp_path / "tp4"), "--output", str(tmp_path / "n")])

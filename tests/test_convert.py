@@ -17,6 +17,9 @@ from glm_engine.checkpoint.convert import convert_to_native, convert_tp
 from glm_engine.checkpoint.native import INDEX_FILE_NAME, save_native
 from glm_engine.errors import CheckpointError, ParallelError
 from glm_engine.model.weights import random_state_dict
+from glm_engine.parallel.sharding import reshard
+from glm_engine.quant.spec import QuantSpec
+from glm_engine.quant.weight import QuantizedWeight
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
 
 INV_FREQ = "transformer.layers.0.attention.rotary_emb.inv_freq"
@@ -124,13 +127,44 @@ def test_quantized_conversion_matches_the_reference_formula_per_local_shard(tmp_
 def test_quantized_checkpoints_load_dequantized_at_any_tp(tmp_path, tp4, full):
     convert_tp(tp4, tmp_path / "q", 2, bits=8)
     checkpoint = open_checkpoint(tmp_path / "q")
-    merged = checkpoint.rank_state_dict(0, 1, torch.float32)
+    merged = checkpoint.rank_state_dict(0, 1, torch.float32, keep_quantized=False)
     key = "transformer.layers.2.attention.dense.weight"
     halves = [reference_quantize(s[key], 8) for s in reference_shards(full, 2)]
     expected = torch.cat([q.half() * s[:, None] for q, s in halves], dim=1).float()
     assert torch.equal(merged[key], expected)
     error = (merged[key] - full[key].float()).abs().max()
     assert 0 < error < full[key].float().abs().max() / 127
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_quantized_checkpoints_reshard_without_dequantizing_bit_for_bit(tmp_path, tp4, bits, tp):
+    """Loaded quantized at any TP, each rank's weight dequantizes to exactly its slice of the source's weights."""
+    convert_tp(tp4, tmp_path / "q", 2, bits=bits)
+    checkpoint = open_checkpoint(tmp_path / "q")
+    reference = checkpoint.rank_state_dict(0, 1, torch.float16, keep_quantized=False)  # dequantized, then merged
+    for rank in range(tp):
+        state = checkpoint.rank_state_dict(rank, tp, torch.float16)
+        for layer in range(3):
+            for name in LINEARS:
+                key = f"transformer.layers.{layer}.{name}"
+                weight = state[key]
+                assert isinstance(weight, QuantizedWeight) and weight.bits == bits
+                expected = reshard(key, [reference[key]], rank, tp)
+                assert torch.equal(weight.dequantize(torch.float16), expected), (key, rank)
+        assert state["transformer.layers.0.input_layernorm.weight"].dtype == torch.float16
+
+
+def test_runtime_quantization_quantizes_each_rank_shard(tmp_path, tp4, full):
+    checkpoint = open_checkpoint(tp4)
+    spec = QuantSpec(4, 16)  # the local dense_4h_to_h has 48 inputs at TP=2
+    shards = reference_shards(full, 2)
+    for rank in range(2):
+        state = checkpoint.rank_state_dict(rank, 2, torch.float32, quant=spec)
+        key = "transformer.layers.1.mlp.dense_4h_to_h.weight"
+        expected = QuantizedWeight.quantize(shards[rank][key], 4, 16)
+        assert torch.equal(state[key].stored, expected.stored) and torch.equal(state[key].scale, expected.scale)
+        assert state["transformer.word_embeddings.weight"].dtype == torch.float32
 
 
 def test_quantized_checkpoints_are_not_resharded(tmp_path, tp4):

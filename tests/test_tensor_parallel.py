@@ -26,6 +26,7 @@ from glm_engine.backends.base import DeviceInfo
 from glm_engine.backends.cpu import CpuBackend
 from glm_engine.backends.registry import get_backend, op_table_for
 from glm_engine.checkpoint import open_checkpoint
+from glm_engine.checkpoint.convert import convert_tp
 from glm_engine.cli.main import app
 from glm_engine.config import GLMConfig
 from glm_engine.errors import ParallelError
@@ -101,12 +102,14 @@ def _generate(model: GLMModel, strategy: BaseStrategy) -> list[int]:
 SAT_TP4_ENV = "GLM_ENGINE_TEST_SAT_TP4"  # a TP=4 SAT checkpoint of the same weights, for the ranks to load
 
 
-def _sat_model(comm) -> GLMModel:
-    """This rank's model read from the TP=4 SAT checkpoint (re-sharded 4 -> 2 at load time)."""
-    checkpoint = open_checkpoint(os.environ[SAT_TP4_ENV])
-    state = checkpoint.rank_state_dict(comm.rank, comm.world_size, torch.float32)
-    weights = GLMWeights.from_state_dict(state, CONFIG, torch.float32, "cpu", tp=comm.world_size)
-    return GLMModel(CONFIG, weights, op_table_for(get_backend("cpu"), torch.float32), comm)
+def _sat_model(comm, folder: str | None = None) -> GLMModel:
+    """This rank's model read from a TP=4 SAT checkpoint (re-sharded 4 -> 2 at load time; quantized ones stay so)."""
+    tp, rank = (1, 0) if comm is None else (comm.world_size, comm.rank)
+    checkpoint = open_checkpoint(folder or os.environ[SAT_TP4_ENV])
+    state = checkpoint.rank_state_dict(rank, tp, torch.float32)
+    ops = op_table_for(get_backend("cpu"), torch.float32)
+    weights = GLMWeights.from_state_dict(state, CONFIG, torch.float32, "cpu", tp=tp, prepare=ops.prepare_quantized)
+    return GLMModel(CONFIG, weights, ops, comm)
 
 
 def _rank_results() -> dict:
@@ -118,6 +121,7 @@ def _rank_results() -> dict:
             ids = torch.tensor([[0, 5, 255, 256, 300, 511]])  # both halves of the vocabulary
             return {
                 "sat_logits": _teacher_forced_logits(_sat_model(comm)),
+                "int8_logits": _teacher_forced_logits(_sat_model(comm, os.environ[SAT_TP4_ENV] + "-int8")),
                 "logits": _teacher_forced_logits(model),
                 "greedy": _generate(model, BaseStrategy(top_k=1)),
                 "sampled": _generate(
@@ -149,9 +153,10 @@ def _launch(function, tmp_path: Path, nproc: int = 2) -> dict:
 def tp2_results(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("sat") / "tp4"
     write_reference_sat(folder, reference_shards(random_state_dict(CONFIG, SEED), 4), CONFIG)
+    convert_tp(folder, f"{folder}-int8", 4, bits=8)  # the reference's INT8 at TP=4: scales of each rank's slice
     os.environ[SAT_TP4_ENV] = str(folder)
     try:
-        return _launch(_rank_results, tmp_path_factory.mktemp("tp2"))
+        return {**_launch(_rank_results, tmp_path_factory.mktemp("tp2")), "int8_folder": f"{folder}-int8"}
     finally:
         del os.environ[SAT_TP4_ENV]
 
@@ -159,6 +164,14 @@ def tp2_results(tmp_path_factory) -> dict:
 def test_a_tp4_sat_checkpoint_runs_at_tp2_like_the_same_weights_split_directly(tp2_results):
     for rank in (0, 1):
         assert torch.equal(tp2_results[rank]["sat_logits"], tp2_results[rank]["logits"])
+
+
+def test_a_tp4_int8_checkpoint_runs_quantized_at_tp2_like_at_tp1(tp2_results):
+    with torch.inference_mode():
+        reference = _teacher_forced_logits(_sat_model(None, tp2_results["int8_folder"]))
+    for rank in (0, 1):
+        assert nmse(tp2_results[rank]["int8_logits"], reference) <= TP_LOGITS_NMSE
+    assert nmse(reference, tp2_results[0]["logits"]) > TP_LOGITS_NMSE  # it is the quantized model
 
 
 def test_tp2_logits_equal_tp1_through_prefill_and_cached_decode_steps(tp2_results):

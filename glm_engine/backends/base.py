@@ -136,6 +136,16 @@ class OpLevelBackend(Backend):
 
     kind = BackendKind.OP_LEVEL
 
+    def quant_formats(self) -> tuple[QuantFormat, ...]:
+        """Every format: at worst an op table dequantizes the stored weight for each product (the portable path,
+        ``ops.torch_ops.DequantizingLinear``); backends with fused kernels say which formats those cover."""
+        return tuple(QuantFormat)
+
+    def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
+        if op is Op.LINEAR and quant_format is not None:
+            return "portable path: the stored weight is dequantized for each product"
+        return ""
+
     def device(self, index: int = 0) -> torch.device:
         return torch.device(self.device_type, index) if self.device_type != "cpu" else torch.device("cpu")
 

@@ -1,5 +1,5 @@
 """Conversions: re-shard to another TP degree in the reference's SAT layout (optionally quantizing, like its
-``tools/convert_tp.py``), and SAT <-> native sharded safetensors.
+``tools/convert_tp.py``), SAT <-> native sharded safetensors, and quantizing into the native format.
 
 Every conversion fills a hidden staging folder and renames it into place at the end (``atomic.staged_folder``), so
 an interrupted one never leaves a folder that looks complete. Memory: one target rank (or one output file) of
@@ -9,6 +9,7 @@ weights plus one memory-mapped source shard at a time.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,12 +20,23 @@ from glm_engine.checkpoint.atomic import staged_folder, write_atomically
 from glm_engine.checkpoint.reader import Checkpoint, open_checkpoint
 from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.errors import CheckpointError
-from glm_engine.model.weights import parameter_shapes
+from glm_engine.model.weights import is_quantized_key, parameter_shapes
 from glm_engine.parallel.degree import check_tp_degree
 from glm_engine.quant.reference import quantize
+from glm_engine.quant.spec import QuantSpec
+from glm_engine.quant.weight import QuantizedWeight
 
 Progress = Callable[[int, int], None]
 RELEASE_TAG = "release"
+# Files that travel with the weights: the tokenizer model a checkpoint folder may hold, and licence texts.
+SIDECAR_PATTERNS = ("ice_text.model", "tokenizer_config.json", "NOTICE*", "LICENSE*", "README*")
+
+
+def _copy_sidecars(source: Path, destination: Path) -> None:
+    for pattern in SIDECAR_PATTERNS:
+        for path in source.glob(pattern):
+            if path.is_file():
+                shutil.copyfile(path, destination / path.name)
 
 
 def _source(input_folder: str | Path, config: GLMConfig | None) -> Checkpoint:
@@ -82,13 +94,14 @@ def convert_tp(
         # no newline: the reference's convert_tp.py uses the file's text unstripped as a folder name
         write_atomically(staging / sat.LATEST_FILE_NAME, lambda tmp: tmp.write_text(tag))
         write_atomically(staging / CONFIG_FILE_NAME, checkpoint.config.to_json_file)
+        _copy_sidecars(checkpoint.path, staging)
     return Path(output_folder)
 
 
 def _quantize_in_place(state: dict[str, torch.Tensor], bits: int) -> None:
     """Replace each of the four linears per layer by its quantized form and ``_scale``, one at a time (so the fp16
     and quantized copies of the whole rank never coexist)."""
-    for key in [k for k in state if layout.is_quantized_key(k)]:
+    for key in [k for k in state if is_quantized_key(k)]:
         state[key], state[key + layout.SCALE_SUFFIX] = quantize(state[key], bits)
 
 
@@ -115,11 +128,14 @@ def convert_to_native(
     config: GLMConfig | None = None,
     max_shard_bytes: int = native.DEFAULT_SHARD_BYTES,
     progress: Progress | None = None,
+    quant: QuantSpec | None = None,
 ) -> Path:
-    """Merge any SAT checkpoint into the native format (TP=1 layout, sharded safetensors + index + config.json).
+    """Merge any SAT checkpoint into the native format (TP=1 layout, sharded safetensors + index + config.json),
+    optionally quantizing its linears (``glm-engine quantize``).
 
     Each output file is assembled from the source shards one shard at a time, so host RAM holds one output file
-    of weights plus one memory-mapped source shard.
+    of weights plus one memory-mapped source shard. Quantized linears are stored as the reference stores them
+    (int8 values, INT4 packed two per byte) with ``_scale`` keys: ``[out]`` rowwise, ``[out, in/group]`` groupwise.
     """
     checkpoint = _source(input_folder, config)
     shapes = parameter_shapes(checkpoint.config)
@@ -130,15 +146,24 @@ def convert_to_native(
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         nonlocal done_before
         for batch in batches:
-            merged = checkpoint.rank_state_dict(0, 1, None, "cpu", None, keys=batch)
-            yield from merged.items()
+            merged = checkpoint.rank_state_dict(0, 1, None, "cpu", None, keys=batch, quant=quant)
+            for key, value in merged.items():
+                if isinstance(value, QuantizedWeight):
+                    yield key, value.stored
+                    yield key + layout.SCALE_SUFFIX, value.scale[:, 0] if value.groups == 1 else value.scale
+                else:
+                    yield key, value
             done_before += len(batch)
             if progress is not None:
                 progress(done_before, len(shapes))
 
     markers = (native.INDEX_FILE_NAME, native.WEIGHTS_FILE_NAME)
+    metadata = {"source": checkpoint.describe()}
+    if quant is not None:
+        metadata["quantization"] = quant.describe()
     with staged_folder(output_folder, markers) as staging:
-        native.write_native(staging, checkpoint.config, tensors(), max_shard_bytes, {"source": checkpoint.describe()})
+        native.write_native(staging, checkpoint.config, tensors(), max_shard_bytes, metadata)
+        _copy_sidecars(checkpoint.path, staging)
     return Path(output_folder)
 
 

@@ -13,16 +13,10 @@ import torch
 
 from glm_engine.config import PRESETS, GLMConfig
 from glm_engine.errors import CheckpointError
-from glm_engine.model.weights import EMBEDDING_KEY, IGNORED_KEY_SUFFIXES, parameter_shapes
+from glm_engine.model.weights import EMBEDDING_KEY, IGNORED_KEY_SUFFIXES, is_quantized_key, parameter_shapes
 from glm_engine.quant.reference import stored_columns
+from glm_engine.quant.weight import QuantizedWeight
 
-# The four linears per layer the reference quantizes (glm130b.md section 3.1); everything else stays floating point.
-QUANTIZED_SUFFIXES = (
-    "attention.query_key_value.weight",
-    "attention.dense.weight",
-    "mlp.dense_h_to_4h.weight",
-    "mlp.dense_4h_to_h.weight",
-)
 SCALE_SUFFIX = "_scale"
 
 
@@ -32,24 +26,30 @@ class TensorInfo:
     dtype: torch.dtype
 
 
-def is_quantized_key(key: str) -> bool:
-    return key.startswith("transformer.layers.") and key.endswith(QUANTIZED_SUFFIXES)
+def infos_of(state_dict: Mapping[str, torch.Tensor | QuantizedWeight]) -> dict[str, TensorInfo]:
+    """Shapes and dtypes of an in-memory or memory-mapped state dict (no tensor data is read); a QuantizedWeight
+    counts as the fp16 ``[out, in]`` matrix it stands for."""
+    infos = {}
+    for key, value in state_dict.items():
+        if isinstance(value, QuantizedWeight):
+            infos[key] = TensorInfo((value.out_features, value.in_features), torch.float16)
+        elif isinstance(value, torch.Tensor):
+            infos[key] = TensorInfo(tuple(value.shape), value.dtype)
+    return infos
 
 
-def infos_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:
-    """Shapes and dtypes of an in-memory or memory-mapped state dict (no tensor data is read)."""
-    return {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-
-
-def expected_layout(config: GLMConfig, tp: int, bits: int | None) -> dict[str, tuple[int, ...]]:
-    """Every key one rank must hold, with its shape; quantized linears add ``*_scale`` keys (glm130b.md 2.5)."""
+def expected_layout(
+    config: GLMConfig, tp: int, bits: int | None, group_size: int | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Every key one rank must hold, with its shape; quantized linears add ``*_scale`` keys (glm130b.md 2.5):
+    ``[out]`` for the reference's rowwise scales, ``[out, in / group_size]`` for groupwise ones."""
     shapes = parameter_shapes(config, tp)
     if bits is None:
         return shapes
     for key in [k for k in shapes if is_quantized_key(k)]:
         out, columns = shapes[key]
         shapes[key] = (out, stored_columns(columns, bits))
-        shapes[key + SCALE_SUFFIX] = (out,)
+        shapes[key + SCALE_SUFFIX] = (out,) if group_size is None else (out, columns // group_size)
     return shapes
 
 
@@ -83,10 +83,11 @@ def validate(
     tp: int,
     bits: int | None,
     source: str,
+    group_size: int | None = None,
 ) -> list[str]:
     """Raise CheckpointError naming every missing, unexpected, misshapen or mistyped key of ``source``; return the
     keys the model does not use (recomputed buffers, extras outside ``transformer.``)."""
-    expected = expected_layout(config, tp, bits)
+    expected = expected_layout(config, tp, bits, group_size)
     present = {k for k in infos if not k.endswith(IGNORED_KEY_SUFFIXES)}
     missing = sorted(set(expected) - present)
     extra = sorted(present - set(expected))
@@ -129,4 +130,13 @@ def infer_config(infos: Mapping[str, TensorInfo], tp: int) -> GLMConfig | None:
     for config in PRESETS.values():
         if (config.num_layers, config.hidden_size, config.vocab_size) == (len(layers), hidden, vocab):
             return config
+    return None
+
+
+def detect_group_size(infos: Mapping[str, TensorInfo], config: GLMConfig, tp: int) -> int | None:
+    """The groupwise block size a quantized file's scales imply (None: rowwise ``[out]`` scales, as the reference)."""
+    for key, shape in parameter_shapes(config, tp).items():
+        scale = infos.get(key + SCALE_SUFFIX) if is_quantized_key(key) else None
+        if scale is not None and len(scale.shape) == 2 and scale.shape[1] and shape[1] % scale.shape[1] == 0:
+            return shape[1] // scale.shape[1]
     return None

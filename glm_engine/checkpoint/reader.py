@@ -19,10 +19,13 @@ import torch
 from glm_engine.checkpoint import hf, layout, native, sat
 from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.errors import CheckpointError
-from glm_engine.model.weights import parameter_shapes
+from glm_engine.model.weights import is_quantized_key, parameter_shapes
 from glm_engine.parallel.degree import check_tp_degree
 from glm_engine.parallel.sharding import ShardBuilder
 from glm_engine.quant.reference import dequantize
+from glm_engine.quant.sharding import QuantShardBuilder
+from glm_engine.quant.spec import QuantSpec
+from glm_engine.quant.weight import QuantizedWeight
 
 Progress = Callable[[int, int], None]
 
@@ -42,7 +45,7 @@ class Checkpoint:
     iteration: str = ""  # SAT: the tag in ``latest``
 
     def describe(self) -> str:
-        quant = f", INT{self.bits} weights" if self.bits else ""
+        quant = f", {self.quant_spec.describe()} weights" if self.quant_spec else ""
         return f"{self.format} checkpoint {self.path} (TP={self.source_tp}{quant})"
 
     @contextmanager
@@ -64,9 +67,19 @@ class Checkpoint:
 
     def floating(self, shard: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
         """``key`` of an open shard as floating point: quantized linears dequantized like the reference."""
-        if self.bits is not None and layout.is_quantized_key(key):
+        if self.bits is not None and is_quantized_key(key):
             return dequantize(shard[key], shard[key + layout.SCALE_SUFFIX], self.bits, torch.float16)
         return shard[key]
+
+    @property
+    def quant_spec(self) -> QuantSpec | None:
+        """The stored quantization (rowwise, or groupwise with its block size), None for floating point."""
+        if self.bits is None:
+            return None
+        key = next(k for k in self.infos[0] if is_quantized_key(k))
+        groups = self.scale_groups(key)
+        columns = parameter_shapes(self.config, self.source_tp)[key][1]
+        return QuantSpec(self.bits, None if groups == 1 else columns // groups)
 
     def rank_state_dict(
         self,
@@ -76,29 +89,73 @@ class Checkpoint:
         device: torch.device | str = "cpu",
         progress: Progress | None = None,
         keys: list[str] | None = None,
-    ) -> dict[str, torch.Tensor]:
+        quant: QuantSpec | None = None,
+        keep_quantized: bool = True,
+    ) -> dict[str, torch.Tensor | QuantizedWeight]:
         """Rank ``rank`` of TP degree ``tp``: the model weights (or just ``keys``) in ``dtype`` (None: each tensor's
-        own, for conversions) on ``device``, read one source shard at a time."""
+        own, for conversions) on ``device``, read one source shard at a time.
+
+        A quantized checkpoint's linears come back as QuantizedWeight (re-sharded exactly), or dequantized to
+        ``dtype`` without ``keep_quantized``. With ``quant``, floating-point linears are quantized on this rank's
+        shard (as the reference quantizes each rank's local weight) as soon as each is complete, so the rank never
+        holds all of its floating-point linears at once.
+        """
         check_tp_degree(self.config, tp, str(self.path))
+        if quant is not None and self.bits is not None:
+            raise CheckpointError(
+                f"{self.describe()} is already quantized; quantizing it again would compound the rounding. Load it "
+                "as it is, or quantize its FP16 original"
+            )
         source_shapes = parameter_shapes(self.config, self.source_tp)
-        builders = {
-            key: ShardBuilder(key, source_shapes[key], self.source_tp, rank, tp, dtype or self.dtype_of(key), device)
-            for key in (source_shapes if keys is None else keys)
-        }
+        builders: dict[str, ShardBuilder | QuantShardBuilder] = {}
+        for key in source_shapes if keys is None else keys:
+            quantized_source = self.bits is not None and is_quantized_key(key)
+            if quantized_source and keep_quantized:
+                groups = self.scale_groups(key)
+                builders[key] = QuantShardBuilder(
+                    key, source_shapes[key], groups, self.bits, self.source_tp, rank, tp, device
+                )
+            else:
+                quantize_later = quant is not None and is_quantized_key(key)
+                build_dtype = self.dtype_of(key) if quantize_later or dtype is None else dtype
+                builders[key] = ShardBuilder(key, source_shapes[key], self.source_tp, rank, tp, build_dtype, device)
         plan = [(s, [k for k, b in builders.items() if b.needs(s)]) for s in range(self.source_tp)]
-        total, done = sum(len(keys) for _, keys in plan), 0
-        for source_rank, keys in plan:
-            if not keys:
+        last_source = {key: s for s, ks in plan for key in ks}
+        total, done = sum(len(ks) for _, ks in plan), 0
+        out: dict[str, torch.Tensor | QuantizedWeight] = {}
+        for source_rank, needed in plan:
+            if not needed:
                 continue
             with self.open_shard(source_rank) as shard:
                 if isinstance(shard, native.LazySafetensors):
-                    keys = shard.keys_by_file(keys)
-                for key in keys:
-                    builders[key].add(source_rank, self.floating(shard, key))
+                    needed = shard.keys_by_file(needed)
+                for key in needed:
+                    builder = builders[key]
+                    if isinstance(builder, QuantShardBuilder):
+                        builder.add(source_rank, shard[key], shard[key + layout.SCALE_SUFFIX])
+                    else:
+                        builder.add(source_rank, self.floating(shard, key))
+                    if last_source[key] == source_rank:
+                        out[key] = self._finish(builders.pop(key), key, dtype, quant)
                     done += 1
                     if progress is not None:
                         progress(done, total)
-        return {key: builder.finish() for key, builder in builders.items()}
+        return {key: out[key] for key in (source_shapes if keys is None else keys)}
+
+    def _finish(
+        self, builder: ShardBuilder | QuantShardBuilder, key: str, dtype: torch.dtype | None, quant: QuantSpec | None
+    ) -> torch.Tensor | QuantizedWeight:
+        result = builder.finish()
+        if quant is not None and is_quantized_key(key):
+            return QuantizedWeight.quantize(result, quant.bits, quant.group_size)
+        if isinstance(result, torch.Tensor) and dtype is not None and result.dtype != dtype:
+            return result.to(dtype)
+        return result
+
+    def scale_groups(self, key: str) -> int:
+        """Scale columns of a quantized weight in the source (1: the reference's rowwise; more: groupwise)."""
+        shape = self.infos[0][key + layout.SCALE_SUFFIX].shape
+        return shape[1] if len(shape) == 2 else 1
 
 
 def open_checkpoint(path: str | Path, config: GLMConfig | None = None) -> Checkpoint:
@@ -132,7 +189,8 @@ def _open_native(path: Path, config: GLMConfig | None) -> Checkpoint:
     weights, _ = native.open_native(path)
     infos = weights.infos()
     bits = layout.detect_quantization(infos, config, 1, str(path))
-    unused = layout.validate(infos, config, 1, bits, str(path))
+    group_size = layout.detect_group_size(infos, config, 1) if bits else None
+    unused = layout.validate(infos, config, 1, bits, str(path), group_size)
     files = sorted({weights.file_of(k) for k in weights})
     return Checkpoint(path, "native", config, 1, bits, files, [infos], unused)
 
@@ -149,13 +207,14 @@ def _open_sat(path: Path, config: GLMConfig | None) -> Checkpoint:
     if config is None:
         config = _sat_config(path, infos[0], tp)
     bits = layout.detect_quantization(infos[0], config, tp, str(files[0]))
+    group_size = layout.detect_group_size(infos[0], config, tp) if bits else None
     unused: set[str] = set()
     for file, info in zip(files, infos):
         file_bits = layout.detect_quantization(info, config, tp, str(file))
         if file_bits != bits:
             described = {None: "not quantized", 4: "INT4", 8: "INT8"}
             raise CheckpointError(f"{file} is {described[file_bits]} but {files[0]} is {described[bits]}")
-        unused.update(layout.validate(info, config, tp, bits, str(file)))
+        unused.update(layout.validate(info, config, tp, bits, str(file), group_size))
     return Checkpoint(path, "sat", config, tp, bits, files, infos, sorted(unused), tag)
 
 

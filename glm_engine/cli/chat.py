@@ -29,6 +29,7 @@ from glm_engine.generation.chat import (
     ChatOptions,
     History,
 )
+from glm_engine.quant.spec import QuantSpec
 
 WELCOME = "欢迎使用 ChatGLM-6B 模型，输入内容即可进行对话，clear 清空对话历史，stop 终止程序"
 USER_PROMPT = "\n用户："
@@ -137,6 +138,9 @@ def chat(
     history_file: Annotated[
         Path | None, typer.Option(help="JSON file the conversation is read from and saved to after each round")
     ] = None,
+    quant: Annotated[str | None, typer.Option(help="quantize the linears while loading: int8 or int4")] = None,
+    quant_scheme: Annotated[str, typer.Option(help="rowwise or groupwise")] = "rowwise",
+    quant_group_size: Annotated[int | None, typer.Option(help="columns per scale with groupwise")] = None,
 ) -> None:
     """Chat with ChatGLM-6B: one query per line, 'clear' forgets the conversation, 'stop' or end of input quits."""
     with user_errors():
@@ -150,9 +154,20 @@ def chat(
             seed=seed,
         )
         ChatOptions(**options)  # reject bad options before loading anything
+        if quant is not None:
+            QuantSpec.parse(quant, quant_scheme, quant_group_size)
         history = read_history(history_file)
         with progress_bar("loading weights") as progress:
-            engine = load_chatglm(checkpoint, backend, dtype, tokenizer, progress=progress)
+            engine = load_chatglm(
+                checkpoint,
+                backend,
+                dtype,
+                tokenizer,
+                progress=progress,
+                quant=quant,
+                quant_scheme=quant_scheme,
+                quant_group_size=quant_group_size,
+            )
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)
         converse(engine, history, options, history_file)

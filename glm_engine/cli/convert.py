@@ -1,5 +1,5 @@
-"""``glm-engine convert-tp`` (the reference's tools/convert_tp.py, any TP to any TP) and ``glm-engine convert``
-(SAT <-> native safetensors)."""
+"""``glm-engine convert-tp`` (the reference's tools/convert_tp.py, any TP to any TP), ``glm-engine convert``
+(SAT <-> native safetensors) and ``glm-engine quantize`` (INT8/INT4 into the native format)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from glm_engine.checkpoint.atomic import stale_staging_folders
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
 from glm_engine.config import GLMConfig
-from glm_engine.engine import resolve_config
+from glm_engine.engine import check_quant_fits, resolve_config
 from glm_engine.errors import InputError
+from glm_engine.quant.spec import QuantSpec
 
 GIB = 2**30
 
@@ -93,3 +94,29 @@ def _report(output_folder: Path, started: float) -> None:
         f"wrote {written.describe()}: {len(written.files)} files, {size / GIB:.2f} GiB in "
         f"{time.perf_counter() - started:.1f} s"
     )
+
+
+def quantize(
+    checkpoint: Annotated[
+        Path, typer.Option(help="Checkpoint to quantize (SAT at any TP, or native; FP16/BF16/FP32).")
+    ],
+    output: Annotated[Path, typer.Option(help="New folder for the quantized native checkpoint.")],
+    bits: Annotated[int, typer.Option(help="4 or 8.")] = 8,
+    scheme: Annotated[str, typer.Option(help="rowwise (the reference's) or groupwise.")] = "rowwise",
+    group_size: Annotated[int | None, typer.Option(help="Input columns per scale for groupwise: 32, 64, 128.")] = None,
+    shard_size_gb: Annotated[float, typer.Option(help="Largest safetensors file, in GiB.")] = 4.0,
+    config: Annotated[str | None, typer.Option(help="Preset name or config.json, if the folder has none.")] = None,
+) -> None:
+    """Quantize the four linears per layer offline into a native checkpoint that loads quantized."""
+    with user_errors():
+        spec = QuantSpec.parse(bits, scheme, group_size)
+        if shard_size_gb <= 0:
+            raise InputError(f"--shard-size-gb must be positive, got {shard_size_gb}")
+        source = open_checkpoint(checkpoint, _config(config))
+        check_quant_fits(source.config, 1, spec)
+        _warn_about_leftovers(output)
+        started = time.perf_counter()
+        with progress_bar(f"quantizing to {spec.describe()}") as progress:
+            limit = int(shard_size_gb * GIB)
+            conversions.convert_to_native(checkpoint, output, _config(config), limit, progress, quant=spec)
+        _report(output, started)

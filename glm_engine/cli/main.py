@@ -6,7 +6,7 @@ import typer
 
 from glm_engine.cli.backends import backends
 from glm_engine.cli.chat import chat
-from glm_engine.cli.convert import convert, convert_tp
+from glm_engine.cli.convert import convert, convert_tp, quantize
 from glm_engine.cli.run import run
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.command(name="backends")(backends)
 app.command(name="chat")(chat)
 app.command(name="convert-tp")(convert_tp)
 app.command(name="convert")(convert)
+app.command(name="quantize")(quantize)
 
 
 def main() -> None:

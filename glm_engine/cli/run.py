@@ -34,6 +34,7 @@ from glm_engine.generation.options import GenerationOptions
 from glm_engine.parallel.communicator import Communicator, init_from_environment, running_under_torchrun
 from glm_engine.parallel.degree import check_device_count, check_tp_degree
 from glm_engine.parallel.launch import LAUNCHED_BY_GLM_ENGINE, launch_local
+from glm_engine.quant.spec import QuantSpec
 from glm_engine.tokenizer import GLMTokenizer
 
 INTERACTIVE = "interactive"
@@ -254,6 +255,15 @@ def run(
     tp: Annotated[
         int, typer.Option("--tp", help="tensor-parallel degree: ranks to split the model over (torchrun sets them)")
     ] = 1,
+    quant: Annotated[
+        str | None, typer.Option(help="quantize the linears while loading: int8 or int4 (weight-only)")
+    ] = None,
+    quant_scheme: Annotated[
+        str, typer.Option(help="rowwise (the reference's per-row scales) or groupwise (a scale per block)")
+    ] = "rowwise",
+    quant_group_size: Annotated[
+        int | None, typer.Option(help="input columns per scale with groupwise: 32, 64 or 128 (default 128)")
+    ] = None,
 ) -> None:
     """Fill [MASK]/[sMASK] blanks or continue text ([gMASK]) for each query, printing and saving the answers."""
     options = dict(
@@ -270,7 +280,14 @@ def run(
         seed=seed,
     )
     load_args = dict(
-        path_or_preset=checkpoint or DEFAULT_MODEL, backend=backend, dtype=dtype, tokenizer=tokenizer, config=config
+        path_or_preset=checkpoint or DEFAULT_MODEL,
+        backend=backend,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        config=config,
+        quant=quant,
+        quant_scheme=quant_scheme,
+        quant_group_size=quant_group_size,
     )
     session = (options, load_args, input_source, output_path, with_id, print_all_beams)
     if running_under_torchrun():
@@ -278,6 +295,8 @@ def run(
         return
     with user_errors():
         GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
+        if quant is not None:
+            QuantSpec.parse(quant, quant_scheme, quant_group_size)
         if tp < 1:
             raise InputError(f"--tp must be at least 1, got {tp}")
         if tp == 1:

@@ -21,8 +21,10 @@ import torch
 
 from glm_engine.errors import CheckpointError
 from glm_engine.model.chatglm_config import ChatGLMConfig
-from glm_engine.model.weights import LayerWeights, layer_key, layer_parameter_shapes
+from glm_engine.model.weights import LayerWeights, layer_key, layer_parameter_shapes, scaled_noise
+from glm_engine.ops.interface import PackedLinear
 from glm_engine.quant.reference import dequantize, unpack_int4
+from glm_engine.quant.weight import QuantizedWeight
 
 EMBEDDING_KEY = "transformer.word_embeddings.weight"
 FINAL_LN_KEYS = ("transformer.final_layernorm.weight", "transformer.final_layernorm.bias")
@@ -178,9 +180,16 @@ class ChatGLMWeights:
         dtype: torch.dtype,
         device: torch.device | str,
         progress: Callable[[int, int], None] | None = None,
+        prepare: Callable[[QuantizedWeight], PackedLinear] | None = None,
+        quant: tuple[int, int | None] | None = None,
     ) -> ChatGLMWeights:
         """Convert each shard's tensors to ``dtype`` on ``device`` as the shard arrives, so host RAM holds one source
-        shard plus the converted weights. ``plan`` comes from :func:`plan_load` on the same checkpoint."""
+        shard plus the converted weights. ``plan`` comes from :func:`plan_load` on the same checkpoint.
+
+        With ``prepare`` (a backend's ``OpTable.prepare_quantized``), a quantized release's linears stay quantized,
+        and ``quant = (bits, group_size)`` quantizes floating-point linears from their fp16 values; without it,
+        quantized linears are dequantized like the reference."""
+        quantizable = set(quantizable_keys(config))
         expected = parameter_shapes(config)
         done: dict[str, torch.Tensor] = {}
         pending: dict[str, torch.Tensor] = {}  # quantized weights or scales waiting for their partner shard
@@ -196,12 +205,20 @@ class ChatGLMWeights:
                 if base not in expected or base in done:
                     continue
                 if base not in plan.quantized_bits:
-                    place(key, shard[key].to(device=device, dtype=dtype).contiguous())
+                    if quant is not None and prepare is not None and key in quantizable:
+                        weight = QuantizedWeight.quantize(shard[key].to(device, torch.float16), *quant)
+                        place(key, prepare(weight))
+                    else:
+                        place(key, shard[key].to(device=device, dtype=dtype).contiguous())
                     continue
                 pending[key] = shard[key].to(device)
                 weight, scale = pending.get(base), pending.get(base + SCALE_SUFFIX)
                 if weight is not None and scale is not None:
-                    place(base, dequantize_like_reference(weight, scale, plan.quantized_bits[base], dtype))
+                    bits = plan.quantized_bits[base]
+                    if prepare is not None and base in quantizable:
+                        place(base, prepare(QuantizedWeight.from_values(_values(weight, bits), scale, bits)))
+                    else:
+                        place(base, dequantize_like_reference(weight, scale, bits, dtype))
                     del pending[base], pending[base + SCALE_SUFFIX]
         absent = [k for k in expected if k not in done]
         if absent:  # plan_load saw these keys, so a file changed or an index lied about where they are
@@ -244,7 +261,16 @@ class ChatGLMWeights:
         return out
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        """Bytes of all weights in their runtime form (quantized linears at their packed size)."""
+        return sum(
+            t.nbytes if isinstance(t, PackedLinear) else t.numel() * t.element_size()
+            for t in self.state_dict().values()
+        )
+
+
+def _values(stored: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unpacked int8 values of a release's stored weight (INT4: two per byte, even column high)."""
+    return unpack_int4(stored) if bits == 4 else stored.to(torch.int8)
 
 
 def quantizable_keys(config: ChatGLMConfig) -> list[str]:
@@ -261,14 +287,5 @@ def random_state_dict(config: ChatGLMConfig, seed: int, dtype: torch.dtype = tor
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for key, shape in parameter_shapes(config).items():
-        noise = torch.randn(shape, generator=gen)
-        if key.endswith("layernorm.weight"):
-            tensor = 1.0 + 0.2 * noise
-        elif key.endswith("bias"):
-            tensor = 0.1 * noise
-        elif key == EMBEDDING_KEY:
-            tensor = noise
-        else:
-            tensor = noise / shape[1] ** 0.5
-        out[key] = tensor.to(dtype)
+        out[key] = scaled_noise(key, torch.randn(shape, generator=gen)).to(dtype)
     return out

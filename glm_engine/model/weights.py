@@ -12,12 +12,37 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from glm_engine.config import GLMConfig
+from glm_engine.errors import CheckpointError
+from glm_engine.ops.interface import PackedLinear
 from glm_engine.parallel.sharding import shard_shape
+from glm_engine.quant.weight import QuantizedWeight
 
 EMBEDDING_KEY = "transformer.word_embeddings.weight"
 FINAL_LN_KEYS = ("transformer.final_layernorm.weight", "transformer.final_layernorm.bias")
 # Buffers some releases carry that are recomputed, never loaded (glm130b.md section 2.2).
 IGNORED_KEY_SUFFIXES = (".rotary_emb.inv_freq",)
+# The four linears per layer the reference quantizes (glm130b.md section 3.1); everything else stays floating point.
+QUANTIZED_SUFFIXES = (
+    "attention.query_key_value.weight",
+    "attention.dense.weight",
+    "mlp.dense_h_to_4h.weight",
+    "mlp.dense_4h_to_h.weight",
+)
+
+
+def is_quantized_key(key: str) -> bool:
+    """Whether ``key`` is one of the linears weight-only quantization applies to."""
+    return key.startswith("transformer.layers.") and key.endswith(QUANTIZED_SUFFIXES)
+
+
+def quantize_linears(
+    state_dict: Mapping[str, torch.Tensor | QuantizedWeight], bits: int, group_size: int | None
+) -> dict[str, torch.Tensor | QuantizedWeight]:
+    """The state dict with its floating-point linears quantized (from their fp16 values, as the reference does)."""
+    return {
+        k: QuantizedWeight.quantize(v, bits, group_size) if is_quantized_key(k) and isinstance(v, torch.Tensor) else v
+        for k, v in state_dict.items()
+    }
 
 
 @dataclass
@@ -120,6 +145,7 @@ class GLMWeights:
         source: str = "state dict",
         progress: Callable[[int, int], None] | None = None,
         tp: int = 1,
+        prepare: Callable[[QuantizedWeight], PackedLinear] | None = None,
     ) -> GLMWeights:
         """Validate, then convert each tensor to ``dtype`` on ``device`` one at a time (no second full copy).
 
@@ -129,9 +155,15 @@ class GLMWeights:
         unused = check_state_dict(state_dict, config, source, tp)
         total, done = len(parameter_shapes(config)), 0
 
-        def take(key: str) -> torch.Tensor:
+        def take(key: str) -> torch.Tensor | PackedLinear:
             nonlocal done
-            tensor = state_dict[key].to(device=device, dtype=dtype).contiguous()
+            value = state_dict[key]
+            if isinstance(value, QuantizedWeight):
+                if prepare is None:
+                    raise CheckpointError(f"{source}: {key} is quantized but no backend was given to run it")
+                tensor = prepare(value.to(device))
+            else:
+                tensor = value.to(device=device, dtype=dtype).contiguous()
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -153,7 +185,11 @@ class GLMWeights:
         return out
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        """Bytes of all weights in their runtime form (quantized linears at their packed size)."""
+        return sum(
+            t.nbytes if isinstance(t, PackedLinear) else t.numel() * t.element_size()
+            for t in self.state_dict().values()
+        )
 
 
 def random_state_dict(config: GLMConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -168,15 +204,17 @@ def random_state_dict(config: GLMConfig, seed: int, dtype: torch.dtype = torch.f
     out = {}
     for key, shape in parameter_shapes(config).items():
         noise = torch.randn(shape, generator=gen)
-        if key == FINAL_LN_KEYS[0]:
-            tensor = noise
-        elif key.endswith("layernorm.weight"):
-            tensor = 1.0 + 0.2 * noise
-        elif key.endswith("bias"):
-            tensor = 0.1 * noise
-        elif key == EMBEDDING_KEY:
-            tensor = noise
-        else:
-            tensor = noise / shape[1] ** 0.5
-        out[key] = tensor.to(dtype)
+        out[key] = (noise if key == FINAL_LN_KEYS[0] else scaled_noise(key, noise)).to(dtype)
     return out
+
+
+def scaled_noise(key: str, noise: torch.Tensor) -> torch.Tensor:
+    """Standard-normal ``noise`` scaled for the parameter ``key``: LayerNorm gains 1 +- 0.2, biases 0.1, embedding
+    rows 1, linears 1/sqrt(fan_in) (keeps activations O(1) through random layers)."""
+    if key.endswith("layernorm.weight"):
+        return 1.0 + 0.2 * noise
+    if key.endswith("bias"):
+        return 0.1 * noise
+    if key.endswith("word_embeddings.weight"):
+        return noise
+    return noise / noise.shape[1] ** 0.5

@@ -49,6 +49,8 @@ class CpuBackend(OpLevelBackend):
         return (torch.float32, torch.bfloat16, torch.float16)
 
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
+        if op is Op.LINEAR and quant_format is not None:
+            return super().support_note(op, dtype, quant_format)
         if dtype == torch.float16 and op is Op.LINEAR:
             return "prefill-sized products computed in fp32 and rounded to fp16 (torch's CPU fp16 GEMM is slow)"
         if op is Op.ATTENTION:
