@@ -48,10 +48,6 @@ class TorchCudaBackend(OpLevelBackend):
             return (torch.float16, torch.bfloat16, torch.float32)
         return (torch.float16, torch.float32)
 
-    def quant_formats(self) -> tuple[QuantFormat, ...]:
-        """Every stored format runs: fused in Triton where it can, else dequantized per product (see support_note)."""
-        return tuple(QuantFormat)
-
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
         if op is not Op.LINEAR or quant_format is None:
             return ""

@@ -64,10 +64,6 @@ class AscendBackend(OpLevelBackend):
         bf16 = bool(self.availability()) and bool(getattr(torch.npu, "is_bf16_supported", lambda: False)())
         return (torch.float16, torch.bfloat16, torch.float32) if bf16 else (torch.float16, torch.float32)
 
-    def quant_formats(self) -> tuple[QuantFormat, ...]:
-        """Every stored format runs: in npu_weight_quant_batchmatmul where it can, else dequantized per product."""
-        return tuple(QuantFormat)
-
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
         if op is not Op.LINEAR or quant_format is None:
             return ""
