@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton kernels run in Triton's CPU interpreter where no GPU is present; this must be set before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from glm_engine.backends.registry import get_backend, op_table_for
 from glm_engine.config import GLMConfig

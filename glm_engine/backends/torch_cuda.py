@@ -1,7 +1,8 @@
 """What the backends that reach their GPUs through ``torch.cuda`` share: CUDA, and ROCm/DCU via HIP.
 
-Both see devices through the same API and run the same portable ops; they differ in how they decide they are
-available (a CUDA build vs a HIP build of torch) and, later, in their kernels.
+Both see devices through the same API and run the same ops (the portable ones, plus Triton dequant-GEMM kernels for
+quantized weights: Triton compiles for NVIDIA and AMD alike); they differ only in how they decide they are available
+(a CUDA build vs a HIP build of torch).
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import torch
 
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend
-from glm_engine.ops.interface import OpTable
-from glm_engine.ops.torch_ops import TorchOps
+from glm_engine.backends.torch_cuda_ops import CudaOps
+from glm_engine.kernels.triton import triton_verdict
+from glm_engine.kernels.triton.linear import ACTIVATION_DTYPES
+from glm_engine.ops.interface import Op, OpTable
+from glm_engine.quant.formats import QuantFormat
 
 
 def list_torch_cuda_devices() -> list[DeviceInfo]:
@@ -44,5 +48,15 @@ class TorchCudaBackend(OpLevelBackend):
             return (torch.float16, torch.bfloat16, torch.float32)
         return (torch.float16, torch.float32)
 
+    def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
+        if op is not Op.LINEAR or quant_format is None:
+            return ""
+        ok, why = triton_verdict()
+        if not ok:
+            return f"dequantized to {dtype} per product ({why})"
+        if dtype not in ACTIVATION_DTYPES:
+            return f"dequantized per product (the Triton kernels take fp16/bf16 activations, not {dtype})"
+        return "fused Triton dequant-GEMM (groupwise: groups a multiple of 16 columns for INT8, 32 for INT4)"
+
     def op_table(self, dtype: torch.dtype, device_index: int = 0) -> OpTable:
-        return TorchOps(self.device(device_index), dtype)
+        return CudaOps(self.device(device_index), dtype)

@@ -11,9 +11,10 @@ import importlib.util
 
 import torch
 
+from glm_engine.backends.ascend.ops import AscendOps
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
-from glm_engine.ops.interface import OpTable
-from glm_engine.ops.torch_ops import TorchOps
+from glm_engine.ops.interface import Op, OpTable
+from glm_engine.quant.formats import QuantFormat
 
 
 def _import_torch_npu() -> tuple[object | None, str]:
@@ -63,5 +64,17 @@ class AscendBackend(OpLevelBackend):
         bf16 = bool(self.availability()) and bool(getattr(torch.npu, "is_bf16_supported", lambda: False)())
         return (torch.float16, torch.bfloat16, torch.float32) if bf16 else (torch.float16, torch.float32)
 
+    def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
+        if op is not Op.LINEAR or quant_format is None:
+            return ""
+        if dtype not in (torch.float16, torch.bfloat16):
+            return f"dequantized per product (npu_weight_quant_batchmatmul takes fp16/bf16 activations, not {dtype})"
+        note = "torch_npu.npu_weight_quant_batchmatmul"
+        if quant_format in (QuantFormat.INT8_GROUPWISE, QuantFormat.INT4_GROUPWISE):
+            note += " (groups a multiple of 32 columns; per-group needs Atlas A2/A3)"
+        if quant_format in (QuantFormat.INT4_ROWWISE, QuantFormat.INT4_GROUPWISE):
+            note += ", INT4 re-packed by npu_convert_weight_to_int4pack at load (Atlas A2/A3)"
+        return note
+
     def op_table(self, dtype: torch.dtype, device_index: int = 0) -> OpTable:
-        return TorchOps(self.device(device_index), dtype)
+        return AscendOps(self.device(device_index), dtype)

@@ -1,0 +1,131 @@
+"""Which dequant-GEMM kernel and tile sizes run a product, chosen by an explicit rule instead of autotuning.
+
+Two kernels (``dequant_gemm.py``):
+
+- ``decode``: matrix-vector style for ``M <= DECODE_MAX_M`` rows (token-by-token generation). Each program streams a
+  ``[BLOCK_N, BLOCK_K]`` tile of the quantized weight once and multiplies it by every row of ``x`` on the CUDA/vector
+  cores; the weight bytes dominate, so the aim is enough programs to saturate memory bandwidth. When the output
+  width alone gives too few programs, K is split (``split_k``) and the fp32 partial sums are added afterwards, in a
+  fixed order (deterministic, unlike atomics).
+- ``prefill``: tiled ``tl.dot`` (tensor cores / MFMA) for larger ``M``, with grouped program order for L2 reuse.
+
+Both apply scales after a block's fp32 partial product: per block for groupwise weights (so ``BLOCK_K`` must divide
+the group size, see :func:`block_k_for`), once at the end for rowwise ones.
+
+The tile sizes below are starting points, not measured optima: ``benchmarks/quant_gpu.py`` measures them on a GPU.
+Intended targets: H100 (132 SMs, 3.35 TB/s; ``num_stages=3`` pipelining through shared memory) and MI-class GPUs
+(MI250/MI300, Hygon DCU: 64-wide wavefronts, so the same ``num_warps`` means twice the threads; ``num_stages=2``, the
+depth the AMD backend's stream pipeliner is tuned for).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import Enum
+
+DECODE_MAX_M = 4  # rows at or below which the matrix-vector kernel beats tl.dot tiles padded to 16 rows
+MIN_DOT_K = 16  # tl.dot needs K >= 16 per operand; an INT4 block of BLOCK_K splits into two dots of BLOCK_K / 2
+DEFAULT_SM_COUNT = 132  # H100 SXM; used when no device is asked (interpreter, CPU tensors)
+DECODE_WAVES = 2  # decode aims at this many programs per SM before it splits K
+
+
+class Variant(str, Enum):
+    DECODE = "decode"
+    PREFILL = "prefill"
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes and launch options of one kernel launch."""
+
+    variant: Variant
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1  # decode only: programs along K whose fp32 partials are summed afterwards
+    group_m: int = 8  # prefill only: rows of output tiles visited together (L2 reuse of weight tiles)
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+# Starting points per (variant, bits, platform). INT4 decode reads 128 bytes of each weight row per tile too.
+_DECODE = {
+    ("cuda", 8): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=128, num_warps=4, num_stages=3),
+    ("cuda", 4): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=256, num_warps=4, num_stages=3),
+    ("hip", 8): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=128, num_warps=4, num_stages=2),
+    ("hip", 4): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=256, num_warps=4, num_stages=2),
+}
+_PREFILL = {
+    "cuda": KernelConfig(Variant.PREFILL, block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
+    "hip": KernelConfig(Variant.PREFILL, block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=2),
+}
+_PREFILL_SMALL_M = 64  # up to this many rows, 64-row tiles waste less of the tensor-core work
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def block_k_for(block_k: int, group_size: int | None) -> int:
+    """The largest power of two <= ``block_k`` that divides ``group_size`` (``block_k`` itself when rowwise)."""
+    return block_k if group_size is None else math.gcd(block_k, group_size)
+
+
+def unsupported_reason(bits: int, in_features: int, group_size: int | None) -> str:
+    """Why the Triton kernels cannot run this weight, or "" when they can (both variants, any M)."""
+    if group_size is None:
+        return ""
+    min_block = MIN_DOT_K * (2 if bits == 4 else 1)
+    if group_size % min_block:
+        return (
+            f"groupwise INT{bits} with group size {group_size}: the Triton kernels need groups that are a multiple "
+            f"of {min_block} columns (a tl.dot block)"
+        )
+    return ""
+
+
+def choose_config(
+    m: int,
+    n: int,
+    k: int,
+    bits: int,
+    group_size: int | None,
+    *,
+    sm_count: int = DEFAULT_SM_COUNT,
+    platform: str = "cuda",
+    variant: Variant | None = None,
+) -> KernelConfig:
+    """The kernel and tiles for an ``[m, k] @ [k, n]`` product with a ``bits``-bit weight.
+
+    ``group_size`` is None for rowwise weights. ``variant`` forces a kernel (tests run both at every M).
+    """
+    variant = variant or (Variant.DECODE if m <= DECODE_MAX_M else Variant.PREFILL)
+    if variant is Variant.DECODE:
+        base = _DECODE[(platform, bits)]
+        block_m = min(next_power_of_2(m), next_power_of_2(DECODE_MAX_M))
+        block_k = block_k_for(base.block_k, group_size)
+        n_blocks = math.ceil(n / base.block_n) * math.ceil(m / block_m)
+        k_blocks = math.ceil(k / block_k)
+        wanted = math.ceil(DECODE_WAVES * sm_count / n_blocks)
+        return replace(base, block_m=block_m, block_k=block_k, split_k=max(1, min(wanted, k_blocks)))
+    base = _PREFILL[platform]
+    block_m = 64 if m <= _PREFILL_SMALL_M else base.block_m
+    block_k = block_k_for(base.block_k, group_size)
+    return replace(base, block_m=block_m, block_k=block_k, num_warps=4 if block_m == 64 else base.num_warps)
+
+
+def check_config(config: KernelConfig, bits: int, group_size: int | None) -> None:
+    """Raise ValueError when ``config`` cannot run this weight (tile sizes the kernels' indexing assumes)."""
+    for name in ("block_m", "block_n", "block_k"):
+        value = getattr(config, name)
+        if value != next_power_of_2(value):
+            raise ValueError(f"{name}={value} must be a power of two (tl.arange)")
+    if group_size is not None and group_size % config.block_k:
+        raise ValueError(f"block_k={config.block_k} must divide the group size {group_size}")
+    if bits == 4 and config.block_k < 2:
+        raise ValueError("INT4 blocks hold at least one packed byte (block_k >= 2)")
+    if config.variant is Variant.PREFILL:
+        dot_k = config.block_k // (2 if bits == 4 else 1)
+        if min(config.block_m, config.block_n, dot_k) < MIN_DOT_K:
+            raise ValueError(f"tl.dot needs tiles of at least {MIN_DOT_K} (block_m, block_n, block_k per dot)")

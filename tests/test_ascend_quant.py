@@ -1,0 +1,147 @@
+"""Ascend quantized linears: the layout handed to torch_npu, checked on the CPU against the documented semantics.
+
+``FakeTorchNpu`` implements the two torch_npu ops as their documentation and op-plugin's source describe them
+(shape checks, group-size rule, INT4 bit layout, ``x @ (weight * antiquant_scale)``), so the conversion and the
+calls are exercised without an NPU. The last test runs the real ops and skips with the reason where no NPU is.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glm_engine.backends.ascend.ops import AscendOps
+from glm_engine.backends.ascend.quant import (
+    NpuQuantLinear,
+    antiquant_group_size,
+    antiquant_scale,
+    int4_values,
+    int8_weight,
+    unsupported_reason,
+)
+from glm_engine.backends.registry import get_backend, op_table_for
+from glm_engine.errors import BackendError
+from glm_engine.ops.torch_ops import DequantizingLinear
+from glm_engine.quant.weight import QuantizedWeight
+
+
+def quantized(out: int, columns: int, bits: int, group_size: int | None, seed: int = 0) -> QuantizedWeight:
+    weight = torch.randn(out, columns, generator=torch.Generator().manual_seed(seed)) * 0.05
+    return QuantizedWeight.quantize(weight, bits, group_size)
+
+
+class FakeTorchNpu:
+    """The documented behaviour of torch_npu's weight-quant matmul and INT4 packing, on CPU tensors."""
+
+    @staticmethod
+    def npu_convert_weight_to_int4pack(weight: torch.Tensor, inner_k_tiles: int = 0) -> torch.Tensor:
+        assert weight.dtype == torch.int32 and weight.dim() == 2 and weight.is_contiguous()
+        assert weight.shape[-1] % 8 == 0 and weight.min() >= -8 and weight.max() <= 7
+        nibbles = (weight & 0xF).view(weight.shape[0], -1, 8).to(torch.int64)
+        words = sum(nibbles[..., i] << (4 * i) for i in range(8))  # value 8j + i in bits 4i..4i+3 of word j
+        return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+    @staticmethod
+    def unpack(words: torch.Tensor) -> torch.Tensor:
+        """Inverse of the packing along the last dim: int32 words -> signed values."""
+        nibbles = torch.stack([(words.to(torch.int64) >> (4 * i)) & 0xF for i in range(8)], dim=-1)
+        return torch.where(nibbles >= 8, nibbles - 16, nibbles).flatten(-2)
+
+    def npu_weight_quant_batchmatmul(self, x, weight, antiquant_scale, antiquant_group_size=0, **unused):
+        assert x.dim() == 2 and x.dtype in (torch.float16, torch.bfloat16)
+        assert antiquant_scale.dtype == x.dtype
+        transposed = weight.dim() == 2 and weight.stride(0) == 1 and weight.stride(1) != 1
+        if weight.dtype == torch.int32:
+            assert transposed, "glm-engine passes the transposed packed weight, as the documented example does"
+            values = self.unpack(weight.t()).t()  # (K, N)
+        else:
+            assert weight.dtype == torch.int8
+            values = weight
+        k, n = values.shape
+        assert x.shape[1] == k, "The k of x and weight should be equal"
+        assert antiquant_group_size == 0 or (32 <= antiquant_group_size <= k - 1 and antiquant_group_size % 32 == 0)
+        groups = 1 if antiquant_group_size == 0 else -(-k // antiquant_group_size)
+        assert tuple(antiquant_scale.shape) == (groups, n)
+        scale = antiquant_scale.float().repeat_interleave(k // groups, dim=0)
+        return (x.float() @ (values.float() * scale)).to(x.dtype)
+
+
+@pytest.mark.parametrize(("bits", "group_size"), [(8, None), (8, 32), (4, None), (4, 64)])
+def test_layout_dequantizes_to_the_stored_weight_by_the_documented_formula(bits, group_size):
+    weight = quantized(24, 128, bits, group_size)
+    scale = antiquant_scale(weight, torch.float16)
+    groups = weight.groups
+    assert scale.shape == (groups, 24) and scale.dtype == torch.float16 and scale.t().is_contiguous()
+    assert antiquant_group_size(weight) == (group_size or 0)
+    values = int8_weight(weight) if bits == 8 else int4_values(weight).t()
+    assert values.shape == (128, 24)
+    if bits == 8:
+        assert values.data_ptr() == weight.stored.data_ptr()  # a view: no copy of the weight
+    else:
+        assert int4_values(weight).dtype == torch.int32 and int4_values(weight).is_contiguous()
+    dequantized = values.to(torch.float16) * scale.repeat_interleave(128 // groups, dim=0)
+    assert torch.equal(dequantized, weight.dequantize(torch.float16).t())
+
+
+def test_int4_packing_round_trips_through_the_documented_bit_layout():
+    weight = quantized(16, 64, 4, None)
+    words = FakeTorchNpu.npu_convert_weight_to_int4pack(int4_values(weight))
+    assert words.shape == (16, 8)
+    assert torch.equal(FakeTorchNpu.unpack(words), weight.values().to(torch.int64))
+    first = int(weight.values()[0, 0]) & 0xF
+    assert int(words[0, 0]) & 0xF == first  # column 0 in the LOW nibble there, the high one in glm-engine's bytes
+    assert (int(weight.stored[0, 0]) >> 4) & 0xF == first
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize(("bits", "group_size"), [(8, None), (8, 64), (4, None), (4, 32)])
+def test_ascend_table_prepares_and_calls_the_npu_op(bits, group_size, dtype):
+    ops = AscendOps(torch.device("cpu"), dtype, npu=FakeTorchNpu())
+    weight = quantized(32, 128, bits, group_size)
+    packed = ops.prepare_quantized(weight)
+    assert isinstance(packed, NpuQuantLinear)
+    assert ops.quant_path[weight.format.value] == "torch_npu.npu_weight_quant_batchmatmul"
+    assert packed.nbytes == weight.stored.numel() + weight.scale.numel() * 2
+    x = torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(5)).to(dtype)
+    got = ops.linear(x, packed, None)
+    expected = DequantizingLinear(weight)(x.float())
+    assert got.shape == (2, 3, 32) and got.dtype == dtype
+    nmse = float(((got.float() - expected) ** 2).sum() / (expected**2).sum())
+    assert nmse <= (1e-6 if dtype == torch.float16 else 3e-5)  # output rounding (+ scales rounded to bf16)
+
+
+def test_what_the_npu_op_cannot_run_falls_back_with_the_reason():
+    fp32 = AscendOps(torch.device("cpu"), torch.float32, npu=FakeTorchNpu())
+    assert isinstance(fp32.prepare_quantized(quantized(8, 64, 8, None)), DequantizingLinear)
+    assert "fp16/bf16" in fp32.quant_path["int8-rowwise"]
+    assert "multiple of 32" in unsupported_reason(quantized(8, 96, 8, 48), torch.float16)
+    assert "multiple of 8" in unsupported_reason(quantized(8, 36, 4, None), torch.float16)
+    with pytest.raises(BackendError, match=r"prepared for torch\.float16"):
+        NpuQuantLinear(quantized(8, 64, 8, None), torch.float16, FakeTorchNpu())(torch.zeros(1, 64))
+
+
+def test_ascend_backend_declares_the_formats_and_how_they_run():
+    backend = get_backend("ascend")
+    assert len(backend.quant_formats()) == 4
+    from glm_engine.ops.interface import Op
+    from glm_engine.quant.formats import QuantFormat
+
+    assert "npu_convert_weight_to_int4pack" in backend.support_note(
+        Op.LINEAR, torch.float16, QuantFormat.INT4_GROUPWISE
+    )
+    assert "dequantized" in backend.support_note(Op.LINEAR, torch.float32, QuantFormat.INT8_ROWWISE)
+
+
+@pytest.mark.skipif(
+    not get_backend("ascend").availability().ok,
+    reason=f"needs an Ascend NPU: {get_backend('ascend').availability().reason}",
+)
+@pytest.mark.parametrize(("bits", "group_size"), [(8, None), (8, 64), (4, None), (4, 64)])
+def test_npu_weight_quant_matmul_matches_the_portable_linear(bits, group_size):
+    backend = get_backend("ascend")
+    ops = op_table_for(backend, torch.float16)
+    weight = quantized(256, 512, bits, group_size)
+    x = torch.randn(3, 512, generator=torch.Generator().manual_seed(6)).half()
+    got = ops.prepare_quantized(weight)(x.to(backend.device())).cpu().float()
+    expected = DequantizingLinear(weight)(x.float())
+    assert float(((got - expected) ** 2).sum() / (expected**2).sum()) <= 1e-5
