@@ -250,6 +250,8 @@ def load(
     if isinstance(chosen, GraphLevelBackend):  # runs an exported graph: no weights of ours to load
         if tp != 1:
             raise ParallelError(f"{chosen.name} runs an exported graph, which has no tensor-parallel form; use tp=1")
+        if quant is not None:
+            raise InputError(f"{chosen.name} runs an exported graph; quantize before exporting instead of --quant")
         runner = chosen.load_runner(str(path_or_preset), run_dtype)
         tok = load_tokenizer(tokenizer, runner.config.vocab_layout, path_or_preset)
         return Engine(runner, tok, chosen, f"exported model {path_or_preset}", notes)
@@ -283,7 +285,7 @@ def load(
         device_index = comm.local_rank
     device = chosen.device(device_index)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
-    requested = QuantSpec.parse(quant, quant_scheme, quant_group_size) if isinstance(quant, str) else quant
+    requested = QuantSpec.parse(quant, quant_scheme, quant_group_size) if isinstance(quant, (str, int)) else quant
     spec, keep_quantized = _quantization(requested, checkpoint, chosen, run_dtype, notes)
     if spec is not None:
         check_quant_fits(model_config, tp, spec)

@@ -156,14 +156,16 @@ def test_quantized_checkpoints_reshard_without_dequantizing_bit_for_bit(tmp_path
 
 
 def test_runtime_quantization_quantizes_each_rank_shard(tmp_path, tp4, full):
+    """Rowwise scales of a row-parallel weight come from each rank's own input slice, as the reference computes."""
     checkpoint = open_checkpoint(tp4)
-    spec = QuantSpec(4, 16)  # the local dense_4h_to_h has 48 inputs at TP=2
     shards = reference_shards(full, 2)
+    key = "transformer.layers.1.mlp.dense_4h_to_h.weight"
+    whole = QuantizedWeight.quantize(full[key], 4)
     for rank in range(2):
-        state = checkpoint.rank_state_dict(rank, 2, torch.float32, quant=spec)
-        key = "transformer.layers.1.mlp.dense_4h_to_h.weight"
-        expected = QuantizedWeight.quantize(shards[rank][key], 4, 16)
+        state = checkpoint.rank_state_dict(rank, 2, torch.float32, quant=QuantSpec(4))
+        expected = QuantizedWeight.quantize(shards[rank][key], 4)
         assert torch.equal(state[key].stored, expected.stored) and torch.equal(state[key].scale, expected.scale)
+        assert not torch.equal(state[key].scale, whole.scale)  # not the whole matrix's scales, split afterwards
         assert state["transformer.word_embeddings.weight"].dtype == torch.float32
 
 

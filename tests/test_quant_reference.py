@@ -58,3 +58,9 @@ def test_grouped_scales_dequantize_each_column_block() -> None:
 def test_zero_rows_quantize_to_zero() -> None:
     q, scale = quantize_rowwise(torch.zeros(2, 4), 8)
     assert scale.tolist() == [0.0, 0.0] and q.abs().sum() == 0
+
+
+def test_tiny_scales_saturate_instead_of_wrapping_around():
+    """A subnormal fp16 scale can put |W/scale| above 127.5; the int8 cast must not flip the weight's sign."""
+    q, _ = quantize_rowwise(torch.tensor([[2e-4, -2e-4, 1e-4, 0.0]]), 8)
+    assert q[0, 0] > 0 and q[0, 1] < 0 and int(q.abs().max()) <= 127

@@ -119,9 +119,15 @@ class ShardBuilder:
         self.global_length = global_shape[self.dim] if len(global_shape) > self.dim else 1
         self.source_shape = tuple(source_shape)
         self.wanted = segments(self.split, self.global_length, rank, tp)
-        shape = shard_shape(key, global_shape, tp)
-        self.out = torch.empty(shape, dtype=dtype, device=device)
+        self.shape, self.dtype, self.device = shard_shape(key, global_shape, tp), dtype, device
+        self._out: torch.Tensor | None = None  # allocated at the first source that contributes
         self.filled = 0
+
+    @property
+    def out(self) -> torch.Tensor:
+        if self._out is None:
+            self._out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return self._out
 
     def needs(self, source_rank: int) -> bool:
         """Whether the source shard ``source_rank`` holds any part of this target shard."""
@@ -151,7 +157,7 @@ class ShardBuilder:
                 self.filled += stop - start
 
     def finish(self) -> torch.Tensor:
-        expected = self.global_length if self.split is Split.REPLICATED else self.out.shape[self.dim]
+        expected = self.global_length if self.split is Split.REPLICATED else self.shape[self.dim]
         if self.filled != expected:
             raise CheckpointError(f"{self.key}: target shard {self.rank} of {self.tp} is incomplete (internal error)")
         return self.out

@@ -33,8 +33,11 @@ def quantize_rowwise(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, tor
         raise CheckpointError(f"only 2-D weights are quantized, got shape {tuple(weight.shape)}")
     half = weight.to(torch.float16)
     scale = half.abs().amax(dim=-1) / (2 ** (bits - 1) - 1)
+    limit = 2 ** (bits - 1) - 1
     q = torch.round(half / scale[:, None])
-    q = torch.nan_to_num(q, nan=0.0).to(torch.int8)
+    # Identical to the reference wherever it is defined; a tiny (subnormal) fp16 scale can push |W/scale| past
+    # 127.5, where a bare int8 cast would wrap around and flip the weight's sign, so saturate instead.
+    q = torch.nan_to_num(q, nan=0.0).clamp(-limit, limit).to(torch.int8)
     return q, scale
 
 
