@@ -23,17 +23,21 @@ SMALL_LAYOUT = VocabLayout(
 )
 
 
+# Three layers, four heads (TP degrees 1, 2, 4), a 512-token vocabulary: big enough to mean something, fast.
+SMALL_CONFIG = GLMConfig(
+    num_layers=3,
+    hidden_size=64,
+    num_attention_heads=4,
+    inner_hidden_size=96,
+    vocab_size=512,
+    max_sequence_length=128,
+    vocab_layout=SMALL_LAYOUT,
+)
+
+
 @pytest.fixture(scope="session")
 def small_config() -> GLMConfig:
-    return GLMConfig(
-        num_layers=3,
-        hidden_size=64,
-        num_attention_heads=4,
-        inner_hidden_size=96,
-        vocab_size=512,
-        max_sequence_length=128,
-        vocab_layout=SMALL_LAYOUT,
-    )
+    return SMALL_CONFIG
 
 
 def build_model(config: GLMConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> GLMModel:

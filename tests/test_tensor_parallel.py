@@ -28,7 +28,6 @@ from glm_engine.backends.registry import get_backend, op_table_for
 from glm_engine.checkpoint import open_checkpoint
 from glm_engine.checkpoint.convert import convert_tp
 from glm_engine.cli.main import app
-from glm_engine.config import GLMConfig
 from glm_engine.errors import ParallelError
 from glm_engine.generation.decode import decode
 from glm_engine.generation.masks import GenerationRow
@@ -41,22 +40,14 @@ from glm_engine.parallel.launch import failure_summary
 from glm_engine.parallel.loading import rank_state_dict
 from glm_engine.parallel.sharding import merge
 from glm_engine.parallel.vocab import vocab_parallel_embedding
-from tests.conftest import SMALL_LAYOUT
+from tests.conftest import SMALL_CONFIG, SMALL_LAYOUT
 from tests.reference_tp import reference_shards
 from tests.test_convert import write_reference_sat
 
 REPO = Path(__file__).resolve().parent.parent
 # The bar for TP=2 against TP=1 logits in fp32 (different partial-sum order only).
 TP_LOGITS_NMSE = 1e-10
-CONFIG = GLMConfig(
-    num_layers=3,
-    hidden_size=64,
-    num_attention_heads=4,
-    inner_hidden_size=96,
-    vocab_size=512,
-    max_sequence_length=128,
-    vocab_layout=SMALL_LAYOUT,
-)
+CONFIG = SMALL_CONFIG
 SEED = 7
 PROMPT = [30, 31, 500, 33, 12, 504]  # a [MASK] prompt ending in sop
 TEACHER = [40, 41, 42, 43]  # forced decode steps after the prompt

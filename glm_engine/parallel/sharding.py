@@ -168,15 +168,3 @@ class ShardBuilder:
 
 def _overlap(a: Segment, b: Segment) -> bool:
     return max(a.start, b.start) < min(a.stop, b.stop)
-
-
-def sources_for(split: Split, global_length: int, source_tp: int, rank: int, tp: int) -> list[int]:
-    """The source ranks whose shards overlap target ``rank`` of ``tp`` for one split axis."""
-    if split is Split.REPLICATED:
-        return [0]
-    wanted = segments(split, global_length, rank, tp)
-    return [
-        s
-        for s in range(source_tp)
-        if any(_overlap(w, h) for w in wanted for h in segments(split, global_length, s, source_tp))
-    ]
