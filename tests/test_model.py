@@ -156,6 +156,21 @@ def test_cpu_fused_attention_keeps_the_reference_semantics(dtype, tol):
     torch.testing.assert_close(fused.double(), exact, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("shape", [(96,), (1, 96), (1, 1, 96)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_cpu_bf16_single_row_linear_matches_the_matrix_product(shape, with_bias):
+    """One bf16 row goes through torch.mv/addmv (faster at decode); result and shape are those of F.linear."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen).bfloat16()
+    weight = torch.randn(40, 96, generator=gen).bfloat16()
+    bias = torch.randn(40, generator=gen).bfloat16() if with_bias else None
+    out = CpuOps(torch.device("cpu"), torch.bfloat16).linear(x, weight, bias)
+    expected = torch.nn.functional.linear(x, weight, bias)
+    assert out.shape == expected.shape and out.dtype == torch.bfloat16
+    exact = torch.nn.functional.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    torch.testing.assert_close(out.double(), exact, atol=0, rtol=2**-8)
+
+
 def test_fp16_on_cpu_runs_and_tracks_fp32(small_config):
     fp32 = build_model(small_config, torch.float32)
     fp16 = build_model(small_config, torch.float16)
