@@ -122,6 +122,7 @@ def _quant_plan(
 ) -> tuple[Callable[[QuantizedWeight], PackedLinear] | None, tuple[int, int | None] | None]:
     """How the linears are loaded: ``(prepare, (bits, group))`` for quantizing while loading, ``(prepare, None)``
     to keep a quantized release quantized, ``(None, None)`` for floating point (or to dequantize a release)."""
+    QuantSpec.requested(quant, scheme, group_size)  # a scheme without --quant is refused, not ignored
     if quant is not None and stored_bits:
         raise InputError(f"the checkpoint is already INT{stored_bits}; drop --quant to run it as it is")
     if quant is not None:
@@ -143,6 +144,26 @@ def _quant_plan(
     return None, None
 
 
+def _output_quant(
+    wanted: bool,
+    prepare: Callable[[QuantizedWeight], PackedLinear] | None,
+    spec: tuple[int, int | None] | None,
+    stored_bits: int,
+    notes: list[str],
+) -> tuple[int, int | None] | None:
+    """The format ``lm_head`` is quantized to with ``quant_output``: the linears' (requested, or a release's)."""
+    if not wanted:
+        return None
+    if prepare is None:
+        raise InputError(
+            "--quant-output quantizes lm_head like the linears: add --quant int8|int4 (or load an INT4/INT8 release "
+            "on a backend with kernels for it)"
+        )
+    output = spec or (stored_bits, None)
+    notes.append(f"lm_head in {QuantSpec(*output).describe()}")
+    return output
+
+
 def load_chatglm(
     path_or_preset: str | Path,
     backend: str = "auto",
@@ -153,6 +174,7 @@ def load_chatglm(
     quant: str | None = None,
     quant_scheme: str = "rowwise",
     quant_group_size: int | None = None,
+    quant_output: bool = False,
 ) -> ChatGLMEngine:
     """Load a ChatGLM-6B Hugging Face folder (fp16, or the INT4/INT8 releases), or ``chatglm-tiny`` (random weights
     with the packaged test tokenizer, for trying things out).
@@ -162,6 +184,7 @@ def load_chatglm(
     ``progress(done, total)`` follows the weights as they are converted; ``quant`` (``"int8"``/``"int4"``, with
     ``quant_scheme``/``quant_group_size``) quantizes the linears while loading, as ``glm_engine.load`` does. The
     INT4/INT8 releases run quantized where the backend has kernels for them, dequantized otherwise.
+    ``quant_output=True`` quantizes ``lm_head`` in the same format (as chatglm.cpp does; see ``glm_engine.load``).
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = resolve_dtype(dtype, chosen)
@@ -175,9 +198,18 @@ def load_chatglm(
             raise InputError(f"preset {name} has {config.num_parameters() / 1e9:.1f}B parameters: pass a checkpoint")
         state_dict = random_state_dict(config, RANDOM_WEIGHTS_SEED)
         prepare, spec = _quant_plan(chosen, run_dtype, ops, quant, quant_scheme, quant_group_size, 0, notes)
+        output = _output_quant(quant_output, prepare, spec, 0, notes)
         entries = {k: TensorInfo(tuple(v.shape), v.dtype, name) for k, v in state_dict.items()}
         weights = ChatGLMWeights.from_shards(
-            [(name, state_dict)], plan_load(entries, config, name), config, run_dtype, device, None, prepare, spec
+            [(name, state_dict)],
+            plan_load(entries, config, name),
+            config,
+            run_dtype,
+            device,
+            None,
+            prepare,
+            spec,
+            output,
         )
         source = f"preset {name} with random weights (seed {RANDOM_WEIGHTS_SEED})"
         notes.append(f"{source}: its output is noise, not language")
@@ -188,8 +220,9 @@ def load_chatglm(
         tok = ChatGLMTokenizer(find_chatglm_tokenizer(tokenizer, checkpoint.path), config)  # fail before loading
         plan = plan_load(checkpoint.entries, config, str(checkpoint.path))  # validated before anything heavy
         prepare, spec = _quant_plan(chosen, run_dtype, ops, quant, quant_scheme, quant_group_size, plan.bits, notes)
+        output = _output_quant(quant_output, prepare, spec, plan.bits, notes)
         weights = ChatGLMWeights.from_shards(
-            checkpoint.shards(), plan, config, run_dtype, device, progress, prepare, spec
+            checkpoint.shards(), plan, config, run_dtype, device, progress, prepare, spec, output
         )
         source = checkpoint.describe()
         if weights.unused_keys:

@@ -18,6 +18,7 @@ from glm_engine.generation.decode import TokenCallback
 from glm_engine.generation.options import GenerationOptions
 from glm_engine.model.glm import GLMModel
 from glm_engine.model.weights import (
+    EMBEDDING_KEY,
     GLMWeights,
     is_quantized_key,
     parameter_shapes,
@@ -203,12 +204,14 @@ def _quantization(
     return spec, True
 
 
-def check_quant_fits(config: GLMConfig, tp: int, spec: QuantSpec) -> None:
-    """An InputError unless the group size divides every quantized linear's input width on one rank."""
+def check_quant_fits(config: GLMConfig, tp: int, spec: QuantSpec, output: bool = False) -> None:
+    """An InputError unless the group size divides every quantized linear's input width on one rank (and the
+    hidden width, when the output projection is quantized too)."""
     if spec.group_size is None:
         return
     for key, shape in parameter_shapes(config, tp).items():
-        if is_quantized_key(key) and shape[1] % spec.group_size:
+        quantized = is_quantized_key(key) or (output and key == EMBEDDING_KEY)
+        if quantized and shape[1] % spec.group_size:
             raise InputError(
                 f"group size {spec.group_size} does not divide the {shape[1]} inputs of {key.split('.', 3)[-1]} "
                 f"at TP={tp}; choose a group size from 32, 64, 128 that does, or rowwise"
@@ -228,6 +231,7 @@ def load(
     quant: str | QuantSpec | None = None,
     quant_scheme: str = "rowwise",
     quant_group_size: int | None = None,
+    quant_output: bool = False,
 ) -> Engine:
     """Load a checkpoint folder (default: the built-in demo model), or a preset name (seeded random weights).
 
@@ -242,7 +246,10 @@ def load(
 
     ``quant="int8"|"int4"`` quantizes the four linears per layer while loading (``quant_scheme`` ``"rowwise"``, the
     reference's, or ``"groupwise"`` with ``quant_group_size`` 32/64/128). A quantized checkpoint runs quantized
-    without it (dequantized, with a note, where the backend has no kernels for its format).
+    without it (dequantized, with a note, where the backend has no kernels for its format). ``quant_output=True``
+    also runs the logits through a quantized copy of the (tied) embedding in the same format: at batch-1 decode the
+    output projection is a large share of the bytes streamed per token, and chatglm.cpp quantizes it too; the
+    embedding lookup keeps the floating-point table, so memory grows by the quantized copy.
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = resolve_dtype(dtype, chosen)
@@ -250,7 +257,7 @@ def load(
     if isinstance(chosen, GraphLevelBackend):  # runs an exported graph: no weights of ours to load
         if tp != 1:
             raise ParallelError(f"{chosen.name} runs an exported graph, which has no tensor-parallel form; use tp=1")
-        if quant is not None:
+        if quant is not None or quant_output:
             raise InputError(f"{chosen.name} runs an exported graph; quantize before exporting instead of --quant")
         runner = chosen.load_runner(str(path_or_preset), run_dtype)
         tok = load_tokenizer(tokenizer, runner.config.vocab_layout, path_or_preset)
@@ -285,10 +292,15 @@ def load(
         device_index = comm.local_rank
     device = chosen.device(device_index)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
-    requested = QuantSpec.parse(quant, quant_scheme, quant_group_size) if isinstance(quant, (str, int)) else quant
+    requested = quant if isinstance(quant, QuantSpec) else QuantSpec.requested(quant, quant_scheme, quant_group_size)
     spec, keep_quantized = _quantization(requested, checkpoint, chosen, run_dtype, notes)
+    if quant_output and spec is None:
+        raise InputError(
+            "--quant-output quantizes the output projection like the linears: add --quant int8|int4 "
+            "(or load a quantized checkpoint on a backend with kernels for it)"
+        )
     if spec is not None:
-        check_quant_fits(model_config, tp, spec)
+        check_quant_fits(model_config, tp, spec, quant_output)
     if checkpoint is None:
         state_dict = rank_state_dict(state_dict, model_config, comm.rank, tp, source)
         if spec is not None:
@@ -298,9 +310,12 @@ def load(
             comm.rank, tp, run_dtype, device, progress, quant=requested, keep_quantized=keep_quantized
         )
         progress = None  # the weights are already converted and placed
+    output_quant = (spec.bits, spec.group_size) if quant_output and spec is not None else None
     weights = GLMWeights.from_state_dict(
-        state_dict, model_config, run_dtype, device, source, progress, tp=tp, prepare=ops.prepare_quantized
+        state_dict, model_config, run_dtype, device, source, progress, tp, ops.prepare_quantized, output_quant
     )
+    if output_quant is not None:
+        notes.append(f"output projection in {spec.describe()} (a quantized copy of the embedding)")
     if checkpoint is not None:
         weights.unused_keys = checkpoint.unused_keys
     runner = GLMModel(model_config, weights, ops, comm)

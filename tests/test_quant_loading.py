@@ -110,3 +110,43 @@ def test_chatglm_quantizes_at_load_and_chats_quantized():
     )
     assert result.exit_code == 0, result.output
     assert "linears in INT4 rowwise" in result.stderr
+
+
+def test_quant_output_runs_the_logits_through_a_quantized_copy_of_the_embedding():
+    from glm_engine.ops.torch_ops import DequantizingLinear
+    from glm_engine.quant.weight import QuantizedWeight
+
+    linears_only = glm_engine.load(dtype="fp32", quant="int8")
+    engine = glm_engine.load(dtype="fp32", quant="int8", quant_output=True)
+    weights = engine.runner.weights
+    assert isinstance(weights.output_projection, PackedLinear) and weights.output is weights.output_projection
+    assert weights.word_embeddings.dtype == torch.float32  # the lookup keeps the float table
+    vocab, hidden = weights.word_embeddings.shape
+    assert weights.nbytes() - linears_only.runner.weights.nbytes() >= vocab * hidden  # one INT8 copy added
+    assert any("output projection in INT8 rowwise" in note for note in engine.notes)
+    float_output = logits(linears_only)
+    assert 0 < nmse(logits(engine), float_output) < 1e-3
+    # The same model with the portable dequantizing path for the copy: the CPU kernel computes that product.
+    portable = linears_only.runner.weights
+    portable.output_projection = DequantizingLinear(QuantizedWeight.quantize(portable.word_embeddings.half(), 8))
+    assert nmse(logits(engine), logits(linears_only)) < 1e-5
+
+
+def test_quant_output_and_schemes_need_a_quantization():
+    with pytest.raises(InputError, match="--quant-output quantizes the output projection"):
+        glm_engine.load(quant_output=True)
+    with pytest.raises(InputError, match="go with --quant int8"):
+        glm_engine.load(quant_scheme="groupwise")
+    bad = runner.invoke(app, ["run", "--quant-group-size", "64"], input="stop\n")
+    assert bad.exit_code == 1 and "go with --quant int8" in bad.output
+
+
+def test_chatglm_quant_output_quantizes_lm_head():
+    from glm_engine.chatglm_engine import load_chatglm
+
+    linears_only = load_chatglm("chatglm-tiny", dtype="fp32", quant="int4")
+    engine = load_chatglm("chatglm-tiny", dtype="fp32", quant="int4", quant_output=True)
+    assert isinstance(engine.runner.weights.lm_head, PackedLinear)
+    assert engine.runner.weights.nbytes() < linears_only.runner.weights.nbytes()
+    with pytest.raises(InputError, match="--quant-output quantizes lm_head"):
+        load_chatglm("chatglm-tiny", quant_output=True)

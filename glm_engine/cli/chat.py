@@ -141,6 +141,7 @@ def chat(
     quant: Annotated[str | None, typer.Option(help="quantize the linears while loading: int8 or int4")] = None,
     quant_scheme: Annotated[str, typer.Option(help="rowwise or groupwise")] = "rowwise",
     quant_group_size: Annotated[int | None, typer.Option(help="columns per scale with groupwise")] = None,
+    quant_output: Annotated[bool, typer.Option(help="also quantize lm_head (as chatglm.cpp does)")] = False,
 ) -> None:
     """Chat with ChatGLM-6B: one query per line, 'clear' forgets the conversation, 'stop' or end of input quits."""
     with user_errors():
@@ -154,8 +155,7 @@ def chat(
             seed=seed,
         )
         ChatOptions(**options)  # reject bad options before loading anything
-        if quant is not None:
-            QuantSpec.parse(quant, quant_scheme, quant_group_size)
+        QuantSpec.requested(quant, quant_scheme, quant_group_size)
         history = read_history(history_file)
         with progress_bar("loading weights") as progress:
             engine = load_chatglm(
@@ -167,6 +167,7 @@ def chat(
                 quant=quant,
                 quant_scheme=quant_scheme,
                 quant_group_size=quant_group_size,
+                quant_output=quant_output,
             )
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)

@@ -264,6 +264,9 @@ def run(
     quant_group_size: Annotated[
         int | None, typer.Option(help="input columns per scale with groupwise: 32, 64 or 128 (default 128)")
     ] = None,
+    quant_output: Annotated[
+        bool, typer.Option(help="also quantize the output projection (a copy of the tied embedding) for the logits")
+    ] = False,
 ) -> None:
     """Fill [MASK]/[sMASK] blanks or continue text ([gMASK]) for each query, printing and saving the answers."""
     options = dict(
@@ -288,6 +291,7 @@ def run(
         quant=quant,
         quant_scheme=quant_scheme,
         quant_group_size=quant_group_size,
+        quant_output=quant_output,
     )
     session = (options, load_args, input_source, output_path, with_id, print_all_beams)
     if running_under_torchrun():
@@ -295,8 +299,7 @@ def run(
         return
     with user_errors():
         GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
-        if quant is not None:
-            QuantSpec.parse(quant, quant_scheme, quant_group_size)
+        QuantSpec.requested(quant, quant_scheme, quant_group_size)
         if tp < 1:
             raise InputError(f"--tp must be at least 1, got {tp}")
         if tp == 1:

@@ -182,13 +182,15 @@ class ChatGLMWeights:
         progress: Callable[[int, int], None] | None = None,
         prepare: Callable[[QuantizedWeight], PackedLinear] | None = None,
         quant: tuple[int, int | None] | None = None,
+        output_quant: tuple[int, int | None] | None = None,
     ) -> ChatGLMWeights:
         """Convert each shard's tensors to ``dtype`` on ``device`` as the shard arrives, so host RAM holds one source
         shard plus the converted weights. ``plan`` comes from :func:`plan_load` on the same checkpoint.
 
         With ``prepare`` (a backend's ``OpTable.prepare_quantized``), a quantized release's linears stay quantized,
         and ``quant = (bits, group_size)`` quantizes floating-point linears from their fp16 values; without it,
-        quantized linears are dequantized like the reference."""
+        quantized linears are dequantized like the reference. ``output_quant = (bits, group_size)`` quantizes
+        ``lm_head`` too (the reference keeps it fp16; chatglm.cpp quantizes it)."""
         quantizable = set(quantizable_keys(config))
         expected = parameter_shapes(config)
         done: dict[str, torch.Tensor] = {}
@@ -205,8 +207,9 @@ class ChatGLMWeights:
                 if base not in expected or base in done:
                     continue
                 if base not in plan.quantized_bits:
-                    if quant is not None and prepare is not None and key in quantizable:
-                        weight = QuantizedWeight.quantize(shard[key].to(device, torch.float16), *quant)
+                    spec = quant if key in quantizable else output_quant if key == LM_HEAD_KEY else None
+                    if spec is not None and prepare is not None:
+                        weight = QuantizedWeight.quantize(shard[key].to(device, torch.float16), *spec)
                         place(key, prepare(weight))
                     else:
                         place(key, shard[key].to(device=device, dtype=dtype).contiguous())

@@ -69,7 +69,7 @@ class GLMModel:
         if last_only:
             x = x[:, -1:]
         x = ops.layernorm(x, w.final_layernorm_weight, w.final_layernorm_bias, self.config.layernorm_epsilon)
-        return self.comm.all_gather(ops.linear(x, w.word_embeddings, None))
+        return self.comm.all_gather(ops.linear(x, w.output, None))
 
     def _layer(
         self,

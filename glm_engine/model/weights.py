@@ -134,6 +134,13 @@ class GLMWeights:
     final_layernorm_weight: torch.Tensor
     final_layernorm_bias: torch.Tensor
     unused_keys: list[str] = field(default_factory=list)  # keys of the source the model does not use
+    # A quantized copy of the embedding for the logits (``quant_output``); None = the tied embedding itself.
+    output_projection: PackedLinear | None = None
+
+    @property
+    def output(self) -> torch.Tensor | PackedLinear:
+        """The output projection ``[vocab, h]``: the tied embedding, or its quantized copy."""
+        return self.word_embeddings if self.output_projection is None else self.output_projection
 
     @classmethod
     def from_state_dict(
@@ -146,11 +153,13 @@ class GLMWeights:
         progress: Callable[[int, int], None] | None = None,
         tp: int = 1,
         prepare: Callable[[QuantizedWeight], PackedLinear] | None = None,
+        output_quant: tuple[int, int | None] | None = None,
     ) -> GLMWeights:
         """Validate, then convert each tensor to ``dtype`` on ``device`` one at a time (no second full copy).
 
         ``state_dict`` holds one rank's shards when ``tp > 1``. ``progress(done, total)`` is called after each
-        tensor, for a progress bar on long loads.
+        tensor, for a progress bar on long loads. ``output_quant = (bits, group_size)`` adds a quantized copy of the
+        embedding for the logits (the lookup keeps the floating-point table), made by ``prepare``.
         """
         unused = check_state_dict(state_dict, config, source, tp)
         total, done = len(parameter_shapes(config)), 0
@@ -170,11 +179,16 @@ class GLMWeights:
             return tensor
 
         embeddings = take(EMBEDDING_KEY)
+        output = None
+        if output_quant is not None:
+            if prepare is None:
+                raise CheckpointError("a quantized output projection needs a backend to run it (prepare)")
+            output = prepare(QuantizedWeight.quantize(embeddings.to(torch.float16), *output_quant))
         layers = [
             LayerWeights(**{f.name: take(layer_key(n, f.name)) for f in fields(LayerWeights)})
             for n in range(config.num_layers)
         ]
-        return cls(embeddings, layers, take(FINAL_LN_KEYS[0]), take(FINAL_LN_KEYS[1]), unused)
+        return cls(embeddings, layers, take(FINAL_LN_KEYS[0]), take(FINAL_LN_KEYS[1]), unused, output)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The weights under their reference key names."""
@@ -185,11 +199,13 @@ class GLMWeights:
         return out
 
     def nbytes(self) -> int:
-        """Bytes of all weights in their runtime form (quantized linears at their packed size)."""
-        return sum(
-            t.nbytes if isinstance(t, PackedLinear) else t.numel() * t.element_size()
-            for t in self.state_dict().values()
-        )
+        """Bytes of all weights in their runtime form (quantized linears at their packed size), the quantized
+        output projection included."""
+        tensors = [
+            *self.state_dict().values(),
+            *([self.output_projection] if self.output_projection is not None else []),
+        ]
+        return sum(t.nbytes if isinstance(t, PackedLinear) else t.numel() * t.element_size() for t in tensors)
 
 
 def random_state_dict(config: GLMConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

@@ -43,6 +43,18 @@ class QuantSpec:
             return QuantFormat.INT8_ROWWISE if self.group_size is None else QuantFormat.INT8_GROUPWISE
         return QuantFormat.INT4_ROWWISE if self.group_size is None else QuantFormat.INT4_GROUPWISE
 
+    @classmethod
+    def requested(
+        cls, name: str | int | None, scheme: str = "rowwise", group_size: int | None = None
+    ) -> QuantSpec | None:
+        """What the user asked for, or None for no quantization; a scheme or group size without a bit width is
+        refused instead of silently ignored."""
+        if name is None:
+            if scheme != "rowwise" or group_size is not None:
+                raise InputError("--quant-scheme and --quant-group-size go with --quant int8|int4; add --quant")
+            return None
+        return cls.parse(name, scheme, group_size)
+
     def describe(self) -> str:
         scheme = "rowwise" if self.group_size is None else f"groupwise, {self.group_size} columns per scale"
         return f"INT{self.bits} {scheme}"
