@@ -16,7 +16,7 @@ from glm_engine.checkpoint import open_checkpoint
 from glm_engine.checkpoint.convert import convert_to_native, convert_tp
 from glm_engine.checkpoint.native import INDEX_FILE_NAME, save_native
 from glm_engine.errors import CheckpointError, ParallelError
-from glm_engine.model.weights import random_state_dict
+from glm_engine.model.weights import is_quantized_key, random_state_dict
 from glm_engine.parallel.sharding import reshard
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
@@ -299,3 +299,29 @@ def test_unused_keys_of_every_shard_are_reported_and_carried_through(tmp_path, s
     convert_tp(folder, tmp_path / "tp1", 1)
     (tp1,) = read_shards(tmp_path / "tp1")
     assert tp1["optimizer.step"].item() == 3 and torch.equal(tp1[INV_FREQ], full[INV_FREQ])
+
+
+def test_quantizing_while_merging_sources_holds_one_float_linear_at_a_time(monkeypatch, tp4):
+    """TP=4 -> TP=1 with quantization: each linear is assembled from all four sources and quantized before the next
+    one starts, instead of every linear waiting in floating point for the last source shard."""
+    from glm_engine.checkpoint import reader
+
+    started: set[str] = set()
+    most = 0
+    original_add, original_finish = reader.ShardBuilder.add, reader.ShardBuilder.finish
+
+    def add(self, source_rank, tensor):
+        nonlocal most
+        if is_quantized_key(self.key):
+            started.add(self.key)
+            most = max(most, len(started))
+        return original_add(self, source_rank, tensor)
+
+    def finish(self):
+        started.discard(self.key)
+        return original_finish(self)
+
+    monkeypatch.setattr(reader.ShardBuilder, "add", add)
+    monkeypatch.setattr(reader.ShardBuilder, "finish", finish)
+    state = open_checkpoint(tp4).rank_state_dict(0, 1, torch.float32, quant=QuantSpec(8))
+    assert most == 1 and isinstance(state["transformer.layers.0.mlp.dense_4h_to_h.weight"], QuantizedWeight)

@@ -3,14 +3,15 @@ one source shard at a time.
 
 ``Checkpoint.rank_state_dict(rank, tp, ...)`` builds one tensor-parallel rank's weights for *any* valid TP degree
 from the source shards (re-sharding at load time, glm130b.md section 7 row 7). Host RAM holds at most one
-memory-mapped source shard plus that rank's weights (row 3). Quantized sources are dequantized exactly as the
+memory-mapped source shard plus that rank's weights (row 3); quantizing while loading maps the rank's sources together
+and completes one linear at a time instead. Quantized sources are dequantized exactly as the
 reference's kernels do (``half(q) * scale``) before re-sharding, so they run at any TP degree too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,8 +98,9 @@ class Checkpoint:
 
         A quantized checkpoint's linears come back as QuantizedWeight (re-sharded exactly), or dequantized to
         ``dtype`` without ``keep_quantized``. With ``quant``, floating-point linears are quantized on this rank's
-        shard (as the reference quantizes each rank's local weight) as soon as each is complete, so the rank never
-        holds all of its floating-point linears at once.
+        shard (as the reference quantizes each rank's local weight) as soon as each is complete; when the rank draws
+        on several source shards, every source is mapped at once and the keys are completed one after another (see
+        ``_reads``), so the rank holds one floating-point linear at a time instead of all of them.
         """
         check_tp_degree(self.config, tp, str(self.path))
         if quant is not None and self.bits is not None:
@@ -121,26 +123,47 @@ class Checkpoint:
                 builders[key] = ShardBuilder(key, source_shapes[key], self.source_tp, rank, tp, build_dtype, device)
         plan = [(s, [k for k, b in builders.items() if b.needs(s)]) for s in range(self.source_tp)]
         last_source = {key: s for s, ks in plan for key in ks}
-        total, done = sum(len(ks) for _, ks in plan), 0
+        total = sum(len(ks) for _, ks in plan)
         out: dict[str, torch.Tensor | QuantizedWeight] = {}
-        for source_rank, needed in plan:
-            if not needed:
-                continue
-            with self.open_shard(source_rank) as shard:
-                if isinstance(shard, native.LazySafetensors):
-                    needed = shard.keys_by_file(needed)
-                for key in needed:
-                    builder = builders[key]
-                    if isinstance(builder, QuantShardBuilder):
-                        builder.add(source_rank, shard[key], shard[key + layout.SCALE_SUFFIX])
-                    else:
-                        builder.add(source_rank, self.floating(shard, key))
-                    if last_source[key] == source_rank:
-                        out[key] = self._finish(builders.pop(key), key, dtype, quant)
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
+        key_major = quant is not None and sum(1 for _, needed in plan if needed) > 1
+        for done, (source_rank, key, shard) in enumerate(self._reads(plan, list(builders), key_major), start=1):
+            builder = builders[key]
+            if isinstance(builder, QuantShardBuilder):
+                builder.add(source_rank, shard[key], shard[key + layout.SCALE_SUFFIX])
+            else:
+                builder.add(source_rank, self.floating(shard, key))
+            if last_source[key] == source_rank:
+                out[key] = self._finish(builders.pop(key), key, dtype, quant)
+            if progress is not None:
+                progress(done, total)
         return {key: out[key] for key in (source_shapes if keys is None else keys)}
+
+    def _reads(
+        self, plan: list[tuple[int, list[str]]], order: list[str], key_major: bool
+    ) -> Iterator[tuple[int, str, Mapping[str, torch.Tensor]]]:
+        """``(source rank, key, open shard)`` in reading order. Source-major maps one shard at a time, so a key
+        spread over several sources is complete only at its last one. Key-major maps every needed source at once
+        (address space, not RAM: pages are read on touch and stay reclaimable page cache) and completes each key in
+        ``order`` from all its sources before the next."""
+        if not key_major:
+            for source_rank, needed in plan:
+                if not needed:
+                    continue
+                with self.open_shard(source_rank) as shard:
+                    if isinstance(shard, native.LazySafetensors):
+                        needed = shard.keys_by_file(needed)
+                    for key in needed:
+                        yield source_rank, key, shard
+            return
+        sources: dict[str, list[int]] = {}
+        for source_rank, needed in plan:
+            for key in needed:
+                sources.setdefault(key, []).append(source_rank)
+        with ExitStack() as stack:
+            shards = {s: stack.enter_context(self.open_shard(s)) for s, needed in plan if needed}
+            for key in order:
+                for source_rank in sources[key]:
+                    yield source_rank, key, shards[source_rank]
 
     def _finish(
         self, builder: ShardBuilder | QuantShardBuilder, key: str, dtype: torch.dtype | None, quant: QuantSpec | None
