@@ -182,9 +182,11 @@ def _quantization(
     checkpoint: Checkpoint | None,
     backend: Backend,
     dtype: torch.dtype,
+    tp: int,
     notes: list[str],
 ) -> tuple[QuantSpec | None, bool]:
-    """The quantization the model runs with, and whether a quantized checkpoint stays quantized."""
+    """The quantization the model runs with, and whether a quantized checkpoint stays quantized. A stored checkpoint
+    is checked in every format its linears take at ``tp`` (re-sharding can make row-parallel ones groupwise)."""
     stored = checkpoint.quant_spec if checkpoint is not None else None
     if requested is not None and stored is not None:
         raise InputError(
@@ -194,13 +196,17 @@ def _quantization(
     spec = requested or stored
     if spec is None:
         return None, True
-    verdict = backend.supports(Op.LINEAR, dtype, spec.format)
-    if not verdict:
-        if requested is not None:
-            raise BackendError(f"--quant {spec.describe()}: {verdict.reason}")
-        notes.append(f"{stored.describe()} weights dequantized while loading: {verdict.reason}")
-        return None, False
-    notes.append(f"linears in {spec.describe()}" + (f" ({verdict.reason})" if verdict.reason else ""))
+    specs = [requested] if requested is not None else checkpoint.runtime_quant_specs(tp)
+    for each in specs:
+        verdict = backend.supports(Op.LINEAR, dtype, each.format)
+        if not verdict:
+            if requested is not None:
+                raise BackendError(f"--quant {spec.describe()}: {verdict.reason}")
+            notes.append(f"{stored.describe()} weights dequantized while loading ({each.describe()}): {verdict.reason}")
+            return None, False
+        notes.append(f"linears in {each.describe()}" + (f" ({verdict.reason})" if verdict.reason else ""))
+    if len(specs) > 1:
+        notes.append(f"row-parallel linears re-sharded from TP={checkpoint.source_tp} keep one scale per source slice")
     return spec, True
 
 
@@ -293,7 +299,7 @@ def load(
     device = chosen.device(device_index)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
     requested = quant if isinstance(quant, QuantSpec) else QuantSpec.requested(quant, quant_scheme, quant_group_size)
-    spec, keep_quantized = _quantization(requested, checkpoint, chosen, run_dtype, notes)
+    spec, keep_quantized = _quantization(requested, checkpoint, chosen, run_dtype, tp, notes)
     if quant_output and spec is None:
         raise InputError(
             "--quant-output quantizes the output projection like the linears: add --quant int8|int4 "

@@ -16,7 +16,7 @@ from glm_engine.checkpoint import open_checkpoint
 from glm_engine.checkpoint.convert import convert_to_native, convert_tp
 from glm_engine.checkpoint.native import INDEX_FILE_NAME, save_native
 from glm_engine.errors import CheckpointError, ParallelError
-from glm_engine.model.weights import is_quantized_key, random_state_dict
+from glm_engine.model.weights import is_quantized_key, parameter_shapes, random_state_dict
 from glm_engine.parallel.sharding import reshard
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
@@ -325,3 +325,21 @@ def test_quantizing_while_merging_sources_holds_one_float_linear_at_a_time(monke
     monkeypatch.setattr(reader.ShardBuilder, "finish", finish)
     state = open_checkpoint(tp4).rank_state_dict(0, 1, torch.float32, quant=QuantSpec(8))
     assert most == 1 and isinstance(state["transformer.layers.0.mlp.dense_4h_to_h.weight"], QuantizedWeight)
+
+
+def test_a_quantized_checkpoint_is_checked_in_the_formats_its_linears_take_at_the_target_tp(
+    tmp_path, tp4, small_config
+):
+    """Merging TP=4 rowwise INT8 shards into fewer ranks makes the row-parallel linears groupwise (one scale per source
+    slice): the load checks and reports those formats, not only the stored rowwise one."""
+    convert_tp(tp4, tmp_path / "q", 4, bits=8)
+    checkpoint = open_checkpoint(tmp_path / "q")
+    shapes = parameter_shapes(small_config, 4)
+    dense = shapes["transformer.layers.0.attention.dense.weight"][1]
+    down = shapes["transformer.layers.0.mlp.dense_4h_to_h.weight"][1]
+    assert checkpoint.runtime_quant_specs(4) == [QuantSpec(8)]
+    assert checkpoint.runtime_quant_specs(1) == [QuantSpec(8), QuantSpec(8, dense), QuantSpec(8, down)]
+    engine = glm_engine.load(str(tmp_path / "q"), dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
+    assert f"linears in INT8 groupwise, {down} columns per scale" in "\n".join(engine.notes)
+    weight = engine.runner.weights.layers[0].dense_4h_to_h_weight
+    assert weight.format.value == "int8-groupwise"

@@ -22,9 +22,9 @@ from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.errors import CheckpointError
 from glm_engine.model.weights import is_quantized_key, parameter_shapes
 from glm_engine.parallel.degree import check_tp_degree
-from glm_engine.parallel.sharding import ShardBuilder
+from glm_engine.parallel.sharding import ShardBuilder, Split, split_of
 from glm_engine.quant.reference import dequantize
-from glm_engine.quant.sharding import QuantShardBuilder
+from glm_engine.quant.sharding import QuantShardBuilder, target_row_group
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -174,6 +174,28 @@ class Checkpoint:
         if isinstance(result, torch.Tensor) and dtype is not None and result.dtype != dtype:
             return result.to(dtype)
         return result
+
+    def runtime_quant_specs(self, tp: int) -> list[QuantSpec]:
+        """The formats the stored linears take at TP ``tp``: re-sharding keeps column-parallel weights' scales, but a
+        row-parallel weight merged from several source ranks gets one scale per source slice (groupwise)."""
+        if self.bits is None:
+            return []
+        specs: list[QuantSpec] = []
+        for key, shape in parameter_shapes(self.config, self.source_tp).items():
+            if not key.startswith("transformer.layers.0.") or not is_quantized_key(key):
+                continue  # every layer is quantized alike
+            columns = shape[1]
+            groups = self.scale_groups(key)
+            group: int | None = columns // groups
+            if split_of(key) is Split.ROW:
+                width = columns * self.source_tp // tp
+                group = target_row_group(columns, group, self.source_tp, tp)
+                group = None if group == width else group
+            elif groups == 1:
+                group = None
+            if (spec := QuantSpec(self.bits, group)) not in specs:
+                specs.append(spec)
+        return specs
 
     def scale_groups(self, key: str) -> int:
         """Scale columns of a quantized weight in the source (1: the reference's rowwise; more: groupwise)."""

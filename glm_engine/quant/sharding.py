@@ -20,6 +20,12 @@ from glm_engine.quant.reference import unpack_int4
 from glm_engine.quant.weight import QuantizedWeight
 
 
+def target_row_group(source_columns: int, source_group: int, source_tp: int, tp: int) -> int:
+    """Columns per scale of a row-parallel weight re-sharded from ``source_tp`` to ``tp`` ranks, whose source shards
+    have ``source_columns`` inputs in groups of ``source_group``: every target group lies inside one source group."""
+    return math.gcd(source_group, source_columns * source_tp // tp)
+
+
 class QuantShardBuilder:
     """Builds one target rank's QuantizedWeight from source shards' ``(stored, scale)`` arriving one at a time."""
 
@@ -42,7 +48,7 @@ class QuantShardBuilder:
         if self.split is Split.ROW:
             source_group = columns // source_groups
             width = columns * source_tp // tp
-            self.target_group = math.gcd(source_group, width)
+            self.target_group = target_row_group(columns, source_group, source_tp, tp)
             self.source_columns, self.source_group, self.start = columns, source_group, rank * width
             self.scale = torch.empty(out, width // self.target_group, dtype=torch.float16, device=device)
             self.scale_filled = 0
