@@ -1,8 +1,10 @@
 """Batch-1 decode speed of glm-engine against chatglm.cpp (ggml) on the same ChatGLM-6B-shaped weights, per bit width.
 
 Pairs: ggml f16 vs our bf16, ggml q8_0 vs our INT8 rowwise, ggml q4_0 (blocks of 32) vs our INT4 groupwise 32 and INT4
-rowwise. Both engines get the same prompt ids, decode greedily for ``--new-tokens`` tokens with ``--threads`` threads,
-and the prefill step is timed apart from the decode steps (tokens/s below counts decode steps only). For each width
+rowwise; at 8 and 4 bits each of ours with ``lm_head`` in bf16 (the reference's choice) and quantized like the linears
+(``quant_output``, like-for-like with ggml, which quantizes its output layer). Both engines get the same prompt ids,
+decode greedily for ``--new-tokens`` tokens with ``--threads`` threads, and the prefill step is timed apart from the
+decode steps (tokens/s below counts decode steps only). For each width
 the pair is loaded together and timed in alternating rounds (median of ``--rounds``), so machine noise hits both.
 Prints a table; asserts nothing.
 
@@ -31,11 +33,23 @@ import glm_engine
 from glm_engine.generation.chat import ChatOptions, generate_ids
 
 PROMPT = "Explain how a large language model decodes one token at a time, in a few sentences."
-# (label, ggml type, glm-engine quant, quant scheme, group size)
+# (label, ggml type, [(name, glm-engine quant, quant scheme, group size, quantize lm_head)])
 PAIRS = [
-    ("16-bit", "f16", [("bf16", None, "rowwise", None)]),
-    ("8-bit", "q8_0", [("int8 rowwise", "int8", "rowwise", None)]),
-    ("4-bit", "q4_0", [("int4 groupwise 32", "int4", "groupwise", 32), ("int4 rowwise", "int4", "rowwise", None)]),
+    ("16-bit", "f16", [("bf16", None, "rowwise", None, False)]),
+    (
+        "8-bit",
+        "q8_0",
+        [("int8 rowwise", "int8", "rowwise", None, False), ("int8 rowwise + lm_head", "int8", "rowwise", None, True)],
+    ),
+    (
+        "4-bit",
+        "q4_0",
+        [
+            ("int4 groupwise 32", "int4", "groupwise", 32, False),
+            ("int4 groupwise 32 + lm_head", "int4", "groupwise", 32, True),
+            ("int4 rowwise + lm_head", "int4", "rowwise", None, True),
+        ],
+    ),
 ]
 
 
@@ -101,9 +115,15 @@ def main() -> None:
         (ggml_file,) = sorted(args.ggml_dir.glob(f"*-{ggml_type}.bin"))
         ggml = chatglm_cpp.Pipeline(str(ggml_file)).model
         engines = {}
-        for name, quant, scheme, group in ours:
+        for name, quant, scheme, group, output in ours:
             engines[name] = glm_engine.load_chatglm(
-                args.hf_dir, backend="cpu", dtype="bf16", quant=quant, quant_scheme=scheme, quant_group_size=group
+                args.hf_dir,
+                backend="cpu",
+                dtype="bf16",
+                quant=quant,
+                quant_scheme=scheme,
+                quant_group_size=group,
+                quant_output=output,
             )
         ids = next(iter(engines.values())).tokenizer.build_inputs(PROMPT)
         runners = {f"chatglm.cpp {ggml_type}": functools.partial(time_ggml, ggml, ids, args.new_tokens, args.threads)}
