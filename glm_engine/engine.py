@@ -228,6 +228,7 @@ def load(
     quant: str | QuantSpec | None = None,
     quant_scheme: str = "rowwise",
     quant_group_size: int | None = None,
+    cuda_graphs: bool | None = None,
 ) -> Engine:
     """Load a checkpoint folder (default: the built-in demo model), or a preset name (seeded random weights).
 
@@ -243,6 +244,9 @@ def load(
     ``quant="int8"|"int4"`` quantizes the four linears per layer while loading (``quant_scheme`` ``"rowwise"``, the
     reference's, or ``"groupwise"`` with ``quant_group_size`` 32/64/128). A quantized checkpoint runs quantized
     without it (dequantized, with a note, where the backend has no kernels for its format).
+
+    ``cuda_graphs=False`` runs cached decode steps eagerly on cuda (default: replayed CUDA graphs unless
+    ``GLM_ENGINE_CUDA_GRAPHS=0``; see :mod:`glm_engine.generation.cuda_graph`).
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = resolve_dtype(dtype, chosen)
@@ -304,6 +308,7 @@ def load(
     if checkpoint is not None:
         weights.unused_keys = checkpoint.unused_keys
     runner = GLMModel(model_config, weights, ops, comm)
+    runner.cuda_graphs = cuda_graphs
     notes.append(
         f"{chosen.name} backend, {dtype_name(run_dtype)}" + (f", tensor parallel over {tp} ranks" if tp > 1 else "")
     )

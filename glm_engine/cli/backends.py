@@ -72,9 +72,7 @@ def backends(
     for row in rows:
         if row["available"]:
             detail = (
-                "\n".join(
-                    f"{d['index']}: {d['name']} {_memory(d)} {d['detail']}".strip() for d in row["devices"]
-                )
+                "\n".join(f"{d['index']}: {d['name']} {_memory(d)} {d['detail']}".strip() for d in row["devices"])
                 or row["reason"]
             )
         else:
