@@ -15,6 +15,7 @@ import torch
 
 from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.config import GLMConfig
+from glm_engine.generation.cuda_graph import GraphedDecoder, graphs_verdict
 from glm_engine.generation.masks import generation_blocked
 from glm_engine.model.glm import GLMModel
 from glm_engine.model.weights import GLMWeights, random_state_dict
@@ -49,8 +50,9 @@ def measure_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) 
     return max(read), max(copy)
 
 
-def decode_time(model: GLMModel, context: int, steps: int, warmup: int) -> list[float]:
-    """Seconds per decode step, after a prefill of ``context`` tokens."""
+def decode_time(model: GLMModel, context: int, steps: int, warmup: int, cuda_graphs: bool = False) -> list[float]:
+    """Seconds per decode step, after a prefill of ``context`` tokens; with ``cuda_graphs`` the steps replay a CUDA
+    graph where ``graphs_verdict`` allows (the capture falls in the warmup steps)."""
     total = context + steps + warmup
     device = model.device
     blocked = generation_blocked(context, total)[None, None].to(device)
@@ -58,12 +60,13 @@ def decode_time(model: GLMModel, context: int, steps: int, warmup: int) -> list[
     tokens = torch.randint(20000, 21000, (1, total), device=device)
     cache = model.new_cache(1, total)
     model.forward(tokens[:, :context], positions[:, :context], blocked[..., :context, :context], cache, last_only=True)
+    stepper = GraphedDecoder(model, graphs_verdict(model, cuda_graphs))
     times = []
     for col in range(context, total):
         synchronize(device)
         start = time.perf_counter()
-        model.forward(
-            tokens[:, col : col + 1], positions[:, col : col + 1], blocked[..., col : col + 1, : col + 1], cache
+        stepper.step(
+            cache, tokens[:, col : col + 1], positions[:, col : col + 1], blocked[..., col : col + 1, : col + 1]
         )
         synchronize(device)
         times.append(time.perf_counter() - start)
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--dtypes", default="fp32,bf16,fp16")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (cuda only)")
     args = parser.parse_args()
 
     config = GLMConfig(
@@ -113,7 +117,7 @@ def main() -> None:
             continue
         weights = GLMWeights.from_state_dict(state_dict, config, dtype, device)
         model = GLMModel(config, weights, op_table_for(backend, dtype))
-        times = decode_time(model, args.context, args.steps, args.warmup)
+        times = decode_time(model, args.context, args.steps, args.warmup, args.cuda_graphs)
         median = statistics.median(times)
         gigabytes = weights.nbytes() / 1e9
         print(

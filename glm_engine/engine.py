@@ -238,6 +238,7 @@ def load(
     quant_scheme: str = "rowwise",
     quant_group_size: int | None = None,
     quant_output: bool = False,
+    cuda_graphs: bool | None = None,
 ) -> Engine:
     """Load a checkpoint folder (default: the built-in demo model), or a preset name (seeded random weights).
 
@@ -256,6 +257,9 @@ def load(
     also runs the logits through a quantized copy of the (tied) embedding in the same format: at batch-1 decode the
     output projection is a large share of the bytes streamed per token, and chatglm.cpp quantizes it too; the
     embedding lookup keeps the floating-point table, so memory grows by the quantized copy.
+
+    ``cuda_graphs=False`` runs cached decode steps eagerly on cuda (default: replayed CUDA graphs unless
+    ``GLM_ENGINE_CUDA_GRAPHS=0``; see :mod:`glm_engine.generation.cuda_graph`).
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = resolve_dtype(dtype, chosen)
@@ -325,6 +329,7 @@ def load(
     if checkpoint is not None:
         weights.unused_keys = checkpoint.unused_keys
     runner = GLMModel(model_config, weights, ops, comm)
+    runner.cuda_graphs = cuda_graphs
     notes.append(
         f"{chosen.name} backend, {dtype_name(run_dtype)}" + (f", tensor parallel over {tp} ranks" if tp > 1 else "")
     )

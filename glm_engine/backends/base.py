@@ -42,6 +42,8 @@ class DeviceInfo:
     name: str
     total_memory_bytes: int | None = None
     detail: str = ""
+    free_memory_bytes: int | None = None  # at the time of asking; None when the backend cannot tell
+    capability: str = ""  # architecture as the vendor names it: "sm_90", "gfx90a", an Ascend SoC
 
 
 class BackendKind(str, Enum):

@@ -1,26 +1,53 @@
-"""The op table of the ``torch.cuda`` backends (CUDA, ROCm/DCU): the portable ops plus fused quantized linears.
+"""The op table of the ``torch.cuda`` backends (CUDA, ROCm/DCU): the portable ops plus fused attention and quantized
+linears.
 
-Quantized weights run through the Triton dequant-GEMM kernels (``glm_engine.kernels.triton``) when Triton imports and
-the format and compute dtype suit them; otherwise through the portable :class:`DequantizingLinear`, with the reason
-kept on the table (``quant_path``) and shown by ``Backend.supports``.
+Attention goes to SDPA (prefill), a Triton split-K kernel (one query row per head) or the portable path, per call,
+by the table's :class:`~glm_engine.backends.torch_cuda_attention.AttentionPolicy`; the last choice per phase is kept
+in ``attention_path`` with its reason. Quantized weights run through the Triton dequant-GEMM kernels
+(``glm_engine.kernels.triton``) when Triton imports and the format and compute dtype suit them; otherwise through the
+portable :class:`DequantizingLinear`, with the reason kept on the table (``quant_path``) and shown by
+``Backend.supports``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from glm_engine.backends.torch_cuda_attention import AttentionPath, AttentionPolicy, cuda_policy, sdpa_attention
+from glm_engine.errors import BackendError
+from glm_engine.kernels.triton import triton_verdict
+from glm_engine.kernels.triton.configs import DEFAULT_SM_COUNT, choose_decode_attention_config
 from glm_engine.kernels.triton.linear import kernel_verdict
 from glm_engine.ops.interface import PackedLinear
-from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps
+from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps, reference_attention
 from glm_engine.quant.weight import QuantizedWeight
+
+TABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class CudaOps(TorchOps):
-    """TorchOps with Triton-backed quantized linears."""
+    """TorchOps with fused attention and Triton-backed quantized linears.
 
-    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+    ``platform`` is the Triton target (``"cuda"`` or ``"hip"``) whose launch configurations the kernels use.
+    """
+
+    platform = "cuda"
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, policy: AttentionPolicy | None = None) -> None:
+        if dtype not in TABLE_DTYPES:
+            raise BackendError(f"the {self.platform} op table computes in fp16, bf16 or fp32, not {dtype}")
         super().__init__(device, dtype)
+        self.policy = policy or self.default_policy()
         self.quant_path: dict[str, str] = {}  # format name -> how the last weight of that format is served
+        self.attention_path: dict[str, str] = {}  # "prefill"/"decode" -> the path of the last such call, and why
+        self.sm_count = (
+            torch.cuda.get_device_properties(device).multi_processor_count
+            if device.type == "cuda"
+            else DEFAULT_SM_COUNT
+        )
+
+    def default_policy(self) -> AttentionPolicy:
+        return cuda_policy(*triton_verdict())
 
     def prepare_quantized(self, weight: QuantizedWeight) -> PackedLinear:
         ok, why = kernel_verdict(weight, self.dtype)
@@ -31,3 +58,20 @@ class CudaOps(TorchOps):
             return TritonQuantLinear(weight.to(self.device))
         self.quant_path[weight.format.value] = f"dequantize per product: {why}"
         return DequantizingLinear(weight.to(self.device))
+
+    def attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor, layer_scale: float
+    ) -> torch.Tensor:
+        sq = q.shape[2]
+        path, why = self.policy.choose(sq, q.shape[-1], q.dtype)
+        self.attention_path["decode" if sq == 1 else "prefill"] = f"{path.value}: {why}"
+        if path is AttentionPath.TRITON_DECODE:
+            from glm_engine.kernels.triton.decode_attention import decode_attention
+
+            config = choose_decode_attention_config(
+                q.shape[0] * q.shape[1], k.shape[2], sm_count=self.sm_count, platform=self.platform
+            )
+            return decode_attention(q, k, v, blocked, config)
+        if path is AttentionPath.SDPA:
+            return sdpa_attention(q, k, v, blocked)
+        return reference_attention(q, k, v, blocked, layer_scale)

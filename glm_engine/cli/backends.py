@@ -23,6 +23,14 @@ def _gib(num_bytes: int | None) -> str:
     return "" if num_bytes is None else f"{num_bytes / 2**30:.1f} GiB"
 
 
+def _memory(device: dict[str, Any]) -> str:
+    """``"61.2 / 79.1 GiB free"`` when the backend knows the free memory, else the total."""
+    total, free = device["memory_bytes"], device["free_memory_bytes"]
+    if total is not None and free is not None:
+        return f"{free / 2**30:.1f} / {total / 2**30:.1f} GiB free"
+    return _gib(total)
+
+
 def describe_backend(backend: Backend) -> dict[str, Any]:
     """Everything ``backends`` shows about one backend, as plain data."""
     verdict = backend.availability()
@@ -34,7 +42,14 @@ def describe_backend(backend: Backend) -> dict[str, Any]:
         "available": verdict.ok,
         "reason": verdict.reason,
         "devices": [
-            {"index": d.index, "name": d.name, "memory_bytes": d.total_memory_bytes, "detail": d.detail}
+            {
+                "index": d.index,
+                "name": d.name,
+                "memory_bytes": d.total_memory_bytes,
+                "free_memory_bytes": d.free_memory_bytes,
+                "capability": d.capability,
+                "detail": d.detail,
+            }
             for d in devices
         ],
         "dtypes": [dtype_name(d) for d in backend.supported_dtypes()],
@@ -57,9 +72,7 @@ def backends(
     for row in rows:
         if row["available"]:
             detail = (
-                "\n".join(
-                    f"{d['index']}: {d['name']} {_gib(d['memory_bytes'])} {d['detail']}".strip() for d in row["devices"]
-                )
+                "\n".join(f"{d['index']}: {d['name']} {_memory(d)} {d['detail']}".strip() for d in row["devices"])
                 or row["reason"]
             )
         else:

@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from glm_engine.backends.base import ModelRunner
+from glm_engine.generation.cuda_graph import GraphedDecoder, graphs_verdict
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 
 # Called after every step with the step index, the new token of each row and beam ([batch][beam]; -1 = ended) and
@@ -42,10 +43,11 @@ def decode(
     strategy: Strategy,
     pad_id: int,
     on_token: TokenCallback | None = None,
+    cuda_graphs: bool | None = None,
 ) -> list[list[list[int]]]:
     """Generate up to ``budgets[i]`` tokens after each row's ``sop``; per row, beams best first (generated tokens)."""
     aligned = align_left(rows, max(len(r.context) for r in rows) + max(budgets), pad_id, budgets)
-    return decode_aligned(runner, aligned, [r.context for r in rows], budgets, strategy, pad_id, on_token)
+    return decode_aligned(runner, aligned, [r.context for r in rows], budgets, strategy, pad_id, on_token, cuda_graphs)
 
 
 @torch.inference_mode()
@@ -57,9 +59,13 @@ def decode_aligned(
     strategy: Strategy,
     pad_id: int,
     on_token: TokenCallback | None = None,
+    cuda_graphs: bool | None = None,
 ) -> list[list[list[int]]]:
     """The loop of :func:`decode` over a batch whose ids, positions and masks the caller built (a model variant with
-    its own position scheme; ChatGLM's are ``[b, 2, total]``: the position axis is always the last)."""
+    its own position scheme; ChatGLM's are ``[b, 2, total]``: the position axis is always the last).
+
+    Cached steps replay a CUDA graph on cuda unless ``cuda_graphs`` is False (None: the runner's ``cuda_graphs``
+    attribute, else ``GLM_ENGINE_CUDA_GRAPHS``); see :mod:`glm_engine.generation.cuda_graph`."""
     batch = len(contexts)
     most = max(budgets)
     start = aligned.context_length
@@ -68,6 +74,7 @@ def decode_aligned(
     blocked = aligned.blocked.to(device)
     cache = runner.new_cache(batch, aligned.input_ids.shape[1])
     strategy.start(contexts)
+    stepper = GraphedDecoder(runner, graphs_verdict(runner, cuda_graphs, most - 1))
 
     logits = runner.forward(
         aligned.input_ids[:, :start].to(device),
@@ -100,7 +107,7 @@ def decode_aligned(
         column = start + step
         feed = tokens.flatten()
         feed = torch.where(feed < 0, pad_id, feed).unsqueeze(1).to(device)  # ended rows (-1) compute on a pad
-        logits = runner.forward(
-            feed, positions[..., column : column + 1], blocked[:, :, column : column + 1, : column + 1], cache
+        logits = stepper.step(
+            cache, feed, positions[..., column : column + 1], blocked[:, :, column : column + 1, : column + 1]
         )
     return strategy.finalize()

@@ -56,6 +56,7 @@ class ChatGLMModel:
         self.cos, self.sin = chatglm_rotary_table(
             config.rotary_dim, config.max_sequence_length, ops.dtype, ops.device, ROTARY_BASE
         )
+        self.cuda_graphs: bool | None = None  # decode steps as CUDA graphs: None = the default (generation.cuda_graph)
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         c = self.config

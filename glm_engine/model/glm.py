@@ -39,6 +39,7 @@ class GLMModel:
         self.device = ops.device
         self.dtype = ops.dtype
         self.cos, self.sin = rotary_table(config, ops.dtype, ops.device)
+        self.cuda_graphs: bool | None = None  # decode steps as CUDA graphs: None = the default (generation.cuda_graph)
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         c = self.config

@@ -129,3 +129,43 @@ def check_config(config: KernelConfig, bits: int, group_size: int | None) -> Non
         dot_k = config.block_k // (2 if bits == 4 else 1)
         if min(config.block_m, config.block_n, dot_k) < MIN_DOT_K:
             raise ValueError(f"tl.dot needs tiles of at least {MIN_DOT_K} (block_m, block_n, block_k per dot)")
+
+
+# --- decode attention (``decode_attention.py``): one query row per (batch, head), keys split across programs ---
+
+ATTENTION_BLOCK_N = 64  # keys per tile: a [64, 128] fp16 K tile is 16 KiB, streamed once
+MAX_ATTENTION_HEAD_DIM = 256  # the whole head is one register tile (tl.arange over next_power_of_2(head_dim))
+MIN_BLOCKS_PER_SPLIT = 2  # a split smaller than this costs more in the combine than it gains in parallelism
+MAX_ATTENTION_SPLITS = 64  # bounds the fp32 partials: splits x (head_dim + 2) floats per (batch, head)
+
+
+@dataclass(frozen=True)
+class DecodeAttentionConfig:
+    """Launch shape of the split-K decode attention kernel."""
+
+    block_n: int
+    num_splits: int
+    num_warps: int
+    num_stages: int
+
+
+# Same threads per program on both: 4 warps of 32 on NVIDIA, 2 wavefronts of 64 on AMD/DCU. num_stages=1 on HIP: the
+# loop body is guarded by a data-dependent branch (fully blocked tiles are skipped), which the AMD stream pipeliner
+# does not pipeline, so deeper stages would only cost LDS.
+_ATTENTION_LAUNCH = {"cuda": (4, 2), "hip": (2, 1)}
+
+
+def choose_decode_attention_config(
+    batch_heads: int, kv_length: int, *, sm_count: int = DEFAULT_SM_COUNT, platform: str = "cuda"
+) -> DecodeAttentionConfig:
+    """Tiles and K splits for ``batch_heads`` single-row queries over ``kv_length`` keys.
+
+    One program per (batch, head) leaves most SMs idle at small batch (GLM-130B at TP=8: 12 heads per rank), so the
+    keys are split until there are about ``DECODE_WAVES`` programs per SM, keeping at least
+    ``MIN_BLOCKS_PER_SPLIT`` tiles per split.
+    """
+    num_warps, num_stages = _ATTENTION_LAUNCH[platform]
+    blocks = math.ceil(kv_length / ATTENTION_BLOCK_N)
+    wanted = math.ceil(DECODE_WAVES * sm_count / max(1, batch_heads))
+    most = max(1, min(MAX_ATTENTION_SPLITS, blocks // MIN_BLOCKS_PER_SPLIT))
+    return DecodeAttentionConfig(ATTENTION_BLOCK_N, max(1, min(wanted, most)), num_warps, num_stages)

@@ -1,0 +1,108 @@
+"""Which GPU a HIP build of torch is driving: AMD Instinct, Hygon DCU or another AMD part, from its architecture name.
+
+Both vendors' torch builds report ``torch.cuda.get_device_properties(i).gcnArchName`` as ``gfxNNN`` plus target
+features (``"gfx90a:sramecc+:xnack-"``). Hygon's DCUs descend from AMD's gfx9 (GCN/CDNA) line and share its ISA
+naming, so the name alone is not always decisive: gfx906 is both AMD's MI50/MI60 and Hygon's Z100 family. The device
+name settles that case: a DTK build names its devices with "DCU" (e.g. "K100_AI", shown by ``rocm-smi``/``hy-smi``
+as a DCU). Facts behind the table, from public sources (checked 2025):
+
+- AMD (ROCm docs, LLVM AMDGPU processor table): gfx906 MI50/MI60, gfx908 MI100 (CDNA1), gfx90a MI210/MI250(X)
+  (CDNA2), gfx942 MI300A/MI300X/MI325X (CDNA3), gfx950 MI350X/MI355X (CDNA4); gfx10xx/gfx11xx/gfx12xx are RDNA
+  (Radeon) parts.
+- Hygon: gfx906 for the Z100/Z100L (a Z100L's ``rocminfo`` in gpustack/gpustack#1508 and the question in
+  nlzy/vllm-gfx906#61); gfx928 for the K100 family ("海光DCU K100A (gfx928)", kvcache-ai/ktransformers#984);
+  gfx936 as a Hygon DCU target confirmed on hardware (kokkos/kokkos#9403, which names no product; it is
+  reported elsewhere as the K100_AI/BW generation).
+- Uncertain, not confirmed by a public source we could find: gfx926 (said to be a K100 variant) and gfx938 (said to be
+  BW1000). They are listed as Hygon because no AMD product uses those numbers, and marked ``confirmed=False``.
+- Fused attention in ROCm torch: SDPA's flash/memory-efficient kernels come from AOTriton, built for gfx90a and
+  gfx942 (pytorch/pytorch#141958: "flash attention backend via AOTriton for gfx90a and gfx942, but not gfx908"),
+  and gfx950 since AOTriton 0.9.2b/0.10b (ROCm/pytorch#2074, pytorch/pytorch#156499). DTK builds for DCUs ship
+  their own attention libraries whose coverage we cannot verify, so DCUs take the math path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Vendor(str, Enum):
+    AMD_INSTINCT = "AMD Instinct"
+    HYGON_DCU = "Hygon DCU"
+    AMD_OTHER = "AMD (not Instinct)"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ArchFacts:
+    """What one gfx target is, as far as this backend's choices go."""
+
+    vendor: Vendor
+    family: str
+    confirmed: bool = True  # False: the mapping rests on unverified reports (see the module docstring)
+
+
+# gfx target -> facts. gfx906 is listed as AMD and re-classified as Hygon when the device name says DCU.
+ARCHES: dict[str, ArchFacts] = {
+    "gfx906": ArchFacts(Vendor.AMD_INSTINCT, "MI50/MI60 (Vega 20)"),
+    "gfx908": ArchFacts(Vendor.AMD_INSTINCT, "MI100 (CDNA1)"),
+    "gfx90a": ArchFacts(Vendor.AMD_INSTINCT, "MI200 (CDNA2)"),
+    "gfx942": ArchFacts(Vendor.AMD_INSTINCT, "MI300 (CDNA3)"),
+    "gfx950": ArchFacts(Vendor.AMD_INSTINCT, "MI350 (CDNA4)"),
+    "gfx926": ArchFacts(Vendor.HYGON_DCU, "K100 family", confirmed=False),
+    "gfx928": ArchFacts(Vendor.HYGON_DCU, "K100 family"),
+    "gfx936": ArchFacts(Vendor.HYGON_DCU, "K100_AI/BW generation"),
+    "gfx938": ArchFacts(Vendor.HYGON_DCU, "BW family", confirmed=False),
+}
+HYGON_GFX906 = ArchFacts(Vendor.HYGON_DCU, "Z100 family")
+
+# Archs whose ROCm torch ships SDPA fused kernels (AOTriton); see the module docstring for sources.
+FUSED_SDPA_ARCHES = frozenset({"gfx90a", "gfx942", "gfx950"})
+
+_GFX = re.compile(r"^(gfx[0-9a-f]+)", re.IGNORECASE)
+
+
+def base_arch(gcn_arch_name: str) -> str:
+    """``"gfx90a:sramecc+:xnack-"`` -> ``"gfx90a"``; "" when the name is not a gfx target."""
+    match = _GFX.match(gcn_arch_name.strip())
+    return match.group(1).lower() if match else ""
+
+
+def is_dcu_name(device_name: str) -> bool:
+    """Hygon's DTK names its devices with "DCU" (and Hygon's own product names); AMD's never do."""
+    upper = device_name.upper()
+    return "DCU" in upper or "HYGON" in upper
+
+
+def classify(gcn_arch_name: str, device_name: str = "") -> ArchFacts:
+    """Vendor and family of a HIP device from its ``gcnArchName`` and, where the arch is shared, its name."""
+    arch = base_arch(gcn_arch_name)
+    if is_dcu_name(device_name):
+        facts = ARCHES.get(arch)
+        if arch == "gfx906":
+            return HYGON_GFX906
+        if facts is not None and facts.vendor is Vendor.HYGON_DCU:
+            return facts
+        return ArchFacts(Vendor.HYGON_DCU, f"unlisted DCU ({arch or gcn_arch_name})", confirmed=False)
+    if arch in ARCHES:
+        return ARCHES[arch]
+    if re.match(r"^gfx1[0-2]", arch):
+        return ArchFacts(Vendor.AMD_OTHER, "Radeon (RDNA)")
+    return ArchFacts(Vendor.UNKNOWN, arch or gcn_arch_name or "no architecture name", confirmed=False)
+
+
+def describe(gcn_arch_name: str, device_name: str = "") -> str:
+    """One line for ``glm-engine backends``: ``"gfx90a, AMD Instinct MI200 (CDNA2)"``."""
+    facts = classify(gcn_arch_name, device_name)
+    arch = base_arch(gcn_arch_name) or gcn_arch_name
+    note = "" if facts.confirmed else " (mapping unconfirmed)"
+    return f"{arch}, {facts.vendor.value} {facts.family}{note}"
+
+
+def has_fused_sdpa(gcn_arch_name: str, device_name: str = "") -> bool:
+    """Whether ROCm torch's SDPA has fused (AOTriton) kernels for this device; DCUs are never assumed to."""
+    if classify(gcn_arch_name, device_name).vendor is Vendor.HYGON_DCU:
+        return False
+    return base_arch(gcn_arch_name) in FUSED_SDPA_ARCHES

@@ -1,0 +1,82 @@
+"""Attention on the ``torch.cuda`` backends: which implementation runs a call, and why, decided from facts alone.
+
+Three implementations meet the op contract (``OpTable.attention``):
+
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with ``attn_mask = ~blocked`` and
+  ``scale = 1/sqrt(d)``. Equivalent to the reference: the reference divides q by ``sqrt(d) * layer_scale``, fills
+  blocked scores with -10000 and multiplies by ``layer_scale`` in fp32 before the softmax, which is
+  ``softmax(q k^T / sqrt(d))`` over unblocked keys, exactly, up to roundings. The layer scaling exists only to keep
+  *fp16* scores below 65504 in deep layers; SDPA's fused kernels (and its math fallback for fp16) form the scores
+  and the softmax in fp32 accumulators and never store fp16 scores, so it is not needed and leaving it out removes
+  two roundings. A blocked key contributes ``exp(-inf) = 0`` here and ``exp(-10000 * layer_scale - max) = 0`` in the
+  reference's fp32 softmax; the two differ only for a row with every key blocked (NaN here, uniform there), which
+  the contract rules out (every query row has an unblocked key; padded rows attend to themselves). With a bool mask
+  torch picks the memory-efficient kernel (flash-attention takes no arbitrary mask; GLM's prefix-bidirectional mask
+  is neither causal nor absent), else its math path. Used for prefill (and fp32).
+- ``triton_decode``: the split-K kernel of :mod:`glm_engine.kernels.triton.decode_attention` for one query row per
+  head in fp16/bf16: SDPA's kernels tile queries by 64-128 rows and so waste most of their work at ``sq = 1``, and
+  the decode step is a bandwidth problem that wants many programs per head.
+- ``reference``: the portable explicit fp32-softmax path (``reference_attention``): where no fused kernel exists on
+  the device (ROCm archs without CK/AOTriton attention in torch), or as the fallback of last resort.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+
+from glm_engine.kernels.triton.configs import MAX_ATTENTION_HEAD_DIM
+
+DECODE_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class AttentionPath(str, Enum):
+    SDPA = "sdpa"
+    TRITON_DECODE = "triton_decode"
+    REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class AttentionPolicy:
+    """Which path a device uses for multi-row (prefill) and one-row (decode) attention, with the reasons."""
+
+    prefill: AttentionPath
+    prefill_reason: str
+    decode: AttentionPath
+    decode_reason: str
+
+    def choose(self, sq: int, head_dim: int, dtype: torch.dtype) -> tuple[AttentionPath, str]:
+        """The path for a call with ``sq`` query rows, heads of ``head_dim`` and activations in ``dtype``."""
+        if sq != 1:
+            return self.prefill, self.prefill_reason
+        if self.decode is not AttentionPath.TRITON_DECODE:
+            return self.decode, self.decode_reason
+        if dtype not in DECODE_KERNEL_DTYPES:
+            return self.prefill, f"one query row in {dtype}: the decode kernel takes fp16/bf16; {self.prefill_reason}"
+        if head_dim > MAX_ATTENTION_HEAD_DIM:
+            return self.prefill, f"head_dim {head_dim} > {MAX_ATTENTION_HEAD_DIM} (decode kernel's register tile)"
+        return self.decode, self.decode_reason
+
+    def describe(self) -> str:
+        prefill = f"prefill: {self.prefill.value} ({self.prefill_reason})"
+        return f"{prefill}; decode: {self.decode.value} ({self.decode_reason})"
+
+
+SDPA_REASON = "torch SDPA with the bool mask (memory-efficient kernel, fp32 softmax inside)"
+TRITON_DECODE_REASON = "Triton split-K decode kernel (one query row per head, fp32 online softmax)"
+
+
+def cuda_policy(triton_ok: bool, triton_why: str) -> AttentionPolicy:
+    """NVIDIA: SDPA for prefill everywhere torch CUDA runs; the Triton decode kernel where triton imports."""
+    if triton_ok:
+        return AttentionPolicy(AttentionPath.SDPA, SDPA_REASON, AttentionPath.TRITON_DECODE, TRITON_DECODE_REASON)
+    return AttentionPolicy(AttentionPath.SDPA, SDPA_REASON, AttentionPath.SDPA, f"SDPA ({triton_why})")
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+    """The contract's attention through torch SDPA (see the module docstring for why it is the same math)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked, scale=1.0 / math.sqrt(q.shape[-1]))

@@ -1,0 +1,225 @@
+"""The cached decode step captured in a CUDA graph and replayed, one token per row per step.
+
+A decode step of a large model launches a few kernels per op per layer (GLM-130B: ~70 layers x ~20 launches) on
+tiny tensors, so at small batch the CPU's launch overhead, not the GPU, sets the step time. A CUDA graph records the
+whole step once and replays it with a single launch. A graph replays fixed addresses and fixed shapes, so the step is
+rewritten to need nothing else:
+
+- static input buffers ``input_ids [b, 1]``, ``position_ids`` (the runner's layout with one column: ``[b, 1]``, or
+  ChatGLM's ``[b, 2, 1]``) and ``blocked [b, 1, 1, max_length]``, copied into before each replay;
+- a view of the decode's own KV cache (:class:`GraphKVCache`, the same storage) that writes the new key/value at a
+  position held in a device tensor and returns the *whole* preallocated cache to attention, with every position at
+  or after the current length blocked in the mask buffer. Attention therefore has the same shape every step; the
+  decode kernel skips fully blocked tiles, so the empty part costs one mask byte per position.
+
+The first step of a graph runs eagerly on a side stream (compiling Triton kernels and creating library workspaces,
+which capture forbids) and produces that step's logits; capture follows and later steps replay. The model code is
+unchanged: it calls ``cache.update`` and ``ops.attention`` as always.
+
+When a graph is not usable the decoder runs the step eagerly, and says why (:func:`graphs_verdict`): not on CUDA,
+disabled (``GLM_ENGINE_CUDA_GRAPHS=0`` or ``cuda_graphs=False``), tensor parallelism (collectives are not captured
+here), a graph-level runner, or too few steps to repay a capture. Beam search reorders cache rows in place (same
+storage, so the graph stays valid) but its first step replaces the cache by one with more rows: the decoder then
+captures once more for the new batch, at most ``MAX_CAPTURES`` times per decode, and runs eagerly after that.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from glm_engine.backends.base import ModelRunner
+from glm_engine.model.kv_cache import KVCache
+
+ENV_VAR = "GLM_ENGINE_CUDA_GRAPHS"  # "0" turns decode-step graphs off (default: on for cuda)
+MIN_GRAPH_STEPS = 4  # decodes with fewer cached steps run eagerly: capture costs about two eager steps
+MAX_CAPTURES = 2  # per decode: the first batch shape, and the beam-expanded one
+
+
+@dataclass(frozen=True)
+class GraphVerdict:
+    ok: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def graphs_verdict(runner: ModelRunner, requested: bool | None = None, steps: int | None = None) -> GraphVerdict:
+    """Whether decode steps of ``runner`` should be CUDA graphs, and why (not)."""
+    if requested is None:
+        requested = getattr(runner, "cuda_graphs", None)
+    if requested is False:
+        return GraphVerdict(False, "CUDA graphs disabled by the caller")
+    if requested is None and os.environ.get(ENV_VAR, "1").strip() in ("0", "false", "no", "off"):
+        return GraphVerdict(False, f"CUDA graphs disabled by {ENV_VAR}=0")
+    if runner.device.type != "cuda":
+        return GraphVerdict(False, f"CUDA graphs need a cuda device; this model runs on {runner.device.type}")
+    if not hasattr(runner, "ops"):
+        return GraphVerdict(False, "the runner runs an exported graph, not glm-engine's ops")
+    comm = getattr(runner, "comm", None)
+    if comm is not None and comm.world_size > 1:
+        return GraphVerdict(False, "tensor parallel: the step's collectives are not captured")
+    if steps is not None and steps < MIN_GRAPH_STEPS:
+        return GraphVerdict(False, f"{steps} cached steps do not repay a capture (fewer than {MIN_GRAPH_STEPS})")
+    return GraphVerdict(True, "decode steps replay a CUDA graph")
+
+
+class GraphKVCache(KVCache):
+    """A view of a :class:`KVCache`'s storage for a captured step: one token per row, written at ``write_index``.
+
+    ``update`` returns the keys/values of all ``max_length`` positions; the caller blocks the unwritten ones.
+    ``advance`` does nothing: the owner of the graph sets ``write_index`` before each replay and advances the real
+    cache after it.
+    """
+
+    def __init__(self, cache: KVCache) -> None:  # shares storage; allocates only the index
+        self.storage = cache.storage
+        self.length = cache.length
+        self.write_index = torch.zeros(1, dtype=torch.long, device=cache.storage.device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if k.shape[2] != 1:
+            raise ValueError(f"a captured decode step writes one token per row, got {k.shape[2]}")
+        keys, values = self.storage[layer, 0], self.storage[layer, 1]
+        keys.index_copy_(2, self.write_index, k)
+        values.index_copy_(2, self.write_index, v)
+        return keys, values
+
+    def advance(self, num_tokens: int) -> None:
+        return None
+
+
+Capture = Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]]
+
+
+def cuda_graph_capture(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """Capture ``step`` (already run once, eagerly, by the caller) into a CUDA graph; return its replay."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay
+
+
+class DecodeGraph:
+    """Static buffers and the captured step for one cache storage and batch shape.
+
+    ``capture`` turns the step closure into a replay function; the default records a CUDA graph. Tests pass
+    ``lambda step: step`` to run the same buffers eagerly on the CPU.
+    """
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        cache: KVCache,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        blocked: torch.Tensor,
+        capture: Capture = cuda_graph_capture,
+    ) -> None:
+        self.runner = runner
+        self.storage = cache.storage
+        self.cache = GraphKVCache(cache)
+        device = cache.storage.device
+        self.input_ids = torch.zeros_like(input_ids, device=device)
+        self.position_ids = torch.zeros_like(position_ids, device=device)
+        self.blocked = torch.ones(blocked.shape[0], 1, 1, cache.max_length, dtype=torch.bool, device=device)
+        self._capture = capture
+        self._replay: Callable[[], torch.Tensor] | None = None
+
+    def matches(
+        self, cache: KVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor
+    ) -> bool:
+        """Whether this graph can run the step: same cache storage, same shapes, a free cache position left."""
+        return (
+            cache.storage is self.storage
+            and input_ids.shape == self.input_ids.shape
+            and position_ids.shape == self.position_ids.shape
+            and blocked.shape[0] == self.blocked.shape[0]
+            and blocked.shape[-1] == cache.length + 1
+            and cache.length < cache.max_length
+        )
+
+    def _forward(self) -> torch.Tensor:
+        return self.runner.forward(self.input_ids, self.position_ids, self.blocked, self.cache)
+
+    def load(self, cache: KVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor) -> None:
+        """Copy one step's inputs into the static buffers; positions from ``cache.length`` on stay blocked."""
+        filled = cache.length + 1
+        self.input_ids.copy_(input_ids)
+        self.position_ids.copy_(position_ids)
+        self.blocked[..., :filled].copy_(blocked.reshape(blocked.shape[0], 1, 1, filled))
+        self.blocked[..., filled:] = True
+        self.cache.write_index.fill_(cache.length)
+
+    def step(
+        self, cache: KVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[b, 1, vocab]`` of one decode step; the new keys/values land in ``cache``, which advances."""
+        self.load(cache, input_ids, position_ids, blocked)
+        if self._replay is None:
+            logits = self._warm_up()
+            self._replay = self._capture(self._forward)
+        else:
+            logits = self._replay().clone()
+        cache.advance(1)
+        return logits
+
+    def _warm_up(self) -> torch.Tensor:
+        """The first step, run eagerly (on a side stream on CUDA, as capture requires of preceding work)."""
+        if self.storage.device.type != "cuda":
+            return self._forward()
+        stream = torch.cuda.Stream(self.storage.device)
+        stream.wait_stream(torch.cuda.current_stream(self.storage.device))
+        with torch.cuda.stream(stream):
+            logits = self._forward()
+        torch.cuda.current_stream(self.storage.device).wait_stream(stream)
+        return logits
+
+
+class GraphedDecoder:
+    """Runs decode steps through :class:`DecodeGraph` where possible, eagerly otherwise; re-captures when the cache
+    changes (beam expansion) up to ``MAX_CAPTURES`` times. ``reason`` says how the steps ran."""
+
+    def __init__(self, runner: ModelRunner, verdict: GraphVerdict, capture: Capture = cuda_graph_capture) -> None:
+        self.runner = runner
+        self.enabled = verdict.ok
+        self.reason = verdict.reason
+        self.captures = 0
+        self.graph_steps = 0
+        self.eager_steps = 0
+        self._graph: DecodeGraph | None = None
+        self._capture = capture
+
+    def step(
+        self, cache: KVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of one cached decode step (``input_ids [b, 1]``, ``blocked [b or 1, 1, 1, cache.length + 1]``)."""
+        graph = self._graph_for(cache, input_ids, position_ids, blocked)
+        if graph is None:
+            self.eager_steps += 1
+            return self.runner.forward(input_ids, position_ids, blocked, cache)
+        self.graph_steps += 1
+        return graph.step(cache, input_ids, position_ids, blocked)
+
+    def _graph_for(
+        self, cache: KVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor
+    ) -> DecodeGraph | None:
+        if not self.enabled or cache.length >= cache.max_length:
+            return None
+        if self._graph is not None and self._graph.matches(cache, input_ids, position_ids, blocked):
+            return self._graph
+        if self.captures >= MAX_CAPTURES:
+            self.reason = f"the cache changed shape more than {MAX_CAPTURES} times; later steps run eagerly"
+            return None
+        self._graph = DecodeGraph(self.runner, cache, input_ids, position_ids, blocked, self._capture)
+        self.captures += 1
+        return self._graph

@@ -1,0 +1,187 @@
+"""Attention on the torch.cuda backends: the Triton decode kernel, SDPA's formulation and the per-call choice.
+
+Without a GPU the kernel runs in Triton's interpreter on CPU tensors (conftest.py sets ``TRITON_INTERPRET=1``) and
+SDPA runs on the CPU, both against ``reference_attention`` in float64: that checks the semantics (mask, scale,
+split merging, layer scaling being a no-op) while the GPU-only test checks the compiled kernel at real shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glm_engine.backends.torch_cuda_attention import AttentionPath, AttentionPolicy, cuda_policy, sdpa_attention
+from glm_engine.backends.torch_cuda_ops import CudaOps
+from glm_engine.errors import BackendError
+from glm_engine.generation.masks import generation_blocked
+from glm_engine.kernels.triton import triton_verdict
+from glm_engine.kernels.triton.configs import (
+    MAX_ATTENTION_SPLITS,
+    DecodeAttentionConfig,
+    choose_decode_attention_config,
+)
+from glm_engine.ops.torch_ops import reference_attention
+
+needs_triton = pytest.mark.skipif(not triton_verdict()[0], reason=f"needs triton: {triton_verdict()[1]}")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/HIP GPU (torch.cuda.is_available())")
+
+# NMSE against float64: bounded by rounding the output to the activation dtype (fp16 2^-11, bf16 2^-8 relative;
+# Triton 3.9's interpreter truncates fp32 -> bf16). A missing mask or a wrong scale gives NMSE of order 1e-2..1.
+MAX_NMSE = {torch.float16: 5e-7, torch.bfloat16: 3e-5, torch.float32: 1e-12}
+
+
+def nmse(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float(((got.double() - expected) ** 2).sum() / (expected**2).sum())
+
+
+def qkv(b: int, h: int, sk: int, d: int, dtype: torch.dtype, sq: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple((torch.randn(b, h, s, d, generator=g) * 2).to(dtype) for s in (sq, sk, sk))
+
+
+def random_blocked(b: int, sk: int, seed: int = 1) -> torch.Tensor:
+    blocked = torch.rand(b, 1, 1, sk, generator=torch.Generator().manual_seed(seed)) < 0.4
+    blocked[..., 0] = False  # every row keeps a key (the contract)
+    return blocked
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize(("b", "h", "sk", "d", "splits"), [(2, 3, 150, 16, 3), (1, 2, 37, 24, 1), (3, 1, 64, 32, 8)])
+def test_decode_kernel_matches_the_reference(b, h, sk, d, splits, dtype):
+    """Ragged last tile, head_dim not a power of two, more splits than tiles: all equal the float64 reference."""
+    from glm_engine.kernels.triton.decode_attention import decode_attention
+
+    q, k, v = qkv(b, h, sk, d, dtype)
+    blocked = random_blocked(b, sk)
+    got = decode_attention(q, k, v, blocked, DecodeAttentionConfig(16, splits, 4, 1))
+    expected = reference_attention(q.double(), k.double(), v.double(), blocked, 7.0)
+    assert got.shape == (b, h, 1, d) and got.dtype == dtype
+    assert nmse(got, expected) <= MAX_NMSE[dtype]
+
+
+@needs_triton
+def test_decode_kernel_honours_the_mask_and_skips_blocked_tiles():
+    """Keys after the current length blocked (the CUDA-graph layout) give the same output as a cache cut there, and
+    a blocked key holding huge values changes nothing."""
+    from glm_engine.kernels.triton.decode_attention import decode_attention
+
+    q, k, v = qkv(2, 2, 96, 16, torch.float16, seed=3)
+    blocked = torch.zeros(1, 1, 1, 96, dtype=torch.bool)
+    blocked[..., 40:] = True
+    k[:, :, 70], v[:, :, 70] = 1e4, 1e4  # poison inside a blocked tile and a blocked position
+    config = DecodeAttentionConfig(16, 2, 4, 1)
+    full = decode_attention(q, k, v, blocked, config)
+    cut = decode_attention(q, k[:, :, :40], v[:, :, :40], blocked[..., :40], config)
+    assert torch.isfinite(full).all()
+    torch.testing.assert_close(full, cut, atol=2e-3, rtol=0)
+    unmasked = decode_attention(q, k, v, torch.zeros_like(blocked), config)
+    assert nmse(unmasked, full.double()) > 1e-2  # the mask matters: the check above could fail
+
+
+@needs_triton
+def test_decode_kernel_reads_strided_cache_views():
+    """k, v as the KV cache hands them out: slices of [layers, 2, b, h, max, d] storage, not contiguous."""
+    from glm_engine.kernels.triton.decode_attention import decode_attention
+
+    storage = torch.randn(2, 2, 2, 3, 80, 16).half()
+    k, v = storage[1, 0, :, :, :50], storage[1, 1, :, :, :50]
+    q = torch.randn(2, 3, 1, 16).half()
+    blocked = random_blocked(2, 50)
+    got = decode_attention(q, k, v, blocked, DecodeAttentionConfig(16, 2, 4, 1))
+    assert nmse(got, reference_attention(q.double(), k.double(), v.double(), blocked, 1.0)) <= MAX_NMSE[torch.float16]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sdpa_formulation_equals_the_reference_for_any_layer_scale(dtype):
+    """SDPA with the bool mask and 1/sqrt(d) equals the layer-scaled, -10000-filled fp32 softmax: on the GLM
+    prefix-bidirectional mask, for layer scales 1 and 70."""
+    q, k, v = qkv(2, 3, 12, 16, dtype, sq=12)
+    blocked = generation_blocked(7, 12)[None, None]
+    got = sdpa_attention(q, k, v, blocked)
+    for layer_scale in (1.0, 70.0):
+        expected = reference_attention(q.double(), k.double(), v.double(), blocked, layer_scale)
+        assert nmse(got, expected) <= 1e-12
+    assert nmse(sdpa_attention(q, k, v, torch.zeros_like(blocked)), got.double()) > 1e-4  # the mask is applied
+
+
+def test_policy_sends_one_row_fp16_to_the_kernel_and_the_rest_to_sdpa():
+    policy = cuda_policy(True, "triton available")
+    assert policy.choose(1, 128, torch.float16)[0] is AttentionPath.TRITON_DECODE
+    assert policy.choose(1, 128, torch.bfloat16)[0] is AttentionPath.TRITON_DECODE
+    assert policy.choose(7, 128, torch.float16)[0] is AttentionPath.SDPA
+    path, why = policy.choose(1, 128, torch.float32)
+    assert path is AttentionPath.SDPA and "fp16/bf16" in why
+    path, why = policy.choose(1, 512, torch.float16)
+    assert path is AttentionPath.SDPA and "head_dim 512" in why
+    no_triton = cuda_policy(False, "triton is not installed")
+    path, why = no_triton.choose(1, 128, torch.float16)
+    assert path is AttentionPath.SDPA and "not installed" in why
+
+
+def test_decode_splits_fill_the_gpu_at_small_batch_and_stop_at_the_cache():
+    few_heads = choose_decode_attention_config(12, 2048, sm_count=132)  # GLM-130B at TP=8, batch 1
+    assert few_heads.num_splits == 16 and 12 * few_heads.num_splits >= 132  # 32 tiles, 2 per split at most
+    many_heads = choose_decode_attention_config(8 * 96, 2048, sm_count=132)
+    assert many_heads.num_splits == 1
+    assert choose_decode_attention_config(1, 64, sm_count=132).num_splits == 1  # one tile: nothing to split
+    assert choose_decode_attention_config(1, 1 << 20, sm_count=10_000).num_splits == MAX_ATTENTION_SPLITS
+    hip = choose_decode_attention_config(12, 2048, platform="hip")
+    assert hip.num_warps * 64 == few_heads.num_warps * 32  # same threads: wavefront 64 vs warp 32
+
+
+@needs_triton
+@pytest.mark.parametrize("sq", [1, 5])
+def test_cuda_op_table_routes_calls_and_records_why(sq):
+    ops = CudaOps(torch.device("cpu"), torch.float16)
+    q, k, v = qkv(2, 2, 20, 16, torch.float16, sq=sq)
+    blocked = generation_blocked(15, 20)[None, None, -sq:]
+    if sq == 1:
+        got = ops.attention(q, k, v, blocked, 3.0)
+        assert ops.attention_path["decode"].startswith("triton_decode")
+    else:
+        got = ops.attention(q.float(), k.float(), v.float(), blocked, 3.0)  # SDPA on CPU has no fp16 mask kernel
+        assert ops.attention_path["prefill"].startswith("sdpa")
+    expected = reference_attention(q.double(), k.double(), v.double(), blocked, 3.0)
+    assert nmse(got, expected) <= MAX_NMSE[torch.float16]
+
+
+def test_reference_policy_runs_the_portable_path():
+    policy = AttentionPolicy(AttentionPath.REFERENCE, "no fused kernels", AttentionPath.REFERENCE, "no kernels")
+    ops = CudaOps(torch.device("cpu"), torch.float32, policy)
+    q, k, v = qkv(1, 2, 9, 8, torch.float32, sq=9)
+    blocked = generation_blocked(4, 9)[None, None]
+    torch.testing.assert_close(ops.attention(q, k, v, blocked, 2.0), reference_attention(q, k, v, blocked, 2.0))
+    assert ops.attention_path["prefill"] == "reference: no fused kernels"
+
+
+def test_cuda_op_table_refuses_a_dtype_it_cannot_compute():
+    with pytest.raises(BackendError, match="fp16, bf16 or fp32"):
+        CudaOps(torch.device("cpu"), torch.float64)
+
+
+@needs_gpu
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_decode_kernel_on_the_gpu_at_glm130b_shapes(dtype):
+    """Compiled kernel, real tiles and split choice: batch 2, 12 heads of 128 (TP=8), 2048 cached positions."""
+    from glm_engine.kernels.triton.decode_attention import decode_attention
+
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    q, k, v = (t.cuda() for t in qkv(2, 12, 2048, 128, dtype))
+    blocked = random_blocked(2, 2048).cuda()
+    props = torch.cuda.get_device_properties(0)
+    platform = "hip" if torch.version.hip else "cuda"
+    config = choose_decode_attention_config(24, 2048, sm_count=props.multi_processor_count, platform=platform)
+    got = decode_attention(q, k, v, blocked, config)
+    expected = reference_attention(q.cpu().double(), k.cpu().double(), v.cpu().double(), blocked.cpu(), 70.0)
+    assert nmse(got.cpu(), expected) <= MAX_NMSE[dtype]
+
+
+@needs_gpu
+def test_sdpa_prefill_on_the_gpu_matches_the_reference_in_fp16():
+    q, k, v = (t.cuda() for t in qkv(2, 4, 300, 128, torch.float16, sq=300))
+    blocked = generation_blocked(200, 300)[None, None].cuda()
+    expected = reference_attention(q.cpu().double(), k.cpu().double(), v.cpu().double(), blocked.cpu(), 70.0)
+    assert nmse(sdpa_attention(q, k, v, blocked).cpu(), expected) <= MAX_NMSE[torch.float16]

@@ -1,0 +1,151 @@
+"""Decode-step CUDA graphs: when they are used, and that the static-buffer step computes what the eager step does.
+
+The buffers, the cache view that writes at a device-held position, the full-length mask and the re-capture rules
+are device-independent, so on the CPU the same :class:`DecodeGraph` runs with an eager "capture" (``lambda step:
+step``) against the ordinary cached decode. Only the CUDA-graph recording itself needs a GPU (last test).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import glm_engine
+import glm_engine.generation.decode as decode_module
+from glm_engine.generation.cuda_graph import (
+    ENV_VAR,
+    MAX_CAPTURES,
+    MIN_GRAPH_STEPS,
+    DecodeGraph,
+    GraphedDecoder,
+    GraphVerdict,
+    graphs_verdict,
+)
+from glm_engine.generation.masks import generation_blocked, generation_positions
+from glm_engine.parallel.communicator import Communicator
+
+
+def eager(step):
+    return step
+
+
+def cuda_runner(**extra: object) -> SimpleNamespace:
+    """Stands in for a model on a cuda device: graphs_verdict only looks at these attributes."""
+    return SimpleNamespace(**{"device": torch.device("cuda", 0), "ops": object(), "comm": Communicator(), **extra})
+
+
+def test_graphs_are_used_on_cuda_by_default_and_each_refusal_says_why(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert graphs_verdict(cuda_runner())
+    assert "cpu" in graphs_verdict(SimpleNamespace(device=torch.device("cpu"), ops=object())).reason
+    assert "caller" in graphs_verdict(cuda_runner(), requested=False).reason
+    assert "caller" in graphs_verdict(cuda_runner(cuda_graphs=False)).reason
+    assert "exported graph" in graphs_verdict(SimpleNamespace(device=torch.device("cuda"))).reason
+    assert "tensor parallel" in graphs_verdict(cuda_runner(comm=SimpleNamespace(world_size=2))).reason
+    assert "repay" in graphs_verdict(cuda_runner(), steps=MIN_GRAPH_STEPS - 1).reason
+    monkeypatch.setenv(ENV_VAR, "0")
+    assert f"{ENV_VAR}=0" in graphs_verdict(cuda_runner()).reason
+    assert graphs_verdict(cuda_runner(), requested=True)  # an explicit request beats the environment
+
+
+def prefill(model, tokens, positions, blocked, context):
+    cache = model.new_cache(tokens.shape[0], tokens.shape[1])
+    model.forward(tokens[:, :context], positions[:, :context], blocked[..., :context, :context], cache)
+    return cache
+
+
+@pytest.mark.parametrize("batch_blocked", [1, 2])
+def test_static_buffer_step_equals_the_eager_cached_step(small_model, batch_blocked):
+    total, context = 16, 9
+    tokens = torch.randint(20, 400, (2, total), generator=torch.Generator().manual_seed(0))
+    positions = generation_positions(context, total, 3, False).expand(2, -1)
+    blocked = generation_blocked(context, total)[None, None].expand(batch_blocked, -1, -1, -1)
+    eager_cache = prefill(small_model, tokens, positions, blocked, context)
+    graph_cache = prefill(small_model, tokens, positions, blocked, context)
+    graph = None
+    for col in range(context, total):
+        args = (tokens[:, col : col + 1], positions[:, col : col + 1], blocked[..., col : col + 1, : col + 1])
+        expected = small_model.forward(*args, eager_cache)
+        graph = graph or DecodeGraph(small_model, graph_cache, *args, capture=eager)
+        assert graph.matches(graph_cache, *args)
+        got = graph.step(graph_cache, *args)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert bool(graph.blocked[..., col + 1 :].all())  # not-yet-written positions stay blocked
+    assert graph_cache.length == eager_cache.length == total
+    torch.testing.assert_close(graph_cache.storage, eager_cache.storage)
+
+
+def test_decoder_recaptures_for_a_new_cache_then_gives_up_with_a_reason(small_model):
+    decoder = GraphedDecoder(small_model, GraphVerdict(True, "test"), capture=eager)
+    tokens = torch.full((1, 1), 30)
+    positions = torch.zeros(1, 1, dtype=torch.long)
+    for _ in range(MAX_CAPTURES + 1):
+        cache = small_model.new_cache(1, 8)
+        small_model.forward(tokens, positions, torch.zeros(1, 1, 1, 1, dtype=torch.bool), cache)
+        decoder.step(cache, tokens, positions + 1, torch.zeros(1, 1, 1, 2, dtype=torch.bool))
+    assert decoder.captures == MAX_CAPTURES and decoder.graph_steps == MAX_CAPTURES and decoder.eager_steps == 1
+    assert "more than" in decoder.reason
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return glm_engine.load("glm-tiny", backend="cpu", dtype="fp32")
+
+
+def generate_with_graph_emulation(monkeypatch, engine, prompts, **options):
+    """Generate with every decode step going through DecodeGraph's buffers (eager capture on the CPU)."""
+    made: list[GraphedDecoder] = []
+
+    def emulated(runner, verdict):
+        made.append(GraphedDecoder(runner, GraphVerdict(True, "emulated"), capture=eager))
+        return made[-1]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(decode_module, "GraphedDecoder", emulated)
+        results = engine.generate(prompts, **options)
+    assert made and all(d.graph_steps > 0 and d.eager_steps == 0 for d in made)
+    return results, made
+
+
+def test_greedy_batch_decode_through_graph_buffers_gives_the_same_tokens(monkeypatch, engine):
+    prompts = ["天空是[MASK]色的", "Once upon a time"]
+    options = dict(out_seq_length=20, top_k=1, top_p=0.0)
+    expected = [r.token_ids for r in engine.generate(prompts, **options)]
+    results, _ = generate_with_graph_emulation(monkeypatch, engine, prompts, **options)
+    assert [r.token_ids for r in results] == expected
+
+
+def test_beam_search_reorders_rows_in_place_under_one_graph(monkeypatch, engine):
+    options = dict(sampling_strategy="BeamSearchStrategy", num_beams=3, out_seq_length=24, deterministic=True)
+    expected = engine.generate("The sky is [MASK].", **options)[0].token_ids
+    results, made = generate_with_graph_emulation(monkeypatch, engine, "The sky is [MASK].", **options)
+    assert results[0].token_ids == expected
+    # The beams exist from the first cached step; reordering them in place every step keeps that one graph valid.
+    assert made[0].captures == 1 and made[0].graph_steps > 1
+
+
+def test_the_cpu_decode_path_runs_eagerly(engine):
+    assert not graphs_verdict(engine.runner)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.version.hip is not None, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+def test_captured_decode_on_the_gpu_gives_the_eager_tokens(monkeypatch, dtype):
+    gpu = glm_engine.load("glm-tiny", backend="cuda", dtype=dtype)
+    prompts = ["Alpha [MASK] beta", "Once upon a time"]
+    options = dict(out_seq_length=40, top_k=1, top_p=0.0)
+    gpu.runner.cuda_graphs = False
+    expected = [r.token_ids for r in gpu.generate(prompts, **options)]
+    gpu.runner.cuda_graphs = None
+    made: list[GraphedDecoder] = []
+    original = decode_module.GraphedDecoder
+
+    def recording(runner, verdict):
+        made.append(original(runner, verdict))
+        return made[-1]
+
+    monkeypatch.setattr(decode_module, "GraphedDecoder", recording)
+    assert [r.token_ids for r in gpu.generate(prompts, **options)] == expected
+    assert made[0].graph_steps > 0 and made[0].captures == 1, made[0].reason
