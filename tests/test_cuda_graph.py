@@ -20,7 +20,7 @@ from glm_engine.generation.cuda_graph import (
     MIN_GRAPH_STEPS,
     DecodeGraph,
     GraphedDecoder,
-    GraphVerdict,
+    Verdict,
     graphs_verdict,
 )
 from glm_engine.generation.masks import generation_blocked, generation_positions
@@ -78,7 +78,7 @@ def test_static_buffer_step_equals_the_eager_cached_step(small_model, batch_bloc
 
 
 def test_decoder_recaptures_for_a_new_cache_then_gives_up_with_a_reason(small_model):
-    decoder = GraphedDecoder(small_model, GraphVerdict(True, "test"), capture=eager)
+    decoder = GraphedDecoder(small_model, Verdict(True, "test"), capture=eager)
     tokens = torch.full((1, 1), 30)
     positions = torch.zeros(1, 1, dtype=torch.long)
     for _ in range(MAX_CAPTURES + 1):
@@ -99,7 +99,7 @@ def generate_with_graph_emulation(monkeypatch, engine, prompts, **options):
     made: list[GraphedDecoder] = []
 
     def emulated(runner, verdict):
-        made.append(GraphedDecoder(runner, GraphVerdict(True, "emulated"), capture=eager))
+        made.append(GraphedDecoder(runner, Verdict(True, "emulated"), capture=eager))
         return made[-1]
 
     with monkeypatch.context() as patch:

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from glm_engine.backends.base import ModelRunner
+from glm_engine.backends.base import ModelRunner, Verdict
 from glm_engine.model.kv_cache import KVCache
 
 ENV_VAR = "GLM_ENGINE_CUDA_GRAPHS"  # "0" turns decode-step graphs off (default: on for cuda)
@@ -39,33 +38,24 @@ MIN_GRAPH_STEPS = 4  # decodes with fewer cached steps run eagerly: capture cost
 MAX_CAPTURES = 2  # per decode: the first batch shape, and the beam-expanded one
 
 
-@dataclass(frozen=True)
-class GraphVerdict:
-    ok: bool
-    reason: str
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-def graphs_verdict(runner: ModelRunner, requested: bool | None = None, steps: int | None = None) -> GraphVerdict:
+def graphs_verdict(runner: ModelRunner, requested: bool | None = None, steps: int | None = None) -> Verdict:
     """Whether decode steps of ``runner`` should be CUDA graphs, and why (not)."""
     if requested is None:
         requested = getattr(runner, "cuda_graphs", None)
     if requested is False:
-        return GraphVerdict(False, "CUDA graphs disabled by the caller")
+        return Verdict(False, "CUDA graphs disabled by the caller")
     if requested is None and os.environ.get(ENV_VAR, "1").strip() in ("0", "false", "no", "off"):
-        return GraphVerdict(False, f"CUDA graphs disabled by {ENV_VAR}=0")
+        return Verdict(False, f"CUDA graphs disabled by {ENV_VAR}=0")
     if runner.device.type != "cuda":
-        return GraphVerdict(False, f"CUDA graphs need a cuda device; this model runs on {runner.device.type}")
+        return Verdict(False, f"CUDA graphs need a cuda device; this model runs on {runner.device.type}")
     if not hasattr(runner, "ops"):
-        return GraphVerdict(False, "the runner runs an exported graph, not glm-engine's ops")
+        return Verdict(False, "the runner runs an exported graph, not glm-engine's ops")
     comm = getattr(runner, "comm", None)
     if comm is not None and comm.world_size > 1:
-        return GraphVerdict(False, "tensor parallel: the step's collectives are not captured")
+        return Verdict(False, "tensor parallel: the step's collectives are not captured")
     if steps is not None and steps < MIN_GRAPH_STEPS:
-        return GraphVerdict(False, f"{steps} cached steps do not repay a capture (fewer than {MIN_GRAPH_STEPS})")
-    return GraphVerdict(True, "decode steps replay a CUDA graph")
+        return Verdict(False, f"{steps} cached steps do not repay a capture (fewer than {MIN_GRAPH_STEPS})")
+    return Verdict(True, "decode steps replay a CUDA graph")
 
 
 class GraphKVCache(KVCache):
@@ -189,7 +179,7 @@ class GraphedDecoder:
     """Runs decode steps through :class:`DecodeGraph` where possible, eagerly otherwise; re-captures when the cache
     changes (beam expansion) up to ``MAX_CAPTURES`` times. ``reason`` says how the steps ran."""
 
-    def __init__(self, runner: ModelRunner, verdict: GraphVerdict, capture: Capture = cuda_graph_capture) -> None:
+    def __init__(self, runner: ModelRunner, verdict: Verdict, capture: Capture = cuda_graph_capture) -> None:
         self.runner = runner
         self.enabled = verdict.ok
         self.reason = verdict.reason
