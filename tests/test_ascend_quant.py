@@ -1,14 +1,16 @@
 """Ascend quantized linears: the layout handed to torch_npu, checked on the CPU against the documented semantics.
 
-``FakeTorchNpu`` implements the two torch_npu ops as their documentation and op-plugin's source describe them
-(shape checks, group-size rule, INT4 bit layout, ``x @ (weight * antiquant_scale)``), so the conversion and the
-calls are exercised without an NPU. The last test runs the real ops and skips with the reason where no NPU is.
+``TorchNpuDouble`` (tests/npu_double.py) implements the two torch_npu ops as their documentation and op-plugin's source
+describe them (shape checks, group-size rule, INT4 bit layout, ``x @ (weight * antiquant_scale)``), so the conversion
+and the calls are exercised without an NPU; that is not device conformance. The last test runs the real ops and
+skips with the reason where no NPU is.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from npu_double import TorchNpuDouble
 
 from glm_engine.backends.ascend.ops import AscendOps
 from glm_engine.backends.ascend.quant import (
@@ -19,6 +21,7 @@ from glm_engine.backends.ascend.quant import (
     int8_weight,
     unsupported_reason,
 )
+from glm_engine.backends.ascend.soc import SocFamily
 from glm_engine.backends.registry import get_backend, op_table_for
 from glm_engine.errors import BackendError
 from glm_engine.ops.torch_ops import DequantizingLinear
@@ -28,42 +31,6 @@ from glm_engine.quant.weight import QuantizedWeight
 def quantized(out: int, columns: int, bits: int, group_size: int | None, seed: int = 0) -> QuantizedWeight:
     weight = torch.randn(out, columns, generator=torch.Generator().manual_seed(seed)) * 0.05
     return QuantizedWeight.quantize(weight, bits, group_size)
-
-
-class FakeTorchNpu:
-    """The documented behaviour of torch_npu's weight-quant matmul and INT4 packing, on CPU tensors."""
-
-    @staticmethod
-    def npu_convert_weight_to_int4pack(weight: torch.Tensor, inner_k_tiles: int = 0) -> torch.Tensor:
-        assert weight.dtype == torch.int32 and weight.dim() == 2 and weight.is_contiguous()
-        assert weight.shape[-1] % 8 == 0 and weight.min() >= -8 and weight.max() <= 7
-        nibbles = (weight & 0xF).view(weight.shape[0], -1, 8).to(torch.int64)
-        words = sum(nibbles[..., i] << (4 * i) for i in range(8))  # value 8j + i in bits 4i..4i+3 of word j
-        return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-
-    @staticmethod
-    def unpack(words: torch.Tensor) -> torch.Tensor:
-        """Inverse of the packing along the last dim: int32 words -> signed values."""
-        nibbles = torch.stack([(words.to(torch.int64) >> (4 * i)) & 0xF for i in range(8)], dim=-1)
-        return torch.where(nibbles >= 8, nibbles - 16, nibbles).flatten(-2)
-
-    def npu_weight_quant_batchmatmul(self, x, weight, antiquant_scale, antiquant_group_size=0, **unused):
-        assert x.dim() == 2 and x.dtype in (torch.float16, torch.bfloat16)
-        assert antiquant_scale.dtype == x.dtype
-        transposed = weight.dim() == 2 and weight.stride(0) == 1 and weight.stride(1) != 1
-        if weight.dtype == torch.int32:
-            assert transposed, "glm-engine passes the transposed packed weight, as the documented example does"
-            values = self.unpack(weight.t()).t()  # (K, N)
-        else:
-            assert weight.dtype == torch.int8
-            values = weight
-        k, n = values.shape
-        assert x.shape[1] == k, "The k of x and weight should be equal"
-        assert antiquant_group_size == 0 or (32 <= antiquant_group_size <= k - 1 and antiquant_group_size % 32 == 0)
-        groups = 1 if antiquant_group_size == 0 else -(-k // antiquant_group_size)
-        assert tuple(antiquant_scale.shape) == (groups, n)
-        scale = antiquant_scale.float().repeat_interleave(k // groups, dim=0)
-        return (x.float() @ (values.float() * scale)).to(x.dtype)
 
 
 @pytest.mark.parametrize(("bits", "group_size"), [(8, None), (8, 32), (4, None), (4, 64)])
@@ -85,9 +52,9 @@ def test_layout_dequantizes_to_the_stored_weight_by_the_documented_formula(bits,
 
 def test_int4_packing_round_trips_through_the_documented_bit_layout():
     weight = quantized(16, 64, 4, None)
-    words = FakeTorchNpu.npu_convert_weight_to_int4pack(int4_values(weight))
+    words = TorchNpuDouble.npu_convert_weight_to_int4pack(int4_values(weight))
     assert words.shape == (16, 8)
-    assert torch.equal(FakeTorchNpu.unpack(words), weight.values().to(torch.int64))
+    assert torch.equal(TorchNpuDouble.unpack(words), weight.values().to(torch.int64))
     first = int(weight.values()[0, 0]) & 0xF
     assert int(words[0, 0]) & 0xF == first  # column 0 in the LOW nibble there, the high one in glm-engine's bytes
     assert (int(weight.stored[0, 0]) >> 4) & 0xF == first
@@ -96,7 +63,7 @@ def test_int4_packing_round_trips_through_the_documented_bit_layout():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize(("bits", "group_size"), [(8, None), (8, 64), (4, None), (4, 32)])
 def test_ascend_table_prepares_and_calls_the_npu_op(bits, group_size, dtype):
-    ops = AscendOps(torch.device("cpu"), dtype, npu=FakeTorchNpu())
+    ops = AscendOps(torch.device("cpu"), dtype, npu=TorchNpuDouble(), family=SocFamily.ATLAS_A2)
     weight = quantized(32, 128, bits, group_size)
     packed = ops.prepare_quantized(weight)
     assert isinstance(packed, NpuQuantLinear)
@@ -111,13 +78,13 @@ def test_ascend_table_prepares_and_calls_the_npu_op(bits, group_size, dtype):
 
 
 def test_what_the_npu_op_cannot_run_falls_back_with_the_reason():
-    fp32 = AscendOps(torch.device("cpu"), torch.float32, npu=FakeTorchNpu())
+    fp32 = AscendOps(torch.device("cpu"), torch.float32, npu=TorchNpuDouble(), family=SocFamily.ATLAS_A2)
     assert isinstance(fp32.prepare_quantized(quantized(8, 64, 8, None)), DequantizingLinear)
     assert "fp16/bf16" in fp32.quant_path["int8-rowwise"]
     assert "multiple of 32" in unsupported_reason(quantized(8, 96, 8, 48), torch.float16)
     assert "multiple of 8" in unsupported_reason(quantized(8, 36, 4, None), torch.float16)
     with pytest.raises(BackendError, match=r"prepared for torch\.float16"):
-        NpuQuantLinear(quantized(8, 64, 8, None), torch.float16, FakeTorchNpu())(torch.zeros(1, 64))
+        NpuQuantLinear(quantized(8, 64, 8, None), torch.float16, TorchNpuDouble())(torch.zeros(1, 64))
 
 
 def test_ascend_backend_declares_the_formats_and_how_they_run():

@@ -1,23 +1,35 @@
 """Ascend backend declaration: available when ``torch_npu`` imports (CANN present) and sees an NPU.
 
 ``torch_npu`` is imported here only, on demand: without CANN it fails to import, and that failure is reported as the
-reason instead of breaking ``import glm_engine``.
+reason instead of breaking ``import glm_engine``. Importing it also registers the ``npu`` device type (``torch.npu``
+is ``torch_npu.npu``) and the ``hccl`` process-group backend that tensor parallelism names: the communicator asks
+for :meth:`devices` (so imports torch_npu) before it calls ``init_process_group(backend="hccl")``.
+
+Device facts (torch_npu API reference, "NPU Device" and ``torch_npu.npu.utils.get_cann_version``):
+``torch_npu.npu.get_device_name(i)`` is the SoC name, ``get_device_properties(i).total_memory`` the HBM bytes,
+``torch_npu.npu.get_soc_version()`` the SoC code of the current device, and the CANN version comes from
+``torch_npu.npu.utils.get_cann_version(module="CANN")`` (newer torch_npu) or ``torch.version.cann`` (set by torch_npu).
+https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/NPU-Device.md,
+https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/torch_npu-npu-utils-get_cann_version.md
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+from types import ModuleType
 
 import torch
 
+from glm_engine.backends.ascend.attention import choose_kernel
 from glm_engine.backends.ascend.ops import AscendOps
+from glm_engine.backends.ascend.soc import SocFamily, classify_soc, has_bf16
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
 from glm_engine.ops.interface import Op, OpTable
 from glm_engine.quant.formats import QuantFormat
 
 
-def _import_torch_npu() -> tuple[object | None, str]:
+def _import_torch_npu() -> tuple[ModuleType | None, str]:
     """The torch_npu module, or None and why not."""
     if importlib.util.find_spec("torch_npu") is None:
         return None, (
@@ -32,6 +44,51 @@ def _import_torch_npu() -> tuple[object | None, str]:
         )
 
 
+def cann_version(npu: ModuleType | object) -> str:
+    """The CANN version torch_npu reports, or "unknown"."""
+    utils = getattr(getattr(npu, "npu", None), "utils", None)
+    getter = getattr(utils, "get_cann_version", None)
+    if getter is not None:
+        try:
+            return str(getter(module="CANN"))
+        except Exception:  # older CANN layouts; fall through to the version torch_npu records
+            pass
+    return str(getattr(torch.version, "cann", None) or "unknown")
+
+
+def soc_version(npu: ModuleType | object) -> int | None:
+    """``torch_npu.npu.get_soc_version()`` (the current device's SoC code), or None where this torch_npu lacks it."""
+    getter = getattr(getattr(npu, "npu", None), "get_soc_version", None)
+    try:
+        return int(getter()) if getter is not None else None
+    except Exception:
+        return None
+
+
+def describe_npus(npu: ModuleType | object) -> list[DeviceInfo]:
+    """Each visible NPU: SoC name, memory, family, SoC code and CANN version."""
+    device = npu.npu
+    code = soc_version(npu)
+    cann = cann_version(npu)
+    infos = []
+    for index in range(device.device_count()):
+        name = str(device.get_device_name(index))
+        memory = getattr(device.get_device_properties(index), "total_memory", None)
+        family = classify_soc(name, code)
+        detail = f"{family.value}; SoC code {code if code is not None else '?'}; CANN {cann}"
+        infos.append(DeviceInfo(index, name, memory, detail))
+    return infos
+
+
+def _attention_paths(npu: ModuleType | object | None, family: SocFamily, dtype: torch.dtype) -> str:
+    """ "prefill: KERNEL; decode: KERNEL", each kernel or "portable (why)"."""
+    parts = []
+    for phase, decode in (("prefill", False), ("decode", True)):
+        kernel, why = choose_kernel(npu, family, dtype, decode)
+        parts.append(f"{phase}: {kernel.value if kernel else f'portable ({why})'}")
+    return ", ".join(parts)
+
+
 class AscendBackend(OpLevelBackend):
     name = "ascend"
     device_type = "npu"
@@ -39,42 +96,91 @@ class AscendBackend(OpLevelBackend):
     priority = 30
     description = "Huawei Ascend NPUs through torch_npu"
 
+    def __init__(self, npu: ModuleType | object | None = None) -> None:
+        self._npu = npu  # tests pass a stand-in; otherwise torch_npu is imported on first need
+
+    def _module(self) -> tuple[ModuleType | object | None, str]:
+        if self._npu is not None:
+            return self._npu, ""
+        return _import_torch_npu()
+
     def availability(self) -> Verdict:
-        module, why = _import_torch_npu()
+        module, why = self._module()
         if module is None:
             return Verdict(False, why)
-        if not torch.npu.is_available():
+        if not module.npu.is_available():
             return Verdict(
                 False,
                 "torch_npu sees no Ascend NPU (torch.npu.is_available() is False); check the "
                 "driver and ASCEND_RT_VISIBLE_DEVICES",
             )
-        return Verdict(True, f"{torch.npu.device_count()} NPU(s)")
+        return Verdict(True, f"{module.npu.device_count()} NPU(s), CANN {cann_version(module)}")
 
     def devices(self) -> list[DeviceInfo]:
         if not self.availability():
             return []
-        devices = []
-        for index in range(torch.npu.device_count()):
-            props = torch.npu.get_device_properties(index)
-            devices.append(DeviceInfo(index, props.name, getattr(props, "total_memory", None)))
-        return devices
+        module, _ = self._module()
+        return describe_npus(module)
+
+    def families(self) -> list[SocFamily]:
+        """The SoC family of each visible device (empty when unavailable)."""
+        if not self.availability():
+            return []
+        module, _ = self._module()
+        return [classify_soc(d.name, soc_version(module)) for d in describe_npus(module)]
+
+    def family(self, device_index: int = 0) -> SocFamily:
+        families = self.families()
+        return families[device_index] if device_index < len(families) else SocFamily.UNKNOWN
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
-        bf16 = bool(self.availability()) and bool(getattr(torch.npu, "is_bf16_supported", lambda: False)())
-        return (torch.float16, torch.bfloat16, torch.float32) if bf16 else (torch.float16, torch.float32)
+        families = self.families()
+        if families and all(has_bf16(f) for f in families):
+            return (torch.float16, torch.bfloat16, torch.float32)
+        return (torch.float16, torch.float32)
+
+    def supports(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | str | None = None) -> Verdict:
+        if dtype == torch.bfloat16:
+            without = sorted({f.value for f in self.families() if not has_bf16(f)})
+            if without:
+                return Verdict(False, f"bf16 is documented for Atlas A2/A3 only; this node has {', '.join(without)}")
+        return super().supports(op, dtype, quant_format)
 
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
+        family = self.family()
+        module, _ = self._module()
+        if op is Op.ATTENTION and family is SocFamily.UNKNOWN and not self.availability():
+            return "no NPU here; documented paths per SoC: " + "; ".join(
+                f"{f.value}: {_attention_paths(None, f, dtype)}"
+                for f in (SocFamily.ATLAS_A2, SocFamily.ATLAS_A3, SocFamily.ATLAS_INFERENCE)
+            )
+        if op is Op.ATTENTION:
+            return _attention_paths(module, family, dtype)
+        if op is Op.ROTARY:
+            if family is SocFamily.UNKNOWN:
+                return "portable (npu_rotary_mul's constraints are documented per product; SoC not known here)"
+            return "torch_npu.npu_rotary_mul where its documented shape limits hold, else portable"
+        if op is Op.LAYERNORM:
+            return "F.layer_norm (native on NPU)"
         if op is not Op.LINEAR or quant_format is None:
             return ""
         if dtype not in (torch.float16, torch.bfloat16):
             return f"dequantized per product (npu_weight_quant_batchmatmul takes fp16/bf16 activations, not {dtype})"
+        groupwise = quant_format in (QuantFormat.INT8_GROUPWISE, QuantFormat.INT4_GROUPWISE)
+        int4 = quant_format in (QuantFormat.INT4_ROWWISE, QuantFormat.INT4_GROUPWISE)
+        if family is SocFamily.ATLAS_INFERENCE and (groupwise or int4 or dtype != torch.float16):
+            return (
+                f"dequantized per product (on {family.value} npu_weight_quant_batchmatmul runs fp16 x "
+                "per-channel INT8 only)"
+            )
+        if family in (SocFamily.ATLAS_TRAINING, SocFamily.UNKNOWN) and self.availability():
+            return f"dequantized per product (npu_weight_quant_batchmatmul is not documented for {family.value})"
         note = "torch_npu.npu_weight_quant_batchmatmul"
-        if quant_format in (QuantFormat.INT8_GROUPWISE, QuantFormat.INT4_GROUPWISE):
+        if groupwise:
             note += " (groups a multiple of 32 columns; per-group needs Atlas A2/A3)"
-        if quant_format in (QuantFormat.INT4_ROWWISE, QuantFormat.INT4_GROUPWISE):
+        if int4:
             note += ", INT4 re-packed by npu_convert_weight_to_int4pack at load (Atlas A2/A3)"
         return note
 
     def op_table(self, dtype: torch.dtype, device_index: int = 0) -> OpTable:
-        return AscendOps(self.device(device_index), dtype)
+        return AscendOps(self.device(device_index), dtype, self._npu, self.family(device_index))

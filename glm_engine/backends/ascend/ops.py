@@ -1,7 +1,22 @@
-"""The Ascend op table: the portable ops, with quantized linears on ``torch_npu.npu_weight_quant_batchmatmul``.
+"""The Ascend op table: torch_npu's fused attention, rotary and weight-quant matmul where they keep GLM's semantics on
+the detected SoC; the portable ops (with the reason recorded in ``paths``) everywhere else.
 
-``torch_npu`` is imported when the first quantized weight is prepared (the table exists only where the backend is
-available, so it imports); tests pass a stand-in module instead.
+- attention: :mod:`glm_engine.backends.ascend.attention` (kernel per SoC family and phase; fp32 -> portable).
+- rotary: ``torch_npu.npu_rotary_mul(input, r1, r2, rotary_mode='half') -> Tensor`` computes
+  ``r1 * input + r2 * cat(-x2, x1)`` with ``x1, x2 = chunk(input, 2, -1)``: exactly the contract's
+  ``x * cos + rotate_half(x) * sin``. Documented for the Atlas training, A2, A3 and inference series, fp16/bf16/fp32,
+  4-D tensors. With ``jit_compile=False`` (Atlas A2/A3) a BSND input takes r1/r2 as ``1S1D``, ``BS1D`` or ``BSND``,
+  ``D < 896`` and even, ``B, N < 1000``; with ``jit_compile=True`` (the only documented mode on the Atlas training and
+  inference series) r1/r2 are "generally" ``1S1D`` for BSND, ``D = 128``, ``B, N <= 1000``, the broadcast axes holding
+  at most 1024 elements. r1/r2 must lie in [-1, 1] (cos/sin do). The fused op rounds once where the reference's
+  three element-wise fp16 ops round three times.
+  https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/torch_npu-npu_rotary_mul.md
+- layernorm: ``F.layer_norm``, which torch_npu implements natively (aclnnLayerNorm); no torch_npu-specific layer
+  norm op is documented with a matching signature, so none is called.
+- quantized linears: :mod:`glm_engine.backends.ascend.quant` (``npu_weight_quant_batchmatmul``).
+
+``torch_npu`` is imported when an op first needs it (the table exists only where the backend is available, so it
+imports); tests pass a stand-in module and a SoC family instead.
 """
 
 from __future__ import annotations
@@ -11,26 +26,89 @@ from types import ModuleType
 
 import torch
 
+from glm_engine.backends.ascend.attention import choose_kernel, fused_attention, shape_reason
 from glm_engine.backends.ascend.quant import NpuQuantLinear, unsupported_reason
+from glm_engine.backends.ascend.soc import SocFamily, has_bf16
 from glm_engine.ops.interface import PackedLinear
 from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps
 from glm_engine.quant.weight import QuantizedWeight
 
+ROTARY_MAX_DIM = 896  # npu_rotary_mul, jit_compile=False: D < 896 and even
+ROTARY_MAX_BN = 1000  # B and N below 1000 (jit_compile=False) / at most 1000 (jit_compile=True)
+ROTARY_JIT_DIM = 128  # jit_compile=True (Atlas training/inference series): D must be 128
+ROTARY_JIT_MAX_BROADCAST = 1024  # jit_compile=True: the broadcast axes hold at most 1024 elements
+
+
+def rotary_reason(family: SocFamily, dtype: torch.dtype, q: torch.Tensor, cos: torch.Tensor) -> str:
+    """Why ``npu_rotary_mul`` cannot run ``q [b, s, n, d]`` with ``cos [b or 1, s, 1, d]`` on ``family``, or ""."""
+    b, _, n, d = q.shape
+    if family is SocFamily.UNKNOWN:
+        return "npu_rotary_mul's constraints are documented per product; this SoC is not one of them"
+    if dtype == torch.bfloat16 and not has_bf16(family):
+        return f"bf16 is documented for Atlas A2/A3 only, not {family.value}"
+    if family in (SocFamily.ATLAS_A2, SocFamily.ATLAS_A3):
+        if d % 2 or d >= ROTARY_MAX_DIM or b >= ROTARY_MAX_BN or n >= ROTARY_MAX_BN:
+            return f"npu_rotary_mul needs an even head dim < {ROTARY_MAX_DIM} and batch, heads < {ROTARY_MAX_BN}"
+        return ""
+    if d != ROTARY_JIT_DIM or cos.shape[0] != 1 or b * n > ROTARY_JIT_MAX_BROADCAST:
+        return (
+            f"npu_rotary_mul on {family.value} takes head dim {ROTARY_JIT_DIM}, positions shared by the batch (1S1D) "
+            f"and batch x heads <= {ROTARY_JIT_MAX_BROADCAST}; got d={d}, cos batch {cos.shape[0]}, {b}x{n}"
+        )
+    return ""
+
 
 class AscendOps(TorchOps):
-    """TorchOps with quantized linears in torch_npu's weight-quant batch matmul; the reason when it cannot run them."""
+    """TorchOps with torch_npu's fused kernels where they keep the semantics; ``paths`` says how each op ran last."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, npu: ModuleType | None = None) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        dtype: torch.dtype,
+        npu: ModuleType | object | None = None,
+        family: SocFamily = SocFamily.UNKNOWN,
+    ) -> None:
         super().__init__(device, dtype)
         self._npu = npu
+        self.family = family
         self.quant_path: dict[str, str] = {}  # format name -> how the last weight of that format is served
+        self.paths: dict[str, str] = {}  # "attention-prefill" / "attention-decode" / "rotary" -> kernel or reason
+
+    def _torch_npu(self) -> ModuleType | object:
+        if self._npu is None:
+            self._npu = importlib.import_module("torch_npu")
+        return self._npu
+
+    def attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor, layer_scale: float
+    ) -> torch.Tensor:
+        decode = q.shape[2] == 1
+        key = "attention-decode" if decode else "attention-prefill"
+        kernel, why = choose_kernel(self._torch_npu(), self.family, q.dtype, decode)
+        if kernel is not None:
+            why = shape_reason(kernel, self.family, q, k)
+        if kernel is None or why:
+            self.paths[key] = f"portable: {why}"
+            return super().attention(q, k, v, blocked, layer_scale)
+        self.paths[key] = kernel.value
+        return fused_attention(self._torch_npu(), kernel, q, k, v, blocked)
+
+    def rotary(
+        self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        why = rotary_reason(self.family, q.dtype, q, cos)
+        if why:
+            self.paths["rotary"] = f"portable: {why}"
+            return super().rotary(q, k, cos, sin)
+        self.paths["rotary"] = "npu_rotary_mul"
+        npu = self._torch_npu()
+        cos, sin = cos.contiguous(), sin.contiguous()
+        return npu.npu_rotary_mul(q.contiguous(), cos, sin), npu.npu_rotary_mul(k.contiguous(), cos, sin)
 
     def prepare_quantized(self, weight: QuantizedWeight) -> PackedLinear:
-        why = unsupported_reason(weight, self.dtype)
+        why = unsupported_reason(weight, self.dtype, self.family)
         if why:
             self.quant_path[weight.format.value] = f"dequantize per product: {why}"
             return DequantizingLinear(weight.to(self.device))
-        if self._npu is None:
-            self._npu = importlib.import_module("torch_npu")
         self.quant_path[weight.format.value] = "torch_npu.npu_weight_quant_batchmatmul"
-        return NpuQuantLinear(weight.to(self.device), self.dtype, self._npu)
+        return NpuQuantLinear(weight.to(self.device), self.dtype, self._torch_npu())

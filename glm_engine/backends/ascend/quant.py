@@ -34,6 +34,7 @@ from types import ModuleType
 
 import torch
 
+from glm_engine.backends.ascend.soc import SocFamily, has_groupwise_weight_quant, has_weight_quant_matmul
 from glm_engine.errors import BackendError
 from glm_engine.ops.interface import PackedLinear
 from glm_engine.quant.weight import QuantizedWeight
@@ -43,10 +44,18 @@ GROUP_MULTIPLE = 32  # antiquant_group_size: 0 or a multiple of 32 below K (op-p
 INT4_PER_INT32 = 8  # npu_convert_weight_to_int4pack: eight INT4 values per int32 word
 
 
-def unsupported_reason(weight: QuantizedWeight, dtype: torch.dtype) -> str:
-    """Why ``npu_weight_quant_batchmatmul`` cannot run this weight with ``dtype`` activations, or ""."""
+def unsupported_reason(weight: QuantizedWeight, dtype: torch.dtype, family: SocFamily | None = None) -> str:
+    """Why ``npu_weight_quant_batchmatmul`` cannot run this weight with ``dtype`` activations on ``family`` (None:
+    the SoC is not known yet, only the SoC-independent rules apply), or ""."""
+    if family is not None and not has_weight_quant_matmul(family):
+        return f"npu_weight_quant_batchmatmul is not documented for {family.value}"
     if dtype not in ACTIVATION_DTYPES:
         return f"npu_weight_quant_batchmatmul takes fp16/bf16 activations, not {dtype}"
+    if family is not None and not has_groupwise_weight_quant(family):
+        if dtype != torch.float16:
+            return f"npu_weight_quant_batchmatmul takes fp16 activations only on {family.value}"
+        if weight.bits == 4 or weight.groups > 1:
+            return f"on {family.value} npu_weight_quant_batchmatmul runs per-channel INT8 only (INT4/per-group: A2/A3)"
     if weight.groups > 1 and weight.group_size % GROUP_MULTIPLE:
         return (
             f"npu_weight_quant_batchmatmul needs groups of a multiple of {GROUP_MULTIPLE} columns, "
