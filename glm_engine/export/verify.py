@@ -111,15 +111,16 @@ def verify_export(
     """Compare the export in ``folder`` with ``source`` (the checkpoint or preset it was exported from) loaded on
     glm-engine's CPU backend in the export's dtype and quantization."""
     from glm_engine.backends.onnxruntime.backend import OnnxRuntimeBackend
-    from glm_engine.engine import load
+    from glm_engine.checkpoint import open_checkpoint
+    from glm_engine.engine import _is_preset, load, resolve_config
     from glm_engine.quant.spec import QuantSpec
 
     info = read_exported(folder)
     quant = info.description.get("quantization")
     spec = None if quant is None else QuantSpec(quant["bits"], quant["group_size"])
-    engine = load(source, backend="cpu", dtype=info.dtype, config=config)
-    if spec is not None and not any(note.startswith("linears in") for note in engine.notes):
-        engine = load(source, backend="cpu", dtype=info.dtype, config=config, quant=spec)  # quantized on load
+    stored = None if spec is None or _is_preset(source) else open_checkpoint(source, resolve_config(config)).quant_spec
+    request = spec if stored is None else None  # a quantized checkpoint loads quantized as it is
+    engine = load(source, backend="cpu", dtype=info.dtype, config=config, quant=request)
     ort_runner = OnnxRuntimeBackend().load_runner(folder, provider=provider)
     threshold = QUANTIZED_NMSE_THRESHOLD if spec is not None else NMSE_THRESHOLDS[info.dtype]
     return compare_runners(engine.runner, ort_runner, steps, threshold)

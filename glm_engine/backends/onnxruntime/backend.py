@@ -69,7 +69,7 @@ class OnnxRuntimeBackend(GraphLevelBackend):
         """Open an exported folder; ``provider`` is a short name (``cpu``, ``cuda`` ...) or None for the best one
         installed; ``threads`` sets ORT's intra-op threads (default: torch's thread count, for comparable runs)."""
         import onnxruntime as ort
-        from glm_engine.backends.onnxruntime.runner import OrtRunner
+        from glm_engine.backends.onnxruntime.runner import OrtRunner, check_runnable
         from glm_engine.export.onnx_export import read_exported
 
         verdict = self.availability()
@@ -80,6 +80,7 @@ class OnnxRuntimeBackend(GraphLevelBackend):
             raise BackendError(
                 f"{artifact} was exported in {info.dtype}; it runs only in that dtype (drop --dtype, or re-export)"
             )
+        check_runnable(info)
         chosen, _ = choose_provider(provider, installed_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -20,15 +20,20 @@ from glm_engine.model.kv_cache import KVCache
 NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 
+def check_runnable(info: ExportedInfo) -> None:
+    """A BackendError, before any session is made, for an export this runner cannot feed."""
+    if info.dtype not in NUMPY_DTYPES:
+        raise BackendError(
+            f"{info.folder} was exported in {info.dtype}; the onnxruntime backend runs fp32 and fp16 exports "
+            "(numpy has no bfloat16): re-export with --dtype fp32 or fp16, or build a TensorRT engine from it"
+        )
+
+
 class OrtRunner:
     """Runs ``info``'s graph in ``session``; implements the ``ModelRunner`` interface."""
 
     def __init__(self, info: ExportedInfo, session: object, provider: str) -> None:
-        if info.dtype not in NUMPY_DTYPES:
-            raise BackendError(
-                f"{info.folder} was exported in {info.dtype}; the onnxruntime backend runs fp32 and fp16 exports "
-                "(numpy has no bfloat16): re-export with --dtype fp32 or fp16, or build a TensorRT engine from it"
-            )
+        check_runnable(info)
         self.info = info
         self.config: GLMConfig = info.config
         self.session = session
