@@ -18,6 +18,7 @@ from glm_engine.quant.formats import QuantFormat
 # Session option that keeps ORT from fusing DequantizeLinear + MatMul into an int8-activation MatMulNBits
 # (accuracy level 4, ~5e-3 relative error; platform-notes.md): exported QDQ graphs run as exported.
 QDQ_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
+SPINNING_KEY = "session.intra_op.allow_spinning"
 
 
 class OnnxRuntimeBackend(GraphLevelBackend):
@@ -86,6 +87,9 @@ class OnnxRuntimeBackend(GraphLevelBackend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.add_session_config_entry(QDQ_ACCURACY_KEY, "0")
+        # ORT's pool spins between runs by default, taking the cores from torch (sampling, the cache) and from
+        # anything else in the process: measured 3x slower engine steps interleaved with a spinning session.
+        options.add_session_config_entry(SPINNING_KEY, "0")
         providers = [chosen.ort_name] + (["CPUExecutionProvider"] if chosen.short != "cpu" else [])
         session = ort.InferenceSession(str(info.model_file), options, providers=providers)
         active = session.get_providers()[0]
