@@ -88,3 +88,34 @@ def export_onnx_command(
             print(f"verify (onnxruntime CPU vs glm-engine cpu): {report.describe()}")
             if not report.passed:
                 raise typer.Exit(USER_ERROR_EXIT_CODE)
+
+
+@export_app.command("tensorrt")
+def export_tensorrt_command(
+    onnx: Annotated[Path, typer.Option(help="Folder made by `glm-engine export onnx`.")],
+    output: Annotated[Path, typer.Option(help="New folder for the engine, its genai_config.json and tokenizer.")],
+    max_batch: Annotated[int, typer.Option(help="Most rows (prompts x beams) per call.")] = 1,
+    max_seq: Annotated[int, typer.Option(help="Most tokens per row, prompt and generated together.")] = 2048,
+    opt_seq: Annotated[int, typer.Option(help="Prompt length (and cached length) to tune kernels for.")] = 128,
+    cache_dir: Annotated[Path | None, typer.Option(help="Engine cache; default ~/.cache/glm-engine/tensorrt")] = None,
+    workspace_gib: Annotated[float, typer.Option(help="Builder workspace limit in GiB.")] = 8.0,
+) -> None:
+    """Build a TensorRT engine (strongly typed, prefill and decode profiles) from an ONNX export, or reuse the cached
+    one built for the same weights, graph, TensorRT version, GPU and profiles."""
+    from glm_engine.backends.tensorrt.build import DEFAULT_CACHE_DIR, build_engine
+    from glm_engine.backends.tensorrt.plan import Limits
+
+    with user_errors():
+        limits = Limits(max_batch, max_seq, opt_seq)
+        started = time.perf_counter()
+        with progress_bar("building TensorRT engine") as bar:
+            result = build_engine(
+                onnx,
+                output,
+                limits,
+                cache_dir or DEFAULT_CACHE_DIR,
+                int(workspace_gib * 2**30),
+                lambda phase, step, steps: bar(step, steps),
+            )
+        how = "taken from the cache" if result.cached else "built"
+        print(f"wrote {output}: engine {how} (key {result.key[:16]}) in {time.perf_counter() - started:.1f} s")

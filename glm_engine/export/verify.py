@@ -80,8 +80,8 @@ def compare_runners(engine_runner: object, ort_runner: object, steps: int, thres
     caches = [runner.new_cache(len(rows), aligned.input_ids.shape[1]) for runner in (engine_runner, ort_runner)]
     with torch.inference_mode():
         args = (aligned.input_ids[:, :start], aligned.position_ids[..., :start], aligned.blocked[:, :, :start, :start])
-        want = engine_runner.forward(*args, caches[0]).float()
-        got = ort_runner.forward(*args, caches[1]).float()
+        want = engine_runner.forward(*args, caches[0]).float().cpu()
+        got = ort_runner.forward(*args, caches[1]).float().cpu()
         report.prefill_nmse = nmse(got, want)
         for step in range(steps):
             want_tokens, got_tokens = want[:, -1].argmax(-1), got[:, -1].argmax(-1)
@@ -95,8 +95,8 @@ def compare_runners(engine_runner: object, ort_runner: object, steps: int, thres
                 aligned.position_ids[..., column : column + 1],
                 aligned.blocked[:, :, column : column + 1, : column + 1],
             )
-            want = engine_runner.forward(*args, caches[0]).float()
-            got = ort_runner.forward(*args, caches[1]).float()
+            want = engine_runner.forward(*args, caches[0]).float().cpu()
+            got = ort_runner.forward(*args, caches[1]).float().cpu()
             report.decode_nmse.append(nmse(got, want))
     return report
 
