@@ -4,7 +4,8 @@ same random GLM with the same weights and quantization, measured in one process.
 Each variant is exported (ORT) or loaded (engine) from the same seeded preset weights, prefilled with a short prompt,
 then timed over cached decode steps in interleaved rounds so machine noise hits every variant alike. Both runtimes get
 the same thread count. MatMulNBits runs at accuracy level 0 (exact, what ``--verify`` checks) and level 4 (int8
-activations, ORT's fast CPU path; anchors.md section 4.1 notes its accuracy risk). Prints a table; asserts nothing.
+activations, ORT's fast CPU path; anchors.md section 4.1 notes its accuracy risk); INT8 also runs as the
+DequantizeLinear form (``--target tensorrt``). Prints a table; asserts nothing.
 Run: ``python benchmarks/onnx_decode.py [--layers 4 --hidden 1536 --steps 32 --rounds 3]``.
 """
 
@@ -22,6 +23,7 @@ from glm_engine.backends.onnxruntime.backend import OnnxRuntimeBackend
 from glm_engine.config import GLMConfig
 from glm_engine.engine import load
 from glm_engine.export.onnx_export import export_onnx
+from glm_engine.export.quant_onnx import QuantTarget
 from glm_engine.generation.masks import generation_blocked
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.vocab import VocabLayout
@@ -71,14 +73,15 @@ def main() -> None:
     threads = torch.get_num_threads()
     work = Path(tempfile.mkdtemp(prefix="onnx-bench-"))
     variants: dict[str, object] = {}
-    cases = [("fp32", None, 0), ("int8-rowwise", QuantSpec(8), 0), ("int4-rowwise", QuantSpec(4), 0)]
-    cases += [("int4-rowwise", QuantSpec(4), 4), ("int4-groupwise(128)", QuantSpec(4, 128), 0)]
-    for name, spec, level in cases:
-        folder = work / f"{name}-{level}"
-        export_onnx(PRESET, folder, torch.float32, quant=spec, accuracy_level=level, config=config)
-        variants[f"ort cpu  {name}" + (f" level {level}" if spec else "")] = OnnxRuntimeBackend().load_runner(
-            str(folder), threads=threads
-        )
+    ort, dq = QuantTarget.ort, QuantTarget.tensorrt  # MatMulNBits, or DequantizeLinear + MatMul
+    cases = [("fp32", None, ort, 0), ("int8-rowwise", QuantSpec(8), ort, 0), ("int8-rowwise", QuantSpec(8), ort, 4)]
+    cases += [("int8-rowwise", QuantSpec(8), dq, 0), ("int4-rowwise", QuantSpec(4), ort, 0)]
+    cases += [("int4-rowwise", QuantSpec(4), ort, 4), ("int4-groupwise(128)", QuantSpec(4, 128), ort, 0)]
+    for name, spec, target, level in cases:
+        folder = work / f"{name}-{target.value}-{level}"
+        export_onnx(PRESET, folder, torch.float32, quant=spec, target=target, accuracy_level=level, config=config)
+        form = "" if spec is None else (f" nbits level {level}" if target is ort else " dq+matmul")
+        variants[f"ort cpu  {name}{form}"] = OnnxRuntimeBackend().load_runner(str(folder), threads=threads)
         engine_name = f"engine cpu {name}"
         if engine_name not in variants:
             quant = None if spec is None else spec
@@ -92,10 +95,10 @@ def main() -> None:
         f"({config.num_parameters() / 1e6:.0f}M parameters), fp32 activations, batch 1, {threads} threads, "
         f"median of {args.rounds}x{args.steps} steps after a {PROMPT}-token prompt"
     )
-    print(f"{'variant':38} {'ms/token':>9} {'tokens/s':>9}")
-    for name in sorted(variants, key=lambda n: (n.split()[-1] if "level" not in n else n.split()[2], n)):
+    print(f"{'variant':44} {'ms/token':>9} {'tokens/s':>9}")
+    for name in sorted(variants, key=lambda n: (n.split()[2], n)):
         ms = statistics.median(samples[name]) * 1e3
-        print(f"{name:38} {ms:9.2f} {1e3 / ms:9.1f}")
+        print(f"{name:44} {ms:9.2f} {1e3 / ms:9.1f}")
 
 
 if __name__ == "__main__":

@@ -205,3 +205,15 @@ def test_backends_lists_onnxruntime_providers_and_why_others_are_missing():
     assert row["available"] and row["kind"] == "graph-level"
     assert row["devices"][-1]["name"] == "CPUExecutionProvider"
     assert "onnxruntime-gpu" in row["reason"]
+
+
+def test_int8_activation_matmulnbits_is_held_to_its_own_stated_threshold(tmp_path):
+    """accuracy_level 4 (ORT's fast CPU path) is recorded in genai_config and verified at 5e-3 with equal tokens."""
+    from glm_engine.export.verify import INT8_ACTIVATIONS_NMSE_THRESHOLD
+
+    export_onnx(DEFAULT_MODEL, tmp_path / "fast", quant=QuantSpec(8, None), accuracy_level=4, max_seq=64)
+    described = json.loads((tmp_path / "fast" / GENAI_CONFIG_FILE).read_text())
+    assert described["quantization"]["accuracy_level"] == 4
+    report = verify_export(str(tmp_path / "fast"), DEFAULT_MODEL)
+    assert report.threshold == INT8_ACTIVATIONS_NMSE_THRESHOLD and report.passed, report.describe()
+    assert max(report.decode_nmse) > 1e-5  # activations really are quantized: far above the exact path's error

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class ExportedModel:
     target: QuantTarget
     weight_bytes: int
     weights_sha256: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    accuracy_level: int = 0
 
     @property
     def model_file(self) -> Path:
@@ -149,7 +149,7 @@ def export_onnx(
         final = weights.read(list(FINAL_LN_KEYS))
         graph.head(x, final[FINAL_LN_KEYS[0]], final[FINAL_LN_KEYS[1]])
         exported = ExportedModel(
-            Path(output), model_config, dtype, max_seq, spec, target, g.weight_bytes, g.weights_sha256
+            Path(output), model_config, dtype, max_seq, spec, target, g.weight_bytes, g.weights_sha256, accuracy_level
         )
         description = genai_config(exported, weights.description)
         g.finish(staging / MODEL_FILE, "glm", "glm-engine", {"glm_engine.genai_config": json.dumps(description)})
@@ -224,6 +224,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
             "group_size": spec.group_size,
             "symmetric": True,
             "target": exported.target.value,
+            "accuracy_level": exported.accuracy_level if exported.target is QuantTarget.ort else None,
             "op": "com.microsoft::MatMulNBits" if exported.target is QuantTarget.ort else "DequantizeLinear (opset 21)",
         },
         "weights": {"bytes": exported.weight_bytes, "sha256": exported.weights_sha256},

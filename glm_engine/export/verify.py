@@ -21,6 +21,10 @@ from glm_engine.generation.masks import GenerationRow, align_left
 # (~1e-5 NMSE, backends/cpu/quant_linear.py) where the graph computes in fp32 (measured 1e-6 to 2e-5).
 NMSE_THRESHOLDS = {torch.float32: 1e-9, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 QUANTIZED_NMSE_THRESHOLD = 5e-4
+# MatMulNBits at accuracy level 4 quantizes activations to int8 per block (~5e-3 relative, platform-notes.md; measured
+# NMSE 2e-4 to 6e-4 on the demo model): a deliberate speed-for-accuracy trade, so it is held to its own threshold and
+# greedy tokens must still agree.
+INT8_ACTIVATIONS_NMSE_THRESHOLD = 5e-3
 DEFAULT_STEPS = 8
 VERIFY_SEED = 0
 
@@ -122,5 +126,8 @@ def verify_export(
     request = spec if stored is None else None  # a quantized checkpoint loads quantized as it is
     engine = load(source, backend="cpu", dtype=info.dtype, config=config, quant=request)
     ort_runner = OnnxRuntimeBackend().load_runner(folder, provider=provider)
-    threshold = QUANTIZED_NMSE_THRESHOLD if spec is not None else NMSE_THRESHOLDS[info.dtype]
+    threshold = NMSE_THRESHOLDS[info.dtype]
+    if spec is not None:
+        fast = quant.get("accuracy_level") == 4
+        threshold = INT8_ACTIVATIONS_NMSE_THRESHOLD if fast else QUANTIZED_NMSE_THRESHOLD
     return compare_runners(engine.runner, ort_runner, steps, threshold)
