@@ -239,6 +239,7 @@ def load(
     quant_group_size: int | None = None,
     quant_output: bool = False,
     cuda_graphs: bool | None = None,
+    backend_options: dict[str, object] | None = None,
 ) -> Engine:
     """Load a checkpoint folder (default: the built-in demo model), or a preset name (seeded random weights).
 
@@ -258,6 +259,9 @@ def load(
     output projection is a large share of the bytes streamed per token, and chatglm.cpp quantizes it too; the
     embedding lookup keeps the floating-point table, so memory grows by the quantized copy.
 
+    ``backend_options`` are keyword options of a graph-level backend's ``load_runner`` (onnxruntime: ``provider``,
+    ``threads``; tensorrt: ``device_index``).
+
     ``cuda_graphs=False`` runs cached decode steps eagerly on cuda (default: replayed CUDA graphs unless
     ``GLM_ENGINE_CUDA_GRAPHS=0``; see :mod:`glm_engine.generation.cuda_graph`).
     """
@@ -269,7 +273,9 @@ def load(
             raise ParallelError(f"{chosen.name} runs an exported graph, which has no tensor-parallel form; use tp=1")
         if quant is not None or quant_output:
             raise InputError(f"{chosen.name} runs an exported graph; quantize before exporting instead of --quant")
-        runner = chosen.load_runner(str(path_or_preset), run_dtype)
+        # An exported graph has its own dtype: pass one only when asked. ``backend_options`` (e.g. onnxruntime's
+        # ``provider``) go to the backend's ``load_runner``.
+        runner = chosen.load_runner(str(path_or_preset), run_dtype if dtype else None, **(backend_options or {}))
         tok = load_tokenizer(tokenizer, runner.config.vocab_layout, path_or_preset)
         return Engine(runner, tok, chosen, f"exported model {path_or_preset}", notes)
     banned: tuple[slice, ...] = ()

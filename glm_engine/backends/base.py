@@ -162,5 +162,6 @@ class GraphLevelBackend(Backend):
     kind = BackendKind.GRAPH_LEVEL
 
     @abstractmethod
-    def load_runner(self, artifact: str, dtype: torch.dtype | None = None) -> ModelRunner:
-        """Open an exported model (a folder or engine file made by ``glm-engine export``)."""
+    def load_runner(self, artifact: str, dtype: torch.dtype | None = None, **options: object) -> ModelRunner:
+        """Open an exported model (a folder or engine file made by ``glm-engine export``); ``dtype`` None means the
+        export's own; ``options`` are the backend's (e.g. onnxruntime's ``provider``)."""

@@ -27,6 +27,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "rocm_dcu": "glm_engine.backends.rocm_dcu:RocmDcuBackend",
     "ascend": "glm_engine.backends.ascend:AscendBackend",
     "tensorrt": "glm_engine.backends.tensorrt:TensorRTBackend",
+    "onnxruntime": "glm_engine.backends.onnxruntime:OnnxRuntimeBackend",
 }
 
 BackendFactory = Callable[[], Backend]

@@ -267,6 +267,12 @@ def run(
     quant_output: Annotated[
         bool, typer.Option(help="also quantize the output projection (a copy of the tied embedding) for the logits")
     ] = False,
+    ort_provider: Annotated[
+        str | None,
+        typer.Option(
+            help="with --backend onnxruntime: cpu, cuda, tensorrt, migraphx, rocm, cann (default: best found)"
+        ),
+    ] = None,
 ) -> None:
     """Fill [MASK]/[sMASK] blanks or continue text ([gMASK]) for each query, printing and saving the answers."""
     options = dict(
@@ -292,6 +298,7 @@ def run(
         quant_scheme=quant_scheme,
         quant_group_size=quant_group_size,
         quant_output=quant_output,
+        backend_options={"provider": ort_provider} if ort_provider else None,
     )
     session = (options, load_args, input_source, output_path, with_id, print_all_beams)
     if running_under_torchrun():

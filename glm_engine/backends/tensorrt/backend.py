@@ -1,17 +1,15 @@
-"""TensorRT backend declaration: a graph-level backend; reports what it needs and whether it is present.
+"""TensorRT backend declaration: a graph-level backend running engines built by ``glm-engine export tensorrt``.
 
-TensorRT runs an engine built from the ONNX export, so it needs the ``tensorrt`` package, a CUDA device, and an
-engine. This version of glm-engine has no ONNX export yet, so the backend reports itself unavailable with that reason
-even where TensorRT is installed.
+It needs the ``tensorrt`` package and a CUDA device (checked without creating a device context); TensorRT itself is
+imported only when an engine is opened.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from glm_engine.backends.base import GraphLevelBackend, ModelRunner, Verdict
+from glm_engine.backends.tensorrt.build import tensorrt_missing_reason
 from glm_engine.errors import BackendError
 
 
@@ -23,19 +21,24 @@ class TensorRTBackend(GraphLevelBackend):
     description = "NVIDIA TensorRT engines built from the ONNX export"
 
     def availability(self) -> Verdict:
-        if importlib.util.find_spec("tensorrt") is None:
-            return Verdict(
-                False, "the tensorrt Python package is not installed (pip install tensorrt from NVIDIA's package index)"
-            )
-        if torch.version.cuda is None or not torch.cuda.is_available():
-            return Verdict(False, "TensorRT needs a CUDA device and a CUDA build of torch; none found")
-        return Verdict(
-            False,
-            "tensorrt is installed, but this glm-engine version cannot export engines yet (no `glm-engine export`)",
-        )
+        reason = tensorrt_missing_reason()
+        if reason is not None:
+            return Verdict(False, reason)
+        return Verdict(True, "runs engine folders made by `glm-engine export tensorrt`")
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         return (torch.float16, torch.bfloat16, torch.float32)
 
-    def load_runner(self, artifact: str, dtype: torch.dtype | None = None) -> ModelRunner:
-        raise BackendError(f"tensorrt cannot run {artifact}: {self.availability().reason}")
+    def load_runner(
+        self, artifact: str, dtype: torch.dtype | None = None, device_index: int = 0, **options: object
+    ) -> ModelRunner:
+        """Open an engine folder; the engine's precision is the export's (``dtype`` must match when given)."""
+        verdict = self.availability()
+        if not verdict:
+            raise BackendError(f"tensorrt cannot run {artifact}: {verdict.reason}")
+        from glm_engine.backends.tensorrt.runner import TrtRunner
+
+        runner = TrtRunner(artifact, device_index)
+        if dtype is not None and dtype != runner.dtype:
+            raise BackendError(f"{artifact} was built in {runner.dtype}; drop --dtype or rebuild from another export")
+        return runner

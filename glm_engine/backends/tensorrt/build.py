@@ -1,0 +1,148 @@
+"""Build a TensorRT engine from an ONNX export (TensorRT 10 Python API; anchors.md section 3.5), with a cache.
+
+Flow: parse the ONNX file from its path (so the external weight file is found beside it), a strongly typed network
+(precision comes from the graph's dtypes and Q/DQ nodes, the only mode TensorRT 11 keeps), the planned profiles
+(``plan.plan_profiles``), ``build_serialized_network`` with a progress monitor, and the bytes written atomically into
+the cache under ``plan.cache_key``. A second build with the same key copies the cached engine instead.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from glm_engine.backends.tensorrt.plan import (
+    GraphIO,
+    Limits,
+    Profile,
+    cache_key,
+    engine_metadata,
+    file_sha256,
+    plan_profiles,
+)
+from glm_engine.checkpoint.atomic import staged_folder, write_atomically
+from glm_engine.errors import BackendError
+from glm_engine.export.onnx_export import read_exported
+
+ENGINE_FILE = "model.engine"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "glm-engine" / "tensorrt"
+DEFAULT_WORKSPACE_BYTES = 8 << 30
+Progress = Callable[[str, int, int], None]  # (phase, step, steps)
+
+
+def tensorrt_missing_reason() -> str | None:
+    """Why TensorRT cannot build or run here, or None when it can (checked without touching a GPU context)."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return (
+            "the tensorrt Python package is not installed (pip install tensorrt needs NVIDIA's package index; "
+            "the lean runtime wheels have no Builder)"
+        )
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return "TensorRT needs a CUDA device and a CUDA build of torch; none found"
+    return None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    folder: Path
+    key: str
+    cached: bool
+
+
+def compute_capability(device_index: int = 0) -> str:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return f"sm_{major}{minor}"
+
+
+def build_engine(
+    onnx_dir: str | Path,
+    output: str | Path,
+    limits: Limits,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build (or take from the cache) the engine for ``onnx_dir`` and write the folder ``output``: the engine, its
+    ``genai_config.json`` (with the limits and key) and the tokenizer, so ``--backend tensorrt`` can run it."""
+    reason = tensorrt_missing_reason()
+    if reason is not None:
+        raise BackendError(f"cannot build a TensorRT engine here: {reason}")
+    import tensorrt as trt
+
+    info = read_exported(onnx_dir)
+    io = GraphIO.from_genai_config(info.description)
+    profiles = plan_profiles(io, limits)
+    key = cache_key(
+        info.description["weights"]["sha256"],
+        file_sha256(info.model_file),
+        trt.__version__,
+        compute_capability(),
+        profiles,
+    )
+    cached = cache_dir / f"{key}.engine"
+    hit = cached.is_file()
+    if not hit:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        serialized = _build(trt, info.model_file, profiles, workspace_bytes, progress)
+        write_atomically(cached, lambda tmp: tmp.write_bytes(serialized))
+    with staged_folder(output) as staging:
+        shutil.copyfile(cached, staging / ENGINE_FILE)
+        metadata = engine_metadata(info.description, key, profiles, limits)
+        (staging / "genai_config.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        shutil.copyfile(info.folder / info.description["tokenizer"], staging / info.description["tokenizer"])
+    return BuildResult(Path(output), key, hit)
+
+
+def _build(trt: object, model_file: Path, profiles: list[Profile], workspace: int, progress: Progress | None) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(model_file)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT could not parse {model_file}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    for planned in profiles:
+        profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in planned.shapes.items():
+            profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(profile)
+    if progress is not None:
+        config.progress_monitor = _monitor(trt, progress)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BackendError(f"TensorRT failed to build an engine from {model_file}; its log above says why")
+    return bytes(serialized)
+
+
+def _monitor(trt: object, progress: Progress) -> object:
+    """A ``trt.IProgressMonitor`` forwarding each completed step (TensorRT calls it from its own threads)."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.steps: dict[str, int] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.steps[phase_name] = num_steps
+            progress(phase_name, 0, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            progress(phase_name, step + 1, self.steps.get(phase_name, step + 1))
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            steps = self.steps.pop(phase_name, 0)
+            progress(phase_name, steps, steps)
+
+    return Monitor()

@@ -1,0 +1,127 @@
+"""A ModelRunner over a TensorRT engine: I/O bound by name to torch CUDA tensors (no pycuda), one CUDA stream.
+
+Every I/O tensor has one buffer allocated when the runner opens, sized for the engine's limits
+(``plan.binding_plan``); each call binds views of them with ``set_input_shape``/``set_tensor_address`` and runs
+``execute_async_v3`` on the runner's stream (TensorRT 10's name-based API, anchors.md section 3.5). The generator's
+KV cache stays the source of truth (as for onnxruntime): its cached positions are copied into the ``past`` buffers and
+the new positions of ``present`` copied back, so beam search reorders one cache for every backend. Copying the past
+costs one read of the cache per step on the device, which the graph's ``Concat`` reads anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from glm_engine.backends.base import DTYPE_NAMES
+from glm_engine.backends.tensorrt.build import ENGINE_FILE
+from glm_engine.backends.tensorrt.plan import PREFILL, GraphIO, Limits, binding_plan, profile_for
+from glm_engine.errors import InputError
+from glm_engine.export.onnx_export import read_exported
+from glm_engine.model.kv_cache import KVCache
+
+ROLE_DTYPES = {"input_ids": torch.int64, "position_ids": torch.int64, "attention_mask": torch.bool}
+
+
+class TrtRunner:
+    """Runs the engine folder written by ``glm-engine export tensorrt``; implements ``ModelRunner``."""
+
+    def __init__(self, folder: str | Path, device_index: int = 0) -> None:
+        import tensorrt as trt
+
+        info = read_exported(folder)
+        description = json.loads((Path(folder) / "genai_config.json").read_text(encoding="utf-8"))
+        self.config = info.config
+        self.io = GraphIO.from_genai_config(description)
+        self.limits = Limits(**description["tensorrt"]["limits"])
+        self.profiles: list[str] = description["tensorrt"]["profiles"]
+        self.device = torch.device("cuda", device_index)
+        self.dtype = DTYPE_NAMES[self.io.dtype]
+        self.stream = torch.cuda.Stream(self.device)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+        self.engine = runtime.deserialize_cuda_engine((Path(folder) / ENGINE_FILE).read_bytes())
+        if self.engine is None:
+            raise InputError(
+                f"{folder}/{ENGINE_FILE} does not load with TensorRT {trt.__version__} on this GPU: rebuild"
+            )
+        self.contexts = {}
+        for index, name in enumerate(self.profiles):  # one execution context per profile, selected once
+            context = self.engine.create_execution_context()
+            context.set_optimization_profile_async(index, self.stream.cuda_stream)
+            self.contexts[name] = context
+        self.plan = binding_plan(self.io, self.limits)
+        self.buffers = {
+            b.name: torch.empty(b.capacity, dtype=ROLE_DTYPES.get(b.role, self.dtype), device=self.device)
+            for b in self.plan
+        }
+
+    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
+        if batch_size > self.limits.max_batch or max_length > self.limits.max_seq:
+            raise InputError(
+                f"the engine was built for {self.limits.max_batch} rows of {self.limits.max_seq} tokens; "
+                f"{batch_size} rows of {max_length} were asked for: rebuild with larger --max-batch/--max-seq"
+            )
+        io = self.io
+        return KVCache(io.num_layers, batch_size, io.num_kv_heads, max_length, io.head_size, self.dtype, self.device)
+
+    def _view(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return self.buffers[name][: math.prod(shape)].view(shape)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        blocked: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        b, s = input_ids.shape
+        past = cache.length if cache is not None else 0
+        context = self.contexts[profile_for(past, s) if cache is not None else PREFILL]
+        feeds = {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "attention_mask": blocked.expand(b, 1, s, past + s),
+        }
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            for name, value in feeds.items():
+                self._bind_input(context, name, value)
+            for layer in range(self.io.num_layers):
+                for index, kv in enumerate(("key", "value")):
+                    shape = (b, self.io.num_kv_heads, past, self.io.head_size)
+                    stored = cache.storage[layer, index, :, :, :past] if cache is not None else None
+                    self._bind_input(context, f"past_key_values.{layer}.{kv}", stored, shape)
+            outputs = {}
+            for binding in self.plan:
+                if not binding.is_input:
+                    shape = tuple(context.get_tensor_shape(binding.name))
+                    outputs[binding.name] = self._view(binding.name, shape)
+                    context.set_tensor_address(binding.name, self.buffers[binding.name].data_ptr())
+            if not context.execute_async_v3(self.stream.cuda_stream):
+                raise InputError("TensorRT refused to run this call (its log says why)")
+            if cache is not None:
+                for layer in range(self.io.num_layers):
+                    keys = outputs[f"present.{layer}.key"][:, :, past:]
+                    values = outputs[f"present.{layer}.value"][:, :, past:]
+                    cache.update(layer, keys, values)
+                cache.advance(s)
+            logits = outputs["logits"][:, -1:] if last_only else outputs["logits"]
+            logits = logits.clone()
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return logits
+
+    def _bind_input(
+        self, context: object, name: str, value: torch.Tensor | None, shape: tuple[int, ...] | None = None
+    ) -> None:
+        """Copy ``value`` into the named buffer (on the runner's stream), set its shape and address."""
+        shape = tuple(value.shape) if value is not None else shape
+        view = self._view(name, shape)
+        if value is not None and view.numel():
+            view.copy_(value, non_blocking=True)
+        context.set_input_shape(name, shape)
+        context.set_tensor_address(name, self.buffers[name].data_ptr())

@@ -1,0 +1,205 @@
+"""GLM-130B's decoder as one ONNX graph with a KV cache, node for node the math of ``model/glm.py`` over ``TorchOps``.
+
+One graph serves prefill and decode. Inputs: ``input_ids [batch, seq]``, ``position_ids [batch, seq]``,
+``attention_mask`` bool ``[batch, 1, seq, past + seq]`` (True = blocked: GLM's prefix-bidirectional mask, built by the
+caller exactly as the engine builds ``blocked``) and ``past_key_values.{i}.key/value [batch, heads, past, head_dim]``
+(keys after rotary, as the engine caches them; ``past`` may be 0). Outputs: ``logits [batch, seq, vocab]`` and
+``present.{i}.key/value [batch, heads, past + seq, head_dim]`` (the names onnxruntime-genai uses, anchors.md 4.3).
+
+The op sequence mirrors the reference semantics the engine's portable ops implement (glm130b.md sections 1.3-1.6):
+rotate-half rotary from the same cos/sin table (``model.rotary.rotary_table``, stored as initializers); query divided
+by ``sqrt(d) * (layer + 1)``, blocked scores set to -10000, scores times ``layer + 1`` and softmax in fp32, cast back;
+row-parallel biases added after the product; DeepNorm residual ``normed * alpha + branch``; GeGLU with erf GeLU; the
+tied embedding as output projection (``Gemm`` with ``transB``, so the table is stored once for lookup and logits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from glm_engine.config import GLMConfig
+from glm_engine.export.onnx_builder import GraphBuilder, onnx_type
+from glm_engine.export.quant_onnx import QuantTarget, emit_dequantize_matmul, emit_matmul_nbits
+from glm_engine.model.rotary import rotary_table
+from glm_engine.model.weights import LayerWeights
+from glm_engine.ops.torch_ops import MASKED_SCORE
+from glm_engine.quant.weight import QuantizedWeight
+
+# The graph's opset: 21 is the first with blocked DequantizeLinear and INT4 (anchors.md section 3.6).
+OPSET = 21
+# Symbolic dimension names of the dynamic axes (as onnxruntime-genai names them).
+BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
+
+
+def io_names(num_layers: int) -> dict[str, list[str]]:
+    """The graph's input and output names, in order."""
+    past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    return {"inputs": ["input_ids", "position_ids", "attention_mask", *past], "outputs": ["logits", *present]}
+
+
+@dataclass(frozen=True)
+class QuantEmit:
+    """How quantized linears are written: the target's op, and MatMulNBits' accuracy level (0 = exact)."""
+
+    target: QuantTarget = QuantTarget.ort
+    accuracy_level: int = 0
+
+
+class GLMGraph:
+    """Writes the GLM decoder into a GraphBuilder, one layer at a time (so a caller can stream the weights)."""
+
+    def __init__(self, g: GraphBuilder, config: GLMConfig, dtype: torch.dtype, max_seq: int, quant: QuantEmit) -> None:
+        self.g, self.config, self.dtype, self.quant = g, config, dtype, quant
+        c = config
+        self.heads, self.d = c.num_attention_heads, c.head_dim
+        g.add_input("input_ids", torch.int64, [BATCH, SEQ])
+        g.add_input("position_ids", torch.int64, self.position_shape())
+        g.add_input("attention_mask", torch.bool, [BATCH, 1, SEQ, TOTAL])
+        self.mask = "attention_mask"
+        cos, sin = self.rotary_tables(max_seq)
+        self.cos_table = g.weight("rotary.cos", cos)
+        self.sin_table = g.weight("rotary.sin", sin)
+        self.alpha = g.const(c.deepnorm_alpha, dtype, "deepnorm_alpha")
+        self.masked = g.const(MASKED_SCORE, dtype, "masked_score")
+        self.half = g.const(0.5, dtype, "half")
+        self.one = g.const(1.0, dtype, "one")
+        self.inv_sqrt2 = g.const(1 / math.sqrt(2), dtype, "inv_sqrt2")
+
+    # --- hooks a model variant overrides ------------------------------------------------------------------------
+    def position_shape(self) -> list[int | str]:
+        return [BATCH, SEQ]
+
+    def rotary_tables(self, max_seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return rotary_table(self.config, self.dtype, "cpu", max_seq)
+
+    def rotations(self, position_ids: str) -> list[tuple[str, str]]:
+        """Per-token ``(cos, sin)`` ``[b, s, 1, d]`` for each rotated part of the head (one part for GLM-130B)."""
+        g = self.g
+        axes = g.const([2], torch.int64, "axis2")
+        cos = g.node("Unsqueeze", [g.node("Gather", [self.cos_table, position_ids], axis=0), axes])
+        sin = g.node("Unsqueeze", [g.node("Gather", [self.sin_table, position_ids], axis=0), axes])
+        return [(cos, sin)]
+
+    def activation(self, x: str) -> str:
+        """GeGLU: ``x1 * gelu_erf(x2)`` with ``x1, x2`` the halves of the last dim."""
+        g = self.g
+        x1, x2 = g.node("Split", [x], outputs=2, axis=-1, num_outputs=2)
+        return g.node("Mul", [x1, self.gelu_erf(x2)])
+
+    def row_parallel(self, x: str, name: str, weight: torch.Tensor | QuantizedWeight, bias: torch.Tensor) -> str:
+        """GLM-130B's RowParallelLinear: the product, then the bias as its own addition."""
+        return self.g.node("Add", [self.matmul(x, name, weight), self.g.weight(f"{name}.bias", bias.to(self.dtype))])
+
+    def deepnorm_alpha(self) -> str:
+        return self.alpha
+
+    # --- building blocks --------------------------------------------------------------------------------------
+    def gelu_erf(self, x: str) -> str:
+        g = self.g
+        erf = g.node("Erf", [g.node("Mul", [x, self.inv_sqrt2])])
+        return g.node("Mul", [g.node("Mul", [x, self.half]), g.node("Add", [erf, self.one])])
+
+    def matmul(self, x: str, name: str, weight: torch.Tensor | QuantizedWeight) -> str:
+        """``x @ W.T`` for ``W [out, in]``: stored transposed for MatMul, or in the quantized target's form."""
+        g = self.g
+        if isinstance(weight, QuantizedWeight):
+            if self.quant.target is QuantTarget.ort:
+                return emit_matmul_nbits(g, x, name, weight, self.dtype, self.quant.accuracy_level)
+            return emit_dequantize_matmul(g, x, name, weight, self.dtype)
+        return g.node("MatMul", [x, g.weight(f"{name}.weight", weight.to(self.dtype).t().contiguous())])
+
+    def linear(self, x: str, name: str, weight: torch.Tensor | QuantizedWeight, bias: torch.Tensor) -> str:
+        return self.g.node("Add", [self.matmul(x, name, weight), self.g.weight(f"{name}.bias", bias.to(self.dtype))])
+
+    def layernorm(self, x: str, name: str, weight: torch.Tensor, bias: torch.Tensor) -> str:
+        g = self.g
+        w = g.weight(f"{name}.weight", weight.to(self.dtype))
+        b = g.weight(f"{name}.bias", bias.to(self.dtype))
+        return g.node("LayerNormalization", [x, w, b], axis=-1, epsilon=self.config.layernorm_epsilon)
+
+    def rotate(self, x: str, cos: str, sin: str) -> str:
+        """``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x[d/2:], x[:d/2])``."""
+        g = self.g
+        first, second = g.node("Split", [x], outputs=2, axis=-1, num_outputs=2)
+        rotated = g.node("Concat", [g.node("Neg", [second]), first], axis=-1)
+        return g.node("Add", [g.node("Mul", [x, cos]), g.node("Mul", [rotated, sin])])
+
+    def rotary(self, q: str, k: str, rotations: list[tuple[str, str]]) -> tuple[str, str]:
+        ((cos, sin),) = rotations
+        return self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+
+    # --- the model ----------------------------------------------------------------------------------------------
+    def embed(self, word_embeddings: torch.Tensor) -> str:
+        """Token lookup; returns the hidden states and keeps the table for the tied output projection."""
+        self.embedding = self.g.weight("transformer.word_embeddings.weight", word_embeddings.to(self.dtype))
+        self.rot = self.rotations("position_ids")
+        return self.g.node("Gather", [self.embedding, "input_ids"], axis=0)
+
+    def layer(self, index: int, w: LayerWeights, x: str) -> str:
+        g, dt, heads, d = self.g, self.dtype, self.heads, self.d
+        p = f"transformer.layers.{index}"
+        past_k = g.add_input(f"past_key_values.{index}.key", dt, [BATCH, heads, PAST, d])
+        past_v = g.add_input(f"past_key_values.{index}.value", dt, [BATCH, heads, PAST, d])
+
+        normed = self.layernorm(x, f"{p}.input_layernorm", w.input_layernorm_weight, w.input_layernorm_bias)
+        qkv = self.linear(normed, f"{p}.attention.query_key_value", w.query_key_value_weight, w.query_key_value_bias)
+        qkv = g.node("Reshape", [qkv, g.const([0, 0, heads, 3 * d], torch.int64, "qkv_shape")])
+        q, k, v = g.node("Split", [qkv], outputs=3, axis=-1, num_outputs=3)
+        q, k = self.rotary(q, k, self.rot)
+        q, k, v = (g.node("Transpose", [t], perm=[0, 2, 1, 3]) for t in (q, k, v))  # [b, heads, s, d]
+        k = g.node("Concat", [past_k, k], axis=2)
+        v = g.node("Concat", [past_v, v], axis=2)
+        g.add_output(f"present.{index}.key", dt, [BATCH, heads, TOTAL, d], k)
+        g.add_output(f"present.{index}.value", dt, [BATCH, heads, TOTAL, d], v)
+
+        context = self.attention(q, k, v, float(index + 1))
+        context = g.node("Transpose", [context], perm=[0, 2, 1, 3])
+        context = g.node("Reshape", [context, g.const([0, 0, heads * d], torch.int64, "context_shape")])
+        attn = self.row_parallel(context, f"{p}.attention.dense", w.dense_weight, w.dense_bias)
+        x = g.node("Add", [g.node("Mul", [normed, self.deepnorm_alpha()]), attn])
+
+        normed = self.layernorm(
+            x, f"{p}.post_attention_layernorm", w.post_attention_layernorm_weight, w.post_attention_layernorm_bias
+        )
+        hidden = self.linear(normed, f"{p}.mlp.dense_h_to_4h", w.dense_h_to_4h_weight, w.dense_h_to_4h_bias)
+        mlp = self.row_parallel(
+            self.activation(hidden), f"{p}.mlp.dense_4h_to_h", w.dense_4h_to_h_weight, w.dense_4h_to_h_bias
+        )
+        return g.node("Add", [g.node("Mul", [normed, self.deepnorm_alpha()]), mlp])
+
+    def attention(self, q: str, k: str, v: str, layer_scale: float) -> str:
+        """``reference_attention``: layer-scaled query, masked fill, fp32 softmax, cast back, times ``v``."""
+        g, dt = self.g, self.dtype
+        q = g.node("Div", [q, g.const(math.sqrt(self.d) * layer_scale, dt, "query_scale")])
+        scores = g.node("MatMul", [q, g.node("Transpose", [k], perm=[0, 1, 3, 2])])
+        scores = g.node("Where", [self.mask, self.masked, scores])
+        if dt != torch.float32:
+            scores = g.node("Cast", [scores], to=onnx_type(torch.float32))
+        scores = g.node("Mul", [scores, g.const(layer_scale, torch.float32, "layer_scale")])
+        probs = g.node("Softmax", [scores], axis=-1)
+        if dt != torch.float32:
+            probs = g.node("Cast", [probs], to=onnx_type(dt))
+        return g.node("MatMul", [probs, v])
+
+    def head(
+        self, x: str, final_weight: torch.Tensor, final_bias: torch.Tensor, output: Callable[[str], str] | None = None
+    ) -> None:
+        """Final LayerNorm and logits; ``output`` overrides the tied projection (an untied head)."""
+        g = self.g
+        x = self.layernorm(x, "transformer.final_layernorm", final_weight, final_bias)
+        logits = output(x) if output is not None else self.tied_logits(x)
+        g.add_output("logits", self.dtype, [BATCH, SEQ, self.config.vocab_size], logits, first=True)
+
+    def tied_logits(self, x: str) -> str:
+        """``x @ E.T`` with the embedding table itself (Gemm transB on rows, then back to ``[b, s, vocab]``)."""
+        g = self.g
+        rows = g.node("Reshape", [x, g.const([-1, self.config.hidden_size], torch.int64, "rows_shape")])
+        flat = g.node("Gemm", [rows, self.embedding], transB=1)
+        leading = g.node("Shape", [x], start=0, end=2)
+        shape = g.node("Concat", [leading, g.const([self.config.vocab_size], torch.int64, "vocab")], axis=0)
+        return g.node("Reshape", [flat, shape])

@@ -1,0 +1,272 @@
+"""``export_onnx``: a checkpoint (or preset) to a folder holding ``model.onnx``, ``model.onnx.data``, a
+``genai_config.json`` and the tokenizer, written atomically (a hidden staging folder renamed into place).
+
+Memory: weights are read one layer at a time (``Checkpoint.rank_state_dict`` with that layer's keys; quantized on
+the way exactly as ``glm_engine.load`` quantizes them) and each tensor is appended to the data file as it is emitted
+(:mod:`glm_engine.export.onnx_builder`), so an export holds the embedding plus one layer, never two copies of the
+model. The data file is always external (any size, no protobuf 2 GB limit); the ``.onnx`` file holds only the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glm_engine.backends.base import dtype_name
+from glm_engine.checkpoint import open_checkpoint
+from glm_engine.checkpoint.atomic import staged_folder
+from glm_engine.config import GLMConfig
+from glm_engine.engine import DEFAULT_MODEL, RANDOM_WEIGHTS_SEED, _is_preset, check_quant_fits, resolve_config
+from glm_engine.errors import InputError
+from glm_engine.export.glm_onnx import OPSET, GLMGraph, QuantEmit, io_names
+from glm_engine.export.onnx_builder import GraphBuilder
+from glm_engine.export.quant_onnx import QuantTarget, check_target
+from glm_engine.model.weights import (
+    EMBEDDING_KEY,
+    FINAL_LN_KEYS,
+    LayerWeights,
+    layer_key,
+    quantize_linears,
+    random_state_dict,
+)
+from glm_engine.quant.spec import QuantSpec
+from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH, MODEL_FILENAME, find_tokenizer_model
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+GENAI_CONFIG_FILE = "genai_config.json"
+EXPORT_FORMAT = "glm-engine-onnx"
+EXPORT_FORMAT_VERSION = 1
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """What ``export_onnx`` wrote, as ``genai_config.json`` describes it."""
+
+    folder: Path
+    config: GLMConfig
+    dtype: torch.dtype
+    max_seq: int
+    quant: QuantSpec | None
+    target: QuantTarget
+    weight_bytes: int
+    weights_sha256: str
+    accuracy_level: int = 0
+
+    @property
+    def model_file(self) -> Path:
+        return self.folder / MODEL_FILE
+
+
+class _Weights:
+    """One layer's worth of weights at a time from a preset (seeded random) or a checkpoint."""
+
+    def __init__(
+        self, source: str | Path, config: str | Path | GLMConfig | None, dtype: torch.dtype, quant: QuantSpec | None
+    ) -> None:
+        self.quant, self.dtype = quant, dtype
+        if _is_preset(source):
+            self.config = resolve_config(config) or resolve_config(str(source))
+            state = random_state_dict(self.config, RANDOM_WEIGHTS_SEED)
+            self._state = quantize_linears(state, quant.bits, quant.group_size) if quant is not None else state
+            self.checkpoint = None
+            self.description = f"preset {source} with random weights (seed {RANDOM_WEIGHTS_SEED})"
+            self.tokenizer = BUILTIN_TOKENIZER_PATH
+        else:
+            self.checkpoint = open_checkpoint(source, resolve_config(config))
+            self.config = self.checkpoint.config
+            if quant is not None and self.checkpoint.quant_spec is not None:
+                raise InputError(
+                    f"{self.checkpoint.describe()} is already quantized; export it without --quant (it stays "
+                    "quantized) or quantize its FP16 original"
+                )
+            self.quant = quant or self.checkpoint.quant_spec
+            self.description = "the built-in demo model" if str(source) == DEFAULT_MODEL else self.checkpoint.describe()
+            self.tokenizer = find_tokenizer_model(None, source)
+
+    def read(self, keys: list[str]) -> dict[str, Any]:
+        if self.checkpoint is None:
+            return {k: self._state[k] for k in keys}
+        return self.checkpoint.rank_state_dict(0, 1, self.dtype, "cpu", keys=keys, quant=self.quant_request)
+
+    @property
+    def quant_request(self) -> QuantSpec | None:
+        """Quantize while reading only when the checkpoint is floating point (a quantized one is read as stored)."""
+        return self.quant if self.checkpoint is not None and self.checkpoint.quant_spec is None else None
+
+    def layers(self) -> Iterator[LayerWeights]:
+        for n in range(self.config.num_layers):
+            names = {f.name: layer_key(n, f.name) for f in fields(LayerWeights)}
+            tensors = self.read(list(names.values()))
+            yield LayerWeights(**{name: tensors[key] for name, key in names.items()})
+
+
+def export_onnx(
+    source: str | Path,
+    output: str | Path,
+    dtype: torch.dtype = torch.float32,
+    max_seq: int | None = None,
+    quant: QuantSpec | None = None,
+    target: QuantTarget = QuantTarget.ort,
+    accuracy_level: int = 0,
+    config: str | Path | GLMConfig | None = None,
+    progress: Progress | None = None,
+) -> ExportedModel:
+    """Export the GLM decoder of ``source`` (a checkpoint folder or a preset name) into the new folder ``output``.
+
+    ``max_seq`` bounds positions (the rotary tables' rows; default: the model's ``max_sequence_length``). ``quant``
+    quantizes the linears like ``glm-engine run --quant`` (a quantized checkpoint is exported as stored), written for
+    ``target``: ``ort`` (MatMulNBits with ``accuracy_level``) or ``tensorrt`` (opset-21 DequantizeLinear).
+    ``progress(done, total)`` counts layers.
+    """
+    weights = _Weights(source, config, dtype, quant)
+    model_config = weights.config
+    max_seq = max_seq or model_config.max_sequence_length
+    if not 0 < max_seq <= model_config.max_sequence_length:
+        raise InputError(f"--max-seq must lie in [1, {model_config.max_sequence_length}], got {max_seq}")
+    spec = weights.quant
+    if spec is not None:
+        check_quant_fits(model_config, 1, spec)
+        check_target(target, spec.bits, spec.group_size is not None)
+    total = model_config.num_layers + 2
+    with staged_folder(output) as staging:
+        g = GraphBuilder(staging / DATA_FILE, OPSET)
+        graph = GLMGraph(g, model_config, dtype, max_seq, QuantEmit(target, accuracy_level))
+        x = graph.embed(weights.read([EMBEDDING_KEY])[EMBEDDING_KEY])
+        if progress is not None:
+            progress(1, total)
+        for n, layer in enumerate(weights.layers()):
+            x = graph.layer(n, layer, x)
+            if progress is not None:
+                progress(n + 2, total)
+        final = weights.read(list(FINAL_LN_KEYS))
+        graph.head(x, final[FINAL_LN_KEYS[0]], final[FINAL_LN_KEYS[1]])
+        exported = ExportedModel(
+            Path(output), model_config, dtype, max_seq, spec, target, g.weight_bytes, g.weights_sha256, accuracy_level
+        )
+        description = genai_config(exported, weights.description)
+        g.finish(staging / MODEL_FILE, "glm", "glm-engine", {"glm_engine.genai_config": json.dumps(description)})
+        (staging / GENAI_CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+        shutil.copyfile(weights.tokenizer, staging / MODEL_FILENAME)
+        if progress is not None:
+            progress(total, total)
+    return exported
+
+
+def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
+    """The ``genai_config.json`` content: I/O names and layout, special tokens, the model config, quantization."""
+    c = exported.config
+    names = io_names(c.num_layers)
+    spec = exported.quant
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "source": source,
+        "model": {
+            "type": "glm",
+            "config": c.to_dict(),
+            "context_length": exported.max_seq,
+            "vocab_size": c.vocab_size,
+            "bos_token_id": c.vocab_layout.sop,
+            "eos_token_id": [c.vocab_layout.eos, c.vocab_layout.eop],
+            "pad_token_id": c.vocab_layout.pad,
+            "special_tokens": c.vocab_layout.to_dict(),
+            "decoder": {
+                "filename": MODEL_FILE,
+                "external_data": DATA_FILE,
+                "opset": OPSET,
+                "dtype": dtype_name(exported.dtype),
+                "num_hidden_layers": c.num_layers,
+                "num_attention_heads": c.num_attention_heads,
+                "num_key_value_heads": c.num_attention_heads,
+                "head_size": c.head_dim,
+                "hidden_size": c.hidden_size,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "position_ids": "position_ids",
+                    "attention_mask": "attention_mask",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+                "input_order": names["inputs"],
+                "output_order": names["outputs"],
+                "shapes": {
+                    "input_ids": ["batch_size", "sequence_length"],
+                    "position_ids": ["batch_size", "sequence_length"],
+                    "attention_mask": ["batch_size", 1, "sequence_length", "total_sequence_length"],
+                    "past_key_values": ["batch_size", c.num_attention_heads, "past_sequence_length", c.head_dim],
+                    "logits": ["batch_size", "sequence_length", c.vocab_size],
+                },
+                "attention_mask_semantics": (
+                    "bool, true = blocked (may not attend): GLM's prefix-bidirectional mask over past + new tokens; "
+                    "every query row must leave at least one key unblocked"
+                ),
+                "kv_cache": "keys after rotary, [batch, heads, positions, head_size]; present = past + new tokens",
+            },
+        },
+        "quantization": None
+        if spec is None
+        else {
+            "bits": spec.bits,
+            "scheme": "rowwise" if spec.group_size is None else "groupwise",
+            "group_size": spec.group_size,
+            "symmetric": True,
+            "target": exported.target.value,
+            "accuracy_level": exported.accuracy_level if exported.target is QuantTarget.ort else None,
+            "op": "com.microsoft::MatMulNBits" if exported.target is QuantTarget.ort else "DequantizeLinear (opset 21)",
+        },
+        "weights": {"bytes": exported.weight_bytes, "sha256": exported.weights_sha256},
+        "tokenizer": MODEL_FILENAME,
+    }
+
+
+@dataclass(frozen=True)
+class ExportedInfo:
+    """An exported folder as a runtime needs it: the model config (positions bounded by the export's
+    ``context_length``), the graph dtype, and the full ``genai_config.json``."""
+
+    folder: Path
+    config: GLMConfig
+    dtype: torch.dtype
+    description: dict[str, Any]
+
+    @property
+    def model_file(self) -> Path:
+        return self.folder / self.description["model"]["decoder"]["filename"]
+
+
+def read_exported(folder: str | Path) -> ExportedInfo:
+    """Read ``genai_config.json`` of a folder made by ``export_onnx``, or say what the folder is missing."""
+    from glm_engine.backends.base import DTYPE_NAMES
+    from glm_engine.config import read_json_object
+    from glm_engine.errors import CheckpointError
+
+    folder = Path(folder)
+    path = folder / GENAI_CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} is not an exported model (no {GENAI_CONFIG_FILE}); make one with "
+            "`glm-engine export onnx --checkpoint PATH --output DIR`"
+        )
+    data = read_json_object(path)
+    if data.get("format") != EXPORT_FORMAT or data.get("format_version") != EXPORT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} describes format {data.get('format')!r} v{data.get('format_version')}; this glm-engine reads "
+            f"{EXPORT_FORMAT} v{EXPORT_FORMAT_VERSION}: re-export the model"
+        )
+    model = data["model"]
+    config = GLMConfig.from_dict(model["config"], source=str(path))
+    config = config.with_overrides(max_sequence_length=int(model["context_length"]))
+    return ExportedInfo(folder, config, DTYPE_NAMES[model["decoder"]["dtype"]], data)

@@ -1,0 +1,219 @@
+"""ONNX export with a KV cache and the onnxruntime backend: graph validity, parity with the engine, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'glm-engine[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'glm-engine[onnx]')")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from glm_engine.backends.onnxruntime.backend import OnnxRuntimeBackend  # noqa: E402
+from glm_engine.backends.onnxruntime.providers import choose_provider  # noqa: E402
+from glm_engine.cli.main import app  # noqa: E402
+from glm_engine.engine import DEFAULT_MODEL, load  # noqa: E402
+from glm_engine.errors import BackendError, InputError  # noqa: E402
+from glm_engine.export.glm_onnx import io_names  # noqa: E402
+from glm_engine.export.onnx_export import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, export_onnx  # noqa: E402
+from glm_engine.export.quant_onnx import QuantTarget  # noqa: E402
+from glm_engine.export.verify import NMSE_THRESHOLDS, nmse, verify_export  # noqa: E402
+from glm_engine.generation.masks import generation_blocked  # noqa: E402
+from glm_engine.quant.spec import QuantSpec  # noqa: E402
+
+cli = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("onnx") / "demo"
+    export_onnx(DEFAULT_MODEL, folder, max_seq=256)
+    return folder
+
+
+def test_fp32_export_passes_the_checker_with_the_documented_io(demo_export):
+    onnx.checker.check_model(str(demo_export / MODEL_FILE), full_check=True)
+    model = onnx.load(str(demo_export / MODEL_FILE), load_external_data=False)
+    names = io_names(4)
+    assert [i.name for i in model.graph.input] == names["inputs"]
+    assert [o.name for o in model.graph.output] == names["outputs"]
+    past = next(i for i in model.graph.input if i.name == "past_key_values.0.key").type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in past] == ["batch_size", 3, "past_sequence_length", 64]
+    described = json.loads((demo_export / GENAI_CONFIG_FILE).read_text())
+    assert described["model"]["decoder"]["input_order"] == names["inputs"]
+    assert described["model"]["context_length"] == 256
+    assert described["model"]["special_tokens"]["gmask"] == 5001
+    assert (demo_export / "ice_text.model").is_file()
+
+
+def test_weights_live_only_in_the_external_data_file(demo_export):
+    """The graph file holds no weight bytes: each was streamed to the data file as it was emitted."""
+    model = onnx.load(str(demo_export / MODEL_FILE), load_external_data=False)
+    big = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    inline = [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    assert len(big) > 50 and all(len(t.raw_data) <= 64 for t in inline)
+    assert (demo_export / MODEL_FILE).stat().st_size < 100_000 < (demo_export / DATA_FILE).stat().st_size
+
+
+def test_fp32_matches_the_engine_over_prefill_and_eight_cached_decode_steps(demo_export):
+    report = verify_export(str(demo_export), DEFAULT_MODEL)
+    assert report.prefill_nmse < NMSE_THRESHOLDS[torch.float32]
+    assert len(report.decode_nmse) == 7 and max(report.decode_nmse) < NMSE_THRESHOLDS[torch.float32]
+    assert report.tokens_match and len(report.engine_tokens) == 8 and len(report.engine_tokens[0]) == 2
+    assert report.passed
+
+
+def test_runner_batch_one_with_a_cache_matches_one_uncached_pass(demo_export):
+    """Prefill 5 tokens then 2 cached steps equals one 7-token pass (empty past) on the same rows."""
+    runner = OnnxRuntimeBackend().load_runner(str(demo_export))
+    ids = torch.tensor([[10, 20, 30, 5001, 5004, 40, 50]])
+    positions = torch.arange(7)[None]
+    blocked = generation_blocked(5, 7)[None, None]
+    whole = runner.forward(ids, positions, blocked)
+    cache = runner.new_cache(1, 7)
+    parts = [runner.forward(ids[:, :5], positions[:, :5], blocked[:, :, :5, :5], cache, last_only=True)]
+    for column in (5, 6):
+        step = (ids[:, column : column + 1], positions[:, column : column + 1], blocked[:, :, column : column + 1])
+        parts.append(runner.forward(step[0], step[1], step[2][..., : column + 1], cache))
+    assert cache.length == 7
+    assert nmse(torch.cat(parts, 1), whole[:, 4:]) < 1e-10
+
+
+def test_fp16_export_matches_the_engine_in_fp16(tmp_path):
+    export_onnx(DEFAULT_MODEL, tmp_path / "fp16", dtype=torch.float16, max_seq=64)
+    assert verify_export(str(tmp_path / "fp16"), DEFAULT_MODEL).passed
+
+
+def test_bf16_export_is_valid_but_the_ort_runner_says_why_it_cannot_run_it(tmp_path):
+    export_onnx(DEFAULT_MODEL, tmp_path / "bf16", dtype=torch.bfloat16, max_seq=64)
+    onnx.checker.check_model(str(tmp_path / "bf16" / MODEL_FILE), full_check=True)
+    with pytest.raises(BackendError, match="bfloat16"):
+        OnnxRuntimeBackend().load_runner(str(tmp_path / "bf16"))
+
+
+QUANT_CASES = [
+    (8, None, QuantTarget.ort, "MatMulNBits"),
+    (8, 64, QuantTarget.ort, "MatMulNBits"),
+    (4, None, QuantTarget.ort, "MatMulNBits"),
+    (4, 64, QuantTarget.ort, "MatMulNBits"),
+    (8, None, QuantTarget.tensorrt, "DequantizeLinear"),
+    (4, None, QuantTarget.tensorrt, "DequantizeLinear"),
+    (4, 64, QuantTarget.tensorrt, "DequantizeLinear"),
+]
+
+
+@pytest.mark.parametrize(("bits", "group", "target", "op"), QUANT_CASES)
+def test_quantized_export_matches_the_engines_quantized_model(tmp_path, bits, group, target, op):
+    folder = tmp_path / "q"
+    export_onnx(DEFAULT_MODEL, folder, quant=QuantSpec(bits, group), target=target, max_seq=64)
+    onnx.checker.check_model(str(folder / MODEL_FILE), full_check=True)
+    model = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
+    assert sum(n.op_type == op for n in model.graph.node) == 16  # four linears in each of four layers
+    if target is QuantTarget.tensorrt and bits == 4:
+        weights = [t for t in model.graph.initializer if t.name.endswith(".qweight")]
+        assert {t.data_type for t in weights} == {onnx.TensorProto.INT4}
+    report = verify_export(str(folder), DEFAULT_MODEL)
+    assert report.passed, report.describe()
+
+
+def test_quantized_export_really_is_quantized(tmp_path):
+    """Against the floating-point engine an INT4 export is far off: verify would catch a silently float graph."""
+    export_onnx(DEFAULT_MODEL, tmp_path / "q4", quant=QuantSpec(4, None), max_seq=64)
+    runner = OnnxRuntimeBackend().load_runner(str(tmp_path / "q4"))
+    engine = load(DEFAULT_MODEL, backend="cpu", dtype="fp32")
+    ids, positions = torch.tensor([[10, 20, 30, 5001, 5004]]), torch.arange(5)[None]
+    blocked = generation_blocked(5, 5)[None, None]
+    with torch.inference_mode():
+        assert nmse(runner.forward(ids, positions, blocked), engine.runner.forward(ids, positions, blocked)) > 1e-3
+
+
+def test_int8_groupwise_for_tensorrt_is_refused_before_writing(tmp_path):
+    with pytest.raises(InputError, match="only for INT4"):
+        export_onnx(DEFAULT_MODEL, tmp_path / "x", quant=QuantSpec(8, 64), target=QuantTarget.tensorrt)
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    from glm_engine.export import glm_onnx
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(glm_onnx.GLMGraph, "head", fail)
+    with pytest.raises(RuntimeError):
+        export_onnx(DEFAULT_MODEL, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_preset_export_with_glm130b_vocabulary_matches(tmp_path):
+    export_onnx("glm-tiny", tmp_path / "tiny", max_seq=64)
+    assert verify_export(str(tmp_path / "tiny"), "glm-tiny").passed
+
+
+def test_provider_choice_and_reasons():
+    assert choose_provider(None, ["CPUExecutionProvider"])[0].short == "cpu"
+    assert (
+        choose_provider(None, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])[0].short
+        == "cuda"
+    )  # TensorRT only on request: it compiles an engine when a session starts
+    with pytest.raises(BackendError, match="onnxruntime-gpu"):
+        choose_provider("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(BackendError, match="known"):
+        choose_provider("dml", ["CPUExecutionProvider"])
+
+
+def test_cli_export_with_verify_then_run_on_onnxruntime_end_to_end(tmp_path):
+    folder = tmp_path / "exported"
+    result = cli.invoke(app, ["export", "onnx", "--output", str(folder), "--max-seq", "128", "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+    queries = tmp_path / "q.txt"
+    queries.write_text("Hello [MASK] world\nOnce upon a time\n", encoding="utf-8")
+    common = ["--input-source", str(queries), "--out-seq-length", "24", "--seed", "3"]
+    answers = {}
+    for backend, checkpoint in (("onnxruntime", str(folder)), ("cpu", DEFAULT_MODEL)):
+        out = tmp_path / backend
+        args = ["run", "--backend", backend, "--checkpoint", checkpoint, "--output-path", str(out), *common]
+        result = cli.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        answers[backend] = sorted(f.read_text(encoding="utf-8") for f in out.iterdir())
+    assert answers["onnxruntime"] == answers["cpu"] and len(answers["cpu"]) == 2
+    beams = ["--sampling-strategy", "BeamSearchStrategy", "--num-beams", "2", "--deterministic"]
+    result = cli.invoke(
+        app,
+        ["run", "--backend", "onnxruntime", "--checkpoint", str(folder), "--output-path", str(tmp_path / "b")]
+        + common
+        + beams,
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_cli_refuses_a_provider_this_build_lacks(tmp_path, demo_export):
+    queries = tmp_path / "q.txt"
+    queries.write_text("Hello [MASK]\n", encoding="utf-8")
+    args = ["run", "--backend", "onnxruntime", "--checkpoint", str(demo_export), "--ort-provider", "migraphx"]
+    result = cli.invoke(app, [*args, "--input-source", str(queries), "--output-path", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "onnxruntime-migraphx" in result.output
+
+
+def test_backends_lists_onnxruntime_providers_and_why_others_are_missing():
+    result = cli.invoke(app, ["backends", "--format", "json"])
+    row = next(r for r in json.loads(result.output) if r["name"] == "onnxruntime")
+    assert row["available"] and row["kind"] == "graph-level"
+    assert row["devices"][-1]["name"] == "CPUExecutionProvider"
+    assert "onnxruntime-gpu" in row["reason"]
+
+
+def test_int8_activation_matmulnbits_is_held_to_its_own_stated_threshold(tmp_path):
+    """accuracy_level 4 (ORT's fast CPU path) is recorded in genai_config and verified at 5e-3 with equal tokens."""
+    from glm_engine.export.verify import INT8_ACTIVATIONS_NMSE_THRESHOLD
+
+    export_onnx(DEFAULT_MODEL, tmp_path / "fast", quant=QuantSpec(8, None), accuracy_level=4, max_seq=64)
+    described = json.loads((tmp_path / "fast" / GENAI_CONFIG_FILE).read_text())
+    assert described["quantization"]["accuracy_level"] == 4
+    report = verify_export(str(tmp_path / "fast"), DEFAULT_MODEL)
+    assert report.threshold == INT8_ACTIVATIONS_NMSE_THRESHOLD and report.passed, report.describe()
+    assert max(report.decode_nmse) > 1e-5  # activations really are quantized: far above the exact path's error

@@ -1,0 +1,149 @@
+"""TensorRT: everything up to the builder call is pinned here (profiles, cache keys, binding plans, the ONNX a
+TensorRT build takes); building and running engines is tested only where TensorRT and a GPU exist."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'glm-engine[onnx]')")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from glm_engine.backends.tensorrt.build import build_engine, tensorrt_missing_reason  # noqa: E402
+from glm_engine.backends.tensorrt.plan import (  # noqa: E402
+    DECODE,
+    PREFILL,
+    GraphIO,
+    Limits,
+    binding_plan,
+    cache_key,
+    plan_profiles,
+    profile_for,
+)
+from glm_engine.cli.main import app  # noqa: E402
+from glm_engine.engine import DEFAULT_MODEL  # noqa: E402
+from glm_engine.errors import InputError  # noqa: E402
+from glm_engine.export.onnx_export import MODEL_FILE, export_onnx, read_exported  # noqa: E402
+from glm_engine.export.quant_onnx import QuantTarget  # noqa: E402
+from glm_engine.quant.spec import QuantSpec  # noqa: E402
+
+TRT_MISSING = tensorrt_missing_reason()
+
+
+@pytest.fixture(scope="module")
+def trt_export(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("trt") / "int4"
+    export_onnx(DEFAULT_MODEL, folder, quant=QuantSpec(4, 64), target=QuantTarget.tensorrt, max_seq=256)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def io(trt_export) -> GraphIO:
+    return GraphIO.from_genai_config(read_exported(trt_export).description)
+
+
+def test_graph_io_is_read_from_the_export(io):
+    assert (io.num_layers, io.num_kv_heads, io.head_size, io.vocab_size) == (4, 3, 64, 5056)
+    assert io.context_length == 256 and io.position_rows == 1 and io.dtype == "fp32"
+
+
+def test_profiles_cover_prefill_on_an_empty_cache_and_one_token_decode(io):
+    prefill, decode = plan_profiles(io, Limits(max_batch=4, max_seq=256, opt_seq=64))
+    assert (prefill.name, decode.name) == (PREFILL, DECODE)
+    assert prefill.shapes["input_ids"] == ((1, 1), (1, 64), (4, 256))
+    assert prefill.shapes["attention_mask"] == ((1, 1, 1, 1), (1, 1, 64, 64), (4, 1, 256, 256))
+    assert prefill.shapes["past_key_values.3.value"] == ((1, 3, 0, 64), (1, 3, 0, 64), (4, 3, 0, 64))
+    assert decode.shapes["input_ids"] == ((1, 1), (1, 1), (4, 1))
+    assert decode.shapes["attention_mask"] == ((1, 1, 1, 1), (1, 1, 1, 65), (4, 1, 1, 256))
+    assert decode.shapes["past_key_values.0.key"] == ((1, 3, 0, 64), (1, 3, 64, 64), (4, 3, 255, 64))
+    assert set(prefill.shapes) == set(decode.shapes) == set(read_inputs(io))
+
+
+def read_inputs(io: GraphIO) -> list[str]:
+    return ["input_ids", "position_ids", "attention_mask", *io.kv_names()]
+
+
+def test_profiles_refuse_more_positions_than_the_graph_has(io):
+    with pytest.raises(InputError, match="re-export"):
+        plan_profiles(io, Limits(1, 512, 64))
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_batch=0), dict(max_seq=1), dict(opt_seq=300), dict(opt_batch=9)])
+def test_limits_refuse_impossible_values(kwargs):
+    values = dict(max_batch=8, max_seq=256, opt_seq=64) | kwargs
+    with pytest.raises(InputError):
+        Limits(**values)
+
+
+def test_each_call_picks_its_profile():
+    assert profile_for(0, 17) == PREFILL and profile_for(0, 1) == PREFILL and profile_for(5, 1) == DECODE
+    with pytest.raises(InputError, match="one token"):
+        profile_for(5, 3)
+
+
+def test_the_cache_key_changes_with_each_thing_an_engine_depends_on(io):
+    profiles = plan_profiles(io, Limits(2, 128, 32))
+    base = ("w" * 64, "g" * 64, "10.9.0", "sm_90", profiles)
+    key = cache_key(*base)
+    assert key == cache_key(*base)  # stable: a rebuild happens only when needed
+    changed = [
+        ("x" * 64, *base[1:]),
+        (base[0], "h" * 64, *base[2:]),
+        (*base[:2], "10.10.0", *base[3:]),
+        (*base[:3], "sm_80", base[4]),
+        (*base[:4], plan_profiles(io, Limits(2, 128, 64))),
+    ]
+    assert len({key, *(cache_key(*c) for c in changed)}) == 6
+
+
+def test_the_binding_plan_names_every_engine_input_and_output_once(io, trt_export):
+    plan = binding_plan(io, Limits(2, 128, 32))
+    model = onnx.load(str(trt_export / MODEL_FILE), load_external_data=False)
+    assert [b.name for b in plan if b.is_input] == [i.name for i in model.graph.input]
+    assert sorted(b.name for b in plan if not b.is_input) == sorted(o.name for o in model.graph.output)
+    kv = next(b for b in plan if b.name == "present.2.value")
+    assert kv.capacity == 2 * 3 * 128 * 64 and not kv.is_input
+    assert next(b for b in plan if b.name == "logits").capacity == 2 * 128 * 5056
+
+
+def test_the_tensorrt_target_emits_only_standard_symmetric_int4_dequantization(trt_export):
+    """What TensorRT's parser takes: opset 21, no contrib ops, INT4 weights, no zero points (symmetric)."""
+    model = onnx.load(str(trt_export / MODEL_FILE), load_external_data=False)
+    assert {o.domain for o in model.opset_import} == {""} and model.opset_import[0].version == 21
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 16 and all(len(n.input) == 2 for n in dq)
+    assert all({a.name: a.i for a in n.attribute} == {"axis": 0, "block_size": 64} for n in dq)
+
+
+def test_cli_says_precisely_why_an_engine_cannot_be_built_here(trt_export, tmp_path):
+    if TRT_MISSING is None:
+        pytest.skip("TensorRT is installed here: the build test below runs instead")
+    result = CliRunner().invoke(
+        app, ["export", "tensorrt", "--onnx", str(trt_export), "--output", str(tmp_path / "e"), "--max-seq", "128"]
+    )
+    assert result.exit_code == 1 and "tensorrt" in result.output and "not installed" in result.output
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT build/run: {TRT_MISSING}")
+def test_engine_builds_once_then_comes_from_the_cache_and_matches_onnxruntime(tmp_path):
+    from glm_engine.backends.onnxruntime.backend import OnnxRuntimeBackend
+    from glm_engine.backends.tensorrt.backend import TensorRTBackend
+    from glm_engine.export.verify import compare_runners
+
+    onnx_dir = tmp_path / "fp16"
+    export_onnx(DEFAULT_MODEL, onnx_dir, dtype=torch.float16, max_seq=64)
+    limits = Limits(2, 64, 16)
+    first = build_engine(onnx_dir, tmp_path / "e1", limits, cache_dir=tmp_path / "cache")
+    second = build_engine(onnx_dir, tmp_path / "e2", limits, cache_dir=tmp_path / "cache")
+    assert not first.cached and second.cached and first.key == second.key
+    meta = json.loads((tmp_path / "e1" / "genai_config.json").read_text())
+    assert meta["tensorrt"]["limits"] == dataclasses.asdict(limits)
+    trt_runner = TensorRTBackend().load_runner(str(tmp_path / "e1"))
+    ort_runner = OnnxRuntimeBackend().load_runner(str(onnx_dir))
+    report = compare_runners(ort_runner, trt_runner, steps=8, threshold=1e-3)
+    assert report.passed, report.describe()
