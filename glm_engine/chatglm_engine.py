@@ -175,6 +175,7 @@ def load_chatglm(
     quant_scheme: str = "rowwise",
     quant_group_size: int | None = None,
     quant_output: bool = False,
+    cuda_graphs: bool | None = None,
 ) -> ChatGLMEngine:
     """Load a ChatGLM-6B Hugging Face folder (fp16, or the INT4/INT8 releases), or ``chatglm-tiny`` (random weights
     with the packaged test tokenizer, for trying things out).
@@ -184,7 +185,8 @@ def load_chatglm(
     ``progress(done, total)`` follows the weights as they are converted; ``quant`` (``"int8"``/``"int4"``, with
     ``quant_scheme``/``quant_group_size``) quantizes the linears while loading, as ``glm_engine.load`` does. The
     INT4/INT8 releases run quantized where the backend has kernels for them, dequantized otherwise.
-    ``quant_output=True`` quantizes ``lm_head`` in the same format (as chatglm.cpp does; see ``glm_engine.load``).
+    ``quant_output=True`` quantizes ``lm_head`` in the same format (as chatglm.cpp does; see ``glm_engine.load``);
+    ``cuda_graphs`` as in ``glm_engine.load``.
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = resolve_dtype(dtype, chosen)
@@ -228,4 +230,6 @@ def load_chatglm(
         if weights.unused_keys:
             notes.append(f"{len(weights.unused_keys)} keys not used: {', '.join(weights.unused_keys[:5])}")
     notes.append(f"{chosen.name} backend, {dtype_name(run_dtype)}")
-    return ChatGLMEngine(ChatGLMModel(config, weights, ops), tok, chosen, source, notes)
+    model = ChatGLMModel(config, weights, ops)
+    model.cuda_graphs = cuda_graphs
+    return ChatGLMEngine(model, tok, chosen, source, notes)

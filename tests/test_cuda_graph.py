@@ -126,6 +126,33 @@ def test_beam_search_reorders_rows_in_place_under_one_graph(monkeypatch, engine)
     assert made[0].captures == 1 and made[0].graph_steps > 1
 
 
+def test_a_failed_capture_falls_back_to_eager_steps_without_losing_a_token(monkeypatch, engine):
+    def failing(step):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    made: list[GraphedDecoder] = []
+
+    def decoder(runner, verdict):
+        made.append(GraphedDecoder(runner, Verdict(True, "emulated"), capture=failing))
+        return made[-1]
+
+    prompts = ["Once upon a time", "天空是[MASK]色的"]
+    options = dict(out_seq_length=20, top_k=1, top_p=0.0)
+    expected = [r.token_ids for r in engine.generate(prompts, **options)]
+    monkeypatch.setattr(decode_module, "GraphedDecoder", decoder)
+    assert [r.token_ids for r in engine.generate(prompts, **options)] == expected
+    assert made[0].graph_steps == 1 and made[0].eager_steps > 0 and "capture failed" in made[0].reason
+
+
+def test_hip_graphs_are_opt_in(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.version, "hip", "6.2.0")
+    assert "opt-in" in graphs_verdict(cuda_runner()).reason
+    assert graphs_verdict(cuda_runner(), requested=True)
+    monkeypatch.setenv(ENV_VAR, "1")
+    assert graphs_verdict(cuda_runner())
+
+
 def test_the_cpu_decode_path_runs_eagerly(engine):
     assert not graphs_verdict(engine.runner)
 

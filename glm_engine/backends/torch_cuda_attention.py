@@ -6,9 +6,10 @@ Three implementations meet the op contract (``OpTable.attention``):
   ``scale = 1/sqrt(d)``. Equivalent to the reference: the reference divides q by ``sqrt(d) * layer_scale``, fills
   blocked scores with -10000 and multiplies by ``layer_scale`` in fp32 before the softmax, which is
   ``softmax(q k^T / sqrt(d))`` over unblocked keys, exactly, up to roundings. The layer scaling exists only to keep
-  *fp16* scores below 65504 in deep layers; SDPA's fused kernels (and its math fallback for fp16) form the scores
-  and the softmax in fp32 accumulators and never store fp16 scores, so it is not needed and leaving it out removes
-  two roundings. A blocked key contributes ``exp(-inf) = 0`` here and ``exp(-10000 * layer_scale - max) = 0`` in the
+  *fp16* scores below 65504 in deep layers; SDPA's fused kernels form the scores and the softmax in fp32
+  accumulators and never store fp16 scores, so it is not needed and leaving it out removes
+  two roundings. In fp16/bf16 on a device only the fused kernels are allowed (``sdpa_attention``). A blocked key
+  contributes ``exp(-inf) = 0`` here and ``exp(-10000 * layer_scale - max) = 0`` in the
   reference's fp32 softmax; the two differ only for a row with every key blocked (NaN here, uniform there), which
   the contract rules out (every query row has an unblocked key; padded rows attend to themselves). With a bool mask
   torch picks the memory-efficient kernel (flash-attention takes no arbitrary mask; GLM's prefix-bidirectional mask
@@ -28,8 +29,10 @@ from enum import Enum
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from glm_engine.kernels.triton.configs import MAX_ATTENTION_HEAD_DIM
+from glm_engine.ops.torch_ops import reference_attention
 
 DECODE_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -77,6 +80,23 @@ def cuda_policy(triton_ok: bool, triton_why: str) -> AttentionPolicy:
     return AttentionPolicy(AttentionPath.SDPA, SDPA_REASON, AttentionPath.SDPA, f"SDPA ({triton_why})")
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-    """The contract's attention through torch SDPA (see the module docstring for why it is the same math)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked, scale=1.0 / math.sqrt(q.shape[-1]))
+# SDPA kernels that keep fp32 scores inside; torch's math fallback is not among them (see sdpa_attention).
+FUSED_SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor, layer_scale: float = 1.0
+) -> torch.Tensor:
+    """The contract's attention through torch SDPA (see the module docstring for why it is the same math).
+
+    In fp16/bf16 on a device only the fused kernels may take the call: torch's math fallback formed fp16 scores
+    before torch 2.5, unscaled, which overflows in deep GLM-130B layers. Where no fused kernel accepts the shapes
+    (SDPA raises), the reference's layer-scaled path runs instead."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if q.device.type == "cpu" or q.dtype not in (torch.float16, torch.bfloat16):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked, scale=scale)
+    try:
+        with sdpa_kernel(FUSED_SDPA_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked, scale=scale)
+    except RuntimeError:  # "No available kernel": no fused kernel takes these shapes on this device
+        return reference_attention(q, k, v, blocked, layer_scale)

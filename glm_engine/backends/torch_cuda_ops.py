@@ -73,5 +73,5 @@ class CudaOps(TorchOps):
             )
             return decode_attention(q, k, v, blocked, config)
         if path is AttentionPath.SDPA:
-            return sdpa_attention(q, k, v, blocked)
+            return sdpa_attention(q, k, v, blocked, layer_scale)
         return reference_attention(q, k, v, blocked, layer_scale)

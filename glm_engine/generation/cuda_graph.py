@@ -17,8 +17,11 @@ which capture forbids) and produces that step's logits; capture follows and late
 unchanged: it calls ``cache.update`` and ``ops.attention`` as always.
 
 When a graph is not usable the decoder runs the step eagerly, and says why (:func:`graphs_verdict`): not on CUDA,
-disabled (``GLM_ENGINE_CUDA_GRAPHS=0`` or ``cuda_graphs=False``), tensor parallelism (collectives are not captured
-here), a graph-level runner, or too few steps to repay a capture. Beam search reorders cache rows in place (same
+disabled (``GLM_ENGINE_CUDA_GRAPHS=0`` or ``cuda_graphs=False``), HIP without an explicit opt-in (no ROCm run has
+backed them yet), tensor parallelism (collectives are not captured here), a graph-level runner, or too few steps to
+repay a capture. A capture that fails (an op that syncs with the host, a stack that cannot capture it) switches the
+decoder to eager steps with the reason; the failed step's logits come from its warm-up, so no token is lost. Beam
+search reorders cache rows in place (same
 storage, so the graph stays valid) but its first step replaces the cache by one with more rows: the decoder then
 captures once more for the new batch, at most ``MAX_CAPTURES`` times per decode, and runs eagerly after that.
 """
@@ -33,7 +36,7 @@ import torch
 from glm_engine.backends.base import ModelRunner, Verdict
 from glm_engine.model.kv_cache import KVCache
 
-ENV_VAR = "GLM_ENGINE_CUDA_GRAPHS"  # "0" turns decode-step graphs off (default: on for cuda)
+ENV_VAR = "GLM_ENGINE_CUDA_GRAPHS"  # "0" turns decode-step graphs off (default: on for CUDA), "1" on for HIP too
 MIN_GRAPH_STEPS = 4  # decodes with fewer cached steps run eagerly: capture costs about two eager steps
 MAX_CAPTURES = 2  # per decode: the first batch shape, and the beam-expanded one
 
@@ -48,6 +51,8 @@ def graphs_verdict(runner: ModelRunner, requested: bool | None = None, steps: in
         return Verdict(False, f"CUDA graphs disabled by {ENV_VAR}=0")
     if runner.device.type != "cuda":
         return Verdict(False, f"CUDA graphs need a cuda device; this model runs on {runner.device.type}")
+    if torch.version.hip and requested is None and os.environ.get(ENV_VAR, "").strip() != "1":
+        return Verdict(False, f"HIP graphs are opt-in until a ROCm run backs them: {ENV_VAR}=1 or cuda_graphs=True")
     if not hasattr(runner, "ops"):
         return Verdict(False, "the runner runs an exported graph, not glm-engine's ops")
     comm = getattr(runner, "comm", None)
@@ -56,6 +61,14 @@ def graphs_verdict(runner: ModelRunner, requested: bool | None = None, steps: in
     if steps is not None and steps < MIN_GRAPH_STEPS:
         return Verdict(False, f"{steps} cached steps do not repay a capture (fewer than {MIN_GRAPH_STEPS})")
     return Verdict(True, "decode steps replay a CUDA graph")
+
+
+class CaptureError(RuntimeError):
+    """Capturing a step failed after its eager warm-up ran; carries that step's logits so decoding goes on."""
+
+    def __init__(self, message: str, logits: torch.Tensor) -> None:
+        super().__init__(message)
+        self.logits = logits
 
 
 class GraphKVCache(KVCache):
@@ -157,7 +170,11 @@ class DecodeGraph:
         self.load(cache, input_ids, position_ids, blocked)
         if self._replay is None:
             logits = self._warm_up()
-            self._replay = self._capture(self._forward)
+            try:
+                self._replay = self._capture(self._forward)
+            except Exception as exc:  # an op that syncs with the host or is not capturable on this stack
+                cache.advance(1)
+                raise CaptureError(f"{type(exc).__name__}: {exc}", logits) from exc
         else:
             logits = self._replay().clone()
         cache.advance(1)
@@ -198,7 +215,12 @@ class GraphedDecoder:
             self.eager_steps += 1
             return self.runner.forward(input_ids, position_ids, blocked, cache)
         self.graph_steps += 1
-        return graph.step(cache, input_ids, position_ids, blocked)
+        try:
+            return graph.step(cache, input_ids, position_ids, blocked)
+        except CaptureError as exc:  # the step itself ran eagerly; never fail a generation over a graph
+            self.enabled, self._graph = False, None
+            self.reason = f"graph capture failed, later steps run eagerly: {exc}"
+            return exc.logits
 
     def _graph_for(
         self, cache: KVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor

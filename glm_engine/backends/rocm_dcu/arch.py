@@ -3,8 +3,9 @@
 Both vendors' torch builds report ``torch.cuda.get_device_properties(i).gcnArchName`` as ``gfxNNN`` plus target
 features (``"gfx90a:sramecc+:xnack-"``). Hygon's DCUs descend from AMD's gfx9 (GCN/CDNA) line and share its ISA
 naming, so the name alone is not always decisive: gfx906 is both AMD's MI50/MI60 and Hygon's Z100 family. The device
-name settles that case: a DTK build names its devices with "DCU" (e.g. "K100_AI", shown by ``rocm-smi``/``hy-smi``
-as a DCU). Facts behind the table, from public sources (checked 2025):
+name settles that case where it says "DCU" or "Hygon" (``rocm-smi``/``hy-smi`` list the devices as DCUs); a gfx906
+whose name says neither is labelled AMD, which changes only the label (neither gets fused SDPA). Facts behind the
+table, from public sources (checked 2025):
 
 - AMD (ROCm docs, LLVM AMDGPU processor table): gfx906 MI50/MI60, gfx908 MI100 (CDNA1), gfx90a MI210/MI250(X)
   (CDNA2), gfx942 MI300A/MI300X/MI325X (CDNA3), gfx950 MI350X/MI355X (CDNA4); gfx10xx/gfx11xx/gfx12xx are RDNA
