@@ -19,7 +19,7 @@ from glm_engine.engine import DEFAULT_MODEL, load  # noqa: E402
 from glm_engine.errors import BackendError, InputError  # noqa: E402
 from glm_engine.export.glm_onnx import io_names  # noqa: E402
 from glm_engine.export.onnx_export import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, export_onnx  # noqa: E402
-from glm_engine.export.quant_onnx import QuantTarget  # noqa: E402
+from glm_engine.export.quant_onnx import TENSORRT_INT4_BLOCK_SIZES, QuantTarget  # noqa: E402
 from glm_engine.export.verify import NMSE_THRESHOLDS, nmse, verify_export  # noqa: E402
 from glm_engine.generation.masks import generation_blocked  # noqa: E402
 from glm_engine.quant.spec import QuantSpec  # noqa: E402
@@ -115,6 +115,7 @@ def test_quantized_export_matches_the_engines_quantized_model(tmp_path, bits, gr
     if target is QuantTarget.tensorrt and bits == 4:
         weights = [t for t in model.graph.initializer if t.name.endswith(".qweight")]
         assert {t.data_type for t in weights} == {onnx.TensorProto.INT4}
+        assert int4_block_sizes(model) <= set(TENSORRT_INT4_BLOCK_SIZES)
     report = verify_export(str(folder), DEFAULT_MODEL)
     assert report.passed, report.describe()
 
@@ -128,6 +129,55 @@ def test_quantized_export_really_is_quantized(tmp_path):
     blocked = generation_blocked(5, 5)[None, None]
     with torch.inference_mode():
         assert nmse(runner.forward(ids, positions, blocked), engine.runner.forward(ids, positions, blocked)) > 1e-3
+
+
+def int4_block_sizes(model: onnx.ModelProto) -> set[int]:
+    """The block_size of every DequantizeLinear whose input is an INT4 initializer (0 when it has none: per-axis)."""
+    int4 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4}
+    nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int4]
+    assert len(nodes) == 16
+    return {next((a.i for a in n.attribute if a.name == "block_size"), 0) for n in nodes}
+
+
+def test_tensorrt_int4_rowwise_is_blocked_by_128_or_64_and_exact(tmp_path):
+    """TensorRT builds INT4 only blocked (64 or 128): rowwise scales are repeated per block, 128 where it divides."""
+    from glm_engine.config import GLMConfig
+
+    config = GLMConfig(
+        num_layers=1,
+        hidden_size=256,
+        num_attention_heads=2,
+        inner_hidden_size=192,
+        vocab_size=150528,
+        max_sequence_length=64,
+    )
+    export_onnx("glm-tiny", tmp_path / "q", quant=QuantSpec(4, None), target=QuantTarget.tensorrt, config=config)
+    model = onnx.load(str(tmp_path / "q" / MODEL_FILE), load_external_data=False)
+    int4 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4}
+    nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int4]
+    blocks = {n.input[0]: next(a.i for a in n.attribute if a.name == "block_size") for n in nodes}
+    assert sorted(blocks.values()) == [64, 128, 128, 128]  # 4h_to_h reads 192 = 3 x 64; the rest read 256
+
+
+@pytest.mark.parametrize(
+    ("group", "config", "match"),
+    [(32, None, "--group-size 128 or 64"), (None, "odd", "64 does not divide the input width 200")],
+)
+def test_int4_that_tensorrt_cannot_build_is_refused_before_writing(tmp_path, group, config, match):
+    from glm_engine.config import GLMConfig
+
+    if config == "odd":
+        config = GLMConfig(
+            num_layers=1,
+            hidden_size=200,
+            num_attention_heads=5,
+            inner_hidden_size=256,
+            vocab_size=150528,
+            max_sequence_length=64,
+        )
+    with pytest.raises(InputError, match=match):
+        export_onnx("glm-tiny", tmp_path / "x", quant=QuantSpec(4, group), target=QuantTarget.tensorrt, config=config)
+    assert not (tmp_path / "x").exists()
 
 
 def test_int8_groupwise_for_tensorrt_is_refused_before_writing(tmp_path):

@@ -134,7 +134,8 @@ def export_onnx(
     spec = weights.quant
     if spec is not None:
         check_quant_fits(model_config, 1, spec)
-        check_target(target, spec.bits, spec.group_size is not None)
+        widths = (model_config.hidden_size, model_config.inner_hidden_size)
+        check_target(target, spec.bits, spec.group_size, widths)
     total = model_config.num_layers + 2
     with staged_folder(output) as staging:
         g = GraphBuilder(staging / DATA_FILE, OPSET)
