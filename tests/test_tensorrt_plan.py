@@ -129,6 +129,14 @@ def test_cli_says_precisely_why_an_engine_cannot_be_built_here(trt_export, tmp_p
     assert not (tmp_path / "e").exists()
 
 
+def test_an_export_for_onnxruntime_is_refused_before_touching_tensorrt(tmp_path):
+    """MatMulNBits (--target ort) is an ONNX Runtime contrib op TensorRT cannot parse: say to re-export."""
+    export_onnx(DEFAULT_MODEL, tmp_path / "ort", quant=QuantSpec(4, None), max_seq=64)
+    with pytest.raises(InputError, match=r"re-export it with .*--target tensorrt"):
+        build_engine(tmp_path / "ort", tmp_path / "e", Limits(1, 64, 16), cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "cache").exists()
+
+
 @pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT build/run: {TRT_MISSING}")
 def test_engine_builds_once_then_comes_from_the_cache_and_matches_onnxruntime(tmp_path):
     from glm_engine.backends.onnxruntime.backend import OnnxRuntimeBackend

@@ -24,8 +24,9 @@ from glm_engine.backends.tensorrt.plan import (
     plan_profiles,
 )
 from glm_engine.checkpoint.atomic import staged_folder, write_atomically
-from glm_engine.errors import BackendError
+from glm_engine.errors import BackendError, InputError
 from glm_engine.export.onnx_export import read_exported
+from glm_engine.export.quant_onnx import QuantTarget
 
 ENGINE_FILE = "model.engine"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "glm-engine" / "tensorrt"
@@ -63,6 +64,16 @@ def compute_capability(device_index: int = 0) -> str:
     return f"sm_{major}{minor}"
 
 
+def check_buildable(description: dict, onnx_dir: str | Path) -> None:
+    """An InputError when the export's quantized linears are in a form TensorRT cannot parse (MatMulNBits)."""
+    quant = description.get("quantization")
+    if quant is not None and quant.get("target") != QuantTarget.tensorrt.value:
+        raise InputError(
+            f"{onnx_dir} holds {quant.get('op', 'quantized linears')} written for --target {quant.get('target')}, "
+            "which TensorRT cannot parse: re-export it with `glm-engine export onnx ... --target tensorrt`"
+        )
+
+
 def build_engine(
     onnx_dir: str | Path,
     output: str | Path,
@@ -73,12 +84,13 @@ def build_engine(
 ) -> BuildResult:
     """Build (or take from the cache) the engine for ``onnx_dir`` and write the folder ``output``: the engine, its
     ``genai_config.json`` (with the limits and key) and the tokenizer, so ``--backend tensorrt`` can run it."""
+    info = read_exported(onnx_dir)
+    check_buildable(info.description, onnx_dir)
     reason = tensorrt_missing_reason()
     if reason is not None:
         raise BackendError(f"cannot build a TensorRT engine here: {reason}")
     import tensorrt as trt
 
-    info = read_exported(onnx_dir)
     io = GraphIO.from_genai_config(info.description)
     profiles = plan_profiles(io, limits)
     key = cache_key(
