@@ -20,7 +20,12 @@ from glm_engine.errors import BackendError, InputError  # noqa: E402
 from glm_engine.export.glm_onnx import io_names  # noqa: E402
 from glm_engine.export.onnx_export import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, export_onnx  # noqa: E402
 from glm_engine.export.quant_onnx import TENSORRT_INT4_BLOCK_SIZES, QuantTarget  # noqa: E402
-from glm_engine.export.verify import NMSE_THRESHOLDS, nmse, verify_export  # noqa: E402
+from glm_engine.export.verify import (  # noqa: E402
+    EXACT_QUANTIZED_NMSE_THRESHOLD,
+    NMSE_THRESHOLDS,
+    nmse,
+    verify_export,
+)
 from glm_engine.generation.masks import generation_blocked  # noqa: E402
 from glm_engine.quant.spec import QuantSpec  # noqa: E402
 
@@ -118,6 +123,26 @@ def test_quantized_export_matches_the_engines_quantized_model(tmp_path, bits, gr
         assert int4_block_sizes(model) <= set(TENSORRT_INT4_BLOCK_SIZES)
     report = verify_export(str(folder), DEFAULT_MODEL)
     assert report.passed, report.describe()
+    assert max(report.prefill_nmse, *report.decode_nmse) < EXACT_QUANTIZED_NMSE_THRESHOLD  # the exact reference
+    assert report.also is not None and report.also.passed  # and the CPU backend
+
+
+def test_verify_catches_scales_one_percent_off_that_the_cpu_backend_comparison_lets_through(tmp_path, monkeypatch):
+    from glm_engine.export import quant_onnx
+
+    pack = quant_onnx.pack_matmul_nbits
+
+    def corrupted(weight):
+        packed, scales, block = pack(weight)
+        signs = torch.sign(torch.randn(scales.shape[0], 1, generator=torch.Generator().manual_seed(1)))
+        return packed, (scales * (1 + 0.01 * signs)).half(), block
+
+    monkeypatch.setattr(quant_onnx, "pack_matmul_nbits", corrupted)
+    export_onnx(DEFAULT_MODEL, tmp_path / "bad", quant=QuantSpec(4, None), max_seq=64)
+    report = verify_export(str(tmp_path / "bad"), DEFAULT_MODEL)
+    assert not report.passed and report.prefill_nmse > 100 * EXACT_QUANTIZED_NMSE_THRESHOLD
+    assert report.also.passed  # the loose comparison alone would have passed this export
+    assert "FAIL: against the exact fp32 reference" in report.describe()
 
 
 def test_quantized_export_really_is_quantized(tmp_path):

@@ -85,7 +85,7 @@ def export_onnx_command(
             from glm_engine.export.verify import verify_export
 
             report = verify_export(str(output), checkpoint, config)
-            print(f"verify (onnxruntime CPU vs glm-engine cpu): {report.describe()}")
+            print(f"verify (onnxruntime CPU): {report.describe()}")
             if not report.passed:
                 raise typer.Exit(USER_ERROR_EXIT_CODE)
 
