@@ -21,6 +21,7 @@ from glm_engine.backends.tensorrt.plan import (  # noqa: E402
     Limits,
     binding_plan,
     cache_key,
+    check_call,
     plan_profiles,
     profile_for,
 )
@@ -83,6 +84,17 @@ def test_each_call_picks_its_profile():
     assert profile_for(0, 17) == PREFILL and profile_for(0, 1) == PREFILL and profile_for(5, 1) == DECODE
     with pytest.raises(InputError, match="one token"):
         profile_for(5, 3)
+
+
+def test_a_call_beyond_the_engines_limits_names_the_flag_to_raise():
+    limits = Limits(max_batch=2, max_seq=64, opt_seq=16)
+    check_call(limits, 2, 63, 1)  # the largest call that fits
+    with pytest.raises(InputError, match="--max-batch"):
+        check_call(limits, 3, 0, 8)
+    with pytest.raises(InputError, match="--max-seq"):
+        check_call(limits, 1, 64, 1)
+    with pytest.raises(InputError, match="--max-seq"):
+        check_call(limits, 1, 0, 65)
 
 
 def test_the_cache_key_changes_with_each_thing_an_engine_depends_on(io):

@@ -118,6 +118,21 @@ def profile_for(past: int, seq: int) -> str:
     )
 
 
+def check_call(limits: Limits, batch: int, past: int, seq: int) -> None:
+    """An InputError when a call needs more than the engine's profiles cover (TensorRT would refuse the shapes, or
+    the preallocated buffers would be overrun)."""
+    if batch > limits.max_batch:
+        raise InputError(
+            f"the TensorRT engine was built for at most {limits.max_batch} rows per call, got {batch}: rebuild it "
+            "with a larger --max-batch"
+        )
+    if past + seq > limits.max_seq:
+        raise InputError(
+            f"the TensorRT engine was built for at most {limits.max_seq} tokens per row, this call reaches "
+            f"{past + seq} ({past} cached + {seq} new): rebuild it with a larger --max-seq"
+        )
+
+
 def cache_key(
     model_sha256: str, graph_sha256: str, trt_version: str, compute_capability: str, profiles: list[Profile]
 ) -> str:
