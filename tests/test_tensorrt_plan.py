@@ -17,6 +17,7 @@ from glm_engine.backends.tensorrt.build import build_engine, tensorrt_missing_re
 from glm_engine.backends.tensorrt.plan import (  # noqa: E402
     DECODE,
     PREFILL,
+    GpuIdentity,
     GraphIO,
     Limits,
     binding_plan,
@@ -99,17 +100,25 @@ def test_a_call_beyond_the_engines_limits_names_the_flag_to_raise():
 
 def test_the_cache_key_changes_with_each_thing_an_engine_depends_on(io):
     profiles = plan_profiles(io, Limits(2, 128, 32))
-    base = ("w" * 64, "g" * 64, "10.9.0", "sm_90", profiles)
+    h100 = GpuIdentity("NVIDIA H100 80GB HBM3", "sm_90", 132, 85 << 30)
+    base = ("w" * 64, "g" * 64, "10.9.0", h100, profiles, 8 << 30)
     key = cache_key(*base)
     assert key == cache_key(*base)  # stable: a rebuild happens only when needed
+    gpus = [
+        dataclasses.replace(h100, name="NVIDIA H100 PCIe"),
+        dataclasses.replace(h100, compute_capability="sm_80"),
+        dataclasses.replace(h100, sm_count=16),  # a MIG slice of the same GPU
+        dataclasses.replace(h100, total_memory=40 << 30),
+    ]
     changed = [
         ("x" * 64, *base[1:]),
         (base[0], "h" * 64, *base[2:]),
         (*base[:2], "10.10.0", *base[3:]),
-        (*base[:3], "sm_80", base[4]),
-        (*base[:4], plan_profiles(io, Limits(2, 128, 64))),
+        *((*base[:3], gpu, *base[4:]) for gpu in gpus),
+        (*base[:4], plan_profiles(io, Limits(2, 128, 64)), base[5]),
+        (*base[:5], 4 << 30),
     ]
-    assert len({key, *(cache_key(*c) for c in changed)}) == 6
+    assert len({key, *(cache_key(*c) for c in changed)}) == 1 + len(changed)
 
 
 def test_the_binding_plan_names_every_engine_input_and_output_once(io, trt_export):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glm_engine.backends.tensorrt.plan import (
+    GpuIdentity,
     GraphIO,
     Limits,
     Profile,
@@ -57,11 +58,11 @@ class BuildResult:
     cached: bool
 
 
-def compute_capability(device_index: int = 0) -> str:
+def gpu_identity(device_index: int = 0) -> GpuIdentity:
     import torch
 
-    major, minor = torch.cuda.get_device_capability(device_index)
-    return f"sm_{major}{minor}"
+    props = torch.cuda.get_device_properties(device_index)
+    return GpuIdentity(props.name, f"sm_{props.major}{props.minor}", props.multi_processor_count, props.total_memory)
 
 
 def check_buildable(description: dict, onnx_dir: str | Path) -> None:
@@ -97,8 +98,9 @@ def build_engine(
         info.description["weights"]["sha256"],
         file_sha256(info.model_file),
         trt.__version__,
-        compute_capability(),
+        gpu_identity(),
         profiles,
+        workspace_bytes,
     )
     cached = cache_dir / f"{key}.engine"
     hit = cached.is_file()
