@@ -228,6 +228,30 @@ def test_preset_export_with_glm130b_vocabulary_matches(tmp_path):
     assert verify_export(str(tmp_path / "tiny"), "glm-tiny").passed
 
 
+def test_verify_fits_its_steps_into_a_short_export_and_refuses_one_too_short(tmp_path):
+    export_onnx(DEFAULT_MODEL, tmp_path / "s12", max_seq=12)
+    report = verify_export(str(tmp_path / "s12"), DEFAULT_MODEL)
+    assert report.passed and len(report.engine_tokens) == 3  # 9 prompt tokens + 3 steps = 12 positions
+    export_onnx(DEFAULT_MODEL, tmp_path / "s10", max_seq=10)
+    with pytest.raises(InputError, match="--max-seq >= 11"):
+        verify_export(str(tmp_path / "s10"), DEFAULT_MODEL)
+
+
+def test_cli_refuses_verify_of_a_too_short_export_before_writing_it(tmp_path):
+    result = cli.invoke(app, ["export", "onnx", "--output", str(tmp_path / "e"), "--max-seq", "9", "--verify"])
+    assert result.exit_code == 1 and "--max-seq >= 11" in result.output
+    assert not (tmp_path / "e").exists()
+
+
+def test_ort_runner_refuses_positions_beyond_the_exports_context(tmp_path):
+    export_onnx(DEFAULT_MODEL, tmp_path / "s8", max_seq=8)
+    runner = OnnxRuntimeBackend().load_runner(str(tmp_path / "s8"))
+    ids = torch.tensor([[10, 20, 30, 5001, 5004]])
+    runner.forward(ids, torch.tensor([[3, 4, 5, 6, 7]]), generation_blocked(5, 5)[None, None])  # the last row fits
+    with pytest.raises(InputError, match=r"context length 8.*--max-seq"):
+        runner.forward(ids, torch.tensor([[4, 5, 6, 7, 8]]), generation_blocked(5, 5)[None, None])
+
+
 def test_provider_choice_and_reasons():
     assert choose_provider(None, ["CPUExecutionProvider"])[0].short == "cpu"
     assert (

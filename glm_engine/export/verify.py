@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from glm_engine.errors import InputError
 from glm_engine.export.onnx_export import _Weights, read_exported
 from glm_engine.generation.masks import GenerationRow, align_left
 from glm_engine.model.glm import GLMModel
@@ -39,6 +40,8 @@ INT8_ACTIVATIONS_NMSE_THRESHOLD = 5e-3
 # gives 1e-4 to 3e-4 (tests/test_onnx_export.py), which the CPU-backend comparison (5e-4) would let through.
 EXACT_QUANTIZED_NMSE_THRESHOLD = 1e-6
 DEFAULT_STEPS = 8
+VERIFY_PROMPT_TOKENS = 9  # the longer of the two verify rows (verify_rows)
+MIN_STEPS = 2  # the prefill's greedy token plus one cached decode step
 VERIFY_SEED = 0
 
 
@@ -81,7 +84,8 @@ class VerifyReport:
 
 
 def verify_rows(vocab_layout: object, text_ids: range, seed: int = VERIFY_SEED) -> list[GenerationRow]:
-    """A ``[gMASK]`` row of 9 tokens and a ``[MASK]`` row of 6 (different lengths: the batch is padded)."""
+    """A ``[gMASK]`` row of 9 tokens (``VERIFY_PROMPT_TOKENS``) and a ``[MASK]`` row of 5 (different lengths: the
+    batch is padded)."""
     gen = torch.Generator().manual_seed(seed)
     words = torch.randint(text_ids.start, text_ids.stop, (10,), generator=gen).tolist()
     layout = vocab_layout
@@ -125,6 +129,15 @@ def compare_runners(
     return report
 
 
+def check_verifiable(max_seq: int) -> None:
+    """An InputError when an export of ``max_seq`` positions is too short for verify's prompt and two steps."""
+    if max_seq < VERIFY_PROMPT_TOKENS + MIN_STEPS:
+        raise InputError(
+            f"--verify runs a {VERIFY_PROMPT_TOKENS}-token prompt and at least {MIN_STEPS} greedy steps, which needs "
+            f"--max-seq >= {VERIFY_PROMPT_TOKENS + MIN_STEPS}; got {max_seq}"
+        )
+
+
 class ExactDequantizingLinear(DequantizingLinear):
     """``x @ (q * scale)^T`` with the product formed in fp32 (the reference's kernels round it to fp16 first): what
     DequantizeLinear and level-0 MatMulNBits compute from the same integers and fp16 scales."""
@@ -162,6 +175,8 @@ def verify_export(
     from glm_engine.engine import _is_preset, load, resolve_config
 
     info = read_exported(folder)
+    check_verifiable(info.config.max_sequence_length)
+    steps = min(steps, info.config.max_sequence_length - VERIFY_PROMPT_TOKENS)  # prompt + steps fit the export
     quant = info.description.get("quantization")
     spec = None if quant is None else QuantSpec(quant["bits"], quant["group_size"])
     stored = None if spec is None or _is_preset(source) else open_checkpoint(source, resolve_config(config)).quant_spec
