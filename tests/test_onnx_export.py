@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,6 +222,17 @@ def test_an_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, monk
     with pytest.raises(RuntimeError):
         export_onnx(DEFAULT_MODEL, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_genai_config_is_moved_into_place_last(tmp_path, monkeypatch):
+    """A crash between the renames must not leave a genai_config.json beside a missing graph or tokenizer."""
+    from glm_engine.checkpoint import atomic
+
+    moved, replace = [], atomic.os.replace
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (moved.append(Path(a).name), replace(a, b)))
+    (tmp_path / "out").mkdir()  # an existing empty folder (a mount point, say) is filled entry by entry
+    export_onnx(DEFAULT_MODEL, tmp_path / "out", max_seq=32)
+    assert moved[-1] == GENAI_CONFIG_FILE and {MODEL_FILE, DATA_FILE, "ice_text.model"} <= set(moved[:-1])
 
 
 def test_preset_export_with_glm130b_vocabulary_matches(tmp_path):

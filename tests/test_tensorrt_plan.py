@@ -150,6 +150,23 @@ def test_cli_says_precisely_why_an_engine_cannot_be_built_here(trt_export, tmp_p
     assert not (tmp_path / "e").exists()
 
 
+def test_a_cached_engine_is_hard_linked_into_the_output_or_copied_where_links_fail(tmp_path, monkeypatch):
+    from glm_engine.backends.tensorrt import build
+
+    cached = tmp_path / "k.engine"
+    cached.write_bytes(b"engine")
+    assert (
+        build.place_engine(cached, tmp_path / "linked") and (tmp_path / "linked").stat().st_ino == cached.stat().st_ino
+    )
+
+    def no_links(*args):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(build.os, "link", no_links)
+    assert not build.place_engine(cached, tmp_path / "copied")
+    assert (tmp_path / "copied").read_bytes() == b"engine"
+
+
 def test_an_export_for_onnxruntime_is_refused_before_touching_tensorrt(tmp_path):
     """MatMulNBits (--target ort) is an ONNX Runtime contrib op TensorRT cannot parse: say to re-export."""
     export_onnx(DEFAULT_MODEL, tmp_path / "ort", quant=QuantSpec(4, None), max_seq=64)

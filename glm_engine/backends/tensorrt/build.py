@@ -3,12 +3,13 @@
 Flow: parse the ONNX file from its path (so the external weight file is found beside it), a strongly typed network
 (precision comes from the graph's dtypes and Q/DQ nodes, the only mode TensorRT 11 keeps), the planned profiles
 (``plan.plan_profiles``), ``build_serialized_network`` with a progress monitor, and the bytes written atomically into
-the cache under ``plan.cache_key``. A second build with the same key copies the cached engine instead.
+the cache under ``plan.cache_key``. A second build with the same key hard-links (or copies) the cached engine instead.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from glm_engine.backends.tensorrt.plan import (
 )
 from glm_engine.checkpoint.atomic import staged_folder, write_atomically
 from glm_engine.errors import BackendError, InputError
-from glm_engine.export.onnx_export import read_exported
+from glm_engine.export.onnx_export import GENAI_CONFIG_FILE, fsync_file, read_exported, write_durably
 from glm_engine.export.quant_onnx import QuantTarget
 
 ENGINE_FILE = "model.engine"
@@ -107,16 +108,30 @@ def build_engine(
     if not hit:
         cache_dir.mkdir(parents=True, exist_ok=True)
         serialized = _build(trt, info.model_file, profiles, workspace_bytes, progress)
-        write_atomically(cached, lambda tmp: tmp.write_bytes(serialized))
-    with staged_folder(output) as staging:
-        shutil.copyfile(cached, staging / ENGINE_FILE)
+        write_atomically(cached, lambda tmp: tmp.write_bytes(memoryview(serialized)))  # no second host copy
+    with staged_folder(output, markers=(GENAI_CONFIG_FILE,)) as staging:  # what marks the folder complete: last
+        place_engine(cached, staging / ENGINE_FILE)
+        tokenizer = info.description["tokenizer"]
+        shutil.copyfile(info.folder / tokenizer, staging / tokenizer)
+        fsync_file(staging / tokenizer)
         metadata = engine_metadata(info.description, key, profiles, limits)
-        (staging / "genai_config.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-        shutil.copyfile(info.folder / info.description["tokenizer"], staging / info.description["tokenizer"])
+        write_durably(staging / GENAI_CONFIG_FILE, json.dumps(metadata, indent=2) + "\n")
     return BuildResult(Path(output), key, hit)
 
 
-def _build(trt: object, model_file: Path, profiles: list[Profile], workspace: int, progress: Progress | None) -> bytes:
+def place_engine(cached: Path, destination: Path) -> bool:
+    """Hard-link the cached engine to ``destination`` (no second copy of a multi-GB file), or copy it where links
+    are not possible (another file system, no link support). True when linked."""
+    try:
+        os.link(cached, destination)
+        return True
+    except OSError:
+        shutil.copyfile(cached, destination)
+        fsync_file(destination)
+        return False
+
+
+def _build(trt: object, model_file: Path, profiles: list[Profile], workspace: int, progress: Progress | None) -> object:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -136,7 +151,7 @@ def _build(trt: object, model_file: Path, profiles: list[Profile], workspace: in
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendError(f"TensorRT failed to build an engine from {model_file}; its log above says why")
-    return bytes(serialized)
+    return serialized  # trt.IHostMemory: written through a memoryview, never copied into bytes
 
 
 def _monitor(trt: object, progress: Progress) -> object:
