@@ -310,6 +310,25 @@ def test_cli_refuses_a_provider_this_build_lacks(tmp_path, demo_export):
     assert result.exit_code == 1 and "onnxruntime-migraphx" in result.output
 
 
+def test_cli_run_names_the_backend_an_exported_folder_needs(tmp_path, demo_export):
+    queries = tmp_path / "q.txt"
+    queries.write_text("Hello [MASK]\n", encoding="utf-8")
+    common = ["--input-source", str(queries), "--output-path", str(tmp_path / "o")]
+    result = cli.invoke(app, ["run", "--backend", "cpu", "--checkpoint", str(demo_export), *common])
+    assert result.exit_code == 1 and "is an ONNX export: use --backend onnxruntime" in result.output
+    result = cli.invoke(app, ["run", "--checkpoint", str(demo_export), *common])  # auto
+    assert result.exit_code == 1 and "use --backend onnxruntime" in result.output
+
+
+def test_cli_refuses_ort_provider_with_another_backend(tmp_path):
+    queries = tmp_path / "q.txt"
+    queries.write_text("Hello [MASK]\n", encoding="utf-8")
+    args = ["run", "--backend", "cpu", "--ort-provider", "cpu", "--input-source", str(queries)]
+    result = cli.invoke(app, [*args, "--output-path", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "goes with --backend onnxruntime, not --backend cpu" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_backends_lists_onnxruntime_providers_and_why_others_are_missing():
     result = cli.invoke(app, ["backends", "--format", "json"])
     row = next(r for r in json.loads(result.output) if r["name"] == "onnxruntime")
