@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +20,13 @@ from glm_engine.engine import DEFAULT_MODEL, load  # noqa: E402
 from glm_engine.errors import BackendError, InputError  # noqa: E402
 from glm_engine.export.glm_onnx import io_names  # noqa: E402
 from glm_engine.export.onnx_export import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, export_onnx  # noqa: E402
-from glm_engine.export.quant_onnx import QuantTarget  # noqa: E402
-from glm_engine.export.verify import NMSE_THRESHOLDS, nmse, verify_export  # noqa: E402
+from glm_engine.export.quant_onnx import TENSORRT_INT4_BLOCK_SIZES, QuantTarget  # noqa: E402
+from glm_engine.export.verify import (  # noqa: E402
+    EXACT_QUANTIZED_NMSE_THRESHOLD,
+    NMSE_THRESHOLDS,
+    nmse,
+    verify_export,
+)
 from glm_engine.generation.masks import generation_blocked  # noqa: E402
 from glm_engine.quant.spec import QuantSpec  # noqa: E402
 
@@ -115,8 +121,29 @@ def test_quantized_export_matches_the_engines_quantized_model(tmp_path, bits, gr
     if target is QuantTarget.tensorrt and bits == 4:
         weights = [t for t in model.graph.initializer if t.name.endswith(".qweight")]
         assert {t.data_type for t in weights} == {onnx.TensorProto.INT4}
+        assert int4_block_sizes(model) <= set(TENSORRT_INT4_BLOCK_SIZES)
     report = verify_export(str(folder), DEFAULT_MODEL)
     assert report.passed, report.describe()
+    assert max(report.prefill_nmse, *report.decode_nmse) < EXACT_QUANTIZED_NMSE_THRESHOLD  # the exact reference
+    assert report.also is not None and report.also.passed  # and the CPU backend
+
+
+def test_verify_catches_scales_one_percent_off_that_the_cpu_backend_comparison_lets_through(tmp_path, monkeypatch):
+    from glm_engine.export import quant_onnx
+
+    pack = quant_onnx.pack_matmul_nbits
+
+    def corrupted(weight):
+        packed, scales, block = pack(weight)
+        signs = torch.sign(torch.randn(scales.shape[0], 1, generator=torch.Generator().manual_seed(1)))
+        return packed, (scales * (1 + 0.01 * signs)).half(), block
+
+    monkeypatch.setattr(quant_onnx, "pack_matmul_nbits", corrupted)
+    export_onnx(DEFAULT_MODEL, tmp_path / "bad", quant=QuantSpec(4, None), max_seq=64)
+    report = verify_export(str(tmp_path / "bad"), DEFAULT_MODEL)
+    assert not report.passed and report.prefill_nmse > 100 * EXACT_QUANTIZED_NMSE_THRESHOLD
+    assert report.also.passed  # the loose comparison alone would have passed this export
+    assert "FAIL: against the exact fp32 reference" in report.describe()
 
 
 def test_quantized_export_really_is_quantized(tmp_path):
@@ -128,6 +155,55 @@ def test_quantized_export_really_is_quantized(tmp_path):
     blocked = generation_blocked(5, 5)[None, None]
     with torch.inference_mode():
         assert nmse(runner.forward(ids, positions, blocked), engine.runner.forward(ids, positions, blocked)) > 1e-3
+
+
+def int4_block_sizes(model: onnx.ModelProto) -> set[int]:
+    """The block_size of every DequantizeLinear whose input is an INT4 initializer (0 when it has none: per-axis)."""
+    int4 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4}
+    nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int4]
+    assert len(nodes) == 16
+    return {next((a.i for a in n.attribute if a.name == "block_size"), 0) for n in nodes}
+
+
+def test_tensorrt_int4_rowwise_is_blocked_by_128_or_64_and_exact(tmp_path):
+    """TensorRT builds INT4 only blocked (64 or 128): rowwise scales are repeated per block, 128 where it divides."""
+    from glm_engine.config import GLMConfig
+
+    config = GLMConfig(
+        num_layers=1,
+        hidden_size=256,
+        num_attention_heads=2,
+        inner_hidden_size=192,
+        vocab_size=150528,
+        max_sequence_length=64,
+    )
+    export_onnx("glm-tiny", tmp_path / "q", quant=QuantSpec(4, None), target=QuantTarget.tensorrt, config=config)
+    model = onnx.load(str(tmp_path / "q" / MODEL_FILE), load_external_data=False)
+    int4 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4}
+    nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int4]
+    blocks = {n.input[0]: next(a.i for a in n.attribute if a.name == "block_size") for n in nodes}
+    assert sorted(blocks.values()) == [64, 128, 128, 128]  # 4h_to_h reads 192 = 3 x 64; the rest read 256
+
+
+@pytest.mark.parametrize(
+    ("group", "config", "match"),
+    [(32, None, "--group-size 128 or 64"), (None, "odd", "64 does not divide the input width 200")],
+)
+def test_int4_that_tensorrt_cannot_build_is_refused_before_writing(tmp_path, group, config, match):
+    from glm_engine.config import GLMConfig
+
+    if config == "odd":
+        config = GLMConfig(
+            num_layers=1,
+            hidden_size=200,
+            num_attention_heads=5,
+            inner_hidden_size=256,
+            vocab_size=150528,
+            max_sequence_length=64,
+        )
+    with pytest.raises(InputError, match=match):
+        export_onnx("glm-tiny", tmp_path / "x", quant=QuantSpec(4, group), target=QuantTarget.tensorrt, config=config)
+    assert not (tmp_path / "x").exists()
 
 
 def test_int8_groupwise_for_tensorrt_is_refused_before_writing(tmp_path):
@@ -148,9 +224,44 @@ def test_an_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+def test_genai_config_is_moved_into_place_last(tmp_path, monkeypatch):
+    """A crash between the renames must not leave a genai_config.json beside a missing graph or tokenizer."""
+    from glm_engine.checkpoint import atomic
+
+    moved, replace = [], atomic.os.replace
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (moved.append(Path(a).name), replace(a, b)))
+    (tmp_path / "out").mkdir()  # an existing empty folder (a mount point, say) is filled entry by entry
+    export_onnx(DEFAULT_MODEL, tmp_path / "out", max_seq=32)
+    assert moved[-1] == GENAI_CONFIG_FILE and {MODEL_FILE, DATA_FILE, "ice_text.model"} <= set(moved[:-1])
+
+
 def test_preset_export_with_glm130b_vocabulary_matches(tmp_path):
     export_onnx("glm-tiny", tmp_path / "tiny", max_seq=64)
     assert verify_export(str(tmp_path / "tiny"), "glm-tiny").passed
+
+
+def test_verify_fits_its_steps_into_a_short_export_and_refuses_one_too_short(tmp_path):
+    export_onnx(DEFAULT_MODEL, tmp_path / "s12", max_seq=12)
+    report = verify_export(str(tmp_path / "s12"), DEFAULT_MODEL)
+    assert report.passed and len(report.engine_tokens) == 3  # 9 prompt tokens + 3 steps = 12 positions
+    export_onnx(DEFAULT_MODEL, tmp_path / "s10", max_seq=10)
+    with pytest.raises(InputError, match="--max-seq >= 11"):
+        verify_export(str(tmp_path / "s10"), DEFAULT_MODEL)
+
+
+def test_cli_refuses_verify_of_a_too_short_export_before_writing_it(tmp_path):
+    result = cli.invoke(app, ["export", "onnx", "--output", str(tmp_path / "e"), "--max-seq", "9", "--verify"])
+    assert result.exit_code == 1 and "--max-seq >= 11" in result.output
+    assert not (tmp_path / "e").exists()
+
+
+def test_ort_runner_refuses_positions_beyond_the_exports_context(tmp_path):
+    export_onnx(DEFAULT_MODEL, tmp_path / "s8", max_seq=8)
+    runner = OnnxRuntimeBackend().load_runner(str(tmp_path / "s8"))
+    ids = torch.tensor([[10, 20, 30, 5001, 5004]])
+    runner.forward(ids, torch.tensor([[3, 4, 5, 6, 7]]), generation_blocked(5, 5)[None, None])  # the last row fits
+    with pytest.raises(InputError, match=r"context length 8.*--max-seq"):
+        runner.forward(ids, torch.tensor([[4, 5, 6, 7, 8]]), generation_blocked(5, 5)[None, None])
 
 
 def test_provider_choice_and_reasons():
@@ -197,6 +308,25 @@ def test_cli_refuses_a_provider_this_build_lacks(tmp_path, demo_export):
     args = ["run", "--backend", "onnxruntime", "--checkpoint", str(demo_export), "--ort-provider", "migraphx"]
     result = cli.invoke(app, [*args, "--input-source", str(queries), "--output-path", str(tmp_path / "o")])
     assert result.exit_code == 1 and "onnxruntime-migraphx" in result.output
+
+
+def test_cli_run_names_the_backend_an_exported_folder_needs(tmp_path, demo_export):
+    queries = tmp_path / "q.txt"
+    queries.write_text("Hello [MASK]\n", encoding="utf-8")
+    common = ["--input-source", str(queries), "--output-path", str(tmp_path / "o")]
+    result = cli.invoke(app, ["run", "--backend", "cpu", "--checkpoint", str(demo_export), *common])
+    assert result.exit_code == 1 and "is an ONNX export: use --backend onnxruntime" in result.output
+    result = cli.invoke(app, ["run", "--checkpoint", str(demo_export), *common])  # auto
+    assert result.exit_code == 1 and "use --backend onnxruntime" in result.output
+
+
+def test_cli_refuses_ort_provider_with_another_backend(tmp_path):
+    queries = tmp_path / "q.txt"
+    queries.write_text("Hello [MASK]\n", encoding="utf-8")
+    args = ["run", "--backend", "cpu", "--ort-provider", "cpu", "--input-source", str(queries)]
+    result = cli.invoke(app, [*args, "--output-path", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "goes with --backend onnxruntime, not --backend cpu" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_backends_lists_onnxruntime_providers_and_why_others_are_missing():

@@ -78,7 +78,7 @@ def test_quantization_requests_are_checked_before_loading():
         QuantSpec.parse("int2")
     with pytest.raises(InputError, match="group size must be one of 32, 64, 128"):
         QuantSpec.parse("int4", "groupwise", 100)
-    with pytest.raises(InputError, match="goes with --quant-scheme groupwise"):
+    with pytest.raises(InputError, match="goes with the groupwise scheme"):
         QuantSpec.parse("int8", "rowwise", 64)
 
 
@@ -88,7 +88,7 @@ def test_run_quant_from_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     assert "linears in INT8 rowwise" in result.stderr and "Output:" in result.output
     bad = runner.invoke(app, ["run", "--quant", "int4", "--quant-group-size", "64"], input="stop\n")
-    assert bad.exit_code == 1 and "goes with --quant-scheme groupwise" in bad.output
+    assert bad.exit_code == 1 and "goes with the groupwise scheme" in bad.output
 
 
 def test_chatglm_quantizes_at_load_and_chats_quantized():

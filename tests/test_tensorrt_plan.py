@@ -17,10 +17,12 @@ from glm_engine.backends.tensorrt.build import build_engine, tensorrt_missing_re
 from glm_engine.backends.tensorrt.plan import (  # noqa: E402
     DECODE,
     PREFILL,
+    GpuIdentity,
     GraphIO,
     Limits,
     binding_plan,
     cache_key,
+    check_call,
     plan_profiles,
     profile_for,
 )
@@ -85,19 +87,38 @@ def test_each_call_picks_its_profile():
         profile_for(5, 3)
 
 
+def test_a_call_beyond_the_engines_limits_names_the_flag_to_raise():
+    limits = Limits(max_batch=2, max_seq=64, opt_seq=16)
+    check_call(limits, 2, 63, 1)  # the largest call that fits
+    with pytest.raises(InputError, match="--max-batch"):
+        check_call(limits, 3, 0, 8)
+    with pytest.raises(InputError, match="--max-seq"):
+        check_call(limits, 1, 64, 1)
+    with pytest.raises(InputError, match="--max-seq"):
+        check_call(limits, 1, 0, 65)
+
+
 def test_the_cache_key_changes_with_each_thing_an_engine_depends_on(io):
     profiles = plan_profiles(io, Limits(2, 128, 32))
-    base = ("w" * 64, "g" * 64, "10.9.0", "sm_90", profiles)
+    h100 = GpuIdentity("NVIDIA H100 80GB HBM3", "sm_90", 132, 85 << 30)
+    base = ("w" * 64, "g" * 64, "10.9.0", h100, profiles, 8 << 30)
     key = cache_key(*base)
     assert key == cache_key(*base)  # stable: a rebuild happens only when needed
+    gpus = [
+        dataclasses.replace(h100, name="NVIDIA H100 PCIe"),
+        dataclasses.replace(h100, compute_capability="sm_80"),
+        dataclasses.replace(h100, sm_count=16),  # a MIG slice of the same GPU
+        dataclasses.replace(h100, total_memory=40 << 30),
+    ]
     changed = [
         ("x" * 64, *base[1:]),
         (base[0], "h" * 64, *base[2:]),
         (*base[:2], "10.10.0", *base[3:]),
-        (*base[:3], "sm_80", base[4]),
-        (*base[:4], plan_profiles(io, Limits(2, 128, 64))),
+        *((*base[:3], gpu, *base[4:]) for gpu in gpus),
+        (*base[:4], plan_profiles(io, Limits(2, 128, 64)), base[5]),
+        (*base[:5], 4 << 30),
     ]
-    assert len({key, *(cache_key(*c) for c in changed)}) == 6
+    assert len({key, *(cache_key(*c) for c in changed)}) == 1 + len(changed)
 
 
 def test_the_binding_plan_names_every_engine_input_and_output_once(io, trt_export):
@@ -127,6 +148,31 @@ def test_cli_says_precisely_why_an_engine_cannot_be_built_here(trt_export, tmp_p
     )
     assert result.exit_code == 1 and "tensorrt" in result.output and "not installed" in result.output
     assert not (tmp_path / "e").exists()
+
+
+def test_a_cached_engine_is_hard_linked_into_the_output_or_copied_where_links_fail(tmp_path, monkeypatch):
+    from glm_engine.backends.tensorrt import build
+
+    cached = tmp_path / "k.engine"
+    cached.write_bytes(b"engine")
+    assert (
+        build.place_engine(cached, tmp_path / "linked") and (tmp_path / "linked").stat().st_ino == cached.stat().st_ino
+    )
+
+    def no_links(*args):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(build.os, "link", no_links)
+    assert not build.place_engine(cached, tmp_path / "copied")
+    assert (tmp_path / "copied").read_bytes() == b"engine"
+
+
+def test_an_export_for_onnxruntime_is_refused_before_touching_tensorrt(tmp_path):
+    """MatMulNBits (--target ort) is an ONNX Runtime contrib op TensorRT cannot parse: say to re-export."""
+    export_onnx(DEFAULT_MODEL, tmp_path / "ort", quant=QuantSpec(4, None), max_seq=64)
+    with pytest.raises(InputError, match=r"re-export it with .*--target tensorrt"):
+        build_engine(tmp_path / "ort", tmp_path / "e", Limits(1, 64, 16), cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "cache").exists()
 
 
 @pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT build/run: {TRT_MISSING}")

@@ -63,6 +63,10 @@ def export_onnx_command(
         if dtype not in DTYPE_NAMES:
             raise InputError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
         graph_dtype = DTYPE_NAMES[dtype]
+        if verify and max_seq is not None:
+            from glm_engine.export.verify import check_verifiable
+
+            check_verifiable(max_seq)  # before writing an export that cannot be verified
         started = time.perf_counter()
         with progress_bar("exporting layers") as progress:
             exported = export_onnx(
@@ -85,7 +89,7 @@ def export_onnx_command(
             from glm_engine.export.verify import verify_export
 
             report = verify_export(str(output), checkpoint, config)
-            print(f"verify (onnxruntime CPU vs glm-engine cpu): {report.describe()}")
+            print(f"verify (onnxruntime CPU): {report.describe()}")
             if not report.passed:
                 raise typer.Exit(USER_ERROR_EXIT_CODE)
 

@@ -192,6 +192,26 @@ def command_line(ctx: typer.Context) -> list[str]:
     return args
 
 
+GRAPH_BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def check_backend_fits(checkpoint: str | None, backend: str, ort_provider: str | None) -> None:
+    """Say which backend an exported folder needs, and refuse --ort-provider without onnxruntime, before loading."""
+    from glm_engine.backends.tensorrt.build import ENGINE_FILE
+    from glm_engine.export.onnx_export import GENAI_CONFIG_FILE
+
+    if ort_provider and backend != "onnxruntime":
+        raise InputError(
+            f"--ort-provider picks ONNX Runtime's execution provider: it goes with --backend onnxruntime, not "
+            f"--backend {backend}"
+        )
+    if checkpoint is None or backend in GRAPH_BACKENDS or not (Path(checkpoint) / GENAI_CONFIG_FILE).is_file():
+        return
+    if (Path(checkpoint) / ENGINE_FILE).is_file():
+        raise InputError(f"{checkpoint} is a TensorRT engine folder: use --backend tensorrt")
+    raise InputError(f"{checkpoint} is an ONNX export: use --backend onnxruntime")
+
+
 def _check_before_launch(load_args: dict, tp: int) -> None:
     """Refuse a TP degree the model or this node cannot take before any rank starts."""
     backend, _ = REGISTRY.resolve(load_args["backend"])
@@ -307,6 +327,7 @@ def run(
     with user_errors():
         GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
+        check_backend_fits(checkpoint, backend, ort_provider)
         if tp < 1:
             raise InputError(f"--tp must be at least 1, got {tp}")
         if tp == 1:

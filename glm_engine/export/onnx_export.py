@@ -10,6 +10,7 @@ model. The data file is always external (any size, no protobuf 2 GB limit); the 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -134,9 +135,10 @@ def export_onnx(
     spec = weights.quant
     if spec is not None:
         check_quant_fits(model_config, 1, spec)
-        check_target(target, spec.bits, spec.group_size is not None)
+        widths = (model_config.hidden_size, model_config.inner_hidden_size)
+        check_target(target, spec.bits, spec.group_size, widths)
     total = model_config.num_layers + 2
-    with staged_folder(output) as staging:
+    with staged_folder(output, markers=(GENAI_CONFIG_FILE,)) as staging:  # what marks the folder complete: last
         g = GraphBuilder(staging / DATA_FILE, OPSET)
         graph = GLMGraph(g, model_config, dtype, max_seq, QuantEmit(target, accuracy_level))
         x = graph.embed(weights.read([EMBEDDING_KEY])[EMBEDDING_KEY])
@@ -153,11 +155,23 @@ def export_onnx(
         )
         description = genai_config(exported, weights.description)
         g.finish(staging / MODEL_FILE, "glm", "glm-engine", {"glm_engine.genai_config": json.dumps(description)})
-        (staging / GENAI_CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
         shutil.copyfile(weights.tokenizer, staging / MODEL_FILENAME)
+        write_durably(staging / GENAI_CONFIG_FILE, json.dumps(description, indent=2) + "\n")
+        fsync_file(staging / MODEL_FILENAME)
         if progress is not None:
             progress(total, total)
     return exported
+
+
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s content to disk (staged_folder fsyncs directories and expects files already flushed)."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_durably(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+    fsync_file(path)
 
 
 def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:

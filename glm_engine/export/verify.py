@@ -1,4 +1,9 @@
-"""``--verify``: run the exported graph in ONNX Runtime next to glm-engine's own model and compare.
+"""``--verify``: run the exported graph in ONNX Runtime next to glm-engine's own model and compare, twice:
+
+1. against the exact reference: the model over ``TorchOps`` in fp32 with each quantized weight dequantized exactly
+   (``q * scale`` in fp32, what DequantizeLinear and level-0 MatMulNBits compute), held to a tight threshold, so a
+   wrong scale or a misplaced nibble cannot hide inside a loose quantized tolerance;
+2. against glm-engine's CPU backend in the export's dtype and quantization (what ``run --backend cpu`` gives).
 
 Two rows of different lengths (a ``[gMASK]`` and a ``[MASK]`` prompt, left-padded as the generator pads them) are
 prefilled from an empty past, then decoded greedily for ``steps`` cached steps. Each step compares the logits (NMSE
@@ -12,8 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from glm_engine.export.onnx_export import read_exported
+from glm_engine.errors import InputError
+from glm_engine.export.onnx_export import _Weights, read_exported
 from glm_engine.generation.masks import GenerationRow, align_left
+from glm_engine.model.glm import GLMModel
+from glm_engine.model.weights import GLMWeights, parameter_shapes
+from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps
+from glm_engine.quant.spec import QuantSpec
 
 # NMSE thresholds per graph dtype, against the engine's CPU backend in the same dtype. fp32: ORT and torch differ only
 # in summation order (measured ~2e-13 on the demo model). fp16: one fp16 rounding per op may land on the other side
@@ -25,7 +35,13 @@ QUANTIZED_NMSE_THRESHOLD = 5e-4
 # NMSE 2e-4 to 6e-4 on the demo model): a deliberate speed-for-accuracy trade, so it is held to its own threshold and
 # greedy tokens must still agree.
 INT8_ACTIVATIONS_NMSE_THRESHOLD = 5e-3
+# Against the exact reference (fp32, weights dequantized in fp32 as the graph does): ORT and torch differ only in
+# summation order, ~1e-12 NMSE on the demo model for every quantized form at level 0; every row's scale off by +-1%
+# gives 1e-4 to 3e-4 (tests/test_onnx_export.py), which the CPU-backend comparison (5e-4) would let through.
+EXACT_QUANTIZED_NMSE_THRESHOLD = 1e-6
 DEFAULT_STEPS = 8
+VERIFY_PROMPT_TOKENS = 9  # the longer of the two verify rows (verify_rows)
+MIN_STEPS = 2  # the prefill's greedy token plus one cached decode step
 VERIFY_SEED = 0
 
 
@@ -42,6 +58,8 @@ class VerifyReport:
     decode_nmse: list[float] = field(default_factory=list)
     engine_tokens: list[list[int]] = field(default_factory=list)
     ort_tokens: list[list[int]] = field(default_factory=list)
+    against: str = "the engine"
+    also: VerifyReport | None = None  # a second comparison that must pass too
 
     @property
     def tokens_match(self) -> bool:
@@ -50,20 +68,24 @@ class VerifyReport:
     @property
     def passed(self) -> bool:
         worst = max([self.prefill_nmse, *self.decode_nmse])
-        return worst <= self.threshold and self.tokens_match
+        return worst <= self.threshold and self.tokens_match and (self.also is None or self.also.passed)
 
     def describe(self) -> str:
         worst = max(self.decode_nmse, default=0.0)
         verdict = "PASS" if self.passed else "FAIL"
-        return (
-            f"{verdict}: prefill NMSE {self.prefill_nmse:.2e}, worst of {len(self.decode_nmse)} decode steps "
-            f"{worst:.2e} (threshold {self.threshold:.0e}); greedy tokens "
-            + ("identical" if self.tokens_match else f"differ: engine {self.engine_tokens} vs ORT {self.ort_tokens}")
+        own = (
+            f"against {self.against}: prefill NMSE {self.prefill_nmse:.2e}, worst of {len(self.decode_nmse)} decode "
+            f"steps {worst:.2e} (threshold {self.threshold:.0e}); greedy tokens "
+            + ("identical" if self.tokens_match else f"differ: {self.engine_tokens} vs ORT {self.ort_tokens}")
         )
+        if self.also is None:
+            return f"{verdict}: {own}"
+        return f"{verdict}: {own}\n  {self.also.describe().split(': ', 1)[1]}"
 
 
 def verify_rows(vocab_layout: object, text_ids: range, seed: int = VERIFY_SEED) -> list[GenerationRow]:
-    """A ``[gMASK]`` row of 9 tokens and a ``[MASK]`` row of 6 (different lengths: the batch is padded)."""
+    """A ``[gMASK]`` row of 9 tokens (``VERIFY_PROMPT_TOKENS``) and a ``[MASK]`` row of 5 (different lengths: the
+    batch is padded)."""
     gen = torch.Generator().manual_seed(seed)
     words = torch.randint(text_ids.start, text_ids.stop, (10,), generator=gen).tolist()
     layout = vocab_layout
@@ -72,7 +94,9 @@ def verify_rows(vocab_layout: object, text_ids: range, seed: int = VERIFY_SEED) 
     return [GenerationRow(first, 7, True), GenerationRow(second, 1, False)]
 
 
-def compare_runners(engine_runner: object, ort_runner: object, steps: int, threshold: float) -> VerifyReport:
+def compare_runners(
+    engine_runner: object, ort_runner: object, steps: int, threshold: float, against: str = "the engine"
+) -> VerifyReport:
     """Prefill and ``steps`` greedy cached steps on both runners (see the module docstring)."""
     config = engine_runner.config
     layout = config.vocab_layout
@@ -80,7 +104,7 @@ def compare_runners(engine_runner: object, ort_runner: object, steps: int, thres
     rows = verify_rows(layout, text)
     aligned = align_left(rows, max(len(r.context) for r in rows) + steps, layout.pad, [steps] * len(rows))
     start = aligned.context_length
-    report = VerifyReport(threshold)
+    report = VerifyReport(threshold, against=against)
     caches = [runner.new_cache(len(rows), aligned.input_ids.shape[1]) for runner in (engine_runner, ort_runner)]
     with torch.inference_mode():
         args = (aligned.input_ids[:, :start], aligned.position_ids[..., :start], aligned.blocked[:, :, :start, :start])
@@ -105,6 +129,37 @@ def compare_runners(engine_runner: object, ort_runner: object, steps: int, thres
     return report
 
 
+def check_verifiable(max_seq: int) -> None:
+    """An InputError when an export of ``max_seq`` positions is too short for verify's prompt and two steps."""
+    if max_seq < VERIFY_PROMPT_TOKENS + MIN_STEPS:
+        raise InputError(
+            f"--verify runs a {VERIFY_PROMPT_TOKENS}-token prompt and at least {MIN_STEPS} greedy steps, which needs "
+            f"--max-seq >= {VERIFY_PROMPT_TOKENS + MIN_STEPS}; got {max_seq}"
+        )
+
+
+class ExactDequantizingLinear(DequantizingLinear):
+    """``x @ (q * scale)^T`` with the product formed in fp32 (the reference's kernels round it to fp16 first): what
+    DequantizeLinear and level-0 MatMulNBits compute from the same integers and fp16 scales."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        q = w.values().float().view(w.out_features, w.groups, -1)
+        weight = (q * w.scale.float()[:, :, None]).view(w.out_features, w.in_features)
+        return torch.nn.functional.linear(x, weight.to(x.dtype))
+
+
+def exact_reference(source: str, config: str | None, quant: QuantSpec | None) -> GLMModel:
+    """The model of ``source`` over ``TorchOps`` in fp32, quantized like the export and dequantized exactly."""
+    weights = _Weights(source, config, torch.float32, quant)
+    state = weights.read(list(parameter_shapes(weights.config)))
+    ops = TorchOps(torch.device("cpu"), torch.float32)
+    model_weights = GLMWeights.from_state_dict(
+        state, weights.config, torch.float32, "cpu", prepare=lambda w: ExactDequantizingLinear(w.to("cpu"))
+    )
+    return GLMModel(weights.config, model_weights, ops)
+
+
 def verify_export(
     folder: str,
     source: str,
@@ -112,22 +167,34 @@ def verify_export(
     provider: str | None = "cpu",
     steps: int = DEFAULT_STEPS,
 ) -> VerifyReport:
-    """Compare the export in ``folder`` with ``source`` (the checkpoint or preset it was exported from) loaded on
-    glm-engine's CPU backend in the export's dtype and quantization."""
+    """Compare the export in ``folder`` with ``source`` (the checkpoint or preset it was exported from): first with
+    the exact fp32 reference (:func:`exact_reference`), then with ``source`` loaded on glm-engine's CPU backend in
+    the export's dtype and quantization. Both must pass."""
     from glm_engine.backends.onnxruntime.backend import OnnxRuntimeBackend
     from glm_engine.checkpoint import open_checkpoint
     from glm_engine.engine import _is_preset, load, resolve_config
-    from glm_engine.quant.spec import QuantSpec
 
     info = read_exported(folder)
+    check_verifiable(info.config.max_sequence_length)
+    steps = min(steps, info.config.max_sequence_length - VERIFY_PROMPT_TOKENS)  # prompt + steps fit the export
     quant = info.description.get("quantization")
     spec = None if quant is None else QuantSpec(quant["bits"], quant["group_size"])
     stored = None if spec is None or _is_preset(source) else open_checkpoint(source, resolve_config(config)).quant_spec
     request = spec if stored is None else None  # a quantized checkpoint loads quantized as it is
-    engine = load(source, backend="cpu", dtype=info.dtype, config=config, quant=request)
+    fast = spec is not None and quant.get("accuracy_level") == 4
+    exact_threshold = NMSE_THRESHOLDS[info.dtype]
+    if fast:
+        exact_threshold = INT8_ACTIVATIONS_NMSE_THRESHOLD
+    elif spec is not None and info.dtype == torch.float32:
+        exact_threshold = EXACT_QUANTIZED_NMSE_THRESHOLD
+    reference = exact_reference(source, config, request)
     ort_runner = OnnxRuntimeBackend().load_runner(folder, provider=provider)
+    report = compare_runners(reference, ort_runner, steps, exact_threshold, "the exact fp32 reference")
+
+    engine = load(source, backend="cpu", dtype=info.dtype, config=config, quant=request)
     threshold = NMSE_THRESHOLDS[info.dtype]
     if spec is not None:
-        fast = quant.get("accuracy_level") == 4
         threshold = INT8_ACTIVATIONS_NMSE_THRESHOLD if fast else QUANTIZED_NMSE_THRESHOLD
-    return compare_runners(engine.runner, ort_runner, steps, threshold)
+    ort_runner = OnnxRuntimeBackend().load_runner(folder, provider=provider)
+    report.also = compare_runners(engine.runner, ort_runner, steps, threshold, "the CPU backend")
+    return report

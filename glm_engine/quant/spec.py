@@ -30,7 +30,7 @@ class QuantSpec:
             raise InputError(f"unknown quantization scheme {scheme!r}; choose rowwise or groupwise")
         if scheme == "rowwise":
             if group_size is not None:
-                raise InputError("a group size goes with --quant-scheme groupwise, not rowwise")
+                raise InputError("a group size goes with the groupwise scheme, not rowwise")
             return cls(bits)
         size = group_size or DEFAULT_GROUP_SIZE
         if size not in GROUP_SIZES:
@@ -51,7 +51,7 @@ class QuantSpec:
         refused instead of silently ignored."""
         if name is None:
             if scheme != "rowwise" or group_size is not None:
-                raise InputError("--quant-scheme and --quant-group-size go with --quant int8|int4; add --quant")
+                raise InputError("a quantization scheme or group size must go with --quant int8|int4; add --quant")
             return None
         return cls.parse(name, scheme, group_size)
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from glm_engine.config import GLMConfig
-from glm_engine.errors import BackendError
+from glm_engine.errors import BackendError, InputError
 from glm_engine.export.onnx_export import ExportedInfo
 from glm_engine.model.kv_cache import KVCache
 
@@ -61,6 +61,12 @@ class OrtRunner:
         """Logits ``[b, s, vocab]`` (``[b, 1, vocab]`` with ``last_only``); a cache gets the new keys/values."""
         b, s = input_ids.shape
         past = cache.length if cache is not None else 0
+        context = self.config.max_sequence_length  # the export's --max-seq: rows of its rotary tables
+        if position_ids.numel() and int(position_ids.max()) >= context:
+            raise InputError(
+                f"position {int(position_ids.max())} is beyond this export's context length {context}: shorten the "
+                "input or --out-seq-length, or re-export with a larger --max-seq"
+            )
         feeds: dict[str, np.ndarray] = {
             "input_ids": _numpy(input_ids.to(torch.int64)),
             "position_ids": _numpy(position_ids.to(torch.int64)),

@@ -3,18 +3,20 @@
 Flow: parse the ONNX file from its path (so the external weight file is found beside it), a strongly typed network
 (precision comes from the graph's dtypes and Q/DQ nodes, the only mode TensorRT 11 keeps), the planned profiles
 (``plan.plan_profiles``), ``build_serialized_network`` with a progress monitor, and the bytes written atomically into
-the cache under ``plan.cache_key``. A second build with the same key copies the cached engine instead.
+the cache under ``plan.cache_key``. A second build with the same key hard-links (or copies) the cached engine instead.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from glm_engine.backends.tensorrt.plan import (
+    GpuIdentity,
     GraphIO,
     Limits,
     Profile,
@@ -24,8 +26,9 @@ from glm_engine.backends.tensorrt.plan import (
     plan_profiles,
 )
 from glm_engine.checkpoint.atomic import staged_folder, write_atomically
-from glm_engine.errors import BackendError
-from glm_engine.export.onnx_export import read_exported
+from glm_engine.errors import BackendError, InputError
+from glm_engine.export.onnx_export import GENAI_CONFIG_FILE, fsync_file, read_exported, write_durably
+from glm_engine.export.quant_onnx import QuantTarget
 
 ENGINE_FILE = "model.engine"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "glm-engine" / "tensorrt"
@@ -56,11 +59,21 @@ class BuildResult:
     cached: bool
 
 
-def compute_capability(device_index: int = 0) -> str:
+def gpu_identity(device_index: int = 0) -> GpuIdentity:
     import torch
 
-    major, minor = torch.cuda.get_device_capability(device_index)
-    return f"sm_{major}{minor}"
+    props = torch.cuda.get_device_properties(device_index)
+    return GpuIdentity(props.name, f"sm_{props.major}{props.minor}", props.multi_processor_count, props.total_memory)
+
+
+def check_buildable(description: dict, onnx_dir: str | Path) -> None:
+    """An InputError when the export's quantized linears are in a form TensorRT cannot parse (MatMulNBits)."""
+    quant = description.get("quantization")
+    if quant is not None and quant.get("target") != QuantTarget.tensorrt.value:
+        raise InputError(
+            f"{onnx_dir} holds {quant.get('op', 'quantized linears')} written for --target {quant.get('target')}, "
+            "which TensorRT cannot parse: re-export it with `glm-engine export onnx ... --target tensorrt`"
+        )
 
 
 def build_engine(
@@ -73,36 +86,52 @@ def build_engine(
 ) -> BuildResult:
     """Build (or take from the cache) the engine for ``onnx_dir`` and write the folder ``output``: the engine, its
     ``genai_config.json`` (with the limits and key) and the tokenizer, so ``--backend tensorrt`` can run it."""
+    info = read_exported(onnx_dir)
+    check_buildable(info.description, onnx_dir)
     reason = tensorrt_missing_reason()
     if reason is not None:
         raise BackendError(f"cannot build a TensorRT engine here: {reason}")
     import tensorrt as trt
 
-    info = read_exported(onnx_dir)
     io = GraphIO.from_genai_config(info.description)
     profiles = plan_profiles(io, limits)
     key = cache_key(
         info.description["weights"]["sha256"],
         file_sha256(info.model_file),
         trt.__version__,
-        compute_capability(),
+        gpu_identity(),
         profiles,
+        workspace_bytes,
     )
     cached = cache_dir / f"{key}.engine"
     hit = cached.is_file()
     if not hit:
         cache_dir.mkdir(parents=True, exist_ok=True)
         serialized = _build(trt, info.model_file, profiles, workspace_bytes, progress)
-        write_atomically(cached, lambda tmp: tmp.write_bytes(serialized))
-    with staged_folder(output) as staging:
-        shutil.copyfile(cached, staging / ENGINE_FILE)
+        write_atomically(cached, lambda tmp: tmp.write_bytes(memoryview(serialized)))  # no second host copy
+    with staged_folder(output, markers=(GENAI_CONFIG_FILE,)) as staging:  # what marks the folder complete: last
+        place_engine(cached, staging / ENGINE_FILE)
+        tokenizer = info.description["tokenizer"]
+        shutil.copyfile(info.folder / tokenizer, staging / tokenizer)
+        fsync_file(staging / tokenizer)
         metadata = engine_metadata(info.description, key, profiles, limits)
-        (staging / "genai_config.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-        shutil.copyfile(info.folder / info.description["tokenizer"], staging / info.description["tokenizer"])
+        write_durably(staging / GENAI_CONFIG_FILE, json.dumps(metadata, indent=2) + "\n")
     return BuildResult(Path(output), key, hit)
 
 
-def _build(trt: object, model_file: Path, profiles: list[Profile], workspace: int, progress: Progress | None) -> bytes:
+def place_engine(cached: Path, destination: Path) -> bool:
+    """Hard-link the cached engine to ``destination`` (no second copy of a multi-GB file), or copy it where links
+    are not possible (another file system, no link support). True when linked."""
+    try:
+        os.link(cached, destination)
+        return True
+    except OSError:
+        shutil.copyfile(cached, destination)
+        fsync_file(destination)
+        return False
+
+
+def _build(trt: object, model_file: Path, profiles: list[Profile], workspace: int, progress: Progress | None) -> object:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -122,7 +151,7 @@ def _build(trt: object, model_file: Path, profiles: list[Profile], workspace: in
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendError(f"TensorRT failed to build an engine from {model_file}; its log above says why")
-    return bytes(serialized)
+    return serialized  # trt.IHostMemory: written through a memoryview, never copied into bytes
 
 
 def _monitor(trt: object, progress: Progress) -> object:

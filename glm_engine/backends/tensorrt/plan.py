@@ -21,7 +21,7 @@ from glm_engine.errors import InputError
 Shape = tuple[int, ...]
 PREFILL, DECODE = "prefill", "decode"
 # Key schema version: bump when anything that changes the built engine but is not in the key is changed.
-CACHE_KEY_VERSION = 1
+CACHE_KEY_VERSION = 2  # 2: the GPU's identity and the workspace joined the key
 
 
 @dataclass(frozen=True)
@@ -118,18 +118,50 @@ def profile_for(past: int, seq: int) -> str:
     )
 
 
+def check_call(limits: Limits, batch: int, past: int, seq: int) -> None:
+    """An InputError when a call needs more than the engine's profiles cover (TensorRT would refuse the shapes, or
+    the preallocated buffers would be overrun)."""
+    if batch > limits.max_batch:
+        raise InputError(
+            f"the TensorRT engine was built for at most {limits.max_batch} rows per call, got {batch}: rebuild it "
+            "with a larger --max-batch"
+        )
+    if past + seq > limits.max_seq:
+        raise InputError(
+            f"the TensorRT engine was built for at most {limits.max_seq} tokens per row, this call reaches "
+            f"{past + seq} ({past} cached + {seq} new): rebuild it with a larger --max-seq"
+        )
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    """What an engine's tactics were timed and chosen on: TensorRT picks kernels per GPU model, SM count and memory,
+    so an engine from an A100 40GB is not the best (or may not load) on an A100 80GB or a partitioned (MIG) device."""
+
+    name: str
+    compute_capability: str  # "sm_90"
+    sm_count: int
+    total_memory: int  # bytes
+
+
 def cache_key(
-    model_sha256: str, graph_sha256: str, trt_version: str, compute_capability: str, profiles: list[Profile]
+    model_sha256: str,
+    graph_sha256: str,
+    trt_version: str,
+    gpu: GpuIdentity,
+    profiles: list[Profile],
+    workspace_bytes: int,
 ) -> str:
-    """The engine cache key: the exported weights and graph, TensorRT's version, the GPU's compute capability and
-    the profiles. An engine is tied to all four (an engine built on sm_90 does not load on sm_80)."""
+    """The engine cache key: the exported weights and graph, TensorRT's version, the GPU (name, compute capability,
+    SM count, memory), the profiles and the workspace limit (it bounds which tactics the builder may choose)."""
     payload = {
         "version": CACHE_KEY_VERSION,
         "weights": model_sha256,
         "graph": graph_sha256,
         "tensorrt": trt_version,
-        "compute_capability": compute_capability,
+        "gpu": asdict(gpu),
         "profiles": [asdict(p) for p in profiles],
+        "workspace_bytes": workspace_bytes,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

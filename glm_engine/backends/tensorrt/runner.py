@@ -18,7 +18,7 @@ import torch
 
 from glm_engine.backends.base import DTYPE_NAMES
 from glm_engine.backends.tensorrt.build import ENGINE_FILE
-from glm_engine.backends.tensorrt.plan import PREFILL, GraphIO, Limits, binding_plan, profile_for
+from glm_engine.backends.tensorrt.plan import PREFILL, GraphIO, Limits, binding_plan, check_call, profile_for
 from glm_engine.errors import InputError
 from glm_engine.export.onnx_export import read_exported
 from glm_engine.model.kv_cache import KVCache
@@ -81,6 +81,7 @@ class TrtRunner:
     ) -> torch.Tensor:
         b, s = input_ids.shape
         past = cache.length if cache is not None else 0
+        check_call(self.limits, b, past, s)
         context = self.contexts[profile_for(past, s) if cache is not None else PREFILL]
         feeds = {
             "input_ids": input_ids,
@@ -123,5 +124,9 @@ class TrtRunner:
         view = self._view(name, shape)
         if value is not None and view.numel():
             view.copy_(value, non_blocking=True)
-        context.set_input_shape(name, shape)
+        if not context.set_input_shape(name, shape):
+            raise InputError(
+                f"the TensorRT engine's profile does not take {name} of shape {shape} (built for --max-batch "
+                f"{self.limits.max_batch}, --max-seq {self.limits.max_seq}): rebuild it with larger limits"
+            )
         context.set_tensor_address(name, self.buffers[name].data_ptr())
