@@ -53,7 +53,7 @@ class CaseResult:
 
 
 @dataclass
-class TestRun:
+class SuiteRun:
     backend: str
     device: str
     seed: int
@@ -151,12 +151,12 @@ def run_tests(
     device_index: int = 0,
     progress: Progress | None = None,
     table_factory: Callable[[torch.dtype], OpTable] | None = None,
-) -> TestRun:
+) -> SuiteRun:
     """Every case x dtype on ``backend``. ``table_factory`` replaces ``backend.op_table`` (the self-test uses it)."""
     seed = new_seed() if seed is None else seed
-    selected = select(tuple(cases), list(ops) if ops else None)
+    selected = select(tuple(cases), None if ops is None else list(ops))
     work = [(case, dtype) for case in selected for dtype in dtypes_for(backend, dtypes)]
-    run = TestRun(backend.name, str(backend.device(device_index)), seed)
+    run = SuiteRun(backend.name, str(backend.device(device_index)), seed)
     tables: dict[torch.dtype, OpTable] = {}
     for done, (case, dtype) in enumerate(work):
         row = CaseResult(backend.name, case.check, case.shape, dtype_name(dtype), Status.SKIP)
@@ -248,7 +248,7 @@ def run_perf(
     """Median time per op on the backend's device, with achieved GB/s (all ops) and TFLOP/s (GEMM, attention).
 
     Without ``dtypes`` only the backend's default dtype is timed."""
-    selected = select(tuple(cases), list(ops) if ops else None)
+    selected = select(tuple(cases), None if ops is None else list(ops))
     work = [(case, dtype) for case in selected for dtype in (dtypes or [backend.default_dtype()])]
     rows, tables = [], {}
     for done, (case, dtype) in enumerate(work):
