@@ -6,6 +6,7 @@ import typer
 
 from glm_engine.cli.backends import backends
 from glm_engine.cli.chat import chat
+from glm_engine.cli.conformance import conformance
 from glm_engine.cli.convert import convert, convert_tp, quantize
 from glm_engine.cli.export import export_app
 from glm_engine.cli.run import run
@@ -25,6 +26,7 @@ app.command(name="convert-tp")(convert_tp)
 app.command(name="convert")(convert)
 app.command(name="quantize")(quantize)
 app.add_typer(export_app, name="export")
+app.command(name="conformance")(conformance)
 
 
 def main() -> None:
