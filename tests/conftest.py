@@ -13,26 +13,14 @@ if not torch.cuda.is_available():
 
 from glm_engine.backends.registry import get_backend, op_table_for
 from glm_engine.config import GLMConfig
+from glm_engine.conformance.model_checks import TINY_CONFIG, TINY_LAYOUT
 from glm_engine.model.glm import GLMModel
 from glm_engine.model.weights import GLMWeights, random_state_dict
-from glm_engine.vocab import VocabLayout
 
-# A small vocabulary with its own layout: shows that nothing depends on GLM-130B's ids.
-SMALL_LAYOUT = VocabLayout(
-    text_offset=10, mask=500, gmask=501, smask=502, eod=503, sop=504, eop=505, enc=506, dblock=507, eos=12, pad=0
-)
-
-
-# Three layers, four heads (TP degrees 1, 2, 4), a 512-token vocabulary: big enough to mean something, fast.
-SMALL_CONFIG = GLMConfig(
-    num_layers=3,
-    hidden_size=64,
-    num_attention_heads=4,
-    inner_hidden_size=96,
-    vocab_size=512,
-    max_sequence_length=128,
-    vocab_layout=SMALL_LAYOUT,
-)
+# The conformance suite's tiny GLM (three layers, four heads for TP 1/2/4, a 512-token vocabulary with its own
+# layout, which shows that nothing depends on GLM-130B's ids), with room for longer test prompts.
+SMALL_LAYOUT = TINY_LAYOUT
+SMALL_CONFIG = TINY_CONFIG.with_overrides(max_sequence_length=128)
 
 
 @pytest.fixture(scope="session")
