@@ -8,6 +8,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from glm_engine.backends.base import DTYPE_NAMES
@@ -89,7 +90,10 @@ def conformance(
         if mode is Mode.perf:
             with progress_bar(f"timing {chosen.name} ops") as update:
                 rows = run_perf(chosen, ops, dtypes, progress=update)
-            _emit(perf_report(chosen.name, str(chosen.device()), rows, output), out)
+            device = str(chosen.device())
+            if chosen.device_type == "cpu":  # CPU timings depend on the thread count (and on other load)
+                device += f", torch threads: {torch.get_num_threads()}"
+            _emit(perf_report(chosen.name, device, rows, output), out)
             return
         started = time.perf_counter()
         with progress_bar(f"testing {chosen.name} ops") as update:
