@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from glm_engine.backends.base import DTYPE_NAMES, Backend, GraphLevelBackend, ModelRunner, dtype_name
+from glm_engine.backends.base import Backend, GraphLevelBackend, ModelRunner, dtype_name, parse_dtype
 from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.checkpoint import Checkpoint, open_checkpoint
 from glm_engine.config import PRESETS, GLMConfig, preset
@@ -130,9 +130,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.dt
         return backend.default_dtype()
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPE_NAMES:
-        raise InputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
-    return DTYPE_NAMES[dtype]
+    return parse_dtype(dtype)
 
 
 def resolve_config(config: str | Path | GLMConfig | None) -> GLMConfig | None:

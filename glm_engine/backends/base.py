@@ -75,6 +75,13 @@ class ModelRunner(Protocol):
 DTYPE_NAMES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def parse_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a dtype name (fp32, bf16, fp16), or an InputError listing the names."""
+    if name not in DTYPE_NAMES:
+        raise InputError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[name]
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPE_NAMES.items()}.get(dtype, str(dtype))
 

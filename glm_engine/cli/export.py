@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from glm_engine.backends.base import DTYPE_NAMES
+from glm_engine.backends.base import parse_dtype
 from glm_engine.cli.errors import USER_ERROR_EXIT_CODE, user_errors
 from glm_engine.cli.progress import progress_bar
 from glm_engine.engine import DEFAULT_MODEL
@@ -60,9 +60,7 @@ def export_onnx_command(
             raise InputError(f"--target must be ort or tensorrt, got {target!r}")
         if accuracy_level not in (0, 1, 2, 3, 4):
             raise InputError(f"--accuracy-level must be 0-4, got {accuracy_level}")
-        if dtype not in DTYPE_NAMES:
-            raise InputError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
-        graph_dtype = DTYPE_NAMES[dtype]
+        graph_dtype = parse_dtype(dtype)
         if verify and max_seq is not None:
             from glm_engine.export.verify import check_verifiable
 
