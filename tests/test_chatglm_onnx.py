@@ -44,6 +44,7 @@ def test_chatglm_export_matches_the_model_over_prefill_and_cached_steps(tmp_path
             "input_ids": ids[:, start:stop].numpy(),
             "position_ids": positions[..., start:stop].numpy(),
             "attention_mask": blocked[:, :, start:stop, :stop].contiguous().numpy(),
+            "logits_to_keep": np.arange(stop - start),
         }
         feeds.update({f"past_key_values.{i // 2}.{('key', 'value')[i % 2]}": p for i, p in enumerate(past)})
         logits, *past = session.run(None, feeds)

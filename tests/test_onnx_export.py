@@ -50,6 +50,7 @@ def test_fp32_export_passes_the_checker_with_the_documented_io(demo_export):
     assert [d.dim_param or d.dim_value for d in past] == ["batch_size", 3, "past_sequence_length", 64]
     described = json.loads((demo_export / GENAI_CONFIG_FILE).read_text())
     assert described["model"]["decoder"]["input_order"] == names["inputs"]
+    assert described["model"]["decoder"]["shapes"]["logits"] == ["batch_size", "num_logits", 5056]
     assert described["model"]["context_length"] == 256
     assert described["model"]["special_tokens"]["gmask"] == 5001
     assert (demo_export / "ice_text.model").is_file()
@@ -86,6 +87,52 @@ def test_runner_batch_one_with_a_cache_matches_one_uncached_pass(demo_export):
         parts.append(runner.forward(step[0], step[1], step[2][..., : column + 1], cache))
     assert cache.length == 7
     assert nmse(torch.cat(parts, 1), whole[:, 4:]) < 1e-10
+
+
+def test_logits_to_keep_computes_only_the_asked_positions(demo_export):
+    """The graph gathers the kept positions before the output projection: the last one alone equals the last row of
+    every position, and the runner asks for it only with ``last_only``."""
+    session = ort.InferenceSession(str(demo_export / MODEL_FILE), providers=["CPUExecutionProvider"])
+    feeds = {
+        "input_ids": torch.tensor([[10, 20, 30, 5001, 5004]]).numpy(),
+        "position_ids": torch.arange(5)[None].numpy(),
+        "attention_mask": generation_blocked(5, 5)[None, None].numpy(),
+    }
+    feeds.update({name: torch.zeros(1, 3, 0, 64).numpy() for name in io_names(4)["inputs"][4:]})
+    every = session.run(["logits"], {**feeds, "logits_to_keep": torch.arange(5).numpy()})[0]
+    last = session.run(["logits"], {**feeds, "logits_to_keep": torch.tensor([4]).numpy()})[0]
+    assert every.shape == (1, 5, 5056) and last.shape == (1, 1, 5056)
+    assert nmse(torch.from_numpy(last), torch.from_numpy(every[:, -1:])) < 1e-12
+    runner = OnnxRuntimeBackend().load_runner(str(demo_export))
+    ids, positions, blocked = (torch.from_numpy(feeds[k]) for k in ("input_ids", "position_ids", "attention_mask"))
+    assert runner.forward(ids, positions, blocked, last_only=True).shape == (1, 1, 5056)
+    assert runner.forward(ids, positions, blocked).shape == (1, 5, 5056)  # scoring still gets every position
+
+
+def test_the_kv_cache_stays_in_ort_values_between_steps(demo_export):
+    """Each call's ``present`` values are the next call's ``past`` (I/O binding), not copied into a torch buffer."""
+    runner = OnnxRuntimeBackend().load_runner(str(demo_export))
+    ids, positions, blocked = torch.tensor([[10, 20, 5001, 5004, 40]]), torch.arange(5)[None], generation_blocked(4, 5)
+    cache = runner.new_cache(1, 5)
+    runner.forward(ids[:, :4], positions[:, :4], blocked[None, None, :4, :4], cache, last_only=True)
+    first = cache.values[0]
+    assert isinstance(first, ort.OrtValue) and first.shape() == [1, 3, 4, 64]
+    runner.forward(ids[:, 4:], positions[:, 4:], blocked[None, None, 4:], cache)
+    assert cache.length == 5 and cache.values[0].shape() == [1, 3, 5, 64]
+    assert torch.equal(torch.from_numpy(cache.values[0].numpy()[:, :, :4]), torch.from_numpy(first.numpy()))
+    with pytest.raises(InputError, match="KV cache holds 5 tokens"):
+        runner.forward(ids[:, 4:], positions[:, 4:], blocked[None, None, 4:], cache)
+
+
+def test_beam_search_on_onnxruntime_gives_the_cpu_backends_beams(demo_export):
+    """Beam search expands and reorders the ORT cache (through numpy) exactly as the engine's cache."""
+    options = dict(sampling_strategy="BeamSearchStrategy", num_beams=3, out_seq_length=12, deterministic=True)
+    prompts = ["Hello [MASK] world", "Once upon a time"]
+    ort_engine = load(str(demo_export), backend="onnxruntime")
+    cpu_engine = load(DEFAULT_MODEL, backend="cpu", dtype="fp32")
+    got = [c.token_ids for c in ort_engine.generate(prompts, **options)]
+    assert got == [c.token_ids for c in cpu_engine.generate(prompts, **options)]
+    assert all(len(beams) == 3 for beams in got)
 
 
 def test_fp16_export_matches_the_engine_in_fp16(tmp_path):

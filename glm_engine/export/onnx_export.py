@@ -25,7 +25,7 @@ from glm_engine.checkpoint.atomic import staged_folder
 from glm_engine.config import GLMConfig
 from glm_engine.engine import DEFAULT_MODEL, RANDOM_WEIGHTS_SEED, _is_preset, check_quant_fits, resolve_config
 from glm_engine.errors import InputError
-from glm_engine.export.glm_onnx import OPSET, GLMGraph, QuantEmit, io_names
+from glm_engine.export.glm_onnx import LOGITS_TO_KEEP, NUM_LOGITS, OPSET, GLMGraph, QuantEmit, io_names
 from glm_engine.export.onnx_builder import GraphBuilder
 from glm_engine.export.quant_onnx import QuantTarget, check_target
 from glm_engine.model.weights import (
@@ -43,7 +43,10 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 GENAI_CONFIG_FILE = "genai_config.json"
 EXPORT_FORMAT = "glm-engine-onnx"
-EXPORT_FORMAT_VERSION = 1
+# 2: the graph takes ``logits_to_keep`` (the positions whose logits are computed). Version 1 folders (logits for every
+# position) still run: the runners look for the input by name.
+EXPORT_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 Progress = Callable[[int, int], None]
 
 
@@ -206,6 +209,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
                     "input_ids": "input_ids",
                     "position_ids": "position_ids",
                     "attention_mask": "attention_mask",
+                    "logits_to_keep": LOGITS_TO_KEEP,
                     "past_key_names": "past_key_values.%d.key",
                     "past_value_names": "past_key_values.%d.value",
                 },
@@ -220,9 +224,14 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
                     "input_ids": ["batch_size", "sequence_length"],
                     "position_ids": ["batch_size", "sequence_length"],
                     "attention_mask": ["batch_size", 1, "sequence_length", "total_sequence_length"],
+                    "logits_to_keep": [NUM_LOGITS],
                     "past_key_values": ["batch_size", c.num_attention_heads, "past_sequence_length", c.head_dim],
-                    "logits": ["batch_size", "sequence_length", c.vocab_size],
+                    "logits": ["batch_size", NUM_LOGITS, c.vocab_size],
                 },
+                "logits_to_keep_semantics": (
+                    "int64 sequence positions (0 <= p < sequence_length) whose logits are computed, in order; "
+                    "[sequence_length - 1] for generation, 0 .. sequence_length - 1 for every position"
+                ),
                 "attention_mask_semantics": (
                     "bool, true = blocked (may not attend): GLM's prefix-bidirectional mask over past + new tokens; "
                     "every query row must leave at least one key unblocked"
@@ -275,10 +284,10 @@ def read_exported(folder: str | Path) -> ExportedInfo:
             "`glm-engine export onnx --checkpoint PATH --output DIR`"
         )
     data = read_json_object(path)
-    if data.get("format") != EXPORT_FORMAT or data.get("format_version") != EXPORT_FORMAT_VERSION:
+    if data.get("format") != EXPORT_FORMAT or data.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise CheckpointError(
             f"{path} describes format {data.get('format')!r} v{data.get('format_version')}; this glm-engine reads "
-            f"{EXPORT_FORMAT} v{EXPORT_FORMAT_VERSION}: re-export the model"
+            f"{EXPORT_FORMAT} v{', v'.join(map(str, READABLE_FORMAT_VERSIONS))}: re-export the model"
         )
     model = data["model"]
     config = GLMConfig.from_dict(model["config"], source=str(path))
