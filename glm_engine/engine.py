@@ -274,6 +274,11 @@ def load(
         # An exported graph has its own dtype: pass one only when asked. ``backend_options`` (e.g. onnxruntime's
         # ``provider``) go to the backend's ``load_runner``.
         runner = chosen.load_runner(str(path_or_preset), run_dtype if dtype else None, **(backend_options or {}))
+        if not isinstance(runner.config, GLMConfig):
+            raise InputError(
+                f"{path_or_preset} is a ChatGLM-6B export: chat with it through `glm-engine chat --backend "
+                f"{chosen.name} --checkpoint {path_or_preset}` or glm_engine.load_chatglm()"
+            )
         tok = load_tokenizer(tokenizer, runner.config.vocab_layout, path_or_preset)
         return Engine(runner, tok, chosen, f"exported model {path_or_preset}", notes)
     banned: tuple[slice, ...] = ()

@@ -79,7 +79,7 @@ class GLMGraph:
         self.masked = g.const(MASKED_SCORE, dtype, "masked_score")
         self.half = g.const(0.5, dtype, "half")
         self.one = g.const(1.0, dtype, "one")
-        self.inv_sqrt2 = g.const(1 / math.sqrt(2), dtype, "inv_sqrt2")
+        self.inv_sqrt2: str | None = None  # made on first use: ChatGLM's tanh GeLU never needs it
 
     # --- hooks a model variant overrides ------------------------------------------------------------------------
     def position_shape(self) -> list[int | str]:
@@ -112,6 +112,8 @@ class GLMGraph:
     # --- building blocks --------------------------------------------------------------------------------------
     def gelu_erf(self, x: str) -> str:
         g = self.g
+        if self.inv_sqrt2 is None:
+            self.inv_sqrt2 = g.const(1 / math.sqrt(2), self.dtype, "inv_sqrt2")
         erf = g.node("Erf", [g.node("Mul", [x, self.inv_sqrt2])])
         return g.node("Mul", [g.node("Mul", [x, self.half]), g.node("Add", [erf, self.one])])
 
