@@ -158,3 +158,14 @@ def test_quant_options_export_a_chatglm_folder_that_verifies(hf_folder, tmp_path
     assert result.exit_code == 0, result.output
     report = verify_export(str(out), str(hf_folder))
     assert report.passed, report.describe()
+
+
+def test_quant_output_quantizes_lm_head_and_verifies(hf_folder, tmp_path):
+    out = tmp_path / "qo"
+    args = ["export", "onnx", "--checkpoint", str(hf_folder), "--output", str(out), "--quant", "int8"]
+    result = cli.invoke(app, [*args, "--quant-output", "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "output projection too" in result.output and "PASS" in result.output
+    model = onnx.load(str(out / MODEL_FILE), load_external_data=False)
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 4 * TINY.num_layers + 1
+    assert any(i.name == "lm_head.qweight" for i in model.graph.initializer)

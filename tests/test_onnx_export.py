@@ -135,6 +135,29 @@ def test_beam_search_on_onnxruntime_gives_the_cpu_backends_beams(demo_export):
     assert all(len(beams) == 3 for beams in got)
 
 
+@pytest.mark.parametrize(
+    ("bits", "target", "op"), [(4, QuantTarget.ort, "MatMulNBits"), (8, QuantTarget.tensorrt, "DequantizeLinear")]
+)
+def test_quant_output_quantizes_the_output_projection_like_load_does(tmp_path, bits, target, op):
+    """The logits go through a quantized copy of the embedding (no floating-point Gemm), matching
+    ``load(..., quant_output=True)`` and the exact reference under --verify."""
+    folder = tmp_path / "qo"
+    export_onnx(DEFAULT_MODEL, folder, max_seq=64, quant=QuantSpec(bits), target=target, quant_output=True)
+    model = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
+    assert sum(n.op_type == op for n in model.graph.node) == 4 * 4 + 1
+    assert not any(n.op_type == "Gemm" for n in model.graph.node)
+    assert any(i.name.startswith("output_projection.") for i in model.graph.initializer)
+    assert json.loads((folder / GENAI_CONFIG_FILE).read_text())["quantization"]["output"] is True
+    report = verify_export(str(folder), DEFAULT_MODEL)
+    assert report.passed, report.describe()
+
+
+def test_quant_output_without_a_quantization_is_refused(tmp_path):
+    with pytest.raises(InputError, match="--quant-output quantizes the output projection"):
+        export_onnx(DEFAULT_MODEL, tmp_path / "x", max_seq=64, quant_output=True)
+    assert not (tmp_path / "x").exists()
+
+
 def test_fp16_export_matches_the_engine_in_fp16(tmp_path):
     export_onnx(DEFAULT_MODEL, tmp_path / "fp16", dtype=torch.float16, max_seq=64)
     assert verify_export(str(tmp_path / "fp16"), DEFAULT_MODEL).passed

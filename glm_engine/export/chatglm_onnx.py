@@ -24,7 +24,7 @@ from glm_engine.checkpoint.hf import is_chatglm_checkpoint, open_chatglm_checkpo
 from glm_engine.engine import RANDOM_WEIGHTS_SEED
 from glm_engine.errors import InputError
 from glm_engine.export.glm_onnx import BATCH, SEQ, GLMGraph
-from glm_engine.export.onnx_export import ExportedModel, Progress, write_export
+from glm_engine.export.onnx_export import ExportedModel, Progress, check_output_quant, write_export
 from glm_engine.export.quant_onnx import QuantTarget
 from glm_engine.model.chatglm_config import CHATGLM_PRESETS, ROTARY_BASE, ChatGLMConfig, chatglm_preset
 from glm_engine.model.chatglm_weights import (
@@ -100,6 +100,7 @@ class ChatGLMSource:
         quant: QuantSpec | None,
         config: ChatGLMConfig | None = None,
         tokenizer: Path = BUILTIN_TOKENIZER_PATH,
+        quant_output: bool = False,
     ) -> None:
         from glm_engine.chatglm_engine import find_chatglm_tokenizer
 
@@ -131,6 +132,8 @@ class ChatGLMSource:
         self.requested = quant
         bits = next(iter(stored_bits.values()), 0)
         self.quant = quant or (QuantSpec(bits) if bits else None)
+        check_output_quant(quant_output, self.quant)
+        self.quant_output, self.output_name = quant_output, "lm_head"
         self._quantizable = set(quantizable_keys(self.config))
 
     def _raw(self, keys: list[str]) -> dict[str, torch.Tensor]:
@@ -162,7 +165,12 @@ class ChatGLMSource:
             yield LayerWeights(**{name: tensors[key] for name, key in names.items()})
 
     def output_projection(self) -> torch.Tensor | QuantizedWeight:
-        return self.read([LM_HEAD_KEY])[LM_HEAD_KEY]
+        """``lm_head``; with ``quant_output`` quantized from its fp16 values in the linears' format (a release's
+        bits, rowwise), as ``load_chatglm(..., quant_output=True)`` does."""
+        if not self.quant_output:
+            return self.read([LM_HEAD_KEY])[LM_HEAD_KEY]
+        head = self._raw([LM_HEAD_KEY])[LM_HEAD_KEY]
+        return QuantizedWeight.quantize(head.to(torch.float16), self.quant.bits, self.quant.group_size)
 
 
 def export_chatglm(

@@ -67,6 +67,7 @@ class ExportedModel:
     weight_bytes: int
     weights_sha256: str
     accuracy_level: int = 0
+    quant_output: bool = False
 
     @property
     def model_file(self) -> Path:
@@ -79,6 +80,8 @@ class WeightSource(Protocol):
 
     config: GLMConfig | ChatGLMConfig
     quant: QuantSpec | None
+    quant_output: bool  # the logits' weight is quantized in ``quant``'s format too
+    output_name: str  # the logits' weight's initializer prefix
     description: str
     tokenizer: Path
 
@@ -94,9 +97,15 @@ class _Weights:
     """GLM-130B's weights, one layer's worth at a time, from a preset (seeded random) or a checkpoint."""
 
     def __init__(
-        self, source: str | Path, config: str | Path | GLMConfig | None, dtype: torch.dtype, quant: QuantSpec | None
+        self,
+        source: str | Path,
+        config: str | Path | GLMConfig | None,
+        dtype: torch.dtype,
+        quant: QuantSpec | None,
+        quant_output: bool = False,
     ) -> None:
-        self.quant, self.dtype = quant, dtype
+        self.quant, self.dtype, self.quant_output = quant, dtype, quant_output
+        self.output_name = "output_projection"
         if _is_preset(source):
             self.config = resolve_config(config) or resolve_config(str(source))
             state = random_state_dict(self.config, RANDOM_WEIGHTS_SEED)
@@ -115,6 +124,7 @@ class _Weights:
             self.quant = quant or self.checkpoint.quant_spec
             self.description = "the built-in demo model" if str(source) == DEFAULT_MODEL else self.checkpoint.describe()
             self.tokenizer = find_tokenizer_model(None, source)
+        check_output_quant(quant_output, self.quant)
 
     def read(self, keys: list[str]) -> dict[str, Any]:
         if self.checkpoint is None:
@@ -132,8 +142,22 @@ class _Weights:
             tensors = self.read(list(names.values()))
             yield LayerWeights(**{name: tensors[key] for name, key in names.items()})
 
-    def output_projection(self) -> None:
-        return None  # GLM-130B's logits use the embedding table itself
+    def output_projection(self) -> QuantizedWeight | None:
+        """None: the logits use the embedding table itself (tied). With ``quant_output``, a quantized copy of it made
+        from its fp16 values, as ``glm_engine.load(..., quant_output=True)`` makes it (the lookup keeps the table)."""
+        if not self.quant_output:
+            return None
+        table = self.read([EMBEDDING_KEY])[EMBEDDING_KEY]
+        return QuantizedWeight.quantize(table.to(torch.float16), self.quant.bits, self.quant.group_size)
+
+
+def check_output_quant(quant_output: bool, spec: QuantSpec | None) -> None:
+    """An InputError for ``--quant-output`` without a quantization to take the format from."""
+    if quant_output and spec is None:
+        raise InputError(
+            "--quant-output quantizes the output projection like the linears: add --quant int8|int4 (or export a "
+            "quantized checkpoint)"
+        )
 
 
 def export_onnx(
@@ -146,6 +170,7 @@ def export_onnx(
     accuracy_level: int = 0,
     config: str | Path | GLMConfig | None = None,
     progress: Progress | None = None,
+    quant_output: bool = False,
 ) -> ExportedModel:
     """Export the decoder of ``source`` into the new folder ``output``: a GLM-130B checkpoint folder or preset name,
     or a ChatGLM-6B Hugging Face folder (or ``chatglm-tiny``), recognised as ``glm-engine chat`` recognises it.
@@ -154,16 +179,18 @@ def export_onnx(
     quantizes the linears like ``glm-engine run --quant`` (a quantized checkpoint is exported as stored), written for
     ``target``: ``ort`` (MatMulNBits with ``accuracy_level``) or ``tensorrt`` (opset-21 DequantizeLinear).
     ``config`` (a preset or config.json) applies to GLM-130B checkpoints only. ``progress(done, total)`` counts layers.
+    ``quant_output`` quantizes the logits' weight in the same format (GLM-130B: a copy of the tied embedding;
+    ChatGLM: ``lm_head``), as ``glm_engine.load``/``load_chatglm`` do with ``quant_output=True``.
     """
     from glm_engine.export.chatglm_onnx import ChatGLMGraph, ChatGLMSource, is_chatglm_source
 
     if is_chatglm_source(source):
         if config is not None:
             raise InputError("--config applies to GLM-130B checkpoints; a ChatGLM folder's config.json is used as is")
-        weights: WeightSource = ChatGLMSource(source, dtype, quant)
+        weights: WeightSource = ChatGLMSource(source, dtype, quant, quant_output=quant_output)
         graph_type: type[GLMGraph] = ChatGLMGraph
     else:
-        weights, graph_type = _Weights(source, config, dtype, quant), GLMGraph
+        weights, graph_type = _Weights(source, config, dtype, quant, quant_output), GLMGraph
     return write_export(weights, graph_type, output, dtype, max_seq, target, accuracy_level, progress)
 
 
@@ -204,10 +231,19 @@ def write_export(
                 progress(n + 2, total)
         final = weights.read(list(FINAL_LN_KEYS))
         head = weights.output_projection()
-        output_fn = None if head is None else (lambda h: graph.matmul(h, "lm_head", head))
+        output_fn = None if head is None else (lambda h: graph.matmul(h, weights.output_name, head))
         graph.head(x, final[FINAL_LN_KEYS[0]], final[FINAL_LN_KEYS[1]], output_fn)
         exported = ExportedModel(
-            Path(output), model_config, dtype, max_seq, spec, target, g.weight_bytes, g.weights_sha256, accuracy_level
+            Path(output),
+            model_config,
+            dtype,
+            max_seq,
+            spec,
+            target,
+            g.weight_bytes,
+            g.weights_sha256,
+            accuracy_level,
+            weights.quant_output,
         )
         description = genai_config(exported, weights.description)
         name = model_section(model_config)["type"]
@@ -309,6 +345,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
             "target": exported.target.value,
             "accuracy_level": exported.accuracy_level if exported.target is QuantTarget.ort else None,
             "op": "com.microsoft::MatMulNBits" if exported.target is QuantTarget.ort else "DequantizeLinear (opset 21)",
+            "output": exported.quant_output,
         },
         "weights": {"bytes": exported.weight_bytes, "sha256": exported.weights_sha256},
         "tokenizer": MODEL_FILENAME,

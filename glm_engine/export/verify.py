@@ -165,22 +165,30 @@ class ExactDequantizingLinear(DequantizingLinear):
         return torch.nn.functional.linear(x, weight.to(x.dtype))
 
 
-def exact_reference(source: str, config: str | None, quant: QuantSpec | None) -> GLMModel:
-    """The model of ``source`` over ``TorchOps`` in fp32, quantized like the export and dequantized exactly."""
+def exact_reference(
+    source: str, config: str | None, quant: QuantSpec | None, output: QuantSpec | None = None
+) -> GLMModel:
+    """The model of ``source`` over ``TorchOps`` in fp32, quantized like the export and dequantized exactly;
+    ``output``: the format of a quantized output projection (``--quant-output``)."""
     weights = _Weights(source, config, torch.float32, quant)
     state = weights.read(list(parameter_shapes(weights.config)))
     ops = TorchOps(torch.device("cpu"), torch.float32)
     model_weights = GLMWeights.from_state_dict(
-        state, weights.config, torch.float32, "cpu", prepare=lambda w: ExactDequantizingLinear(w.to("cpu"))
+        state,
+        weights.config,
+        torch.float32,
+        "cpu",
+        prepare=lambda w: ExactDequantizingLinear(w.to("cpu")),
+        output_quant=None if output is None else (output.bits, output.group_size),
     )
     return GLMModel(weights.config, model_weights, ops)
 
 
-def exact_chatglm_reference(source: str, quant: QuantSpec | None) -> ChatGLMModel:
+def exact_chatglm_reference(source: str, quant: QuantSpec | None, quant_output: bool = False) -> ChatGLMModel:
     """:func:`exact_reference` for ChatGLM: its weights read as the export reads them, over ``TorchOps`` in fp32."""
     from glm_engine.export.chatglm_onnx import ChatGLMSource
 
-    weights = ChatGLMSource(source, torch.float32, quant)
+    weights = ChatGLMSource(source, torch.float32, quant, quant_output=quant_output)
 
     def exact(t: torch.Tensor | QuantizedWeight) -> object:
         return ExactDequantizingLinear(t) if isinstance(t, QuantizedWeight) else t
@@ -208,23 +216,39 @@ def _stored_quant(info: ExportedInfo, source: str, config: str | None) -> QuantS
     return None if _is_preset(source) else open_checkpoint(source, resolve_config(config)).quant_spec
 
 
-def _reference_runners(
-    info: ExportedInfo, source: str, config: str | None, request: QuantSpec | None
-) -> tuple[object, object]:
-    """``(exact fp32 reference, the CPU backend's model)`` of ``source``, quantized as ``request`` asks."""
+def _exact_model(
+    info: ExportedInfo, source: str, config: str | None, request: QuantSpec | None, output: QuantSpec | None
+) -> object:
+    """The exact fp32 reference of ``source``, quantized as ``request`` asks (the output projection too, in
+    ``output``'s format, when that is given)."""
+    if info.is_chatglm:
+        return exact_chatglm_reference(source, request, output is not None)
+    return exact_reference(source, config, request, output)
+
+
+def _cpu_model(
+    info: ExportedInfo, source: str, config: str | None, request: QuantSpec | None, output: QuantSpec | None
+) -> object:
+    """``source`` on glm-engine's CPU backend in the export's dtype, quantized as for :func:`_exact_model`."""
     if info.is_chatglm:
         from glm_engine.chatglm_engine import load_chatglm
 
-        reference = exact_chatglm_reference(source, request)
         quant = None if request is None else f"int{request.bits}"
         scheme = "rowwise" if request is None or request.group_size is None else "groupwise"
         group = None if request is None else request.group_size
-        engine = load_chatglm(source, "cpu", info.dtype, quant=quant, quant_scheme=scheme, quant_group_size=group)
-        return reference, engine.runner
+        return load_chatglm(
+            source,
+            "cpu",
+            info.dtype,
+            quant=quant,
+            quant_scheme=scheme,
+            quant_group_size=group,
+            quant_output=output is not None,
+        ).runner
     from glm_engine.engine import load
 
-    reference = exact_reference(source, config, request)
-    return reference, load(source, backend="cpu", dtype=info.dtype, config=config, quant=request).runner
+    quant_output = output is not None
+    return load(source, backend="cpu", dtype=info.dtype, config=config, quant=request, quant_output=quant_output).runner
 
 
 def verify_export(
@@ -236,7 +260,8 @@ def verify_export(
 ) -> VerifyReport:
     """Compare the export in ``folder`` with ``source`` (the checkpoint or preset it was exported from; a ChatGLM
     folder for a ChatGLM export): first with the exact fp32 reference (:func:`exact_reference`), then with ``source``
-    loaded on glm-engine's CPU backend in the export's dtype and quantization. Both must pass."""
+    loaded on glm-engine's CPU backend in the export's dtype and quantization. Both must pass. One model is held
+    next to the ORT session at a time."""
     from glm_engine.backends.onnxruntime.backend import OnnxRuntimeBackend
 
     info = read_exported(folder)
@@ -246,19 +271,21 @@ def verify_export(
     spec = None if quant is None else QuantSpec(quant["bits"], quant["group_size"])
     stored = None if spec is None else _stored_quant(info, source, config)
     request = spec if stored is None else None  # a quantized checkpoint loads quantized as it is
+    output = spec if quant is not None and quant.get("output") else None  # --quant-output
     fast = spec is not None and quant.get("accuracy_level") == 4
     exact_threshold = NMSE_THRESHOLDS[info.dtype]
     if fast:
         exact_threshold = INT8_ACTIVATIONS_NMSE_THRESHOLD
     elif spec is not None and info.dtype == torch.float32:
         exact_threshold = EXACT_QUANTIZED_NMSE_THRESHOLD
-    reference, engine_runner = _reference_runners(info, source, config, request)
-    ort_runner = OnnxRuntimeBackend().load_runner(folder, provider=provider)
+    ort_runner = OnnxRuntimeBackend().load_runner(folder, provider=provider)  # each comparison makes its own cache
+    reference = _exact_model(info, source, config, request, output)
     report = compare_runners(reference, ort_runner, steps, exact_threshold, "the exact fp32 reference")
+    del reference
 
     threshold = NMSE_THRESHOLDS[info.dtype]
     if spec is not None:
         threshold = INT8_ACTIVATIONS_NMSE_THRESHOLD if fast else QUANTIZED_NMSE_THRESHOLD
-    ort_runner = OnnxRuntimeBackend().load_runner(folder, provider=provider)
+    engine_runner = _cpu_model(info, source, config, request, output)
     report.also = compare_runners(engine_runner, ort_runner, steps, threshold, "the CPU backend")
     return report
