@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,31 @@ def test_logits_to_keep_computes_only_the_asked_positions(demo_export):
     ids, positions, blocked = (torch.from_numpy(feeds[k]) for k in ("input_ids", "position_ids", "attention_mask"))
     assert runner.forward(ids, positions, blocked, last_only=True).shape == (1, 1, 5056)
     assert runner.forward(ids, positions, blocked).shape == (1, 5, 5056)  # scoring still gets every position
+
+
+def test_a_version_1_export_without_logits_to_keep_still_runs(demo_export, tmp_path):
+    """Folders written before ``logits_to_keep`` (every position's logits) run; the runner slices the last one."""
+    old = tmp_path / "v1"
+    shutil.copytree(demo_export, old)
+    model = onnx.load(str(old / MODEL_FILE), load_external_data=False)
+    gather = next(n for n in model.graph.node if "logits_to_keep" in n.input)
+    gather.op_type, gather.input[:] = "Identity", [gather.input[0]]
+    del gather.attribute[:]
+    keep = next(i for i in model.graph.input if i.name == "logits_to_keep")
+    model.graph.input.remove(keep)
+    onnx.save(model, str(old / MODEL_FILE))
+    described = json.loads((old / GENAI_CONFIG_FILE).read_text())
+    described["format_version"] = 1
+    described["model"]["decoder"]["input_order"].remove("logits_to_keep")
+    (old / GENAI_CONFIG_FILE).write_text(json.dumps(described))
+    runner, new = (OnnxRuntimeBackend().load_runner(str(folder)) for folder in (old, demo_export))
+    assert not runner.keeps_logits and new.keeps_logits
+    ids, positions, blocked = torch.tensor([[10, 20, 5001, 5004]]), torch.arange(4)[None], generation_blocked(4, 4)
+    every = runner.forward(ids, positions, blocked[None, None])
+    assert every.shape == (1, 4, 5056)
+    last = runner.forward(ids, positions, blocked[None, None], last_only=True)
+    assert torch.equal(last, every[:, -1:])
+    assert nmse(new.forward(ids, positions, blocked[None, None], last_only=True), last) < 1e-12
 
 
 def test_the_kv_cache_stays_in_ort_values_between_steps(demo_export):
