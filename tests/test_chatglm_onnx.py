@@ -132,6 +132,11 @@ def test_exports_run_only_through_their_models_entry_point(hf_folder, tmp_path):
     assert result.exit_code == 1 and "is a GLM-130B export: run it with `glm-engine run" in result.output
 
 
+def test_a_full_size_preset_is_refused_instead_of_making_random_weights(tmp_path):
+    result = cli.invoke(app, ["export", "onnx", "--checkpoint", "chatglm-6b", "--output", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "only for small presets" in result.output and not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_a_quantized_release_exports_quantized_as_stored_and_verifies(tmp_path, bits):
     """THUDM's INT4/INT8 releases keep their integers and scales: MatMulNBits, checked against the CPU backend."""

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from glm_engine.checkpoint.hf import is_chatglm_checkpoint, open_chatglm_checkpoint
-from glm_engine.engine import RANDOM_WEIGHTS_SEED
+from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED
 from glm_engine.errors import InputError
 from glm_engine.export.glm_onnx import BATCH, SEQ, GLMGraph
 from glm_engine.export.onnx_export import ExportedModel, Progress, check_output_quant, write_export
@@ -30,6 +30,7 @@ from glm_engine.model.chatglm_config import CHATGLM_PRESETS, ROTARY_BASE, ChatGL
 from glm_engine.model.chatglm_weights import (
     LM_HEAD_KEY,
     SCALE_SUFFIX,
+    TensorInfo,
     plan_load,
     quantizable_keys,
     random_state_dict,
@@ -107,13 +108,20 @@ class ChatGLMSource:
         self.dtype = dtype
         self.checkpoint = None
         stored_bits: dict[str, int] = {}
-        if isinstance(source, Mapping):  # an in-memory state dict (Hugging Face key names)
+        if isinstance(source, Mapping):  # an in-memory state dict (Hugging Face key names), validated like a folder
             if config is None:
                 raise InputError("exporting a ChatGLM state dict needs its config")
             self.config, self._state = config, source
             self.description, self.tokenizer = "a ChatGLM state dict", tokenizer
+            entries = {k: TensorInfo(tuple(v.shape), v.dtype, self.description) for k, v in source.items()}
+            stored_bits = plan_load(entries, config, self.description).quantized_bits
         elif str(source) in CHATGLM_PRESETS and not Path(str(source)).exists():
             self.config = chatglm_preset(str(source))
+            if self.config.num_parameters() > MAX_RANDOM_PARAMETERS:
+                raise InputError(
+                    f"preset {source} has {self.config.num_parameters() / 1e9:.1f}B parameters: random weights are "
+                    "only for small presets; pass a checkpoint folder"
+                )
             self._state = random_state_dict(self.config, RANDOM_WEIGHTS_SEED)
             self.description = f"preset {source} with random weights (seed {RANDOM_WEIGHTS_SEED})"
             self.tokenizer = BUILTIN_TOKENIZER_PATH
