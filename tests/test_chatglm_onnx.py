@@ -99,6 +99,8 @@ def test_cli_exports_a_chatglm_folder_that_passes_the_checker_and_verify(hf_fold
     assert [d.dim_param or d.dim_value for d in positions] == ["batch_size", 2, "sequence_length"]
     described = json.loads((out / GENAI_CONFIG_FILE).read_text())
     assert described["model"]["type"] == "chatglm" and described["model"]["eos_token_id"] == [4005]
+    assert described["model"]["decoder"]["shapes"]["position_ids"] == ["batch_size", 2, "sequence_length"]
+    assert "position_ids_shape" not in described["model"]
     assert read_exported(out).config == TINY
     assert (out / "ice_text.model").read_bytes() == BUILTIN_TOKENIZER_PATH.read_bytes()
 

@@ -283,6 +283,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
     names = io_names(c.num_layers)
     spec = exported.quant
     model = model_section(c)
+    position_shape = model.pop("position_ids_shape")
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
@@ -318,7 +319,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
                 "output_order": names["outputs"],
                 "shapes": {
                     "input_ids": ["batch_size", "sequence_length"],
-                    "position_ids": model.pop("position_ids_shape"),
+                    "position_ids": position_shape,
                     "attention_mask": ["batch_size", 1, "sequence_length", "total_sequence_length"],
                     "logits_to_keep": [NUM_LOGITS],
                     "past_key_values": ["batch_size", c.num_attention_heads, "past_sequence_length", c.head_dim],
@@ -354,7 +355,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
 
 def model_section(config: GLMConfig | ChatGLMConfig) -> dict[str, Any]:
     """The model-specific part of ``genai_config.json``: type, config (in the model's own names), special tokens and
-    the shape of ``position_ids`` (``position_ids_shape``, moved into the decoder's shapes by the caller)."""
+    the shape of ``position_ids`` (``position_ids_shape``, which the caller moves into the decoder's shapes)."""
     if isinstance(config, ChatGLMConfig):
         return {
             "type": "chatglm",
