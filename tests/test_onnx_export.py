@@ -135,6 +135,19 @@ def test_a_version_1_export_without_logits_to_keep_still_runs(demo_export, tmp_p
     assert nmse(new.forward(ids, positions, blocked[None, None], last_only=True), last) < 1e-12
 
 
+def test_perplexity_on_onnxruntime_scores_every_position_as_the_cpu_backend(demo_export):
+    """Scoring calls forward without ``last_only``: the runner asks the graph for every position's logits."""
+    from glm_engine.evaluation.perplexity import perplexity
+
+    text = "The cat sat on the mat. The dog sat on the log, and then the cat and the dog sat together."
+    on_ort = load(str(demo_export), backend="onnxruntime")
+    on_cpu = load(DEFAULT_MODEL, backend="cpu", dtype="fp32")
+    got = perplexity(on_ort.runner, on_ort.tokenizer, text, generation_length=8)
+    want = perplexity(on_cpu.runner, on_cpu.tokenizer, text, generation_length=8)
+    assert got.num_tokens == want.num_tokens > 10
+    assert got.nll == pytest.approx(want.nll, rel=1e-6)
+
+
 def test_the_kv_cache_stays_in_ort_values_between_steps(demo_export):
     """Each call's ``present`` values are the next call's ``past`` (I/O binding), not copied into a torch buffer."""
     runner = OnnxRuntimeBackend().load_runner(str(demo_export))
