@@ -32,7 +32,8 @@ from glm_engine.vocab import VocabLayout
 PRESET = "glm-tiny"  # a preset name means seeded random weights; the config below replaces its shape
 
 
-def bench_config(layers: int, hidden: int, vocab: int, positions: int) -> GLMConfig:
+def bench_config(layers: int, hidden: int, vocab: int, positions: int = 512) -> GLMConfig:
+    """A random GLM of the given shape whose context holds ``positions`` tokens (at least 512)."""
     top = vocab - 8
     names = ("mask", "gmask", "smask", "eod", "sop", "eop", "enc", "dblock")
     layout = VocabLayout(text_offset=0, eos=2, pad=0, **{name: top + i for i, name in enumerate(names)})
