@@ -25,6 +25,7 @@ from glm_engine.export.quant_onnx import TENSORRT_INT4_BLOCK_SIZES, QuantTarget 
 from glm_engine.export.verify import (  # noqa: E402
     EXACT_QUANTIZED_NMSE_THRESHOLD,
     NMSE_THRESHOLDS,
+    count_near_ties,
     nmse,
     verify_export,
 )
@@ -189,6 +190,26 @@ def test_quant_output_quantizes_the_output_projection_like_load_does(tmp_path, b
     assert json.loads((folder / GENAI_CONFIG_FILE).read_text())["quantization"]["output"] is True
     report = verify_export(str(folder), DEFAULT_MODEL)
     assert report.passed, report.describe()
+
+
+def test_near_ties_are_counted_only_within_the_tolerance():
+    logits = torch.tensor([[6.2, 6.19, 1.0], [5.0, 4.0, 1.0], [3.0, 2.0, 2.99]])
+    want = logits.argmax(-1)
+    got = torch.tensor([1, 1, 2])  # row 0: 0.01 below max (a tie at 1%), row 1: 1.0 below, row 2: 0.01 below
+    assert count_near_ties(logits, want, got, 0.0) == 0
+    assert count_near_ties(logits, want, got, 1 / 128) == 2
+    assert count_near_ties(logits, want, want, 1 / 128) == 0  # equal tokens are not ties
+
+
+def test_a_quant_output_export_passes_verify_where_the_cpu_backend_ties_in_bf16(tmp_path):
+    """INT4 groupwise-64 with --quant-output on the demo model: at the last step the CPU backend's bf16 logits give
+    two ids the same value and argmax takes the lower; the exact reference (fp32) must still agree exactly."""
+    folder = tmp_path / "g64"
+    export_onnx(DEFAULT_MODEL, folder, max_seq=64, quant=QuantSpec(4, 64), target=QuantTarget.ort, quant_output=True)
+    report = verify_export(str(folder), DEFAULT_MODEL)
+    assert report.passed, report.describe()
+    assert report.near_ties == 0 and report.tie_tolerance == 0.0  # no slack against the exact reference
+    assert report.also is not None and report.also.tie_tolerance == torch.finfo(torch.bfloat16).eps
 
 
 def test_quant_output_without_a_quantization_is_refused(tmp_path):
