@@ -52,10 +52,6 @@ class OrtKVCache:
         if self.length + new_tokens > self.max_length:
             raise InputError(f"KV cache holds {self.max_length} tokens; {self.length + new_tokens} were asked for")
 
-    def empty_past(self) -> np.ndarray:
-        """A zero-length past ``[batch, heads, 0, head_dim]`` for the first call."""
-        return np.zeros((self.batch_size, self.num_heads, 0, self.head_dim), self.dtype)
-
     def store(self, values: list[object], new_tokens: int) -> None:
         """Take the ``present`` values of a call that added ``new_tokens`` positions."""
         self.values = values
@@ -63,8 +59,9 @@ class OrtKVCache:
         self.length += new_tokens
 
     def arrays(self) -> list[np.ndarray]:
-        """The cached keys/values as numpy arrays (copies), layer-major."""
-        return [value.numpy() for value in self.values]
+        """The cached keys/values as numpy arrays, layer-major: copies, so writing to them cannot reach the ORT values
+        (on the CPU ``OrtValue.numpy()`` returns a view of the value's own memory)."""
+        return [np.array(value.numpy(), copy=True) for value in self.values]
 
     def _replace(self, arrays: list[np.ndarray]) -> None:
         import onnxruntime as ort

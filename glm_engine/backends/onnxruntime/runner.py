@@ -87,6 +87,8 @@ class OrtRunner:
             )
         if cache is not None:
             cache.check_room(s)
+            if b != cache.batch_size:
+                raise InputError(f"the input has {b} rows but the KV cache was made for {cache.batch_size}")
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", _numpy(input_ids.to(torch.int64)))
         binding.bind_cpu_input("position_ids", _numpy(position_ids.to(torch.int64)))
