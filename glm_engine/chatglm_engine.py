@@ -15,7 +15,13 @@ import torch
 from glm_engine.backends.base import Backend, GraphLevelBackend, ModelRunner, dtype_name
 from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.checkpoint.hf import open_chatglm_checkpoint
-from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED, forward_checked, resolve_dtype
+from glm_engine.engine import (
+    MAX_RANDOM_PARAMETERS,
+    RANDOM_WEIGHTS_SEED,
+    forward_checked,
+    refuse_exported_folder,
+    resolve_dtype,
+)
 from glm_engine.errors import BackendError, InputError, TokenizerError
 from glm_engine.generation.chat import ChatOptions, History, chat, generate_ids
 from glm_engine.model.chatglm import ChatGLMModel
@@ -196,6 +202,7 @@ def load_chatglm(
     chosen, why = REGISTRY.resolve(backend)
     if isinstance(chosen, GraphLevelBackend):
         return _load_exported(chosen, why, path_or_preset, dtype, tokenizer, quant, quant_output, backend_options)
+    refuse_exported_folder(path_or_preset)
     run_dtype = resolve_dtype(dtype, chosen)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses graph-level backends and unsupported ops/dtypes
     device = chosen.device(device_index)

@@ -68,7 +68,8 @@ class HFCheckpoint:
 
     def read(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
         """The tensors of ``keys`` as stored, opening only the files that hold them (one at a time; safetensors
-        reads just those tensors, ``.bin`` files are memory-mapped). For readers that go layer by layer (export)
+        reads just those tensors, zip-format ``.bin`` files are memory-mapped; a legacy pre-zip ``.bin`` is read whole on
+        each call, so re-save such a folder once if you export from it). For readers that go layer by layer (export)
         rather than file by file (:meth:`shards`)."""
         by_file: dict[str, list[str]] = {}
         for key in keys:
