@@ -129,6 +129,9 @@ def test_exports_run_only_through_their_models_entry_point(hf_folder, tmp_path):
         load(str(out), backend="onnxruntime")
     result = cli.invoke(app, ["chat", "--checkpoint", str(out), "--backend", "cpu"])
     assert result.exit_code == 1 and "use --backend onnxruntime" in result.output
+    for loader in (load_chatglm, load):  # the Python API says the same on an op-level backend (auto here: cpu)
+        with pytest.raises(InputError, match="is an ONNX export: use --backend onnxruntime"):
+            loader(str(out))
     export_onnx("glm-tiny", tmp_path / "glm", max_seq=32)
     result = cli.invoke(app, ["chat", "--checkpoint", str(tmp_path / "glm"), "--backend", "onnxruntime"])
     assert result.exit_code == 1 and "is a GLM-130B export: run it with `glm-engine run" in result.output
