@@ -12,10 +12,16 @@ from pathlib import Path
 
 import torch
 
-from glm_engine.backends.base import Backend, dtype_name
+from glm_engine.backends.base import Backend, GraphLevelBackend, ModelRunner, dtype_name
 from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.checkpoint.hf import open_chatglm_checkpoint
-from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED, forward_checked, resolve_dtype
+from glm_engine.engine import (
+    MAX_RANDOM_PARAMETERS,
+    RANDOM_WEIGHTS_SEED,
+    forward_checked,
+    refuse_exported_folder,
+    resolve_dtype,
+)
 from glm_engine.errors import BackendError, InputError, TokenizerError
 from glm_engine.generation.chat import ChatOptions, History, chat, generate_ids
 from glm_engine.model.chatglm import ChatGLMModel
@@ -34,7 +40,7 @@ Progress = Callable[[int, int], None]
 class ChatGLMEngine:
     """A ChatGLM model loaded on one backend, with its tokenizer."""
 
-    runner: ChatGLMModel
+    runner: ChatGLMModel | ModelRunner  # glm-engine's graph, or an exported one (onnxruntime, tensorrt)
     tokenizer: ChatGLMTokenizer
     backend: Backend
     source: str
@@ -176,6 +182,7 @@ def load_chatglm(
     quant_group_size: int | None = None,
     quant_output: bool = False,
     cuda_graphs: bool | None = None,
+    backend_options: dict[str, object] | None = None,
 ) -> ChatGLMEngine:
     """Load a ChatGLM-6B Hugging Face folder (fp16, or the INT4/INT8 releases), or ``chatglm-tiny`` (random weights
     with the packaged test tokenizer, for trying things out).
@@ -187,8 +194,15 @@ def load_chatglm(
     INT4/INT8 releases run quantized where the backend has kernels for them, dequantized otherwise.
     ``quant_output=True`` quantizes ``lm_head`` in the same format (as chatglm.cpp does; see ``glm_engine.load``);
     ``cuda_graphs`` as in ``glm_engine.load``.
+
+    A graph-level ``backend`` (``onnxruntime``, ``tensorrt``) runs a folder made by ``glm-engine export onnx`` from a
+    ChatGLM checkpoint (or the engine built from it); ``backend_options`` go to its ``load_runner`` (onnxruntime:
+    ``provider``, ``threads``).
     """
     chosen, why = REGISTRY.resolve(backend)
+    if isinstance(chosen, GraphLevelBackend):
+        return _load_exported(chosen, why, path_or_preset, dtype, tokenizer, quant, quant_output, backend_options)
+    refuse_exported_folder(path_or_preset)
     run_dtype = resolve_dtype(dtype, chosen)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses graph-level backends and unsupported ops/dtypes
     device = chosen.device(device_index)
@@ -233,3 +247,28 @@ def load_chatglm(
     model = ChatGLMModel(config, weights, ops)
     model.cuda_graphs = cuda_graphs
     return ChatGLMEngine(model, tok, chosen, source, notes)
+
+
+def _load_exported(
+    chosen: GraphLevelBackend,
+    why: str,
+    folder: str | Path,
+    dtype: str | torch.dtype | None,
+    tokenizer: str | Path | None,
+    quant: str | None,
+    quant_output: bool,
+    backend_options: dict[str, object] | None,
+) -> ChatGLMEngine:
+    """A ChatGLM export on a graph-level backend: the graph carries its own dtype and quantization."""
+    if quant is not None or quant_output:
+        raise InputError(f"{chosen.name} runs an exported graph; quantize when exporting instead of --quant")
+    wanted = resolve_dtype(dtype, chosen) if dtype is not None else None
+    runner = chosen.load_runner(str(folder), wanted, **(backend_options or {}))
+    if not isinstance(runner.config, ChatGLMConfig):
+        raise InputError(
+            f"{folder} is a GLM-130B export: run it with `glm-engine run --backend {chosen.name} --checkpoint "
+            f"{folder}` or glm_engine.load()"
+        )
+    tok = ChatGLMTokenizer(find_chatglm_tokenizer(tokenizer, Path(folder)), runner.config)
+    notes = [why, f"{chosen.name} backend, {dtype_name(runner.dtype)} (the export's)"]
+    return ChatGLMEngine(runner, tok, chosen, f"exported ChatGLM model {folder}", notes)

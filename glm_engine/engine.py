@@ -124,6 +124,19 @@ def forward_checked(
         return runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
 
 
+def refuse_exported_folder(path: str | Path | None) -> None:
+    """An InputError naming the backend an exported folder needs when it is given to an op-level backend (which
+    would otherwise fail on the missing weights with a less helpful message)."""
+    from glm_engine.backends.tensorrt.build import ENGINE_FILE
+    from glm_engine.export.onnx_export import GENAI_CONFIG_FILE
+
+    if path is None or not (Path(path) / GENAI_CONFIG_FILE).is_file():
+        return
+    if (Path(path) / ENGINE_FILE).is_file():
+        raise InputError(f"{path} is a TensorRT engine folder: use --backend tensorrt (backend='tensorrt')")
+    raise InputError(f"{path} is an ONNX export: use --backend onnxruntime (backend='onnxruntime')")
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.dtype:
     """A dtype name (fp32, bf16, fp16) or torch dtype; None is the backend's first choice."""
     if dtype is None:
@@ -274,8 +287,14 @@ def load(
         # An exported graph has its own dtype: pass one only when asked. ``backend_options`` (e.g. onnxruntime's
         # ``provider``) go to the backend's ``load_runner``.
         runner = chosen.load_runner(str(path_or_preset), run_dtype if dtype else None, **(backend_options or {}))
+        if not isinstance(runner.config, GLMConfig):
+            raise InputError(
+                f"{path_or_preset} is a ChatGLM-6B export: chat with it through `glm-engine chat --backend "
+                f"{chosen.name} --checkpoint {path_or_preset}` or glm_engine.load_chatglm()"
+            )
         tok = load_tokenizer(tokenizer, runner.config.vocab_layout, path_or_preset)
         return Engine(runner, tok, chosen, f"exported model {path_or_preset}", notes)
+    refuse_exported_folder(path_or_preset)
     banned: tuple[slice, ...] = ()
     checkpoint = None
     if _is_preset(path_or_preset):

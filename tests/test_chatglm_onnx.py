@@ -1,21 +1,53 @@
-"""ChatGLM-6B's graph in ONNX (2-D positions, split rotary, tanh GeLU, separate lm_head) against ChatGLMModel."""
+"""ChatGLM-6B in ONNX: the graph (2-D positions, split rotary, tanh GeLU, separate lm_head) against ChatGLMModel, and a
+Hugging Face folder exported from the CLI, verified and chatted with on onnxruntime."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'glm-engine[onnx]')")
 
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'glm-engine[onnx]')")
+
+from typer.testing import CliRunner  # noqa: E402
+
 from glm_engine.backends.registry import get_backend, op_table_for  # noqa: E402
+from glm_engine.chatglm_engine import load_chatglm  # noqa: E402
+from glm_engine.cli.main import app  # noqa: E402
+from glm_engine.engine import load  # noqa: E402
+from glm_engine.errors import InputError  # noqa: E402
 from glm_engine.export.chatglm_onnx import export_chatglm  # noqa: E402
-from glm_engine.export.onnx_export import MODEL_FILE  # noqa: E402
-from glm_engine.export.verify import nmse  # noqa: E402
+from glm_engine.export.onnx_export import GENAI_CONFIG_FILE, MODEL_FILE, export_onnx, read_exported  # noqa: E402
+from glm_engine.export.verify import nmse, verify_export  # noqa: E402
 from glm_engine.generation.masks import generation_blocked  # noqa: E402
 from glm_engine.model.chatglm import ChatGLMModel  # noqa: E402
 from glm_engine.model.chatglm_config import chatglm_preset  # noqa: E402
-from glm_engine.model.chatglm_weights import ChatGLMWeights, random_state_dict  # noqa: E402
+from glm_engine.model.chatglm_weights import ChatGLMWeights, quantizable_keys, random_state_dict  # noqa: E402
+from glm_engine.quant.reference import quantize  # noqa: E402
+from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH  # noqa: E402
+
+cli = CliRunner()
+TINY = chatglm_preset("chatglm-tiny")  # vocabulary laid out around the packaged test tokenizer
+
+
+def write_hf_folder(folder, state_dict, config=TINY):
+    """A tiny ChatGLM-6B Hugging Face folder: config.json, model.safetensors and ice_text.model."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({**config.to_hf_dict(), "architectures": ["ChatGLMModel"]}))
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / "model.safetensors"))
+    shutil.copyfile(BUILTIN_TOKENIZER_PATH, folder / "ice_text.model")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    return write_hf_folder(tmp_path_factory.mktemp("chatglm") / "hf", random_state_dict(TINY, 5, torch.float16))
 
 
 def test_chatglm_export_matches_the_model_over_prefill_and_cached_steps(tmp_path):
@@ -44,6 +76,7 @@ def test_chatglm_export_matches_the_model_over_prefill_and_cached_steps(tmp_path
             "input_ids": ids[:, start:stop].numpy(),
             "position_ids": positions[..., start:stop].numpy(),
             "attention_mask": blocked[:, :, start:stop, :stop].contiguous().numpy(),
+            "logits_to_keep": np.arange(stop - start),
         }
         feeds.update({f"past_key_values.{i // 2}.{('key', 'value')[i % 2]}": p for i, p in enumerate(past)})
         logits, *past = session.run(None, feeds)
@@ -53,3 +86,96 @@ def test_chatglm_export_matches_the_model_over_prefill_and_cached_steps(tmp_path
             )
         assert nmse(torch.from_numpy(logits), want) < 1e-9
         assert torch.equal(torch.from_numpy(logits[:, -1]).argmax(-1), want[:, -1].argmax(-1))
+
+
+def test_cli_exports_a_chatglm_folder_that_passes_the_checker_and_verify(hf_folder, tmp_path):
+    out = tmp_path / "onnx"
+    result = cli.invoke(app, ["export", "onnx", "--checkpoint", str(hf_folder), "--output", str(out), "--verify"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("PASS") == 1 and "against the CPU backend" in result.output
+    onnx.checker.check_model(str(out / MODEL_FILE), full_check=True)
+    model = onnx.load(str(out / MODEL_FILE), load_external_data=False)
+    positions = next(i for i in model.graph.input if i.name == "position_ids").type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in positions] == ["batch_size", 2, "sequence_length"]
+    described = json.loads((out / GENAI_CONFIG_FILE).read_text())
+    assert described["model"]["type"] == "chatglm" and described["model"]["eos_token_id"] == [4005]
+    assert described["model"]["decoder"]["shapes"]["position_ids"] == ["batch_size", 2, "sequence_length"]
+    assert "position_ids_shape" not in described["model"]
+    assert read_exported(out).config == TINY
+    assert (out / "ice_text.model").read_bytes() == BUILTIN_TOKENIZER_PATH.read_bytes()
+
+
+def test_greedy_chat_on_onnxruntime_gives_the_cpu_backends_tokens(hf_folder, tmp_path):
+    out = tmp_path / "onnx"
+    assert cli.invoke(app, ["export", "onnx", "--checkpoint", str(hf_folder), "--output", str(out)]).exit_code == 0
+    on_ort = load_chatglm(out, backend="onnxruntime", backend_options={"provider": "cpu"})
+    on_cpu = load_chatglm(hf_folder, backend="cpu", dtype="fp32")
+    for prompt in ("hello world", "the quick brown fox"):
+        want = on_cpu.generate(prompt, do_sample=False, max_new_tokens=12)
+        assert on_ort.generate(prompt, do_sample=False, max_new_tokens=12) == want and want
+    replies = {}
+    for backend, folder in (("onnxruntime", out), ("cpu", hf_folder)):
+        args = ["chat", "--checkpoint", str(folder), "--backend", backend, "--greedy", "--max-new-tokens", "10"]
+        result = cli.invoke(app, [*args, *(["--dtype", "fp32"] if backend == "cpu" else [])], input="hello\nstop\n")
+        assert result.exit_code == 0, result.output
+        replies[backend] = [line for line in result.output.splitlines() if line.startswith("ChatGLM-6B")]
+    assert replies["onnxruntime"] == replies["cpu"] and len(replies["cpu"]) == 1
+
+
+def test_exports_run_only_through_their_models_entry_point(hf_folder, tmp_path):
+    out = tmp_path / "onnx"
+    export_chatglm(random_state_dict(TINY, 0), TINY, out, max_seq=32)
+    with pytest.raises(InputError, match="ChatGLM-6B export: chat with it"):
+        load(str(out), backend="onnxruntime")
+    result = cli.invoke(app, ["chat", "--checkpoint", str(out), "--backend", "cpu"])
+    assert result.exit_code == 1 and "use --backend onnxruntime" in result.output
+    for loader in (load_chatglm, load):  # the Python API says the same on an op-level backend (auto here: cpu)
+        with pytest.raises(InputError, match="is an ONNX export: use --backend onnxruntime"):
+            loader(str(out))
+    export_onnx("glm-tiny", tmp_path / "glm", max_seq=32)
+    result = cli.invoke(app, ["chat", "--checkpoint", str(tmp_path / "glm"), "--backend", "onnxruntime"])
+    assert result.exit_code == 1 and "is a GLM-130B export: run it with `glm-engine run" in result.output
+
+
+def test_a_full_size_preset_is_refused_instead_of_making_random_weights(tmp_path):
+    result = cli.invoke(app, ["export", "onnx", "--checkpoint", "chatglm-6b", "--output", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "only for small presets" in result.output and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_quantized_release_exports_quantized_as_stored_and_verifies(tmp_path, bits):
+    """THUDM's INT4/INT8 releases keep their integers and scales: MatMulNBits, checked against the CPU backend."""
+    state = random_state_dict(TINY, 6, torch.float16)
+    for key in quantizable_keys(TINY):
+        state[key], state[key + "_scale"] = quantize(state[key], bits)
+    folder = write_hf_folder(tmp_path / "hf", state, TINY.with_overrides(quantization_bit=bits))
+    out = tmp_path / "onnx"
+    result = cli.invoke(app, ["export", "onnx", "--checkpoint", str(folder), "--output", str(out), "--verify"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / GENAI_CONFIG_FILE).read_text())["quantization"]["bits"] == bits
+    model = onnx.load(str(out / MODEL_FILE), load_external_data=False)
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 4 * TINY.num_layers
+    requantized = ["export", "onnx", "--checkpoint", str(folder), "--output", str(tmp_path / "x"), "--quant", "int4"]
+    again = cli.invoke(app, requantized)
+    assert again.exit_code == 1 and "already INT" in again.output
+
+
+@pytest.mark.parametrize(("quant", "target"), [("int4", "ort"), ("int8", "tensorrt")])
+def test_quant_options_export_a_chatglm_folder_that_verifies(hf_folder, tmp_path, quant, target):
+    out = tmp_path / quant
+    args = ["export", "onnx", "--checkpoint", str(hf_folder), "--output", str(out), "--quant", quant]
+    result = cli.invoke(app, [*args, "--target", target])
+    assert result.exit_code == 0, result.output
+    report = verify_export(str(out), str(hf_folder))
+    assert report.passed, report.describe()
+
+
+def test_quant_output_quantizes_lm_head_and_verifies(hf_folder, tmp_path):
+    out = tmp_path / "qo"
+    args = ["export", "onnx", "--checkpoint", str(hf_folder), "--output", str(out), "--quant", "int8"]
+    result = cli.invoke(app, [*args, "--quant-output", "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "output projection too" in result.output and "PASS" in result.output
+    model = onnx.load(str(out / MODEL_FILE), load_external_data=False)
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 4 * TINY.num_layers + 1
+    assert any(i.name == "lm_head.qweight" for i in model.graph.initializer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from glm_engine.export.quant_onnx import TENSORRT_INT4_BLOCK_SIZES, QuantTarget 
 from glm_engine.export.verify import (  # noqa: E402
     EXACT_QUANTIZED_NMSE_THRESHOLD,
     NMSE_THRESHOLDS,
+    count_near_ties,
     nmse,
     verify_export,
 )
@@ -50,6 +52,7 @@ def test_fp32_export_passes_the_checker_with_the_documented_io(demo_export):
     assert [d.dim_param or d.dim_value for d in past] == ["batch_size", 3, "past_sequence_length", 64]
     described = json.loads((demo_export / GENAI_CONFIG_FILE).read_text())
     assert described["model"]["decoder"]["input_order"] == names["inputs"]
+    assert described["model"]["decoder"]["shapes"]["logits"] == ["batch_size", "num_logits", 5056]
     assert described["model"]["context_length"] == 256
     assert described["model"]["special_tokens"]["gmask"] == 5001
     assert (demo_export / "ice_text.model").is_file()
@@ -86,6 +89,133 @@ def test_runner_batch_one_with_a_cache_matches_one_uncached_pass(demo_export):
         parts.append(runner.forward(step[0], step[1], step[2][..., : column + 1], cache))
     assert cache.length == 7
     assert nmse(torch.cat(parts, 1), whole[:, 4:]) < 1e-10
+
+
+def test_logits_to_keep_computes_only_the_asked_positions(demo_export):
+    """The graph gathers the kept positions before the output projection: the last one alone equals the last row of
+    every position, and the runner asks for it only with ``last_only``."""
+    session = ort.InferenceSession(str(demo_export / MODEL_FILE), providers=["CPUExecutionProvider"])
+    feeds = {
+        "input_ids": torch.tensor([[10, 20, 30, 5001, 5004]]).numpy(),
+        "position_ids": torch.arange(5)[None].numpy(),
+        "attention_mask": generation_blocked(5, 5)[None, None].numpy(),
+    }
+    feeds.update({name: torch.zeros(1, 3, 0, 64).numpy() for name in io_names(4)["inputs"][4:]})
+    every = session.run(["logits"], {**feeds, "logits_to_keep": torch.arange(5).numpy()})[0]
+    last = session.run(["logits"], {**feeds, "logits_to_keep": torch.tensor([4]).numpy()})[0]
+    assert every.shape == (1, 5, 5056) and last.shape == (1, 1, 5056)
+    assert nmse(torch.from_numpy(last), torch.from_numpy(every[:, -1:])) < 1e-12
+    runner = OnnxRuntimeBackend().load_runner(str(demo_export))
+    ids, positions, blocked = (torch.from_numpy(feeds[k]) for k in ("input_ids", "position_ids", "attention_mask"))
+    assert runner.forward(ids, positions, blocked, last_only=True).shape == (1, 1, 5056)
+    assert runner.forward(ids, positions, blocked).shape == (1, 5, 5056)  # scoring still gets every position
+
+
+def test_a_version_1_export_without_logits_to_keep_still_runs(demo_export, tmp_path):
+    """Folders written before ``logits_to_keep`` (every position's logits) run; the runner slices the last one."""
+    old = tmp_path / "v1"
+    shutil.copytree(demo_export, old)
+    model = onnx.load(str(old / MODEL_FILE), load_external_data=False)
+    gather = next(n for n in model.graph.node if "logits_to_keep" in n.input)
+    gather.op_type, gather.input[:] = "Identity", [gather.input[0]]
+    del gather.attribute[:]
+    keep = next(i for i in model.graph.input if i.name == "logits_to_keep")
+    model.graph.input.remove(keep)
+    onnx.save(model, str(old / MODEL_FILE))
+    described = json.loads((old / GENAI_CONFIG_FILE).read_text())
+    described["format_version"] = 1
+    described["model"]["decoder"]["input_order"].remove("logits_to_keep")
+    (old / GENAI_CONFIG_FILE).write_text(json.dumps(described))
+    runner, new = (OnnxRuntimeBackend().load_runner(str(folder)) for folder in (old, demo_export))
+    assert not runner.keeps_logits and new.keeps_logits
+    ids, positions, blocked = torch.tensor([[10, 20, 5001, 5004]]), torch.arange(4)[None], generation_blocked(4, 4)
+    every = runner.forward(ids, positions, blocked[None, None])
+    assert every.shape == (1, 4, 5056)
+    last = runner.forward(ids, positions, blocked[None, None], last_only=True)
+    assert torch.equal(last, every[:, -1:])
+    assert nmse(new.forward(ids, positions, blocked[None, None], last_only=True), last) < 1e-12
+
+
+def test_perplexity_on_onnxruntime_scores_every_position_as_the_cpu_backend(demo_export):
+    """Scoring calls forward without ``last_only``: the runner asks the graph for every position's logits."""
+    from glm_engine.evaluation.perplexity import perplexity
+
+    text = "The cat sat on the mat. The dog sat on the log, and then the cat and the dog sat together."
+    on_ort = load(str(demo_export), backend="onnxruntime")
+    on_cpu = load(DEFAULT_MODEL, backend="cpu", dtype="fp32")
+    got = perplexity(on_ort.runner, on_ort.tokenizer, text, generation_length=8)
+    want = perplexity(on_cpu.runner, on_cpu.tokenizer, text, generation_length=8)
+    assert got.num_tokens == want.num_tokens > 10
+    assert got.nll == pytest.approx(want.nll, rel=1e-6)
+
+
+def test_the_kv_cache_stays_in_ort_values_between_steps(demo_export):
+    """Each call's ``present`` values are the next call's ``past`` (I/O binding), not copied into a torch buffer."""
+    runner = OnnxRuntimeBackend().load_runner(str(demo_export))
+    ids, positions, blocked = torch.tensor([[10, 20, 5001, 5004, 40]]), torch.arange(5)[None], generation_blocked(4, 5)
+    cache = runner.new_cache(1, 5)
+    runner.forward(ids[:, :4], positions[:, :4], blocked[None, None, :4, :4], cache, last_only=True)
+    first = cache.values[0]
+    assert isinstance(first, ort.OrtValue) and first.shape() == [1, 3, 4, 64]
+    runner.forward(ids[:, 4:], positions[:, 4:], blocked[None, None, 4:], cache)
+    assert cache.length == 5 and cache.values[0].shape() == [1, 3, 5, 64]
+    assert torch.equal(torch.from_numpy(cache.values[0].numpy()[:, :, :4]), torch.from_numpy(first.numpy()))
+    with pytest.raises(InputError, match="KV cache holds 5 tokens"):
+        runner.forward(ids[:, 4:], positions[:, 4:], blocked[None, None, 4:], cache)
+
+
+def test_beam_search_on_onnxruntime_gives_the_cpu_backends_beams(demo_export):
+    """Beam search expands and reorders the ORT cache (through numpy) exactly as the engine's cache."""
+    options = dict(sampling_strategy="BeamSearchStrategy", num_beams=3, out_seq_length=12, deterministic=True)
+    prompts = ["Hello [MASK] world", "Once upon a time"]
+    ort_engine = load(str(demo_export), backend="onnxruntime")
+    cpu_engine = load(DEFAULT_MODEL, backend="cpu", dtype="fp32")
+    got = [c.token_ids for c in ort_engine.generate(prompts, **options)]
+    assert got == [c.token_ids for c in cpu_engine.generate(prompts, **options)]
+    assert all(len(beams) == 3 for beams in got)
+
+
+@pytest.mark.parametrize(
+    ("bits", "target", "op"), [(4, QuantTarget.ort, "MatMulNBits"), (8, QuantTarget.tensorrt, "DequantizeLinear")]
+)
+def test_quant_output_quantizes_the_output_projection_like_load_does(tmp_path, bits, target, op):
+    """The logits go through a quantized copy of the embedding (no floating-point Gemm), matching
+    ``load(..., quant_output=True)`` and the exact reference under --verify."""
+    folder = tmp_path / "qo"
+    export_onnx(DEFAULT_MODEL, folder, max_seq=64, quant=QuantSpec(bits), target=target, quant_output=True)
+    model = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
+    assert sum(n.op_type == op for n in model.graph.node) == 4 * 4 + 1
+    assert not any(n.op_type == "Gemm" for n in model.graph.node)
+    assert any(i.name.startswith("output_projection.") for i in model.graph.initializer)
+    assert json.loads((folder / GENAI_CONFIG_FILE).read_text())["quantization"]["output"] is True
+    report = verify_export(str(folder), DEFAULT_MODEL)
+    assert report.passed, report.describe()
+
+
+def test_near_ties_are_counted_only_within_the_tolerance():
+    logits = torch.tensor([[6.2, 6.19, 1.0], [5.0, 4.0, 1.0], [3.0, 2.0, 2.99]])
+    want = logits.argmax(-1)
+    got = torch.tensor([1, 1, 2])  # row 0: 0.01 below max (a tie at 1%), row 1: 1.0 below, row 2: 0.01 below
+    assert count_near_ties(logits, want, got, 0.0) == 0
+    assert count_near_ties(logits, want, got, 1 / 128) == 2
+    assert count_near_ties(logits, want, want, 1 / 128) == 0  # equal tokens are not ties
+
+
+def test_a_quant_output_export_passes_verify_where_the_cpu_backend_ties_in_bf16(tmp_path):
+    """INT4 groupwise-64 with --quant-output on the demo model: at the last step the CPU backend's bf16 logits give
+    two ids the same value and argmax takes the lower; the exact reference (fp32) must still agree exactly."""
+    folder = tmp_path / "g64"
+    export_onnx(DEFAULT_MODEL, folder, max_seq=64, quant=QuantSpec(4, 64), target=QuantTarget.ort, quant_output=True)
+    report = verify_export(str(folder), DEFAULT_MODEL)
+    assert report.passed, report.describe()
+    assert report.near_ties == 0 and report.tie_tolerance == 0.0  # no slack against the exact reference
+    assert report.also is not None and report.also.tie_tolerance == torch.finfo(torch.bfloat16).eps
+
+
+def test_quant_output_without_a_quantization_is_refused(tmp_path):
+    with pytest.raises(InputError, match="--quant-output quantizes the output projection"):
+        export_onnx(DEFAULT_MODEL, tmp_path / "x", max_seq=64, quant_output=True)
+    assert not (tmp_path / "x").exists()
 
 
 def test_fp16_export_matches_the_engine_in_fp16(tmp_path):

@@ -50,7 +50,7 @@ def io(trt_export) -> GraphIO:
 
 def test_graph_io_is_read_from_the_export(io):
     assert (io.num_layers, io.num_kv_heads, io.head_size, io.vocab_size) == (4, 3, 64, 5056)
-    assert io.context_length == 256 and io.position_rows == 1 and io.dtype == "fp32"
+    assert io.context_length == 256 and io.position_rows == 1 and io.dtype == "fp32" and io.keeps_logits
 
 
 def test_profiles_cover_prefill_on_an_empty_cache_and_one_token_decode(io):
@@ -62,11 +62,13 @@ def test_profiles_cover_prefill_on_an_empty_cache_and_one_token_decode(io):
     assert decode.shapes["input_ids"] == ((1, 1), (1, 1), (4, 1))
     assert decode.shapes["attention_mask"] == ((1, 1, 1, 1), (1, 1, 1, 65), (4, 1, 1, 256))
     assert decode.shapes["past_key_values.0.key"] == ((1, 3, 0, 64), (1, 3, 64, 64), (4, 3, 255, 64))
+    assert prefill.shapes["logits_to_keep"] == ((1,), (1,), (256,))  # tuned for generation, up to every position
+    assert decode.shapes["logits_to_keep"] == ((1,), (1,), (1,))
     assert set(prefill.shapes) == set(decode.shapes) == set(read_inputs(io))
 
 
 def read_inputs(io: GraphIO) -> list[str]:
-    return ["input_ids", "position_ids", "attention_mask", *io.kv_names()]
+    return ["input_ids", "position_ids", "attention_mask", "logits_to_keep", *io.kv_names()]
 
 
 def test_profiles_refuse_more_positions_than_the_graph_has(io):

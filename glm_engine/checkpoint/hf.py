@@ -15,7 +15,7 @@ one file before opening the next, so host RAM holds one source file's pages plus
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +65,23 @@ class HFCheckpoint:
 
     def describe(self) -> str:
         return f"ChatGLM checkpoint {self.path} ({len(self.files)} x {self.layout.split('.index')[0]})"
+
+    def read(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The tensors of ``keys`` as stored, opening only the files that hold them (one at a time; safetensors
+        reads just those tensors, zip-format ``.bin`` files are memory-mapped; a legacy pre-zip ``.bin`` is read whole on
+        each call, so re-save such a folder once if you export from it). For readers that go layer by layer (export)
+        rather than file by file (:meth:`shards`)."""
+        by_file: dict[str, list[str]] = {}
+        for key in keys:
+            if key not in self.entries:
+                raise CheckpointError(f"{self.describe()} has no tensor {key}")
+            by_file.setdefault(self.entries[key].file, []).append(key)
+        out: dict[str, torch.Tensor] = {}
+        for name, names in by_file.items():
+            weights = _open_weights(self.path / name)
+            out.update({key: weights[key] for key in names})
+            del weights
+        return out
 
     def shards(self) -> Iterator[tuple[str, Mapping[str, torch.Tensor]]]:
         """Each weight file's tensors in turn; a file is released before the next is opened."""

@@ -20,6 +20,7 @@ from glm_engine.chatglm_engine import ChatGLMEngine, load_chatglm
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
+from glm_engine.cli.run import check_backend_fits
 from glm_engine.errors import InputError
 from glm_engine.generation.chat import (
     DEFAULT_MAX_LENGTH,
@@ -142,6 +143,10 @@ def chat(
     quant_scheme: Annotated[str, typer.Option(help="rowwise or groupwise")] = "rowwise",
     quant_group_size: Annotated[int | None, typer.Option(help="columns per scale with groupwise")] = None,
     quant_output: Annotated[bool, typer.Option(help="also quantize lm_head (as chatglm.cpp does)")] = False,
+    ort_provider: Annotated[
+        str | None,
+        typer.Option(help="--backend onnxruntime: cpu, cuda, tensorrt, migraphx, rocm or cann (default: best found)"),
+    ] = None,
 ) -> None:
     """Chat with ChatGLM-6B: one query per line, 'clear' forgets the conversation, 'stop' or end of input quits."""
     with user_errors():
@@ -156,6 +161,7 @@ def chat(
         )
         ChatOptions(**options)  # reject bad options before loading anything
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
+        check_backend_fits(checkpoint, backend, ort_provider)
         history = read_history(history_file)
         with progress_bar("loading weights") as progress:
             engine = load_chatglm(
@@ -168,6 +174,7 @@ def chat(
                 quant_scheme=quant_scheme,
                 quant_group_size=quant_group_size,
                 quant_output=quant_output,
+                backend_options={"provider": ort_provider} if ort_provider else None,
             )
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)

@@ -27,7 +27,11 @@ MIB = 2**20
 def export_onnx_command(
     output: Annotated[Path, typer.Option(help="New folder for model.onnx, its weights and genai_config.json.")],
     checkpoint: Annotated[
-        str, typer.Option(help="Checkpoint folder (native or SAT) or preset name; default: the built-in demo model")
+        str,
+        typer.Option(
+            help="Checkpoint folder (native or SAT), ChatGLM-6B Hugging Face folder, or preset name; default: the "
+            "built-in demo model"
+        ),
     ] = DEFAULT_MODEL,
     config: Annotated[str | None, typer.Option(help="Preset name or config.json, if the folder has none.")] = None,
     dtype: Annotated[str, typer.Option(help="Graph dtype: fp32, fp16 or bf16.")] = "fp32",
@@ -45,11 +49,16 @@ def export_onnx_command(
         int,
         typer.Option(help="MatMulNBits accuracy_level: 0 exact (default), 4 int8 activations (faster on CPU, ~5e-3)."),
     ] = 0,
+    quant_output: Annotated[
+        bool,
+        typer.Option(help="Quantize the logits' weight too (GLM: a copy of the tied embedding; ChatGLM: lm_head)."),
+    ] = False,
     verify: Annotated[
         bool, typer.Option(help="Compare ONNX Runtime (CPU) with glm-engine: prefill and 8 greedy cached steps.")
     ] = False,
 ) -> None:
-    """Export the GLM decoder as one ONNX graph with past/present KV-cache inputs and outputs."""
+    """Export the decoder (GLM-130B, or ChatGLM-6B from its Hugging Face folder) as one ONNX graph with
+    past/present KV-cache inputs and outputs."""
     from glm_engine.export.onnx_export import export_onnx
     from glm_engine.export.quant_onnx import QuantTarget
     from glm_engine.quant.spec import QuantSpec
@@ -77,8 +86,10 @@ def export_onnx_command(
                 accuracy_level,
                 config,
                 progress,
+                quant_output,
             )
         quantized = f", {exported.quant.describe()} for {target}" if exported.quant is not None else ""
+        quantized += " (output projection too)" if exported.quant_output else ""
         print(
             f"wrote {output}: {dtype}{quantized}, {exported.weight_bytes / MIB:.1f} MiB of weights, positions up to "
             f"{exported.max_seq}, in {time.perf_counter() - started:.1f} s"

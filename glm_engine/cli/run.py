@@ -27,7 +27,7 @@ from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import USER_ERROR_EXIT_CODE, user_errors
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.render import styled_answer
-from glm_engine.engine import DEFAULT_MODEL, describe_source, load, peek_config
+from glm_engine.engine import DEFAULT_MODEL, describe_source, load, peek_config, refuse_exported_folder
 from glm_engine.errors import GlmEngineError, InputError, ParallelError
 from glm_engine.generation.blank_filling import Completion
 from glm_engine.generation.options import GenerationOptions
@@ -197,19 +197,13 @@ GRAPH_BACKENDS = ("onnxruntime", "tensorrt")
 
 def check_backend_fits(checkpoint: str | None, backend: str, ort_provider: str | None) -> None:
     """Say which backend an exported folder needs, and refuse --ort-provider without onnxruntime, before loading."""
-    from glm_engine.backends.tensorrt.build import ENGINE_FILE
-    from glm_engine.export.onnx_export import GENAI_CONFIG_FILE
-
     if ort_provider and backend != "onnxruntime":
         raise InputError(
             f"--ort-provider picks ONNX Runtime's execution provider: it goes with --backend onnxruntime, not "
             f"--backend {backend}"
         )
-    if checkpoint is None or backend in GRAPH_BACKENDS or not (Path(checkpoint) / GENAI_CONFIG_FILE).is_file():
-        return
-    if (Path(checkpoint) / ENGINE_FILE).is_file():
-        raise InputError(f"{checkpoint} is a TensorRT engine folder: use --backend tensorrt")
-    raise InputError(f"{checkpoint} is an ONNX export: use --backend onnxruntime")
+    if backend not in GRAPH_BACKENDS:
+        refuse_exported_folder(checkpoint)
 
 
 def _check_before_launch(load_args: dict, tp: int) -> None:

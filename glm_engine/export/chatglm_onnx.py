@@ -1,33 +1,55 @@
-"""ChatGLM-6B (v1) as the same ONNX decoder graph: what differs from GLM-130B, as ``model/chatglm.py`` has it.
+"""ChatGLM-6B (v1) as the same ONNX decoder graph: what differs from GLM-130B, as ``model/chatglm.py`` has it, and
+where its weights come from (a Hugging Face folder, read layer by layer).
 
 ``position_ids`` are ``[batch, 2, seq]`` (positions, then block positions); each head's query and key are split in two
 halves rotated by one row each with ChatGLM's own table (``chatglm_rotary_table``); the MLP is tanh-GeLU, not GeGLU;
 biases are fused (``nn.Linear``, the same Add in a graph); ``alpha`` is ``sqrt(2 * 28)``; ``lm_head`` is its own matrix.
-The I/O names, the mask and the KV-cache layout are GLM-130B's.
+The I/O names, the mask, ``logits_to_keep`` and the KV-cache layout are GLM-130B's.
 
-Status: the graph and an in-memory export (:func:`export_chatglm`) are checked against ``ChatGLMModel``; exporting
-from a Hugging Face folder and running ChatGLM exports through ``--backend onnxruntime`` are not wired up yet.
+Weights (:class:`ChatGLMSource`) are converted as ``load_chatglm`` converts them, one layer at a time, so an export
+holds the embedding plus one layer: floating-point tensors to the graph dtype; ``--quant`` quantizes the four linears
+per layer from their fp16 values; the INT4/INT8 releases keep their stored integers and scales (exported quantized).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from glm_engine.backends.base import dtype_name
-from glm_engine.checkpoint.atomic import staged_folder
-from glm_engine.export.glm_onnx import BATCH, OPSET, SEQ, GLMGraph, QuantEmit
-from glm_engine.export.onnx_builder import GraphBuilder
-from glm_engine.export.onnx_export import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE
-from glm_engine.model.chatglm_config import ROTARY_BASE, ChatGLMConfig
-from glm_engine.model.chatglm_weights import LM_HEAD_KEY
+from glm_engine.checkpoint.hf import is_chatglm_checkpoint, open_chatglm_checkpoint
+from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED
+from glm_engine.errors import InputError
+from glm_engine.export.glm_onnx import BATCH, SEQ, GLMGraph
+from glm_engine.export.onnx_export import ExportedModel, Progress, check_output_quant, write_export
+from glm_engine.export.quant_onnx import QuantTarget
+from glm_engine.model.chatglm_config import CHATGLM_PRESETS, ROTARY_BASE, ChatGLMConfig, chatglm_preset
+from glm_engine.model.chatglm_weights import (
+    LM_HEAD_KEY,
+    SCALE_SUFFIX,
+    TensorInfo,
+    plan_load,
+    quantizable_keys,
+    random_state_dict,
+    release_values,
+)
 from glm_engine.model.rotary import chatglm_rotary_table
-from glm_engine.model.weights import EMBEDDING_KEY, FINAL_LN_KEYS, LayerWeights, layer_key
+from glm_engine.model.weights import LayerWeights, layer_key
 from glm_engine.ops.torch_ops import GELU_TANH_CUBIC, GELU_TANH_SCALE
+from glm_engine.quant.spec import QuantSpec
+from glm_engine.quant.weight import QuantizedWeight
+from glm_engine.tokenizer.ice import BUILTIN_TOKENIZER_PATH
+
+
+def is_chatglm_source(source: str | Path) -> bool:
+    """Whether ``source`` is a ChatGLM-6B Hugging Face folder (``model_type`` ``chatglm``) or a ChatGLM preset."""
+    name = str(source)
+    if name in CHATGLM_PRESETS and not Path(name).exists():
+        return True
+    return Path(name).expanduser().is_dir() and is_chatglm_checkpoint(Path(name).expanduser())
 
 
 class ChatGLMGraph(GLMGraph):
@@ -68,30 +90,107 @@ class ChatGLMGraph(GLMGraph):
         return self.linear(x, name, weight, bias)
 
 
+class ChatGLMSource:
+    """ChatGLM weights one layer at a time from a Hugging Face folder, a ChatGLM preset (seeded random weights, as
+    ``load_chatglm`` makes them) or an in-memory state dict; quantized linears come out as ``QuantizedWeight``."""
+
+    def __init__(
+        self,
+        source: str | Path | Mapping[str, torch.Tensor],
+        dtype: torch.dtype,
+        quant: QuantSpec | None,
+        config: ChatGLMConfig | None = None,
+        tokenizer: Path = BUILTIN_TOKENIZER_PATH,
+        quant_output: bool = False,
+    ) -> None:
+        from glm_engine.chatglm_engine import find_chatglm_tokenizer
+
+        self.dtype = dtype
+        self.checkpoint = None
+        stored_bits: dict[str, int] = {}
+        if isinstance(source, Mapping):  # an in-memory state dict (Hugging Face key names), validated like a folder
+            if config is None:
+                raise InputError("exporting a ChatGLM state dict needs its config")
+            self.config, self._state = config, source
+            self.description, self.tokenizer = "a ChatGLM state dict", tokenizer
+            entries = {k: TensorInfo(tuple(v.shape), v.dtype, self.description) for k, v in source.items()}
+            stored_bits = plan_load(entries, config, self.description).quantized_bits
+        elif str(source) in CHATGLM_PRESETS and not Path(str(source)).exists():
+            self.config = chatglm_preset(str(source))
+            if self.config.num_parameters() > MAX_RANDOM_PARAMETERS:
+                raise InputError(
+                    f"preset {source} has {self.config.num_parameters() / 1e9:.1f}B parameters: random weights are "
+                    "only for small presets; pass a checkpoint folder"
+                )
+            self._state = random_state_dict(self.config, RANDOM_WEIGHTS_SEED)
+            self.description = f"preset {source} with random weights (seed {RANDOM_WEIGHTS_SEED})"
+            self.tokenizer = BUILTIN_TOKENIZER_PATH
+        else:
+            self.checkpoint = open_chatglm_checkpoint(source)
+            self.config = self.checkpoint.config
+            self.tokenizer = find_chatglm_tokenizer(None, self.checkpoint.path)  # fail before writing anything
+            stored_bits = plan_load(self.checkpoint.entries, self.config, str(self.checkpoint.path)).quantized_bits
+            self.description = self.checkpoint.describe()
+        if quant is not None and stored_bits:
+            raise InputError(
+                f"{self.description} is already INT{next(iter(stored_bits.values()))}; export it without --quant "
+                "(it stays quantized) or quantize its FP16 original"
+            )
+        self.stored_bits = stored_bits
+        self.requested = quant
+        bits = next(iter(stored_bits.values()), 0)
+        self.quant = quant or (QuantSpec(bits) if bits else None)
+        check_output_quant(quant_output, self.quant)
+        self.quant_output, self.output_name = quant_output, "lm_head"
+        self._quantizable = set(quantizable_keys(self.config))
+
+    def _raw(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        if self.checkpoint is None:
+            return {k: self._state[k] for k in keys}
+        return self.checkpoint.read(keys)
+
+    def read(self, keys: list[str]) -> dict[str, Any]:
+        """``keys`` converted as ``load_chatglm`` converts them (see the module docstring)."""
+        wanted = [k + SCALE_SUFFIX if k in self.stored_bits else None for k in keys]
+        raw = self._raw(keys + [w for w in wanted if w is not None])
+        out: dict[str, Any] = {}
+        for key in keys:
+            tensor = raw[key]
+            if key in self.stored_bits:
+                bits = self.stored_bits[key]
+                out[key] = QuantizedWeight.from_values(release_values(tensor, bits), raw[key + SCALE_SUFFIX], bits)
+            elif self.requested is not None and key in self._quantizable:
+                spec = self.requested
+                out[key] = QuantizedWeight.quantize(tensor.to(torch.float16), spec.bits, spec.group_size)
+            else:
+                out[key] = tensor.to(self.dtype).contiguous()
+        return out
+
+    def layers(self) -> Iterator[LayerWeights]:
+        for n in range(self.config.num_layers):
+            names = {f.name: layer_key(n, f.name) for f in fields(LayerWeights)}
+            tensors = self.read(list(names.values()))
+            yield LayerWeights(**{name: tensors[key] for name, key in names.items()})
+
+    def output_projection(self) -> torch.Tensor | QuantizedWeight:
+        """``lm_head``; with ``quant_output`` quantized from its fp16 values in the linears' format (a release's
+        bits, rowwise), as ``load_chatglm(..., quant_output=True)`` does."""
+        if not self.quant_output:
+            return self.read([LM_HEAD_KEY])[LM_HEAD_KEY]
+        head = self._raw([LM_HEAD_KEY])[LM_HEAD_KEY]
+        return QuantizedWeight.quantize(head.to(torch.float16), self.quant.bits, self.quant.group_size)
+
+
 def export_chatglm(
     state_dict: Mapping[str, torch.Tensor],
     config: ChatGLMConfig,
     output: str | Path,
     dtype: torch.dtype = torch.float32,
     max_seq: int | None = None,
-) -> Path:
-    """Write a ChatGLM state dict (Hugging Face key names) as ``model.onnx`` + data + a short genai_config."""
-    max_seq = max_seq or config.max_sequence_length
-    with staged_folder(output) as staging:
-        g = GraphBuilder(staging / DATA_FILE, OPSET)
-        graph = ChatGLMGraph(g, config, dtype, max_seq, QuantEmit())
-        x = graph.embed(state_dict[EMBEDDING_KEY])
-        for n in range(config.num_layers):
-            layer = LayerWeights(**{f.name: state_dict[layer_key(n, f.name)] for f in fields(LayerWeights)})
-            x = graph.layer(n, layer, x)
-        head = state_dict[LM_HEAD_KEY]
-        graph.head(
-            x, state_dict[FINAL_LN_KEYS[0]], state_dict[FINAL_LN_KEYS[1]], lambda h: graph.matmul(h, "lm_head", head)
-        )
-        description = {
-            "model": {"type": "chatglm", "config": config.to_hf_dict(), "context_length": max_seq},
-            "decoder": {"filename": MODEL_FILE, "opset": OPSET, "dtype": dtype_name(dtype)},
-        }
-        g.finish(staging / MODEL_FILE, "chatglm", "glm-engine", {})
-        (staging / GENAI_CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-    return Path(output)
+    quant: QuantSpec | None = None,
+    target: QuantTarget = QuantTarget.ort,
+    progress: Progress | None = None,
+) -> ExportedModel:
+    """Export an in-memory ChatGLM state dict (Hugging Face key names); folders go through ``export_onnx``."""
+    weights = ChatGLMSource(state_dict, dtype, quant, config)
+    return write_export(weights, ChatGLMGraph, output, dtype, max_seq, target, 0, progress)

@@ -2,9 +2,16 @@
 
 One graph serves prefill and decode. Inputs: ``input_ids [batch, seq]``, ``position_ids [batch, seq]``,
 ``attention_mask`` bool ``[batch, 1, seq, past + seq]`` (True = blocked: GLM's prefix-bidirectional mask, built by the
-caller exactly as the engine builds ``blocked``) and ``past_key_values.{i}.key/value [batch, heads, past, head_dim]``
-(keys after rotary, as the engine caches them; ``past`` may be 0). Outputs: ``logits [batch, seq, vocab]`` and
+caller exactly as the engine builds ``blocked``), ``logits_to_keep`` int64 ``[num_logits]`` (the sequence positions
+whose logits are computed, in order: the last one for generation, every one for scoring; transformers' tensor form of
+``logits_to_keep``) and ``past_key_values.{i}.key/value [batch, heads, past, head_dim]`` (keys after rotary, as the
+engine caches them; ``past`` may be 0). Outputs: ``logits [batch, num_logits, vocab]`` and
 ``present.{i}.key/value [batch, heads, past + seq, head_dim]`` (the names onnxruntime-genai uses, anchors.md 4.3).
+
+Why ``logits_to_keep`` is an index tensor and not a count: the output's shape then follows an input's *shape*, so
+TensorRT sees an ordinary dynamic input (a count would make it a shape tensor bound in host memory), and the positions
+are gathered before the final LayerNorm, so a prefill that needs only the last row pays for one row of the output
+projection instead of all of them (vocab x hidden per row: the largest matrix of a small model).
 
 The op sequence mirrors the reference semantics the engine's portable ops implement (glm130b.md sections 1.3-1.6):
 rotate-half rotary from the same cos/sin table (``model.rotary.rotary_table``, stored as initializers); query divided
@@ -33,13 +40,16 @@ from glm_engine.quant.weight import QuantizedWeight
 OPSET = 21
 # Symbolic dimension names of the dynamic axes (as onnxruntime-genai names them).
 BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
+NUM_LOGITS = "num_logits"
+LOGITS_TO_KEEP = "logits_to_keep"
 
 
 def io_names(num_layers: int) -> dict[str, list[str]]:
     """The graph's input and output names, in order."""
     past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
     present = [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-    return {"inputs": ["input_ids", "position_ids", "attention_mask", *past], "outputs": ["logits", *present]}
+    inputs = ["input_ids", "position_ids", "attention_mask", LOGITS_TO_KEEP, *past]
+    return {"inputs": inputs, "outputs": ["logits", *present]}
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class GLMGraph:
         g.add_input("position_ids", torch.int64, self.position_shape())
         g.add_input("attention_mask", torch.bool, [BATCH, 1, SEQ, TOTAL])
         self.mask = "attention_mask"
+        g.add_input(LOGITS_TO_KEEP, torch.int64, [NUM_LOGITS])
         cos, sin = self.rotary_tables(max_seq)
         self.cos_table = g.weight("rotary.cos", cos)
         self.sin_table = g.weight("rotary.sin", sin)
@@ -68,7 +79,7 @@ class GLMGraph:
         self.masked = g.const(MASKED_SCORE, dtype, "masked_score")
         self.half = g.const(0.5, dtype, "half")
         self.one = g.const(1.0, dtype, "one")
-        self.inv_sqrt2 = g.const(1 / math.sqrt(2), dtype, "inv_sqrt2")
+        self.inv_sqrt2: str | None = None  # made on first use: ChatGLM's tanh GeLU never needs it
 
     # --- hooks a model variant overrides ------------------------------------------------------------------------
     def position_shape(self) -> list[int | str]:
@@ -101,6 +112,8 @@ class GLMGraph:
     # --- building blocks --------------------------------------------------------------------------------------
     def gelu_erf(self, x: str) -> str:
         g = self.g
+        if self.inv_sqrt2 is None:
+            self.inv_sqrt2 = g.const(1 / math.sqrt(2), self.dtype, "inv_sqrt2")
         erf = g.node("Erf", [g.node("Mul", [x, self.inv_sqrt2])])
         return g.node("Mul", [g.node("Mul", [x, self.half]), g.node("Add", [erf, self.one])])
 
@@ -189,11 +202,13 @@ class GLMGraph:
     def head(
         self, x: str, final_weight: torch.Tensor, final_bias: torch.Tensor, output: Callable[[str], str] | None = None
     ) -> None:
-        """Final LayerNorm and logits; ``output`` overrides the tied projection (an untied head)."""
+        """The positions of ``logits_to_keep``, the final LayerNorm and logits; ``output`` overrides the tied
+        projection (an untied head)."""
         g = self.g
+        x = g.node("Gather", [x, LOGITS_TO_KEEP], axis=1)  # [b, num_logits, hidden]: per-position work after it
         x = self.layernorm(x, "transformer.final_layernorm", final_weight, final_bias)
         logits = output(x) if output is not None else self.tied_logits(x)
-        g.add_output("logits", self.dtype, [BATCH, SEQ, self.config.vocab_size], logits, first=True)
+        g.add_output("logits", self.dtype, [BATCH, NUM_LOGITS, self.config.vocab_size], logits, first=True)
 
     def tied_logits(self, x: str) -> str:
         """``x @ E.T`` with the embedding table itself (Gemm transB on rows, then back to ``[b, s, vocab]``)."""

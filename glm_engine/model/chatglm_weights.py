@@ -219,7 +219,7 @@ class ChatGLMWeights:
                 if weight is not None and scale is not None:
                     bits = plan.quantized_bits[base]
                     if prepare is not None and base in quantizable:
-                        place(base, prepare(QuantizedWeight.from_values(_values(weight, bits), scale, bits)))
+                        place(base, prepare(QuantizedWeight.from_values(release_values(weight, bits), scale, bits)))
                     else:
                         place(base, dequantize_like_reference(weight, scale, bits, dtype))
                     del pending[base], pending[base + SCALE_SUFFIX]
@@ -271,7 +271,7 @@ class ChatGLMWeights:
         )
 
 
-def _values(stored: torch.Tensor, bits: int) -> torch.Tensor:
+def release_values(stored: torch.Tensor, bits: int) -> torch.Tensor:
     """Unpacked int8 values of a release's stored weight (INT4: two per byte, even column high)."""
     return unpack_int4(stored) if bits == 4 else stored.to(torch.int8)
 

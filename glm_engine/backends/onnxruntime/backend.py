@@ -98,4 +98,4 @@ class OnnxRuntimeBackend(GraphLevelBackend):
                 f"{chosen.ort_name} is in this onnxruntime build but did not start (ORT fell back to {active}); "
                 "check the device and its driver/runtime libraries"
             )
-        return OrtRunner(info, session, active)
+        return OrtRunner(info, session, active, (chosen.kv_device, 0))

@@ -22,11 +22,19 @@ class Provider:
     ort_name: str
     install: str
     auto: bool = True  # considered by the automatic choice
+    # ORT device type the runner keeps the KV cache on (I/O binding): the provider's memory where ORT's Python API
+    # names it ("cuda"), host memory otherwise (ORT copies it to the device each call, as without binding).
+    kv_device: str = "cpu"
 
 
 # Automatic choice goes down this list (accelerators first, the CPU last).
 PROVIDERS: tuple[Provider, ...] = (
-    Provider("cuda", "CUDAExecutionProvider", "install onnxruntime-gpu instead of onnxruntime (NVIDIA GPUs)"),
+    Provider(
+        "cuda",
+        "CUDAExecutionProvider",
+        "install onnxruntime-gpu instead of onnxruntime (NVIDIA GPUs)",
+        kv_device="cuda",
+    ),
     Provider(
         "migraphx",
         "MIGraphXExecutionProvider",
@@ -40,6 +48,7 @@ PROVIDERS: tuple[Provider, ...] = (
         "install onnxruntime-gpu with TensorRT's libraries; used only with --ort-provider tensorrt (it builds an "
         "engine when the session starts)",
         auto=False,
+        kv_device="cuda",
     ),
     Provider("cpu", "CPUExecutionProvider", "part of every onnxruntime build"),
 )

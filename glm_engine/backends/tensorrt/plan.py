@@ -5,7 +5,9 @@ installed (platform-notes.md); ``build.py`` and ``runner.py`` only execute these
 Profiles (anchors.md section 3.5, step 4): the exported graph serves prefill (``seq`` tokens, empty past) and decode
 (one token, ``past`` cached), whose shapes are far apart, so two profiles are planned and the runner picks one per
 call: ``prefill`` with ``sequence_length`` in ``[1, opt_seq, max_seq]`` and ``past`` 0, and ``decode`` with one token
-and ``past`` in ``[0, opt_seq, max_seq - 1]``. Every dynamic input gets its ``(min, opt, max)`` in both.
+and ``past`` in ``[0, opt_seq, max_seq - 1]``. Every dynamic input gets its ``(min, opt, max)`` in both;
+``logits_to_keep`` (exports of format version 2) is tuned for one position (generation) and allows up to
+``sequence_length`` (scoring every position).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class GraphIO:
     context_length: int  # positions the graph's rotary tables cover
     position_rows: int  # 1 for GLM-130B (``[b, s]``), 2 for ChatGLM-6B (``[b, 2, s]``)
     dtype: str
+    keeps_logits: bool = False  # the graph takes ``logits_to_keep`` (format version 2)
 
     @classmethod
     def from_genai_config(cls, description: dict[str, Any]) -> GraphIO:
@@ -67,6 +70,7 @@ class GraphIO:
             int(model["context_length"]),
             rows,
             decoder["dtype"],
+            "logits_to_keep" in decoder["input_order"],
         )
 
     def kv_names(self) -> list[str]:
@@ -81,9 +85,11 @@ class Profile:
     shapes: dict[str, tuple[Shape, Shape, Shape]]
 
 
-def _input_shapes(io: GraphIO, batch: int, seq: int, past: int) -> dict[str, Shape]:
+def _input_shapes(io: GraphIO, batch: int, seq: int, past: int, keep: int) -> dict[str, Shape]:
     positions = (batch, seq) if io.position_rows == 1 else (batch, io.position_rows, seq)
     shapes = {"input_ids": (batch, seq), "position_ids": positions, "attention_mask": (batch, 1, seq, past + seq)}
+    if io.keeps_logits:
+        shapes["logits_to_keep"] = (keep,)
     shapes.update({name: (batch, io.num_kv_heads, past, io.head_size) for name in io.kv_names()})
     return shapes
 
@@ -98,8 +104,8 @@ def plan_profiles(io: GraphIO, limits: Limits) -> list[Profile]:
     b, s = limits, limits.max_seq
     profiles = []
     for name, (lo, opt, hi) in (
-        (PREFILL, ((1, 1, 0), (b.opt_batch, b.opt_seq, 0), (b.max_batch, s, 0))),
-        (DECODE, ((1, 1, 0), (b.opt_batch, 1, b.opt_seq), (b.max_batch, 1, s - 1))),
+        (PREFILL, ((1, 1, 0, 1), (b.opt_batch, b.opt_seq, 0, 1), (b.max_batch, s, 0, s))),
+        (DECODE, ((1, 1, 0, 1), (b.opt_batch, 1, b.opt_seq, 1), (b.max_batch, 1, s - 1, 1))),
     ):
         low, mid, high = (_input_shapes(io, *dims) for dims in (lo, opt, hi))
         profiles.append(Profile(name, {key: (low[key], mid[key], high[key]) for key in low}))
@@ -181,7 +187,7 @@ class Binding:
 
     name: str
     is_input: bool
-    role: str  # "input_ids" | "position_ids" | "attention_mask" | "past" | "present" | "logits"
+    role: str  # "input_ids" | "position_ids" | "attention_mask" | "logits_to_keep" | "past" | "present" | "logits"
     capacity: int
 
 
@@ -195,6 +201,8 @@ def binding_plan(io: GraphIO, limits: Limits) -> list[Binding]:
         Binding("position_ids", True, "position_ids", b * io.position_rows * s),
         Binding("attention_mask", True, "attention_mask", b * s * s),
     ]
+    if io.keeps_logits:
+        plan.append(Binding("logits_to_keep", True, "logits_to_keep", s))
     plan += [Binding(name, True, "past", kv) for name in io.kv_names()]
     plan.append(Binding("logits", False, "logits", b * s * io.vocab_size))
     plan += [Binding(name.replace("past_key_values", "present"), False, "present", kv) for name in io.kv_names()]

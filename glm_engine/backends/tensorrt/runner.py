@@ -23,7 +23,12 @@ from glm_engine.errors import InputError
 from glm_engine.export.onnx_export import read_exported
 from glm_engine.model.kv_cache import KVCache
 
-ROLE_DTYPES = {"input_ids": torch.int64, "position_ids": torch.int64, "attention_mask": torch.bool}
+ROLE_DTYPES = {
+    "input_ids": torch.int64,
+    "position_ids": torch.int64,
+    "attention_mask": torch.bool,
+    "logits_to_keep": torch.int64,
+}
 
 
 class TrtRunner:
@@ -88,6 +93,8 @@ class TrtRunner:
             "position_ids": position_ids,
             "attention_mask": blocked.expand(b, 1, s, past + s),
         }
+        if self.io.keeps_logits:  # the last position for generation, every one for scoring
+            feeds["logits_to_keep"] = torch.arange(s - 1 if last_only else 0, s, device=self.device)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             for name, value in feeds.items():
