@@ -1,0 +1,104 @@
+"""LAMBADA as the reference scores it (glm130b.md section 5.5): predict the last word of a passage.
+
+Generation bans punctuation: every punctuation character that is one token is never generated, and the tokens of
+every punctuation character are banned as a prefix of the answer (a multi-token prefix when a beam's last tokens
+match its start). With GLM-130B's vocabulary the reference's own icetk ids are banned too. The prediction is the
+first word of the first beam whose second word is punctuation (else beam 0); accuracy compares it, stripped, with
+the stripped target.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Sequence
+
+import torch
+
+from glm_engine.engine import Engine
+from glm_engine.evaluation.datasets import GenerationExample
+from glm_engine.evaluation.generation import answer_tokens
+from glm_engine.evaluation.tasks import GenerationTask, Progress
+from glm_engine.generation.strategies import FILTER_VALUE, BeamSearchStrategy, GreedyStrategy
+from glm_engine.tokenizer import GLMTokenizer
+from glm_engine.vocab import VocabLayout
+
+# G:tasks/lambada/task.py: icetk ids it never generates and first tokens it bans, for GLM-130B's vocabulary only.
+ICETK_INVALID_IDS = (20068, 146010, 146337)
+ICETK_BANNED_PREFIXES = ((46010,), (146337,))
+
+
+def punctuation_bans(tokenizer: GLMTokenizer) -> tuple[list[int], list[tuple[int, ...]]]:
+    """Ids never to generate and token prefixes banned at the start of the answer."""
+    invalid: list[int] = []
+    prefixes: list[tuple[int, ...]] = []
+    if tokenizer.layout == VocabLayout():
+        invalid.extend(ICETK_INVALID_IDS)
+        prefixes.extend(ICETK_BANNED_PREFIXES)
+    for char in string.punctuation:
+        ids = tuple(tokenizer.encode(char))
+        if len(ids) == 1:
+            invalid.append(ids[0])
+        if ids:
+            prefixes.append(ids)
+    return invalid, prefixes
+
+
+class LambadaBeamSearch(BeamSearchStrategy):
+    """Beam search that bans each prefix's last token where a beam has just generated the rest of it."""
+
+    def __init__(self, banned_prefixes: Sequence[tuple[int, ...]], **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.banned_prefixes = [tuple(p) for p in banned_prefixes]
+
+    def step(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits.clone()
+        for prefix in self.banned_prefixes:
+            if self._length_generated != len(prefix) - 1:
+                continue
+            for row, beams in enumerate(self._beams):
+                for beam, generated in enumerate(beams):
+                    if tuple(generated) == prefix[:-1]:
+                        logits[row, beam, prefix[-1]] = FILTER_VALUE
+        return super().step(logits)
+
+
+def is_punctuation(word: str) -> bool:
+    return bool(word) and all(ch in string.punctuation for ch in word)
+
+
+def choose_word(beam_texts: Sequence[str]) -> str:
+    """The first word of the first beam whose second word is punctuation, else of beam 0."""
+    chosen = next((t for t in beam_texts if len(t.split()) > 1 and is_punctuation(t.split()[1])), beam_texts[0])
+    words = chosen.split()
+    return words[0] if words else ""
+
+
+class LambadaTask(GenerationTask):
+    """The reference's ``tasks.lambada.task.LAMBADA``: a ``gen`` task whose metric is Accuracy."""
+
+    default_metrics = ("Accuracy",)
+
+    def new_strategy(self, engine: Engine) -> Callable[[], object]:
+        c, layout = self.config, engine.tokenizer.layout
+        invalid_ids, prefixes = punctuation_bans(engine.tokenizer)
+        invalid = (*engine.banned_tokens, *invalid_ids)
+        if c.sampling_strategy != "BeamSearchStrategy":  # greedy: the per-step bans only
+            return lambda: GreedyStrategy(end_tokens=layout.end_tokens, invalid_slices=invalid)
+        return lambda: LambadaBeamSearch(
+            prefixes,
+            num_beams=c.num_beams,
+            length_penalty=c.length_penalty,
+            consider_end=True,
+            end_tokens=layout.end_tokens,
+            invalid_slices=invalid,
+            no_repeat_ngram_size=c.no_repeat_ngram_size,
+            min_gen_length=c.min_gen_length,
+            deterministic=True,
+        )
+
+    def predict(self, engine: Engine, examples: Sequence[GenerationExample], progress: Progress) -> list[str]:
+        end = engine.tokenizer.layout.end_tokens
+        return [
+            choose_word([engine.tokenizer.decode(answer_tokens(b, end)) for b in beams])
+            for beams in self.generate_beams(engine, examples, progress)
+        ]
