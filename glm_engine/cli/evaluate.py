@@ -95,6 +95,8 @@ def evaluate(
             )
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)
+        for task in prepared:
+            task.load_data(engine)
         with file_progress() as update:
             results = [run_task(engine, p, update) for p in prepared]
         if output is OutputFormat.json:

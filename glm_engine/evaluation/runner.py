@@ -1,15 +1,17 @@
 """Run task configs on a loaded engine: find each group's data files, predict them, compute the metrics per file.
 
-Every task is checked (its module, metrics and data files) before the first one runs, so a typo in the last YAML
-fails in seconds, not after hours of scoring.
+Every task is checked (its module, metrics and data files) before the model loads, and every data file is read once
+it has (tokenizing needs its tokenizer) before the first one is scored, so a typo in the last YAML or jsonl fails in
+seconds, not after hours of scoring.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from glm_engine.engine import Engine
 from glm_engine.errors import TaskError
@@ -30,6 +32,17 @@ class PreparedTask:
     metrics: dict[str, Metric]
     data_dir: Path
     files: dict[str, list[Path]]
+    examples: dict[Path, list[Any]] = field(default_factory=dict)  # filled by load_data
+
+    def load_data(self, engine: Engine) -> None:
+        """Read every data file (a bad line fails here, before any scoring)."""
+        for paths in self.files.values():
+            for path in paths:
+                if path not in self.examples:
+                    examples = self.task.load_examples(path, engine)
+                    if not examples:
+                        raise TaskError(f"{path}: no examples in this file")
+                    self.examples[path] = examples
 
 
 def data_folder(config: TaskConfig, data_path: Path | None) -> Path:
@@ -72,9 +85,8 @@ def run_task(engine: Engine, prepared: PreparedTask, progress: Progress | None =
     for group, paths in prepared.files.items():
         for path in paths:
             label = path.relative_to(prepared.data_dir).as_posix()
-            examples = task.load_examples(path, engine)
-            if not examples:
-                raise TaskError(f"{path}: no examples in this file")
+            prepared.load_data(engine)
+            examples = prepared.examples[path]
             done = 0
 
             def advance(n: int, label: str = label, total: int = len(examples)) -> None:
@@ -95,5 +107,8 @@ def run_task(engine: Engine, prepared: PreparedTask, progress: Progress | None =
 def evaluate(
     engine: Engine, configs: Sequence[TaskConfig], data_path: Path | None = None, progress: Progress | None = None
 ) -> list[TaskResult]:
-    """Check every task, then run them in order."""
-    return [run_task(engine, p, progress) for p in prepare(configs, data_path)]
+    """Check every task and read all its data, then run them in order."""
+    prepared = prepare(configs, data_path)
+    for task in prepared:
+        task.load_data(engine)
+    return [run_task(engine, p, progress) for p in prepared]
