@@ -1,0 +1,124 @@
+"""Task encodings against hand-built tokens, positions and masks (glm130b.md section 5.4)."""
+
+import pytest
+import torch
+
+from glm_engine.errors import TaskError
+from glm_engine.evaluation.generation import align_prompts, encode_generation
+from glm_engine.evaluation.multiple_choice import encode_multiple_choice
+from glm_engine.evaluation.perplexity import lm_windows
+from glm_engine.vocab import VocabLayout
+
+L = VocabLayout(text_offset=10, mask=500, gmask=501, smask=502, eod=503, sop=504, eop=505, enc=506, dblock=507, eos=12)
+MASK, GMASK, SOP = L.mask, L.gmask, L.sop
+
+
+def grid(*rows: str) -> torch.Tensor:
+    """A bool matrix from rows of '1' (may attend) and '.' (blocked)."""
+    return torch.tensor([[c == "1" for c in row] for row in rows])
+
+
+def test_multi_token_choices_with_mask_share_the_mask_position():
+    s = encode_multiple_choice([30, 31, 32], [[40, 41], [42, 43, 44]], L, False, False, 64)
+    assert s.sample.ids == [30, 31, 32, MASK, SOP, 40, SOP, 42, 43]
+    assert s.sample.positions == [0, 1, 2, 3, 3, 3, 3, 3, 3]
+    assert s.targets == [([4, 5], [40, 41]), ([6, 7, 8], [42, 43, 44])]
+    expected = grid(
+        "1111.....",
+        "1111.....",
+        "1111.....",
+        "1111.....",
+        "11111....",  # first choice block: the context and itself, causally
+        "111111...",
+        "1111..1..",  # second block: blind to the first
+        "1111..11.",
+        "1111..111",
+    )
+    assert torch.equal(s.sample.allowed, expected)
+
+
+def test_gmask_choice_positions_continue_and_restart_for_each_choice():
+    s = encode_multiple_choice([30, 31, 32], [[40, 41], [42, 43, 44]], L, True, False, 64)
+    assert s.sample.ids == [30, 31, 32, GMASK, SOP, 40, SOP, 42, 43]
+    assert s.sample.positions == [0, 1, 2, 3, 4, 5, 4, 5, 6]
+
+
+def test_a_mask_already_in_the_text_is_used_where_it_stands():
+    s = encode_multiple_choice([30, MASK, 31], [[40, 41], [42]], L, False, False, 64)
+    assert s.sample.ids == [30, MASK, 31, SOP, 40, SOP]
+    assert s.sample.positions == [0, 1, 2, 1, 1, 1]
+    assert s.targets == [([3, 4], [40, 41]), ([5], [42])]
+
+
+def test_single_token_choices_share_one_sop_block():
+    s = encode_multiple_choice([30, 31], [[40], [41], [42]], L, False, False, 64)
+    assert s.sample.ids == [30, 31, MASK, SOP]
+    assert s.sample.positions == [0, 1, 2, 2]
+    assert s.targets == [([3], [40]), ([3], [41]), ([3], [42])]
+    g = encode_multiple_choice([30, 31], [[40], [41]], L, True, False, 64)
+    assert g.sample.ids == [30, 31, GMASK, SOP] and g.sample.positions == [0, 1, 2, 3]
+
+
+def test_truncation_keeps_the_last_tokens_leaving_room_for_choices_mask_and_sop():
+    text = list(range(30, 50))
+    s = encode_multiple_choice(text, [[40, 41], [42, 43]], L, False, False, 12)  # room: 12 - 4 - 2 = 6
+    assert s.sample.ids[:7] == [44, 45, 46, 47, 48, 49, MASK]
+    single = encode_multiple_choice(text, [[40], [41]], L, False, False, 12)  # single tokens count as 1: 12 - 3
+    assert single.sample.ids == [*range(41, 50), MASK, SOP]
+    with pytest.raises(TaskError, match="no room"):
+        encode_multiple_choice(text, [[40] * 6, [41] * 6], L, False, False, 12)
+
+
+def test_unidirectional_choice_context_is_causal():
+    s = encode_multiple_choice([30, 31], [[40, 41], [42, 43]], L, True, True, 64)
+    assert torch.equal(s.sample.allowed[:3, :3], torch.ones(3, 3, dtype=torch.bool).tril())
+    assert s.sample.allowed[3:, :3].all()
+
+
+def test_generation_bidirectional_appends_mask_and_sop():
+    p = encode_generation([30, 31, 32], L, False, False, 8, 64)
+    assert p.row.context == [30, 31, 32, MASK, SOP] and p.row.mask_position == 3 and not p.row.gmask
+    aligned = align_prompts([p], 8, L.pad)
+    assert aligned.position_ids[0].tolist() == [0, 1, 2, 3, 3] + [3] * 8  # sop and answers at the mask
+    assert not aligned.blocked[0, 0, :4, :4].any()  # the text and the mask see each other
+    assert aligned.blocked[0, 0, 5, 6] and not aligned.blocked[0, 0, 6, 5]
+
+
+def test_generation_blank_fills_the_mask_in_the_text():
+    p = encode_generation([30, MASK, 31], L, False, False, 8, 64)
+    assert p.row.context == [30, MASK, 31, SOP] and p.row.mask_position == 1
+    assert align_prompts([p], 4, L.pad).position_ids[0].tolist() == [0, 1, 2, 1, 1, 1, 1, 1]
+
+
+def test_generation_unidirectional_puts_gmask_and_sop_first_and_is_causal():
+    p = encode_generation([30, 31, 32], L, True, True, 4, 64)
+    assert p.row.context == [GMASK, SOP, 30, 31, 32] and p.row.gmask and p.unidirectional
+    aligned = align_prompts([p], 4, L.pad)
+    assert aligned.position_ids[0].tolist() == list(range(9))
+    assert torch.equal(aligned.blocked[0, 0], ~torch.ones(9, 9, dtype=torch.bool).tril())
+    gmask = encode_generation([30, 31, 32], L, True, False, 4, 64)
+    assert gmask.row.context == [30, 31, 32, GMASK, SOP] and gmask.row.gmask
+    with pytest.raises(TaskError, match="blank"):
+        encode_generation([30, GMASK], L, True, True, 4, 64)
+
+
+def test_generation_truncation_leaves_room_for_the_answer():
+    p = encode_generation(list(range(30, 50)), L, False, False, 8, 16)  # 16 - 8 - 2 = 6 tokens of text
+    assert p.row.context == [44, 45, 46, 47, 48, 49, MASK, SOP]
+
+
+def test_unidirectional_lm_windows_are_causal_and_score_every_token_once():
+    tokens = list(range(30, 75))  # 45 tokens, windows of 15, 5 new tokens each after the first
+    for unidirectional in (False, True):
+        windows = lm_windows(tokens, 15, 5, GMASK, SOP, unidirectional)
+        assert [t for w in windows for t in w.targets] == tokens
+        for w in windows:
+            scored = w.sample.ids[w.first_scored : w.first_scored + len(w.targets)]
+            assert scored[0] == SOP or scored[0] == tokens[tokens.index(w.targets[0]) - 1]  # teacher forcing
+            assert len(w.sample.ids) <= 16
+    later = lm_windows(tokens, 15, 5, GMASK, SOP, True)[1]
+    assert later.sample.ids[:2] == [GMASK, SOP] and later.first_scored == 11  # the last prompt token predicts
+    n = len(later.sample.ids)
+    assert torch.equal(later.sample.allowed, torch.ones(n, n, dtype=torch.bool).tril())
+    bidirectional = lm_windows(tokens, 15, 5, GMASK, SOP, False)[1]
+    assert bidirectional.sample.ids[10:12] == [GMASK, SOP] and bidirectional.sample.allowed[:11, :11].all()
