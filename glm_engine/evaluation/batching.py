@@ -8,13 +8,15 @@ attends only to itself, so no softmax row is empty (an all-blocked row is NaN in
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
 T = TypeVar("T")
+# logits [b, s, vocab] for ids and positions [b, s] and a bool mask [b, 1, s, s] (True = blocked): Engine.forward
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from glm_engine.errors import TaskError
-from glm_engine.evaluation.batching import Sample, collate, micro_batches
+from glm_engine.evaluation.batching import Forward, Sample, collate, micro_batches
 from glm_engine.vocab import VocabLayout
 
-# logits [b, s, vocab] for ids and positions [b, s] and a bool mask [b, 1, s, s] (True = blocked): Engine.forward
-Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # The mask token plus one sop: what the reference reserves beside the text and the choices when truncating.
 RESERVED_TOKENS = 2
 

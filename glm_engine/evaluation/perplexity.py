@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from glm_engine.backends.base import ModelRunner
-from glm_engine.evaluation.batching import Sample, collate, micro_batches
+from glm_engine.evaluation.batching import Forward, Sample, collate, micro_batches
 from glm_engine.generation.masks import generation_blocked
 from glm_engine.tokenizer import GLMTokenizer
 
@@ -104,9 +104,6 @@ def lm_windows(
         allowed = ~generation_blocked(bidirectional + 1, len(ids))
         windows.append(Window(Sample(ids, list(range(len(ids))), allowed), first, text))
     return windows
-
-
-Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.inference_mode()
