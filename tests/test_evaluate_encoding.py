@@ -5,8 +5,10 @@ import torch
 
 from glm_engine.errors import TaskError
 from glm_engine.evaluation.generation import align_prompts, encode_generation
+from glm_engine.evaluation.lambada import ICETK_INVALID_IDS, LambadaBeamSearch, choose_word, punctuation_bans
 from glm_engine.evaluation.multiple_choice import encode_multiple_choice
 from glm_engine.evaluation.perplexity import lm_windows
+from glm_engine.tokenizer import builtin_tokenizer
 from glm_engine.vocab import VocabLayout
 
 L = VocabLayout(text_offset=10, mask=500, gmask=501, smask=502, eod=503, sop=504, eop=505, enc=506, dblock=507, eos=12)
@@ -122,3 +124,27 @@ def test_unidirectional_lm_windows_are_causal_and_score_every_token_once():
     assert torch.equal(later.sample.allowed, torch.ones(n, n, dtype=torch.bool).tril())
     bidirectional = lm_windows(tokens, 15, 5, GMASK, SOP, False)[1]
     assert bidirectional.sample.ids[10:12] == [GMASK, SOP] and bidirectional.sample.allowed[:11, :11].all()
+
+
+def test_lambada_bans_punctuation_prefixes_at_the_start_of_the_answer():
+    search = LambadaBeamSearch([(7,), (3, 8)], num_beams=2, end_tokens=(2,), deterministic=True)
+    search.start([[30, 31]])
+    logits = torch.full((1, 1, 10), -5.0)
+    logits[0, 0, 7], logits[0, 0, 3], logits[0, 0, 4] = 5.0, 4.0, 3.0  # 7 is best but banned as a first token
+    tokens, _ = search.step(logits)
+    assert tokens[0].tolist() == [3, 4]
+    logits = torch.full((1, 2, 10), -5.0)
+    logits[:, :, 8] = 5.0  # 8 is banned only after 3 (the beam that generated the prefix's start)
+    logits[:, :, 9] = 1.0
+    tokens, parents = search.step(logits)
+    kept = set(zip(parents[0].tolist(), tokens[0].tolist()))
+    assert (0, 8) not in kept and kept == {(0, 9), (1, 8)}
+
+
+def test_lambada_predicts_the_first_word_of_the_first_beam_ending_in_punctuation():
+    assert choose_word(["the dog ran", "cat .", "mouse !"]) == "cat"
+    assert choose_word(["the dog ran", "cat"]) == "the"
+    assert choose_word([""]) == ""
+    invalid, prefixes = punctuation_bans(builtin_tokenizer())
+    assert all(len(p) >= 1 for p in prefixes) and len(prefixes) >= len(invalid)
+    assert set(ICETK_INVALID_IDS) <= set(invalid)  # GLM-130B's layout: the reference's own icetk ids too
