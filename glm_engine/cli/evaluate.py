@@ -23,7 +23,7 @@ from glm_engine.cli.progress import progress_bar
 from glm_engine.engine import DEFAULT_MODEL, load
 from glm_engine.evaluation.config import find_task_files, load_task_file
 from glm_engine.evaluation.report import render_tables, to_json
-from glm_engine.evaluation.runner import prepare, run_task
+from glm_engine.evaluation.runner import prepare, run_prepared
 
 
 class OutputFormat(str, Enum):
@@ -95,10 +95,8 @@ def evaluate(
             )
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)
-        for task in prepared:
-            task.load_data(engine)
         with file_progress() as update:
-            results = [run_task(engine, p, update) for p in prepared]
+            results = run_prepared(engine, prepared, update)
         if output is OutputFormat.json:
             text = to_json(results, engine.source)
             print(text)

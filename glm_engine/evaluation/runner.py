@@ -32,17 +32,33 @@ class PreparedTask:
     metrics: dict[str, Metric]
     data_dir: Path
     files: dict[str, list[Path]]
-    examples: dict[Path, list[Any]] = field(default_factory=dict)  # filled by load_data
+    examples: dict[Path, list[Any]] = field(default_factory=dict)  # read ahead by load_data, freed once scored
+
+    def read(self, path: Path, engine: Engine) -> list[Any]:
+        """The examples of one data file (at least one)."""
+        examples = self.task.load_examples(path, engine)
+        if not examples:
+            raise TaskError(f"{path}: no examples in this file")
+        return examples
 
     def load_data(self, engine: Engine) -> None:
-        """Read every data file (a bad line fails here, before any scoring)."""
+        """Read every data file now, so a bad line fails before any scoring."""
         for paths in self.files.values():
             for path in paths:
                 if path not in self.examples:
-                    examples = self.task.load_examples(path, engine)
-                    if not examples:
-                        raise TaskError(f"{path}: no examples in this file")
-                    self.examples[path] = examples
+                    self.examples[path] = self.read(path, engine)
+
+
+class _FileProgress:
+    """Counts one file's finished examples for a ``Progress`` callback."""
+
+    def __init__(self, progress: Progress | None, label: str, total: int) -> None:
+        self.progress, self.label, self.total, self.done = progress, label, total, 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.label, self.done, self.total)
 
 
 def data_folder(config: TaskConfig, data_path: Path | None) -> Path:
@@ -85,16 +101,8 @@ def run_task(engine: Engine, prepared: PreparedTask, progress: Progress | None =
     for group, paths in prepared.files.items():
         for path in paths:
             label = path.relative_to(prepared.data_dir).as_posix()
-            prepared.load_data(engine)
-            examples = prepared.examples[path]
-            done = 0
-
-            def advance(n: int, label: str = label, total: int = len(examples)) -> None:
-                nonlocal done
-                done += n
-                if progress is not None:
-                    progress(f"{config.name}: {label}", done, total)
-
+            examples = prepared.examples.pop(path, None) or prepared.read(path, engine)
+            advance = _FileProgress(progress, f"{config.name}: {label}", len(examples))
             predictions = task.predict(engine, examples, advance)
             for subset, indices in task.subsets(examples).items():
                 chosen_predictions = [predictions[i] for i in indices]
@@ -104,11 +112,17 @@ def run_task(engine: Engine, prepared: PreparedTask, progress: Progress | None =
     return TaskResult(config.name, config.type.value, list(prepared.metrics), rows, time.perf_counter() - started)
 
 
-def evaluate(
-    engine: Engine, configs: Sequence[TaskConfig], data_path: Path | None = None, progress: Progress | None = None
+def run_prepared(
+    engine: Engine, prepared: Sequence[PreparedTask], progress: Progress | None = None
 ) -> list[TaskResult]:
-    """Check every task and read all its data, then run them in order."""
-    prepared = prepare(configs, data_path)
+    """Read every task's data, then score the tasks in order."""
     for task in prepared:
         task.load_data(engine)
     return [run_task(engine, p, progress) for p in prepared]
+
+
+def evaluate(
+    engine: Engine, configs: Sequence[TaskConfig], data_path: Path | None = None, progress: Progress | None = None
+) -> list[TaskResult]:
+    """Check every task and read all its data, then run them in order (the Python API of ``glm-engine evaluate``)."""
+    return run_prepared(engine, prepare(configs, data_path), progress)
