@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -46,8 +47,8 @@ def punctuation_bans(tokenizer: GLMTokenizer) -> tuple[list[int], list[tuple[int
 class LambadaBeamSearch(BeamSearchStrategy):
     """Beam search that bans each prefix's last token where a beam has just generated the rest of it."""
 
-    def __init__(self, banned_prefixes: Sequence[tuple[int, ...]], **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, banned_prefixes: Sequence[tuple[int, ...]], **beam_options: Any) -> None:
+        super().__init__(**beam_options)
         self.banned_prefixes = [tuple(p) for p in banned_prefixes]
 
     def step(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
