@@ -43,7 +43,10 @@ def test_f1_counts_shared_tokens_with_multiplicity():
     # "the big red dog" -> [big, red, dog] vs "a red dog barks" -> [red, dog, barks]: shared 2, P = R = 2/3
     assert token_f1("the big red dog", "a red dog barks") == pytest.approx(2 / 3)
     assert token_f1("blue", "red") == 0.0
-    assert token_f1("the", "a") == 1.0  # both normalize to nothing
+    # the reference's f1_score is 0 whenever nothing is shared, also when both normalize to nothing
+    assert token_f1("the", "a") == 0.0
+    assert token_f1("", ".") == 0.0
+    assert metric("F1", TaskType.GENERATION)([""], [gen("The.")]) == 0.0
     assert token_f1("the", "cat") == 0.0
 
 

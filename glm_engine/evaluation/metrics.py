@@ -36,10 +36,9 @@ def exact_match(prediction: str, target: str) -> float:
 
 def token_f1(prediction: str, target: str) -> float:
     """Harmonic mean of precision and recall of the normalized whitespace tokens (shared tokens counted with
-    multiplicity). Two empty answers match (1.0); one empty answer scores 0."""
+    multiplicity). As the reference's ``f1_score``: 0 whenever no token is shared, so two answers that both normalize
+    to nothing (``"the"`` and ``"."``) score 0, not 1."""
     predicted, expected = normalize_answer(prediction).split(), normalize_answer(target).split()
-    if not predicted or not expected:
-        return float(predicted == expected)
     shared = sum((Counter(predicted) & Counter(expected)).values())
     if shared == 0:
         return 0.0

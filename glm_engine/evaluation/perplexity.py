@@ -3,8 +3,9 @@
 The token stream is cut into windows of up to ``max_sequence_length - 1`` tokens; window k scores its last
 ``generation_length`` tokens (window 0 scores all of its tokens) given the rest as a bidirectional prompt:
 input ``prompt + [gMASK, sop] + text[:-1]``, positions ``arange``, the prompt and ``[gMASK]`` bidirectional, the rest
-causal. PPL is ``exp(min(20, total NLL / number of units))`` where the reference's unit is the whitespace word of
-the raw text (word-level PPL); characters or tokens can be asked for where words make no sense (Chinese).
+causal. PPL is ``exp(min(20, total NLL / number of units))`` where the reference's unit is its word count of the raw
+text, ``len(text.strip().split(" "))`` (pieces between single spaces: a newline does not separate words, a double
+space adds an empty one); characters or tokens can be asked for where words make no sense (Chinese).
 
 ``unidirectional`` windows are causal throughout: ``[gMASK, sop] + window[:-1]`` with the same scored tokens. (The
 reference's unidirectional windows score every token of each window, so tokens in the overlap of two windows count
@@ -21,6 +22,7 @@ import torch
 
 from glm_engine.backends.base import ModelRunner
 from glm_engine.evaluation.batching import Forward, Sample, collate, micro_batches
+from glm_engine.evaluation.datasets import word_count
 from glm_engine.generation.masks import generation_blocked
 from glm_engine.tokenizer import GLMTokenizer
 
@@ -56,8 +58,10 @@ def bits_per_byte(nll: float, num_bytes: int) -> float:
 
 
 def count_units(text: str, unit: str) -> int:
+    """``text``'s units: ``words`` is the reference's ``num_original_tokens`` (the word count ``glm-engine evaluate``
+    divides by), ``chars`` the non-whitespace characters."""
     if unit == "words":
-        return len(text.split())
+        return word_count(text)
     if unit == "chars":
         return sum(1 for ch in text if not ch.isspace())
     raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
