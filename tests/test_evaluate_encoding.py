@@ -1,13 +1,18 @@
 """Task encodings against hand-built tokens, positions and masks (glm130b.md section 5.4)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from glm_engine.errors import TaskError
-from glm_engine.evaluation.generation import align_prompts, encode_generation
+from glm_engine.evaluation.config import parse_task_config
+from glm_engine.evaluation.generation import align_prompts, build_strategy, encode_generation
 from glm_engine.evaluation.lambada import ICETK_INVALID_IDS, LambadaBeamSearch, choose_word, punctuation_bans
 from glm_engine.evaluation.multiple_choice import encode_multiple_choice
 from glm_engine.evaluation.perplexity import lm_windows
+from glm_engine.evaluation.tasks import resolve_task
+from glm_engine.generation.strategies import BeamSearchStrategy
 from glm_engine.tokenizer import builtin_tokenizer
 from glm_engine.vocab import VocabLayout
 
@@ -148,3 +153,12 @@ def test_lambada_predicts_the_first_word_of_the_first_beam_ending_in_punctuation
     invalid, prefixes = punctuation_bans(builtin_tokenizer())
     assert all(len(p) >= 1 for p in prefixes) and len(prefixes) >= len(invalid)
     assert set(ICETK_INVALID_IDS) <= set(invalid)  # GLM-130B's layout: the reference's own icetk ids too
+
+
+def test_evaluation_beam_search_counts_contexts_padded_to_32():
+    engine = SimpleNamespace(tokenizer=builtin_tokenizer(), banned_tokens=())
+    common = {"name": "l", "type": "gen", "path": ".", "sampling_strategy": "BeamSearchStrategy"}
+    plain = build_strategy(parse_task_config(common), L)
+    assert isinstance(plain, BeamSearchStrategy) and plain.context_tile == 32
+    lambada = resolve_task(parse_task_config({**common, "module": "tasks.lambada.task.LAMBADA"})).new_strategy(engine)()
+    assert isinstance(lambada, LambadaBeamSearch) and lambada.invalid_slices and lambada.context_tile == 32

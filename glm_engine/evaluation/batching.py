@@ -1,9 +1,12 @@
-"""Scoring samples with explicit attention masks, padded into micro-batches that give the same logits as one by one.
+"""Scoring samples with explicit attention masks, padded into micro-batches that give the same logits as one by one,
+and the encoding constants the task types share.
 
 Every sample carries its own ids, positions and ``allowed`` matrix (True = may attend). A batch pads on the right to
-its longest sample: pad columns are blocked for every real row, so a real row computes what it computes alone (the
-reference pads to a multiple of 32 for its kernels; that cannot change a result, so we pad to the longest). A pad row
-attends only to itself, so no softmax row is empty (an all-blocked row is NaN in some attention kernels).
+its longest sample: pad columns are blocked for every real row, so a real row computes what it computes alone. The
+reference pads to a multiple of :data:`REFERENCE_TILE`; for the ``mul`` and ``lm`` scores that cannot change a result,
+so we pad to the longest. It does change beam search (the padded length enters the length penalty), which
+:mod:`glm_engine.evaluation.generation` reproduces. A pad row attends only to itself, so no softmax row is empty (an
+all-blocked row is NaN in some attention kernels).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import TypeVar
 import torch
 
 T = TypeVar("T")
+# The reference's evaluation collates pad every micro-batch to its longest sample rounded up to a multiple of this.
+REFERENCE_TILE = 32
 # logits [b, s, vocab] for ids and positions [b, s] and a bool mask [b, 1, s, s] (True = blocked): Engine.forward
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

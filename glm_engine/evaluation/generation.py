@@ -9,18 +9,22 @@
 * Greedy decoding for BaseStrategy (the reference's top_k=1: on an exact tie we take the first id, where the reference
   samples among the tied ids), or deterministic beam search with the task's beam settings; the answer is beam 0 with
   a trailing end token dropped.
+* Beam search counts the context as the reference's collate pads it: the micro-batch's longest context rounded up to
+  a multiple of 32, in the length penalty ``((5 + length) / 6) ** length_penalty`` and the stop test. That padding
+  can change which ended beam is best, so beam answers depend on the micro-batch as the reference's do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from glm_engine.backends.base import ModelRunner
 from glm_engine.errors import TaskError
-from glm_engine.evaluation.batching import micro_batches
+from glm_engine.evaluation.batching import REFERENCE_TILE, micro_batches
 from glm_engine.evaluation.config import TaskConfig
 from glm_engine.generation.decode import Strategy, decode_aligned
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
@@ -62,19 +66,26 @@ def encode_generation(
     return GenerationPrompt(GenerationRow([*text, mask_id, layout.sop], len(text), use_task_mask), False)
 
 
-def build_strategy(config: TaskConfig, layout: VocabLayout, invalid: tuple[slice, ...] = ()) -> Strategy:
+def beam_options(config: TaskConfig, layout: VocabLayout, invalid: Sequence[slice | int] = ()) -> dict[str, Any]:
+    """:class:`BeamSearchStrategy` arguments for a task: its beam settings, deterministic, contexts counted padded
+    to the reference's tile."""
+    return dict(
+        num_beams=config.num_beams,
+        length_penalty=config.length_penalty,
+        consider_end=True,
+        end_tokens=layout.end_tokens,
+        invalid_slices=tuple(invalid),
+        no_repeat_ngram_size=config.no_repeat_ngram_size,
+        min_gen_length=config.min_gen_length,
+        deterministic=True,
+        context_tile=REFERENCE_TILE,
+    )
+
+
+def build_strategy(config: TaskConfig, layout: VocabLayout, invalid: Sequence[slice | int] = ()) -> Strategy:
     """The reference's evaluation strategies: greedy, or beam search with ``deterministic=True``."""
     if config.sampling_strategy == "BeamSearchStrategy":
-        return BeamSearchStrategy(
-            config.num_beams,
-            length_penalty=config.length_penalty,
-            consider_end=True,
-            end_tokens=layout.end_tokens,
-            invalid_slices=invalid,
-            no_repeat_ngram_size=config.no_repeat_ngram_size,
-            min_gen_length=config.min_gen_length,
-            deterministic=True,
-        )
+        return BeamSearchStrategy(**beam_options(config, layout, invalid))
     return GreedyStrategy(end_tokens=layout.end_tokens, invalid_slices=invalid)
 
 

@@ -17,7 +17,7 @@ import torch
 
 from glm_engine.engine import Engine
 from glm_engine.evaluation.datasets import GenerationExample
-from glm_engine.evaluation.generation import answer_tokens
+from glm_engine.evaluation.generation import answer_tokens, beam_options
 from glm_engine.evaluation.tasks import GenerationTask, Progress
 from glm_engine.generation.strategies import FILTER_VALUE, BeamSearchStrategy, GreedyStrategy
 from glm_engine.tokenizer import GLMTokenizer
@@ -85,17 +85,8 @@ class LambadaTask(GenerationTask):
         invalid = (*engine.banned_tokens, *invalid_ids)
         if c.sampling_strategy != "BeamSearchStrategy":  # greedy: the per-step bans only
             return lambda: GreedyStrategy(end_tokens=layout.end_tokens, invalid_slices=invalid)
-        return lambda: LambadaBeamSearch(
-            prefixes,
-            num_beams=c.num_beams,
-            length_penalty=c.length_penalty,
-            consider_end=True,
-            end_tokens=layout.end_tokens,
-            invalid_slices=invalid,
-            no_repeat_ngram_size=c.no_repeat_ngram_size,
-            min_gen_length=c.min_gen_length,
-            deterministic=True,
-        )
+        options = beam_options(c, layout, invalid)
+        return lambda: LambadaBeamSearch(prefixes, **options)
 
     def predict(self, engine: Engine, examples: Sequence[GenerationExample], progress: Progress) -> list[str]:
         end = engine.tokenizer.layout.end_tokens
