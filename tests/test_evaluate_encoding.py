@@ -150,6 +150,19 @@ def test_lambada_predicts_the_first_word_of_the_first_beam_ending_in_punctuation
     assert choose_word(["the dog ran", "cat .", "mouse !"]) == "cat"
     assert choose_word(["the dog ran", "cat"]) == "the"
     assert choose_word([""]) == ""
+
+
+def test_lambada_splits_words_as_the_reference():
+    # text.strip().split(" "): a newline does not split words
+    assert choose_word(["dog barked", "cat\n."]) == "dog"
+    assert choose_word(["door\nopened .", "cat ."]) == "door\nopened"
+    # `spl[1] in string.punctuation` is a substring test: ".," is not a substring, an empty word (two spaces) is
+    assert choose_word(["dog barked", "cat .,"]) == "dog"
+    assert choose_word(["dog barked", "cat  ."]) == "cat"
+    assert choose_word(["dog barked", 'cat !"']) == "cat"
+
+
+def test_lambada_punctuation_bans():
     invalid, prefixes = punctuation_bans(builtin_tokenizer())
     assert all(len(p) >= 1 for p in prefixes) and len(prefixes) >= len(invalid)
     assert set(ICETK_INVALID_IDS) <= set(invalid)  # GLM-130B's layout: the reference's own icetk ids too

@@ -3,8 +3,8 @@
 Generation bans punctuation: every punctuation character that is one token is never generated, and the tokens of
 every punctuation character are banned as a prefix of the answer (a multi-token prefix when a beam's last tokens
 match its start). With GLM-130B's vocabulary the reference's own icetk ids are banned too. The prediction is the
-first word of the first beam whose second word is punctuation (else beam 0); accuracy compares it, stripped, with
-the stripped target.
+first word of the first beam whose second word is punctuation (else beam 0), split as the reference splits; accuracy
+compares it, stripped, with the stripped target.
 """
 
 from __future__ import annotations
@@ -63,15 +63,16 @@ class LambadaBeamSearch(BeamSearchStrategy):
         return super().step(logits)
 
 
-def is_punctuation(word: str) -> bool:
-    return bool(word) and all(ch in string.punctuation for ch in word)
-
-
 def choose_word(beam_texts: Sequence[str]) -> str:
-    """The first word of the first beam whose second word is punctuation, else of beam 0."""
-    chosen = next((t for t in beam_texts if len(t.split()) > 1 and is_punctuation(t.split()[1])), beam_texts[0])
-    words = chosen.split()
-    return words[0] if words else ""
+    """The first word of the first beam whose second word is punctuation, else of beam 0, as the reference does it:
+    words are ``text.strip().split(" ")`` (a newline does not split), and "is punctuation" is a substring test on
+    ``string.punctuation`` (so an empty word between two spaces counts, ``".,"`` does not)."""
+
+    def words(text: str) -> list[str]:
+        return text.strip().split(" ")
+
+    chosen = next((t for t in beam_texts if len(words(t)) >= 2 and words(t)[1] in string.punctuation), beam_texts[0])
+    return words(chosen)[0]
 
 
 class LambadaTask(GenerationTask):
