@@ -12,7 +12,7 @@ from glm_engine.evaluation.lambada import ICETK_INVALID_IDS, LambadaBeamSearch, 
 from glm_engine.evaluation.multiple_choice import encode_multiple_choice
 from glm_engine.evaluation.perplexity import lm_windows
 from glm_engine.evaluation.tasks import resolve_task
-from glm_engine.generation.strategies import BeamSearchStrategy
+from glm_engine.generation.strategies import BeamSearchStrategy, GreedyStrategy
 from glm_engine.tokenizer import builtin_tokenizer
 from glm_engine.vocab import VocabLayout
 
@@ -166,6 +166,14 @@ def test_lambada_punctuation_bans():
     invalid, prefixes = punctuation_bans(builtin_tokenizer())
     assert all(len(p) >= 1 for p in prefixes) and len(prefixes) >= len(invalid)
     assert set(ICETK_INVALID_IDS) <= set(invalid)  # GLM-130B's layout: the reference's own icetk ids too
+
+
+def test_lambada_bans_nothing_when_greedy():
+    # the reference swaps its banning strategy in for BeamSearchStrategy only; greedy keeps GenerationTask's
+    engine = SimpleNamespace(tokenizer=builtin_tokenizer(), banned_tokens=())
+    config = parse_task_config({"name": "l", "type": "gen", "path": ".", "module": "tasks.lambada.task.LAMBADA"})
+    greedy = resolve_task(config).new_strategy(engine)()
+    assert isinstance(greedy, GreedyStrategy) and greedy.invalid_slices == ()
 
 
 def test_evaluation_beam_search_counts_contexts_padded_to_32():

@@ -1,10 +1,11 @@
 """LAMBADA as the reference scores it (glm130b.md section 5.5): predict the last word of a passage.
 
-Generation bans punctuation: every punctuation character that is one token is never generated, and the tokens of
+Beam search bans punctuation: every punctuation character that is one token is never generated, and the tokens of
 every punctuation character are banned as a prefix of the answer (a multi-token prefix when a beam's last tokens
-match its start). With GLM-130B's vocabulary the reference's own icetk ids are banned too. The prediction is the
-first word of the first beam whose second word is punctuation (else beam 0), split as the reference splits; accuracy
-compares it, stripped, with the stripped target.
+match its start). With GLM-130B's vocabulary the reference's own icetk ids are banned too. Greedy decoding bans
+nothing (the reference swaps its banning strategy in for BeamSearchStrategy only). The prediction is the first word
+of the first beam whose second word is punctuation (else beam 0), split as the reference splits; accuracy compares
+it, stripped, with the stripped target.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from glm_engine.engine import Engine
 from glm_engine.evaluation.datasets import GenerationExample
 from glm_engine.evaluation.generation import answer_tokens, beam_options
 from glm_engine.evaluation.tasks import GenerationTask, Progress
-from glm_engine.generation.strategies import FILTER_VALUE, BeamSearchStrategy, GreedyStrategy
+from glm_engine.generation.strategies import FILTER_VALUE, BeamSearchStrategy
 from glm_engine.tokenizer import GLMTokenizer
 from glm_engine.vocab import VocabLayout
 
@@ -81,12 +82,10 @@ class LambadaTask(GenerationTask):
     default_metrics = ("Accuracy",)
 
     def new_strategy(self, engine: Engine) -> Callable[[], object]:
-        c, layout = self.config, engine.tokenizer.layout
+        if self.config.sampling_strategy != "BeamSearchStrategy":  # greedy: the plain generation strategy, no bans
+            return super().new_strategy(engine)
         invalid_ids, prefixes = punctuation_bans(engine.tokenizer)
-        invalid = (*engine.banned_tokens, *invalid_ids)
-        if c.sampling_strategy != "BeamSearchStrategy":  # greedy: the per-step bans only
-            return lambda: GreedyStrategy(end_tokens=layout.end_tokens, invalid_slices=invalid)
-        options = beam_options(c, layout, invalid)
+        options = beam_options(self.config, engine.tokenizer.layout, (*engine.banned_tokens, *invalid_ids))
         return lambda: LambadaBeamSearch(prefixes, **options)
 
     def predict(self, engine: Engine, examples: Sequence[GenerationExample], progress: Progress) -> list[str]:
