@@ -40,7 +40,7 @@ def test_dashed_and_underscored_keys_give_the_same_config():
         {"name": "x", "type": "gen", "path": "p", "max_gen_length": 5, "use_task_mask": True, "num_beams": 16}
     )
     assert dashed == underscored
-    assert dashed.max_gen_length == 5 and dashed.num_beams == 16 and dashed.mask_name == "[gMASK]"
+    assert dashed.max_gen_length == 5 and dashed.num_beams == 16 and dashed.use_task_mask
     assert dashed.length_penalty == 1.0 and dashed.no_repeat_ngram_size == 3 and dashed.max_seq_length == 2048
 
 

@@ -7,19 +7,16 @@ built-in demo model, in seconds.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
-from glm_engine.cli.progress import progress_bar
+from glm_engine.cli.progress import file_progress, progress_bar
 from glm_engine.engine import DEFAULT_MODEL, load
 from glm_engine.evaluation.config import find_task_files, load_task_file
 from glm_engine.evaluation.report import render_tables, to_json
@@ -29,27 +26,6 @@ from glm_engine.evaluation.runner import prepare, run_prepared
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
-
-
-@contextmanager
-def file_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """``update(label, done, total)`` drawing one transient bar per data file on stderr."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        bars: dict[str, int] = {}
-
-        def update(label: str, done: int, total: int) -> None:
-            if label not in bars:
-                bars[label] = bar.add_task(label, total=total)
-            bar.update(bars[label], completed=done)
-
-        yield update
 
 
 def evaluate(

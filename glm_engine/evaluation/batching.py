@@ -20,6 +20,8 @@ import torch
 T = TypeVar("T")
 # The reference's evaluation collates pad every micro-batch to its longest sample rounded up to a multiple of this.
 REFERENCE_TILE = 32
+# The mask token and one sop: what the reference reserves beside the text when truncating (mul and gen).
+RESERVED_TOKENS = 2
 # logits [b, s, vocab] for ids and positions [b, s] and a bool mask [b, 1, s, s] (True = blocked): Engine.forward
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -75,11 +75,6 @@ class TaskConfig:
     source: Path | None = field(default=None, compare=False)
 
     @property
-    def mask_name(self) -> str:
-        """The mask token a task appends: ``[gMASK]`` with ``use_task_mask``, else ``[MASK]``."""
-        return "[gMASK]" if self.use_task_mask else "[MASK]"
-
-    @property
     def groups(self) -> dict[str, str]:
         """Group name -> glob; a plain pattern is the single group ``all``."""
         if isinstance(self.file_pattern, str):

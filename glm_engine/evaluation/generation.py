@@ -24,15 +24,12 @@ import torch
 
 from glm_engine.backends.base import ModelRunner
 from glm_engine.errors import TaskError
-from glm_engine.evaluation.batching import REFERENCE_TILE, micro_batches
+from glm_engine.evaluation.batching import REFERENCE_TILE, RESERVED_TOKENS, micro_batches
 from glm_engine.evaluation.config import TaskConfig
 from glm_engine.generation.decode import Strategy, decode_aligned
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 from glm_engine.generation.strategies import BeamSearchStrategy, GreedyStrategy
 from glm_engine.vocab import VocabLayout
-
-# The mask token and sop beside the text, as the reference reserves when truncating.
-RESERVED_TOKENS = 2
 
 
 @dataclass(frozen=True)

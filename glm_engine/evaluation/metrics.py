@@ -112,8 +112,6 @@ METRICS: dict[str, dict[TaskType, Metric]] = {
     "PPL": {TaskType.LANGUAGE_MODEL: perplexity_metric},
     "BPB": {TaskType.LANGUAGE_MODEL: bpb_metric},
 }
-# Lower is better for these (the report's "max" over files is still the largest value).
-LOWER_IS_BETTER = frozenset({"PPL", "BPB"})
 
 
 def resolve_metrics(names: Sequence[str], task_type: TaskType, where: str = "") -> dict[str, Metric]:

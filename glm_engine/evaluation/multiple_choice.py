@@ -15,11 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from glm_engine.errors import TaskError
-from glm_engine.evaluation.batching import Forward, Sample, collate, micro_batches
+from glm_engine.evaluation.batching import RESERVED_TOKENS, Forward, Sample, collate, micro_batches
 from glm_engine.vocab import VocabLayout
-
-# The mask token plus one sop: what the reference reserves beside the text and the choices when truncating.
-RESERVED_TOKENS = 2
 
 
 @dataclass(frozen=True)
