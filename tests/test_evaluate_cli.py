@@ -89,3 +89,17 @@ def test_user_errors_exit_1_with_one_line(tmp_path):
     result = runner.invoke(app, ["evaluate", "--task", str(good), "--backend", "cpu"])
     assert result.exit_code == 1
     assert "x.jsonl:1: need 'choices_pretokenized'" in result.output
+
+
+def test_empty_pile_documents_are_skipped_with_a_note(tmp_path):
+    (tmp_path / "data").mkdir()
+    lines = [
+        {"text": [], "text_pretokenized": "", "meta": {"pile_set_name": "Pile-CC"}},
+        {"text_pretokenized": "All programmers are optimists.", "meta": {"pile_set_name": "Pile-CC"}},
+    ]
+    (tmp_path / "data" / "test_tokenized.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    task = tmp_path / "pile.yaml"
+    task.write_text("name: p\ntype: lm\npath: data\nmodule: tasks.language-modeling.pile.Pile\nuse_task_mask: true\n")
+    result = runner.invoke(app, ["evaluate", str(task), "--backend", "cpu", "--output", "json"])
+    assert result.exit_code == 0, result.output
+    assert "test_tokenized.jsonl: skipped 1 empty document(s) (line 1)" in result.output

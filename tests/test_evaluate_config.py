@@ -13,7 +13,13 @@ from glm_engine.evaluation.config import (
     load_task_file,
     parse_task_config,
 )
-from glm_engine.evaluation.datasets import read_generation, read_multiple_choice, read_pile, read_raw_document
+from glm_engine.evaluation.datasets import (
+    DataWarning,
+    read_generation,
+    read_multiple_choice,
+    read_pile,
+    read_raw_document,
+)
 from glm_engine.evaluation.lambada import LambadaTask
 from glm_engine.evaluation.runner import prepare
 from glm_engine.evaluation.tasks import EvaluationTask, MultipleChoiceTask, PileTask, resolve_task
@@ -171,6 +177,16 @@ def test_generation_targets_and_lm_documents(tmp_path, tok):
         "ArXiv": [1],
         "Wiki": [0],
     }
+    # an empty document is skipped, as the reference's Pile dataset does, with one warning per file
+    skipping = write(
+        tmp_path / "p3.jsonl",
+        {"text": [], "text_pretokenized": "", "meta": {"pile_set_name": "Pile-CC"}},
+        {"text_pretokenized": "hello world", "meta": {"pile_set_name": "Pile-CC"}},
+        {"text_pretokenized": "", "meta": {"pile_set_name": "Pile-CC"}},
+    )
+    with pytest.warns(DataWarning, match=r"p3\.jsonl: skipped 2 empty document\(s\) \(line 1, 3\)"):
+        (kept,) = read_pile(skipping, tok, 150528)
+    assert kept.tokens == tok.encode("hello world")
     with pytest.raises(TaskError, match=r"p2\.jsonl:1: need meta\.pile_set_name"):
         read_pile(write(tmp_path / "p2.jsonl", {"text_pretokenized": "x"}), tok, 150528)
 

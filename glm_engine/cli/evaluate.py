@@ -7,6 +7,7 @@ built-in demo model, in seconds.
 from __future__ import annotations
 
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import file_progress, progress_bar
 from glm_engine.engine import DEFAULT_MODEL, load
 from glm_engine.evaluation.config import find_task_files, load_task_file
+from glm_engine.evaluation.datasets import DataWarning
 from glm_engine.evaluation.report import render_tables, to_json
 from glm_engine.evaluation.runner import prepare, run_prepared
 
@@ -26,6 +28,11 @@ from glm_engine.evaluation.runner import prepare, run_prepared
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
+
+
+def _print_note(message: Warning | str, *_: object, **__: object) -> None:
+    """Warnings (skipped data) as one ``[glm-engine]`` line on stderr."""
+    print(f"[glm-engine] {message}", file=sys.stderr)
 
 
 def evaluate(
@@ -71,7 +78,9 @@ def evaluate(
             )
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)
-        with file_progress() as update:
+        with file_progress() as update, warnings.catch_warnings():
+            warnings.simplefilter("always", DataWarning)
+            warnings.showwarning = _print_note
             results = run_prepared(engine, prepared, update)
         if output is OutputFormat.json:
             text = to_json(results, engine.source)

@@ -9,6 +9,7 @@ under ``inputs`` / ``choices`` / ``targets`` take precedence over the text, as i
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,10 @@ from typing import Any
 
 from glm_engine.errors import TaskError
 from glm_engine.tokenizer import GLMTokenizer
+
+
+class DataWarning(UserWarning):
+    """Data that is skipped, as the reference skips it (``glm-engine evaluate`` prints it as a note)."""
 
 
 @dataclass(frozen=True)
@@ -151,16 +156,26 @@ def read_raw_document(path: Path, tokenizer: GLMTokenizer) -> Document:
 
 def read_pile(path: Path, tokenizer: GLMTokenizer, vocab_size: int) -> list[Document]:
     """Pile-style lines ``{"text": [ids], "text_pretokenized": str, "meta": {"pile_set_name": str}}``; the raw
-    text is required (its UTF-8 bytes are what bits per byte divides by), the ids are optional."""
+    text is required (its UTF-8 bytes are what bits per byte divides by), the ids are optional. A document without
+    tokens is skipped, as the reference's Pile dataset skips it, with one :class:`DataWarning` per file."""
     documents = []
+    skipped = []
     for where, item in read_jsonl(path):
         raw = _text(item, "text_pretokenized", where)
         tokens = _ids(item["text"], where, "text", vocab_size) if "text" in item else tokenizer.encode(raw)
         if not tokens:
-            raise TaskError(f"{where}: the document is empty")
+            skipped.append(where.rpartition(":")[2])
+            continue
         meta = item.get("meta", {})
         subset = meta.get("pile_set_name") if isinstance(meta, dict) else None
         if not isinstance(subset, str) or not subset:
             raise TaskError(f"{where}: need meta.pile_set_name (the subset the document's score is reported under)")
         documents.append(Document(tokens, word_count(raw), len(raw.encode("utf-8")), subset))
+    if skipped:
+        lines = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(
+            f"{path}: skipped {len(skipped)} empty document(s) (line {lines}), as the reference does",
+            DataWarning,
+            stacklevel=2,
+        )
     return documents
