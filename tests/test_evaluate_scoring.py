@@ -1,15 +1,18 @@
 """Scoring on the demo model: the batched encodings give what independent plain forwards give, at any batch size."""
 
+import json
 import math
 
 import pytest
 import torch
 
 import glm_engine
+from glm_engine.errors import TaskError
 from glm_engine.evaluation.config import parse_task_config
 from glm_engine.evaluation.datasets import Document, GenerationExample, MultipleChoiceExample
 from glm_engine.evaluation.multiple_choice import encode_multiple_choice, predict, score_choices
 from glm_engine.evaluation.perplexity import lm_windows, perplexity, score_windows
+from glm_engine.evaluation.runner import evaluate
 from glm_engine.evaluation.tasks import GenerationTask, LanguageModelTask, MultipleChoiceTask
 from glm_engine.generation.masks import generation_blocked, generation_positions
 
@@ -146,3 +149,54 @@ def test_unidirectional_lm_scores_every_token_once(engine):
     assert nll == pytest.approx(len(tokens) * math.log(engine.config.vocab_size), rel=1e-6)
     n = calls[0].shape[-1]
     assert torch.equal(calls[0][:, 0], (~torch.ones(n, n, dtype=torch.bool).tril()).expand(2, n, n))
+
+
+def write_jsonl(path, *items):
+    path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("values", "line", "message"),
+    [
+        (  # mul: the choices fill max_seq_length
+            {"type": "mul", "max_seq_length": 40},
+            {"inputs_pretokenized": "Pick one", "choices_pretokenized": ["a very long answer " * 6, "x"], "label": 0},
+            r"b\.jsonl:2: the choices take \d+ tokens, which leaves no room",
+        ),
+        (  # gen: max_gen_length fills the model's context (512 positions), whatever the YAML's max_seq_length
+            {"type": "gen", "max_gen_length": 511},
+            {"inputs_pretokenized": "Time", "targets_pretokenized": ["x"]},
+            r"a\.jsonl:1: max_gen_length 511 leaves no room for the text in max_seq_length 512",
+        ),
+        (  # gen: a unidirectional task cannot fill a blank
+            {"type": "gen", "use_task_mask": True, "unidirectional": True},
+            {"inputs_pretokenized": "The early [gMASK] catches the worm", "targets_pretokenized": ["bird"]},
+            r"b\.jsonl:2: a unidirectional task continues its text",
+        ),
+    ],
+)
+def test_examples_that_do_not_fit_fail_before_any_file_is_scored(engine, tmp_path, values, line, message):
+    fine = (
+        {"inputs_pretokenized": "The early bird catches the", "choices_pretokenized": ["worm", "cat"], "label": 0}
+        if values["type"] == "mul"
+        else {"inputs_pretokenized": "The early bird catches the", "targets_pretokenized": ["worm"]}
+    )
+    write_jsonl(tmp_path / "a.jsonl", fine if "max_gen_length" not in values else line)
+    write_jsonl(tmp_path / "b.jsonl", fine, line)
+    task = parse_task_config({"name": "t", "path": str(tmp_path), "file_pattern": "*.jsonl", **values})
+    scored = []
+    with pytest.raises(TaskError, match=message):
+        evaluate(engine, [task], progress=lambda label, done, total: scored.append(label))
+    assert scored == []
+
+
+def test_an_lm_window_too_short_for_generation_length_fails_before_scoring(engine, tmp_path):
+    (tmp_path / "a.txt").write_text("All programmers are optimists.", encoding="utf-8")
+    # 1024 < 2047 passes the YAML check, but the demo model's context makes the window 511
+    task = parse_task_config(
+        {"name": "t", "type": "lm", "path": str(tmp_path), "file_pattern": "*.txt", "generation_length": 1024}
+    )
+    scored = []
+    with pytest.raises(TaskError, match=r"generation_length 1024 must be below the window max_seq_length - 1 = 511"):
+        evaluate(engine, [task], progress=lambda label, done, total: scored.append(label))
+    assert scored == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class MultipleChoiceExample:
     text: list[int]
     choices: list[list[int]]
     label: int
+    where: str = field(default="", compare=False)  # file:line, for messages
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class GenerationExample:
     text: list[int]
     targets: list[list[int]]
     target_texts: list[str]  # the targets as the tokenizer decodes them: what predictions are compared with
+    where: str = field(default="", compare=False)  # file:line, for messages
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def read_multiple_choice(path: Path, tokenizer: GLMTokenizer, vocab_size: int) -
         label = item.get("label")
         if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
             raise TaskError(f"{where}: 'label' must be the index of the right choice (0..{len(choices) - 1})")
-        examples.append(MultipleChoiceExample(text, choices, label))
+        examples.append(MultipleChoiceExample(text, choices, label, where))
     return examples
 
 
@@ -137,7 +139,7 @@ def read_generation(path: Path, tokenizer: GLMTokenizer, vocab_size: int) -> lis
     for where, item in read_jsonl(path):
         text = _input_tokens(item, where, tokenizer, vocab_size)
         targets = _id_lists(item, "targets", where, tokenizer, vocab_size)
-        examples.append(GenerationExample(text, targets, [tokenizer.decode(t) for t in targets]))
+        examples.append(GenerationExample(text, targets, [tokenizer.decode(t) for t in targets], where))
     return examples
 
 

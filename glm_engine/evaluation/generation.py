@@ -40,6 +40,28 @@ class GenerationPrompt:
     unidirectional: bool
 
 
+def truncate_generation_text(
+    text: Sequence[int],
+    layout: VocabLayout,
+    use_task_mask: bool,
+    unidirectional: bool,
+    max_gen_length: int,
+    max_length: int,
+) -> list[int]:
+    """The text's last ``max_length - max_gen_length - 2`` tokens; a TaskError when that is none, or when a
+    ``unidirectional`` task's text has a blank to fill."""
+    keep = max_length - max_gen_length - RESERVED_TOKENS
+    if keep < 1:
+        raise TaskError(
+            f"max_gen_length {max_gen_length} leaves no room for the text in max_seq_length {max_length} "
+            "(the task's, at most the model's)"
+        )
+    text = list(text)[-keep:]
+    if unidirectional and (layout.gmask if use_task_mask else layout.mask) in text:
+        raise TaskError("a unidirectional task continues its text; this text has a blank to fill")
+    return text
+
+
 def encode_generation(
     text: Sequence[int],
     layout: VocabLayout,
@@ -49,14 +71,9 @@ def encode_generation(
     max_length: int,
 ) -> GenerationPrompt:
     """Encode one example's text for generating up to ``max_gen_length`` tokens within ``max_length``."""
-    keep = max_length - max_gen_length - RESERVED_TOKENS
-    if keep < 1:
-        raise TaskError(f"max_gen_length {max_gen_length} leaves no room for the text in {max_length} tokens")
-    text = list(text)[-keep:]
+    text = truncate_generation_text(text, layout, use_task_mask, unidirectional, max_gen_length, max_length)
     mask_id = layout.gmask if use_task_mask else layout.mask
     if mask_id in text:
-        if unidirectional:
-            raise TaskError("a unidirectional task continues its text; this text has a blank to fill")
         return GenerationPrompt(GenerationRow([*text, layout.sop], text.index(mask_id), use_task_mask), False)
     if unidirectional:
         return GenerationPrompt(GenerationRow([mask_id, layout.sop, *text], 0, True), True)

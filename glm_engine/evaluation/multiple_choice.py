@@ -27,6 +27,21 @@ class ChoiceSample:
     targets: list[tuple[list[int], list[int]]]
 
 
+def text_room(choices: Sequence[Sequence[int]], max_length: int) -> int:
+    """How many text tokens an example with ``choices`` keeps within ``max_length``: ``max_length`` minus the choice
+    tokens (1 when every choice is one token) minus the mask and sop; a TaskError when that leaves none."""
+    if not choices or any(len(c) == 0 for c in choices):
+        raise TaskError("every multiple-choice example needs at least one choice and no empty choice")
+    target_length = 1 if all(len(c) == 1 for c in choices) else sum(len(c) for c in choices)
+    keep = max_length - target_length - RESERVED_TOKENS
+    if keep < 1:
+        raise TaskError(
+            f"the choices take {target_length} tokens, which leaves no room for the text in max_seq_length "
+            f"{max_length} (the task's, at most the model's)"
+        )
+    return keep
+
+
 def encode_multiple_choice(
     text: Sequence[int],
     choices: Sequence[Sequence[int]],
@@ -43,15 +58,9 @@ def encode_multiple_choice(
     with ``[gMASK]`` they continue after the context, restarting for each choice. ``unidirectional`` makes the
     context causal (choices still see all of it).
     """
-    if not choices or any(len(c) == 0 for c in choices):
-        raise TaskError("every multiple-choice example needs at least one choice and no empty choice")
     mask_id = layout.gmask if use_task_mask else layout.mask
     single_token = all(len(c) == 1 for c in choices)
-    target_length = 1 if single_token else sum(len(c) for c in choices)
-    keep = max_length - target_length - RESERVED_TOKENS
-    if keep < 1:
-        raise TaskError(f"the choices take {target_length} tokens, which leaves no room for the text in {max_length}")
-    text = list(text)[-keep:]
+    text = list(text)[-text_room(choices, max_length) :]
     context = text if mask_id in text else [*text, mask_id]
     mask_position = context.index(mask_id)
     division = len(context)

@@ -35,14 +35,16 @@ class PreparedTask:
     examples: dict[Path, list[Any]] = field(default_factory=dict)  # read ahead by load_data, freed once scored
 
     def read(self, path: Path, engine: Engine) -> list[Any]:
-        """The examples of one data file (at least one)."""
+        """The examples of one data file (at least one), checked against the task's and the model's lengths."""
         examples = self.task.load_examples(path, engine)
         if not examples:
             raise TaskError(f"{path}: no examples in this file")
+        self.task.check(engine, examples)
         return examples
 
     def load_data(self, engine: Engine) -> None:
-        """Read every data file now, so a bad line fails before any scoring."""
+        """Read and check every data file now, so a bad line, or an example that does not fit, fails before any
+        scoring."""
         for paths in self.files.values():
             for path in paths:
                 if path not in self.examples:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,11 +20,26 @@ from glm_engine.engine import Engine
 from glm_engine.errors import TaskError
 from glm_engine.evaluation import datasets
 from glm_engine.evaluation.config import DEFAULT_METRICS, TaskConfig, TaskType
-from glm_engine.evaluation.generation import answer_tokens, build_strategy, encode_generation, generate
-from glm_engine.evaluation.multiple_choice import encode_multiple_choice, predict, score_choices
+from glm_engine.evaluation.generation import (
+    answer_tokens,
+    build_strategy,
+    encode_generation,
+    generate,
+    truncate_generation_text,
+)
+from glm_engine.evaluation.multiple_choice import encode_multiple_choice, predict, score_choices, text_room
 from glm_engine.evaluation.perplexity import lm_windows, score_windows
 
 Progress = Callable[[int], None]
+
+
+@contextmanager
+def _at(where: str) -> Iterator[None]:
+    """Prefix a TaskError raised inside with ``where`` (file:line)."""
+    try:
+        yield
+    except TaskError as exc:
+        raise TaskError(f"{where}: {exc}") from None
 
 
 class EvaluationTask(ABC):
@@ -52,6 +68,11 @@ class EvaluationTask(ABC):
     def predict(self, engine: Engine, examples: Sequence[Any], progress: Progress) -> list[Any]:
         """One prediction per example, in order; ``progress(n)`` after every ``n`` examples done."""
 
+    def check(self, engine: Engine, examples: Sequence[Any]) -> None:
+        """A TaskError (naming file:line) for an example :meth:`predict` cannot encode; the runner calls it on every
+        file before scoring any. The default checks nothing."""
+        return None
+
     def subsets(self, examples: Sequence[Any]) -> dict[str, list[int]]:
         """Labelled subsets of a file's examples that are reported as rows of their own (default: the whole file)."""
         return {"": list(range(len(examples)))}
@@ -64,6 +85,12 @@ class MultipleChoiceTask(EvaluationTask):
 
     def load_examples(self, path: Path, engine: Engine) -> list[datasets.MultipleChoiceExample]:
         return datasets.read_multiple_choice(path, engine.tokenizer, engine.config.vocab_size)
+
+    def check(self, engine: Engine, examples: Sequence[datasets.MultipleChoiceExample]) -> None:
+        length = self.max_length(engine)
+        for example in examples:
+            with _at(example.where):
+                text_room(example.choices, length)
 
     def predict(
         self, engine: Engine, examples: Sequence[datasets.MultipleChoiceExample], progress: Progress
@@ -90,6 +117,14 @@ class GenerationTask(EvaluationTask):
 
     def load_examples(self, path: Path, engine: Engine) -> list[datasets.GenerationExample]:
         return datasets.read_generation(path, engine.tokenizer, engine.config.vocab_size)
+
+    def check(self, engine: Engine, examples: Sequence[datasets.GenerationExample]) -> None:
+        c, layout, length = self.config, engine.tokenizer.layout, self.max_length(engine)
+        for example in examples:
+            with _at(example.where):
+                truncate_generation_text(
+                    example.text, layout, c.use_task_mask, c.unidirectional, c.max_gen_length, length
+                )
 
     def predict(self, engine: Engine, examples: Sequence[datasets.GenerationExample], progress: Progress) -> list[str]:
         layout = engine.tokenizer.layout
@@ -131,11 +166,18 @@ class LanguageModelTask(EvaluationTask):
     def load_examples(self, path: Path, engine: Engine) -> list[datasets.Document]:
         return [datasets.read_raw_document(path, engine.tokenizer)]
 
+    def check(self, engine: Engine, examples: Sequence[datasets.Document]) -> None:
+        window = self.max_length(engine) - 1
+        if not self.config.generation_length < window:
+            raise TaskError(
+                f"{self.config.source or self.config.name}: generation_length {self.config.generation_length} must be "
+                f"below the window max_seq_length - 1 = {window} (max_seq_length is at most the model's context)"
+            )
+
     def predict(self, engine: Engine, examples: Sequence[datasets.Document], progress: Progress) -> list[float]:
+        self.check(engine, examples)
         c, layout = self.config, engine.tokenizer.layout
         window = self.max_length(engine) - 1
-        if not c.generation_length < window:
-            raise TaskError(f"{c.name}: generation_length {c.generation_length} must be below the window ({window})")
         mask_id = layout.gmask if c.use_task_mask else layout.mask
         nlls = []
         for document in examples:
