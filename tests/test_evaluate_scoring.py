@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,9 +12,9 @@ from glm_engine.errors import TaskError
 from glm_engine.evaluation.config import parse_task_config
 from glm_engine.evaluation.datasets import Document, GenerationExample, MultipleChoiceExample
 from glm_engine.evaluation.multiple_choice import encode_multiple_choice, predict, score_choices
-from glm_engine.evaluation.perplexity import lm_windows, perplexity, score_windows
+from glm_engine.evaluation.perplexity import lm_windows, num_windows, perplexity, score_windows
 from glm_engine.evaluation.runner import evaluate
-from glm_engine.evaluation.tasks import GenerationTask, LanguageModelTask, MultipleChoiceTask
+from glm_engine.evaluation.tasks import GenerationTask, LanguageModelTask, MultipleChoiceTask, PileTask
 from glm_engine.generation.masks import generation_blocked, generation_positions
 
 
@@ -200,3 +201,33 @@ def test_an_lm_window_too_short_for_generation_length_fails_before_scoring(engin
     with pytest.raises(TaskError, match=r"generation_length 1024 must be below the window max_seq_length - 1 = 511"):
         evaluate(engine, [task], progress=lambda label, done, total: scored.append(label))
     assert scored == []
+
+
+def test_lm_micro_batches_span_documents_and_sum_per_document(engine):
+    tok = engine.tokenizer
+    texts = [f"Fortune {i}: you will meet a tall dark stranger." * (1 + 5 * (i % 3)) for i in range(7)]
+    docs = [Document(tok.encode(t), num_words=1, num_bytes=1, subset="s") for t in texts]
+    common = dict(type="lm", use_task_mask=True, max_seq_length=64, generation_length=16)
+
+    def run(micro_batch_size):
+        calls, finished = [], []
+
+        def forward(ids, positions, blocked):
+            calls.append(ids.shape[0])
+            return engine.forward(ids, positions, blocked)
+
+        counting = SimpleNamespace(tokenizer=tok, config=engine.config, forward=forward)
+        nlls = PileTask(config(micro_batch_size=micro_batch_size, **common)).predict(counting, docs, finished.append)
+        return nlls, calls, finished
+
+    one, one_calls, one_finished = run(1)
+    eight, eight_calls, eight_finished = run(8)
+    windows = [num_windows(len(d.tokens), 63, 16) for d in docs]
+    assert windows == [len(lm_windows(d.tokens, 63, 16, 0, 1)) for d in docs] and max(windows) > 1
+    per_document = sum(math.ceil(w / 8) for w in windows)  # forwards if batches stopped at each document's end
+    assert len(one_calls) == sum(windows) and len(eight_calls) == math.ceil(sum(windows) / 8) < per_document
+    assert eight == pytest.approx(one, rel=1e-5)
+    assert sum(one_finished) == sum(eight_finished) == len(docs)  # progress counts finished documents
+    # each document's sum is its own windows' NLL
+    alone = PileTask(config(micro_batch_size=1, **common)).predict(engine, docs[2:3], lambda n: None)
+    assert one[2] == pytest.approx(alone[0], rel=1e-5)

@@ -14,14 +14,15 @@ several times; here every token counts once, as in the bidirectional form.)
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from glm_engine.backends.base import ModelRunner
-from glm_engine.evaluation.batching import Forward, Sample, collate, micro_batches
+from glm_engine.evaluation.batching import Forward, Sample, collate
 from glm_engine.evaluation.datasets import word_count
 from glm_engine.generation.masks import generation_blocked
 from glm_engine.tokenizer import GLMTokenizer
@@ -67,6 +68,13 @@ def count_units(text: str, unit: str) -> int:
     raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
 
 
+def num_windows(num_tokens: int, window: int, generation_length: int) -> int:
+    """How many windows :func:`lm_windows` cuts ``num_tokens`` tokens into (the reference's ``num_sequences``)."""
+    if num_tokens == 0:
+        return 0
+    return 1 + -(-max(num_tokens - window, 0) // generation_length)
+
+
 @dataclass(frozen=True)
 class Window:
     """One scoring forward: its sample, and the rows whose predictions are scored against ``targets``."""
@@ -76,16 +84,16 @@ class Window:
     targets: list[int]
 
 
-def lm_windows(
+def iter_lm_windows(
     tokens: Sequence[int],
     window: int,
     generation_length: int,
     mask_id: int,
     sop_id: int,
     unidirectional: bool = False,
-) -> list[Window]:
+) -> Iterator[Window]:
     """The reference's sliding windows over ``tokens``: window 0 scores its first ``window`` tokens, each later one
-    the next ``generation_length`` tokens after ``window - generation_length`` tokens of context."""
+    the next ``generation_length`` tokens after ``window - generation_length`` tokens of context; one at a time."""
     if not 0 < generation_length < window:
         raise ValueError(f"generation_length must be in (0, {window}), got {generation_length}")
     tokens = list(tokens)
@@ -94,7 +102,6 @@ def lm_windows(
         (start - (window - generation_length), start, min(start + generation_length, len(tokens)))
         for start in range(window, len(tokens), generation_length)
     ]
-    windows = []
     for begin, start, end in spans:
         prompt, text = tokens[begin:start], tokens[start:end]
         if unidirectional:
@@ -106,11 +113,44 @@ def lm_windows(
             bidirectional = len(prompt) + 1
             first = len(prompt) + 1
         allowed = ~generation_blocked(bidirectional + 1, len(ids))
-        windows.append(Window(Sample(ids, list(range(len(ids))), allowed), first, text))
-    return windows
+        yield Window(Sample(ids, list(range(len(ids))), allowed), first, text)
+
+
+def lm_windows(
+    tokens: Sequence[int],
+    window: int,
+    generation_length: int,
+    mask_id: int,
+    sop_id: int,
+    unidirectional: bool = False,
+) -> list[Window]:
+    """:func:`iter_lm_windows` as a list."""
+    return list(iter_lm_windows(tokens, window, generation_length, mask_id, sop_id, unidirectional))
 
 
 @torch.inference_mode()
+def window_nlls(
+    forward: Forward,
+    windows: Iterable[Window],
+    pad_id: int,
+    micro_batch_size: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> list[float]:
+    """Each window's summed NLL (nats, fp32 cross-entropy) of its scored tokens, ``micro_batch_size`` windows per
+    forward; ``progress(n)`` after every micro-batch of ``n`` windows."""
+    nlls = []
+    windows = iter(windows)
+    while batch := list(itertools.islice(windows, micro_batch_size)):
+        logits = forward(*collate([w.sample for w in batch], pad_id))
+        for row, w in enumerate(batch):
+            scored = logits[row, w.first_scored : w.first_scored + len(w.targets)].float()
+            targets = torch.tensor(w.targets, device=scored.device)
+            nlls.append(float(torch.nn.functional.cross_entropy(scored, targets, reduction="sum")))
+        if progress is not None:
+            progress(len(batch))
+    return nlls
+
+
 def score_windows(
     forward: Forward,
     windows: Sequence[Window],
@@ -119,16 +159,7 @@ def score_windows(
     progress: Callable[[int], None] | None = None,
 ) -> float:
     """Summed NLL (nats, fp32 cross-entropy) of every window's scored tokens."""
-    nll = 0.0
-    for batch in micro_batches(windows, micro_batch_size):
-        logits = forward(*collate([w.sample for w in batch], pad_id))
-        for row, w in enumerate(batch):
-            scored = logits[row, w.first_scored : w.first_scored + len(w.targets)].float()
-            targets = torch.tensor(w.targets, device=scored.device)
-            nll += float(torch.nn.functional.cross_entropy(scored, targets, reduction="sum"))
-        if progress is not None:
-            progress(len(batch))
-    return nll
+    return sum(window_nlls(forward, windows, pad_id, micro_batch_size, progress), 0.0)
 
 
 def runner_forward(runner: ModelRunner) -> Forward:
@@ -156,7 +187,7 @@ def perplexity(
     layout, window = tokenizer.layout, runner.config.max_sequence_length - 1
     generation_length = generation_length or min(256, window // 2)
     tokens = tokenizer.encode(text)
-    windows = lm_windows(tokens, window, generation_length, layout.gmask, layout.sop)
+    windows = iter_lm_windows(tokens, window, generation_length, layout.gmask, layout.sop)
     nll = score_windows(runner_forward(runner), windows, layout.pad)
     units = len(tokens) if unit == "tokens" else count_units(text, unit)
     return PerplexityResult(nll, len(tokens), max(units, 1), unit)

@@ -10,6 +10,7 @@ built-in equivalents below.
 from __future__ import annotations
 
 import importlib
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from glm_engine.evaluation.generation import (
     truncate_generation_text,
 )
 from glm_engine.evaluation.multiple_choice import encode_multiple_choice, predict, score_choices, text_room
-from glm_engine.evaluation.perplexity import lm_windows, score_windows
+from glm_engine.evaluation.perplexity import iter_lm_windows, num_windows, window_nlls
 
 Progress = Callable[[int], None]
 
@@ -175,15 +176,30 @@ class LanguageModelTask(EvaluationTask):
             )
 
     def predict(self, engine: Engine, examples: Sequence[datasets.Document], progress: Progress) -> list[float]:
+        """Each document's summed NLL. The windows of all documents are scored together, ``micro_batch_size`` per
+        forward (as the reference's dataset flattens them), and summed per document."""
         self.check(engine, examples)
         c, layout = self.config, engine.tokenizer.layout
         window = self.max_length(engine) - 1
         mask_id = layout.gmask if c.use_task_mask else layout.mask
-        nlls = []
-        for document in examples:
-            windows = lm_windows(document.tokens, window, c.generation_length, mask_id, layout.sop, c.unidirectional)
-            nlls.append(score_windows(engine.forward, windows, layout.pad, c.micro_batch_size))
-            progress(1)
+        counts = [num_windows(len(d.tokens), window, c.generation_length) for d in examples]
+        owners = [index for index, count in enumerate(counts) for _ in range(count)]
+        windows = (
+            w
+            for d in examples
+            for w in iter_lm_windows(d.tokens, window, c.generation_length, mask_id, layout.sop, c.unidirectional)
+        )
+        last_windows = set(itertools.accumulate(counts))  # progress counts documents: done after their last window
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            progress(sum(1 for i in range(done + 1, done + n + 1) if i in last_windows))
+            done += n
+
+        nlls = [0.0] * len(examples)
+        for owner, nll in zip(owners, window_nlls(engine.forward, windows, layout.pad, c.micro_batch_size, advance)):
+            nlls[owner] += nll
         return nlls
 
 
