@@ -231,3 +231,35 @@ def test_lm_micro_batches_span_documents_and_sum_per_document(engine):
     # each document's sum is its own windows' NLL
     alone = PileTask(config(micro_batch_size=1, **common)).predict(engine, docs[2:3], lambda n: None)
     assert one[2] == pytest.approx(alone[0], rel=1e-5)
+
+
+def reference_window_nll(engine, raw, k, window, generation_length):
+    """One window as the reference's LanguageModelTaskDataset builds it, run through one plain forward: tokens
+    ``raw[k*G : k*G + window]``, prompt and text split, input ``prompt + [gMASK, sop] + text[:-1]``, targets
+    ``prompt + [gMASK] + text``, prompt and mask bidirectional, the rest causal, loss on the text only."""
+    layout = engine.tokenizer.layout
+    tokens = raw[k * generation_length : k * generation_length + window]
+    split = 0 if k == 0 else window - generation_length
+    prompt, text = tokens[:split], tokens[split:]
+    ids = prompt + [layout.gmask, layout.sop] + text[:-1]
+    targets = prompt + [layout.gmask] + text
+    n = len(ids)
+    allowed = torch.ones(n, n).tril()
+    allowed[: len(prompt) + 1, : len(prompt) + 1] = 1
+    logits = engine.forward(torch.tensor([ids]), torch.arange(n).unsqueeze(0), (allowed < 0.5).view(1, 1, n, n))[
+        0
+    ].double()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    scored = range(len(prompt) + 1, n)
+    return -sum(float(log_probs[i, targets[i]]) for i in scored)
+
+
+def test_lm_task_equals_windows_built_by_hand_from_the_reference_formula(engine):
+    tok = engine.tokenizer
+    raw = tok.encode(" ".join(f"Line {i} of a fortune that goes on." for i in range(12)))[:80]
+    window, generation_length = 63, 24  # max_seq_length 64
+    assert window < len(raw) <= window + generation_length  # exactly two windows
+    expected = sum(reference_window_nll(engine, raw, k, window, generation_length) for k in (0, 1))
+    task = LanguageModelTask(config(type="lm", use_task_mask=True, max_seq_length=64, generation_length=24))
+    (nll,) = task.predict(engine, [Document(raw, num_words=1, num_bytes=1)], lambda n: None)
+    assert nll == pytest.approx(expected, rel=1e-5)
