@@ -114,3 +114,14 @@ def test_groups_report_max_median_and_example_weighted_average():
     assert result.overall.stats["median"]["Accuracy"] == pytest.approx(55.0)  # even count: mean of the middle two
     assert summarize(rows[3:]).stats["max"]["Accuracy"] == 20.0
     assert '"overall"' in to_json([result], "m") and '"stem"' in to_json([result], "m")
+
+
+def test_language_model_rows_are_weighted_by_their_windows():
+    rows = [
+        FileResult("all", "wiki.txt", 1, {"PPL": 10.0}, weight=30),
+        FileResult("all", "ptb.txt", 1, {"PPL": 40.0}, weight=10),
+    ]
+    result = TaskResult("lm", "lm", ["PPL"], rows)
+    assert result.overall.stats["average"]["PPL"] == pytest.approx((300 + 400) / 40)
+    assert result.overall.num_examples == 2
+    assert '"weight": 30' in to_json([result], "m")

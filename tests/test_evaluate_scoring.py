@@ -228,6 +228,7 @@ def test_lm_micro_batches_span_documents_and_sum_per_document(engine):
     assert len(one_calls) == sum(windows) and len(eight_calls) == math.ceil(sum(windows) / 8) < per_document
     assert eight == pytest.approx(one, rel=1e-5)
     assert sum(one_finished) == sum(eight_finished) == len(docs)  # progress counts finished documents
+    assert PileTask(config(**common)).weights(engine, docs) == windows  # the reference weights files by windows
     # each document's sum is its own windows' NLL
     alone = PileTask(config(micro_batch_size=1, **common)).predict(engine, docs[2:3], lambda n: None)
     assert one[2] == pytest.approx(alone[0], rel=1e-5)

@@ -1,8 +1,8 @@
 """Results per file, per group and overall, as the reference reports them, rendered as a table or JSON.
 
 A group summarises its rows (one per file, or per labelled subset of a file) by the max, the median and the average
-weighted by example count of each metric (G:evaluation/tasks.py); ``overall`` does the same over every row of the
-task (MMLU's "Overall").
+of each metric weighted by the size of the reference's dataset (G:evaluation/tasks.py): the example count, or for
+language models the number of windows; ``overall`` does the same over every row of the task (MMLU's "Overall").
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class FileResult:
     num_examples: int
     metrics: dict[str, float]
     subset: str = ""
+    weight: float | None = None  # in the group and overall averages; None: num_examples (lm: its windows)
 
     @property
     def label(self) -> str:
@@ -37,7 +38,7 @@ class FileResult:
 
 @dataclass(frozen=True)
 class Summary:
-    """Max, median and example-weighted average of each metric over some rows."""
+    """Max, median and weighted average (examples; lm: windows) of each metric over some rows."""
 
     num_rows: int
     num_examples: int
@@ -48,10 +49,11 @@ def summarize(rows: Sequence[FileResult]) -> Summary:
     """The three statistics of every metric over ``rows`` (which must share their metrics)."""
     names = list(rows[0].metrics)
     total = sum(r.num_examples for r in rows)
+    weights = [r.num_examples if r.weight is None else r.weight for r in rows]
     stats: dict[str, dict[str, float]] = {s: {} for s in STATS}
     for name in names:
         values = [r.metrics[name] for r in rows]
-        stats["average"][name] = sum(v * r.num_examples for v, r in zip(values, rows)) / total
+        stats["average"][name] = sum(v * w for v, w in zip(values, weights)) / sum(weights)
         stats["median"][name] = float(statistics.median(values))
         stats["max"][name] = max(values)
     return Summary(len(rows), total, stats)
@@ -90,7 +92,14 @@ def to_json(results: Sequence[TaskResult], model: str) -> str:
             "metrics": r.metrics,
             "seconds": round(r.seconds, 3),
             "files": [
-                {"group": f.group, "file": f.file, "subset": f.subset, "examples": f.num_examples, "metrics": f.metrics}
+                {
+                    "group": f.group,
+                    "file": f.file,
+                    "subset": f.subset,
+                    "examples": f.num_examples,
+                    "weight": f.num_examples if f.weight is None else f.weight,
+                    "metrics": f.metrics,
+                }
                 for f in r.files
             ],
             "groups": {g: summary(s) for g, s in r.groups.items()},

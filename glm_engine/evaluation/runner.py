@@ -106,11 +106,13 @@ def run_task(engine: Engine, prepared: PreparedTask, progress: Progress | None =
             examples = prepared.examples.pop(path, None) or prepared.read(path, engine)
             advance = _FileProgress(progress, f"{config.name}: {label}", len(examples))
             predictions = task.predict(engine, examples, advance)
+            weights = task.weights(engine, examples)
             for subset, indices in task.subsets(examples).items():
                 chosen_predictions = [predictions[i] for i in indices]
                 chosen_examples = [examples[i] for i in indices]
                 values = {name: fn(chosen_predictions, chosen_examples) for name, fn in prepared.metrics.items()}
-                rows.append(FileResult(group, label, len(indices), values, subset))
+                weight = sum(weights[i] for i in indices)
+                rows.append(FileResult(group, label, len(indices), values, subset, weight))
     return TaskResult(config.name, config.type.value, list(prepared.metrics), rows, time.perf_counter() - started)
 
 

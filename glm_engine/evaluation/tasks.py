@@ -74,6 +74,11 @@ class EvaluationTask(ABC):
         file before scoring any. The default checks nothing."""
         return None
 
+    def weights(self, engine: Engine, examples: Sequence[Any]) -> list[int]:
+        """Each example's weight in the group and overall averages (default: 1; the reference weights files by the
+        size of their dataset)."""
+        return [1] * len(examples)
+
     def subsets(self, examples: Sequence[Any]) -> dict[str, list[int]]:
         """Labelled subsets of a file's examples that are reported as rows of their own (default: the whole file)."""
         return {"": list(range(len(examples)))}
@@ -201,6 +206,11 @@ class LanguageModelTask(EvaluationTask):
         for owner, nll in zip(owners, window_nlls(engine.forward, windows, layout.pad, c.micro_batch_size, advance)):
             nlls[owner] += nll
         return nlls
+
+    def weights(self, engine: Engine, examples: Sequence[datasets.Document]) -> list[int]:
+        """The reference weights a language-model file by its number of windows."""
+        window = self.max_length(engine) - 1
+        return [num_windows(len(d.tokens), window, self.config.generation_length) for d in examples]
 
 
 class PileTask(LanguageModelTask):
