@@ -26,6 +26,11 @@ class InputError(GlmEngineError, ValueError):
     """A prompt or generation request is invalid (too long, empty, bad options)."""
 
 
+class TaskError(GlmEngineError, ValueError):
+    """An evaluation task cannot run: a bad task YAML (unknown key, wrong type), a missing data folder or file, a
+    bad jsonl line (the message names file:line), or a metric or task module that does not exist."""
+
+
 class BackendError(GlmEngineError):
     """A backend is unknown, unavailable here, or cannot run the requested op/dtype/format."""
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from glm_engine.config import preset
+from glm_engine.evaluation.datasets import word_count
 from glm_engine.evaluation.perplexity import MAX_LOG_PPL, count_units, perplexity
 from glm_engine.tokenizer import builtin_tokenizer
 
@@ -46,8 +47,11 @@ def test_every_token_is_scored_once_across_sliding_windows(tokenizer):
     assert later_blocked[50, 51] and not later_blocked[50, 49]  # the scored part is causal
 
 
-def test_units_are_whitespace_words_as_the_reference_or_characters():
-    assert count_units("two words\nand three", "words") == 4
+def test_units_are_the_references_words_or_characters():
+    # the reference's len(text.strip().split(" ")): a newline joins two words, a double space adds an empty one
+    assert count_units(" two words\nand three ", "words") == 3
+    assert count_units("two  words", "words") == 3
+    assert count_units("two words\nand three", "words") == word_count("two words\nand three")
     assert count_units("床前 明月光", "chars") == 5
     with pytest.raises(ValueError, match="unit must be one of"):
         count_units("x", "bytes")

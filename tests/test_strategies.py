@@ -110,6 +110,47 @@ def test_length_penalty_counts_the_context_tokens():
     assert strategy._end_scores[0][0] == pytest.approx(-2.0 / (14 / 6))
 
 
+def best_end_beam(context_tile: int, contexts: list[list[int]]) -> list[int]:
+    strategy = BeamSearchStrategy(2, length_penalty=1.0, end_tokens=(2,), deterministic=True, context_tile=context_tile)
+    strategy.start(contexts)
+    strategy._add_end_beam(0, -2.0, [9, 2])  # ended after 2 tokens
+    strategy._add_end_beam(0, -2.3, [9, 8, 7, 6, 2])  # ended after 5 tokens
+    strategy._done = [True] * len(contexts)
+    return strategy.finalize()[0][0]
+
+
+def test_context_tile_counts_the_context_padded_as_the_reference_evaluation_does():
+    # 5-token context: -2.0 / ((5 + 7) / 6) = -1.0 loses to -2.3 / ((5 + 10) / 6) = -0.92
+    assert best_end_beam(0, [[1] * 5]) == [9, 8, 7, 6, 2]
+    # padded to 32 (the reference's collate): -2.0 / (39 / 6) = -0.308 beats -2.3 / (42 / 6) = -0.329
+    assert best_end_beam(32, [[1] * 5]) == [9, 2]
+    # the micro-batch's longest context sets the padded length of every row: 33 tokens pad to 64
+    strategy = BeamSearchStrategy(1, length_penalty=1.0, end_tokens=(2,), context_tile=32)
+    strategy.start([[1] * 5, [1] * 33])
+    strategy._add_end_beam(0, -2.0, [9, 2])
+    assert strategy._end_scores[0][0] == pytest.approx(-2.0 / ((5 + 66) / 6))
+
+
+def test_context_tile_enters_the_stop_test():
+    # one ended beam at -2.0 after 2 tokens; the running beam scores -1.9 after 1 generated token
+    def done_after_step(context_tile: int) -> bool:
+        strategy = BeamSearchStrategy(
+            1, length_penalty=1.0, end_tokens=(2,), deterministic=True, context_tile=context_tile
+        )
+        strategy.start([[1] * 5])
+        strategy._add_end_beam(0, -2.0, [9, 2])
+        logits = torch.full((1, 1, 10), -30.0)
+        logits[0, 0, 4] = 0.0
+        strategy._scores = torch.tensor([[-1.9]])
+        strategy.step(logits)
+        return strategy._done[0]
+
+    # real lengths: -2.0 / (12 / 6) = -1.0 vs the running beam's bound -1.9 / (11 / 6) = -1.036: done
+    assert done_after_step(0)
+    # padded: -2.0 / (39 / 6) = -0.308 vs -1.9 / (38 / 6) = -0.300: not done
+    assert not done_after_step(32)
+
+
 def test_end_beams_insert_before_equal_scores_and_keep_the_best():
     strategy = BeamSearchStrategy(2, length_penalty=0.0, end_tokens=(EOP,))
     strategy.start([[0]])

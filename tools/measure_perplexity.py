@@ -1,8 +1,9 @@
 """Held-out perplexity of a checkpoint, scored as the reference's language-modelling task (word-level PPL).
 
-Default: the built-in demo model on its held-out English fortunes (PPL per whitespace word, the reference's unit)
-and held-out Tang/Song poems (per character, since Chinese has no whitespace words), next to a randomly initialised
-model of the same shape as a floor. Usage: ``python tools/measure_perplexity.py [--checkpoint DIR] [--dtype bf16]``.
+Default: the built-in demo model on its held-out English fortunes (PPL per word as the reference counts words,
+``len(text.strip().split(" "))``) and held-out Tang/Song poems (per character, since Chinese has no whitespace
+words), next to a randomly initialised model of the same shape as a floor.
+Usage: ``python tools/measure_perplexity.py [--checkpoint DIR] [--dtype bf16]``.
 """
 
 from __future__ import annotations

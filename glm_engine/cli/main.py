@@ -8,6 +8,7 @@ from glm_engine.cli.backends import backends
 from glm_engine.cli.chat import chat
 from glm_engine.cli.conformance import conformance
 from glm_engine.cli.convert import convert, convert_tp, quantize
+from glm_engine.cli.evaluate import evaluate
 from glm_engine.cli.export import export_app
 from glm_engine.cli.run import run
 
@@ -27,6 +28,7 @@ app.command(name="convert")(convert)
 app.command(name="quantize")(quantize)
 app.add_typer(export_app, name="export")
 app.command(name="conformance")(conformance)
+app.command(name="evaluate")(evaluate)
 
 
 def main() -> None:

@@ -146,7 +146,11 @@ class BeamSearchStrategy:
         min_gen_length: int = 0,
         deterministic: bool = False,
         generator: torch.Generator | None = None,
+        context_tile: int = 0,
     ) -> None:
+        """``context_tile`` > 0 counts the context as the reference's evaluation collate pads it: the longest context
+        of the batch rounded up to a multiple of ``context_tile`` (32 there), in the length penalty and the stop
+        test; 0 (``glm-engine run``) counts each row's own context."""
         if num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         if no_repeat_ngram_size == 1:
@@ -160,10 +164,19 @@ class BeamSearchStrategy:
         self.min_gen_length = min_gen_length
         self.deterministic = deterministic
         self.generator = generator
+        if context_tile < 0:
+            raise ValueError(f"context_tile must be >= 0, got {context_tile}")
+        self.context_tile = context_tile
 
     def start(self, contexts: Sequence[Sequence[int]]) -> None:
         batch = len(contexts)
         self._contexts = [list(c) for c in contexts]
+        if self.context_tile and contexts:
+            tile = self.context_tile
+            padded = -(-max(len(c) for c in contexts) // tile) * tile
+            self._context_lengths = [padded] * batch
+        else:
+            self._context_lengths = [len(c) for c in contexts]
         self._beams: list[list[list[int]]] = [[[]] for _ in range(batch)]  # generated tokens per beam
         self._scores = torch.zeros(batch, 1)  # cumulative log-probs of the running beams
         self._bans: list[list[dict[tuple[int, ...], tuple[int, ...]]]] = [[{}] for _ in range(batch)]
@@ -181,7 +194,7 @@ class BeamSearchStrategy:
 
     def _add_end_beam(self, row: int, score: float, beam: list[int]) -> None:
         """Insert before equal scores, keep the best ``num_beams`` (reference ``_add_end_beams``)."""
-        penalized = self._penalized(score, len(self._contexts[row]) + len(beam))
+        penalized = self._penalized(score, self._context_lengths[row] + len(beam))
         scores = self._end_scores[row]
         at = next((i for i, s in enumerate(scores) if penalized >= s), len(scores))
         scores.insert(at, penalized)
@@ -252,7 +265,7 @@ class BeamSearchStrategy:
         self._scores = new_scores
         self._length_generated += 1
         for row in range(batch):
-            length = len(self._contexts[row]) + self._length_generated  # the reference's seq_len + 1
+            length = self._context_lengths[row] + self._length_generated  # the reference's seq_len + 1
             if (
                 not self._done[row]
                 and len(self._end_beams[row]) == self.num_beams

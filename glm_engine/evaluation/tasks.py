@@ -1,0 +1,289 @@
+"""The task interface, the built-in tasks, and how a YAML's ``module`` picks one.
+
+A task reads one data file into examples, predicts them with the engine, and may split a file's results into
+labelled subsets (Pile's ``pile_set_name``). Metrics are the runner's job (:mod:`glm_engine.evaluation.metrics`), so
+a task of a type gets every metric of that type. A user's class is any importable subclass of
+:class:`EvaluationTask`, named by its dotted path in ``module``; the reference's own dotted names map to the
+built-in equivalents below.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from glm_engine.engine import Engine
+from glm_engine.errors import TaskError
+from glm_engine.evaluation import datasets
+from glm_engine.evaluation.config import DEFAULT_METRICS, TaskConfig, TaskType
+from glm_engine.evaluation.generation import (
+    answer_tokens,
+    build_strategy,
+    encode_generation,
+    generate,
+    truncate_generation_text,
+)
+from glm_engine.evaluation.multiple_choice import encode_multiple_choice, predict, score_choices, text_room
+from glm_engine.evaluation.perplexity import iter_lm_windows, num_windows, window_nlls
+
+Progress = Callable[[int], None]
+
+
+@contextmanager
+def _at(where: str) -> Iterator[None]:
+    """Prefix a TaskError raised inside with ``where`` (file:line)."""
+    try:
+        yield
+    except TaskError as exc:
+        raise TaskError(f"{where}: {exc}") from None
+
+
+class EvaluationTask(ABC):
+    """One YAML task. Subclasses set ``task_type`` and implement :meth:`load_examples` and :meth:`predict`."""
+
+    task_type: ClassVar[TaskType]
+    default_metrics: ClassVar[tuple[str, ...]] = ()  # empty: the type's (DEFAULT_METRICS)
+
+    def __init__(self, config: TaskConfig) -> None:
+        self.config = config
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The YAML's metrics, else the task's defaults."""
+        return self.config.metrics or self.default_metrics or DEFAULT_METRICS[self.task_type]
+
+    def max_length(self, engine: Engine) -> int:
+        """The task's ``max_seq_length``, at most the model's context."""
+        return min(self.config.max_seq_length, engine.config.max_sequence_length)
+
+    @abstractmethod
+    def load_examples(self, path: Path, engine: Engine) -> list[Any]:
+        """The examples of one data file (a TaskError naming file:line for a bad one)."""
+
+    @abstractmethod
+    def predict(self, engine: Engine, examples: Sequence[Any], progress: Progress) -> list[Any]:
+        """One prediction per example, in order; ``progress(n)`` after every ``n`` examples done."""
+
+    def check(self, engine: Engine, examples: Sequence[Any]) -> None:
+        """A TaskError (naming file:line) for an example :meth:`predict` cannot encode; the runner calls it on every
+        file before scoring any. The default checks nothing."""
+        return None
+
+    def weights(self, engine: Engine, examples: Sequence[Any]) -> list[int]:
+        """Each example's weight in the group and overall averages (default: 1; the reference weights files by the
+        size of their dataset)."""
+        return [1] * len(examples)
+
+    def subsets(self, examples: Sequence[Any]) -> dict[str, list[int]]:
+        """Labelled subsets of a file's examples that are reported as rows of their own (default: the whole file)."""
+        return {"": list(range(len(examples)))}
+
+
+class MultipleChoiceTask(EvaluationTask):
+    """``mul``: the highest-scoring choice (summed log-probabilities) against ``label``."""
+
+    task_type = TaskType.MULTIPLE_CHOICE
+
+    def load_examples(self, path: Path, engine: Engine) -> list[datasets.MultipleChoiceExample]:
+        return datasets.read_multiple_choice(path, engine.tokenizer, engine.config.vocab_size)
+
+    def check(self, engine: Engine, examples: Sequence[datasets.MultipleChoiceExample]) -> None:
+        length = self.max_length(engine)
+        for example in examples:
+            with _at(example.where):
+                text_room(example.choices, length)
+
+    def predict(
+        self, engine: Engine, examples: Sequence[datasets.MultipleChoiceExample], progress: Progress
+    ) -> list[int]:
+        return [predict(scores) for scores in self.choice_scores(engine, examples, progress)]
+
+    def choice_scores(
+        self, engine: Engine, examples: Sequence[datasets.MultipleChoiceExample], progress: Progress | None = None
+    ) -> list[list[float]]:
+        """Each example's per-choice log-probability sums."""
+        c, layout = self.config, engine.tokenizer.layout
+        length = self.max_length(engine)
+        samples = [
+            encode_multiple_choice(e.text, e.choices, layout, c.use_task_mask, c.unidirectional, length)
+            for e in examples
+        ]
+        return score_choices(engine.forward, samples, layout.pad, c.micro_batch_size, progress)
+
+
+class GenerationTask(EvaluationTask):
+    """``gen``: the decoded answer of each example (greedy or beam search) against its targets."""
+
+    task_type = TaskType.GENERATION
+
+    def load_examples(self, path: Path, engine: Engine) -> list[datasets.GenerationExample]:
+        return datasets.read_generation(path, engine.tokenizer, engine.config.vocab_size)
+
+    def check(self, engine: Engine, examples: Sequence[datasets.GenerationExample]) -> None:
+        c, layout, length = self.config, engine.tokenizer.layout, self.max_length(engine)
+        for example in examples:
+            with _at(example.where):
+                truncate_generation_text(
+                    example.text, layout, c.use_task_mask, c.unidirectional, c.max_gen_length, length
+                )
+
+    def predict(self, engine: Engine, examples: Sequence[datasets.GenerationExample], progress: Progress) -> list[str]:
+        layout = engine.tokenizer.layout
+        return [
+            engine.tokenizer.decode(answer_tokens(beams[0], layout.end_tokens))
+            for beams in self.generate_beams(engine, examples, progress)
+        ]
+
+    def generate_beams(
+        self, engine: Engine, examples: Sequence[datasets.GenerationExample], progress: Progress | None = None
+    ) -> list[list[list[int]]]:
+        """Per example, the strategy's beams, best first."""
+        c, layout = self.config, engine.tokenizer.layout
+        length = self.max_length(engine)
+        prompts = [
+            encode_generation(e.text, layout, c.use_task_mask, c.unidirectional, c.max_gen_length, length)
+            for e in examples
+        ]
+        return generate(
+            engine.runner,
+            prompts,
+            c.max_gen_length,
+            self.new_strategy(engine),
+            layout.pad,
+            c.micro_batch_size,
+            progress,
+        )
+
+    def new_strategy(self, engine: Engine) -> Callable[[], Any]:
+        """A factory of fresh strategies for each decode loop."""
+        return lambda: build_strategy(self.config, engine.tokenizer.layout, engine.banned_tokens)
+
+
+class LanguageModelTask(EvaluationTask):
+    """``lm``: every matched file is one document (WikiText/PTB style); its summed NLL over sliding windows."""
+
+    task_type = TaskType.LANGUAGE_MODEL
+
+    def load_examples(self, path: Path, engine: Engine) -> list[datasets.Document]:
+        return [datasets.read_raw_document(path, engine.tokenizer)]
+
+    def check(self, engine: Engine, examples: Sequence[datasets.Document]) -> None:
+        window = self.max_length(engine) - 1
+        if not self.config.generation_length < window:
+            raise TaskError(
+                f"{self.config.source or self.config.name}: generation_length {self.config.generation_length} must be "
+                f"below the window max_seq_length - 1 = {window} (max_seq_length is at most the model's context)"
+            )
+
+    def predict(self, engine: Engine, examples: Sequence[datasets.Document], progress: Progress) -> list[float]:
+        """Each document's summed NLL. The windows of all documents are scored together, ``micro_batch_size`` per
+        forward (as the reference's dataset flattens them), and summed per document."""
+        self.check(engine, examples)
+        c, layout = self.config, engine.tokenizer.layout
+        window = self.max_length(engine) - 1
+        mask_id = layout.gmask if c.use_task_mask else layout.mask
+        counts = [num_windows(len(d.tokens), window, c.generation_length) for d in examples]
+        owners = [index for index, count in enumerate(counts) for _ in range(count)]
+        windows = (
+            w
+            for d in examples
+            for w in iter_lm_windows(d.tokens, window, c.generation_length, mask_id, layout.sop, c.unidirectional)
+        )
+        last_windows = set(itertools.accumulate(counts))  # progress counts documents: done after their last window
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            progress(sum(1 for i in range(done + 1, done + n + 1) if i in last_windows))
+            done += n
+
+        nlls = [0.0] * len(examples)
+        for owner, nll in zip(owners, window_nlls(engine.forward, windows, layout.pad, c.micro_batch_size, advance)):
+            nlls[owner] += nll
+        return nlls
+
+    def weights(self, engine: Engine, examples: Sequence[datasets.Document]) -> list[int]:
+        """The reference weights a language-model file by its number of windows."""
+        window = self.max_length(engine) - 1
+        return [num_windows(len(d.tokens), window, self.config.generation_length) for d in examples]
+
+
+class PileTask(LanguageModelTask):
+    """Pile-style jsonl, one document per line, reported per ``meta.pile_set_name`` (BPB by default)."""
+
+    default_metrics = ("BPB",)
+
+    def load_examples(self, path: Path, engine: Engine) -> list[datasets.Document]:
+        return datasets.read_pile(path, engine.tokenizer, engine.config.vocab_size)
+
+    def subsets(self, examples: Sequence[datasets.Document]) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {}
+        for index, document in enumerate(examples):
+            groups.setdefault(document.subset, []).append(index)
+        return dict(sorted(groups.items()))
+
+
+DEFAULT_TASKS: dict[TaskType, type[EvaluationTask]] = {
+    TaskType.MULTIPLE_CHOICE: MultipleChoiceTask,
+    TaskType.GENERATION: GenerationTask,
+    TaskType.LANGUAGE_MODEL: LanguageModelTask,
+}
+
+
+def _lambada() -> type[EvaluationTask]:
+    from glm_engine.evaluation.lambada import LambadaTask
+
+    return LambadaTask
+
+
+# The reference's dotted names (G:tasks/*, G:evaluation/__init__.py) and the built-in task that does the same.
+REFERENCE_MODULES: dict[str, Callable[[], type[EvaluationTask]]] = {
+    "tasks.lambada.task.LAMBADA": _lambada,
+    "tasks.mmlu.task.MMLU": lambda: MultipleChoiceTask,  # MMLU's "Overall" is the report's overall row
+    "tasks.language-modeling.pile.Pile": lambda: PileTask,
+    "evaluation.MultiChoiceTask": lambda: MultipleChoiceTask,
+    "evaluation.GenerationTask": lambda: GenerationTask,
+    "evaluation.LanguageModelTask": lambda: LanguageModelTask,
+}
+REFERENCE_PREFIXES = ("tasks.", "evaluation.")
+
+
+def resolve_task(config: TaskConfig) -> EvaluationTask:
+    """The task object for ``config``: its ``module`` (a reference name or a user's class), else the type's default."""
+    where = str(config.source or config.name)
+    if config.module is None:
+        cls = DEFAULT_TASKS[config.type]
+    elif config.module in REFERENCE_MODULES:
+        cls = REFERENCE_MODULES[config.module]()
+    else:
+        cls = _import_class(config.module, where)
+    if cls.task_type is not config.type:
+        raise TaskError(
+            f"{where}: module {config.module} is a {cls.task_type.value} task, but type is {config.type.value}"
+        )
+    return cls(config)
+
+
+def _import_class(dotted: str, where: str) -> type[EvaluationTask]:
+    module_name, _, class_name = dotted.rpartition(".")
+    try:
+        module = importlib.import_module(module_name) if module_name else None
+    except ImportError as exc:
+        if dotted.startswith(REFERENCE_PREFIXES):
+            builtins = ", ".join(REFERENCE_MODULES)
+            raise TaskError(
+                f"{where}: the reference's task module {dotted} has no glm-engine equivalent; built-in ones are "
+                f"{builtins}, or name your own EvaluationTask subclass"
+            ) from None
+        raise TaskError(f"{where}: cannot import module {module_name!r} for task class {dotted}: {exc}") from None
+    cls = getattr(module, class_name, None) if module is not None else None
+    if not (isinstance(cls, type) and issubclass(cls, EvaluationTask)):
+        raise TaskError(
+            f"{where}: module {dotted!r} must name a subclass of glm_engine.evaluation.tasks.EvaluationTask"
+        )
+    return cls
