@@ -67,10 +67,10 @@ class HFCheckpoint:
         return f"ChatGLM checkpoint {self.path} ({len(self.files)} x {self.layout.split('.index')[0]})"
 
     def read(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
-        """The tensors of ``keys`` as stored, opening only the files that hold them (one at a time; safetensors
-        reads just those tensors, zip-format ``.bin`` files are memory-mapped; a legacy pre-zip ``.bin`` is read whole on
-        each call, so re-save such a folder once if you export from it). For readers that go layer by layer (export)
-        rather than file by file (:meth:`shards`)."""
+        """The tensors of ``keys`` as stored, opening only the files that hold them, one at a time: safetensors
+        reads just those tensors, zip-format ``.bin`` files are memory-mapped, a legacy pre-zip ``.bin`` is read
+        whole on each call (re-save such a folder once before exporting from it). For readers that go layer by
+        layer (export) rather than file by file (:meth:`shards`)."""
         by_file: dict[str, list[str]] = {}
         for key in keys:
             if key not in self.entries:
