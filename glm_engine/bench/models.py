@@ -1,0 +1,200 @@
+"""What ``--model`` names, and loading it for one bench point through the engine's own loaders.
+
+``--model`` takes what ``glm-engine run`` takes (the built-in demo model by default, a native/SAT checkpoint folder,
+a preset name such as ``glm-tiny``) plus Hugging Face ChatGLM-6B folders and ``random:<preset>`` (``glm-130b``,
+``glm-tiny``, ``chatglm-6b``, ``chatglm-tiny``) with ``--layers/--hidden/--heads/--inner`` to shape random weights
+without files. Random models go through ``glm_engine.load`` / ``load_chatglm`` like a preset does, so ``--quant``,
+TP sharding and every backend's weight preparation are the ones real checkpoints get; their weights are drawn in
+fp16 (what real checkpoints store), which halves the host memory of large shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glm_engine.backends.base import dtype_name
+from glm_engine.backends.registry import REGISTRY
+from glm_engine.chatglm_engine import load_chatglm
+from glm_engine.checkpoint.hf import is_chatglm_checkpoint
+from glm_engine.config import PRESETS
+from glm_engine.engine import DEFAULT_MODEL, load, peek_config
+from glm_engine.errors import InputError, ParallelError
+from glm_engine.model.chatglm_config import CHATGLM_PRESETS
+from glm_engine.parallel.communicator import Communicator
+
+from .spec import QuantChoice
+from .workload import Family
+
+RANDOM_PREFIX = "random:"
+RANDOM_DTYPE = torch.float16  # random weights are drawn in fp16, as real checkpoints store them
+# Head room left to the rest of the machine when checking that random weights fit in host memory.
+HOST_MEMORY_HEADROOM = 0.9
+
+
+@dataclass(frozen=True)
+class Shape:
+    """``--layers/--hidden/--heads/--inner`` for a random model (None keeps the preset's)."""
+
+    layers: int | None = None
+    hidden: int | None = None
+    heads: int | None = None
+    inner: int | None = None
+
+    def given(self) -> bool:
+        return any(v is not None for v in asdict(self).values())
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded for bench points: its runner, bytes of weights a decode step reads, and the load notes."""
+
+    runner: Any
+    weight_bytes: int
+    notes: list[str]
+    device_name: str
+
+
+@dataclass
+class ModelSource:
+    """A resolved ``--model``: its family, a description, its config, and what loads it."""
+
+    name: str
+    family: Family
+    description: str
+    config: Any  # GLMConfig or ChatGLMConfig
+    random: bool = False
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_sequence_length(self) -> int:
+        return int(self.config.max_sequence_length)
+
+    @property
+    def text_ids(self) -> int:
+        """Ids below this are plain text in every tokenizer the family uses (the first special id)."""
+        if self.family is Family.CHATGLM:
+            return int(self.config.mask_token_id)
+        return int(min(self.config.vocab_layout.mask, self.config.vocab_size))
+
+    def config_dict(self) -> dict[str, Any]:
+        data = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config.to_hf_dict()
+        return {k: v for k, v in data.items() if not isinstance(v, dict)}
+
+    def load(
+        self,
+        backend: str,
+        dtype: str,
+        quant: QuantChoice,
+        tp: int = 1,
+        communicator: Communicator | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> LoadedModel:
+        """Load for one (backend, dtype, quantization, TP) group of points."""
+        common: dict[str, Any] = dict(backend=backend, dtype=dtype, progress=progress, **quant.load_args())
+        if self.random:
+            common.update(random_dtype=RANDOM_DTYPE, max_random_parameters=self.config.num_parameters())
+        if self.family is Family.CHATGLM:
+            if tp != 1:
+                raise ParallelError(f"{self.description}: ChatGLM-6B runs at TP=1 in glm-engine; drop --tp {tp}")
+            engine = load_chatglm(self.name, **common, **self.load_kwargs)
+        else:
+            engine = load(self.name, tp=tp, communicator=communicator, **common, **self.load_kwargs)
+        runner = engine.runner
+        index = runner.device.index or 0
+        devices = engine.backend.devices()
+        device_name = devices[index].name if index < len(devices) else str(runner.device)
+        return LoadedModel(runner, runner.weights.nbytes(), list(engine.notes), device_name)
+
+
+def _shaped(config: Any, shape: Shape, family: Family) -> Any:
+    """``config`` with ``shape``'s changes; heads follow the preset's head width and the MLP its ratio when only
+    ``--hidden`` is given."""
+    hidden = shape.hidden or config.hidden_size
+    heads = shape.heads or (hidden // config.head_dim if shape.hidden else config.num_attention_heads)
+    inner = shape.inner or config.inner_hidden_size * hidden // config.hidden_size
+    if hidden % heads:
+        raise InputError(f"--heads {heads} does not divide --hidden {hidden}; pass --heads")
+    step = 4 if family is Family.CHATGLM else 2
+    if (hidden // heads) % step:
+        raise InputError(f"head width {hidden // heads} must be a multiple of {step} for rotary; change --heads")
+    return config.with_overrides(
+        num_layers=shape.layers or config.num_layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        inner_hidden_size=inner,
+    )
+
+
+def _check_host_memory(config: Any, name: str) -> None:
+    """Refuse random weights that cannot fit in host memory (fp16 draw plus a run-dtype copy), before drawing."""
+    need = config.num_parameters() * 2 * RANDOM_DTYPE.itemsize
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > available * HOST_MEMORY_HEADROOM:
+        raise InputError(
+            f"{name}: {config.num_parameters() / 1e9:.1f}B random parameters need about {need / 1e9:.0f} GB of host "
+            f"memory, {available / 1e9:.0f} GB are free; use fewer --layers or a smaller --hidden"
+        )
+
+
+def resolve_model(model: str | None, shape: Shape = Shape()) -> ModelSource:
+    """Resolve ``--model`` (None: the built-in demo model) without loading weights."""
+    name = model or DEFAULT_MODEL
+    if name.startswith(RANDOM_PREFIX):
+        preset_name = name[len(RANDOM_PREFIX) :]
+        if preset_name in CHATGLM_PRESETS:
+            family, base = Family.CHATGLM, CHATGLM_PRESETS[preset_name]
+        elif preset_name in PRESETS:
+            family, base = Family.GLM, PRESETS[preset_name]
+        else:
+            known = ", ".join(RANDOM_PREFIX + n for n in (*PRESETS, *CHATGLM_PRESETS))
+            raise InputError(f"unknown random model {name!r}; choose from {known}")
+        config = _shaped(base, shape, family)
+        _check_host_memory(config, name)
+        description = (
+            f"random {preset_name} ({config.num_layers} layers, hidden {config.hidden_size}, "
+            f"{config.num_parameters() / 1e9:.2f}B parameters)"
+        )
+        kwargs: dict[str, Any] = {"config": config}
+        return ModelSource(preset_name, family, description, config, True, kwargs)
+    if shape.given():
+        raise InputError("--layers/--hidden/--heads/--inner shape random models: use --model random:<preset>")
+    if name in CHATGLM_PRESETS and not Path(name).exists():
+        return ModelSource(name, Family.CHATGLM, f"preset {name} (random weights)", CHATGLM_PRESETS[name])
+    if is_chatglm_checkpoint(Path(name)):
+        from glm_engine.checkpoint.hf import read_chatglm_config
+
+        config = read_chatglm_config(Path(name))
+        return ModelSource(name, Family.CHATGLM, f"ChatGLM checkpoint {name}", config)
+    config = peek_config(name)
+    description = (
+        "the built-in demo model"
+        if name == DEFAULT_MODEL
+        else (
+            f"preset {name} (random weights)" if name in PRESETS and not Path(name).exists() else f"checkpoint {name}"
+        )
+    )
+    return ModelSource(name, Family.GLM, description, config)
+
+
+def backend_device(backend: str) -> torch.device:
+    """The device a backend's models run on (device 0), for the bandwidth measurement."""
+    chosen, _ = REGISTRY.resolve(backend)
+    device_fn = getattr(chosen, "device", None)
+    return device_fn(0) if device_fn is not None else torch.device("cpu")
+
+
+def dtype_or_default(backend: str, dtype: str | None) -> str:
+    """``dtype``, or the backend's first choice when None."""
+    if dtype:
+        return dtype
+    chosen, _ = REGISTRY.resolve(backend)
+    return dtype_name(chosen.default_dtype())

@@ -1,0 +1,155 @@
+"""Bench results as Markdown (people), CSV (sheets) or JSON (tools, with raw samples and the environment).
+
+The Markdown report is a header (model, device, measured bandwidth, protocol), the table of every row (skipped ones
+with their reason), and, when several engines ran (backends, or the transformers baseline), a side-by-side table of
+tokens/s per engine with each engine's ratio to the first backend and to the baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from glm_engine.bench.rows import OK, Row
+from glm_engine.conformance.report import ReportFormat
+
+__all__ = ["ReportFormat", "render_report"]
+
+CSV_COLUMNS = [name for name in Row.__dataclass_fields__ if name != "samples"]
+KEY_COLUMNS = ("dtype", "quant", "tp", "batch", "test", "depth")
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _rate(row: Row) -> str:
+    if row.status != OK:
+        return row.status
+    return f"{row.tokens_per_s:.2f} ± {row.tokens_per_s_std:.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(columns: Sequence[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out.extend("| " + " | ".join(_escape(cell) for cell in line) + " |" for line in lines)
+    return out
+
+
+def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
+    columns = [
+        "engine",
+        "dtype",
+        "quant",
+        "tp",
+        "batch",
+        "test",
+        "t/s",
+        "TTFT ms",
+        "ITL p50 ms",
+        "ITL p90 ms",
+        "weights GB/s",
+        "of roofline",
+        "host MB",
+        "device MB",
+        f"vs {first}",
+        f"vs {baseline}",
+        "note",
+    ]
+    lines = [
+        [
+            r.engine,
+            r.dtype,
+            r.quant,
+            str(r.tp),
+            str(r.batch),
+            f"{r.test} @ d{r.depth}",
+            _rate(r),
+            _num(r.ttft_ms),
+            _num(r.itl_median_ms),
+            _num(r.itl_p90_ms),
+            _num(r.weight_gbps, 1),
+            "" if r.roofline_share is None else f"{r.roofline_share:.0%}",
+            _num(r.peak_host_mb, 0),
+            _num(r.peak_device_mb, 0),
+            _ratio(r.vs_first),
+            _ratio(r.vs_baseline),
+            r.reason,
+        ]
+        for r in rows
+    ]
+    return _table(columns, lines)
+
+
+def _side_by_side(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
+    """tokens/s per engine for each configuration, with ratios to the first backend and to the baseline."""
+    engines = list(dict.fromkeys(r.engine for r in rows))
+    ours = [e for e in engines if e != baseline]
+    has_baseline = baseline in engines
+    keys = list(dict.fromkeys(r.config_key for r in rows if r.engine != baseline))
+    by = {(r.engine, r.config_key): r for r in rows}
+    base_by = {r.baseline_key: r for r in rows if r.engine == baseline}
+    columns = ["dtype", "quant", "tp", "batch", "test"] + [f"{e} t/s" for e in ours]
+    columns += [f"{e} / {first}" for e in ours if e != first]
+    if has_baseline:
+        columns += [f"{baseline} t/s"] + [f"{e} / {baseline}" for e in ours]
+    lines = []
+    for key in keys:
+        dtype, quant, tp, batch, test, depth = key
+        line = [dtype, quant, str(tp), str(batch), f"{test} @ d{depth}"]
+        line += [_rate(by[(e, key)]) if (e, key) in by else "" for e in ours]
+        line += [_ratio(by[(e, key)].vs_first) if (e, key) in by else "" for e in ours if e != first]
+        if has_baseline:
+            base = base_by.get((dtype, batch, test, depth))
+            line.append(_rate(base) if base is not None else "")
+            line += [_ratio(by[(e, key)].vs_baseline) if (e, key) in by else "" for e in ours]
+        lines.append(line)
+    return _table(columns, lines)
+
+
+def _header(meta: dict[str, Any]) -> list[str]:
+    lines = [f"# glm-engine bench: {meta['model']['description']}", ""]
+    for device in meta.get("devices", []):
+        bw = device.get("read_bandwidth_gbps")
+        lines.append(
+            f"- {device['backend']}: {device['name']}"
+            + (f"; measured read bandwidth {bw:.1f} GB/s" if bw else "")
+            + (f"; {device['detail']}" if device.get("detail") else "")
+        )
+    protocol = meta["protocol"]
+    lines.append(
+        f"- {protocol['repetitions']} repetitions after {protocol['warmup']} warm-up; t/s is mean ± stddev over "
+        f"repetitions; TTFT is the timed prefill, ITL each decode step; GB/s counts every weight once per step"
+    )
+    if meta.get("interrupted"):
+        lines.append("- **interrupted**: only the rows finished before Ctrl-C are shown")
+    for note in meta.get("notes", []):
+        lines.append(f"- {note}")
+    return lines
+
+
+def render_report(meta: dict[str, Any], rows: Sequence[Row], fmt: ReportFormat, first: str, baseline: str) -> str:
+    """The whole report in ``fmt``; ``first`` is the backend ratios compare against, ``baseline`` its engine name."""
+    if fmt is ReportFormat.json:
+        return json.dumps({**meta, "rows": [r.to_dict() for r in rows]}, indent=2, default=str)
+    if fmt is ReportFormat.csv:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.to_dict(with_samples=False))
+        return buffer.getvalue()
+    lines = _header(meta) + [""] + _main_table(rows, first, baseline)
+    if len({r.engine for r in rows}) > 1:
+        lines += ["", "## Side by side", ""] + _side_by_side(rows, first, baseline)
+    return "\n".join(lines)
