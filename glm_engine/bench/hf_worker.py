@@ -79,6 +79,20 @@ class HFRunner:
         return self.forward(input_ids, position_ids, blocked, cache)
 
 
+def _state_dict_without_metadata(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The weights of a single ``model.safetensors`` saved without ``{"format": "pt"}`` metadata, which
+    transformers before 4.3x refuses to read itself (``metadata.get``); None when transformers can read the folder."""
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    return load_file(str(path)) if not metadata or "format" not in metadata else None
+
+
 def main(job_path: str, out_path: str) -> None:
     from transformers import AutoModel
 
@@ -87,7 +101,11 @@ def main(job_path: str, out_path: str) -> None:
     device = torch.device(job["device"])
     points = [(point_from_json(p), p) for p in job["points"]]
     for dtype in dict.fromkeys(p.dtype for p, _ in points):
-        model = AutoModel.from_pretrained(job["folder"], trust_remote_code=True, torch_dtype=DTYPES[dtype])
+        state_dict = _state_dict_without_metadata(Path(job["folder"]))
+        model = AutoModel.from_pretrained(
+            job["folder"], trust_remote_code=True, torch_dtype=DTYPES[dtype], state_dict=state_dict
+        )
+        del state_dict
         model = model.to(device=device, dtype=DTYPES[dtype]).eval()
         runner = HFRunner(model, device)
         weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
