@@ -29,6 +29,8 @@ class Kind(str, Enum):
 class TestSpec:
     """One test: ``n_prompt`` tokens prefilled in one forward, then ``n_gen`` single-token decode steps."""
 
+    __test__ = False  # not a pytest class, despite the name
+
     kind: Kind
     n_prompt: int
     n_gen: int
