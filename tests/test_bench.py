@@ -459,3 +459,12 @@ def test_ctrl_c_prints_and_writes_the_finished_rows_then_exits_130(monkeypatch, 
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [(r["test"], r["status"]) for r in rows] == [("pp8", OK)]
     assert "interrupted" in result.output
+
+
+def test_a_tp2_group_runs_as_two_ranks_and_reports_rank_0s_rows():
+    args = ["bench", "--model", "glm-tiny", "--tp", "1,2", "-r", "1", "-t", "tg2", "--bandwidth-gib", "0.05"]
+    result = CliRunner().invoke(app, [*args, "--no-baseline", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [(r["tp"], r["status"]) for r in rows] == [(1, OK), (2, OK)]
+    assert rows[1]["weights_gb"] < rows[0]["weights_gb"]  # rank 0 holds half of the sharded weights

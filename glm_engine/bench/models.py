@@ -21,7 +21,7 @@ import torch
 from glm_engine.backends.base import dtype_name
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.chatglm_engine import load_chatglm
-from glm_engine.checkpoint.hf import is_chatglm_checkpoint
+from glm_engine.checkpoint.hf import is_chatglm_checkpoint, read_chatglm_config
 from glm_engine.config import PRESETS
 from glm_engine.engine import DEFAULT_MODEL, load, peek_config
 from glm_engine.errors import InputError, ParallelError
@@ -170,8 +170,6 @@ def resolve_model(model: str | None, shape: Shape = Shape()) -> ModelSource:
     if name in CHATGLM_PRESETS and not Path(name).exists():
         return ModelSource(name, Family.CHATGLM, f"preset {name} (random weights)", CHATGLM_PRESETS[name])
     if is_chatglm_checkpoint(Path(name)):
-        from glm_engine.checkpoint.hf import read_chatglm_config
-
         config = read_chatglm_config(Path(name))
         return ModelSource(name, Family.CHATGLM, f"ChatGLM checkpoint {name}", config)
     config = peek_config(name)
