@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -188,6 +189,7 @@ def _run_baseline(
     first_backend = next(iter(run.devices), "cpu")
     device = backend_device(first_backend)
     bandwidth = run.devices.get(first_backend, {}).get("read_bandwidth_gbps")
+    device_name = run.devices.get(first_backend, {}).get("name", str(device))
     pending = {json.dumps(point_to_json(p), sort_keys=True): p for p in points}
 
     def on_result(record: dict) -> None:
@@ -201,7 +203,7 @@ def _run_baseline(
         samples = [Sample(**s) for s in record["samples"]]
         result = Measurement(samples, record["host_peak_bytes"], record["device_peak_bytes"], record["timer"])
         run.rows.append(
-            row_from_measurement(BASELINE_NAME, point, result, record["weight_bytes"], bandwidth, str(device))
+            row_from_measurement(BASELINE_NAME, point, result, record["weight_bytes"], bandwidth, device_name)
         )
         advance(point.label)
 
@@ -230,8 +232,6 @@ def _run_tp_group(
     advance: Callable[[str], None],
 ) -> None:
     """Run one TP > 1 group as ranks of torch's launcher and collect rank 0's rows."""
-    from glm_engine.parallel.launch import launch_local
-
     tp = points[0].tp
     _device_entry(points[0].backend, run, options, leader=True)  # measured here once; the ranks reuse it
     with tempfile.TemporaryDirectory(prefix="glm-engine-bench-tp-") as tmp:
@@ -249,12 +249,11 @@ def _run_tp_group(
             encoding="utf-8",
         )
         out.touch()
+        failed = ""
         try:
-            launch_local(tp, ["bench", "--tp-job", str(job), "--tp-rows", str(out)])
+            _launch_keeping_ctrl_c(tp, ["bench", "--tp-job", str(job), "--tp-rows", str(out)])
         except GlmEngineError as exc:
             failed = str(exc)
-        else:
-            failed = ""
         finally:
             finished = [Row(**json.loads(line)) for line in out.read_text(encoding="utf-8").splitlines()]
             run.rows.extend(finished)
@@ -265,6 +264,27 @@ def _run_tp_group(
             if (point.batch, point.test.name, point.depth) not in done:
                 run.rows.append(skipped_row(point.backend, point, failed or "the rank did not report", "failed"))
                 advance(point.label)
+
+
+def _launch_keeping_ctrl_c(tp: int, args: list[str]) -> None:
+    """``launch_local``, with Ctrl-C kept a KeyboardInterrupt: torch's elastic agent installs signal handlers that
+    raise its ``SignalException`` and leaves them installed, which would turn every later Ctrl-C of this run into a
+    traceback. The handlers are restored afterwards, and an interrupt becomes a KeyboardInterrupt again."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from glm_engine.parallel.launch import launch_local
+
+    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    saved = {sig: signal.getsignal(sig) for name in names if (sig := getattr(signal, name, None)) is not None}
+    try:
+        launch_local(tp, args)
+    except SignalException as exc:
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def run_tp_job(job_path: Path, rows_path: Path, comm: Communicator) -> None:
