@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from glm_engine.backends.base import dtype_name
+from glm_engine.backends.base import dtype_name, parse_dtype
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.chatglm_engine import load_chatglm
 from glm_engine.checkpoint.hf import is_chatglm_checkpoint, read_chatglm_config
@@ -98,6 +98,7 @@ class ModelSource:
         """Load for one (backend, dtype, quantization, TP) group of points."""
         common: dict[str, Any] = dict(backend=backend, dtype=dtype, progress=progress, **quant.load_args())
         if self.random:
+            check_random_fits(self.config, f"{RANDOM_PREFIX}{self.name}", dtype)
             common.update(random_dtype=RANDOM_DTYPE, max_random_parameters=self.config.num_parameters())
         if self.family is Family.CHATGLM:
             if tp != 1:
@@ -131,17 +132,31 @@ def _shaped(config: Any, shape: Shape, family: Family) -> Any:
     )
 
 
-def _check_host_memory(config: Any, name: str) -> None:
-    """Refuse random weights that cannot fit in host memory (fp16 draw plus a run-dtype copy), before drawing."""
-    need = config.num_parameters() * 2 * RANDOM_DTYPE.itemsize
+def _available_host_bytes() -> int | None:
+    """Memory the system can give without swapping: MemAvailable (page cache counts as free), else free pages."""
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return
-    if need > available * HOST_MEMORY_HEADROOM:
+        return None
+
+
+def check_random_fits(config: Any, name: str, dtype: str) -> None:
+    """Refuse random weights that cannot fit in host memory (the fp16 draw, plus a copy in ``dtype`` unless that
+    is fp16), before drawing them."""
+    per_parameter = RANDOM_DTYPE.itemsize + (0 if dtype == "fp16" else parse_dtype(dtype).itemsize)
+    need = config.num_parameters() * per_parameter
+    available = _available_host_bytes()
+    if available is not None and need > available * HOST_MEMORY_HEADROOM:
         raise InputError(
-            f"{name}: {config.num_parameters() / 1e9:.1f}B random parameters need about {need / 1e9:.0f} GB of host "
-            f"memory, {available / 1e9:.0f} GB are free; use fewer --layers or a smaller --hidden"
+            f"{name}: {config.num_parameters() / 1e9:.1f}B random parameters in {dtype} need about "
+            f"{need / 1e9:.0f} GB of host memory, {available / 1e9:.0f} GB are available; use fewer --layers or a "
+            "smaller --hidden"
         )
 
 
@@ -158,7 +173,7 @@ def resolve_model(model: str | None, shape: Shape = Shape()) -> ModelSource:
             known = ", ".join(RANDOM_PREFIX + n for n in (*PRESETS, *CHATGLM_PRESETS))
             raise InputError(f"unknown random model {name!r}; choose from {known}")
         config = _shaped(base, shape, family)
-        _check_host_memory(config, name)
+        check_random_fits(config, name, "fp16")  # the least it needs; each load checks its own dtype
         description = (
             f"random {preset_name} ({config.num_layers} layers, hidden {config.hidden_size}, "
             f"{config.num_parameters() / 1e9:.2f}B parameters)"

@@ -131,6 +131,8 @@ def _header(meta: dict[str, Any]) -> list[str]:
         f"- {protocol['repetitions']} repetitions after {protocol['warmup']} warm-up; t/s is mean ± stddev over "
         f"repetitions; TTFT is the timed prefill, ITL each decode step; GB/s counts every weight once per step"
     )
+    if meta.get("baseline"):
+        lines.append(f"- baseline: {meta['baseline']} (eager, the model's reference code), same inputs and protocol")
     if meta.get("interrupted"):
         lines.append("- **interrupted**: only the rows finished before Ctrl-C are shown")
     for note in meta.get("notes", []):
