@@ -14,17 +14,18 @@ from glm_engine.backends.registry import REGISTRY
 from glm_engine.bench.baseline import BASELINE_NAME
 from glm_engine.bench.device import host_peak_note
 from glm_engine.bench.environment import environment
-from glm_engine.bench.models import Shape, dtype_or_default, resolve_model
+from glm_engine.bench.models import ModelSource, Shape, dtype_or_default, resolve_model
 from glm_engine.bench.plot import check_plot_available, write_plot
 from glm_engine.bench.report import ReportFormat, render_report
 from glm_engine.bench.rows import add_ratios
 from glm_engine.bench.runner import BenchOptions, BenchRun, check_plan, run_as_torchrun_rank, run_plan, run_tp_job
-from glm_engine.bench.spec import expand, parse_ints, parse_quant, parse_tests, split_values
+from glm_engine.bench.spec import Point, expand, parse_ints, parse_quant, parse_tests, split_values
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
 from glm_engine.errors import InputError
 from glm_engine.parallel.communicator import init_from_environment, running_under_torchrun
 
+DEFAULT_TESTS = "pp128,tg32"  # llama-bench's pp512/tg128 take minutes per row on a small CPU
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C
 ListOption = list[str] | None
 
@@ -46,6 +47,53 @@ def _tp_rank(job: Path, rows: Path) -> None:
         run_tp_job(job, rows, comm)
     finally:
         comm.close()
+
+
+def _points(
+    backends: list[str],
+    dtype: ListOption,
+    quant: ListOption,
+    quant_scheme: ListOption,
+    quant_group_size: ListOption,
+    quant_output: ListOption,
+    tp: ListOption,
+    batch: ListOption,
+    depth: ListOption,
+    test: ListOption,
+) -> list[Point]:
+    """The product of the lists, per backend (whose default dtype differs), checked as it is parsed."""
+    points: list[Point] = []
+    for name in backends:
+        points += expand(
+            [name],
+            split_values(dtype) or [dtype_or_default(name, None)],
+            parse_quant(quant or [], quant_scheme or [], quant_group_size or [], quant_output or []),
+            parse_ints(tp, "--tp", 1) or [1],
+            parse_ints(batch, "--batch", 1) or [1],
+            parse_ints(depth, "--depth", 0) or [0],
+            parse_tests(test or [DEFAULT_TESTS]),
+        )
+    return points
+
+
+def _meta(
+    source: ModelSource, run: BenchRun, repetitions: int, warmup: int, seed: int, interrupted: bool
+) -> dict[str, object]:
+    """Everything but the rows: model, devices and bandwidth, protocol, environment, notes."""
+    return {
+        "model": {
+            "name": source.name,
+            "description": source.description,
+            "family": source.family.value,
+            "config": source.config_dict(),
+        },
+        "devices": list(run.devices.values()),
+        "protocol": {"repetitions": repetitions, "warmup": warmup, "seed": seed, "host_memory": host_peak_note()},
+        "environment": environment(),
+        "baseline": run.baseline_versions,
+        "notes": run.notes,
+        "interrupted": interrupted,
+    }
 
 
 def bench(
@@ -95,20 +143,8 @@ def bench(
             raise InputError("--repetitions must be at least 1 and --warmup at least 0")
         if plot is not None:
             check_plot_available()
-        backends = split_values(backend) or ["auto"]
-        backends = [REGISTRY.resolve(b)[0].name for b in backends]
-        points = []
-        for name in backends:
-            dtypes = split_values(dtype) or [dtype_or_default(name, None)]
-            points += expand(
-                [name],
-                dtypes,
-                parse_quant(quant or [], quant_scheme or [], quant_group_size or [], quant_output or []),
-                parse_ints(tp, "--tp", 1) or [1],
-                parse_ints(batch, "--batch", 1) or [1],
-                parse_ints(depth, "--depth", 0) or [0],
-                parse_tests(test or ["pp128,tg32"]),
-            )
+        backends = [REGISTRY.resolve(b)[0].name for b in split_values(backend) or ["auto"]]
+        points = _points(backends, dtype, quant, quant_scheme, quant_group_size, quant_output, tp, batch, depth, test)
         check_plan(source, points)
         options = BenchOptions(repetitions, warmup, seed, baseline, baseline_python, baseline_code, bandwidth_gib)
         run = BenchRun()
@@ -128,20 +164,7 @@ def bench(
             except KeyboardInterrupt:
                 interrupted = True
         add_ratios(run.rows, backends[0], BASELINE_NAME)
-        meta = {
-            "model": {
-                "name": source.name,
-                "description": source.description,
-                "family": source.family.value,
-                "config": source.config_dict(),
-            },
-            "devices": list(run.devices.values()),
-            "protocol": {"repetitions": repetitions, "warmup": warmup, "seed": seed, "host_memory": host_peak_note()},
-            "environment": environment(),
-            "baseline": run.baseline_versions,
-            "notes": run.notes,
-            "interrupted": interrupted,
-        }
+        meta = _meta(source, run, repetitions, warmup, seed, interrupted)
         _emit(render_report(meta, run.rows, output, backends[0], BASELINE_NAME), out)
         if plot is not None and run.rows:
             write_plot(run.rows, plot, f"glm-engine bench: {source.description}")
