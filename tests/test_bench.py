@@ -340,6 +340,17 @@ def test_a_random_model_loads_quantized_through_the_engines_loader():
     assert any("INT4 groupwise" in note for note in loaded.notes)
 
 
+def test_decode_reads_the_tied_embedding_once_and_a_separate_table_only_by_a_row():
+    glm = resolve_model("random:glm-tiny", Shape(layers=1)).load("cpu", "fp32", QuantChoice())
+    assert glm.weight_bytes == glm.runner.weights.nbytes()  # the embedding is the output projection
+    glm_out = resolve_model("random:glm-tiny", Shape(layers=1)).load("cpu", "fp32", QuantChoice(8, None, True))
+    table = glm_out.runner.weights.word_embeddings
+    assert glm_out.weight_bytes == glm_out.runner.weights.nbytes() - table.numel() * 4
+    chat = resolve_model("chatglm-tiny").load("cpu", "fp32", QuantChoice())
+    weights = chat.runner.weights
+    assert chat.weight_bytes == weights.nbytes() - weights.word_embeddings.numel() * 4
+
+
 def test_the_baseline_is_skipped_with_the_reason_for_glm_models_and_missing_code():
     glm = plan_baseline(resolve_model(None), None, None)
     assert "no class for the GLM-130B architecture" in glm.skipped

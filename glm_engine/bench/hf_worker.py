@@ -79,6 +79,16 @@ class HFRunner:
         return self.forward(input_ids, position_ids, blocked, cache)
 
 
+def _streamed_bytes(model: Any) -> int:
+    """Bytes a decode step reads, counted as for our engine: every parameter once (a tied ``lm_head`` is the
+    embedding, so once), minus an embedding table separate from ``lm_head``, of which a step reads one row."""
+    total = sum(t.numel() * t.element_size() for t in model.parameters())  # parameters() lists tied ones once
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if embedding.data_ptr() != head.data_ptr():
+        total -= embedding.numel() * embedding.element_size()
+    return total
+
+
 def _state_dict_without_metadata(folder: Path) -> dict[str, torch.Tensor] | None:
     """The weights of a single ``model.safetensors`` saved without ``{"format": "pt"}`` metadata, which
     transformers before 4.3x refuses to read itself (``metadata.get``); None when transformers can read the folder."""
@@ -108,7 +118,7 @@ def main(job_path: str, out_path: str) -> None:
         del state_dict
         model = model.to(device=device, dtype=DTYPES[dtype]).eval()
         runner = HFRunner(model, device)
-        weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
+        weight_bytes = _streamed_bytes(model)
         vocab = int(model.config.mask_token_id)
         for point, raw in points:
             if point.dtype != dtype:

@@ -110,7 +110,18 @@ class ModelSource:
         index = runner.device.index or 0
         devices = engine.backend.devices()
         device_name = devices[index].name if index < len(devices) else str(runner.device)
-        return LoadedModel(runner, runner.weights.nbytes(), list(engine.notes), device_name)
+        return LoadedModel(runner, streamed_bytes(runner.weights), list(engine.notes), device_name)
+
+
+def streamed_bytes(weights: Any) -> int:
+    """Bytes a decode step reads: every weight in its runtime form (quantized linears packed), except an embedding
+    table that is not also the output projection, of which a step reads one row per token (ChatGLM's, with its
+    separate ``lm_head``; GLM's when ``quant_output`` gives the logits a quantized copy)."""
+    total = weights.nbytes()
+    separate_output = getattr(weights, "output_projection", None) is not None or hasattr(weights, "lm_head")
+    if separate_output:
+        total -= weights.word_embeddings.numel() * weights.word_embeddings.element_size()
+    return total
 
 
 def _shaped(config: Any, shape: Shape, family: Family) -> Any:

@@ -43,7 +43,7 @@ class Row:
     itl_p90_ms: float | None = None
     peak_host_mb: float | None = None
     peak_device_mb: float | None = None
-    weights_gb: float | None = None
+    weights_gb: float | None = None  # GB a decode step reads (models.streamed_bytes)
     weight_gbps: float | None = None
     bandwidth_gbps: float | None = None
     roofline_share: float | None = None
