@@ -479,3 +479,39 @@ def test_a_tp2_group_runs_as_two_ranks_and_reports_rank_0s_rows():
     rows = json.loads(result.stdout)["rows"]
     assert [(r["tp"], r["status"]) for r in rows] == [(1, OK), (2, OK)]
     assert rows[1]["weights_gb"] < rows[0]["weights_gb"]  # rank 0 holds half of the sharded weights
+
+
+def test_on_an_accelerator_the_timer_uses_device_events_and_memory_the_devices_peak(monkeypatch):
+    from types import SimpleNamespace
+
+    from glm_engine.bench import device as device_module
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+            self.at = None
+
+        def record(self):
+            self.at = len(log)
+            log.append("record")
+
+        def synchronize(self):
+            log.append("synchronize")
+
+        def elapsed_time(self, end):
+            return 250.0  # milliseconds, as torch.cuda.Event reports
+
+    log: list[str] = []
+    fake = SimpleNamespace(
+        Event=Event,
+        synchronize=lambda device: log.append("sync"),
+        reset_peak_memory_stats=lambda device: log.append("reset"),
+        max_memory_allocated=lambda device: 3 * 2**20,
+    )
+    monkeypatch.setattr(device_module, "_module", lambda device: fake)
+    timer = device_module.Timer(torch.device("cpu"))
+    timer.start()
+    assert timer.stop() == pytest.approx(0.25) and log == ["record", "record", "synchronize"]
+    memory = device_module.MemoryTracker(torch.device("cpu"))
+    memory.reset()
+    assert "reset" in log and memory.device_peak() == 3 * 2**20

@@ -173,12 +173,6 @@ class Point:
         """Sequence positions the point uses (the cache it needs)."""
         return context_length(self) + self.test.n_gen
 
-    def to_dict(self) -> dict[str, object]:
-        data = asdict(self)
-        data["quant"] = self.quant.name
-        data["test"] = self.test.name
-        return data
-
 
 # A tg test at depth 0 decodes after a one-token prompt (untimed), as llama-bench's generation tests start after BOS.
 MIN_CONTEXT = 1

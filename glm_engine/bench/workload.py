@@ -5,7 +5,7 @@ rules (``generation_blocked``: the prompt attends to itself bidirectionally, lat
 models take 1-D positions that run on (``[gMASK]`` continuation); ChatGLM takes 2-D positions, the position row
 holding the blank's index from ``<sop>`` on and the block row counting generated tokens. Ids are random text ids
 from a seeded generator: speed does not depend on which tokens run, and sampling is left out of the timing, as
-llama-bench does. The same tensors are saved for the transformers baseline, so both run identical inputs.
+llama-bench does. The transformers baseline builds the same tensors from the same seed, so both run identical inputs.
 """
 
 from __future__ import annotations
@@ -42,13 +42,6 @@ class Workload:
 
     def to(self, device: torch.device) -> Workload:
         return Workload(self.ids.to(device), self.positions.to(device), self.blocked.to(device), self.context)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"ids": self.ids, "positions": self.positions, "blocked": self.blocked, "context": self.context}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Workload:
-        return cls(data["ids"], data["positions"], data["blocked"], int(data["context"]))
 
 
 def build_workload(family: Family, batch: int, context: int, total: int, text_ids: int, seed: int) -> Workload:
