@@ -515,3 +515,17 @@ def test_on_an_accelerator_the_timer_uses_device_events_and_memory_the_devices_p
     memory = device_module.MemoryTracker(torch.device("cpu"))
     memory.reset()
     assert "reset" in log and memory.device_peak() == 3 * 2**20
+
+
+def test_an_onnx_export_is_timed_on_onnxruntime_without_a_bandwidth_claim(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")
+    from glm_engine.engine import DEFAULT_MODEL
+    from glm_engine.export.onnx_export import export_onnx
+
+    export_onnx(DEFAULT_MODEL, tmp_path / "onnx", max_seq=64)
+    args = ["bench", "--model", str(tmp_path / "onnx"), "--backend", "onnxruntime", "-r", "1", "-t", "tg2"]
+    result = CliRunner().invoke(app, [*args, "--bandwidth-gib", "0", "--no-baseline", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["rows"]
+    assert (row["engine"], row["status"], row["dtype"]) == ("onnxruntime", OK, "fp32")
+    assert row["weight_gbps"] is None and row["itl_median_ms"] > 0  # the graph's bytes are not ours to count

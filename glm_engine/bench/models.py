@@ -25,6 +25,7 @@ from glm_engine.checkpoint.hf import is_chatglm_checkpoint, read_chatglm_config
 from glm_engine.config import PRESETS
 from glm_engine.engine import DEFAULT_MODEL, load, peek_config
 from glm_engine.errors import InputError, ParallelError
+from glm_engine.export.onnx_export import GENAI_CONFIG_FILE, read_exported
 from glm_engine.model.chatglm_config import CHATGLM_PRESETS
 from glm_engine.parallel.communicator import Communicator
 
@@ -55,7 +56,7 @@ class LoadedModel:
     """A model loaded for bench points: its runner, bytes of weights a decode step reads, and the load notes."""
 
     runner: Any
-    weight_bytes: int
+    weight_bytes: int | None  # None for exported graphs: no GB/s
     notes: list[str]
     device_name: str
 
@@ -70,6 +71,7 @@ class ModelSource:
     config: Any  # GLMConfig or ChatGLMConfig
     random: bool = False
     load_kwargs: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None  # an export's own dtype, the default for every backend; None: each backend's first
 
     @property
     def max_sequence_length(self) -> int:
@@ -106,11 +108,13 @@ class ModelSource:
             engine = load_chatglm(self.name, **common, **self.load_kwargs)
         else:
             engine = load(self.name, tp=tp, communicator=communicator, **common, **self.load_kwargs)
+        notes = list(engine.notes)
         runner = engine.runner
         index = runner.device.index or 0
         devices = engine.backend.devices()
         device_name = devices[index].name if index < len(devices) else str(runner.device)
-        return LoadedModel(runner, streamed_bytes(runner.weights), list(engine.notes), device_name)
+        weights = getattr(runner, "weights", None)  # an exported graph's weights are not ours to count
+        return LoadedModel(runner, streamed_bytes(weights) if weights is not None else None, notes, device_name)
 
 
 def streamed_bytes(weights: Any) -> int:
@@ -195,6 +199,9 @@ def resolve_model(model: str | None, shape: Shape = Shape()) -> ModelSource:
         raise InputError("--layers/--hidden/--heads/--inner shape random models: use --model random:<preset>")
     if name in CHATGLM_PRESETS and not Path(name).exists():
         return ModelSource(name, Family.CHATGLM, f"preset {name} (random weights)", CHATGLM_PRESETS[name])
+    if (Path(name) / GENAI_CONFIG_FILE).is_file():
+        info = read_exported(name)
+        return ModelSource(name, Family.GLM, f"exported model {name}", info.config, dtype=dtype_name(info.dtype))
     if is_chatglm_checkpoint(Path(name)):
         config = read_chatglm_config(Path(name))
         return ModelSource(name, Family.CHATGLM, f"ChatGLM checkpoint {name}", config)

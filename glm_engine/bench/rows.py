@@ -77,7 +77,7 @@ def row_from_measurement(
     engine: str,
     point: Point,
     measurement: Measurement,
-    weight_bytes: int,
+    weight_bytes: int | None,
     bandwidth_gbps: float | None,
     device: str,
     quant: str | None = None,
@@ -108,7 +108,7 @@ def row_from_measurement(
         itl_p90_ms=stats.percentile(steps, 90) * 1e3 if steps else None,
         peak_host_mb=measurement.host_peak_bytes / 2**20 if measurement.host_peak_bytes is not None else None,
         peak_device_mb=measurement.device_peak_bytes / 2**20 if measurement.device_peak_bytes is not None else None,
-        weights_gb=weight_bytes / GB,
+        weights_gb=weight_bytes / GB if weight_bytes is not None else None,
         bandwidth_gbps=bandwidth_gbps,
         timer=measurement.timer,
         samples={
@@ -118,7 +118,7 @@ def row_from_measurement(
             "step_s": [s.step_s for s in samples],
         },
     )
-    if steps:
+    if steps and weight_bytes is not None:
         mean_step = stats.mean(steps)
         row.weight_gbps = achieved_gbps(weight_bytes, mean_step)
         if bandwidth_gbps:

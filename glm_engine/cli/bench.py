@@ -51,6 +51,7 @@ def _tp_rank(job: Path, rows: Path) -> None:
 
 def _points(
     backends: list[str],
+    model_dtype: str | None,
     dtype: ListOption,
     quant: ListOption,
     quant_scheme: ListOption,
@@ -66,7 +67,7 @@ def _points(
     for name in backends:
         points += expand(
             [name],
-            split_values(dtype) or [dtype_or_default(name, None)],
+            split_values(dtype) or [model_dtype or dtype_or_default(name, None)],
             parse_quant(quant or [], quant_scheme or [], quant_group_size or [], quant_output or []),
             parse_ints(tp, "--tp", 1) or [1],
             parse_ints(batch, "--batch", 1) or [1],
@@ -144,7 +145,9 @@ def bench(
         if plot is not None:
             check_plot_available()
         backends = [REGISTRY.resolve(b)[0].name for b in split_values(backend) or ["auto"]]
-        points = _points(backends, dtype, quant, quant_scheme, quant_group_size, quant_output, tp, batch, depth, test)
+        points = _points(
+            backends, source.dtype, dtype, quant, quant_scheme, quant_group_size, quant_output, tp, batch, depth, test
+        )
         check_plan(source, points)
         options = BenchOptions(repetitions, warmup, seed, baseline, baseline_python, baseline_code, bandwidth_gib)
         run = BenchRun()
