@@ -207,11 +207,10 @@ def _run_baseline(
         )
         advance(point.label)
 
-    device_name = str(device) if device.type != "cpu" else "cpu"
     run_baseline(
         plan,
         points,
-        device_name,
+        str(device),
         options.repetitions,
         options.warmup,
         options.seed,
