@@ -184,8 +184,10 @@ def test_a_prefill_row_has_ttft_but_no_decode_latency_or_bandwidth():
 # --- reports and ratios --------------------------------------------------------------------------------------------
 
 
-def _row(engine: str, rate: float, quant: str = "none", test: str = "tg4") -> Row:
-    return Row(engine, "fp32", quant, 1, 1, test, 0, tokens_per_s=rate, tokens_per_s_std=0.5, samples={"x": [1]})
+def _row(engine: str, rate: float, quant: str = "none", test: str = "tg4", device: str = "test cpu") -> Row:
+    return Row(
+        engine, "fp32", quant, 1, 1, test, 0, device=device, tokens_per_s=rate, tokens_per_s_std=0.5, samples={"x": [1]}
+    )
 
 
 def _rows() -> list[Row]:
@@ -193,21 +195,69 @@ def _rows() -> list[Row]:
     return [
         _row("cpu", 100.0),
         _row("cpu", 150.0, quant="int8-rowwise"),
-        _row("cuda", 400.0),
+        _row("cuda", 400.0, device="test gpu"),
         _row("transformers", 50.0),
-        skipped_row("transformers", point, "no modeling code"),
+        _row("transformers", 200.0, device="test gpu"),
+        skipped_row("transformers", point, "no modeling code", device="test cpu"),
     ]
 
 
-def test_ratios_compare_with_the_first_backend_and_the_baseline_at_the_same_configuration():
+def test_ratios_compare_with_the_first_backend_and_the_baseline_on_the_same_device_and_configuration():
     rows = _rows()
     add_ratios(rows, "cpu", "transformers")
-    cpu, cpu_int8, cuda, base, _ = rows
+    cpu, cpu_int8, cuda, base, base_gpu, _ = rows
     assert cpu.vs_first == pytest.approx(1.0) and cuda.vs_first == pytest.approx(4.0)
     assert cpu_int8.vs_first == pytest.approx(1.0)  # compared with itself: no other backend ran int8
-    assert cpu.vs_baseline == pytest.approx(2.0) and cuda.vs_baseline == pytest.approx(8.0)
+    assert cpu.vs_baseline == pytest.approx(2.0) and cuda.vs_baseline == pytest.approx(2.0)  # 400 / 200 on the gpu
     assert cpu_int8.vs_baseline == pytest.approx(3.0)  # quantized ours against transformers' float weights
-    assert base.vs_baseline is None and base.vs_first is None
+    assert base.vs_baseline is None and base.vs_first is None and base_gpu.vs_baseline is None
+
+
+def test_a_row_has_no_baseline_ratio_when_transformers_ran_on_another_device_only():
+    rows = [_row("cuda", 400.0, device="test gpu"), _row("transformers", 50.0, device="test cpu")]
+    add_ratios(rows, "cuda", "transformers")
+    assert rows[0].vs_baseline is None
+
+
+def test_the_baseline_runs_on_the_device_of_each_backends_rows_and_names_it(monkeypatch):
+    """cpu fp32 and cuda fp16 in one plan (the reviewer's case): transformers runs fp32 on the cpu and fp16 on the
+    gpu, each row carrying that device's name, and a device transformers cannot use is skipped with the reason."""
+    from glm_engine.bench.baseline import BaselinePlan
+
+    devices = {"cpu": torch.device("cpu"), "cuda": torch.device("cuda", 0), "ascend": torch.device("xpu", 0)}
+    monkeypatch.setattr(runner_module, "backend_device", lambda backend: devices[backend])
+    monkeypatch.setattr(runner_module, "plan_baseline", lambda *args: BaselinePlan(None, None, "py", "", "v"))
+    calls = []
+
+    def fake_run_baseline(plan, points, device, repetitions, warmup, seed, threads, on_result):
+        calls.append((device, [(p.dtype, p.test.name) for p in points]))
+        for p in points:
+            on_result({"point": point_to_json(p), "error": "not really run"})
+
+    monkeypatch.setattr(runner_module, "run_baseline", fake_run_baseline)
+    tg = parse_tests(["tg4"])
+    points = [
+        *expand(["cpu"], ["fp32"], [QuantChoice()], [1], [1], [0], tg),
+        *expand(["cuda"], ["fp16"], [QuantChoice(8)], [1], [1], [0], tg),
+        *expand(["ascend"], ["fp16"], [QuantChoice()], [1], [1], [0], tg),
+    ]
+    groups = runner_module._baseline_points(points)
+    assert {b: [(p.dtype, p.quant.name) for p in g] for b, g in groups.items()} == {
+        "cpu": [("fp32", "none")],
+        "cuda": [("fp16", "none")],
+        "ascend": [("fp16", "none")],
+    }
+    run = runner_module.BenchRun(
+        devices={"cpu": {"name": "test cpu"}, "cuda": {"name": "test gpu"}, "ascend": {"name": "test npu"}}
+    )
+    runner_module._run_baselines(None, groups, runner_module.BenchOptions(), run, lambda label: None)
+    assert calls == [("cpu", [("fp32", "tg4")]), ("cuda:0", [("fp16", "tg4")])]
+    assert [(r.device, r.dtype, r.status) for r in run.rows] == [
+        ("test cpu", "fp32", "failed"),
+        ("test gpu", "fp16", "failed"),
+        ("test npu", "fp16", "skipped"),
+    ]
+    assert "not on ascend's device xpu:0" in run.rows[2].reason
 
 
 def test_a_single_backend_gets_no_first_backend_ratio():
@@ -234,24 +284,25 @@ def test_markdown_shows_every_row_skips_with_reasons_and_a_side_by_side_table_wi
     assert "| cpu | fp32 | none | 1 | 1 | tg4 @ d0 | 100.00 ± 0.50 |" in text
     assert "| transformers | fp32 | none | 1 | 1 | pp8 @ d0 | skipped |" in text and "no modeling code" in text
     side = text.split("## Side by side")[1]
-    assert "| dtype | quant | tp | batch | test | cpu t/s | cuda t/s | cuda / cpu | transformers t/s |" in side
-    expected = "| fp32 | none | 1 | 1 | tg4 @ d0 | 100.00 ± 0.50 | 400.00 ± 0.50 | 4.00x | 50.00 ± 0.50 | 2.00x | 8.00x"
-    assert expected in side
+    header = "| dtype | quant | tp | batch | test | cpu t/s | cuda t/s | cuda / cpu | transformers t/s (test cpu) |"
+    assert header + " transformers t/s (test gpu) | cpu / transformers | cuda / transformers |" in side
+    expected = "| fp32 | none | 1 | 1 | tg4 @ d0 | 100.00 ± 0.50 | 400.00 ± 0.50 | 4.00x | 50.00 ± 0.50 |"
+    assert expected + " 200.00 ± 0.50 | 2.00x | 2.00x |" in side
 
 
 def test_csv_has_one_line_per_row_and_no_raw_samples():
     rows = _rows()
     add_ratios(rows, "cpu", "transformers")
     table = list(csv.DictReader(io.StringIO(render_report(META, rows, ReportFormat.csv, "cpu", "transformers"))))
-    assert len(table) == 5 and "samples" not in table[0]
+    assert len(table) == 6 and "samples" not in table[0]
     assert float(table[2]["vs_first"]) == pytest.approx(4.0)
-    assert table[4]["status"] == "skipped" and table[4]["reason"] == "no modeling code"
+    assert table[5]["status"] == "skipped" and table[5]["reason"] == "no modeling code"
 
 
 def test_json_carries_raw_samples_environment_and_model():
     data = json.loads(render_report(META, _rows(), ReportFormat.json, "cpu", "transformers"))
     assert data["environment"]["git_commit"] == "abc" and data["model"]["description"] == "a test model"
-    assert data["rows"][0]["samples"] == {"x": [1]} and len(data["rows"]) == 5
+    assert data["rows"][0]["samples"] == {"x": [1]} and len(data["rows"]) == 6
 
 
 def test_the_plot_is_a_png(tmp_path):

@@ -92,26 +92,32 @@ def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
 
 
 def _side_by_side(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
-    """tokens/s per engine for each configuration, with ratios to the first backend and to the baseline."""
+    """tokens/s per engine for each configuration, with ratios to the first backend and to the baseline (one
+    baseline column per device it ran on; each engine's ratio is to the baseline on its own device)."""
     engines = list(dict.fromkeys(r.engine for r in rows))
     ours = [e for e in engines if e != baseline]
-    has_baseline = baseline in engines
+    base_devices = list(dict.fromkeys(r.device for r in rows if r.engine == baseline))
     keys = list(dict.fromkeys(r.config_key for r in rows if r.engine != baseline))
     by = {(r.engine, r.config_key): r for r in rows}
     base_by = {r.baseline_key: r for r in rows if r.engine == baseline}
     columns = ["dtype", "quant", "tp", "batch", "test"] + [f"{e} t/s" for e in ours]
     columns += [f"{e} / {first}" for e in ours if e != first]
-    if has_baseline:
-        columns += [f"{baseline} t/s"] + [f"{e} / {baseline}" for e in ours]
+    if len(base_devices) == 1:
+        columns += [f"{baseline} t/s"]
+    else:
+        columns += [f"{baseline} t/s ({device or 'no device'})" for device in base_devices]
+    if base_devices:
+        columns += [f"{e} / {baseline}" for e in ours]
     lines = []
     for key in keys:
         dtype, quant, tp, batch, test, depth = key
         line = [dtype, quant, str(tp), str(batch), f"{test} @ d{depth}"]
         line += [_rate(by[(e, key)]) if (e, key) in by else "" for e in ours]
         line += [_ratio(by[(e, key)].vs_first) if (e, key) in by else "" for e in ours if e != first]
-        if has_baseline:
-            base = base_by.get((dtype, batch, test, depth))
+        for device in base_devices:
+            base = base_by.get((device, dtype, batch, test, depth))
             line.append(_rate(base) if base is not None else "")
+        if base_devices:
             line += [_ratio(by[(e, key)].vs_baseline) if (e, key) in by else "" for e in ours]
         lines.append(line)
     return _table(columns, lines)

@@ -59,8 +59,9 @@ class Row:
 
     @property
     def baseline_key(self) -> tuple:
-        """The baseline runs floating-point weights at TP=1: ours compare with it at the same dtype and test."""
-        return (self.dtype, self.batch, self.test, self.depth)
+        """The baseline runs floating-point weights at TP=1 on each device of the plan: ours compare with it on the
+        same device, at the same dtype and test."""
+        return (self.device, self.dtype, self.batch, self.test, self.depth)
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
         data = asdict(self)
@@ -126,15 +127,18 @@ def row_from_measurement(
     return row
 
 
-def skipped_row(engine: str, point: Point, reason: str, status: str = SKIPPED, quant: str | None = None) -> Row:
+def skipped_row(
+    engine: str, point: Point, reason: str, status: str = SKIPPED, quant: str | None = None, device: str = ""
+) -> Row:
     """A row that did not run, with the reason (never silently dropped)."""
     q = quant if quant is not None else point.quant.name
-    return Row(engine, point.dtype, q, point.tp, point.batch, point.test.name, point.depth, status, reason)
+    return Row(engine, point.dtype, q, point.tp, point.batch, point.test.name, point.depth, status, reason, device)
 
 
 def add_ratios(rows: list[Row], first_engine: str, baseline_engine: str) -> None:
     """Fill ``vs_first`` (each engine's tokens/s over ``first_engine``'s at the same configuration; only when more
-    than one of our engines ran) and ``vs_baseline`` (ours over the baseline's at the same dtype and test)."""
+    than one of our engines ran) and ``vs_baseline`` (ours over the baseline's on the same device, at the same dtype
+    and test)."""
     ours = [r for r in rows if r.engine != baseline_engine and r.status == OK]
     first = {r.config_key: r.tokens_per_s for r in ours if r.engine == first_engine}
     several = len({r.engine for r in rows if r.engine != baseline_engine}) > 1

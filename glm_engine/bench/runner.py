@@ -25,7 +25,7 @@ from glm_engine.errors import GlmEngineError, InputError
 from glm_engine.generation.cuda_graph import GraphedDecoder, graphs_verdict
 from glm_engine.parallel.communicator import Communicator
 
-from .baseline import BASELINE_NAME, plan_baseline, run_baseline
+from .baseline import BASELINE_NAME, BaselinePlan, plan_baseline, run_baseline
 from .measure import Measurement, Sample, measure
 from .models import LoadedModel, ModelSource, Shape, backend_device, resolve_model
 from .roofline import measure_read_bandwidth
@@ -112,7 +112,7 @@ def _run_group(
         loaded = source.load(first.backend, first.dtype, first.quant, first.tp, comm)
     except GlmEngineError as exc:
         for point in points:
-            on_row(skipped_row(first.backend, point, str(exc)))
+            on_row(skipped_row(first.backend, point, str(exc), device=device.get("name", "")))
             progress(point.label)
         return
     for note in loaded.notes:
@@ -148,8 +148,8 @@ def run_plan(
     progress: Progress | None = None,
 ) -> None:
     """Measure every point, then the baseline; rows are appended to ``run`` as they finish."""
-    baseline_points = _baseline_points(points) if options.baseline else []
-    total = len(points) + len(baseline_points)
+    baseline_points = _baseline_points(points) if options.baseline else {}
+    total = len(points) + sum(len(group) for group in baseline_points.values())
     done = 0
 
     def advance(label: str) -> None:
@@ -164,42 +164,83 @@ def run_plan(
         else:
             _run_group(source, group, options, run, None, advance, run.rows.append)
     if baseline_points:
-        _run_baseline(source, baseline_points, options, run, advance)
+        _run_baselines(source, baseline_points, options, run, advance)
 
 
-def _baseline_points(points: Sequence[Point]) -> list[Point]:
-    """One floating-point TP=1 point per (dtype, batch, depth, test) of the plan, on the first backend's device."""
+# Device types transformers' ChatGLM code runs on here (ROCm is "cuda" to torch); other devices' rows are skipped.
+BASELINE_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def _baseline_points(points: Sequence[Point]) -> dict[str, list[Point]]:
+    """Per backend whose device the baseline is to run on (the first backend on each device), one floating-point
+    TP=1 point per (dtype, batch, depth, test) of that device's rows: ours compare with transformers on their own
+    device only."""
+    devices: dict[str, str] = {}  # device -> the first backend on it
     seen: dict[tuple, Point] = {}
     for p in points:
-        key = (p.dtype, p.batch, p.depth, p.test)
+        device = str(backend_device(p.backend))
+        first = devices.setdefault(device, p.backend)
+        key = (first, p.dtype, p.batch, p.depth, p.test)
         seen.setdefault(key, Point(BASELINE_NAME, p.dtype, QuantChoice(), 1, p.batch, p.depth, p.test))
-    return list(seen.values())
+    by_backend: dict[str, list[Point]] = {}
+    for (backend, *_), point in seen.items():
+        by_backend.setdefault(backend, []).append(point)
+    return by_backend
+
+
+def _run_baselines(
+    source: ModelSource,
+    points: dict[str, list[Point]],
+    options: BenchOptions,
+    run: BenchRun,
+    advance: Callable[[str], None],
+) -> None:
+    """The baseline on each device of the plan (``points`` per backend whose device it is), after ours."""
+    plan = plan_baseline(source, options.baseline_python, options.baseline_code)
+    for backend, device_points in points.items():
+        device = backend_device(backend)
+        entry = run.devices.get(backend, {})
+        name = entry.get("name", str(device))
+        reason = plan.skipped
+        if not reason and device.type not in BASELINE_DEVICE_TYPES:
+            reason = (
+                f"the transformers baseline runs on {' and '.join(BASELINE_DEVICE_TYPES)} here, not on {backend}'s "
+                f"device {device}"
+            )
+        if reason:
+            for point in device_points:
+                run.rows.append(skipped_row(BASELINE_NAME, point, reason, device=name))
+                advance(point.label)
+            continue
+        run.baseline_versions = plan.versions
+        _run_baseline(plan, device, name, entry.get("read_bandwidth_gbps"), device_points, options, run, advance)
 
 
 def _run_baseline(
-    source: ModelSource, points: list[Point], options: BenchOptions, run: BenchRun, advance: Callable[[str], None]
+    plan: BaselinePlan,
+    device: torch.device,
+    device_name: str,
+    bandwidth: float | None,
+    points: list[Point],
+    options: BenchOptions,
+    run: BenchRun,
+    advance: Callable[[str], None],
 ) -> None:
-    plan = plan_baseline(source, options.baseline_python, options.baseline_code)
-    if plan.skipped:
-        for point in points:
-            run.rows.append(skipped_row(BASELINE_NAME, point, plan.skipped))
-            advance(point.label)
-        return
-    run.baseline_versions = plan.versions
-    first_backend = next(iter(run.devices), "cpu")
-    device = backend_device(first_backend)
-    bandwidth = run.devices.get(first_backend, {}).get("read_bandwidth_gbps")
-    device_name = run.devices.get(first_backend, {}).get("name", str(device))
+    """The baseline's points on one device, in its interpreter; each record becomes a row as it arrives."""
     pending = {json.dumps(point_to_json(p), sort_keys=True): p for p in points}
 
     def on_result(record: dict) -> None:
-        if "error" in record:
+        if "point" not in record:  # the process failed: every point not reported yet fails with its message
             for point in pending.values():
-                run.rows.append(skipped_row(BASELINE_NAME, point, record["error"], status="failed"))
+                run.rows.append(skipped_row(BASELINE_NAME, point, record["error"], "failed", device=device_name))
                 advance(point.label)
             pending.clear()
             return
         point = pending.pop(json.dumps(record["point"], sort_keys=True))
+        if "error" in record:  # this point (its dtype) failed; the others go on
+            run.rows.append(skipped_row(BASELINE_NAME, point, record["error"], "failed", device=device_name))
+            advance(point.label)
+            return
         samples = [Sample(**s) for s in record["samples"]]
         result = Measurement(samples, record["host_peak_bytes"], record["device_peak_bytes"], record["timer"])
         run.rows.append(
