@@ -111,18 +111,24 @@ def main(job_path: str, out_path: str) -> None:
     device = torch.device(job["device"])
     points = [(point_from_json(p), p) for p in job["points"]]
     for dtype in dict.fromkeys(p.dtype for p, _ in points):
-        state_dict = _state_dict_without_metadata(Path(job["folder"]))
-        model = AutoModel.from_pretrained(
-            job["folder"], trust_remote_code=True, torch_dtype=DTYPES[dtype], state_dict=state_dict
-        )
-        del state_dict
-        model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+        mine = [(point, raw) for point, raw in points if point.dtype == dtype]
+        try:
+            if dtype not in DTYPES:
+                raise ValueError(f"unknown dtype {dtype!r}; the baseline runs {', '.join(DTYPES)}")
+            state_dict = _state_dict_without_metadata(Path(job["folder"]))
+            model = AutoModel.from_pretrained(
+                job["folder"], trust_remote_code=True, torch_dtype=DTYPES[dtype], state_dict=state_dict
+            )
+            del state_dict
+            model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+        except Exception as exc:  # one dtype that cannot load fails its points only, with the reason
+            for _, raw in mine:
+                _append(out_path, {"point": raw, "error": f"transformers could not load {dtype}: {exc}"})
+            continue
         runner = HFRunner(model, device)
         weight_bytes = _streamed_bytes(model)
         vocab = int(model.config.mask_token_id)
-        for point, raw in points:
-            if point.dtype != dtype:
-                continue
+        for point, raw in mine:
             work = build_workload(
                 Family.CHATGLM, point.batch, context_length(point), point.tokens_needed(), vocab, int(job["seed"])
             )
@@ -135,9 +141,13 @@ def main(job_path: str, out_path: str) -> None:
                 "timer": result.timer,
                 "weight_bytes": weight_bytes,
             }
-            with open(out_path, "a", encoding="utf-8") as out:
-                out.write(json.dumps(record) + "\n")
+            _append(out_path, record)
         del model, runner
+
+
+def _append(out_path: str, record: dict) -> None:
+    with open(out_path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":
