@@ -580,3 +580,33 @@ def test_an_onnx_export_is_timed_on_onnxruntime_without_a_bandwidth_claim(tmp_pa
     (row,) = json.loads(result.stdout)["rows"]
     assert (row["engine"], row["status"], row["dtype"]) == ("onnxruntime", OK, "fp32")
     assert row["weight_gbps"] is None and row["itl_median_ms"] > 0  # the graph's bytes are not ours to count
+
+
+# --- the plan the command builds ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def planned(monkeypatch):
+    """Run ``bench`` with its arguments up to the plan: the points it would measure, nothing measured."""
+    from glm_engine.cli import bench as bench_cli
+
+    seen: list = []
+    monkeypatch.setattr(bench_cli, "run_plan", lambda source, shape, points, *rest: seen.append(points))
+
+    def plan(*args: str) -> tuple[list[Point], str]:
+        result = CliRunner().invoke(app, ["bench", "--no-baseline", "--bandwidth-gib", "0", *args])
+        assert result.exit_code == 0, result.output
+        return seen[-1], result.stdout
+
+    return plan
+
+
+def test_repeated_backends_dtypes_and_tests_are_planned_once_in_their_first_order(planned):
+    points, _ = planned("--backend", "cpu,auto,cpu", "--dtype", "bf16,fp32,bf16", "-t", "tg4,pp8,tg4", "-t", "pp8")
+    assert [(p.backend, p.dtype, p.test.name) for p in points] == [
+        ("cpu", "bf16", "tg4"),
+        ("cpu", "bf16", "pp8"),
+        ("cpu", "fp32", "tg4"),
+        ("cpu", "fp32", "pp8"),
+    ]
+    assert parse_tests(["pg8,2,tg4", "pg8:2"]) == [TestSpec(Kind.COMBINED, 8, 2), TG4]

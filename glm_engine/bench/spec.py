@@ -50,7 +50,7 @@ def split_values(values: Iterable[str] | None) -> list[str]:
 
 
 def parse_tests(values: Iterable[str] | None) -> list[TestSpec]:
-    """``pp<N>``, ``tg<N>`` and ``pg<N>,<M>`` (also ``pg<N>:<M>``) with N, M >= 1, in the given order."""
+    """``pp<N>``, ``tg<N>`` and ``pg<N>,<M>`` (also ``pg<N>:<M>``) with N, M >= 1, in the given order, each once."""
     items = split_values(values)
     tests: list[TestSpec] = []
     i = 0
@@ -77,7 +77,7 @@ def parse_tests(values: Iterable[str] | None) -> list[TestSpec]:
         i += 1
     if not tests:
         raise InputError("no tests given; e.g. --test pp128,tg32")
-    return tests
+    return list(dict.fromkeys(tests))  # a test given twice runs once
 
 
 def parse_ints(values: Iterable[str] | None, flag: str, minimum: int) -> list[int]:

@@ -63,11 +63,12 @@ def _points(
     test: ListOption,
 ) -> list[Point]:
     """The product of the lists, per backend (whose default dtype differs), checked as it is parsed."""
+    dtypes = _dtypes(dtype)
     points: list[Point] = []
     for name in backends:
         points += expand(
             [name],
-            split_values(dtype) or [model_dtype or dtype_or_default(name, None)],
+            dtypes or [model_dtype or dtype_or_default(name, None)],
             parse_quant(quant or [], quant_scheme or [], quant_group_size or [], quant_output or []),
             parse_ints(tp, "--tp", 1) or [1],
             parse_ints(batch, "--batch", 1) or [1],
@@ -75,6 +76,11 @@ def _points(
             parse_tests(test or [DEFAULT_TESTS]),
         )
     return points
+
+
+def _dtypes(values: ListOption) -> list[str]:
+    """``--dtype`` items, deduplicated (order kept)."""
+    return list(dict.fromkeys(split_values(values)))
 
 
 def _meta(
@@ -144,7 +150,7 @@ def bench(
             raise InputError("--repetitions must be at least 1 and --warmup at least 0")
         if plot is not None:
             check_plot_available()
-        backends = [REGISTRY.resolve(b)[0].name for b in split_values(backend) or ["auto"]]
+        backends = list(dict.fromkeys(REGISTRY.resolve(b)[0].name for b in split_values(backend) or ["auto"]))
         points = _points(
             backends, source.dtype, dtype, quant, quant_scheme, quant_group_size, quant_output, tp, batch, depth, test
         )
