@@ -498,6 +498,9 @@ def test_bench_json_has_samples_versions_and_a_roofline_share():
         (["-t", "pg12"], "pg<N>,<M>"),
         (["--backend", "nope"], "unknown backend 'nope'"),
         (["-t", "pp600"], "needs 600 positions"),
+        (["--dtype", "fp64"], "unknown dtype 'fp64'; choose one of fp32, bf16, fp16"),
+        (["--dtype", "fp32,int8"], "unknown dtype 'int8'"),
+        (["--bandwidth-gib", "-1"], "--bandwidth-gib takes a size in GiB, or 0 to skip"),
     ],
 )
 def test_bad_requests_fail_with_one_error_line(args, message):
@@ -610,3 +613,8 @@ def test_repeated_backends_dtypes_and_tests_are_planned_once_in_their_first_orde
         ("cpu", "fp32", "pp8"),
     ]
     assert parse_tests(["pg8,2,tg4", "pg8:2"]) == [TestSpec(Kind.COMBINED, 8, 2), TG4]
+
+
+def test_dtypes_are_lowercased_and_checked_before_anything_runs(planned):
+    points, _ = planned("--dtype", "FP32,Bf16,fp32", "-t", "tg4")
+    assert [p.dtype for p in points] == ["fp32", "bf16"]

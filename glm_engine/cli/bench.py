@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from glm_engine.backends.base import dtype_name, parse_dtype
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.bench.baseline import BASELINE_NAME
 from glm_engine.bench.device import host_peak_note
@@ -79,8 +80,8 @@ def _points(
 
 
 def _dtypes(values: ListOption) -> list[str]:
-    """``--dtype`` items, deduplicated (order kept)."""
-    return list(dict.fromkeys(split_values(values)))
+    """``--dtype`` items lowercased, checked against the engine's dtype names and deduplicated (order kept)."""
+    return list(dict.fromkeys(dtype_name(parse_dtype(item.lower())) for item in split_values(values)))
 
 
 def _meta(
@@ -148,6 +149,8 @@ def bench(
         source = resolve_model(model, shape)
         if repetitions < 1 or warmup < 0:
             raise InputError("--repetitions must be at least 1 and --warmup at least 0")
+        if not bandwidth_gib >= 0:  # also refuses nan
+            raise InputError(f"--bandwidth-gib takes a size in GiB, or 0 to skip the measurement; got {bandwidth_gib}")
         if plot is not None:
             check_plot_available()
         backends = list(dict.fromkeys(REGISTRY.resolve(b)[0].name for b in split_values(backend) or ["auto"]))
