@@ -618,3 +618,32 @@ def test_repeated_backends_dtypes_and_tests_are_planned_once_in_their_first_orde
 def test_dtypes_are_lowercased_and_checked_before_anything_runs(planned):
     points, _ = planned("--dtype", "FP32,Bf16,fp32", "-t", "tg4")
     assert [p.dtype for p in points] == ["fp32", "bf16"]
+
+
+def test_several_backends_without_dtype_share_one_their_all_run_or_say_why_not():
+    from glm_engine.bench.models import common_dtype
+
+    assert common_dtype({"cpu": ["fp32", "bf16", "fp16"], "cuda": ["fp16", "bf16", "fp32"]}) == "fp32"  # cpu's first
+    assert common_dtype({"cpu": ["fp32", "bf16", "fp16"], "cuda": ["fp16", "bf16"]}) == "fp16"
+    assert common_dtype({"a": ["fp32", "bf16"], "b": ["bf16", "fp16"]}) == "bf16"
+    assert common_dtype({"a": ["fp32"], "b": ["fp16"]}) is None
+
+
+def test_the_plan_of_several_backends_without_dtype_uses_the_common_one_and_the_header_says_so(planned, monkeypatch):
+    from glm_engine.cli import bench as bench_cli
+
+    supported = {"cpu": ["fp32", "bf16", "fp16"], "other": ["fp16", "bf16"]}
+    monkeypatch.setattr(bench_cli, "supported_dtype_names", lambda name: supported[name])
+    points, notes = bench_cli._points(["cpu", "other"], None, None, None, None, None, None, None, None, None, ["tg4"])
+    assert [(p.backend, p.dtype) for p in points] == [("cpu", "fp16"), ("other", "fp16")]
+    assert "every backend runs fp16" in notes[0]
+    supported["other"] = ["bf16"]
+    points, notes = bench_cli._points(["cpu", "other"], None, None, None, None, None, None, None, None, None, ["tg4"])
+    assert [p.dtype for p in points] == ["bf16", "bf16"]
+    supported["other"] = ["fp16"]
+    monkeypatch.setattr(bench_cli, "dtype_or_default", lambda name, dtype: supported[name][0])
+    supported["cpu"] = ["fp32"]
+    points, notes = bench_cli._points(["cpu", "other"], None, None, None, None, None, None, None, None, None, ["tg4"])
+    assert [p.dtype for p in points] == ["fp32", "fp16"] and "pass --dtype" in notes[0]
+    _, stdout = planned("--backend", "cpu", "-t", "tg4")  # one backend: its own default, no note
+    assert "no --dtype given" not in stdout

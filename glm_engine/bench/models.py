@@ -223,6 +223,27 @@ def backend_device(backend: str) -> torch.device:
     return device_fn(0) if device_fn is not None else torch.device("cpu")
 
 
+# When several backends run without --dtype: the first backend's default if all support it, else the first of these.
+COMMON_DTYPE_PREFERENCE = ("fp16", "bf16", "fp32")
+
+
+def common_dtype(supported: dict[str, list[str]]) -> str | None:
+    """One dtype every backend in ``supported`` (backend -> its dtype names, default first) runs: the first
+    backend's default when the others run it too, else fp16, bf16, fp32 in that order; None when none is common."""
+    lists = list(supported.values())
+    first_default = lists[0][:1] if lists else []
+    for candidate in (*first_default, *COMMON_DTYPE_PREFERENCE):
+        if all(candidate in names for names in lists):
+            return candidate
+    return None
+
+
+def supported_dtype_names(backend: str) -> list[str]:
+    """The dtypes ``backend`` computes in, its default first."""
+    chosen, _ = REGISTRY.resolve(backend)
+    return [dtype_name(d) for d in chosen.supported_dtypes()]
+
+
 def dtype_or_default(backend: str, dtype: str | None) -> str:
     """``dtype``, or the backend's first choice when None."""
     if dtype:

@@ -15,7 +15,14 @@ from glm_engine.backends.registry import REGISTRY
 from glm_engine.bench.baseline import BASELINE_NAME
 from glm_engine.bench.device import host_peak_note
 from glm_engine.bench.environment import environment
-from glm_engine.bench.models import ModelSource, Shape, dtype_or_default, resolve_model
+from glm_engine.bench.models import (
+    ModelSource,
+    Shape,
+    common_dtype,
+    dtype_or_default,
+    resolve_model,
+    supported_dtype_names,
+)
 from glm_engine.bench.plot import check_plot_available, write_plot
 from glm_engine.bench.report import ReportFormat, render_report
 from glm_engine.bench.rows import add_ratios
@@ -62,9 +69,24 @@ def _points(
     batch: ListOption,
     depth: ListOption,
     test: ListOption,
-) -> list[Point]:
-    """The product of the lists, per backend (whose default dtype differs), checked as it is parsed."""
+) -> tuple[list[Point], list[str]]:
+    """The product of the lists, per backend (whose default dtype differs), checked as it is parsed; with the notes
+    on how the dtype was chosen when ``--dtype`` was not given to several backends."""
     dtypes = _dtypes(dtype)
+    notes: list[str] = []
+    if not dtypes and model_dtype is None and len(backends) > 1:
+        common = common_dtype({name: supported_dtype_names(name) for name in backends})
+        if common is not None:
+            dtypes = [common]
+            notes.append(
+                f"no --dtype given: every backend runs {common}, a dtype {', '.join(backends)} all support, so "
+                f"the vs {backends[0]} ratios compare like with like"
+            )
+        else:
+            notes.append(
+                f"no --dtype given and {', '.join(backends)} share no dtype: each runs its own default, so there "
+                f"are no vs {backends[0]} ratios; pass --dtype to compare them"
+            )
     points: list[Point] = []
     for name in backends:
         points += expand(
@@ -76,7 +98,7 @@ def _points(
             parse_ints(depth, "--depth", 0) or [0],
             parse_tests(test or [DEFAULT_TESTS]),
         )
-    return points
+    return points, notes
 
 
 def _dtypes(values: ListOption) -> list[str]:
@@ -114,7 +136,9 @@ def bench(
     heads: Annotated[int | None, typer.Option(help="random:<preset> only: attention heads")] = None,
     inner: Annotated[int | None, typer.Option(help="random:<preset> only: MLP inner width")] = None,
     backend: Annotated[ListOption, typer.Option(help="backends (list); ratios compare with the first")] = None,
-    dtype: Annotated[ListOption, typer.Option(help="fp32, bf16, fp16 (list); default: each backend's first")] = None,
+    dtype: Annotated[
+        ListOption, typer.Option(help="fp32, bf16, fp16 (list); default: the backend's first, or one all backends run")
+    ] = None,
     quant: Annotated[ListOption, typer.Option(help="none, int8, int4 (list)")] = None,
     quant_scheme: Annotated[ListOption, typer.Option(help="rowwise, groupwise (list)")] = None,
     quant_group_size: Annotated[ListOption, typer.Option(help="32, 64, 128 with groupwise (list)")] = None,
@@ -154,12 +178,12 @@ def bench(
         if plot is not None:
             check_plot_available()
         backends = list(dict.fromkeys(REGISTRY.resolve(b)[0].name for b in split_values(backend) or ["auto"]))
-        points = _points(
+        points, notes = _points(
             backends, source.dtype, dtype, quant, quant_scheme, quant_group_size, quant_output, tp, batch, depth, test
         )
         check_plan(source, points)
         options = BenchOptions(repetitions, warmup, seed, baseline, baseline_python, baseline_code, bandwidth_gib)
-        run = BenchRun()
+        run = BenchRun(notes=notes)
         interrupted = False
         if running_under_torchrun():
             comm = init_from_environment(REGISTRY.resolve(backends[0])[0])
