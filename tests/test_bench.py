@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -365,6 +366,58 @@ def test_one_repetition_fills_the_depth_untimed_then_times_the_prompt_and_each_s
     assert all(len(s.step_s) == test.n_gen and (s.prefill_s is None) == (test.n_prompt == 0) for s in result.samples)
 
 
+class _LoggingTimer:
+    """A timer that logs start/stop into the runner's call log, to see which forwards fall inside the timing."""
+
+    log: ClassVar[list] = []
+
+    def __init__(self, device):
+        self.kind = "logged"
+
+    def start(self):
+        self.log.append("start")
+
+    def stop(self):
+        self.log.append("stop")
+        return 0.001
+
+
+class _LoggingRunner(_CountingRunner):
+    def forward(self, input_ids, position_ids, blocked, cache=None, last_only=False):
+        _LoggingTimer.log.append(("forward", cache.length, input_ids.shape[1]))
+        return super().forward(input_ids, position_ids, blocked, cache, last_only)
+
+
+@pytest.mark.parametrize(
+    ("test", "depth", "expected"),
+    [
+        # the depth prefix runs before the timing starts, then the prompt alone is timed
+        (PP8, 16, [("forward", 0, 16), "start", ("forward", 16, 8), "stop"]),
+        # tg at depth 0: the one-token prompt is untimed, then each step timed alone
+        (
+            TestSpec(Kind.GENERATE, 0, 2),
+            0,
+            [("forward", 0, 1), "start", ("forward", 1, 1), "stop", "start", ("forward", 2, 1), "stop"],
+        ),
+        (
+            TestSpec(Kind.COMBINED, 4, 1),
+            8,
+            [("forward", 0, 8), "start", ("forward", 8, 4), "stop", "start", ("forward", 12, 1), "stop"],
+        ),
+    ],
+)
+def test_only_the_prompt_and_each_decode_step_are_inside_the_timer(monkeypatch, test, depth, expected):
+    from glm_engine.bench import measure as measure_module
+
+    monkeypatch.setattr(measure_module, "Timer", _LoggingTimer)
+    monkeypatch.setattr(_LoggingTimer, "log", [])
+    point = Point("cpu", "fp32", QuantChoice(), 1, 1, depth, test)
+    work = build_workload(Family.GLM, 1, max(depth + test.n_prompt, 1), point.tokens_needed(), 100, 0)
+    fake = _LoggingRunner()
+    measure(fake, work, point, repetitions=1, warmup=0, make_stepper=lambda: fake)
+    assert _LoggingTimer.log == expected
+
+
 def test_chatglm_workload_positions_follow_its_generation_rules():
     work = build_workload(Family.CHATGLM, 2, 4, 7, 100, 0)
     assert work.positions.shape == (2, 2, 7)
@@ -391,15 +444,32 @@ def test_a_random_model_loads_quantized_through_the_engines_loader():
     assert any("INT4 groupwise" in note for note in loaded.notes)
 
 
+def _layer_parameters(h: int, inner: int, glu: bool) -> int:
+    """One transformer layer counted by hand: two layernorms (weight + bias), QKV and output projection with
+    biases, and the MLP (GLM-130B's GeGLU doubles the first projection's width)."""
+    first = 2 * inner if glu else inner
+    return 2 * 2 * h + (3 * h * h + 3 * h) + (h * h + h) + (h * first + first) + (inner * h + h)
+
+
 def test_decode_reads_the_tied_embedding_once_and_a_separate_table_only_by_a_row():
+    fp32 = 4
     glm = resolve_model("random:glm-tiny", Shape(layers=1)).load("cpu", "fp32", QuantChoice())
-    assert glm.weight_bytes == glm.runner.weights.nbytes()  # the embedding is the output projection
+    c = glm.runner.config
+    assert (c.num_layers, c.hidden_size, c.inner_hidden_size, c.vocab_size) == (1, 64, 160, 150528)
+    # the embedding (also the output projection, read whole for the logits), one layer, the final layernorm
+    glm_parameters = 150528 * 64 + _layer_parameters(64, 160, glu=True) + 2 * 64
+    assert glm_parameters == 9_681_920
+    assert glm.weight_bytes == glm_parameters * fp32
     glm_out = resolve_model("random:glm-tiny", Shape(layers=1)).load("cpu", "fp32", QuantChoice(8, None, True))
     table = glm_out.runner.weights.word_embeddings
     assert glm_out.weight_bytes == glm_out.runner.weights.nbytes() - table.numel() * 4
     chat = resolve_model("chatglm-tiny").load("cpu", "fp32", QuantChoice())
-    weights = chat.runner.weights
-    assert chat.weight_bytes == weights.nbytes() - weights.word_embeddings.numel() * 4
+    c = chat.runner.config
+    assert (c.num_layers, c.hidden_size, c.inner_hidden_size, c.vocab_size) == (2, 64, 160, 4096)
+    # two layers, the final layernorm and lm_head; the separate input embedding (4096 x 64) gives one row per token
+    chat_parameters = 2 * _layer_parameters(64, 160, glu=False) + 2 * 64 + 4096 * 64
+    assert chat_parameters == 337_472
+    assert chat.weight_bytes == chat_parameters * fp32
 
 
 def test_the_baseline_is_skipped_with_the_reason_for_glm_models_and_missing_code():
