@@ -153,6 +153,53 @@ def test_gbps_and_roofline_share_arithmetic():
         achieved_gbps(1, 0.0)
 
 
+@pytest.fixture(autouse=True)
+def small_bandwidth_probe(monkeypatch):
+    """Keep the bandwidth probe of command tests tiny: no last-level cache to size it against, no CPU minimum."""
+    from glm_engine.bench import roofline
+
+    monkeypatch.setattr(roofline, "MIN_CPU_PROBE_BYTES", 0)
+    monkeypatch.setattr(roofline, "last_level_cache_bytes", lambda device: None)
+
+
+def test_cache_sizes_are_read_from_sysfs_and_the_probe_is_sized_well_above_the_last_level(tmp_path, monkeypatch):
+    from glm_engine.bench import roofline
+
+    for index, (level, kind, size) in enumerate(
+        [(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K"), (3, "Unified", "266240K")]
+    ):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "type").write_text(f"{kind}\n")
+        (folder / "size").write_text(f"{size}\n")
+    assert roofline.cpu_last_level_cache_bytes(tmp_path) == 266240 * 1024
+    assert roofline.parse_size("32M") == 32 * 2**20 and roofline.parse_size("1 GiB") == 2**30
+    assert roofline.parse_size("lots") is None
+    monkeypatch.setattr(roofline, "MIN_CPU_PROBE_BYTES", 512 * 2**20)
+    assert roofline.probe_bytes(0.05, 260 * 2**20, "cpu") == 8 * 260 * 2**20  # 8x the cache, not 0.05 GiB
+    assert roofline.probe_bytes(0.05, None, "cpu") == 512 * 2**20  # the CPU minimum
+    assert roofline.probe_bytes(1.0, 60 * 2**20, "cuda") == 2**30  # asked for more than 8x the L2
+    assert roofline.probe_bytes(0.25, 60 * 2**20, "cuda") == 480 * 2**20
+
+
+def test_the_ceiling_is_the_fastest_kernel_and_a_share_is_withheld_in_cache_and_flagged_above_one():
+    from glm_engine.bench.roofline import ABOVE_ROOFLINE, IN_CACHE, best_kernel, share_or_note
+
+    assert best_kernel({"sum fp32": 16.0, "copy (read + write)": 14.0, "gemv fp32": 24.0}) == ("gemv fp32", 24.0)
+    assert share_or_note(10 * 2**20, 56.6, 20.0, 260 * 2**20) == (None, IN_CACHE)  # 10 MiB of weights in 260 MiB
+    assert share_or_note(2**31, 10.0, 20.0, 260 * 2**20) == (pytest.approx(0.5), "")
+    assert share_or_note(2**31, 30.0, 20.0, 260 * 2**20) == (pytest.approx(1.5), ABOVE_ROOFLINE)
+    assert share_or_note(2**31, 10.0, 20.0, None) == (pytest.approx(0.5), "")  # cache unknown: a share
+    point = Point("cpu", "fp32", QuantChoice(), 1, 1, 0, TG4)
+    small = row_from_measurement("cpu", point, _measurement(), 10**6, 20.0, "d", cache_bytes=2**20)
+    assert small.roofline_share is None and small.roofline_note == IN_CACHE and small.weight_gbps is not None
+    big = row_from_measurement("cpu", point, _measurement(), 10**10, 20.0, "d", cache_bytes=2**20)
+    text = render_report(META, [small, big], ReportFormat.md, "cpu", "transformers")
+    assert "| n/a (in cache) |" in text and f"| {big.roofline_share:.0%} (!) |" in text
+    assert "(!) marks a share above 100%" in text
+
+
 def _measurement() -> Measurement:
     return Measurement(
         [Sample(0.5, [0.1, 0.1, 0.2, 0.2]), Sample(0.5, [0.1, 0.1, 0.1, 0.2])], 2**30, None, "host clock"
@@ -269,7 +316,18 @@ def test_a_single_backend_gets_no_first_backend_ratio():
 
 META = {
     "model": {"description": "a test model"},
-    "devices": [{"backend": "cpu", "name": "test cpu", "read_bandwidth_gbps": 20.0, "detail": "2 threads"}],
+    "devices": [
+        {
+            "backend": "cpu",
+            "name": "test cpu",
+            "read_bandwidth_gbps": 20.0,
+            "read_bandwidth_kernel": "gemv fp32",
+            "read_bandwidth_kernels": {"sum fp32": 16.0, "gemv fp32": 20.0},
+            "probe_buffer_bytes": 2**31,
+            "last_level_cache_bytes": 256 * 2**20,
+            "detail": "2 threads",
+        }
+    ],
     "protocol": {"repetitions": 2, "warmup": 1},
     "environment": {"git_commit": "abc"},
     "notes": [],
@@ -281,7 +339,9 @@ def test_markdown_shows_every_row_skips_with_reasons_and_a_side_by_side_table_wi
     rows = _rows()
     add_ratios(rows, "cpu", "transformers")
     text = render_report(META, rows, ReportFormat.md, "cpu", "transformers")
-    assert "measured read bandwidth 20.0 GB/s" in text
+    assert (
+        "measured read bandwidth 20.0 GB/s (gemv fp32; sum fp32 16.0) over 2048 MiB, last-level cache 256 MiB" in text
+    )
     assert "| cpu | fp32 | none | 1 | 1 | tg4 @ d0 | 100.00 ± 0.50 |" in text
     assert "| transformers | fp32 | none | 1 | 1 | pp8 @ d0 | skipped |" in text and "no modeling code" in text
     side = text.split("## Side by side")[1]
@@ -558,6 +618,9 @@ def test_bench_json_has_samples_versions_and_a_roofline_share():
     assert [r["test"] + "@" + str(r["depth"]) for r in data["rows"]] == ["pp8@0", "tg4@0", "pp8@8", "tg4@8"]
     tg = data["rows"][1]
     assert len(tg["samples"]["step_s"][0]) == 4 and tg["roofline_share"] > 0
+    (device,) = data["devices"]
+    assert device["read_bandwidth_kernel"] in device["read_bandwidth_kernels"]
+    assert set(device["read_bandwidth_kernels"]) == {"sum fp32", "copy (read + write)", "gemv fp32"}
     assert tg["weights_gb"] == pytest.approx(data["rows"][0]["weights_gb"])
 
 

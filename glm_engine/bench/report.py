@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from glm_engine.bench.roofline import IN_CACHE
 from glm_engine.bench.rows import OK, Row
 from glm_engine.conformance.report import ReportFormat
 
@@ -30,6 +31,15 @@ def _rate(row: Row) -> str:
     if row.status != OK:
         return row.status
     return f"{row.tokens_per_s:.2f} ± {row.tokens_per_s_std:.2f}"
+
+
+def _share(row: Row) -> str:
+    """The roofline share, "n/a (in cache)" when the weights fit in the last-level cache, flagged above 100%."""
+    if row.roofline_note == IN_CACHE:
+        return IN_CACHE
+    if row.roofline_share is None:
+        return ""
+    return f"{row.roofline_share:.0%}" + (" (!)" if row.roofline_share > 1 else "")
 
 
 def _ratio(value: float | None) -> str:
@@ -79,7 +89,7 @@ def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
             _num(r.itl_median_ms),
             _num(r.itl_p90_ms),
             _num(r.weight_gbps, 1),
-            "" if r.roofline_share is None else f"{r.roofline_share:.0%}",
+            _share(r),
             _num(r.peak_host_mb, 0),
             _num(r.peak_device_mb, 0),
             _ratio(r.vs_first),
@@ -123,14 +133,36 @@ def _side_by_side(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
     return _table(columns, lines)
 
 
+def _detail(device: dict[str, Any]) -> str:
+    return f"; {device['detail']}" if device.get("detail") else ""
+
+
+def _bandwidth(device: dict[str, Any]) -> str:
+    """The measured bandwidth, the kernel that gave it, the others, and the probe's size against the cache."""
+    bw = device.get("read_bandwidth_gbps")
+    if not bw:
+        return ""
+    text = f"; measured read bandwidth {bw:.1f} GB/s"
+    kernels = device.get("read_bandwidth_kernels") or {}
+    if device.get("read_bandwidth_kernel"):
+        others = ", ".join(f"{k} {v:.1f}" for k, v in kernels.items() if k != device["read_bandwidth_kernel"])
+        text += f" ({device['read_bandwidth_kernel']}" + (f"; {others}" if others else "") + ")"
+    if device.get("probe_buffer_bytes"):
+        text += f" over {device['probe_buffer_bytes'] / 2**20:.0f} MiB"
+    cache = device.get("last_level_cache_bytes")
+    text += f", last-level cache {cache / 2**20:.0f} MiB" if cache else ", last-level cache size unknown"
+    return text
+
+
 def _header(meta: dict[str, Any]) -> list[str]:
     lines = [f"# glm-engine bench: {meta['model']['description']}", ""]
     for device in meta.get("devices", []):
-        bw = device.get("read_bandwidth_gbps")
+        lines.append(f"- {device['backend']}: {device['name']}" + _bandwidth(device) + _detail(device))
+    if any(d.get("read_bandwidth_gbps") for d in meta.get("devices", [])):
         lines.append(
-            f"- {device['backend']}: {device['name']}"
-            + (f"; measured read bandwidth {bw:.1f} GB/s" if bw else "")
-            + (f"; {device['detail']}" if device.get("detail") else "")
+            "- of roofline: weights GB/s over the measured read bandwidth (the best of the kernels listed); "
+            "n/a (in cache) when the weights fit in the last-level cache; (!) marks a share above 100%, where "
+            "part of the weights came from a cache or the probe read slower than decode does"
         )
     protocol = meta["protocol"]
     lines.append(

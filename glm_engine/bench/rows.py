@@ -13,7 +13,7 @@ from typing import Any
 
 from glm_engine.bench import stats
 from glm_engine.bench.measure import Measurement, Sample
-from glm_engine.bench.roofline import GB, achieved_gbps, roofline_share
+from glm_engine.bench.roofline import GB, achieved_gbps, share_or_note
 from glm_engine.bench.spec import Point
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
@@ -47,6 +47,7 @@ class Row:
     weight_gbps: float | None = None
     bandwidth_gbps: float | None = None
     roofline_share: float | None = None
+    roofline_note: str = ""  # roofline.IN_CACHE (no share: the weights fit in the last-level cache) or ABOVE_ROOFLINE
     vs_first: float | None = None  # tokens/s over the first backend's at the same configuration
     vs_baseline: float | None = None  # tokens/s over transformers' at the same configuration
     timer: str = ""
@@ -82,6 +83,7 @@ def row_from_measurement(
     bandwidth_gbps: float | None,
     device: str,
     quant: str | None = None,
+    cache_bytes: int | None = None,
 ) -> Row:
     """Summarise a measurement of ``point`` into a row (see the module docstring for the definitions)."""
     samples = measurement.samples
@@ -123,7 +125,9 @@ def row_from_measurement(
         mean_step = stats.mean(steps)
         row.weight_gbps = achieved_gbps(weight_bytes, mean_step)
         if bandwidth_gbps:
-            row.roofline_share = roofline_share(row.weight_gbps, bandwidth_gbps)
+            row.roofline_share, row.roofline_note = share_or_note(
+                weight_bytes, row.weight_gbps, bandwidth_gbps, cache_bytes
+            )
     return row
 
 

@@ -74,8 +74,10 @@ def _groups(points: Sequence[Point]) -> list[tuple[tuple, list[Point]]]:
     return [(key, list(group)) for key, group in itertools.groupby(points, key=lambda p: p.load_key)]
 
 
-def _device_entry(backend: str, run: BenchRun, options: BenchOptions, leader: bool) -> dict[str, Any]:
-    """The backend's device, with its read bandwidth measured once per run (rank 0 only)."""
+def _device_entry(
+    backend: str, run: BenchRun, options: BenchOptions, leader: bool, dtypes: Sequence[str] = ("fp32",)
+) -> dict[str, Any]:
+    """The backend's device, with its read bandwidth measured once per run (rank 0 only; GEMVs in ``dtypes``)."""
     if backend not in run.devices:
         chosen, _ = REGISTRY.resolve(backend)
         devices = chosen.devices()
@@ -85,7 +87,12 @@ def _device_entry(backend: str, run: BenchRun, options: BenchOptions, leader: bo
             "detail": devices[0].detail if devices else "",
         }
         if leader and options.bandwidth_gib > 0:
-            entry["read_bandwidth_gbps"] = measure_read_bandwidth(backend_device(backend), options.bandwidth_gib)
+            measured = measure_read_bandwidth(backend_device(backend), options.bandwidth_gib, dtypes)
+            entry["read_bandwidth_gbps"] = measured.gbps
+            entry["read_bandwidth_kernel"] = measured.kernel
+            entry["read_bandwidth_kernels"] = measured.kernels
+            entry["probe_buffer_bytes"] = measured.buffer_bytes
+            entry["last_level_cache_bytes"] = measured.cache_bytes
         run.devices[backend] = entry
     return run.devices[backend]
 
@@ -107,7 +114,7 @@ def _run_group(
     """Load once, measure every point of one group; a load the backend refuses skips the group with its reason."""
     first = points[0]
     leader = comm is None or comm.is_leader
-    device = _device_entry(first.backend, run, options, leader)
+    device = _device_entry(first.backend, run, options, leader, [p.dtype for p in points])
     try:
         loaded = source.load(first.backend, first.dtype, first.quant, first.tp, comm)
     except GlmEngineError as exc:
@@ -133,6 +140,7 @@ def _run_group(
                 loaded.weight_bytes,
                 device.get("read_bandwidth_gbps"),
                 loaded.device_name,
+                cache_bytes=device.get("last_level_cache_bytes"),
             )
         )
         progress(point.label)
@@ -158,6 +166,8 @@ def run_plan(
         if progress is not None:
             progress(done, total, label)
 
+    for backend in dict.fromkeys(p.backend for p in points):  # the GEMV of the bandwidth probe in each dtype used
+        _device_entry(backend, run, options, True, [p.dtype for p in points if p.backend == backend])
     for (_, _, _, tp), group in _groups(points):
         if tp > 1:
             _run_tp_group(source, shape, group, options, run, advance)
@@ -213,14 +223,14 @@ def _run_baselines(
                 advance(point.label)
             continue
         run.baseline_versions = plan.versions
-        _run_baseline(plan, device, name, entry.get("read_bandwidth_gbps"), device_points, options, run, advance)
+        _run_baseline(plan, device, name, entry, device_points, options, run, advance)
 
 
 def _run_baseline(
     plan: BaselinePlan,
     device: torch.device,
     device_name: str,
-    bandwidth: float | None,
+    entry: dict[str, Any],
     points: list[Point],
     options: BenchOptions,
     run: BenchRun,
@@ -244,7 +254,15 @@ def _run_baseline(
         samples = [Sample(**s) for s in record["samples"]]
         result = Measurement(samples, record["host_peak_bytes"], record["device_peak_bytes"], record["timer"])
         run.rows.append(
-            row_from_measurement(BASELINE_NAME, point, result, record["weight_bytes"], bandwidth, device_name)
+            row_from_measurement(
+                BASELINE_NAME,
+                point,
+                result,
+                record["weight_bytes"],
+                entry.get("read_bandwidth_gbps"),
+                device_name,
+                cache_bytes=entry.get("last_level_cache_bytes"),
+            )
         )
         advance(point.label)
 
