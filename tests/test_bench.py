@@ -220,6 +220,17 @@ def test_a_row_summarises_rates_latencies_and_bandwidth_from_the_samples():
     assert row.weight_gbps == pytest.approx(1.0 / mean_step)
     assert row.roofline_share == pytest.approx(1.0 / mean_step / 50.0)
     assert row.peak_host_mb == 1024 and row.peak_device_mb is None
+    assert row.kv_gb is None and row.kv_gbps is None  # no cache size given
+
+
+def test_kv_gbps_counts_the_cached_keys_and_values_each_step_reads_averaged_over_the_steps():
+    point = Point("cpu", "fp32", QuantChoice(), 1, 2, 6, TestSpec(Kind.COMBINED, 10, 4))
+    row = row_from_measurement("cpu", point, _measurement(), 10**9, 50.0, "d", kv_bytes_per_token=512)
+    # context 6 + 10 = 16: the steps attend over 17, 18, 19, 20 tokens, mean 18.5; 2 rows of 512 bytes per token
+    assert row.kv_gb == pytest.approx(2 * 512 * 18.5 / 1e9)
+    mean_step = (5 * 0.1 + 3 * 0.2) / 8
+    assert row.kv_gbps == pytest.approx(2 * 512 * 18.5 / mean_step / 1e9)
+    assert row.weight_gbps == pytest.approx(1.0 / mean_step)  # the weights' figure is unchanged by the cache
 
 
 def test_a_prefill_row_has_ttft_but_no_decode_latency_or_bandwidth():
@@ -530,6 +541,8 @@ def test_decode_reads_the_tied_embedding_once_and_a_separate_table_only_by_a_row
     chat_parameters = 2 * _layer_parameters(64, 160, glu=False) + 2 * 64 + 4096 * 64
     assert chat_parameters == 337_472
     assert chat.weight_bytes == chat_parameters * fp32
+    # keys and values per cached token and batch row: 2 x layers x hidden x 4 bytes
+    assert glm.kv_bytes_per_token == 2 * 1 * 64 * fp32 and chat.kv_bytes_per_token == 2 * 2 * 64 * fp32
 
 
 def test_the_baseline_is_skipped_with_the_reason_for_glm_models_and_missing_code():
@@ -666,6 +679,7 @@ def test_a_tp2_group_runs_as_two_ranks_and_reports_rank_0s_rows():
     rows = json.loads(result.stdout)["rows"]
     assert [(r["tp"], r["status"]) for r in rows] == [(1, OK), (2, OK)]
     assert rows[1]["weights_gb"] < rows[0]["weights_gb"]  # rank 0 holds half of the sharded weights
+    assert rows[1]["kv_gb"] == pytest.approx(rows[0]["kv_gb"] / 2)  # and half of the heads' keys and values
 
 
 def test_on_an_accelerator_the_timer_uses_device_events_and_memory_the_devices_peak(monkeypatch):

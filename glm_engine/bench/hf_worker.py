@@ -127,6 +127,8 @@ def main(job_path: str, out_path: str) -> None:
             continue
         runner = HFRunner(model, device)
         weight_bytes = _streamed_bytes(model)
+        config = model.config  # the reference caches every layer's K and V over all heads, in the model's dtype
+        kv_bytes_per_token = 2 * config.num_layers * config.hidden_size * DTYPES[dtype].itemsize
         vocab = int(model.config.mask_token_id)
         for point, raw in mine:
             work = build_workload(
@@ -140,6 +142,7 @@ def main(job_path: str, out_path: str) -> None:
                 "device_peak_bytes": result.device_peak_bytes,
                 "timer": result.timer,
                 "weight_bytes": weight_bytes,
+                "kv_bytes_per_token": kv_bytes_per_token,
             }
             _append(out_path, record)
         del model, runner

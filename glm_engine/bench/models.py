@@ -59,6 +59,7 @@ class LoadedModel:
     weight_bytes: int | None  # None for exported graphs: no GB/s
     notes: list[str]
     device_name: str
+    kv_bytes_per_token: int | None = None  # keys and values of one cached token, per batch row (None: graphs)
 
 
 @dataclass
@@ -113,8 +114,18 @@ class ModelSource:
         index = runner.device.index or 0
         devices = engine.backend.devices()
         device_name = devices[index].name if index < len(devices) else str(runner.device)
-        weights = getattr(runner, "weights", None)  # an exported graph's weights are not ours to count
-        return LoadedModel(runner, streamed_bytes(weights) if weights is not None else None, notes, device_name)
+        weights = getattr(runner, "weights", None)  # an exported graph's weights (and cache) are not ours to count
+        if weights is None:
+            return LoadedModel(runner, None, notes, device_name)
+        return LoadedModel(runner, streamed_bytes(weights), notes, device_name, kv_bytes_per_token(runner))
+
+
+def kv_bytes_per_token(runner: Any) -> int:
+    """Bytes of keys and values one cached token holds per batch row: every layer's K and V over the heads this
+    process holds (a TP rank's share), in the cache's dtype (the compute dtype)."""
+    config = runner.config
+    heads = getattr(runner, "local_heads", config.num_attention_heads)
+    return 2 * config.num_layers * heads * config.head_dim * runner.dtype.itemsize
 
 
 def streamed_bytes(weights: Any) -> int:

@@ -70,6 +70,7 @@ def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
         "ITL p90 ms",
         "weights GB/s",
         "of roofline",
+        "KV GB/s",
         "host MB",
         "device MB",
         f"vs {first}",
@@ -90,6 +91,7 @@ def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
             _num(r.itl_p90_ms),
             _num(r.weight_gbps, 1),
             _share(r),
+            _num(r.kv_gbps, 1),
             _num(r.peak_host_mb, 0),
             _num(r.peak_device_mb, 0),
             _ratio(r.vs_first),
@@ -167,7 +169,12 @@ def _header(meta: dict[str, Any]) -> list[str]:
     protocol = meta["protocol"]
     lines.append(
         f"- {protocol['repetitions']} repetitions after {protocol['warmup']} warm-up; t/s is mean ± stddev over "
-        f"repetitions; TTFT is the timed prefill, ITL each decode step; GB/s counts every weight once per step"
+        f"repetitions; TTFT is the timed prefill, ITL each decode step"
+    )
+    lines.append(
+        "- weights GB/s: the weight bytes a decode step reads (each weight once in the form it runs in; an embedding "
+        "table that is not also the output projection is left out, a step reads one row of it per token) over the "
+        "mean step; KV GB/s: the cached keys and values the steps read (mean over the timed steps) over the same time"
     )
     if meta.get("baseline"):
         lines.append(f"- baseline: {meta['baseline']} (eager, the model's reference code), same inputs and protocol")

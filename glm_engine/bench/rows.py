@@ -3,7 +3,8 @@
 Rates follow llama-bench: tokens/s of each repetition (batch x tokens the test processes, over the test's time),
 then mean +- sample stddev over repetitions. Time to first token is the timed prefill (prompt in, first token's
 logits out); inter-token latency is the time of each decode step, median and p90 over every step of every
-repetition. Decode rows also carry the GB/s of weights a step streams and its share of the measured read bandwidth.
+repetition. Decode rows also carry the GB/s of weights a step streams and its share of the measured read bandwidth,
+and, separately, the GB/s of cached keys and values the steps read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from glm_engine.bench import stats
 from glm_engine.bench.measure import Measurement, Sample
 from glm_engine.bench.roofline import GB, achieved_gbps, share_or_note
-from glm_engine.bench.spec import Point
+from glm_engine.bench.spec import Point, context_length
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
@@ -46,6 +47,8 @@ class Row:
     weights_gb: float | None = None  # GB a decode step reads (models.streamed_bytes)
     weight_gbps: float | None = None
     bandwidth_gbps: float | None = None
+    kv_gb: float | None = None  # GB of cached keys/values a decode step reads, mean over the timed steps
+    kv_gbps: float | None = None
     roofline_share: float | None = None
     roofline_note: str = ""  # roofline.IN_CACHE (no share: the weights fit in the last-level cache) or ABOVE_ROOFLINE
     vs_first: float | None = None  # tokens/s over the first backend's at the same configuration
@@ -84,6 +87,7 @@ def row_from_measurement(
     device: str,
     quant: str | None = None,
     cache_bytes: int | None = None,
+    kv_bytes_per_token: int | None = None,
 ) -> Row:
     """Summarise a measurement of ``point`` into a row (see the module docstring for the definitions)."""
     samples = measurement.samples
@@ -121,6 +125,10 @@ def row_from_measurement(
             "step_s": [s.step_s for s in samples],
         },
     )
+    if steps and kv_bytes_per_token is not None:
+        kv_bytes = kv_bytes_per_step(point, kv_bytes_per_token)
+        row.kv_gb = kv_bytes / GB
+        row.kv_gbps = achieved_gbps(kv_bytes, stats.mean(steps))
     if steps and weight_bytes is not None:
         mean_step = stats.mean(steps)
         row.weight_gbps = achieved_gbps(weight_bytes, mean_step)
@@ -129,6 +137,13 @@ def row_from_measurement(
                 weight_bytes, row.weight_gbps, bandwidth_gbps, cache_bytes
             )
     return row
+
+
+def kv_bytes_per_step(point: Point, bytes_per_token: int) -> float:
+    """Cached keys/values a decode step of ``point`` reads, mean over its steps: the step at position ``c`` attends
+    over ``c + 1`` tokens (the cache and its own), for ``c`` from the context to the context + n_gen - 1."""
+    mean_tokens = context_length(point) + (point.test.n_gen + 1) / 2
+    return point.batch * bytes_per_token * mean_tokens
 
 
 def skipped_row(

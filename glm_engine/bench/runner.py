@@ -141,6 +141,7 @@ def _run_group(
                 device.get("read_bandwidth_gbps"),
                 loaded.device_name,
                 cache_bytes=device.get("last_level_cache_bytes"),
+                kv_bytes_per_token=loaded.kv_bytes_per_token,
             )
         )
         progress(point.label)
@@ -262,6 +263,7 @@ def _run_baseline(
                 entry.get("read_bandwidth_gbps"),
                 device_name,
                 cache_bytes=entry.get("last_level_cache_bytes"),
+                kv_bytes_per_token=record.get("kv_bytes_per_token"),
             )
         )
         advance(point.label)
