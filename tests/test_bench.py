@@ -794,3 +794,17 @@ def test_the_plan_of_several_backends_without_dtype_uses_the_common_one_and_the_
     assert [p.dtype for p in points] == ["fp32", "fp16"] and "pass --dtype" in notes[0]
     _, stdout = planned("--backend", "cpu", "-t", "tg4")  # one backend: its own default, no note
     assert "no --dtype given" not in stdout
+
+
+def test_rows_whose_stddev_exceeds_a_quarter_of_the_mean_are_marked_noisy_and_the_header_says_why():
+    point = Point("cpu", "fp32", QuantChoice(), 1, 1, 0, PP8)
+    steady = row_from_measurement("cpu", point, Measurement([Sample(0.10), Sample(0.11)], None, None, "t"), 1, 0, "d")
+    noisy = row_from_measurement("cpu", point, Measurement([Sample(0.10), Sample(0.30)], None, None, "t"), 1, 0, "d")
+    assert not steady.noisy and noisy.noisy  # rates 80 and 26.7: stddev 37.7 is 71% of the mean 53.3
+    text = render_report(META, [steady], ReportFormat.md, "cpu", "transformers")
+    assert "(noisy)" not in text
+    text = render_report(META, [steady, noisy], ReportFormat.md, "cpu", "transformers")
+    assert f"| {noisy.tokens_per_s:.2f} ± {noisy.tokens_per_s_std:.2f} (noisy) |" in text
+    assert "- (noisy): the row's t/s stddev is above 25% of its mean" in text
+    data = json.loads(render_report(META, [noisy], ReportFormat.json, "cpu", "transformers"))
+    assert data["rows"][0]["noisy"] is True

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from glm_engine.bench.roofline import IN_CACHE
-from glm_engine.bench.rows import OK, Row
+from glm_engine.bench.rows import NOISY_FRACTION, OK, Row
 from glm_engine.conformance.report import ReportFormat
 
 __all__ = ["ReportFormat", "render_report"]
@@ -30,7 +30,7 @@ def _num(value: float | None, digits: int = 2) -> str:
 def _rate(row: Row) -> str:
     if row.status != OK:
         return row.status
-    return f"{row.tokens_per_s:.2f} ± {row.tokens_per_s_std:.2f}"
+    return f"{row.tokens_per_s:.2f} ± {row.tokens_per_s_std:.2f}" + (" (noisy)" if row.noisy else "")
 
 
 def _share(row: Row) -> str:
@@ -156,7 +156,7 @@ def _bandwidth(device: dict[str, Any]) -> str:
     return text
 
 
-def _header(meta: dict[str, Any]) -> list[str]:
+def _header(meta: dict[str, Any], rows: Sequence[Row] = ()) -> list[str]:
     lines = [f"# glm-engine bench: {meta['model']['description']}", ""]
     for device in meta.get("devices", []):
         lines.append(f"- {device['backend']}: {device['name']}" + _bandwidth(device) + _detail(device))
@@ -178,6 +178,11 @@ def _header(meta: dict[str, Any]) -> list[str]:
     )
     if meta.get("baseline"):
         lines.append(f"- baseline: {meta['baseline']} (eager, the model's reference code), same inputs and protocol")
+    if any(r.noisy for r in rows):
+        lines.append(
+            f"- (noisy): the row's t/s stddev is above {NOISY_FRACTION:.0%} of its mean (other load on the machine, "
+            "or too few repetitions); rerun it before drawing conclusions"
+        )
     if meta.get("interrupted"):
         lines.append("- **interrupted**: only the rows finished before Ctrl-C are shown")
     for note in meta.get("notes", []):
@@ -196,7 +201,7 @@ def render_report(meta: dict[str, Any], rows: Sequence[Row], fmt: ReportFormat, 
         for row in rows:
             writer.writerow(row.to_dict(with_samples=False))
         return buffer.getvalue()
-    lines = _header(meta) + [""] + _main_table(rows, first, baseline)
+    lines = _header(meta, rows) + [""] + _main_table(rows, first, baseline)
     if len({r.engine for r in rows}) > 1:
         lines += ["", "## Side by side", ""] + _side_by_side(rows, first, baseline)
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from glm_engine.bench.roofline import GB, achieved_gbps, share_or_note
 from glm_engine.bench.spec import Point, context_length
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+NOISY_FRACTION = 0.25  # a row whose t/s stddev exceeds this share of its mean is marked noisy
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Row:
     repetitions: int = 0
     tokens_per_s: float | None = None
     tokens_per_s_std: float | None = None
+    noisy: bool = False  # tokens_per_s_std above NOISY_FRACTION of the mean
     seconds: float | None = None
     seconds_std: float | None = None
     ttft_ms: float | None = None
@@ -108,6 +110,7 @@ def row_from_measurement(
         repetitions=len(samples),
         tokens_per_s=stats.mean(rates),
         tokens_per_s_std=stats.stddev(rates),
+        noisy=stats.stddev(rates) > NOISY_FRACTION * stats.mean(rates),
         seconds=stats.mean(totals),
         seconds_std=stats.stddev(totals),
         ttft_ms=stats.mean(prefills) * 1e3 if prefills else None,
