@@ -91,7 +91,7 @@ def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
             _num(r.itl_p90_ms),
             _num(r.weight_gbps, 1),
             _share(r),
-            _num(r.kv_gbps, 1),
+            _num(r.kv_gbps),
             _num(r.peak_host_mb, 0),
             _num(r.peak_device_mb, 0),
             _ratio(r.vs_first),
