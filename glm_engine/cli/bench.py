@@ -159,7 +159,7 @@ def bench(
     baseline_code: Annotated[
         Path | None, typer.Option(help="folder with modeling_chatglm.py, for an HF folder without its code")
     ] = None,
-    bandwidth_gib: Annotated[float, typer.Option(help="GiB read to measure the bandwidth; 0 skips it")] = 1.0,
+    bandwidth_gib: Annotated[float, typer.Option(help="least GiB the bandwidth probe reads; 0 skips it")] = 1.0,
     seed: Annotated[int, typer.Option(help="seed of the random input ids")] = 1234,
     tp_job: Annotated[Path | None, typer.Option(hidden=True)] = None,
     tp_rows: Annotated[Path | None, typer.Option(hidden=True)] = None,
