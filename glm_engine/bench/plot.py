@@ -1,8 +1,9 @@
 """``--plot FILE.png``: tokens/s per engine and configuration as grouped bars (matplotlib, an optional extra).
 
-One group of bars per configuration (test, depth, dtype, quantization, batch, TP), one bar per engine, with the
-stddev over repetitions as error bars; skipped rows leave a gap. matplotlib is imported here only, so a missing
-install fails with a MissingDependencyError that names the extra, not at ``import glm_engine``.
+One group of bars per configuration (test, depth, dtype, quantization, batch, TP), one bar per engine (and device,
+for an engine that ran on several: the baseline), with the stddev over repetitions as error bars; skipped rows
+leave a gap. matplotlib is imported here only, so a missing install fails with a MissingDependencyError that names
+the extra, not at ``import glm_engine``.
 """
 
 from __future__ import annotations
@@ -35,13 +36,20 @@ def check_plot_available() -> None:
 def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     """Draw tokens/s of every row that ran into ``path`` (PNG)."""
     plt = _pyplot()
-    engines = list(dict.fromkeys(r.engine for r in rows))
+    devices: dict[str, set[str]] = {}
+    for r in rows:
+        devices.setdefault(r.engine, set()).add(r.device)
+
+    def series(r: Row) -> str:  # an engine on several devices (the baseline beside cpu and cuda) gets a bar each
+        return f"{r.engine} ({r.device})" if len(devices[r.engine]) > 1 else r.engine
+
+    engines = list(dict.fromkeys(series(r) for r in rows))
     keys = list(dict.fromkeys(r.config_key for r in rows))
     labels = {}
     for r in rows:
         tp = f" tp{r.tp}" if r.tp > 1 else ""
         labels.setdefault(r.config_key, f"{r.test} @ d{r.depth}\n{r.dtype} {r.quant} b{r.batch}{tp}")
-    by = {(r.engine, r.config_key): r for r in rows if r.status == OK}
+    by = {(series(r), r.config_key): r for r in rows if r.status == OK}
     width = 0.8 / max(1, len(engines))
     figure, axes = plt.subplots(figsize=(max(6.0, 0.8 * len(keys) * len(engines)), 4.5))
     for i, engine in enumerate(engines):
