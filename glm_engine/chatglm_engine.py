@@ -183,6 +183,9 @@ def load_chatglm(
     quant_output: bool = False,
     cuda_graphs: bool | None = None,
     backend_options: dict[str, object] | None = None,
+    config: ChatGLMConfig | None = None,
+    random_dtype: torch.dtype = torch.float32,
+    max_random_parameters: int = MAX_RANDOM_PARAMETERS,
 ) -> ChatGLMEngine:
     """Load a ChatGLM-6B Hugging Face folder (fp16, or the INT4/INT8 releases), or ``chatglm-tiny`` (random weights
     with the packaged test tokenizer, for trying things out).
@@ -193,7 +196,8 @@ def load_chatglm(
     ``quant_scheme``/``quant_group_size``) quantizes the linears while loading, as ``glm_engine.load`` does. The
     INT4/INT8 releases run quantized where the backend has kernels for them, dequantized otherwise.
     ``quant_output=True`` quantizes ``lm_head`` in the same format (as chatglm.cpp does; see ``glm_engine.load``);
-    ``cuda_graphs`` as in ``glm_engine.load``.
+    ``cuda_graphs`` as in ``glm_engine.load``. ``config`` replaces a preset's shapes (random weights only);
+    ``random_dtype`` and ``max_random_parameters`` as in ``glm_engine.load``.
 
     A graph-level ``backend`` (``onnxruntime``, ``tensorrt``) runs a folder made by ``glm-engine export onnx`` from a
     ChatGLM checkpoint (or the engine built from it); ``backend_options`` go to its ``load_runner`` (onnxruntime:
@@ -209,10 +213,10 @@ def load_chatglm(
     notes = [why]
     name = str(path_or_preset)
     if name in CHATGLM_PRESETS and not Path(name).exists():
-        config = chatglm_preset(name)
-        if config.num_parameters() > MAX_RANDOM_PARAMETERS:
+        config = config or chatglm_preset(name)
+        if config.num_parameters() > max_random_parameters:
             raise InputError(f"preset {name} has {config.num_parameters() / 1e9:.1f}B parameters: pass a checkpoint")
-        state_dict = random_state_dict(config, RANDOM_WEIGHTS_SEED)
+        state_dict = random_state_dict(config, RANDOM_WEIGHTS_SEED, random_dtype)
         prepare, spec = _quant_plan(chosen, run_dtype, ops, quant, quant_scheme, quant_group_size, 0, notes)
         output = _output_quant(quant_output, prepare, spec, 0, notes)
         entries = {k: TensorInfo(tuple(v.shape), v.dtype, name) for k, v in state_dict.items()}
@@ -231,6 +235,8 @@ def load_chatglm(
         notes.append(f"{source}: its output is noise, not language")
         tok = ChatGLMTokenizer(find_chatglm_tokenizer(tokenizer or BUILTIN_TOKENIZER_PATH, None), config)
     else:
+        if config is not None:
+            raise InputError("a config override goes with a ChatGLM preset (random weights), not a checkpoint folder")
         checkpoint = open_chatglm_checkpoint(path_or_preset)
         config = checkpoint.config
         tok = ChatGLMTokenizer(find_chatglm_tokenizer(tokenizer, checkpoint.path), config)  # fail before loading

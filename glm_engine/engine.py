@@ -251,6 +251,8 @@ def load(
     quant_output: bool = False,
     cuda_graphs: bool | None = None,
     backend_options: dict[str, object] | None = None,
+    random_dtype: torch.dtype = torch.float32,
+    max_random_parameters: int = MAX_RANDOM_PARAMETERS,
 ) -> Engine:
     """Load a checkpoint folder (default: the built-in demo model), or a preset name (seeded random weights).
 
@@ -275,6 +277,10 @@ def load(
 
     ``cuda_graphs=False`` runs cached decode steps eagerly on cuda (default: replayed CUDA graphs unless
     ``GLM_ENGINE_CUDA_GRAPHS=0``; see :mod:`glm_engine.generation.cuda_graph`).
+
+    A preset's random weights are drawn in ``random_dtype`` (fp16 halves the host memory of large shapes, and is
+    what real checkpoints store) up to ``max_random_parameters`` (``glm-engine bench`` raises it for its
+    ``random:`` models).
     """
     chosen, why = REGISTRY.resolve(backend)
     run_dtype = resolve_dtype(dtype, chosen)
@@ -299,12 +305,12 @@ def load(
     checkpoint = None
     if _is_preset(path_or_preset):
         model_config = resolve_config(config) or preset(path_or_preset)
-        if model_config.num_parameters() > MAX_RANDOM_PARAMETERS:
+        if model_config.num_parameters() > max_random_parameters:
             raise InputError(
                 f"preset {path_or_preset} has {model_config.num_parameters() / 1e9:.1f}B parameters; "
                 "random weights are only for small presets: pass a checkpoint"
             )
-        state_dict = random_state_dict(model_config, RANDOM_WEIGHTS_SEED)
+        state_dict = random_state_dict(model_config, RANDOM_WEIGHTS_SEED, random_dtype)
         source = f"preset {path_or_preset} with random weights (seed {RANDOM_WEIGHTS_SEED})"
         notes.append(f"{source}: its output is noise, not language")
         tok = (

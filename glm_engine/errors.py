@@ -43,3 +43,7 @@ class ParallelError(GlmEngineError):
 class CollectiveError(ParallelError):
     """A collective failed on this rank, most often because another rank stopped: the other rank's error is the
     cause, and the launcher reports that one first."""
+
+
+class MissingDependencyError(GlmEngineError):
+    """An optional package a feature needs is not installed; the message names what to install."""

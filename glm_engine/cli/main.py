@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from glm_engine.cli.backends import backends
+from glm_engine.cli.bench import bench
 from glm_engine.cli.chat import chat
 from glm_engine.cli.conformance import conformance
 from glm_engine.cli.convert import convert, convert_tp, quantize
@@ -29,6 +30,7 @@ app.command(name="quantize")(quantize)
 app.add_typer(export_app, name="export")
 app.command(name="conformance")(conformance)
 app.command(name="evaluate")(evaluate)
+app.command(name="bench")(bench)
 
 
 def main() -> None:

@@ -1,0 +1,207 @@
+"""Bench results as Markdown (people), CSV (sheets) or JSON (tools, with raw samples and the environment).
+
+The Markdown report is a header (model, device, measured bandwidth, protocol), the table of every row (skipped ones
+with their reason), and, when several engines ran (backends, or the transformers baseline), a side-by-side table of
+tokens/s per engine with each engine's ratio to the first backend and to the baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from glm_engine.bench.roofline import IN_CACHE
+from glm_engine.bench.rows import NOISY_FRACTION, OK, Row
+from glm_engine.conformance.report import ReportFormat
+
+__all__ = ["ReportFormat", "render_report"]
+
+CSV_COLUMNS = [name for name in Row.__dataclass_fields__ if name != "samples"]
+KEY_COLUMNS = ("dtype", "quant", "tp", "batch", "test", "depth")
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _rate(row: Row) -> str:
+    if row.status != OK:
+        return row.status
+    return f"{row.tokens_per_s:.2f} ± {row.tokens_per_s_std:.2f}" + (" (noisy)" if row.noisy else "")
+
+
+def _share(row: Row) -> str:
+    """The roofline share, "n/a (in cache)" when the weights fit in the last-level cache, flagged above 100%."""
+    if row.roofline_note == IN_CACHE:
+        return IN_CACHE
+    if row.roofline_share is None:
+        return ""
+    return f"{row.roofline_share:.0%}" + (" (!)" if row.roofline_share > 1 else "")
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(columns: Sequence[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out.extend("| " + " | ".join(_escape(cell) for cell in line) + " |" for line in lines)
+    return out
+
+
+def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
+    columns = [
+        "engine",
+        "dtype",
+        "quant",
+        "tp",
+        "batch",
+        "test",
+        "t/s",
+        "TTFT ms",
+        "ITL p50 ms",
+        "ITL p90 ms",
+        "weights GB/s",
+        "of roofline",
+        "KV GB/s",
+        "host MB",
+        "device MB",
+        f"vs {first}",
+        f"vs {baseline}",
+        "note",
+    ]
+    lines = [
+        [
+            r.engine,
+            r.dtype,
+            r.quant,
+            str(r.tp),
+            str(r.batch),
+            f"{r.test} @ d{r.depth}",
+            _rate(r),
+            _num(r.ttft_ms),
+            _num(r.itl_median_ms),
+            _num(r.itl_p90_ms),
+            _num(r.weight_gbps, 1),
+            _share(r),
+            _num(r.kv_gbps),
+            _num(r.peak_host_mb, 0),
+            _num(r.peak_device_mb, 0),
+            _ratio(r.vs_first),
+            _ratio(r.vs_baseline),
+            r.reason,
+        ]
+        for r in rows
+    ]
+    return _table(columns, lines)
+
+
+def _side_by_side(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
+    """tokens/s per engine for each configuration, with ratios to the first backend and to the baseline (one
+    baseline column per device it ran on; each engine's ratio is to the baseline on its own device)."""
+    engines = list(dict.fromkeys(r.engine for r in rows))
+    ours = [e for e in engines if e != baseline]
+    base_devices = list(dict.fromkeys(r.device for r in rows if r.engine == baseline))
+    keys = list(dict.fromkeys(r.config_key for r in rows if r.engine != baseline))
+    by = {(r.engine, r.config_key): r for r in rows}
+    base_by = {r.baseline_key: r for r in rows if r.engine == baseline}
+    columns = ["dtype", "quant", "tp", "batch", "test"] + [f"{e} t/s" for e in ours]
+    columns += [f"{e} / {first}" for e in ours if e != first]
+    if len(base_devices) == 1:
+        columns += [f"{baseline} t/s"]
+    else:
+        columns += [f"{baseline} t/s ({device or 'no device'})" for device in base_devices]
+    if base_devices:
+        columns += [f"{e} / {baseline}" for e in ours]
+    lines = []
+    for key in keys:
+        dtype, quant, tp, batch, test, depth = key
+        line = [dtype, quant, str(tp), str(batch), f"{test} @ d{depth}"]
+        line += [_rate(by[(e, key)]) if (e, key) in by else "" for e in ours]
+        line += [_ratio(by[(e, key)].vs_first) if (e, key) in by else "" for e in ours if e != first]
+        for device in base_devices:
+            base = base_by.get((device, dtype, batch, test, depth))
+            line.append(_rate(base) if base is not None else "")
+        if base_devices:
+            line += [_ratio(by[(e, key)].vs_baseline) if (e, key) in by else "" for e in ours]
+        lines.append(line)
+    return _table(columns, lines)
+
+
+def _detail(device: dict[str, Any]) -> str:
+    return f"; {device['detail']}" if device.get("detail") else ""
+
+
+def _bandwidth(device: dict[str, Any]) -> str:
+    """The measured bandwidth, the kernel that gave it, the others, and the probe's size against the cache."""
+    bw = device.get("read_bandwidth_gbps")
+    if not bw:
+        return ""
+    text = f"; measured read bandwidth {bw:.1f} GB/s"
+    kernels = device.get("read_bandwidth_kernels") or {}
+    if device.get("read_bandwidth_kernel"):
+        others = ", ".join(f"{k} {v:.1f}" for k, v in kernels.items() if k != device["read_bandwidth_kernel"])
+        text += f" ({device['read_bandwidth_kernel']}" + (f"; {others}" if others else "") + ")"
+    if device.get("probe_buffer_bytes"):
+        text += f" over {device['probe_buffer_bytes'] / 2**20:.0f} MiB"
+    cache = device.get("last_level_cache_bytes")
+    text += f", last-level cache {cache / 2**20:.0f} MiB" if cache else ", last-level cache size unknown"
+    return text
+
+
+def _header(meta: dict[str, Any], rows: Sequence[Row] = ()) -> list[str]:
+    lines = [f"# glm-engine bench: {meta['model']['description']}", ""]
+    for device in meta.get("devices", []):
+        lines.append(f"- {device['backend']}: {device['name']}" + _bandwidth(device) + _detail(device))
+    if any(d.get("read_bandwidth_gbps") for d in meta.get("devices", [])):
+        lines.append(
+            "- of roofline: weights GB/s over the measured read bandwidth (the best of the kernels listed); "
+            "n/a (in cache) when the weights fit in the last-level cache; (!) marks a share above 100%, where "
+            "part of the weights came from a cache or the probe read slower than decode does"
+        )
+    protocol = meta["protocol"]
+    lines.append(
+        f"- {protocol['repetitions']} repetitions after {protocol['warmup']} warm-up; t/s is mean ± stddev over "
+        f"repetitions; TTFT is the timed prefill, ITL each decode step"
+    )
+    lines.append(
+        "- weights GB/s: the weight bytes a decode step reads (each weight once in the form it runs in; an embedding "
+        "table that is not also the output projection is left out, a step reads one row of it per token) over the "
+        "mean step; KV GB/s: the cached keys and values the steps read (mean over the timed steps) over the same time"
+    )
+    if meta.get("baseline"):
+        lines.append(f"- baseline: {meta['baseline']} (eager, the model's reference code), same inputs and protocol")
+    if any(r.noisy for r in rows):
+        lines.append(
+            f"- (noisy): the row's t/s stddev is above {NOISY_FRACTION:.0%} of its mean (other load on the machine, "
+            "or too few repetitions); rerun it before drawing conclusions"
+        )
+    if meta.get("interrupted"):
+        lines.append("- **interrupted**: only the rows finished before Ctrl-C are shown")
+    for note in meta.get("notes", []):
+        lines.append(f"- {note}")
+    return lines
+
+
+def render_report(meta: dict[str, Any], rows: Sequence[Row], fmt: ReportFormat, first: str, baseline: str) -> str:
+    """The whole report in ``fmt``; ``first`` is the backend ratios compare against, ``baseline`` its engine name."""
+    if fmt is ReportFormat.json:
+        return json.dumps({**meta, "rows": [r.to_dict() for r in rows]}, indent=2, default=str)
+    if fmt is ReportFormat.csv:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.to_dict(with_samples=False))
+        return buffer.getvalue()
+    lines = _header(meta, rows) + [""] + _main_table(rows, first, baseline)
+    if len({r.engine for r in rows}) > 1:
+        lines += ["", "## Side by side", ""] + _side_by_side(rows, first, baseline)
+    return "\n".join(lines)
