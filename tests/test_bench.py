@@ -41,6 +41,7 @@ from glm_engine.bench.workload import Family, build_workload
 from glm_engine.cli.main import app
 from glm_engine.errors import InputError, MissingDependencyError
 from glm_engine.model.chatglm_config import CHATGLM_PRESETS
+from glm_engine.model.kv_cache import KVCache
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
 
 PP8, TG4 = TestSpec(Kind.PREFILL, 8, 0), TestSpec(Kind.GENERATE, 0, 4)
@@ -406,7 +407,7 @@ class _CountingRunner:
         self.calls: list[tuple[int, int]] = []
 
     def new_cache(self, batch_size, max_length):
-        return type("Cache", (), {"length": 0})()
+        return KVCache(1, batch_size, 1, max_length, 1, torch.float32, torch.device("cpu"))
 
     def forward(self, input_ids, position_ids, blocked, cache=None, last_only=False):
         assert blocked.shape[-1] == cache.length + input_ids.shape[1]  # the mask covers cache + new tokens

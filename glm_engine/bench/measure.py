@@ -67,7 +67,7 @@ def run_once(runner: Runner, cache: object, work: Workload, point: Point, timer:
     """One repetition of ``point`` (see the module docstring) in the emptied ``cache``."""
     context = context_length(point)
     total = context + point.test.n_gen
-    cache.length = 0  # type: ignore[attr-defined]
+    cache.reset()  # type: ignore[attr-defined]
     prefix = point.depth if point.test.n_prompt else context
     if prefix:
         runner.forward(*work.part(0, prefix), cache, last_only=True)

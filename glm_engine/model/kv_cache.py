@@ -50,6 +50,10 @@ class KVCache:
         """Mark ``num_tokens`` more positions as filled (after every layer has been updated)."""
         self.length += num_tokens
 
+    def reset(self) -> None:
+        """Forget every cached position (the buffers are kept, so a captured CUDA graph stays valid)."""
+        self.length = 0
+
     def expanded(self, repeats: int) -> KVCache:
         """A cache with every row repeated ``repeats`` times (row i -> rows i*repeats ...), filled part only copied."""
         layers, _, batch, heads, max_length, head_dim = self.storage.shape

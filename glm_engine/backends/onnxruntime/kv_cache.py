@@ -58,6 +58,10 @@ class OrtKVCache:
         self._keep_alive = []
         self.length += new_tokens
 
+    def reset(self) -> None:
+        """Forget every cached position: the next call starts from an empty past."""
+        self.values, self._keep_alive, self.length = [], [], 0
+
     def arrays(self) -> list[np.ndarray]:
         """The cached keys/values as numpy arrays, layer-major: copies, so writing to them cannot reach the ORT values
         (on the CPU ``OrtValue.numpy()`` returns a view of the value's own memory)."""
