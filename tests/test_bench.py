@@ -620,7 +620,9 @@ def test_bench_on_the_demo_model_prints_rows_and_the_skipped_baseline(tmp_path):
     text = (tmp_path / "bench.md").read_text()
     assert "# glm-engine bench: the built-in demo model" in text
     assert "| cpu | fp32 | none | 1 | 1 | pp8 @ d0 |" in text and "| cpu | fp32 | none | 1 | 1 | tg4 @ d0 |" in text
-    assert "| transformers | fp32 | none | 1 | 1 | tg4 @ d0 | skipped |" in text
+    # a baseline that cannot run the model is said once in the header, not on every row, and makes no side-by-side
+    assert "- transformers: skipped every configuration: transformers has no class for the GLM-130B" in text
+    assert "| transformers |" not in text and "## Side by side" not in text
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from glm_engine.bench.roofline import IN_CACHE
-from glm_engine.bench.rows import NOISY_FRACTION, OK, Row
+from glm_engine.bench.rows import NOISY_FRACTION, OK, SKIPPED, Row
 from glm_engine.conformance.report import ReportFormat
 
 __all__ = ["ReportFormat", "render_report"]
@@ -190,6 +190,19 @@ def _header(meta: dict[str, Any], rows: Sequence[Row] = ()) -> list[str]:
     return lines
 
 
+def _collapse_skipped_engines(rows: Sequence[Row]) -> tuple[list[Row], list[str]]:
+    """Rows without the engines whose every row was skipped for one reason, and one line per such engine (so a
+    baseline that cannot run this model is said once, not on every configuration's row)."""
+    reasons: dict[str, set[str]] = {}
+    for row in rows:
+        reasons.setdefault(row.engine, set()).add(row.reason if row.status == SKIPPED else "\0ran")
+    gone = {engine: next(iter(r)) for engine, r in reasons.items() if len(r) == 1 and "\0ran" not in r}
+    if len(gone) == len(reasons):  # nothing ran at all: keep the rows, each with its reason
+        return list(rows), []
+    notes = [f"{engine}: skipped every configuration: {reason}" for engine, reason in gone.items()]
+    return [r for r in rows if r.engine not in gone], notes
+
+
 def render_report(meta: dict[str, Any], rows: Sequence[Row], fmt: ReportFormat, first: str, baseline: str) -> str:
     """The whole report in ``fmt``; ``first`` is the backend ratios compare against, ``baseline`` its engine name."""
     if fmt is ReportFormat.json:
@@ -201,7 +214,8 @@ def render_report(meta: dict[str, Any], rows: Sequence[Row], fmt: ReportFormat, 
         for row in rows:
             writer.writerow(row.to_dict(with_samples=False))
         return buffer.getvalue()
-    lines = _header(meta, rows) + [""] + _main_table(rows, first, baseline)
+    rows, skipped = _collapse_skipped_engines(rows)
+    lines = _header(meta, rows) + [f"- {note}" for note in skipped] + [""] + _main_table(rows, first, baseline)
     if len({r.engine for r in rows}) > 1:
         lines += ["", "## Side by side", ""] + _side_by_side(rows, first, baseline)
     return "\n".join(lines)
