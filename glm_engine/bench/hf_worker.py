@@ -25,21 +25,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class HFCache:
-    """The reference's ``past_key_values`` with the ``length`` the timing protocol resets."""
+    """The reference's ``past_key_values`` and how many positions they hold; ``reset`` empties it between
+    repetitions, as the timing protocol does with our caches."""
 
     def __init__(self) -> None:
         self.past: Any = None
-        self._length = 0
+        self.length = 0
 
-    @property
-    def length(self) -> int:
-        return self._length
-
-    @length.setter
-    def length(self, value: int) -> None:
-        if value == 0:
-            self.past = None
-        self._length = value
+    def reset(self) -> None:
+        self.past, self.length = None, 0
 
 
 class HFRunner:
