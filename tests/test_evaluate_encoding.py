@@ -10,7 +10,7 @@ from glm_engine.evaluation.config import parse_task_config
 from glm_engine.evaluation.generation import align_prompts, build_strategy, encode_generation
 from glm_engine.evaluation.lambada import ICETK_INVALID_IDS, LambadaBeamSearch, choose_word, punctuation_bans
 from glm_engine.evaluation.multiple_choice import encode_multiple_choice
-from glm_engine.evaluation.perplexity import lm_windows
+from glm_engine.evaluation.perplexity import iter_lm_windows
 from glm_engine.evaluation.tasks import resolve_task
 from glm_engine.generation.strategies import BeamSearchStrategy, GreedyStrategy
 from glm_engine.tokenizer import builtin_tokenizer
@@ -117,17 +117,17 @@ def test_generation_truncation_leaves_room_for_the_answer():
 def test_unidirectional_lm_windows_are_causal_and_score_every_token_once():
     tokens = list(range(30, 75))  # 45 tokens, windows of 15, 5 new tokens each after the first
     for unidirectional in (False, True):
-        windows = lm_windows(tokens, 15, 5, GMASK, SOP, unidirectional)
+        windows = list(iter_lm_windows(tokens, 15, 5, GMASK, SOP, unidirectional))
         assert [t for w in windows for t in w.targets] == tokens
         for w in windows:
             scored = w.sample.ids[w.first_scored : w.first_scored + len(w.targets)]
             assert scored[0] == SOP or scored[0] == tokens[tokens.index(w.targets[0]) - 1]  # teacher forcing
             assert len(w.sample.ids) <= 16
-    later = lm_windows(tokens, 15, 5, GMASK, SOP, True)[1]
+    later = list(iter_lm_windows(tokens, 15, 5, GMASK, SOP, True))[1]
     assert later.sample.ids[:2] == [GMASK, SOP] and later.first_scored == 11  # the last prompt token predicts
     n = len(later.sample.ids)
     assert torch.equal(later.sample.allowed, torch.ones(n, n, dtype=torch.bool).tril())
-    bidirectional = lm_windows(tokens, 15, 5, GMASK, SOP, False)[1]
+    bidirectional = list(iter_lm_windows(tokens, 15, 5, GMASK, SOP, False))[1]
     assert bidirectional.sample.ids[10:12] == [GMASK, SOP] and bidirectional.sample.allowed[:11, :11].all()
 
 

@@ -12,7 +12,7 @@ from glm_engine.errors import TaskError
 from glm_engine.evaluation.config import parse_task_config
 from glm_engine.evaluation.datasets import Document, GenerationExample, MultipleChoiceExample
 from glm_engine.evaluation.multiple_choice import encode_multiple_choice, predict, score_choices
-from glm_engine.evaluation.perplexity import lm_windows, num_windows, perplexity, score_windows
+from glm_engine.evaluation.perplexity import iter_lm_windows, num_windows, perplexity, score_windows
 from glm_engine.evaluation.runner import evaluate
 from glm_engine.evaluation.tasks import GenerationTask, LanguageModelTask, MultipleChoiceTask, PileTask
 from glm_engine.generation.masks import generation_blocked, generation_positions
@@ -139,7 +139,7 @@ def test_lm_task_scores_what_perplexity_scores_at_any_batch_size(engine):
 def test_unidirectional_lm_scores_every_token_once(engine):
     tokens = engine.tokenizer.encode(" ".join(["The moon waits and the night comes."] * 80))
     layout = engine.tokenizer.layout
-    windows = lm_windows(tokens, 511, 128, layout.gmask, layout.sop, unidirectional=True)
+    windows = list(iter_lm_windows(tokens, 511, 128, layout.gmask, layout.sop, unidirectional=True))
     calls = []
 
     def uniform(input_ids, position_ids, blocked):
@@ -223,7 +223,7 @@ def test_lm_micro_batches_span_documents_and_sum_per_document(engine):
     one, one_calls, one_finished = run(1)
     eight, eight_calls, eight_finished = run(8)
     windows = [num_windows(len(d.tokens), 63, 16) for d in docs]
-    assert windows == [len(lm_windows(d.tokens, 63, 16, 0, 1)) for d in docs] and max(windows) > 1
+    assert windows == [len(list(iter_lm_windows(d.tokens, 63, 16, 0, 1))) for d in docs] and max(windows) > 1
     per_document = sum(math.ceil(w / 8) for w in windows)  # forwards if batches stopped at each document's end
     assert len(one_calls) == sum(windows) and len(eight_calls) == math.ceil(sum(windows) / 8) < per_document
     assert eight == pytest.approx(one, rel=1e-5)

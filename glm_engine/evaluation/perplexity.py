@@ -69,7 +69,7 @@ def count_units(text: str, unit: str) -> int:
 
 
 def num_windows(num_tokens: int, window: int, generation_length: int) -> int:
-    """How many windows :func:`lm_windows` cuts ``num_tokens`` tokens into (the reference's ``num_sequences``)."""
+    """How many windows :func:`iter_lm_windows` cuts ``num_tokens`` tokens into (the reference's ``num_sequences``)."""
     if num_tokens == 0:
         return 0
     return 1 + -(-max(num_tokens - window, 0) // generation_length)
@@ -114,18 +114,6 @@ def iter_lm_windows(
             first = len(prompt) + 1
         allowed = ~generation_blocked(bidirectional + 1, len(ids))
         yield Window(Sample(ids, list(range(len(ids))), allowed), first, text)
-
-
-def lm_windows(
-    tokens: Sequence[int],
-    window: int,
-    generation_length: int,
-    mask_id: int,
-    sop_id: int,
-    unidirectional: bool = False,
-) -> list[Window]:
-    """:func:`iter_lm_windows` as a list."""
-    return list(iter_lm_windows(tokens, window, generation_length, mask_id, sop_id, unidirectional))
 
 
 @torch.inference_mode()
