@@ -733,6 +733,10 @@ def test_an_onnx_export_is_timed_on_onnxruntime_without_a_bandwidth_claim(tmp_pa
     (row,) = json.loads(result.stdout)["rows"]
     assert (row["engine"], row["status"], row["dtype"]) == ("onnxruntime", OK, "fp32")
     assert row["weight_gbps"] is None and row["itl_median_ms"] > 0  # the graph's bytes are not ours to count
+    auto = CliRunner().invoke(app, [*args[:3], "-r", "1", "-t", "tg2", "--bandwidth-gib", "0", "--no-baseline"])
+    assert auto.exit_code == 0 and "| onnxruntime | fp32 |" in auto.output  # no --backend: the one that runs it
+    wrong = CliRunner().invoke(app, [*args[:3], "--backend", "cpu", "-t", "tg2", "--no-baseline"])
+    assert wrong.exit_code == 1 and "is an ONNX export: use --backend onnxruntime" in wrong.output
 
 
 # --- the plan the command builds ------------------------------------------------------------------------------------

@@ -207,3 +207,12 @@ def test_prepare_checks_data_folders_and_globs_before_scoring(tmp_path):
         prepare([grouped])
     with pytest.raises(TaskError, match="unknown metric 'Rouge'"):
         prepare([parse_task_config({"name": "x", "type": "mul", "path": "data", "metrics": ["Rouge"]}, tmp_path / "y")])
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_position(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ntype: [mul\n", encoding="utf-8")
+    with pytest.raises(TaskError) as error:
+        load_task_file(path)
+    message = str(error.value)
+    assert "\n" not in message and f"{path}:" in message and "not valid YAML" in message

@@ -477,3 +477,11 @@ def test_int8_activation_matmulnbits_is_held_to_its_own_stated_threshold(tmp_pat
     report = verify_export(str(tmp_path / "fast"), DEFAULT_MODEL)
     assert report.threshold == INT8_ACTIVATIONS_NMSE_THRESHOLD and report.passed, report.describe()
     assert max(report.decode_nmse) > 1e-5  # activations really are quantized: far above the exact path's error
+
+
+def test_export_options_that_cannot_work_are_refused_before_writing(tmp_path):
+    zero = cli.invoke(app, ["export", "onnx", "--output", str(tmp_path / "z"), "--max-seq", "0"])
+    assert zero.exit_code == 1 and "--max-seq" in zero.output and not (tmp_path / "z").exists()
+    bf16 = ["export", "onnx", "--output", str(tmp_path / "b"), "--dtype", "bf16", "--max-seq", "32", "--verify"]
+    result = cli.invoke(app, bf16)
+    assert result.exit_code == 1 and "cannot feed bf16 graphs" in result.output and not (tmp_path / "b").exists()

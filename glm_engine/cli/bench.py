@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from glm_engine.backends.base import dtype_name, parse_dtype
+from glm_engine.backends.base import GraphLevelBackend, dtype_name, parse_dtype
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.bench.baseline import BASELINE_NAME
 from glm_engine.bench.device import host_peak_note
@@ -30,6 +30,7 @@ from glm_engine.bench.runner import BenchOptions, BenchRun, check_plan, run_as_t
 from glm_engine.bench.spec import Point, expand, parse_ints, parse_quant, parse_tests, split_values
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
+from glm_engine.engine import refuse_exported_folder
 from glm_engine.errors import InputError
 from glm_engine.parallel.communicator import init_from_environment, running_under_torchrun
 
@@ -126,6 +127,24 @@ def _meta(
     }
 
 
+def _backend_names(backend: list[str] | None, source: ModelSource) -> list[str]:
+    """The backends asked for; for an exported model, the graph-level backend that runs it when none was named, and
+    an InputError naming it when an op-level one was (rather than a plan of skipped rows)."""
+    from glm_engine.backends.tensorrt.build import ENGINE_FILE
+    from glm_engine.export.onnx_export import GENAI_CONFIG_FILE
+
+    names = split_values(backend) or ["auto"]
+    folder = Path(source.name)
+    if not (folder / GENAI_CONFIG_FILE).is_file():
+        return names
+    if names == ["auto"]:
+        return ["tensorrt" if (folder / ENGINE_FILE).is_file() else "onnxruntime"]
+    for name in names:
+        if not isinstance(REGISTRY.resolve(name)[0], GraphLevelBackend):
+            refuse_exported_folder(source.name)
+    return names
+
+
 def bench(
     model: Annotated[
         str | None,
@@ -177,7 +196,7 @@ def bench(
             raise InputError(f"--bandwidth-gib takes a size in GiB, or 0 to skip the measurement; got {bandwidth_gib}")
         if plot is not None:
             check_plot_available()
-        backends = list(dict.fromkeys(REGISTRY.resolve(b)[0].name for b in split_values(backend) or ["auto"]))
+        backends = list(dict.fromkeys(REGISTRY.resolve(b)[0].name for b in _backend_names(backend, source)))
         points, notes = _points(
             backends, source.dtype, dtype, quant, quant_scheme, quant_group_size, quant_output, tp, batch, depth, test
         )

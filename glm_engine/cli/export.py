@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from glm_engine.backends.base import parse_dtype
@@ -74,6 +75,11 @@ def export_onnx_command(
             from glm_engine.export.verify import check_verifiable
 
             check_verifiable(max_seq)  # before writing an export that cannot be verified
+        if verify and graph_dtype == torch.bfloat16:
+            raise InputError(
+                "--verify runs the export in ONNX Runtime, which cannot feed bf16 graphs (numpy has no bfloat16): "
+                "verify an fp32 or fp16 export, or drop --verify for a bf16 one meant for TensorRT"
+            )
         started = time.perf_counter()
         with progress_bar("exporting layers") as progress:
             exported = export_onnx(

@@ -197,7 +197,10 @@ def load_task_file(path: Path) -> TaskConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise TaskError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TaskError(f"{where}: not valid YAML: {problem}") from None
     except UnicodeDecodeError as exc:
         raise TaskError(f"{path}: not UTF-8 text: {exc}") from None
     return parse_task_config(data, path)

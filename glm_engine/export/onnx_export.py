@@ -211,7 +211,7 @@ def write_export(
 ) -> ExportedModel:
     """Emit ``weights`` through ``graph_type`` layer by layer into ``output`` (see :func:`export_onnx`)."""
     model_config = weights.config
-    max_seq = max_seq or model_config.max_sequence_length
+    max_seq = model_config.max_sequence_length if max_seq is None else max_seq
     if not 0 < max_seq <= model_config.max_sequence_length:
         raise InputError(f"--max-seq must lie in [1, {model_config.max_sequence_length}], got {max_seq}")
     spec = weights.quant
