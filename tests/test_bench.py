@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
@@ -436,6 +437,33 @@ def test_one_repetition_fills_the_depth_untimed_then_times_the_prompt_and_each_s
     assert fake.calls == calls * 3  # warm-up and two timed repetitions, each from an emptied cache
     assert len(result.samples) == 2
     assert all(len(s.step_s) == test.n_gen and (s.prefill_s is None) == (test.n_prompt == 0) for s in result.samples)
+
+
+class _FakeHFModel:
+    """Stands in for a transformers ChatGLM model: records the past it is given and returns a past that says how
+    many tokens it holds, so the baseline's runner and cache are checked without transformers."""
+
+    def __init__(self) -> None:
+        self.pasts: list[int | None] = []
+
+    def __call__(self, input_ids, position_ids, attention_mask, past_key_values, use_cache, return_dict):
+        held = 0 if past_key_values is None else past_key_values
+        self.pasts.append(past_key_values)
+        logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], 8)
+        return SimpleNamespace(logits=logits, past_key_values=held + input_ids.shape[1])
+
+
+def test_the_baseline_runner_starts_each_repetition_from_an_empty_past():
+    from glm_engine.bench.hf_worker import HFRunner
+
+    test = TestSpec(Kind.COMBINED, 8, 2)
+    point = Point("transformers", "fp32", QuantChoice(), 1, 1, 4, test)
+    work = build_workload(Family.CHATGLM, 1, 12, point.tokens_needed(), 100, 0)
+    model = _FakeHFModel()
+    runner = HFRunner(model, torch.device("cpu"))
+    result = measure(runner, work, point, repetitions=2, warmup=1, make_stepper=lambda: runner)
+    assert model.pasts == [None, 4, 12, 13] * 3  # depth, prompt, two steps; the cache emptied between repetitions
+    assert len(result.samples) == 2
 
 
 class _LoggingTimer:
