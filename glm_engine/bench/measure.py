@@ -31,7 +31,7 @@ class Runner(Protocol):
     device: torch.device
 
     def new_cache(self, batch_size: int, max_length: int) -> object:
-        """A cache with a writable ``length`` (tokens held); setting it to 0 empties it."""
+        """A cache with ``length`` (tokens held) and ``reset()``, which empties it."""
 
     def forward(
         self,
@@ -66,20 +66,22 @@ class Measurement:
 def run_once(runner: Runner, cache: object, work: Workload, point: Point, timer: Timer, stepper: Stepper) -> Sample:
     """One repetition of ``point`` (see the module docstring) in the emptied ``cache``."""
     context = context_length(point)
-    total = context + point.test.n_gen
+    total = point.tokens_needed()
     cache.reset()  # type: ignore[attr-defined]
     prefix = point.depth if point.test.n_prompt else context
     if prefix:
         runner.forward(*work.part(0, prefix), cache, last_only=True)
     prefill = None
     if point.test.n_prompt:
+        inputs = work.part(prefix, context)  # sliced before the timer starts: only the model is timed
         timer.start()
-        runner.forward(*work.part(prefix, context), cache, last_only=True)
+        runner.forward(*inputs, cache, last_only=True)
         prefill = timer.stop()
     steps = []
     for col in range(context, total):
+        inputs = work.part(col, col + 1)
         timer.start()
-        stepper.step(cache, *work.part(col, col + 1))
+        stepper.step(cache, *inputs)
         steps.append(timer.stop())
     return Sample(prefill, steps)
 

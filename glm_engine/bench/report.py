@@ -20,7 +20,6 @@ from glm_engine.conformance.report import ReportFormat
 __all__ = ["ReportFormat", "render_report"]
 
 CSV_COLUMNS = [name for name in Row.__dataclass_fields__ if name != "samples"]
-KEY_COLUMNS = ("dtype", "quant", "tp", "batch", "test", "depth")
 
 
 def _num(value: float | None, digits: int = 2) -> str:

@@ -29,7 +29,7 @@ from .baseline import BASELINE_NAME, BaselinePlan, plan_baseline, run_baseline
 from .measure import Measurement, Sample, measure
 from .models import LoadedModel, ModelSource, Shape, backend_device, resolve_model
 from .roofline import measure_read_bandwidth
-from .rows import Row, row_from_measurement, skipped_row
+from .rows import FAILED, Row, row_from_measurement, skipped_row
 from .spec import Point, QuantChoice, context_length, point_from_json, point_to_json
 from .workload import build_workload
 
@@ -243,13 +243,13 @@ def _run_baseline(
     def on_result(record: dict) -> None:
         if "point" not in record:  # the process failed: every point not reported yet fails with its message
             for point in pending.values():
-                run.rows.append(skipped_row(BASELINE_NAME, point, record["error"], "failed", device=device_name))
+                run.rows.append(skipped_row(BASELINE_NAME, point, record["error"], FAILED, device=device_name))
                 advance(point.label)
             pending.clear()
             return
         point = pending.pop(json.dumps(record["point"], sort_keys=True))
         if "error" in record:  # this point (its dtype) failed; the others go on
-            run.rows.append(skipped_row(BASELINE_NAME, point, record["error"], "failed", device=device_name))
+            run.rows.append(skipped_row(BASELINE_NAME, point, record["error"], FAILED, device=device_name))
             advance(point.label)
             return
         samples = [Sample(**s) for s in record["samples"]]
@@ -322,7 +322,7 @@ def _run_tp_group(
         done = {(r.batch, r.test, r.depth) for r in finished}
         for point in points:
             if (point.batch, point.test.name, point.depth) not in done:
-                run.rows.append(skipped_row(point.backend, point, failed or "the rank did not report", "failed"))
+                run.rows.append(skipped_row(point.backend, point, failed or "the rank did not report", FAILED))
                 advance(point.label)
 
 
