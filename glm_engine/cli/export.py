@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from glm_engine.backends.base import parse_dtype
@@ -71,15 +70,11 @@ def export_onnx_command(
         if accuracy_level not in (0, 1, 2, 3, 4):
             raise InputError(f"--accuracy-level must be 0-4, got {accuracy_level}")
         graph_dtype = parse_dtype(dtype)
-        if verify and max_seq is not None:
-            from glm_engine.export.verify import check_verifiable
+        if verify:
+            from glm_engine.export.verify import MIN_STEPS, VERIFY_PROMPT_TOKENS, check_verifiable
 
-            check_verifiable(max_seq)  # before writing an export that cannot be verified
-        if verify and graph_dtype == torch.bfloat16:
-            raise InputError(
-                "--verify runs the export in ONNX Runtime, which cannot feed bf16 graphs (numpy has no bfloat16): "
-                "verify an fp32 or fp16 export, or drop --verify for a bf16 one meant for TensorRT"
-            )
+            # before writing an export that cannot be verified (the length is checked here only when given)
+            check_verifiable(VERIFY_PROMPT_TOKENS + MIN_STEPS if max_seq is None else max_seq, graph_dtype)
         started = time.perf_counter()
         with progress_bar("exporting layers") as progress:
             exported = export_onnx(

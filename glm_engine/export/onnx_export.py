@@ -216,8 +216,9 @@ def write_export(
         raise InputError(f"--max-seq must lie in [1, {model_config.max_sequence_length}], got {max_seq}")
     spec = weights.quant
     if spec is not None:
-        check_group_fits(quantized_widths(model_config), spec)
-        check_target(target, spec.bits, spec.group_size, quantized_widths(model_config))
+        widths = quantized_widths(model_config)
+        check_group_fits(widths, spec)
+        check_target(target, spec.bits, spec.group_size, widths)
     total = model_config.num_layers + 2
     with staged_folder(output, markers=(GENAI_CONFIG_FILE,)) as staging:  # what marks the folder complete: last
         g = GraphBuilder(staging / DATA_FILE, OPSET)
@@ -246,7 +247,7 @@ def write_export(
             weights.quant_output,
         )
         description = genai_config(exported, weights.description)
-        name = model_section(model_config)["type"]
+        name = description["model"]["type"]
         g.finish(staging / MODEL_FILE, name, "glm-engine", {"glm_engine.genai_config": json.dumps(description)})
         shutil.copyfile(weights.tokenizer, staging / MODEL_FILENAME)
         write_durably(staging / GENAI_CONFIG_FILE, json.dumps(description, indent=2) + "\n")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from glm_engine.backends.base import dtype_name
 from glm_engine.config import GLMConfig
 from glm_engine.errors import InputError
 from glm_engine.export.onnx_export import ExportedInfo, _Weights, read_exported
@@ -175,8 +176,16 @@ def count_near_ties(logits: torch.Tensor, want_tokens: torch.Tensor, got_tokens:
     return int(((want_tokens != got_tokens) & near).sum())
 
 
-def check_verifiable(max_seq: int) -> None:
-    """An InputError when an export of ``max_seq`` positions is too short for verify's prompt and two steps."""
+def check_verifiable(max_seq: int, dtype: torch.dtype = torch.float32) -> None:
+    """An InputError when an export of ``max_seq`` positions is too short for verify's prompt and two steps, or is in
+    a dtype ONNX Runtime cannot be fed (bf16)."""
+    from glm_engine.backends.onnxruntime.runner import NUMPY_DTYPES
+
+    if dtype not in NUMPY_DTYPES:
+        raise InputError(
+            f"--verify runs the export in ONNX Runtime, which cannot feed {dtype_name(dtype)} graphs (numpy has no "
+            "bfloat16): verify an fp32 or fp16 export, or drop --verify for a bf16 one meant for TensorRT"
+        )
     if max_seq < VERIFY_PROMPT_TOKENS + MIN_STEPS:
         raise InputError(
             f"--verify runs a {VERIFY_PROMPT_TOKENS}-token prompt and at least {MIN_STEPS} greedy steps, which needs "
@@ -295,7 +304,7 @@ def verify_export(
     from glm_engine.backends.onnxruntime.backend import OnnxRuntimeBackend
 
     info = read_exported(folder)
-    check_verifiable(info.config.max_sequence_length)
+    check_verifiable(info.config.max_sequence_length, info.dtype)
     steps = min(steps, info.config.max_sequence_length - VERIFY_PROMPT_TOKENS)  # prompt + steps fit the export
     quant = info.description.get("quantization")
     spec = None if quant is None else QuantSpec(quant["bits"], quant["group_size"])

@@ -54,8 +54,8 @@ class OrtRunner:
         self.num_layers = int(decoder["num_hidden_layers"])
         self.heads = int(decoder["num_key_value_heads"])
         self.head_dim = int(decoder["head_size"])
-        self.past_names = [f"past_key_values.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")]
-        self.present_names = [f"present.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")]
+        self.past_names = [n for n in self.input_names if n.startswith("past_key_values.")]  # layer-major
+        self.present_names = self.output_names[1:]  # after logits, in the same order
 
     def new_cache(self, batch_size: int, max_length: int) -> OrtKVCache:
         return OrtKVCache(
