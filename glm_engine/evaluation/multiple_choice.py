@@ -122,9 +122,5 @@ def _choice_scores(logits: torch.Tensor, targets: list[tuple[list[int], list[int
 
 
 def predict(scores: Sequence[float]) -> int:
-    """The first index of the highest score (the reference's argmax)."""
-    best = 0
-    for index, score in enumerate(scores):
-        if score > scores[best]:
-            best = index
-    return best
+    """The first index of the highest score (the reference's argmax; ``max`` keeps the first of equal ones)."""
+    return max(range(len(scores)), key=scores.__getitem__)

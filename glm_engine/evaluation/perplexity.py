@@ -14,6 +14,7 @@ several times; here every token counts once, as in the bidirectional form.)
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from glm_engine.backends.base import ModelRunner
+from glm_engine.engine import forward_checked
 from glm_engine.evaluation.batching import Forward, Sample, collate
 from glm_engine.evaluation.datasets import word_count
 from glm_engine.generation.masks import generation_blocked
@@ -150,16 +152,6 @@ def score_windows(
     return sum(window_nlls(forward, windows, pad_id, micro_batch_size, progress), 0.0)
 
 
-def runner_forward(runner: ModelRunner) -> Forward:
-    """``runner.forward`` on the runner's device."""
-    device = runner.device
-
-    def forward(input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-        return runner.forward(input_ids.to(device), position_ids.to(device), blocked.to(device))
-
-    return forward
-
-
 @torch.inference_mode()
 def perplexity(
     runner: ModelRunner,
@@ -176,6 +168,6 @@ def perplexity(
     generation_length = generation_length or min(256, window // 2)
     tokens = tokenizer.encode(text)
     windows = iter_lm_windows(tokens, window, generation_length, layout.gmask, layout.sop)
-    nll = score_windows(runner_forward(runner), windows, layout.pad)
+    nll = score_windows(functools.partial(forward_checked, runner), windows, layout.pad)
     units = len(tokens) if unit == "tokens" else count_units(text, unit)
     return PerplexityResult(nll, len(tokens), max(units, 1), unit)
