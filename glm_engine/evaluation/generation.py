@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,14 +29,6 @@ from glm_engine.generation.decode import Strategy, decode_aligned
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 from glm_engine.generation.strategies import BeamSearchStrategy, GreedyStrategy
 from glm_engine.vocab import VocabLayout
-
-
-@dataclass(frozen=True)
-class GenerationPrompt:
-    """One encoded example: the row to continue and whether its context is causal."""
-
-    row: GenerationRow
-    unidirectional: bool
 
 
 def truncate_generation_text(
@@ -69,15 +60,15 @@ def encode_generation(
     unidirectional: bool,
     max_gen_length: int,
     max_length: int,
-) -> GenerationPrompt:
+) -> GenerationRow:
     """Encode one example's text for generating up to ``max_gen_length`` tokens within ``max_length``."""
     text = truncate_generation_text(text, layout, use_task_mask, unidirectional, max_gen_length, max_length)
     mask_id = layout.gmask if use_task_mask else layout.mask
     if mask_id in text:
-        return GenerationPrompt(GenerationRow([*text, layout.sop], text.index(mask_id), use_task_mask), False)
+        return GenerationRow([*text, layout.sop], text.index(mask_id), use_task_mask)
     if unidirectional:
-        return GenerationPrompt(GenerationRow([mask_id, layout.sop, *text], 0, True), True)
-    return GenerationPrompt(GenerationRow([*text, mask_id, layout.sop], len(text), use_task_mask), False)
+        return GenerationRow([mask_id, layout.sop, *text], 0, True, causal=True)
+    return GenerationRow([*text, mask_id, layout.sop], len(text), use_task_mask)
 
 
 def beam_options(config: TaskConfig, layout: VocabLayout, invalid: Sequence[slice | int] = ()) -> dict[str, Any]:
@@ -106,7 +97,7 @@ def build_strategy(config: TaskConfig, layout: VocabLayout, invalid: Sequence[sl
 @torch.inference_mode()
 def generate(
     runner: ModelRunner,
-    prompts: Sequence[GenerationPrompt],
+    prompts: Sequence[GenerationRow],
     max_gen_length: int,
     new_strategy: Callable[[], Strategy],
     pad_id: int,
@@ -119,25 +110,17 @@ def generate(
     for batch in micro_batches(prompts, micro_batch_size):
         budgets = [max_gen_length] * len(batch)
         aligned = align_prompts(batch, max_gen_length, pad_id)
-        contexts = [p.row.context for p in batch]
+        contexts = [p.context for p in batch]
         results.extend(decode_aligned(runner, aligned, contexts, budgets, new_strategy(), pad_id))
         if progress is not None:
             progress(len(batch))
     return results
 
 
-def align_prompts(prompts: Sequence[GenerationPrompt], max_gen_length: int, pad_id: int) -> AlignedBatch:
-    """The generation batch of ``prompts`` (left-aligned, room for ``max_gen_length`` tokens); unidirectional
-    prompts get a causal mask over their context too."""
-    rows = [p.row for p in prompts]
-    total = max(len(r.context) for r in rows) + max_gen_length
-    aligned = align_left(rows, total, pad_id, [max_gen_length] * len(rows))
-    for i, prompt in enumerate(prompts):
-        if prompt.unidirectional:
-            pad = aligned.context_length - len(prompt.row.context)
-            span = total - pad
-            aligned.blocked[i, 0, pad:, pad:] = torch.ones(span, span, dtype=torch.bool).tril().logical_not()
-    return aligned
+def align_prompts(prompts: Sequence[GenerationRow], max_gen_length: int, pad_id: int) -> AlignedBatch:
+    """The generation batch of ``prompts``, left-aligned with room for ``max_gen_length`` tokens each."""
+    total = max(len(p.context) for p in prompts) + max_gen_length
+    return align_left(prompts, total, pad_id, [max_gen_length] * len(prompts))
 
 
 def answer_tokens(beam: Sequence[int], end_tokens: Sequence[int]) -> list[int]:

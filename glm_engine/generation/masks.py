@@ -30,11 +30,13 @@ def generation_positions(context_length: int, total_length: int, mask_position: 
 
 @dataclass(frozen=True)
 class GenerationRow:
-    """One prompt to continue: its tokens up to and including ``sop``, and where its blank is."""
+    """One prompt to continue: its tokens up to and including ``sop``, and where its blank is; ``causal``: the
+    context attends causally too (the evaluation's unidirectional generation tasks), not bidirectionally."""
 
     context: list[int]
     mask_position: int
     gmask: bool
+    causal: bool = False
 
 
 @dataclass
@@ -71,6 +73,6 @@ def align_left(
             last = len(row.context) + budgets[i] - 1
             positions[last + 1 :] = positions[last]
         position_ids[i, pad:] = positions
-        blocked[i, 0, pad:, pad:] = generation_blocked(len(row.context), span)
+        blocked[i, 0, pad:, pad:] = generation_blocked(1 if row.causal else len(row.context), span)
         blocked[i, 0, torch.arange(pad), torch.arange(pad)] = False
     return AlignedBatch(input_ids, position_ids, blocked, context_length)
