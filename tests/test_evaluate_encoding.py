@@ -84,7 +84,7 @@ def test_unidirectional_choice_context_is_causal():
 
 def test_generation_bidirectional_appends_mask_and_sop():
     p = encode_generation([30, 31, 32], L, False, False, 8, 64)
-    assert p.row.context == [30, 31, 32, MASK, SOP] and p.row.mask_position == 3 and not p.row.gmask
+    assert p.context == [30, 31, 32, MASK, SOP] and p.mask_position == 3 and not p.gmask
     aligned = align_prompts([p], 8, L.pad)
     assert aligned.position_ids[0].tolist() == [0, 1, 2, 3, 3] + [3] * 8  # sop and answers at the mask
     assert not aligned.blocked[0, 0, :4, :4].any()  # the text and the mask see each other
@@ -93,25 +93,25 @@ def test_generation_bidirectional_appends_mask_and_sop():
 
 def test_generation_blank_fills_the_mask_in_the_text():
     p = encode_generation([30, MASK, 31], L, False, False, 8, 64)
-    assert p.row.context == [30, MASK, 31, SOP] and p.row.mask_position == 1
+    assert p.context == [30, MASK, 31, SOP] and p.mask_position == 1
     assert align_prompts([p], 4, L.pad).position_ids[0].tolist() == [0, 1, 2, 1, 1, 1, 1, 1]
 
 
 def test_generation_unidirectional_puts_gmask_and_sop_first_and_is_causal():
     p = encode_generation([30, 31, 32], L, True, True, 4, 64)
-    assert p.row.context == [GMASK, SOP, 30, 31, 32] and p.row.gmask and p.unidirectional
+    assert p.context == [GMASK, SOP, 30, 31, 32] and p.gmask and p.causal
     aligned = align_prompts([p], 4, L.pad)
     assert aligned.position_ids[0].tolist() == list(range(9))
     assert torch.equal(aligned.blocked[0, 0], ~torch.ones(9, 9, dtype=torch.bool).tril())
     gmask = encode_generation([30, 31, 32], L, True, False, 4, 64)
-    assert gmask.row.context == [30, 31, 32, GMASK, SOP] and gmask.row.gmask
+    assert gmask.context == [30, 31, 32, GMASK, SOP] and gmask.gmask
     with pytest.raises(TaskError, match="blank"):
         encode_generation([30, GMASK], L, True, True, 4, 64)
 
 
 def test_generation_truncation_leaves_room_for_the_answer():
     p = encode_generation(list(range(30, 50)), L, False, False, 8, 16)  # 16 - 8 - 2 = 6 tokens of text
-    assert p.row.context == [44, 45, 46, 47, 48, 49, MASK, SOP]
+    assert p.context == [44, 45, 46, 47, 48, 49, MASK, SOP]
 
 
 def test_unidirectional_lm_windows_are_causal_and_score_every_token_once():
@@ -163,8 +163,11 @@ def test_lambada_splits_words_as_the_reference():
 
 
 def test_lambada_punctuation_bans():
-    invalid, prefixes = punctuation_bans(builtin_tokenizer())
-    assert all(len(p) >= 1 for p in prefixes) and len(prefixes) >= len(invalid)
+    tokenizer = builtin_tokenizer()
+    invalid, prefixes = punctuation_bans(tokenizer)
+    assert all(len(p) >= 1 for p in prefixes)
+    assert tuple(tokenizer.encode(".")) in prefixes and tuple(tokenizer.encode("!")) in prefixes  # each char's tokens
+    assert (46010,) in prefixes and (146337,) in prefixes  # the reference's own banned prefixes
     assert set(ICETK_INVALID_IDS) <= set(invalid)  # GLM-130B's layout: the reference's own icetk ids too
 
 
