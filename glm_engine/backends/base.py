@@ -19,8 +19,8 @@ from glm_engine.ops.interface import Op, OpTable
 from glm_engine.quant.formats import QuantFormat, parse_quant_format
 
 if TYPE_CHECKING:
-    from glm_engine.config import GLMConfig
     from glm_engine.model.kv_cache import KVCache
+    from glm_engine.ops.interface import DecodeStepper, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,22 @@ class BackendKind(str, Enum):
     GRAPH_LEVEL = "graph-level"
 
 
+@dataclass(frozen=True)
+class RunnerCapabilities:
+    """What a loaded model can do, declared by its runner so callers never probe it with ``hasattr``."""
+
+    kv_cache: bool = True  # ``new_cache`` and ``forward(cache=...)``
+    tensor_parallel: int = 1  # ranks the model is split over (1: one process holds it all)
+    op_level: bool = False  # glm-engine's own graph over an OpTable; False: an exported graph (ONNX, TensorRT)
+
+
 class ModelRunner(Protocol):
     """What the generator needs from a loaded model, whichever kind of backend runs it."""
 
-    config: GLMConfig
+    config: ModelConfig
     device: torch.device
     dtype: torch.dtype
+    capabilities: RunnerCapabilities
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         """A preallocated KV cache for ``batch_size`` rows of up to ``max_length`` tokens."""
@@ -70,6 +80,10 @@ class ModelRunner(Protocol):
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits ``[b, s, vocab]`` (only the last position with ``last_only``); a cache gets the new keys/values."""
+
+    def decode_stepper(self, steps: int | None = None, requested: bool | None = None) -> DecodeStepper:
+        """What runs the cached one-token steps of a decode of ``steps`` steps: plain ``forward`` calls, or device
+        graphs where the backend offers them (``requested`` False refuses them, None leaves it to the defaults)."""
 
 
 DTYPE_NAMES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

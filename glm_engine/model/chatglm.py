@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import torch
 
+from glm_engine.backends.base import RunnerCapabilities
 from glm_engine.model.chatglm_config import ROTARY_BASE, ChatGLMConfig
 from glm_engine.model.chatglm_weights import ChatGLMWeights
 from glm_engine.model.kv_cache import KVCache
 from glm_engine.model.rotary import chatglm_rotary_table
 from glm_engine.model.weights import LayerWeights
-from glm_engine.ops.interface import OpTable
+from glm_engine.ops.interface import DecodeStepper, OpTable
 
 
 class ChatGLMModel:
@@ -57,6 +58,10 @@ class ChatGLMModel:
             config.rotary_dim, config.max_sequence_length, ops.dtype, ops.device, ROTARY_BASE
         )
         self.cuda_graphs: bool | None = None  # decode steps as CUDA graphs: None = the default (generation.cuda_graph)
+        self.capabilities = RunnerCapabilities(kv_cache=True, tensor_parallel=1, op_level=True)
+
+    def decode_stepper(self, steps: int | None = None, requested: bool | None = None) -> DecodeStepper:
+        return self.ops.decode_stepper(self, steps, requested)
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         c = self.config

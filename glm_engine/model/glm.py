@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import torch
 
+from glm_engine.backends.base import RunnerCapabilities
 from glm_engine.config import GLMConfig
 from glm_engine.model.kv_cache import KVCache
 from glm_engine.model.rotary import rotary_table
 from glm_engine.model.weights import GLMWeights, LayerWeights
-from glm_engine.ops.interface import OpTable
+from glm_engine.ops.interface import DecodeStepper, OpTable
 from glm_engine.parallel.communicator import Communicator
 from glm_engine.parallel.vocab import vocab_parallel_embedding
 
@@ -40,6 +41,10 @@ class GLMModel:
         self.dtype = ops.dtype
         self.cos, self.sin = rotary_table(config, ops.dtype, ops.device)
         self.cuda_graphs: bool | None = None  # decode steps as CUDA graphs: None = the default (generation.cuda_graph)
+        self.capabilities = RunnerCapabilities(kv_cache=True, tensor_parallel=self.comm.world_size, op_level=True)
+
+    def decode_stepper(self, steps: int | None = None, requested: bool | None = None) -> DecodeStepper:
+        return self.ops.decode_stepper(self, steps, requested)
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         c = self.config

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import Enum
+from typing import Any, Protocol
 
 import torch
 
@@ -49,12 +50,53 @@ class PackedLinear(ABC):
         """Bytes this weight occupies on its device in the runtime layout."""
 
 
+class ModelConfig(Protocol):
+    """The numbers every family's config has, under the same names (what runners, caches and generation read)."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    vocab_size: int
+    max_sequence_length: int
+
+    @property
+    def head_dim(self) -> int: ...
+
+
+class DecodeStepper(Protocol):
+    """Runs one cached decode step: one new token per row, the logits of that position ``[b, 1, vocab]``."""
+
+    reason: str  # how the steps run, and why (shown by bench and the notes)
+
+    def step(
+        self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+class EagerStepper:
+    """Each step as a plain ``forward`` call: the default wherever no device graphs replay it."""
+
+    def __init__(self, runner: Any, reason: str = "steps run eagerly") -> None:
+        self.runner = runner
+        self.reason = reason
+
+    def step(
+        self, cache: Any, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor
+    ) -> torch.Tensor:
+        return self.runner.forward(input_ids, position_ids, blocked, cache, last_only=True)
+
+
 class OpTable(ABC):
     """One implementation of every op, bound to a device and a compute dtype."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
         self.device = device
         self.dtype = dtype
+
+    def decode_stepper(self, runner: Any, steps: int | None, requested: bool | None) -> DecodeStepper:
+        """What runs ``runner``'s cached decode steps on this table's device: eager ``forward`` calls unless the
+        backend captures them as device graphs (the ``torch.cuda`` tables do)."""
+        return EagerStepper(runner, f"{self.device.type} steps run eagerly (no device graphs on this backend)")
 
     @abstractmethod
     def embedding(self, input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from glm_engine.backends.base import RunnerCapabilities
 from glm_engine.backends.onnxruntime.kv_cache import OrtKVCache
 from glm_engine.config import GLMConfig
 from glm_engine.errors import BackendError, InputError
 from glm_engine.export.glm_onnx import LOGITS_TO_KEEP
 from glm_engine.export.onnx_export import ExportedInfo
+from glm_engine.ops.interface import EagerStepper
 
 # numpy has no bfloat16: a bf16 export needs a runner that binds device memory for every tensor (TensorRT).
 NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
@@ -47,6 +49,7 @@ class OrtRunner:
         self.kv_device = kv_device
         self.device = torch.device("cpu")
         self.dtype = info.dtype
+        self.capabilities = RunnerCapabilities(kv_cache=True, tensor_parallel=1, op_level=False)
         decoder = info.description["model"]["decoder"]
         self.input_names: list[str] = decoder["input_order"]
         self.output_names: list[str] = decoder["output_order"]
@@ -56,6 +59,9 @@ class OrtRunner:
         self.head_dim = int(decoder["head_size"])
         self.past_names = [n for n in self.input_names if n.startswith("past_key_values.")]  # layer-major
         self.present_names = self.output_names[1:]  # after logits, in the same order
+
+    def decode_stepper(self, steps: int | None = None, requested: bool | None = None) -> EagerStepper:
+        return EagerStepper(self, "an exported graph's steps run as whole-graph calls")
 
     def new_cache(self, batch_size: int, max_length: int) -> OrtKVCache:
         return OrtKVCache(

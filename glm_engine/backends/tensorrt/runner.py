@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from glm_engine.backends.base import DTYPE_NAMES
+from glm_engine.backends.base import DTYPE_NAMES, RunnerCapabilities
 from glm_engine.backends.tensorrt.build import ENGINE_FILE
 from glm_engine.backends.tensorrt.plan import PREFILL, GraphIO, Limits, binding_plan, check_call, profile_for
 from glm_engine.errors import InputError
 from glm_engine.export.onnx_export import read_exported
 from glm_engine.model.kv_cache import KVCache
+from glm_engine.ops.interface import EagerStepper
 
 ROLE_DTYPES = {
     "input_ids": torch.int64,
@@ -45,6 +46,7 @@ class TrtRunner:
         self.profiles: list[str] = description["tensorrt"]["profiles"]
         self.device = torch.device("cuda", device_index)
         self.dtype = DTYPE_NAMES[self.io.dtype]
+        self.capabilities = RunnerCapabilities(kv_cache=True, tensor_parallel=1, op_level=False)
         self.stream = torch.cuda.Stream(self.device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
@@ -63,6 +65,9 @@ class TrtRunner:
             b.name: torch.empty(b.capacity, dtype=ROLE_DTYPES.get(b.role, self.dtype), device=self.device)
             for b in self.plan
         }
+
+    def decode_stepper(self, steps: int | None = None, requested: bool | None = None) -> EagerStepper:
+        return EagerStepper(self, "an exported graph's steps run as whole-graph calls")
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         if batch_size > self.limits.max_batch or max_length > self.limits.max_seq:
