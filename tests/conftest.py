@@ -12,15 +12,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from glm_engine.backends.registry import get_backend, op_table_for
-from glm_engine.config import GLMConfig
-from glm_engine.conformance.model_checks import TINY_CONFIG, TINY_LAYOUT
-from glm_engine.model.glm import GLMModel
-from glm_engine.model.weights import GLMWeights, random_state_dict
+from glm_engine.model.glm130b.config import CONFORMANCE_CONFIG, GLMConfig
+from glm_engine.model.glm130b.weights import random_state_dict
+from glm_engine.model.graph import DecoderModel
 
 # The conformance suite's tiny GLM (three layers, four heads for TP 1/2/4, a 512-token vocabulary with its own
 # layout, which shows that nothing depends on GLM-130B's ids), with room for longer test prompts.
-SMALL_LAYOUT = TINY_LAYOUT
-SMALL_CONFIG = TINY_CONFIG.with_overrides(max_sequence_length=128)
+SMALL_LAYOUT = CONFORMANCE_CONFIG.vocab_layout
+SMALL_CONFIG = CONFORMANCE_CONFIG.with_overrides(max_sequence_length=128)
 
 
 @pytest.fixture(scope="session")
@@ -28,11 +27,12 @@ def small_config() -> GLMConfig:
     return SMALL_CONFIG
 
 
-def build_model(config: GLMConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> GLMModel:
-    weights = GLMWeights.from_state_dict(random_state_dict(config, seed), config, dtype, "cpu")
-    return GLMModel(config, weights, op_table_for(get_backend("cpu"), dtype))
+def build_model(config: GLMConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> DecoderModel:
+    return DecoderModel.from_state_dict(
+        config, random_state_dict(config, seed), op_table_for(get_backend("cpu"), dtype)
+    )
 
 
 @pytest.fixture(scope="session")
-def small_model(small_config: GLMConfig) -> GLMModel:
+def small_model(small_config: GLMConfig) -> DecoderModel:
     return build_model(small_config)

@@ -38,13 +38,16 @@ from glm_engine.bench.spec import (
     point_to_json,
 )
 from glm_engine.bench.stats import mean, median, percentile, stddev
-from glm_engine.bench.workload import Family, build_workload
+from glm_engine.bench.workload import build_workload
 from glm_engine.cli.main import app
 from glm_engine.errors import InputError, MissingDependencyError
-from glm_engine.model.chatglm_config import CHATGLM_PRESETS
+from glm_engine.model.chatglm.config import CHATGLM_PRESETS
 from glm_engine.model.kv_cache import KVCache
+from glm_engine.model.registry import family_named
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
 
+GLM, CHATGLM = family_named("glm"), family_named("chatglm")
+GLM_CONFIG, CHATGLM_CONFIG = GLM.presets()["glm-tiny"], CHATGLM.presets()["chatglm-tiny"]
 PP8, TG4 = TestSpec(Kind.PREFILL, 8, 0), TestSpec(Kind.GENERATE, 0, 4)
 
 
@@ -431,7 +434,7 @@ class _CountingRunner:
 )
 def test_one_repetition_fills_the_depth_untimed_then_times_the_prompt_and_each_step(test, depth, calls):
     point = Point("cpu", "fp32", QuantChoice(), 1, 2, depth, test)
-    work = build_workload(Family.GLM, 2, max(depth + test.n_prompt, 1), point.tokens_needed(), 100, 0)
+    work = build_workload(GLM, GLM_CONFIG, 2, max(depth + test.n_prompt, 1), point.tokens_needed(), 100, 0)
     fake = _CountingRunner()
     result = measure(fake, work, point, repetitions=2, warmup=1, make_stepper=lambda: fake)
     assert fake.calls == calls * 3  # warm-up and two timed repetitions, each from an emptied cache
@@ -458,7 +461,7 @@ def test_the_baseline_runner_starts_each_repetition_from_an_empty_past():
 
     test = TestSpec(Kind.COMBINED, 8, 2)
     point = Point("transformers", "fp32", QuantChoice(), 1, 1, 4, test)
-    work = build_workload(Family.CHATGLM, 1, 12, point.tokens_needed(), 100, 0)
+    work = build_workload(CHATGLM, CHATGLM_CONFIG, 1, 12, point.tokens_needed(), 100, 0)
     model = _FakeHFModel()
     runner = HFRunner(model, torch.device("cpu"))
     result = measure(runner, work, point, repetitions=2, warmup=1, make_stepper=lambda: runner)
@@ -512,14 +515,14 @@ def test_only_the_prompt_and_each_decode_step_are_inside_the_timer(monkeypatch, 
     monkeypatch.setattr(measure_module, "Timer", _LoggingTimer)
     monkeypatch.setattr(_LoggingTimer, "log", [])
     point = Point("cpu", "fp32", QuantChoice(), 1, 1, depth, test)
-    work = build_workload(Family.GLM, 1, max(depth + test.n_prompt, 1), point.tokens_needed(), 100, 0)
+    work = build_workload(GLM, GLM_CONFIG, 1, max(depth + test.n_prompt, 1), point.tokens_needed(), 100, 0)
     fake = _LoggingRunner()
     measure(fake, work, point, repetitions=1, warmup=0, make_stepper=lambda: fake)
     assert _LoggingTimer.log == expected
 
 
 def test_chatglm_workload_positions_follow_its_generation_rules():
-    work = build_workload(Family.CHATGLM, 2, 4, 7, 100, 0)
+    work = build_workload(CHATGLM, CHATGLM_CONFIG, 2, 4, 7, 100, 0)
     assert work.positions.shape == (2, 2, 7)
     assert work.positions[0, 0].tolist() == [0, 1, 2, 3, 3, 3, 3]
     assert work.positions[0, 1].tolist() == [0, 0, 0, 1, 2, 3, 4]
@@ -528,7 +531,7 @@ def test_chatglm_workload_positions_follow_its_generation_rules():
 
 def test_random_models_take_shapes_and_other_models_refuse_them():
     source = resolve_model("random:chatglm-6b", Shape(layers=2, hidden=512))
-    assert source.family is Family.CHATGLM and source.random
+    assert source.family is CHATGLM and source.random
     assert (source.config.num_layers, source.config.hidden_size, source.config.num_attention_heads) == (2, 512, 4)
     assert source.config.inner_hidden_size == 2048  # the preset's 4x ratio
     with pytest.raises(InputError, match="use --model random:<preset>"):
@@ -585,7 +588,7 @@ def _tiny_hf_folder(folder: Path) -> Path:
     """chatglm-tiny as a Hugging Face folder (lm_head tied to the embedding, as the releases have it)."""
     from safetensors.torch import save_file
 
-    from glm_engine.model.chatglm_weights import random_state_dict
+    from glm_engine.model.chatglm.weights import random_state_dict
 
     config = CHATGLM_PRESETS["chatglm-tiny"]
     folder.mkdir()

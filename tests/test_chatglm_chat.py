@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 import glm_engine
 from glm_engine.cli.main import app
 from glm_engine.errors import InputError, TokenizerError
-from glm_engine.generation.chat import ChatOptions, build_chat_prompt, generate_ids, process_response
+from glm_engine.generation.chat import ChatOptions
 from glm_engine.generation.strategies import GreedyStrategy
-from glm_engine.model.chatglm_config import chatglm_preset
+from glm_engine.model.chatglm.chat import build_chat_prompt, generate_ids, process_response
+from glm_engine.model.chatglm.config import chatglm_preset
 from glm_engine.ops.interface import Op
 from glm_engine.ops.torch_ops import TorchOps
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH

@@ -8,10 +8,13 @@ import torch
 from safetensors.torch import save_file
 
 import glm_engine
-from glm_engine.checkpoint.hf import open_chatglm_checkpoint
+from glm_engine.checkpoint import open_checkpoint
+from glm_engine.engine.source import open_source
 from glm_engine.errors import CheckpointError, ConfigError
-from glm_engine.model.chatglm_config import CHATGLM_PRESETS, ChatGLMConfig
-from glm_engine.model.chatglm_weights import ChatGLMWeights, plan_load, quantizable_keys, random_state_dict
+from glm_engine.model.chatglm import reader as reader_module
+from glm_engine.model.chatglm.config import CHATGLM_PRESETS, ChatGLMConfig
+from glm_engine.model.chatglm.family import ChatGLMFamily
+from glm_engine.model.chatglm.weights import random_state_dict, weight_layout
 from glm_engine.ops.interface import PackedLinear
 from glm_engine.quant.reference import quantize
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
@@ -62,6 +65,20 @@ def state_dict():
     return weights
 
 
+def converted(state_dict, config, dtype):
+    """The reader over an in-memory release state dict, and its tensors as the model would get them with no
+    quantized kernels (quantized weights dequantized as the reference's kernels do)."""
+    reader = ChatGLMFamily().state_dict_reader(state_dict, config, "a state dict")
+    return reader, reader.read(0, 1, dtype, keep_quantized=False)
+
+
+def quantizable_keys(config):
+    return weight_layout(config).quantizable_keys
+
+
+H_TO_4H = "transformer.layers.0.mlp.dense_h_to_4h.weight"
+
+
 def logits_of(engine):
     ids = torch.tensor([[10, 11, 12, 121, 124]])
     positions = torch.tensor([[[0, 1, 2, 3, 3], [0, 0, 0, 0, 1]]])
@@ -74,27 +91,34 @@ def logits_of(engine):
 def test_every_weight_layout_loads_the_same_model(tmp_path, state_dict, layout):
     folder = write_hf(tmp_path / layout, state_dict, layout)
     engine = glm_engine.load_chatglm(folder, dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
-    in_memory = ChatGLMWeights.from_state_dict(state_dict, CONFIG, torch.float32)
-    assert all(torch.equal(engine.runner.weights.state_dict()[k], v) for k, v in in_memory.state_dict().items())
+    _, in_memory = converted(state_dict, CONFIG, torch.float32)
+    assert all(torch.equal(engine.runner.weights.state_dict()[k], v) for k, v in in_memory.items())
     assert engine.runner.weights.unused_keys == []
     assert logits_of(engine).shape == (1, 5, CONFIG.vocab_size)
 
 
-def test_sharded_files_are_read_one_at_a_time(tmp_path, state_dict):
-    checkpoint = open_chatglm_checkpoint(write_hf(tmp_path / "ckpt", state_dict, "bin-index"))
+def test_sharded_files_are_read_one_at_a_time(tmp_path, state_dict, monkeypatch):
+    reader = open_source(write_hf(tmp_path / "ckpt", state_dict, "bin-index")).reader
+    checkpoint = reader.checkpoint
     names = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
     assert [p.name for p in checkpoint.files] == names
     assert {info.file for info in checkpoint.entries.values()} == {p.name for p in checkpoint.files}
-    plan = plan_load(checkpoint.entries, CONFIG, "ckpt")
-    converted_before_next_shard = []
+    events = []  # each file's tensors are converted before the next file is opened
+    opened, converts = reader_module.open_weight_file, reader_module.StateDictReader.read
 
-    def shards():
-        for name, shard in checkpoint.shards():
-            yield name, shard
-            converted_before_next_shard.append(name)
+    def opening(path):
+        events.append(("open", path.name))
+        return opened(path)
 
-    ChatGLMWeights.from_shards(shards(), plan, CONFIG, torch.float32, "cpu", progress=None)
-    assert converted_before_next_shard == [p.name for p in checkpoint.files]
+    def converting(self, *args, **kwargs):
+        events.append(("convert", len(self.state_dict)))
+        return converts(self, *args, **kwargs)
+
+    monkeypatch.setattr(reader_module, "open_weight_file", opening)
+    monkeypatch.setattr(reader_module.StateDictReader, "read", converting)
+    reader.read(0, 1, torch.float32)
+    assert [kind for kind, _ in events] == ["open", "convert", "open", "convert"]
+    assert [name for kind, name in events if kind == "open"] == [p.name for p in checkpoint.files]
 
 
 def test_bad_keys_are_named_with_the_file_they_came_from(tmp_path, state_dict):
@@ -115,13 +139,13 @@ def test_index_problems_are_reported(tmp_path, state_dict):
     folder = write_hf(tmp_path / "ckpt", state_dict, "bin-index")
     (folder / "pytorch_model-00002-of-00002.bin").unlink()
     with pytest.raises(CheckpointError, match=r"lists files that are not there: pytorch_model-00002-of-00002\.bin"):
-        open_chatglm_checkpoint(folder)
+        open_source(folder)
     folder = write_hf(tmp_path / "lying", state_dict, "bin-index")
     index = json.loads((folder / "pytorch_model.bin.index.json").read_text())
     index["weight_map"]["lm_head.weight"] = "pytorch_model-00001-of-00002.bin"  # it is in the second file
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"puts lm_head\.weight in pytorch_model-00001-of-00002\.bin"):
-        open_chatglm_checkpoint(folder)
+        open_source(folder)
 
 
 class NotATensor:
@@ -134,13 +158,16 @@ def test_a_bin_file_that_would_run_code_is_refused(tmp_path):
     (folder / "config.json").write_text(json.dumps(CONFIG.to_hf_dict()))
     torch.save({"lm_head.weight": NotATensor()}, folder / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="must not be able to run code"):
-        open_chatglm_checkpoint(folder)
+        open_source(folder)
 
 
-def test_glm_load_and_run_point_a_chatglm_folder_to_the_chat_entry_points(tmp_path, state_dict):
+def test_one_load_takes_a_chatglm_folder_and_the_glm130b_reader_names_it(tmp_path, state_dict):
     folder = write_hf(tmp_path / "ckpt", state_dict, "safetensors")
-    with pytest.raises(CheckpointError, match="glm-engine chat --checkpoint"):
-        glm_engine.load(str(folder))
+    with pytest.raises(CheckpointError, match=r"Hugging Face 'chatglm' checkpoint.*glm_engine\.load\(\)"):
+        open_checkpoint(folder)  # GLM-130B's SAT/native reader
+    engine = glm_engine.load(str(folder), dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
+    assert engine.family.name == "chatglm" and engine.family.chat_model
+    assert logits_of(engine).shape == (1, 5, CONFIG.vocab_size)
 
 
 def signed_nibbles(stored: torch.Tensor) -> torch.Tensor:
@@ -170,12 +197,12 @@ def test_quantized_releases_are_detected_from_shapes_and_dequantized_like_the_ke
     assert torch.allclose(columns, (values.half() * scale[:, None]).float(), rtol=1e-2, atol=1e-4)
 
     with_bits = CONFIG.with_overrides(quantization_bit=bits)  # dequantized at load, as the reference's kernels do
-    fp32 = ChatGLMWeights.from_state_dict(quantized, with_bits, torch.float32)
-    assert fp32.quantization_bits == bits
+    reader, fp32 = converted(quantized, with_bits, torch.float32)
+    assert reader.stored_quant.bits == bits
     cpu_kernel = values.float() * scale.float()[:, None]  # extract_int*_weight_to_float: exact in fp32
-    assert torch.equal(fp32.layers[0].dense_h_to_4h_weight, cpu_kernel)
-    fp16 = ChatGLMWeights.from_state_dict(quantized, with_bits, torch.float16)
-    assert torch.equal(fp16.layers[0].dense_h_to_4h_weight, cpu_kernel.half())  # half(q) * scale
+    assert torch.equal(fp32[H_TO_4H], cpu_kernel)
+    _, fp16 = converted(quantized, with_bits, torch.float16)
+    assert torch.equal(fp16[H_TO_4H], cpu_kernel.half())  # half(q) * scale
     error = (cpu_kernel - state_dict[key].float()).abs().max()
     assert error <= scale.float().max() / 2 + 1e-3  # within half a quantization step of the original
 
@@ -186,16 +213,16 @@ def test_quantized_checkpoints_that_contradict_themselves_are_refused(tmp_path, 
     for key, bits in zip(keys, [8, 4] * len(keys)):
         mixed[key], mixed[key + "_scale"] = quantize(state_dict[key], bits)
     with pytest.raises(CheckpointError, match="mixes INT4 and INT8"):
-        ChatGLMWeights.from_state_dict(mixed, CONFIG, torch.float32)
+        converted(mixed, CONFIG, torch.float32)
     int4 = dict(state_dict)
     for key in keys:
         int4[key], int4[key + "_scale"] = quantize(state_dict[key], 4)
     with pytest.raises(CheckpointError, match="says quantization_bit 8 but the weights are INT4"):
-        ChatGLMWeights.from_state_dict(int4, CONFIG.with_overrides(quantization_bit=8), torch.float32)
+        converted(int4, CONFIG.with_overrides(quantization_bit=8), torch.float32)
     no_scale = dict(state_dict)
     no_scale[keys[0]] = quantize(state_dict[keys[0]], 8)[0]
     with pytest.raises(CheckpointError, match=r"torch\.int8 without a weight_scale"):
-        ChatGLMWeights.from_state_dict(no_scale, CONFIG, torch.float32)
+        converted(no_scale, CONFIG, torch.float32)
 
 
 # THUDM/chatglm-6b config.json (final revision), as published.

@@ -17,8 +17,8 @@ onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'g
 
 from typer.testing import CliRunner  # noqa: E402
 
+from glm_engine import load_chatglm  # noqa: E402
 from glm_engine.backends.registry import get_backend, op_table_for  # noqa: E402
-from glm_engine.chatglm_engine import load_chatglm  # noqa: E402
 from glm_engine.cli.main import app  # noqa: E402
 from glm_engine.engine import load  # noqa: E402
 from glm_engine.errors import InputError  # noqa: E402
@@ -26,9 +26,9 @@ from glm_engine.export.chatglm_onnx import export_chatglm  # noqa: E402
 from glm_engine.export.onnx_export import GENAI_CONFIG_FILE, MODEL_FILE, export_onnx, read_exported  # noqa: E402
 from glm_engine.export.verify import nmse, verify_export  # noqa: E402
 from glm_engine.generation.masks import generation_blocked  # noqa: E402
-from glm_engine.model.chatglm import ChatGLMModel  # noqa: E402
-from glm_engine.model.chatglm_config import chatglm_preset  # noqa: E402
-from glm_engine.model.chatglm_weights import ChatGLMWeights, quantizable_keys, random_state_dict  # noqa: E402
+from glm_engine.model.chatglm.config import chatglm_preset  # noqa: E402
+from glm_engine.model.chatglm.weights import random_state_dict, weight_layout  # noqa: E402
+from glm_engine.model.graph import DecoderModel  # noqa: E402
 from glm_engine.quant.reference import quantize  # noqa: E402
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH  # noqa: E402
 
@@ -53,11 +53,7 @@ def hf_folder(tmp_path_factory):
 def test_chatglm_export_matches_the_model_over_prefill_and_cached_steps(tmp_path):
     config = chatglm_preset("chatglm-tiny")
     state = random_state_dict(config, 0)
-    model = ChatGLMModel(
-        config,
-        ChatGLMWeights.from_state_dict(state, config, torch.float32),
-        op_table_for(get_backend("cpu"), torch.float32),
-    )
+    model = DecoderModel.from_state_dict(config, state, op_table_for(get_backend("cpu"), torch.float32))
     export_chatglm(state, config, tmp_path / "chatglm", max_seq=64)
     session = ort.InferenceSession(str(tmp_path / "chatglm" / MODEL_FILE), providers=["CPUExecutionProvider"])
     b, context, total = 2, 6, 9
@@ -122,11 +118,11 @@ def test_greedy_chat_on_onnxruntime_gives_the_cpu_backends_tokens(hf_folder, tmp
     assert replies["onnxruntime"] == replies["cpu"] and len(replies["cpu"]) == 1
 
 
-def test_exports_run_only_through_their_models_entry_point(hf_folder, tmp_path):
+def test_exports_load_through_the_one_load_and_name_the_backend_they_need(hf_folder, tmp_path):
     out = tmp_path / "onnx"
     export_chatglm(random_state_dict(TINY, 0), TINY, out, max_seq=32)
-    with pytest.raises(InputError, match="ChatGLM-6B export: chat with it"):
-        load(str(out), backend="onnxruntime")
+    on_ort = load(str(out), backend="onnxruntime")  # one load() for every family and source
+    assert on_ort.family.name == "chatglm" and on_ort.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
     result = cli.invoke(app, ["chat", "--checkpoint", str(out), "--backend", "cpu"])
     assert result.exit_code == 1 and "use --backend onnxruntime" in result.output
     for loader in (load_chatglm, load):  # the Python API says the same on an op-level backend (auto here: cpu)
@@ -134,7 +130,10 @@ def test_exports_run_only_through_their_models_entry_point(hf_folder, tmp_path):
             loader(str(out))
     export_onnx("glm-tiny", tmp_path / "glm", max_seq=32)
     result = cli.invoke(app, ["chat", "--checkpoint", str(tmp_path / "glm"), "--backend", "onnxruntime"])
-    assert result.exit_code == 1 and "is a GLM-130B export: run it with `glm-engine run" in result.output
+    assert (
+        result.exit_code == 1
+        and "GLM-130B model, which has no chat format: run it with `glm-engine run" in result.output
+    )
 
 
 def test_a_full_size_preset_is_refused_instead_of_making_random_weights(tmp_path):
@@ -146,7 +145,7 @@ def test_a_full_size_preset_is_refused_instead_of_making_random_weights(tmp_path
 def test_a_quantized_release_exports_quantized_as_stored_and_verifies(tmp_path, bits):
     """THUDM's INT4/INT8 releases keep their integers and scales: MatMulNBits, checked against the CPU backend."""
     state = random_state_dict(TINY, 6, torch.float16)
-    for key in quantizable_keys(TINY):
+    for key in weight_layout(TINY).quantizable_keys:
         state[key], state[key + "_scale"] = quantize(state[key], bits)
     folder = write_hf_folder(tmp_path / "hf", state, TINY.with_overrides(quantization_bit=bits))
     out = tmp_path / "onnx"

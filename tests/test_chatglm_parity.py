@@ -16,12 +16,11 @@ import torch
 from safetensors import safe_open
 
 from glm_engine.backends.registry import get_backend, op_table_for
-from glm_engine.generation.chat import chatglm_batch, generate_ids
 from glm_engine.generation.strategies import GreedyStrategy
-from glm_engine.model.chatglm import ChatGLMModel
-from glm_engine.model.chatglm_config import ChatGLMConfig
-from glm_engine.model.chatglm_weights import ChatGLMWeights
-from glm_engine.model.rotary import chatglm_rotary_table
+from glm_engine.model.chatglm.chat import chatglm_batch, generate_ids
+from glm_engine.model.chatglm.config import ChatGLMConfig
+from glm_engine.model.chatglm.rotary import chatglm_rotary_table
+from glm_engine.model.graph import DecoderModel
 
 GOLDEN = Path(__file__).parent / "golden" / "chatglm6b_tiny.safetensors"
 CASES = ("gmask", "mask", "mask_gmask")
@@ -48,15 +47,14 @@ def golden_config(golden) -> ChatGLMConfig:
     return ChatGLMConfig.from_hf_dict(json.loads(metadata["config"]))
 
 
-def golden_model(golden, dtype: torch.dtype) -> ChatGLMModel:
+def golden_model(golden, dtype: torch.dtype) -> DecoderModel:
     _, tensors = golden
     config = golden_config(golden)
     state_dict = {k: v for k, v in tensors.items() if k.startswith(("transformer.", "lm_head."))}
-    weights = ChatGLMWeights.from_state_dict(state_dict, config, dtype, source=str(GOLDEN))
-    return ChatGLMModel(config, weights, op_table_for(get_backend("cpu"), dtype))
+    return DecoderModel.from_state_dict(config, state_dict, op_table_for(get_backend("cpu"), dtype), source=str(GOLDEN))
 
 
-def teacher_forced(model: ChatGLMModel, tensors, case: str, dtype_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_forced(model: DecoderModel, tensors, case: str, dtype_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Our prefill logits (all positions) and the logits of each greedy step, fed the reference's tokens and the
     reference's own decode positions."""
     prefix = f"cases.{case}."

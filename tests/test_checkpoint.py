@@ -5,9 +5,9 @@ import torch
 
 import glm_engine
 from glm_engine.checkpoint import open_checkpoint, save_native
-from glm_engine.config import GLMConfig
 from glm_engine.errors import CheckpointError
-from glm_engine.model.weights import random_state_dict
+from glm_engine.model.glm130b.config import GLMConfig
+from glm_engine.model.glm130b.weights import random_state_dict
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
 
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from glm_engine.checkpoint import open_checkpoint
 from glm_engine.cli.main import app
-from glm_engine.model.weights import random_state_dict
+from glm_engine.model.glm130b.weights import random_state_dict
 
 runner = CliRunner()
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from glm_engine.config import GLMConfig, preset
 from glm_engine.errors import ConfigError
+from glm_engine.model.glm130b.config import GLMConfig, preset
 
 
 def test_glm_130b_preset_matches_the_release():

@@ -23,6 +23,7 @@ from glm_engine.conformance.report import ReportFormat, perf_report, results_rep
 from glm_engine.conformance.runner import Status, run_perf, run_tests, support_matrix
 from glm_engine.conformance.selftest import BROKEN_TABLES, self_test
 from glm_engine.conformance.thresholds import THRESHOLDS, threshold_for
+from glm_engine.model.registry import FAMILIES
 from glm_engine.ops.interface import Op
 from glm_engine.ops.torch_ops import TorchOps
 from glm_engine.quant.formats import QuantFormat
@@ -57,10 +58,17 @@ def test_tiny_model_matches_the_float64_reference_at_tp1(name: str) -> None:
     assert all(r.status is not Status.FAIL for r in rows), _failures([r for r in rows if r.status is Status.FAIL])
 
 
-def test_tiny_model_at_tp2_over_gloo_matches_the_reference() -> None:
-    rows = run_model_checks(CpuBackend(), dtypes=[torch.float32], tp=[2], quant=False)
+@pytest.mark.parametrize("family", ["glm", "chatglm"])
+def test_tiny_model_at_tp2_over_gloo_matches_the_reference(family: str) -> None:
+    rows = run_model_checks(CpuBackend(), dtypes=[torch.float32], tp=[2], quant=False, families=[family])
     assert [r.status for r in rows] == [Status.PASS] * 3, _failures(rows)
-    assert rows[0].shape == "tp2 float"
+    assert rows[0].shape == f"{family} tp2 float"
+
+
+def test_model_checks_cover_every_family_by_default() -> None:
+    rows = run_model_checks(CpuBackend(), dtypes=[torch.float32], tp=[1], quant=False)
+    assert {r.shape for r in rows} == {f"{f.name} tp1 float" for f in FAMILIES}
+    assert all(r.status is Status.PASS for r in rows), _failures(rows)
 
 
 @pytest.mark.parametrize(("table", "op"), BROKEN_TABLES, ids=[t.__name__ for t, _ in BROKEN_TABLES])

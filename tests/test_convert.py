@@ -16,7 +16,7 @@ from glm_engine.checkpoint import open_checkpoint
 from glm_engine.checkpoint.convert import convert_to_native, convert_tp
 from glm_engine.checkpoint.native import INDEX_FILE_NAME, save_native
 from glm_engine.errors import CheckpointError, ParallelError
-from glm_engine.model.weights import is_quantized_key, parameter_shapes, random_state_dict
+from glm_engine.model.glm130b.weights import is_quantized_key, parameter_shapes, random_state_dict, split_of
 from glm_engine.parallel.sharding import reshard
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
@@ -150,7 +150,7 @@ def test_quantized_checkpoints_reshard_without_dequantizing_bit_for_bit(tmp_path
                 key = f"transformer.layers.{layer}.{name}"
                 weight = state[key]
                 assert isinstance(weight, QuantizedWeight) and weight.bits == bits
-                expected = reshard(key, [reference[key]], rank, tp)
+                expected = reshard(split_of(key), [reference[key]], rank, tp)
                 assert torch.equal(weight.dequantize(torch.float16), expected), (key, rank)
         assert state["transformer.layers.0.input_layernorm.weight"].dtype == torch.float16
 
@@ -234,7 +234,7 @@ def test_conversion_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_pat
 
 
 def test_sat_without_config_is_recognised_by_its_shapes(tmp_path, monkeypatch, small_config, full):
-    from glm_engine import config as config_module
+    from glm_engine.model.glm130b import config as config_module
 
     monkeypatch.setitem(config_module.PRESETS, "small", small_config)
     folder = write_reference_sat(tmp_path / "noconfig", reference_shards(full, 2))

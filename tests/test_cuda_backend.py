@@ -6,8 +6,8 @@ import torch
 import glm_engine
 from glm_engine.backends.registry import get_backend, op_table_for
 from glm_engine.generation.masks import generation_blocked, generation_positions
-from glm_engine.model.glm import GLMModel
-from glm_engine.model.weights import GLMWeights, random_state_dict
+from glm_engine.model.glm130b.weights import random_state_dict
+from glm_engine.model.graph import DecoderModel
 from glm_engine.ops.torch_ops import TorchOps
 
 pytestmark = pytest.mark.skipif(
@@ -32,15 +32,9 @@ def test_cuda_logits_match_the_float64_cpu_reference(small_config, dtype):
     if not cuda.supports(glm_engine.ops.interface.Op.LINEAR, dtype):
         pytest.skip(f"this GPU has no {dtype}")
     state_dict = random_state_dict(small_config, seed=2)
-    exact = GLMModel(
-        small_config,
-        GLMWeights.from_state_dict(state_dict, small_config, torch.float64, "cpu"),
-        TorchOps(torch.device("cpu"), torch.float64),
-    )
+    exact = DecoderModel.from_state_dict(small_config, state_dict, TorchOps(torch.device("cpu"), torch.float64))
     device = cuda.device()
-    model = GLMModel(
-        small_config, GLMWeights.from_state_dict(state_dict, small_config, dtype, device), op_table_for(cuda, dtype)
-    )
+    model = DecoderModel.from_state_dict(small_config, state_dict, op_table_for(cuda, dtype))
     tokens, positions, blocked = inputs()
     reference = exact.forward(tokens, positions, blocked)
     got = model.forward(tokens.to(device), positions.to(device), blocked.to(device)).cpu().double()
@@ -51,10 +45,8 @@ def test_cuda_logits_match_the_float64_cpu_reference(small_config, dtype):
 def test_cuda_cached_decode_equals_recomputation(small_config):
     cuda = get_backend("cuda")
     device = cuda.device()
-    model = GLMModel(
-        small_config,
-        GLMWeights.from_state_dict(random_state_dict(small_config, 3), small_config, torch.float32, device),
-        op_table_for(cuda, torch.float32),
+    model = DecoderModel.from_state_dict(
+        small_config, random_state_dict(small_config, 3), op_table_for(cuda, torch.float32)
     )
     tokens, positions, blocked = (t.to(device) for t in inputs())
     full = model.forward(tokens, positions, blocked)

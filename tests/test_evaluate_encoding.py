@@ -13,8 +13,8 @@ from glm_engine.evaluation.multiple_choice import encode_multiple_choice
 from glm_engine.evaluation.perplexity import iter_lm_windows
 from glm_engine.evaluation.tasks import resolve_task
 from glm_engine.generation.strategies import BeamSearchStrategy, GreedyStrategy
+from glm_engine.model.glm130b.vocab import VocabLayout
 from glm_engine.tokenizer import builtin_tokenizer
-from glm_engine.vocab import VocabLayout
 
 L = VocabLayout(text_offset=10, mask=500, gmask=501, smask=502, eod=503, sop=504, eop=505, enc=506, dblock=507, eos=12)
 MASK, GMASK, SOP = L.mask, L.gmask, L.sop

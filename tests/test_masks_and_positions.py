@@ -6,8 +6,8 @@ import torch
 from glm_engine.errors import InputError
 from glm_engine.generation.blank_filling import plan_prompt
 from glm_engine.generation.masks import GenerationRow, align_left, generation_blocked, generation_positions
+from glm_engine.model.glm130b.vocab import VocabLayout
 from glm_engine.tokenizer import builtin_tokenizer
-from glm_engine.vocab import VocabLayout
 
 
 def reference_mask(context_length: int, total: int) -> torch.Tensor:

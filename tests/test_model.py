@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from glm_engine.backends.cpu.ops import CpuOps
-from glm_engine.config import preset
 from glm_engine.generation.decode import decode
 from glm_engine.generation.masks import GenerationRow, align_left, generation_blocked, generation_positions
 from glm_engine.generation.strategies import BaseStrategy, BeamSearchStrategy
+from glm_engine.model.glm130b.config import preset
+from glm_engine.model.glm130b.rotary import rotary_table
 from glm_engine.model.kv_cache import KVCache
-from glm_engine.model.rotary import rotary_table
 from glm_engine.ops.torch_ops import reference_attention
 from tests.conftest import SMALL_LAYOUT, build_model
 

@@ -298,7 +298,7 @@ def int4_block_sizes(model: onnx.ModelProto) -> set[int]:
 
 def test_tensorrt_int4_rowwise_is_blocked_by_128_or_64_and_exact(tmp_path):
     """TensorRT builds INT4 only blocked (64 or 128): rowwise scales are repeated per block, 128 where it divides."""
-    from glm_engine.config import GLMConfig
+    from glm_engine.model.glm130b.config import GLMConfig
 
     config = GLMConfig(
         num_layers=1,
@@ -321,7 +321,7 @@ def test_tensorrt_int4_rowwise_is_blocked_by_128_or_64_and_exact(tmp_path):
     [(32, None, "--group-size 128 or 64"), (None, "odd", "64 does not divide the input width 200")],
 )
 def test_int4_that_tensorrt_cannot_build_is_refused_before_writing(tmp_path, group, config, match):
-    from glm_engine.config import GLMConfig
+    from glm_engine.model.glm130b.config import GLMConfig
 
     if config == "odd":
         config = GLMConfig(

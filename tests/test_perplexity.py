@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from glm_engine.config import preset
 from glm_engine.evaluation.datasets import word_count
 from glm_engine.evaluation.perplexity import MAX_LOG_PPL, count_units, perplexity
+from glm_engine.model.glm130b.config import preset
 from glm_engine.tokenizer import builtin_tokenizer
 
 

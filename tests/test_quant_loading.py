@@ -92,7 +92,7 @@ def test_run_quant_from_the_command_line(tmp_path):
 
 
 def test_chatglm_quantizes_at_load_and_chats_quantized():
-    from glm_engine.chatglm_engine import load_chatglm
+    from glm_engine import load_chatglm
 
     ids = torch.tensor([[5, 6, 7, 4001, 4004]])
     positions = torch.tensor([[[0, 1, 2, 3, 3], [0, 0, 0, 0, 1]]])
@@ -119,7 +119,7 @@ def test_quant_output_runs_the_logits_through_a_quantized_copy_of_the_embedding(
     linears_only = glm_engine.load(dtype="fp32", quant="int8")
     engine = glm_engine.load(dtype="fp32", quant="int8", quant_output=True)
     weights = engine.runner.weights
-    assert isinstance(weights.output_projection, PackedLinear) and weights.output is weights.output_projection
+    assert isinstance(weights.output, PackedLinear) and weights.logits_weight is weights.output
     assert weights.word_embeddings.dtype == torch.float32  # the lookup keeps the float table
     vocab, hidden = weights.word_embeddings.shape
     assert weights.nbytes() - linears_only.runner.weights.nbytes() >= vocab * hidden  # one INT8 copy added
@@ -128,7 +128,7 @@ def test_quant_output_runs_the_logits_through_a_quantized_copy_of_the_embedding(
     assert 0 < nmse(logits(engine), float_output) < 1e-3
     # The same model with the portable dequantizing path for the copy: the CPU kernel computes that product.
     portable = linears_only.runner.weights
-    portable.output_projection = DequantizingLinear(QuantizedWeight.quantize(portable.word_embeddings.half(), 8))
+    portable.output = DequantizingLinear(QuantizedWeight.quantize(portable.word_embeddings.half(), 8))
     assert nmse(logits(engine), logits(linears_only)) < 1e-5
 
 
@@ -142,11 +142,11 @@ def test_quant_output_and_schemes_need_a_quantization():
 
 
 def test_chatglm_quant_output_quantizes_lm_head():
-    from glm_engine.chatglm_engine import load_chatglm
+    from glm_engine import load_chatglm
 
     linears_only = load_chatglm("chatglm-tiny", dtype="fp32", quant="int4")
     engine = load_chatglm("chatglm-tiny", dtype="fp32", quant="int4", quant_output=True)
-    assert isinstance(engine.runner.weights.lm_head, PackedLinear)
+    assert isinstance(engine.runner.weights.output, PackedLinear)
     assert engine.runner.weights.nbytes() < linears_only.runner.weights.nbytes()
     with pytest.raises(InputError, match="--quant-output quantizes lm_head"):
         load_chatglm("chatglm-tiny", quant_output=True)

@@ -14,11 +14,10 @@ import torch
 from safetensors import safe_open
 
 from glm_engine.backends.registry import get_backend, op_table_for
-from glm_engine.config import GLMConfig
-from glm_engine.model.glm import GLMModel
-from glm_engine.model.rotary import rotary_table
-from glm_engine.model.weights import GLMWeights
-from glm_engine.vocab import VocabLayout
+from glm_engine.model.glm130b.config import GLMConfig
+from glm_engine.model.glm130b.rotary import rotary_table
+from glm_engine.model.glm130b.vocab import VocabLayout
+from glm_engine.model.graph import DecoderModel
 
 GOLDEN = Path(__file__).parent / "golden" / "sat_glm130b_tiny.safetensors"
 # The bar for fp16 logits against the reference.
@@ -42,7 +41,7 @@ def nmse(ours: torch.Tensor, reference: torch.Tensor) -> float:
 BACKENDS = [name for name in ("cpu", "cuda", "rocm_dcu", "ascend") if get_backend(name).availability().ok]
 
 
-def model_for(golden, recipe: str, backend_name: str = "cpu") -> GLMModel:
+def model_for(golden, recipe: str, backend_name: str = "cpu") -> DecoderModel:
     metadata, tensors = golden
     ids = json.loads(metadata["special_ids"])
     layout = VocabLayout(
@@ -61,8 +60,7 @@ def model_for(golden, recipe: str, backend_name: str = "cpu") -> GLMModel:
     config = GLMConfig(**json.loads(metadata["config"]), rotary_recipe=recipe, vocab_layout=layout)
     state_dict = {k: v for k, v in tensors.items() if k.startswith("transformer.")}
     backend = get_backend(backend_name)
-    weights = GLMWeights.from_state_dict(state_dict, config, torch.float16, backend.device(), source=str(GOLDEN))
-    return GLMModel(config, weights, op_table_for(backend, torch.float16))
+    return DecoderModel.from_state_dict(config, state_dict, op_table_for(backend, torch.float16), source=str(GOLDEN))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

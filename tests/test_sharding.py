@@ -7,6 +7,7 @@ import torch
 from reference_tp import reference_convert
 
 from glm_engine.errors import CheckpointError
+from glm_engine.model.glm130b.weights import split_of
 from glm_engine.parallel.sharding import ShardBuilder, merge, reshard, shard, shard_shape
 
 KEYS = {
@@ -27,32 +28,34 @@ KEYS = {
 @pytest.mark.parametrize(("source_tp", "target_tp"), [(1, 4), (4, 1), (4, 2), (2, 4), (2, 2), (1, 1)])
 def test_reshard_equals_reference_convert_tp(key: str, source_tp: int, target_tp: int) -> None:
     full = torch.randn(KEYS[key], dtype=torch.float16)
-    sources = [shard(key, full, r, source_tp) for r in range(source_tp)]
+    sources = [shard(split_of(key), full, r, source_tp) for r in range(source_tp)]
     for rank in range(target_tp):
-        ours = reshard(key, sources, rank, target_tp)
+        ours = reshard(split_of(key), sources, rank, target_tp)
         assert torch.equal(ours, reference_convert(key, sources, rank, target_tp))
-    assert torch.equal(merge(key, [reshard(key, sources, r, target_tp) for r in range(target_tp)]), full)
+    assert torch.equal(
+        merge(split_of(key), [reshard(split_of(key), sources, r, target_tp) for r in range(target_tp)]), full
+    )
 
 
 def test_glu_shard_holds_its_slice_of_each_half() -> None:
     key = "transformer.layers.0.mlp.dense_h_to_4h.bias"
     full = torch.arange(16.0)
-    assert shard(key, full, 1, 4).tolist() == [2.0, 3.0, 10.0, 11.0]
+    assert shard(split_of(key), full, 1, 4).tolist() == [2.0, 3.0, 10.0, 11.0]
 
 
 def test_uneven_degrees_go_through_global_coordinates() -> None:
     key = "transformer.layers.0.mlp.dense_h_to_4h.weight"
     full = torch.randn(48, 4)
-    three = [shard(key, full, r, 3) for r in range(3)]
-    two = [reshard(key, three, r, 2) for r in range(2)]
-    assert all(torch.equal(two[r], shard(key, full, r, 2)) for r in range(2))
+    three = [shard(split_of(key), full, r, 3) for r in range(3)]
+    two = [reshard(split_of(key), three, r, 2) for r in range(2)]
+    assert all(torch.equal(two[r], shard(split_of(key), full, r, 2)) for r in range(2))
 
 
 def test_builder_takes_sources_one_at_a_time_and_knows_which_it_needs() -> None:
     key = "transformer.layers.0.attention.dense.weight"
     full = torch.randn(4, 24)
-    sources = [shard(key, full, r, 4) for r in range(4)]
-    builder = ShardBuilder(key, sources[0].shape, 4, rank=1, tp=2, dtype=full.dtype)
+    sources = [shard(split_of(key), full, r, 4) for r in range(4)]
+    builder = ShardBuilder(key, split_of(key), sources[0].shape, 4, rank=1, tp=2, dtype=full.dtype)
     assert [s for s in range(4) if builder.needs(s)] == [2, 3]
     for s in (2, 3):
         builder.add(s, sources[s])
@@ -61,11 +64,11 @@ def test_builder_takes_sources_one_at_a_time_and_knows_which_it_needs() -> None:
 
 def test_incomplete_or_mismatched_sources_are_errors() -> None:
     key = "transformer.layers.0.attention.query_key_value.weight"
-    builder = ShardBuilder(key, (12, 4), 4, rank=0, tp=1, dtype=torch.float32)
+    builder = ShardBuilder(key, split_of(key), (12, 4), 4, rank=0, tp=1, dtype=torch.float32)
     builder.add(0, torch.zeros(12, 4))
     with pytest.raises(CheckpointError, match="incomplete"):
         builder.finish()
     with pytest.raises(CheckpointError, match="expected"):
         builder.add(1, torch.zeros(11, 4))
     with pytest.raises(CheckpointError, match="cannot be split 5 ways"):
-        shard_shape(key, (48, 4), 5)
+        shard_shape(split_of(key), (48, 4), 5)

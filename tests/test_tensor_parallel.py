@@ -32,12 +32,13 @@ from glm_engine.errors import ParallelError
 from glm_engine.generation.decode import decode
 from glm_engine.generation.masks import GenerationRow
 from glm_engine.generation.strategies import BaseStrategy
-from glm_engine.model.glm import GLMModel
-from glm_engine.model.weights import GLMWeights, parameter_shapes, random_state_dict
+from glm_engine.model.glm130b.weights import parameter_shapes, random_state_dict, split_of, weight_layout
+from glm_engine.model.graph import DecoderModel
+from glm_engine.model.registry import family_of
+from glm_engine.model.weights import ModelWeights
 from glm_engine.parallel.communicator import init_from_environment
 from glm_engine.parallel.degree import check_device_count
 from glm_engine.parallel.launch import failure_summary
-from glm_engine.parallel.loading import rank_state_dict
 from glm_engine.parallel.sharding import merge
 from glm_engine.parallel.vocab import vocab_parallel_embedding
 from tests.conftest import SMALL_CONFIG, SMALL_LAYOUT
@@ -58,15 +59,12 @@ def nmse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a.double() - b.double()) ** 2).mean() / (b.double() ** 2).mean())
 
 
-def _model(comm=None) -> GLMModel:
-    tp = 1 if comm is None else comm.world_size
-    rank = 0 if comm is None else comm.rank
-    state = rank_state_dict(random_state_dict(CONFIG, SEED), CONFIG, rank, tp)
-    weights = GLMWeights.from_state_dict(state, CONFIG, torch.float32, "cpu", tp=tp)
-    return GLMModel(CONFIG, weights, op_table_for(get_backend("cpu"), torch.float32), comm)
+def _model(comm=None) -> DecoderModel:
+    ops = op_table_for(get_backend("cpu"), torch.float32)
+    return DecoderModel.from_state_dict(CONFIG, random_state_dict(CONFIG, SEED), ops, comm)
 
 
-def _teacher_forced_logits(model: GLMModel) -> torch.Tensor:
+def _teacher_forced_logits(model: DecoderModel) -> torch.Tensor:
     """Prefill logits of the prompt, then the logits of each cached decode step, concatenated on the sequence."""
     total = len(PROMPT) + len(TEACHER)
     tokens = torch.tensor([PROMPT + TEACHER])
@@ -86,21 +84,21 @@ def _teacher_forced_logits(model: GLMModel) -> torch.Tensor:
     return torch.cat(pieces, dim=1)
 
 
-def _generate(model: GLMModel, strategy: BaseStrategy) -> list[int]:
+def _generate(model: DecoderModel, strategy: BaseStrategy) -> list[int]:
     return decode(model, [GenerationRow(PROMPT, 2, False)], [GREEDY_STEPS], strategy, SMALL_LAYOUT.pad)[0][0]
 
 
 SAT_TP4_ENV = "GLM_ENGINE_TEST_SAT_TP4"  # a TP=4 SAT checkpoint of the same weights, for the ranks to load
 
 
-def _sat_model(comm, folder: str | None = None) -> GLMModel:
+def _sat_model(comm, folder: str | None = None) -> DecoderModel:
     """This rank's model read from a TP=4 SAT checkpoint (re-sharded 4 -> 2 at load time; quantized ones stay so)."""
     tp, rank = (1, 0) if comm is None else (comm.world_size, comm.rank)
     checkpoint = open_checkpoint(folder or os.environ[SAT_TP4_ENV])
     state = checkpoint.rank_state_dict(rank, tp, torch.float32)
     ops = op_table_for(get_backend("cpu"), torch.float32)
-    weights = GLMWeights.from_state_dict(state, CONFIG, torch.float32, "cpu", tp=tp, prepare=ops.prepare_quantized)
-    return GLMModel(CONFIG, weights, ops, comm)
+    weights = ModelWeights.assemble(weight_layout(CONFIG), state, torch.float32, "cpu", ops.prepare_quantized)
+    return DecoderModel(CONFIG, weights, ops, comm)
 
 
 def _rank_results() -> dict:
@@ -193,13 +191,13 @@ def test_vocab_parallel_embedding_holds_half_the_rows_and_equals_the_full_lookup
 
 def test_rank_state_dicts_have_the_rank_shapes_and_merge_back_to_the_full_tensors():
     full = random_state_dict(CONFIG, SEED)
-    ranks = [rank_state_dict(full, CONFIG, rank, 2) for rank in (0, 1)]
+    reader = family_of(CONFIG).state_dict_reader(full, CONFIG, "random weights")
+    ranks = [reader.read(rank, 2, None) for rank in (0, 1)]
     expected_shapes = parameter_shapes(CONFIG, tp=2)
     for key, shape in expected_shapes.items():
-        assert ranks[0].shape(key) == shape  # known without slicing anything
         pieces = [r[key] for r in ranks]
         assert tuple(pieces[0].shape) == shape
-        assert torch.equal(merge(key, pieces), full[key])
+        assert torch.equal(merge(split_of(key), pieces), full[key])
 
 
 def run_cli(args: list[str], extra_path: Path | None = None) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from glm_engine.errors import InputError, TokenizerError
+from glm_engine.model.glm130b.vocab import VocabLayout
 from glm_engine.tokenizer import (
     BUILTIN_TOKENIZER_PATH,
     ICETK_CACHE_DIR,
@@ -15,7 +16,6 @@ from glm_engine.tokenizer import (
     find_tokenizer_model,
     load_tokenizer,
 )
-from glm_engine.vocab import VocabLayout
 
 # A layout unlike GLM-130B's: text at 100.., specials at 9000.., so ids visibly come from the layout.
 SMALL_LAYOUT = VocabLayout(

@@ -20,8 +20,8 @@ import glm_engine  # noqa: E402
 from glm_engine.backends.registry import op_table_for  # noqa: E402
 from glm_engine.engine import DEFAULT_MODEL  # noqa: E402
 from glm_engine.evaluation.perplexity import perplexity  # noqa: E402
-from glm_engine.model.glm import GLMModel  # noqa: E402
-from glm_engine.model.weights import GLMWeights, random_state_dict  # noqa: E402
+from glm_engine.model.glm130b.weights import random_state_dict  # noqa: E402
+from glm_engine.model.graph import DecoderModel  # noqa: E402
 
 HELDOUT = {
     "en": (REPO_ROOT / "tests" / "data" / "demo_heldout_en.txt", "words"),
@@ -38,8 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     engine = glm_engine.load(args.checkpoint, backend=args.backend, dtype=args.dtype)
     config = engine.config
-    weights = GLMWeights.from_state_dict(random_state_dict(config, seed=0), config, engine.dtype, engine.runner.device)
-    random_model = GLMModel(config, weights, op_table_for(engine.backend, engine.dtype))
+    ops = op_table_for(engine.backend, engine.dtype)
+    random_model = DecoderModel.from_state_dict(config, random_state_dict(config, seed=0), ops)
     print(f"{engine.source}: {config.num_parameters() / 1e6:.2f}M parameters, {args.backend} {args.dtype}\n")
     print("| held-out text | unit | units | tokens | PPL | token PPL | random-init PPL | seconds |")
     print("|---|---|---|---|---|---|---|---|")

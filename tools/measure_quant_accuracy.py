@@ -20,11 +20,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import glm_engine  # noqa: E402
 from glm_engine.backends.registry import get_backend, op_table_for  # noqa: E402
-from glm_engine.config import GLMConfig  # noqa: E402
 from glm_engine.evaluation.perplexity import perplexity  # noqa: E402
-from glm_engine.model.glm import GLMModel  # noqa: E402
-from glm_engine.model.weights import GLMWeights, quantize_linears, random_state_dict  # noqa: E402
-from glm_engine.vocab import VocabLayout  # noqa: E402
+from glm_engine.model.glm130b.config import GLMConfig  # noqa: E402
+from glm_engine.model.glm130b.vocab import VocabLayout  # noqa: E402
+from glm_engine.model.glm130b.weights import quantize_linears, random_state_dict  # noqa: E402
+from glm_engine.model.graph import DecoderModel  # noqa: E402
 
 HELDOUT = {
     "en": (REPO_ROOT / "tests" / "data" / "demo_heldout_en.txt", "words"),
@@ -106,16 +106,16 @@ def wide_random_model(dtype: torch.dtype) -> None:
     for name, (quant, _, group) in VARIANTS.items():
         started = time.perf_counter()
         state = full if quant is None else quantize_linears(full, 8 if quant == "int8" else 4, group)
-        weights = GLMWeights.from_state_dict(state, config, dtype, "cpu", prepare=ops.prepare_quantized)
+        model = DecoderModel.from_state_dict(config, state, ops)
         with torch.inference_mode():
-            logits = GLMModel(config, weights, ops).forward(ids, torch.arange(64)[None], blocked)
+            logits = model.forward(ids, torch.arange(64)[None], blocked)
         reference = logits if reference is None else reference
         agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean()
         print(
             f"| {name} | {nmse(logits, reference):.1e} | {100 * float(agree):.1f}% | "
             f"{time.perf_counter() - started:.1f} |"
         )
-        del weights, state
+        del model, state
 
 
 def main() -> None:

@@ -51,11 +51,11 @@ sys.path.insert(0, str(REPO_ROOT))
 from glm_engine.backends.cpu.ops import CpuOps  # noqa: E402
 from glm_engine.checkpoint import save_native  # noqa: E402
 from glm_engine.checkpoint.atomic import write_atomically  # noqa: E402
-from glm_engine.config import GLMConfig  # noqa: E402
 from glm_engine.generation.masks import generation_blocked  # noqa: E402
-from glm_engine.model.glm import GLMModel  # noqa: E402
-from glm_engine.model.weights import GLMWeights, parameter_shapes  # noqa: E402
-from glm_engine.vocab import VocabLayout  # noqa: E402
+from glm_engine.model.glm130b.config import GLMConfig  # noqa: E402
+from glm_engine.model.glm130b.vocab import VocabLayout  # noqa: E402
+from glm_engine.model.glm130b.weights import parameter_shapes  # noqa: E402
+from glm_engine.model.graph import DecoderModel  # noqa: E402
 
 OUTPUT_DIR = REPO_ROOT / "glm_engine" / "assets" / "demo_model"
 HELDOUT_DIR = REPO_ROOT / "tests" / "data"
@@ -276,11 +276,7 @@ def train(config: GLMConfig, stream: list[int], minutes: float, rng: random.Rand
     """Train for ``steps`` steps, or for ``minutes`` with the schedule's length fixed from the measured speed."""
     gen = torch.Generator().manual_seed(SEED)
     params = {k: v.requires_grad_() for k, v in initial_weights(config, gen).items()}
-    model = GLMModel(
-        config,
-        GLMWeights.from_state_dict(params, config, torch.float32, "cpu"),
-        CpuOps(torch.device("cpu"), torch.float32),
-    )
+    model = DecoderModel.from_state_dict(config, params, CpuOps(torch.device("cpu"), torch.float32))
     # fp32 on the CPU needs no conversion, so the model holds these very leaf tensors and training updates it
     assert model.weights.word_embeddings is params["transformer.word_embeddings.weight"]
     decay = [p for k, p in params.items() if p.dim() == 2]

@@ -19,7 +19,8 @@ import torch
 
 from glm_engine.bench.measure import measure
 from glm_engine.bench.spec import context_length, point_from_json
-from glm_engine.bench.workload import Family, build_workload
+from glm_engine.bench.workload import build_workload
+from glm_engine.model.registry import family_named
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -123,10 +124,13 @@ def main(job_path: str, out_path: str) -> None:
         weight_bytes = _streamed_bytes(model)
         config = model.config  # the reference caches every layer's K and V over all heads, in the model's dtype
         kv_bytes_per_token = 2 * config.num_layers * config.hidden_size * DTYPES[dtype].itemsize
-        vocab = int(model.config.mask_token_id)
+        spec = job["workload"]
+        family = family_named(spec["family"])
+        ours = family.config_from_dict(spec["config"], "the bench job")
         for point, raw in mine:
+            total = point.tokens_needed()
             work = build_workload(
-                Family.CHATGLM, point.batch, context_length(point), point.tokens_needed(), vocab, int(job["seed"])
+                family, ours, point.batch, context_length(point), total, int(spec["text_ids"]), int(job["seed"])
             )
             result = measure(runner, work, point, int(job["repetitions"]), int(job["warmup"]), lambda r=runner: r)
             record = {

@@ -1,11 +1,12 @@
-"""What ``--model`` names, and loading it for one bench point through the engine's own loaders.
+"""What ``--model`` names, and loading it for one bench point through the engine's own loader.
 
-``--model`` takes what ``glm-engine run`` takes (the built-in demo model by default, a native/SAT checkpoint folder,
-a preset name such as ``glm-tiny``) plus Hugging Face ChatGLM-6B folders and ``random:<preset>`` (``glm-130b``,
-``glm-tiny``, ``chatglm-6b``, ``chatglm-tiny``) with ``--layers/--hidden/--heads/--inner`` to shape random weights
-without files. Random models go through ``glm_engine.load`` / ``load_chatglm`` like a preset does, so ``--quant``,
-TP sharding and every backend's weight preparation are the ones real checkpoints get; their weights are drawn in
-fp16 (what real checkpoints store), which halves the host memory of large shapes.
+``--model`` takes what ``glm_engine.load`` takes (the built-in demo model by default, a checkpoint folder of any
+family, an exported folder, a preset name such as ``glm-tiny``) plus ``random:<preset>`` (any family's preset:
+``glm-130b``, ``glm-tiny``, ``chatglm-6b``, ``chatglm-tiny``) with ``--layers/--hidden/--heads/--inner`` to shape
+random weights without files. Names are resolved by :func:`glm_engine.engine.source.open_source`, and random models
+go through ``glm_engine.load`` like a preset does, so ``--quant``, TP sharding and every backend's weight preparation
+are the ones real checkpoints get; their weights are drawn in fp16 (what real checkpoints store), which halves the
+host memory of large shapes.
 """
 
 from __future__ import annotations
@@ -20,17 +21,14 @@ import torch
 
 from glm_engine.backends.base import dtype_name, parse_dtype
 from glm_engine.backends.registry import REGISTRY
-from glm_engine.chatglm_engine import load_chatglm
-from glm_engine.checkpoint.hf import is_chatglm_checkpoint, read_chatglm_config
-from glm_engine.config import PRESETS
-from glm_engine.engine import DEFAULT_MODEL, load, peek_config
-from glm_engine.errors import InputError, ParallelError
-from glm_engine.export.onnx_export import GENAI_CONFIG_FILE, read_exported
-from glm_engine.model.chatglm_config import CHATGLM_PRESETS
+from glm_engine.engine import DEFAULT_MODEL, load
+from glm_engine.engine.source import open_source
+from glm_engine.errors import ConfigError, InputError
+from glm_engine.model.family import Family
+from glm_engine.model.registry import preset_family, preset_names
 from glm_engine.parallel.communicator import Communicator
 
 from .spec import QuantChoice
-from .workload import Family
 
 RANDOM_PREFIX = "random:"
 RANDOM_DTYPE = torch.float16  # random weights are drawn in fp16, as real checkpoints store them
@@ -69,7 +67,7 @@ class ModelSource:
     name: str
     family: Family
     description: str
-    config: Any  # GLMConfig or ChatGLMConfig
+    config: Any  # the family's config
     random: bool = False
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None  # an export's own dtype, the default for every backend; None: each backend's first
@@ -81,12 +79,10 @@ class ModelSource:
     @property
     def text_ids(self) -> int:
         """Ids below this are plain text in every tokenizer the family uses (the first special id)."""
-        if self.family is Family.CHATGLM:
-            return int(self.config.mask_token_id)
-        return int(min(self.config.vocab_layout.mask, self.config.vocab_size))
+        return int(self.family.blank_tokens(self.config).text.stop)
 
     def config_dict(self) -> dict[str, Any]:
-        data = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config.to_hf_dict()
+        data = self.family.config_to_dict(self.config)
         return {k: v for k, v in data.items() if not isinstance(v, dict)}
 
     def load(
@@ -103,12 +99,7 @@ class ModelSource:
         if self.random:
             check_random_fits(self.config, f"{RANDOM_PREFIX}{self.name}", dtype)
             common.update(random_dtype=RANDOM_DTYPE, max_random_parameters=self.config.num_parameters())
-        if self.family is Family.CHATGLM:
-            if tp != 1:
-                raise ParallelError(f"{self.description}: ChatGLM-6B runs at TP=1 in glm-engine; drop --tp {tp}")
-            engine = load_chatglm(self.name, **common, **self.load_kwargs)
-        else:
-            engine = load(self.name, tp=tp, communicator=communicator, **common, **self.load_kwargs)
+        engine = load(self.name, tp=tp, communicator=communicator, **common, **self.load_kwargs)
         notes = list(engine.notes)
         runner = engine.runner
         index = runner.device.index or 0
@@ -129,17 +120,11 @@ def kv_bytes_per_token(runner: Any) -> int:
 
 
 def streamed_bytes(weights: Any) -> int:
-    """Bytes a decode step reads: every weight in its runtime form (quantized linears packed), except an embedding
-    table that is not also the output projection, of which a step reads one row per token (ChatGLM's, with its
-    separate ``lm_head``; GLM's when ``quant_output`` gives the logits a quantized copy)."""
-    total = weights.nbytes()
-    separate_output = getattr(weights, "output_projection", None) is not None or hasattr(weights, "lm_head")
-    if separate_output:
-        total -= weights.word_embeddings.numel() * weights.word_embeddings.element_size()
-    return total
+    """Bytes a decode step reads (``ModelWeights.streamed_bytes``)."""
+    return weights.streamed_bytes()
 
 
-def _shaped(config: Any, shape: Shape, family: Family) -> Any:
+def _shaped(config: Any, shape: Shape) -> Any:
     """``config`` with ``shape``'s changes; heads follow the preset's head width and the MLP its ratio when only
     ``--hidden`` is given."""
     hidden = shape.hidden or config.hidden_size
@@ -147,15 +132,15 @@ def _shaped(config: Any, shape: Shape, family: Family) -> Any:
     inner = shape.inner or config.inner_hidden_size * hidden // config.hidden_size
     if hidden % heads:
         raise InputError(f"--heads {heads} does not divide --hidden {hidden}; pass --heads")
-    step = 4 if family is Family.CHATGLM else 2
-    if (hidden // heads) % step:
-        raise InputError(f"head width {hidden // heads} must be a multiple of {step} for rotary; change --heads")
-    return config.with_overrides(
-        num_layers=shape.layers or config.num_layers,
-        hidden_size=hidden,
-        num_attention_heads=heads,
-        inner_hidden_size=inner,
-    )
+    try:
+        return config.with_overrides(
+            num_layers=shape.layers or config.num_layers,
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            inner_hidden_size=inner,
+        )
+    except ConfigError as exc:  # the family's own checks (a rotary head width, ...), with what to change
+        raise InputError(f"{exc}; change --heads or --hidden") from None
 
 
 def _available_host_bytes() -> int | None:
@@ -191,14 +176,12 @@ def resolve_model(model: str | None, shape: Shape = Shape()) -> ModelSource:
     name = model or DEFAULT_MODEL
     if name.startswith(RANDOM_PREFIX):
         preset_name = name[len(RANDOM_PREFIX) :]
-        if preset_name in CHATGLM_PRESETS:
-            family, base = Family.CHATGLM, CHATGLM_PRESETS[preset_name]
-        elif preset_name in PRESETS:
-            family, base = Family.GLM, PRESETS[preset_name]
-        else:
-            known = ", ".join(RANDOM_PREFIX + n for n in (*PRESETS, *CHATGLM_PRESETS))
+        found = preset_family(preset_name)
+        if found is None:
+            known = ", ".join(RANDOM_PREFIX + n for n in preset_names())
             raise InputError(f"unknown random model {name!r}; choose from {known}")
-        config = _shaped(base, shape, family)
+        family, base = found
+        config = _shaped(base, shape)
         check_random_fits(config, name, "fp16")  # the least it needs; each load checks its own dtype
         description = (
             f"random {preset_name} ({config.num_layers} layers, hidden {config.hidden_size}, "
@@ -208,23 +191,10 @@ def resolve_model(model: str | None, shape: Shape = Shape()) -> ModelSource:
         return ModelSource(preset_name, family, description, config, True, kwargs)
     if shape.given():
         raise InputError("--layers/--hidden/--heads/--inner shape random models: use --model random:<preset>")
-    if name in CHATGLM_PRESETS and not Path(name).exists():
-        return ModelSource(name, Family.CHATGLM, f"preset {name} (random weights)", CHATGLM_PRESETS[name])
-    if (Path(name) / GENAI_CONFIG_FILE).is_file():
-        info = read_exported(name)
-        return ModelSource(name, Family.GLM, f"exported model {name}", info.config, dtype=dtype_name(info.dtype))
-    if is_chatglm_checkpoint(Path(name)):
-        config = read_chatglm_config(Path(name))
-        return ModelSource(name, Family.CHATGLM, f"ChatGLM checkpoint {name}", config)
-    config = peek_config(name)
-    description = (
-        "the built-in demo model"
-        if name == DEFAULT_MODEL
-        else (
-            f"preset {name} (random weights)" if name in PRESETS and not Path(name).exists() else f"checkpoint {name}"
-        )
-    )
-    return ModelSource(name, Family.GLM, description, config)
+    source = open_source(name)
+    description = f"{source.description} (random weights)" if source.random else source.description
+    dtype = dtype_name(source.exported_dtype) if source.exported_dtype is not None else None
+    return ModelSource(name, source.family, description, source.config, dtype=dtype)
 
 
 def backend_device(backend: str) -> torch.device:

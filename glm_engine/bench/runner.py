@@ -127,7 +127,13 @@ def _run_group(
             run.notes.append(note)
     for point in points:
         work = build_workload(
-            source.family, point.batch, context_length(point), point.tokens_needed(), source.text_ids, options.seed
+            source.family,
+            source.config,
+            point.batch,
+            context_length(point),
+            point.tokens_needed(),
+            source.text_ids,
+            options.seed,
         )
         result = measure(
             loaded.runner, work, point, options.repetitions, options.warmup, _stepper(loaded, point.test.n_gen)

@@ -18,9 +18,9 @@ import torch
 from glm_engine.checkpoint import layout, native, sat
 from glm_engine.checkpoint.atomic import staged_folder, write_atomically
 from glm_engine.checkpoint.reader import Checkpoint, open_checkpoint
-from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.errors import CheckpointError
-from glm_engine.model.weights import is_quantized_key, parameter_shapes
+from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
+from glm_engine.model.glm130b.weights import is_quantized_key, parameter_shapes
 from glm_engine.parallel.degree import check_tp_degree
 from glm_engine.quant.reference import quantize
 from glm_engine.quant.spec import QuantSpec

@@ -1,7 +1,7 @@
-"""ChatGLM-6B's Hugging Face checkpoint folder, validated from metadata, then read one weight file at a time.
+"""A Hugging Face checkpoint folder's weight files, described from metadata, then read one file at a time.
 
-A folder holds ``config.json`` (ChatGLM's names, ``"model_type": "chatglm"``), optionally ``tokenizer_config.json``
-and ``ice_text.model``, and the weights as one of (looked for in this order):
+A folder holds ``config.json`` (whose ``model_type`` says which family reads it), tokenizer files, and the weights as
+one of (looked for in this order):
 
 * ``model.safetensors.index.json`` + the files its ``weight_map`` names, or one ``model.safetensors``;
 * ``pytorch_model.bin.index.json`` + ``pytorch_model-0000x-of-0000y.bin`` (how ``THUDM/chatglm-6b`` ships), or one
@@ -23,12 +23,9 @@ import torch
 
 from glm_engine.checkpoint.native import LazySafetensors
 from glm_engine.checkpoint.torch_file import load_torch_file
-from glm_engine.errors import CheckpointError, ConfigError
-from glm_engine.model.chatglm_config import MODEL_TYPE, ChatGLMConfig
-from glm_engine.model.chatglm_weights import TensorInfo
+from glm_engine.errors import CheckpointError
 
 CONFIG_FILE_NAME = "config.json"
-TOKENIZER_CONFIG_FILE_NAME = "tokenizer_config.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_FILE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -36,13 +33,23 @@ BIN_FILE = "pytorch_model.bin"
 WEIGHT_LAYOUTS = (SAFETENSORS_INDEX, SAFETENSORS_FILE, BIN_INDEX, BIN_FILE)
 
 
-def is_chatglm_checkpoint(folder: Path) -> bool:
-    """Whether ``folder`` has a Hugging Face ``config.json`` of a ChatGLM model (``model_type`` ``chatglm``)."""
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a checkpoint says about one tensor before it is read: its shape, dtype and the file holding it."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    file: str
+
+
+def model_type(folder: Path) -> str | None:
+    """The ``model_type`` of ``folder``'s Hugging Face ``config.json``; None when there is no readable one."""
     try:
         data = json.loads((folder / CONFIG_FILE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("model_type") == MODEL_TYPE
+        return None
+    value = data.get("model_type") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -55,16 +62,15 @@ def read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class HFCheckpoint:
-    """A ChatGLM Hugging Face folder: its config, weight files and what each tensor is (from metadata)."""
+    """A Hugging Face folder's weight files and what each tensor is (from metadata)."""
 
     path: Path
-    config: ChatGLMConfig
     layout: str  # the file that decided the layout: one of WEIGHT_LAYOUTS
     files: list[Path]
     entries: dict[str, TensorInfo] = field(default_factory=dict)
 
     def describe(self) -> str:
-        return f"ChatGLM checkpoint {self.path} ({len(self.files)} x {self.layout.split('.index')[0]})"
+        return f"checkpoint {self.path} ({len(self.files)} x {self.layout.split('.index')[0]})"
 
     def read(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
         """The tensors of ``keys`` as stored, opening only the files that hold them, one at a time: safetensors
@@ -78,7 +84,7 @@ class HFCheckpoint:
             by_file.setdefault(self.entries[key].file, []).append(key)
         out: dict[str, torch.Tensor] = {}
         for name, names in by_file.items():
-            weights = _open_weights(self.path / name)
+            weights = open_weight_file(self.path / name)
             out.update({key: weights[key] for key in names})
             del weights
         return out
@@ -86,19 +92,20 @@ class HFCheckpoint:
     def shards(self) -> Iterator[tuple[str, Mapping[str, torch.Tensor]]]:
         """Each weight file's tensors in turn; a file is released before the next is opened."""
         for path in self.files:
-            shard = _open_weights(path)
+            shard = open_weight_file(path)
             try:
                 yield path.name, shard
             finally:
                 del shard
 
 
-def _open_weights(path: Path) -> Mapping[str, torch.Tensor]:
+def open_weight_file(path: Path) -> Mapping[str, torch.Tensor]:
+    """One weight file's tensors: safetensors read lazily, ``.bin`` memory-mapped (legacy files read whole)."""
     return LazySafetensors(path) if path.suffix == ".safetensors" else read_torch_weights(path)
 
 
 def _infos(path: Path) -> dict[str, TensorInfo]:
-    weights = _open_weights(path)
+    weights = open_weight_file(path)
     infos = {k: TensorInfo(tuple(v.shape), v.dtype, path.name) for k, v in weights.items()}
     del weights
     return infos
@@ -126,32 +133,18 @@ def _weight_files(folder: Path) -> tuple[str, list[Path], dict[str, str]]:
             raise CheckpointError(f"{folder / name} lists files that are not there: {', '.join(absent)}")
         return name, [folder / f for f in files], {str(k): str(v) for k, v in weight_map.items()}
     raise CheckpointError(
-        f"{folder} has a ChatGLM {CONFIG_FILE_NAME} but no weights: expected one of {', '.join(WEIGHT_LAYOUTS)}"
+        f"{folder} has a {CONFIG_FILE_NAME} but no weights: expected one of {', '.join(WEIGHT_LAYOUTS)}"
     )
 
 
-def read_chatglm_config(folder: Path) -> ChatGLMConfig:
-    """``config.json``, with ``num_image_tokens`` from ``tokenizer_config.json`` when that file says it."""
-    num_image_tokens = None
-    tokenizer_config = folder / TOKENIZER_CONFIG_FILE_NAME
-    if tokenizer_config.is_file():
-        try:
-            value = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("num_image_tokens")
-        except (ValueError, AttributeError) as exc:
-            raise ConfigError(f"{tokenizer_config} is not a JSON object: {exc}") from None
-        num_image_tokens = value if isinstance(value, int) else None
-    return ChatGLMConfig.from_json_file(folder / CONFIG_FILE_NAME, num_image_tokens=num_image_tokens)
-
-
-def open_chatglm_checkpoint(path: str | Path, config: ChatGLMConfig | None = None) -> HFCheckpoint:
-    """Recognise a ChatGLM folder and read every weight file's metadata (no tensor data); ``config`` overrides
-    ``config.json``. Validation against the config is :func:`glm_engine.model.chatglm_weights.plan_load`."""
+def open_hf_checkpoint(path: str | Path) -> HFCheckpoint:
+    """Read every weight file's metadata of a Hugging Face folder (no tensor data); the family that reads the
+    folder validates the tensors against its config."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise CheckpointError(f"ChatGLM checkpoint {folder} is not a folder")
+        raise CheckpointError(f"checkpoint {folder} is not a folder")
     if not (folder / CONFIG_FILE_NAME).is_file():
-        raise CheckpointError(f"{folder} has no {CONFIG_FILE_NAME}; a ChatGLM Hugging Face folder needs one")
-    config = config or read_chatglm_config(folder)
+        raise CheckpointError(f"{folder} has no {CONFIG_FILE_NAME}; a Hugging Face folder needs one")
     layout, files, index = _weight_files(folder)
     entries: dict[str, TensorInfo] = {}
     for file in files:
@@ -162,4 +155,4 @@ def open_chatglm_checkpoint(path: str | Path, config: ChatGLMConfig | None = Non
             raise CheckpointError(f"{layout} puts {', '.join(absent[:5])} in {file.name}, which does not hold it")
         for key, info in infos.items():
             entries.setdefault(key, info)
-    return HFCheckpoint(folder, config, layout, files, entries)
+    return HFCheckpoint(folder, layout, files, entries)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from glm_engine.config import PRESETS, GLMConfig
 from glm_engine.errors import CheckpointError
-from glm_engine.model.weights import EMBEDDING_KEY, IGNORED_KEY_SUFFIXES, is_quantized_key, parameter_shapes
+from glm_engine.model.glm130b.config import PRESETS, GLMConfig
+from glm_engine.model.glm130b.weights import EMBEDDING_KEY, IGNORED_KEY_SUFFIXES, is_quantized_key, parameter_shapes
 from glm_engine.quant.reference import stored_columns
 from glm_engine.quant.weight import QuantizedWeight
 

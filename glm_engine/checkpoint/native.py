@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.checkpoint.layout import TensorInfo
-from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.errors import CheckpointError
+from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
 
 WEIGHTS_FILE_NAME = "model.safetensors"
 INDEX_FILE_NAME = "model.safetensors.index.json"

@@ -2,7 +2,7 @@
 one source shard at a time.
 
 ``Checkpoint.rank_state_dict(rank, tp, ...)`` builds one tensor-parallel rank's weights for *any* valid TP degree
-from the source shards (re-sharding at load time, glm130b.md section 7 row 7). Host RAM holds at most one
+from the source shards (re-sharding at load time, ``docs/checkpoints.md``). Host RAM holds at most one
 memory-mapped source shard plus that rank's weights (row 3); quantizing while loading maps the rank's sources together
 and completes one linear at a time instead. Quantized sources are dequantized exactly as the
 reference's kernels do (``half(q) * scale``) before re-sharding, so they run at any TP degree too.
@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from glm_engine.checkpoint import hf, layout, native, sat
-from glm_engine.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.errors import CheckpointError
-from glm_engine.model.weights import is_quantized_key, parameter_shapes
+from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
+from glm_engine.model.glm130b.weights import is_quantized_key, parameter_shapes, split_of
 from glm_engine.parallel.degree import check_tp_degree
-from glm_engine.parallel.sharding import ShardBuilder, Split, split_of
+from glm_engine.parallel.sharding import ShardBuilder, Split
 from glm_engine.quant.reference import dequantize
 from glm_engine.quant.sharding import QuantShardBuilder, target_row_group
 from glm_engine.quant.spec import QuantSpec
@@ -48,6 +48,30 @@ class Checkpoint:
     def describe(self) -> str:
         quant = f", {self.quant_spec.describe()} weights" if self.quant_spec else ""
         return f"{self.format} checkpoint {self.path} (TP={self.source_tp}{quant})"
+
+    @property
+    def description(self) -> str:
+        return self.describe()
+
+    @property
+    def stored_quant(self) -> QuantSpec | None:
+        return self.quant_spec
+
+    def read(
+        self,
+        rank: int,
+        tp: int,
+        dtype: torch.dtype | None,
+        device: torch.device | str = "cpu",
+        progress: Progress | None = None,
+        keys: list[str] | None = None,
+        quant: QuantSpec | None = None,
+        keep_quantized: bool = True,
+        output_quant: QuantSpec | None = None,
+    ) -> dict[str, torch.Tensor | QuantizedWeight]:
+        """The ``WeightReader`` view of :meth:`rank_state_dict` (the output projection is the tied embedding, so
+        ``output_quant`` has nothing to quantize here)."""
+        return self.rank_state_dict(rank, tp, dtype, device, progress, keys, quant, keep_quantized)
 
     @contextmanager
     def open_shard(self, rank: int) -> Iterator[Mapping[str, torch.Tensor]]:
@@ -115,12 +139,14 @@ class Checkpoint:
             if quantized_source and keep_quantized:
                 groups = self.scale_groups(key)
                 builders[key] = QuantShardBuilder(
-                    key, source_shapes[key], groups, self.bits, self.source_tp, rank, tp, device
+                    key, split_of(key), source_shapes[key], groups, self.bits, self.source_tp, rank, tp, device
                 )
             else:
                 quantize_later = quant is not None and is_quantized_key(key)
                 build_dtype = self.dtype_of(key) if quantize_later or dtype is None else dtype
-                builders[key] = ShardBuilder(key, source_shapes[key], self.source_tp, rank, tp, build_dtype, device)
+                builders[key] = ShardBuilder(
+                    key, split_of(key), source_shapes[key], self.source_tp, rank, tp, build_dtype, device
+                )
         plan = [(s, [k for k, b in builders.items() if b.needs(s)]) for s in range(self.source_tp)]
         last_source = {key: s for s, ks in plan for key in ks}
         total = sum(len(ks) for _, ks in plan)
@@ -214,10 +240,10 @@ def open_checkpoint(path: str | Path, config: GLMConfig | None = None) -> Checkp
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a file; pass the folder that holds it")
-    if hf.is_chatglm_checkpoint(path):
+    if hf.model_type(path) is not None:
         raise CheckpointError(
-            f"{path} is a ChatGLM-6B (Hugging Face) checkpoint: chat with it through `glm-engine chat --checkpoint "
-            f"{path}` or glm_engine.load_chatglm()"
+            f"{path} is a Hugging Face {hf.model_type(path)!r} checkpoint, not GLM-130B's SAT or native format: "
+            "load it with glm_engine.load() or `glm-engine run/chat --checkpoint`"
         )
     if native.is_native_checkpoint(path):
         return _open_native(path, config)

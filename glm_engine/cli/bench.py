@@ -30,7 +30,7 @@ from glm_engine.bench.runner import BenchOptions, BenchRun, check_plan, run_as_t
 from glm_engine.bench.spec import Point, expand, parse_ints, parse_quant, parse_tests, split_values
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
-from glm_engine.engine import refuse_exported_folder
+from glm_engine.engine.load import refuse_exported_folder
 from glm_engine.errors import InputError
 from glm_engine.parallel.communicator import init_from_environment, running_under_torchrun
 
@@ -115,7 +115,7 @@ def _meta(
         "model": {
             "name": source.name,
             "description": source.description,
-            "family": source.family.value,
+            "family": source.family.name,
             "config": source.config_dict(),
         },
         "devices": list(run.devices.values()),

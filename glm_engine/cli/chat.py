@@ -1,8 +1,9 @@
-"""``glm-engine chat``: multi-round chat with a ChatGLM-6B checkpoint, as the reference's ``cli_demo.py``.
+"""``glm-engine chat``: multi-round chat with a chat model (ChatGLM-6B), as the reference's ``cli_demo.py``.
 
 Reads one query per line from the terminal or from piped standard input until ``stop`` or end of input; ``clear``
 forgets the conversation. Each reply is streamed as it is generated. With ``--history-file`` the conversation is
-read from and written to a JSON file (a list of ``[query, response]`` pairs) after every round.
+read from and written to a JSON file (a list of ``[query, response]`` pairs) after every round. With ``--tp N`` the
+model is split over N ranks (``glm_engine.cli.ranks``): rank 0 reads the queries and prints the replies.
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
 
-from glm_engine.chatglm_engine import ChatGLMEngine, load_chatglm
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
+from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.run import check_backend_fits
+from glm_engine.engine import Engine, load
 from glm_engine.errors import InputError
 from glm_engine.generation.chat import (
     DEFAULT_MAX_LENGTH,
@@ -28,9 +32,11 @@ from glm_engine.generation.chat import (
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
     ChatOptions,
-    History,
 )
+from glm_engine.parallel.communicator import Communicator
 from glm_engine.quant.spec import QuantSpec
+
+History = list[tuple[str, str]]
 
 WELCOME = "欢迎使用 ChatGLM-6B 模型，输入内容即可进行对话，clear 清空对话历史，stop 终止程序"
 USER_PROMPT = "\n用户："
@@ -86,10 +92,8 @@ class StreamPrinter:
         print(flush=True)
 
 
-def converse(engine: ChatGLMEngine, history: History, options: dict, history_file: Path | None) -> None:
-    """The read-reply loop on standard input."""
-    generator = torch.Generator().manual_seed(options["seed"])  # one random stream for the whole session
-    print(WELCOME)
+def typed_queries() -> Iterator[str]:
+    """Lines typed at the prompt until ``stop`` or end of input (``clear`` is passed on: it resets the history)."""
     while True:
         try:
             query = input(USER_PROMPT).strip()
@@ -98,27 +102,50 @@ def converse(engine: ChatGLMEngine, history: History, options: dict, history_fil
             return
         if query == STOP:
             return
+        if query:
+            yield query
+
+
+def as_messages(history: History, query: str) -> list[dict[str, str]]:
+    """The conversation so far and the new query as OpenAI-style messages."""
+    messages = []
+    for past, reply in history:
+        messages += [{"role": "user", "content": past}, {"role": "assistant", "content": reply}]
+    return [*messages, {"role": "user", "content": query}]
+
+
+def converse(engine: Engine, comm: Communicator, history: History, options: dict, history_file: Path | None) -> None:
+    """The read-reply loop: rank 0 reads standard input and prints; every rank computes each reply."""
+    generator = torch.Generator().manual_seed(options["seed"])  # one random stream for the whole session
+    leader = comm.is_leader
+    if leader:
+        print(WELCOME)
+    for query in shared_queries(comm, typed_queries() if leader else None):
         if query == CLEAR:
             history = []
-            write_history(history_file, history)
-            if sys.stdout.isatty():
-                print("\033[2J\033[H", end="")
-            print(WELCOME)
+            if leader:
+                write_history(history_file, history)
+                if sys.stdout.isatty():
+                    print("\033[2J\033[H", end="")
+                print(WELCOME)
             continue
-        if not query:
-            continue
-        print(BOT_PREFIX, end="", flush=True)
-        printer = StreamPrinter()
+        printer = StreamPrinter() if leader else None
+        if leader:
+            print(BOT_PREFIX, end="", flush=True)
         try:
-            reply, history = engine.chat(query, history, generator=generator, on_text=printer, **options)
+            reply = engine.chat(as_messages(history, query), generator=generator, on_text=printer, **options)
         except InputError as exc:  # e.g. the conversation outgrew --max-length: say so and keep the session
-            print(f"\nerror: {exc}", file=sys.stderr)
+            if leader:
+                print(f"\nerror: {exc}", file=sys.stderr)
             continue
-        printer.finish(reply)
-        write_history(history_file, history)
+        history = [*history, (query, reply["content"])]
+        if leader:
+            printer.finish(reply["content"])
+            write_history(history_file, history)
 
 
 def chat(
+    ctx: typer.Context,
     checkpoint: Annotated[
         str, typer.Option(help="ChatGLM-6B Hugging Face folder (fp16, INT8 or INT4), or chatglm-tiny (random)")
     ],
@@ -147,35 +174,47 @@ def chat(
         str | None,
         typer.Option(help="--backend onnxruntime: cpu, cuda, tensorrt, migraphx, rocm or cann (default: best found)"),
     ] = None,
+    tp: Annotated[
+        int, typer.Option("--tp", help="tensor-parallel degree: ranks to split the model over (torchrun sets them)")
+    ] = 1,
 ) -> None:
     """Chat with ChatGLM-6B: one query per line, 'clear' forgets the conversation, 'stop' or end of input quits."""
+    options = dict(
+        max_length=max_length,
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        top_p=top_p,
+        top_k=top_k,
+        temperature=temperature,
+        seed=seed,
+    )
+    load_args = dict(
+        backend=backend,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        quant=quant,
+        quant_scheme=quant_scheme,
+        quant_group_size=quant_group_size,
+        quant_output=quant_output,
+        backend_options={"provider": ort_provider} if ort_provider else None,
+    )
     with user_errors():
-        options = dict(
-            max_length=max_length,
-            max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            top_p=top_p,
-            top_k=top_k,
-            temperature=temperature,
-            seed=seed,
-        )
         ChatOptions(**options)  # reject bad options before loading anything
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
         check_backend_fits(checkpoint, backend, ort_provider)
         history = read_history(history_file)
-        with progress_bar("loading weights") as progress:
-            engine = load_chatglm(
-                checkpoint,
-                backend,
-                dtype,
-                tokenizer,
-                progress=progress,
-                quant=quant,
-                quant_scheme=quant_scheme,
-                quant_group_size=quant_group_size,
-                quant_output=quant_output,
-                backend_options={"provider": ort_provider} if ort_provider else None,
+
+    def serve(comm: Communicator, degree: int) -> None:
+        with progress_bar("loading weights") if comm.is_leader else nullcontext(None) as progress:
+            engine = load(checkpoint, progress=progress, tp=degree, communicator=comm, **load_args)
+        if not engine.family.chat_model:
+            raise InputError(
+                f"{engine.source} is a {engine.family.title} model, which has no chat format: run it with "
+                f"`glm-engine run --checkpoint {checkpoint}`"
             )
-        for note in engine.notes:
-            print(f"[glm-engine] {note}", file=sys.stderr)
-        converse(engine, history, options, history_file)
+        if comm.is_leader:
+            for note in engine.notes:
+                print(f"[glm-engine] {note}", file=sys.stderr)
+        converse(engine, comm, history, options, history_file)
+
+    run_session(ctx, "chat", tp, backend, checkpoint, None, serve)

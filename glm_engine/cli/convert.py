@@ -16,9 +16,11 @@ from glm_engine.checkpoint import open_checkpoint
 from glm_engine.checkpoint.atomic import stale_staging_folders
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
-from glm_engine.config import GLMConfig
-from glm_engine.engine import check_quant_fits, resolve_config
+from glm_engine.engine.plan import check_quant_fits
+from glm_engine.engine.source import resolve_config
 from glm_engine.errors import InputError
+from glm_engine.model.glm130b.config import GLMConfig
+from glm_engine.model.glm130b.weights import weight_layout
 from glm_engine.quant.spec import QuantSpec
 
 GIB = 2**30
@@ -113,7 +115,7 @@ def quantize(
         if shard_size_gb <= 0:
             raise InputError(f"--shard-size-gb must be positive, got {shard_size_gb}")
         source = open_checkpoint(checkpoint, _config(config))
-        check_quant_fits(source.config, 1, spec)
+        check_quant_fits(weight_layout(source.config), 1, spec)
         _warn_about_leftovers(output)
         started = time.perf_counter()
         with progress_bar(f"quantizing to {spec.describe()}") as progress:

@@ -7,7 +7,6 @@ seed; every rank runs the same decode loop on the same gathered logits, so sampl
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -19,23 +18,19 @@ from typing import Annotated
 
 import torch
 import typer
-from torch.distributed.elastic.multiprocessing.errors import record
-from typer.core import TyperOption
 
-from glm_engine.backends.registry import REGISTRY
 from glm_engine.checkpoint.atomic import write_atomically
-from glm_engine.cli.errors import USER_ERROR_EXIT_CODE, user_errors
+from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
+from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.render import styled_answer
-from glm_engine.engine import DEFAULT_MODEL, describe_source, load, peek_config, refuse_exported_folder
-from glm_engine.errors import GlmEngineError, InputError, ParallelError
+from glm_engine.engine import DEFAULT_MODEL, load
+from glm_engine.engine.load import refuse_exported_folder
+from glm_engine.errors import GlmEngineError, InputError
 from glm_engine.generation.blank_filling import Completion
 from glm_engine.generation.options import GenerationOptions
-from glm_engine.parallel.communicator import Communicator, init_from_environment, running_under_torchrun
-from glm_engine.parallel.degree import check_device_count, check_tp_degree
-from glm_engine.parallel.launch import LAUNCHED_BY_GLM_ENGINE, launch_local
+from glm_engine.parallel.communicator import Communicator
 from glm_engine.quant.spec import QuantSpec
-from glm_engine.tokenizer import GLMTokenizer
 
 INTERACTIVE = "interactive"
 PROMPT = "\nPlease Input Query (stop to exit) >>> "
@@ -96,7 +91,7 @@ def output_file(output_path: Path, query_id: str | None, text: str) -> Path:
     return path
 
 
-def report(completion: Completion, tokenizer: GLMTokenizer, print_all_beams: bool) -> None:
+def report(completion: Completion, tokenizer: object, print_all_beams: bool) -> None:
     print(f"\nInput: {completion.prompt}\n")
     if print_all_beams and len(completion.answers) > 1:
         for beam in range(len(completion.answers)):
@@ -108,20 +103,6 @@ def report(completion: Completion, tokenizer: GLMTokenizer, print_all_beams: boo
 def save(completion: Completion, path: Path) -> None:
     text = "".join(answer + "\n" for answer in completion.answers)
     write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def shared_queries(
-    comm: Communicator, queries: Iterable[tuple[str | None, str]] | None
-) -> Iterator[tuple[str | None, str]]:
-    """Rank 0's queries on every rank: rank 0 reads ``queries`` and broadcasts each one, then the end (None)."""
-    if comm.is_leader:
-        assert queries is not None
-        for query in queries:
-            yield comm.broadcast_object(query)
-        comm.broadcast_object(None)
-        return
-    while (query := comm.broadcast_object(None)) is not None:
-        yield query
 
 
 def serve(
@@ -178,20 +159,6 @@ def _open_queries(input_source: str, output_path: Path, with_id: bool) -> Iterab
     return interactive_queries() if input_source == INTERACTIVE else read_queries(Path(input_source), with_id)
 
 
-def command_line(ctx: typer.Context) -> list[str]:
-    """The options of this invocation as command-line arguments, for the ranks to run the same command."""
-    args: list[str] = []
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name or "")
-        if not isinstance(param, TyperOption) or value is None:
-            continue
-        if param.is_flag:
-            args.extend(param.opts[:1] if value else param.secondary_opts[:1])
-        else:
-            args.extend([param.opts[0], str(value.value if isinstance(value, Enum) else value)])
-    return args
-
-
 GRAPH_BACKENDS = ("onnxruntime", "tensorrt")
 
 
@@ -204,33 +171,6 @@ def check_backend_fits(checkpoint: str | None, backend: str, ort_provider: str |
         )
     if backend not in GRAPH_BACKENDS:
         refuse_exported_folder(checkpoint)
-
-
-def _check_before_launch(load_args: dict, tp: int) -> None:
-    """Refuse a TP degree the model or this node cannot take before any rank starts."""
-    backend, _ = REGISTRY.resolve(load_args["backend"])
-    check_device_count(backend, tp)
-    config = peek_config(load_args["path_or_preset"], load_args["config"])
-    check_tp_degree(config, tp, describe_source(load_args["path_or_preset"]))
-
-
-@record
-def _serve_rank(tp: int, session: tuple) -> None:
-    """One rank of a torchrun job: join the process group, serve, leave. ``@record`` writes any exception into the
-    error file torch's launcher reads, so the launching process can name this rank and its message."""
-    options, load_args = session[0], session[1]
-    GenerationOptions.from_kwargs(**options)
-    backend, _ = REGISTRY.resolve(load_args["backend"])
-    comm = init_from_environment(backend)
-    try:
-        if comm.world_size != tp:
-            raise ParallelError(
-                f"torchrun started {comm.world_size} ranks but --tp is {tp}; pass --tp {comm.world_size} or start "
-                f"{tp} ranks (--nnodes x --nproc-per-node)"
-            )
-        serve(comm, tp, *session)
-    finally:
-        comm.close()
 
 
 def run(
@@ -314,28 +254,12 @@ def run(
         quant_output=quant_output,
         backend_options={"provider": ort_provider} if ort_provider else None,
     )
-    session = (options, load_args, input_source, output_path, with_id, print_all_beams)
-    if running_under_torchrun():
-        _run_as_rank(tp, session)
-        return
     with user_errors():
         GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
         check_backend_fits(checkpoint, backend, ort_provider)
-        if tp < 1:
-            raise InputError(f"--tp must be at least 1, got {tp}")
-        if tp == 1:
-            serve(Communicator(), 1, *session)
-            return
-        _check_before_launch(load_args, tp)
-        launch_local(tp, ["run", *command_line(ctx)])
 
+    def serve_rank(comm: Communicator, degree: int) -> None:
+        serve(comm, degree, options, load_args, input_source, output_path, with_id, print_all_beams)
 
-def _run_as_rank(tp: int, session: tuple) -> None:
-    """Serve as one rank; a user error ends this rank with exit code 1, reported once by whoever launched it."""
-    try:
-        _serve_rank(tp, session)
-    except (GlmEngineError, OSError) as exc:
-        if LAUNCHED_BY_GLM_ENGINE not in os.environ:  # under a plain torchrun, say it here
-            print(f"error: rank {os.environ.get('RANK', '?')}: {exc}", file=sys.stderr)
-        raise typer.Exit(USER_ERROR_EXIT_CODE) from None
+    run_session(ctx, "run", tp, backend, checkpoint or DEFAULT_MODEL, config, serve_rank)

@@ -28,7 +28,7 @@ from glm_engine.evaluation.config import TaskConfig
 from glm_engine.generation.decode import Strategy, decode_aligned
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 from glm_engine.generation.strategies import BeamSearchStrategy, GreedyStrategy
-from glm_engine.vocab import VocabLayout
+from glm_engine.model.glm130b.vocab import VocabLayout
 
 
 def truncate_generation_text(

@@ -21,8 +21,8 @@ from glm_engine.evaluation.datasets import GenerationExample
 from glm_engine.evaluation.generation import answer_tokens, beam_options
 from glm_engine.evaluation.tasks import GenerationTask, Progress
 from glm_engine.generation.strategies import FILTER_VALUE, BeamSearchStrategy
+from glm_engine.model.glm130b.vocab import VocabLayout
 from glm_engine.tokenizer import GLMTokenizer
-from glm_engine.vocab import VocabLayout
 
 # G:tasks/lambada/task.py: icetk ids it never generates and first tokens it bans, for GLM-130B's vocabulary only.
 ICETK_INVALID_IDS = (20068, 146010, 146337)

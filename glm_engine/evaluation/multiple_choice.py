@@ -16,7 +16,7 @@ import torch
 
 from glm_engine.errors import TaskError
 from glm_engine.evaluation.batching import RESERVED_TOKENS, Forward, Sample, collate, micro_batches
-from glm_engine.vocab import VocabLayout
+from glm_engine.model.glm130b.vocab import VocabLayout
 
 
 @dataclass(frozen=True)

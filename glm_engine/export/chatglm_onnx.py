@@ -20,23 +20,23 @@ from typing import Any
 
 import torch
 
-from glm_engine.checkpoint.hf import is_chatglm_checkpoint, open_chatglm_checkpoint
-from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED
+from glm_engine.checkpoint.hf import model_type, open_hf_checkpoint
+from glm_engine.engine.source import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED
 from glm_engine.errors import InputError
 from glm_engine.export.glm_onnx import BATCH, SEQ, GLMGraph
 from glm_engine.export.onnx_export import ExportedModel, Progress, check_output_quant, write_export
 from glm_engine.export.quant_onnx import QuantTarget
-from glm_engine.model.chatglm_config import CHATGLM_PRESETS, ROTARY_BASE, ChatGLMConfig, chatglm_preset
-from glm_engine.model.chatglm_weights import (
+from glm_engine.model.chatglm.config import CHATGLM_PRESETS, ChatGLMConfig, chatglm_preset
+from glm_engine.model.chatglm.rotary import ROTARY_BASE, chatglm_rotary_table
+from glm_engine.model.chatglm.weights import (
     LM_HEAD_KEY,
     SCALE_SUFFIX,
     TensorInfo,
     plan_load,
-    quantizable_keys,
     random_state_dict,
     release_values,
+    weight_layout,
 )
-from glm_engine.model.rotary import chatglm_rotary_table
 from glm_engine.model.weights import LayerWeights, layer_key
 from glm_engine.ops.torch_ops import GELU_TANH_CUBIC, GELU_TANH_SCALE
 from glm_engine.quant.spec import QuantSpec
@@ -49,7 +49,7 @@ def is_chatglm_source(source: str | Path) -> bool:
     name = str(source)
     if name in CHATGLM_PRESETS and not Path(name).exists():
         return True
-    return Path(name).expanduser().is_dir() and is_chatglm_checkpoint(Path(name).expanduser())
+    return Path(name).expanduser().is_dir() and model_type(Path(name).expanduser()) == "chatglm"
 
 
 class ChatGLMGraph(GLMGraph):
@@ -103,7 +103,7 @@ class ChatGLMSource:
         tokenizer: Path = BUILTIN_TOKENIZER_PATH,
         quant_output: bool = False,
     ) -> None:
-        from glm_engine.chatglm_engine import find_chatglm_tokenizer
+        from glm_engine.model.chatglm.family import find_chatglm_tokenizer
 
         self.dtype = dtype
         self.checkpoint = None
@@ -126,8 +126,10 @@ class ChatGLMSource:
             self.description = f"preset {source} with random weights (seed {RANDOM_WEIGHTS_SEED})"
             self.tokenizer = BUILTIN_TOKENIZER_PATH
         else:
-            self.checkpoint = open_chatglm_checkpoint(source)
-            self.config = self.checkpoint.config
+            from glm_engine.model.chatglm.family import read_chatglm_config
+
+            self.checkpoint = open_hf_checkpoint(source)
+            self.config = read_chatglm_config(Path(source).expanduser())
             self.tokenizer = find_chatglm_tokenizer(None, self.checkpoint.path)  # fail before writing anything
             stored_bits = plan_load(self.checkpoint.entries, self.config, str(self.checkpoint.path)).quantized_bits
             self.description = self.checkpoint.describe()
@@ -142,7 +144,7 @@ class ChatGLMSource:
         self.quant = quant or (QuantSpec(bits) if bits else None)
         check_output_quant(quant_output, self.quant)
         self.quant_output, self.output_name = quant_output, "lm_head"
-        self._quantizable = set(quantizable_keys(self.config))
+        self._quantizable = set(weight_layout(self.config).quantizable)
 
     def _raw(self, keys: list[str]) -> dict[str, torch.Tensor]:
         if self.checkpoint is None:

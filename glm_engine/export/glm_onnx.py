@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from glm_engine.config import GLMConfig
 from glm_engine.export.onnx_builder import GraphBuilder, onnx_type
 from glm_engine.export.quant_onnx import QuantTarget, emit_dequantize_matmul, emit_matmul_nbits
-from glm_engine.model.rotary import rotary_table
+from glm_engine.model.glm130b.config import GLMConfig
+from glm_engine.model.glm130b.rotary import rotary_table
 from glm_engine.model.weights import LayerWeights
 from glm_engine.ops.torch_ops import MASKED_SCORE
 from glm_engine.quant.weight import QuantizedWeight

@@ -24,21 +24,16 @@ import torch
 from glm_engine.backends.base import dtype_name
 from glm_engine.checkpoint import open_checkpoint
 from glm_engine.checkpoint.atomic import staged_folder
-from glm_engine.config import GLMConfig
-from glm_engine.engine import DEFAULT_MODEL, RANDOM_WEIGHTS_SEED, _is_preset, resolve_config
+from glm_engine.engine.source import DEFAULT_MODEL, RANDOM_WEIGHTS_SEED, resolve_config
+from glm_engine.engine.source import is_preset as _is_preset
 from glm_engine.errors import InputError
 from glm_engine.export.glm_onnx import LOGITS_TO_KEEP, NUM_LOGITS, OPSET, GLMGraph, QuantEmit, io_names
 from glm_engine.export.onnx_builder import GraphBuilder
 from glm_engine.export.quant_onnx import QuantTarget, check_target
-from glm_engine.model.chatglm_config import ChatGLMConfig
-from glm_engine.model.weights import (
-    EMBEDDING_KEY,
-    FINAL_LN_KEYS,
-    LayerWeights,
-    layer_key,
-    quantize_linears,
-    random_state_dict,
-)
+from glm_engine.model.chatglm.config import ChatGLMConfig
+from glm_engine.model.glm130b.config import GLMConfig
+from glm_engine.model.glm130b.weights import EMBEDDING_KEY, FINAL_LN_KEYS, quantize_linears, random_state_dict
+from glm_engine.model.weights import LayerWeights, layer_key
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH, MODEL_FILENAME, find_tokenizer_model
@@ -408,8 +403,8 @@ class ExportedInfo:
 def read_exported(folder: str | Path) -> ExportedInfo:
     """Read ``genai_config.json`` of a folder made by ``export_onnx``, or say what the folder is missing."""
     from glm_engine.backends.base import DTYPE_NAMES
-    from glm_engine.config import read_json_object
     from glm_engine.errors import CheckpointError
+    from glm_engine.model.glm130b.config import read_json_object
 
     folder = Path(folder)
     path = folder / GENAI_CONFIG_FILE

@@ -21,15 +21,14 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from glm_engine.backends.base import dtype_name
-from glm_engine.config import GLMConfig
 from glm_engine.errors import InputError
 from glm_engine.export.onnx_export import ExportedInfo, _Weights, read_exported
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
-from glm_engine.model.chatglm import ChatGLMModel
-from glm_engine.model.chatglm_config import ChatGLMConfig
-from glm_engine.model.chatglm_weights import ChatGLMWeights
-from glm_engine.model.glm import GLMModel
-from glm_engine.model.weights import EMBEDDING_KEY, FINAL_LN_KEYS, GLMWeights, LayerWeights, parameter_shapes
+from glm_engine.model.chatglm.config import ChatGLMConfig
+from glm_engine.model.glm130b.config import GLMConfig
+from glm_engine.model.glm130b.weights import EMBEDDING_KEY, FINAL_LN_KEYS, parameter_shapes
+from glm_engine.model.graph import DecoderModel
+from glm_engine.model.weights import LayerWeights, ModelWeights
 from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
@@ -117,7 +116,7 @@ def verify_rows(gmask: int, mask: int, sop: int, text_ids: range, seed: int = VE
 def verify_batch(config: GLMConfig | ChatGLMConfig, steps: int) -> AlignedBatch:
     """The two verify rows aligned as the model's generator aligns them, with room for ``steps`` tokens."""
     if isinstance(config, ChatGLMConfig):
-        from glm_engine.generation.chat import chatglm_batch
+        from glm_engine.model.chatglm.chat import chatglm_batch
 
         text = range(config.num_image_tokens + 20, min(config.mask_token_id, config.vocab_size))
         rows = verify_rows(config.gmask_token_id, config.mask_token_id, config.bos_token_id, text)
@@ -206,24 +205,26 @@ class ExactDequantizingLinear(DequantizingLinear):
 
 def exact_reference(
     source: str, config: str | None, quant: QuantSpec | None, output: QuantSpec | None = None
-) -> GLMModel:
+) -> DecoderModel:
     """The model of ``source`` over ``TorchOps`` in fp32, quantized like the export and dequantized exactly;
     ``output``: the format of a quantized output projection (``--quant-output``)."""
     weights = _Weights(source, config, torch.float32, quant)
     state = weights.read(list(parameter_shapes(weights.config)))
     ops = TorchOps(torch.device("cpu"), torch.float32)
-    model_weights = GLMWeights.from_state_dict(
+    from glm_engine.model.glm130b.weights import weight_layout
+
+    model_weights = ModelWeights.assemble(
+        weight_layout(weights.config),
         state,
-        weights.config,
         torch.float32,
         "cpu",
         prepare=lambda w: ExactDequantizingLinear(w.to("cpu")),
-        output_quant=None if output is None else (output.bits, output.group_size),
+        output_quant=output,
     )
-    return GLMModel(weights.config, model_weights, ops)
+    return DecoderModel(weights.config, model_weights, ops)
 
 
-def exact_chatglm_reference(source: str, quant: QuantSpec | None, quant_output: bool = False) -> ChatGLMModel:
+def exact_chatglm_reference(source: str, quant: QuantSpec | None, quant_output: bool = False) -> DecoderModel:
     """:func:`exact_reference` for ChatGLM: its weights read as the export reads them, over ``TorchOps`` in fp32."""
     from glm_engine.export.chatglm_onnx import ChatGLMSource
 
@@ -239,14 +240,15 @@ def exact_chatglm_reference(source: str, quant: QuantSpec | None, quant_output: 
     embedding = weights.read([EMBEDDING_KEY])[EMBEDDING_KEY]
     final = weights.read(list(FINAL_LN_KEYS))
     head = exact(weights.output_projection())
-    model_weights = ChatGLMWeights(embedding, layers, final[FINAL_LN_KEYS[0]], final[FINAL_LN_KEYS[1]], head)
-    return ChatGLMModel(weights.config, model_weights, TorchOps(torch.device("cpu"), torch.float32))
+    model_weights = ModelWeights(embedding, layers, final[FINAL_LN_KEYS[0]], final[FINAL_LN_KEYS[1]], head)
+    return DecoderModel(weights.config, model_weights, TorchOps(torch.device("cpu"), torch.float32))
 
 
 def _stored_quant(info: ExportedInfo, source: str, config: str | None) -> QuantSpec | None:
     """The quantization ``source`` itself stores (a quantized checkpoint or release), None for floating point."""
     from glm_engine.checkpoint import open_checkpoint
-    from glm_engine.engine import _is_preset, resolve_config
+    from glm_engine.engine.source import is_preset as _is_preset
+    from glm_engine.engine.source import resolve_config
 
     if info.is_chatglm:
         from glm_engine.export.chatglm_onnx import ChatGLMSource
@@ -270,7 +272,7 @@ def _cpu_model(
 ) -> object:
     """``source`` on glm-engine's CPU backend in the export's dtype, quantized as for :func:`_exact_model`."""
     if info.is_chatglm:
-        from glm_engine.chatglm_engine import load_chatglm
+        from glm_engine.engine.deprecated import load_chatglm
 
         quant = None if request is None else f"int{request.bits}"
         scheme = "rowwise" if request is None or request.group_size is None else "groupwise"

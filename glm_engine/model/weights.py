@@ -1,48 +1,28 @@
-"""GLM weights: the reference's state-dict names and shapes, a typed container, and seeded random weights.
+"""Weights of any family: the layout a family declares, the typed container the graph reads, and assembling it.
 
-Names are SwissArmyTransformer's (``transformer.layers.{i}.attention.query_key_value.weight`` ...), used unchanged by
-the native format too, so a SAT state dict and ours are the same thing (glm130b.md section 2.2).
+A family's :class:`WeightLayout` names every tensor with its TP=1 shape and tensor-parallel split and says which
+linears weight-only quantization applies to; a :class:`WeightReader` hands out one rank's tensors (floating point, or
+``QuantizedWeight`` for quantized linears) from a checkpoint, files or memory; :meth:`ModelWeights.assemble` puts
+them on the device in the runtime form the backend's op table prepares. See ``docs/families.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
 
 import torch
 
-from glm_engine.config import GLMConfig
 from glm_engine.errors import CheckpointError
 from glm_engine.ops.interface import PackedLinear
-from glm_engine.parallel.sharding import shard_shape
+from glm_engine.parallel.sharding import Split, shard_shape
+from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 
-EMBEDDING_KEY = "transformer.word_embeddings.weight"
-FINAL_LN_KEYS = ("transformer.final_layernorm.weight", "transformer.final_layernorm.bias")
-# Buffers some releases carry that are recomputed, never loaded (glm130b.md section 2.2).
-IGNORED_KEY_SUFFIXES = (".rotary_emb.inv_freq",)
-# The four linears per layer the reference quantizes (glm130b.md section 3.1); everything else stays floating point.
-QUANTIZED_SUFFIXES = (
-    "attention.query_key_value.weight",
-    "attention.dense.weight",
-    "mlp.dense_h_to_4h.weight",
-    "mlp.dense_4h_to_h.weight",
-)
-
-
-def is_quantized_key(key: str) -> bool:
-    """Whether ``key`` is one of the linears weight-only quantization applies to."""
-    return key.startswith("transformer.layers.") and key.endswith(QUANTIZED_SUFFIXES)
-
-
-def quantize_linears(
-    state_dict: Mapping[str, torch.Tensor | QuantizedWeight], bits: int, group_size: int | None
-) -> dict[str, torch.Tensor | QuantizedWeight]:
-    """The state dict with its floating-point linears quantized (from their fp16 values, as the reference does)."""
-    return {
-        k: QuantizedWeight.quantize(v, bits, group_size) if is_quantized_key(k) and isinstance(v, torch.Tensor) else v
-        for k, v in state_dict.items()
-    }
+Progress = Callable[[int, int], None]
+Prepare = Callable[[QuantizedWeight], PackedLinear]
+Weight = torch.Tensor | QuantizedWeight
 
 
 @dataclass
@@ -57,13 +37,13 @@ class LayerWeights:
     dense_bias: torch.Tensor
     post_attention_layernorm_weight: torch.Tensor
     post_attention_layernorm_bias: torch.Tensor
-    dense_h_to_4h_weight: torch.Tensor  # [2*inner, h]: first half linear, second half gate
+    dense_h_to_4h_weight: torch.Tensor  # [inner, h], or [2*inner, h] for a GLU: first half linear, second gate
     dense_h_to_4h_bias: torch.Tensor
     dense_4h_to_h_weight: torch.Tensor  # [h, inner]
     dense_4h_to_h_bias: torch.Tensor
 
 
-# LayerWeights field -> key suffix after ``transformer.layers.{i}.``
+# LayerWeights field -> key suffix after ``transformer.layers.{i}.`` (SAT's names, which ChatGLM-6B kept).
 LAYER_KEY_SUFFIX = {
     "input_layernorm_weight": "input_layernorm.weight",
     "input_layernorm_bias": "input_layernorm.bias",
@@ -78,6 +58,8 @@ LAYER_KEY_SUFFIX = {
     "dense_4h_to_h_weight": "mlp.dense_4h_to_h.weight",
     "dense_4h_to_h_bias": "mlp.dense_4h_to_h.bias",
 }
+# The four linears per layer weight-only quantization replaces (the reference's choice, in both families).
+QUANTIZED_FIELDS = ("query_key_value_weight", "dense_weight", "dense_h_to_4h_weight", "dense_4h_to_h_weight")
 
 
 def layer_key(layer: int, field_name: str) -> str:
@@ -85,7 +67,7 @@ def layer_key(layer: int, field_name: str) -> str:
 
 
 def layer_parameter_shapes(hidden: int, h_to_4h_rows: int, inner: int) -> dict[str, tuple[int, ...]]:
-    """One layer's LayerWeights fields with their TP=1 shapes; ``h_to_4h_rows`` is ``2 * inner`` for GeGLU."""
+    """One layer's LayerWeights fields with their TP=1 shapes; ``h_to_4h_rows`` is ``2 * inner`` for a GLU."""
     h = hidden
     return {
         "input_layernorm_weight": (h,),
@@ -103,125 +85,162 @@ def layer_parameter_shapes(hidden: int, h_to_4h_rows: int, inner: int) -> dict[s
     }
 
 
-def parameter_shapes(config: GLMConfig, tp: int = 1) -> dict[str, tuple[int, ...]]:
-    """Every expected state-dict key with its shape on one rank of tensor-parallel degree ``tp``."""
-    h = config.hidden_size
-    layer_shapes = layer_parameter_shapes(h, 2 * config.inner_hidden_size, config.inner_hidden_size)
-    shapes: dict[str, tuple[int, ...]] = {EMBEDDING_KEY: (config.vocab_size, h)}
-    for layer in range(config.num_layers):
-        for name, shape in layer_shapes.items():
-            shapes[layer_key(layer, name)] = shape
-    shapes.update({key: (h,) for key in FINAL_LN_KEYS})
-    if tp == 1:
-        return shapes
-    return {key: shard_shape(key, shape, tp) for key, shape in shapes.items()}
+@dataclass(frozen=True)
+class WeightLayout:
+    """Every tensor of one family's model: names, TP=1 shapes, splits, and what is quantizable."""
+
+    shapes: dict[str, tuple[int, ...]]  # every key the model uses, with its TP=1 shape, in loading order
+    split: Callable[[str], Split]  # the tensor-parallel split of a key
+    num_layers: int
+    embedding_key: str
+    final_norm_keys: tuple[str, str]
+    output_key: str | None = None  # a separate output matrix; None: the logits use the (tied) embedding
+    ignored_suffixes: tuple[str, ...] = ()  # buffers some releases carry that are recomputed, never loaded
+
+    @property
+    def quantizable_keys(self) -> tuple[str, ...]:
+        """The linears weight-only quantization applies to, layer by layer in forward order (the output matrix only
+        when asked for, separately)."""
+        return tuple(layer_key(n, f) for n in range(self.num_layers) for f in QUANTIZED_FIELDS)
+
+    @property
+    def quantizable(self) -> frozenset[str]:
+        return frozenset(self.quantizable_keys)
+
+    def shapes_at(self, tp: int) -> dict[str, tuple[int, ...]]:
+        """Every key with its shape on one rank of TP degree ``tp``."""
+        if tp == 1:
+            return dict(self.shapes)
+        return {key: shard_shape(self.split(key), shape, tp) for key, shape in self.shapes.items()}
 
 
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: GLMConfig, source: str, tp: int = 1) -> list[str]:
-    """Raise CheckpointError naming every missing, unexpected, misshapen and non-float key; return the keys left
-    unused (see ``checkpoint.layout.validate``, which checks files the same way from their metadata)."""
-    from glm_engine.checkpoint.layout import infos_of, validate  # layout builds on this module's key names
+class WeightReader(Protocol):
+    """One rank's tensors of a model, from wherever its weights live (a checkpoint folder, files, memory)."""
 
-    return validate(infos_of(state_dict), config, tp, None, source)
+    config: Any  # the config the weights were validated against
+    description: str
+    unused_keys: list[str]
+
+    @property
+    def stored_quant(self) -> QuantSpec | None:
+        """How the stored linears are quantized; None for floating point."""
+
+    def runtime_quant_specs(self, tp: int) -> list[QuantSpec]:
+        """The formats the stored linears take on a rank of ``tp`` (re-sharding can make rowwise groupwise)."""
+
+    def read(
+        self,
+        rank: int,
+        tp: int,
+        dtype: torch.dtype | None,
+        device: torch.device | str = "cpu",
+        progress: Progress | None = None,
+        keys: list[str] | None = None,
+        quant: QuantSpec | None = None,
+        keep_quantized: bool = True,
+        output_quant: QuantSpec | None = None,
+    ) -> dict[str, Weight]:
+        """Rank ``rank`` of ``tp``'s ``keys`` (default: all), floating-point ones in ``dtype`` (None: as stored) on
+        ``device``. ``quant`` quantizes the quantizable linears on the rank's shard from their fp16 values;
+        ``output_quant`` does the same for a separate output matrix; a quantized source stays ``QuantizedWeight``
+        unless ``keep_quantized`` is False (then it is dequantized as the reference does)."""
 
 
 @dataclass
-class GLMWeights:
-    """All parameters of a GLM model, as tensors on one device in one dtype."""
+class ModelWeights:
+    """All parameters of a model, on one device: floating point in the compute dtype, quantized linears in the
+    backend's runtime form."""
 
-    word_embeddings: torch.Tensor  # [vocab, h], also the tied output projection
+    word_embeddings: torch.Tensor  # [vocab (/ tp), h]
     layers: list[LayerWeights]
     final_layernorm_weight: torch.Tensor
     final_layernorm_bias: torch.Tensor
+    output: torch.Tensor | PackedLinear | None = None  # None: the tied embedding computes the logits
     unused_keys: list[str] = field(default_factory=list)  # keys of the source the model does not use
-    # A quantized copy of the embedding for the logits (``quant_output``); None = the tied embedding itself.
-    output_projection: PackedLinear | None = None
+    layout: WeightLayout | None = field(default=None, repr=False)  # the names the weights were loaded under
 
     @property
-    def output(self) -> torch.Tensor | PackedLinear:
-        """The output projection ``[vocab, h]``: the tied embedding, or its quantized copy."""
-        return self.word_embeddings if self.output_projection is None else self.output_projection
+    def logits_weight(self) -> torch.Tensor | PackedLinear:
+        """The output projection ``[vocab (/ tp), h]``: a separate matrix, or the embedding itself."""
+        return self.word_embeddings if self.output is None else self.output
 
     @classmethod
-    def from_state_dict(
+    def assemble(
         cls,
-        state_dict: Mapping[str, torch.Tensor],
-        config: GLMConfig,
+        layout: WeightLayout,
+        tensors: Mapping[str, Weight],
         dtype: torch.dtype,
         device: torch.device | str,
-        source: str = "state dict",
-        progress: Callable[[int, int], None] | None = None,
-        tp: int = 1,
-        prepare: Callable[[QuantizedWeight], PackedLinear] | None = None,
-        output_quant: tuple[int, int | None] | None = None,
-    ) -> GLMWeights:
-        """Validate, then convert each tensor to ``dtype`` on ``device`` one at a time (no second full copy).
-
-        ``state_dict`` holds one rank's shards when ``tp > 1``. ``progress(done, total)`` is called after each
-        tensor, for a progress bar on long loads. ``output_quant = (bits, group_size)`` adds a quantized copy of the
-        embedding for the logits (the lookup keeps the floating-point table), made by ``prepare``.
-        """
-        unused = check_state_dict(state_dict, config, source, tp)
-        total, done = len(parameter_shapes(config)), 0
+        prepare: Prepare | None = None,
+        output_quant: QuantSpec | None = None,
+        unused_keys: Iterable[str] = (),
+    ) -> ModelWeights:
+        """The weights from one rank's ``tensors`` (a reader's result): floating point to ``dtype`` on ``device``,
+        ``QuantizedWeight`` through ``prepare`` (a backend's ``OpTable.prepare_quantized``). With a tied output,
+        ``output_quant`` adds a quantized copy of the embedding for the logits, made from its fp16 values (the
+        lookup keeps the floating-point table)."""
 
         def take(key: str) -> torch.Tensor | PackedLinear:
-            nonlocal done
-            value = state_dict[key]
+            value = tensors[key]
             if isinstance(value, QuantizedWeight):
                 if prepare is None:
-                    raise CheckpointError(f"{source}: {key} is quantized but no backend was given to run it")
-                tensor = prepare(value.to(device))
-            else:
-                tensor = value.to(device=device, dtype=dtype).contiguous()
-            done += 1
-            if progress is not None:
-                progress(done, total)
-            return tensor
+                    raise CheckpointError(f"{key} is quantized but no backend was given to run it")
+                return prepare(value.to(device))
+            return value.to(device=device, dtype=dtype).contiguous()
 
-        embeddings = take(EMBEDDING_KEY)
-        output = None
-        if output_quant is not None:
+        missing = [k for k in layout.shapes if k not in tensors]
+        if missing:
+            raise CheckpointError(f"tensors missing while loading: {missing[:5]}")
+        embeddings = take(layout.embedding_key)
+        output = take(layout.output_key) if layout.output_key is not None else None
+        if output is None and output_quant is not None:
             if prepare is None:
                 raise CheckpointError("a quantized output projection needs a backend to run it (prepare)")
-            output = prepare(QuantizedWeight.quantize(embeddings.to(torch.float16), *output_quant))
+            copy = QuantizedWeight.quantize(embeddings.to(torch.float16), output_quant.bits, output_quant.group_size)
+            output = prepare(copy)
         layers = [
             LayerWeights(**{f.name: take(layer_key(n, f.name)) for f in fields(LayerWeights)})
-            for n in range(config.num_layers)
+            for n in range(layout.num_layers)
         ]
-        return cls(embeddings, layers, take(FINAL_LN_KEYS[0]), take(FINAL_LN_KEYS[1]), unused, output)
+        final_weight, final_bias = (take(k) for k in layout.final_norm_keys)
+        return cls(embeddings, layers, final_weight, final_bias, output, list(unused_keys), layout)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights under their reference key names."""
-        out = {EMBEDDING_KEY: self.word_embeddings}
+    def state_dict(self) -> dict[str, Any]:
+        """The weights under the names they were loaded under (quantized linears in their runtime form); a separate
+        output matrix under its own name, a quantized copy of a tied embedding left out."""
+        layout = self.layout
+        if layout is None:
+            raise CheckpointError("these weights were not assembled from a layout, so they have no names")
+        out: dict[str, Any] = {layout.embedding_key: self.word_embeddings}
         for n, layer in enumerate(self.layers):
             out.update({layer_key(n, f.name): getattr(layer, f.name) for f in fields(LayerWeights)})
-        out[FINAL_LN_KEYS[0]], out[FINAL_LN_KEYS[1]] = self.final_layernorm_weight, self.final_layernorm_bias
+        out[layout.final_norm_keys[0]], out[layout.final_norm_keys[1]] = (
+            self.final_layernorm_weight,
+            self.final_layernorm_bias,
+        )
+        if layout.output_key is not None:
+            out[layout.output_key] = self.output
         return out
 
     def nbytes(self) -> int:
-        """Bytes of all weights in their runtime form (quantized linears at their packed size), the quantized
-        output projection included."""
-        tensors = [
-            *self.state_dict().values(),
-            *([self.output_projection] if self.output_projection is not None else []),
-        ]
-        return sum(t.nbytes if isinstance(t, PackedLinear) else t.numel() * t.element_size() for t in tensors)
+        """Bytes of all weights in their runtime form (quantized linears at their packed size), the output
+        projection included."""
+        tensors = [self.word_embeddings, self.final_layernorm_weight, self.final_layernorm_bias]
+        tensors += [getattr(layer, f.name) for layer in self.layers for f in fields(LayerWeights)]
+        tensors += [self.output] if self.output is not None else []
+        return sum(_nbytes(t) for t in tensors)
+
+    def streamed_bytes(self) -> int:
+        """Bytes a decode step reads: every weight in its runtime form, except an embedding table that is not also
+        the output projection, of which a step reads one row per token."""
+        total = self.nbytes()
+        if self.output is not None:
+            total -= _nbytes(self.word_embeddings)
+        return total
 
 
-def random_state_dict(config: GLMConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Seeded random weights that keep activations O(1) and give non-trivial greedy output.
-
-    Embedding rows ~ N(0, 1); each linear ~ N(0, 1/fan_in); layer LayerNorm gains 1 +- 0.2; biases ~ N(0, 0.1).
-    The final LayerNorm gain is N(0, 1) with random signs: with a tied output embedding and the DeepNorm residual,
-    gains near 1 make "repeat the input token" the model's fixed point, and larger linear weights instead make an
-    fp16 model chaotic. Random signs break the fixed point without amplifying rounding noise.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in parameter_shapes(config).items():
-        noise = torch.randn(shape, generator=gen)
-        out[key] = (noise if key == FINAL_LN_KEYS[0] else scaled_noise(key, noise)).to(dtype)
-    return out
+def _nbytes(tensor: torch.Tensor | PackedLinear) -> int:
+    return tensor.nbytes if isinstance(tensor, PackedLinear) else tensor.numel() * tensor.element_size()
 
 
 def scaled_noise(key: str, noise: torch.Tensor) -> torch.Tensor:

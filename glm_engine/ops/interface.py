@@ -62,6 +62,10 @@ class ModelConfig(Protocol):
     @property
     def head_dim(self) -> int: ...
 
+    def tp_axes(self) -> dict[str, int]:
+        """What tensor parallelism splits, by name (heads, vocab rows, MLP units): each must divide by the degree."""
+        ...
+
 
 class DecodeStepper(Protocol):
     """Runs one cached decode step: one new token per row, the logits of that position ``[b, 1, vocab]``."""

@@ -1,33 +1,37 @@
 """Whether a tensor-parallel degree fits a model and a node, checked before anything heavy happens.
 
-The wrong TP degree for the GPU count was the reference stack's most common user problem (glm130b.md section 7,
-problem 7); here it is a one-line error that lists the degrees that would work.
+The wrong TP degree for the GPU count was the reference stack's most common user problem
+(``docs/tensor-parallelism.md``); here it is a one-line error that lists the degrees that would work.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from glm_engine.backends.base import Backend
-from glm_engine.config import GLMConfig
 from glm_engine.errors import ParallelError
+from glm_engine.model.config_checks import even_split_degrees
 
 
-def check_tp_degree(config: GLMConfig, tp: int, model: str = "the model") -> None:
-    """Raise ParallelError unless ``tp`` splits the heads, vocab rows and GeGLU units of ``config`` evenly."""
-    valid = config.valid_tp_degrees(limit=max(64, tp))
+def check_tp_axes(axes: Mapping[str, int], tp: int, model: str = "the model") -> None:
+    """Raise ParallelError unless ``tp`` divides every one of ``axes`` (a model's ``tp_axes()``: heads, vocab rows,
+    MLP units ...), listing the degrees that would work."""
+    valid = even_split_degrees(tuple(axes.values()), limit=max(64, tp))
     if tp in valid:
         return
-    axes = (
-        ("attention heads", config.num_attention_heads),
-        ("vocab rows", config.vocab_size),
-        ("GeGLU units", config.inner_hidden_size),
-    )
     if tp < 1:
         why = "it must be at least 1"
     else:
-        why = ", ".join(f"{n} {name}" for name, n in axes if n % tp) + f" do not divide by {tp}"
+        why = ", ".join(f"{n} {name}" for name, n in axes.items() if n % tp) + f" do not divide by {tp}"
     raise ParallelError(
         f"tensor-parallel degree {tp} does not fit {model} ({why}); valid degrees: {', '.join(map(str, valid))}"
     )
+
+
+def check_tp_degree(config: Any, tp: int, model: str = "the model") -> None:
+    """:func:`check_tp_axes` for a model config of any family (its ``tp_axes()``)."""
+    check_tp_axes(config.tp_axes(), tp, model)
 
 
 def check_device_count(backend: Backend, ranks_per_node: int) -> None:

@@ -1,9 +1,9 @@
-"""How each GLM weight is split across tensor-parallel ranks, and re-sharding between any two TP degrees.
+"""How a weight is split across tensor-parallel ranks, and re-sharding between any two TP degrees.
 
-The reference's rules (glm130b.md section 2.3): column-parallel weights (QKV, ``dense_h_to_4h``, the word embedding)
-split dim 0 and their biases with them; row-parallel weights (``attention.dense``, ``mlp.dense_4h_to_h``) split
-dim 1 and keep their bias whole; LayerNorms are replicated. ``dense_h_to_4h`` is GLU-aware: each rank holds its
-slice of the linear half followed by its slice of the gate half. QKV needs no special case (heads are contiguous).
+The kinds of split (``docs/tensor-parallelism.md``): column-parallel weights split dim 0 and their biases with them;
+row-parallel weights split dim 1 and keep their bias whole; norms are replicated; a GLU's ``[linear; gate]`` weight is
+split per half, so each rank holds its slice of the linear half followed by its slice of the gate half. Which weight
+takes which split is a family's rule (``Family.weight_layout(config).split``), never decided here.
 
 Re-sharding is written in global coordinates: a rank's shard is a list of *segments* (a global range of the split
 axis and where it sits in the local tensor), and a target shard is filled from the overlaps with the source
@@ -26,22 +26,6 @@ class Split(Enum):
     COLUMN = "column"  # dim 0, contiguous
     GLU_COLUMN = "glu-column"  # dim 0, each half split separately
     ROW = "row"  # dim 1
-
-
-_ROW_WEIGHTS = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
-_GLU = ("mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
-_COLUMN = ("attention.query_key_value.weight", "attention.query_key_value.bias", "word_embeddings.weight")
-
-
-def split_of(key: str) -> Split:
-    """How ``key`` (a reference state-dict name of a floating-point tensor) is split."""
-    if key.endswith(_ROW_WEIGHTS):
-        return Split.ROW
-    if key.endswith(_GLU):
-        return Split.GLU_COLUMN
-    if key.endswith(_COLUMN):
-        return Split.COLUMN
-    return Split.REPLICATED
 
 
 def split_dim(split: Split) -> int:
@@ -68,9 +52,8 @@ def segments(split: Split, global_length: int, rank: int, tp: int) -> list[Segme
     return [Segment(p * part + rank * piece, p * part + (rank + 1) * piece, p * piece) for p in range(parts)]
 
 
-def shard_shape(key: str, global_shape: Sequence[int], tp: int) -> tuple[int, ...]:
-    """The per-rank shape of ``key`` at TP degree ``tp``."""
-    split = split_of(key)
+def shard_shape(split: Split, global_shape: Sequence[int], tp: int) -> tuple[int, ...]:
+    """The per-rank shape of a ``split`` weight at TP degree ``tp``."""
     shape = list(global_shape)
     if split is not Split.REPLICATED:
         dim = split_dim(split)
@@ -79,19 +62,20 @@ def shard_shape(key: str, global_shape: Sequence[int], tp: int) -> tuple[int, ..
     return tuple(shape)
 
 
-def shard(key: str, full: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
+def shard(split: Split, full: torch.Tensor, rank: int, tp: int, key: str = "a weight") -> torch.Tensor:
     """Rank ``rank``'s shard of the full (TP=1) tensor, as a new contiguous tensor."""
-    return reshard(key, [full], rank, tp)
+    return reshard(split, [full], rank, tp, key)
 
 
-def merge(key: str, shards: Sequence[torch.Tensor]) -> torch.Tensor:
+def merge(split: Split, shards: Sequence[torch.Tensor], key: str = "a weight") -> torch.Tensor:
     """The full (TP=1) tensor from all shards in rank order (the reference's merge, including the GLU halves)."""
-    return reshard(key, shards, 0, 1)
+    return reshard(split, shards, 0, 1, key)
 
 
-def reshard(key: str, sources: Sequence[torch.Tensor], rank: int, tp: int) -> torch.Tensor:
+def reshard(split: Split, sources: Sequence[torch.Tensor], rank: int, tp: int, key: str = "a weight") -> torch.Tensor:
     """Rank ``rank`` of ``tp`` built from all source shards (source TP = ``len(sources)``)."""
-    target = ShardBuilder(key, sources[0].shape, len(sources), rank, tp, sources[0].dtype, sources[0].device)
+    first = sources[0]
+    target = ShardBuilder(key, split, first.shape, len(sources), rank, tp, first.dtype, first.device)
     for source_rank, source in enumerate(sources):
         target.add(source_rank, source)
     return target.finish()
@@ -103,6 +87,7 @@ class ShardBuilder:
     def __init__(
         self,
         key: str,
+        split: Split,
         source_shape: Sequence[int],
         source_tp: int,
         rank: int,
@@ -110,7 +95,7 @@ class ShardBuilder:
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.key, self.split = key, split_of(key)
+        self.key, self.split = key, split
         self.source_tp, self.rank, self.tp = source_tp, rank, tp
         self.dim = split_dim(self.split)
         global_shape = list(source_shape)
@@ -119,7 +104,7 @@ class ShardBuilder:
         self.global_length = global_shape[self.dim] if len(global_shape) > self.dim else 1
         self.source_shape = tuple(source_shape)
         self.wanted = segments(self.split, self.global_length, rank, tp)
-        self.shape, self.dtype, self.device = shard_shape(key, global_shape, tp), dtype, device
+        self.shape, self.dtype, self.device = shard_shape(split, global_shape, tp), dtype, device
         self._out: torch.Tensor | None = None  # allocated at the first source that contributes
         self.filled = 0
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from glm_engine.errors import CheckpointError
-from glm_engine.parallel.sharding import ShardBuilder, Split, split_of
+from glm_engine.parallel.sharding import ShardBuilder, Split
 from glm_engine.quant.reference import unpack_int4
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -32,6 +32,7 @@ class QuantShardBuilder:
     def __init__(
         self,
         key: str,
+        split: Split,
         source_shape: Sequence[int],
         source_groups: int,
         bits: int,
@@ -41,10 +42,10 @@ class QuantShardBuilder:
         device: torch.device | str = "cpu",
     ) -> None:
         """``source_shape``: one source shard's float shape ``[out, in]``; ``source_groups``: its scale columns."""
-        self.key, self.bits, self.split = key, bits, split_of(key)
+        self.key, self.bits, self.split = key, bits, split
         self.source_tp, self.rank, self.tp = source_tp, rank, tp
         out, columns = source_shape
-        self.values = ShardBuilder(key, source_shape, source_tp, rank, tp, torch.int8, device)
+        self.values = ShardBuilder(key, split, source_shape, source_tp, rank, tp, torch.int8, device)
         if self.split is Split.ROW:
             source_group = columns // source_groups
             width = columns * source_tp // tp
@@ -53,7 +54,7 @@ class QuantShardBuilder:
             self.scale = torch.empty(out, width // self.target_group, dtype=torch.float16, device=device)
             self.scale_filled = 0
         else:  # rows move, every row keeps its scales
-            self.scales = ShardBuilder(key, (out, source_groups), source_tp, rank, tp, torch.float16, device)
+            self.scales = ShardBuilder(key, split, (out, source_groups), source_tp, rank, tp, torch.float16, device)
 
     def needs(self, source_rank: int) -> bool:
         return self.values.needs(source_rank)
@@ -83,3 +84,22 @@ class QuantShardBuilder:
         else:
             scale = self.scales.finish()
         return QuantizedWeight.from_values(values, scale, self.bits)
+
+
+def shard_quantized(key: str, split: Split, weight: QuantizedWeight, rank: int, tp: int) -> QuantizedWeight:
+    """Rank ``rank`` of ``tp``'s shard of a whole (TP=1) quantized weight: its values and scales, exactly."""
+    if tp == 1:
+        return weight
+    builder = QuantShardBuilder(
+        key,
+        split,
+        weight.stored.shape[:1] + (weight.in_features,),
+        weight.groups,
+        weight.bits,
+        1,
+        rank,
+        tp,
+        weight.stored.device,
+    )
+    builder.add(0, weight.stored, weight.scale)
+    return builder.finish()

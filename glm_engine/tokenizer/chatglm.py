@@ -26,7 +26,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from glm_engine.errors import InputError, TokenizerError
-from glm_engine.model.chatglm_config import ChatGLMConfig
+from glm_engine.model.chatglm.config import ChatGLMConfig
 
 LINEBREAK_PIECE = "<n>"
 TAB_PIECE = "<|tab|>"

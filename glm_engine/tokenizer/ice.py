@@ -23,7 +23,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from glm_engine.errors import InputError, TokenizerError
-from glm_engine.vocab import VocabLayout
+from glm_engine.model.glm130b.vocab import VocabLayout
 
 MODEL_FILENAME = "ice_text.model"
 # icetk's cache directory; expanded with the current $HOME each time it is used.

@@ -4,7 +4,7 @@ The field names are those of the reference's ``configuration_chatglm.py`` (``num
 ``bos_token_id`` ...), so the ``config.json`` shipped with ``THUDM/chatglm-6b`` reads unchanged; keys the
 Hugging Face machinery adds (``architectures``, ``auto_map``, ``torch_dtype`` ...) are ignored. What the reference
 hard-codes rather than configures (rotary base, DeepNorm depth) are constants here, with the reason beside them.
-See :mod:`glm_engine.model.chatglm` for how the graph uses each field.
+See ``docs/families.md`` for how the graph uses each field.
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from glm_engine.config import even_split_degrees, read_json_object
 from glm_engine.errors import ConfigError
+from glm_engine.model.config_checks import (
+    even_split_degrees,
+    heads_divide_hidden,
+    non_negative_int,
+    positive_int,
+    read_json_object,
+)
 
-# ``SelfAttention`` builds ``RotaryEmbedding(..., base=10000)``: not a config field in the reference.
-ROTARY_BASE = 10000.0
 # ``ChatGLMModel`` builds every ``GLMBlock`` without passing ``num_layers``, so the block's default of 28 sets the
 # DeepNorm scale ``alpha = sqrt(2 * 28)`` for every depth (the released model has 28 layers, so it agrees there;
 # a smaller test config still uses sqrt(56)).
@@ -74,13 +78,13 @@ class ChatGLMConfig:
             "vocab_size",
             "max_sequence_length",
         ):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("bos_token_id", "eos_token_id", "mask_token_id", "gmask_token_id", "pad_token_id"):
             value = getattr(self, name)
-            _non_negative_int(name, value)
+            non_negative_int(name, value)
             if value >= self.vocab_size:
                 raise ConfigError(f"{name} ({value}) must be below vocab_size ({self.vocab_size})")
-        _non_negative_int("num_image_tokens", self.num_image_tokens)
+        non_negative_int("num_image_tokens", self.num_image_tokens)
         eps = self.layernorm_epsilon
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
             raise ConfigError(f"layernorm_epsilon must be a number in (0, 1), got {eps!r}")
@@ -91,10 +95,7 @@ class ChatGLMConfig:
             )
         if self.quantization_bit not in QUANTIZATION_BITS:
             raise ConfigError(f"quantization_bit must be one of {QUANTIZATION_BITS}, got {self.quantization_bit!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
-            )
+        heads_divide_hidden(self.num_attention_heads, self.hidden_size)
         if self.head_dim % 4:
             raise ConfigError(
                 f"the head dimension ({self.head_dim}) must be a multiple of 4: 2-D rotary splits it into two "
@@ -127,6 +128,14 @@ class ChatGLMConfig:
         h, i = self.hidden_size, self.inner_hidden_size
         per_layer = (3 * h * h + 3 * h) + (h * h + h) + (i * h + i) + (i * h + h) + 4 * h
         return 2 * self.vocab_size * h + self.num_layers * per_layer + 2 * h
+
+    def tp_axes(self) -> dict[str, int]:
+        """What tensor parallelism splits, by name: each must divide by the TP degree."""
+        return {
+            "attention heads": self.num_attention_heads,
+            "vocab rows": self.vocab_size,
+            "MLP units": self.inner_hidden_size,
+        }
 
     def valid_tp_degrees(self, limit: int = 64) -> list[int]:
         """Degrees that split heads, vocab rows and MLP units evenly (for tensor parallelism)."""
@@ -181,16 +190,6 @@ class ChatGLMConfig:
         return cls.from_hf_dict(data, source=str(path), num_image_tokens=num_image_tokens)
 
 
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _non_negative_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-
-
 CHATGLM_PRESETS: dict[str, ChatGLMConfig] = {
     # THUDM/chatglm-6b config.json, slim revision (2023-04-06 and later).
     "chatglm-6b": ChatGLMConfig(
@@ -218,6 +217,23 @@ CHATGLM_PRESETS: dict[str, ChatGLMConfig] = {
         pad_token_id=3,
     ),
 }
+
+
+# The conformance model checks' tiny ChatGLM: three layers, four heads of 16 (2-D rotary halves of 8), widths that are
+# multiples of 32 and a vocabulary of 512 with the specials at the slim release's offsets from 500.
+CONFORMANCE_CONFIG = ChatGLMConfig(
+    num_layers=3,
+    hidden_size=64,
+    num_attention_heads=4,
+    inner_hidden_size=96,
+    vocab_size=512,
+    max_sequence_length=64,
+    bos_token_id=504,
+    eos_token_id=505,
+    mask_token_id=500,
+    gmask_token_id=501,
+    pad_token_id=3,
+)
 
 
 def chatglm_preset(name: str) -> ChatGLMConfig:

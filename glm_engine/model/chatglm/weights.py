@@ -1,5 +1,5 @@
-"""ChatGLM-6B weights: the Hugging Face key names and shapes, validation that names every bad key with its file,
-quantized-checkpoint detection, and the typed container the graph reads.
+"""ChatGLM-6B weights: the Hugging Face key names, shapes and tensor-parallel splits, validation that names every bad
+key with its file, and the INT4/INT8 releases' stored form.
 
 Keys are those of ``THUDM/chatglm-6b``'s ``pytorch_model.bin.index.json``: GLM-130B's per-layer names
 (``transformer.layers.{i}.attention.query_key_value.weight`` ...) plus ``lm_head.weight``, a separate output matrix.
@@ -7,22 +7,26 @@ Keys are those of ``THUDM/chatglm-6b``'s ``pytorch_model.bin.index.json``: GLM-1
 
 Quantized checkpoints (``THUDM/chatglm-6b-int4`` / ``-int8``, or ``model.quantize(bits)`` saved) replace a linear's
 ``weight`` by int8 values ``[out, in * bits / 8]`` (INT4: two per byte, the even column in the high nibble) and add
-``weight_scale`` (fp16 ``[out]``). The bit width follows from the stored shape, so no flag is needed; the weights
-are dequantized once, while loading, exactly as the reference's extraction kernels do
-(:func:`dequantize_like_reference`).
+``weight_scale`` (fp16 ``[out]``). The bit width follows from the stored shape, so no flag is needed; such a weight
+becomes a ``QuantizedWeight`` (:func:`canonical_state_dict`), run by the backend's kernels or dequantized while loading
+exactly as the reference's extraction kernels do (:func:`dequantize_like_reference`).
+
+Tensor parallelism (``docs/tensor-parallelism.md``) splits them as GLM-130B's, except that ``dense_h_to_4h`` is a plain
+column-parallel linear (no GLU halves) and ``lm_head`` is column-parallel over the vocabulary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
+from glm_engine.checkpoint.hf import TensorInfo
 from glm_engine.errors import CheckpointError
-from glm_engine.model.chatglm_config import ChatGLMConfig
-from glm_engine.model.weights import LayerWeights, layer_key, layer_parameter_shapes, scaled_noise
-from glm_engine.ops.interface import PackedLinear
+from glm_engine.model.chatglm.config import ChatGLMConfig
+from glm_engine.model.weights import WeightLayout, layer_key, layer_parameter_shapes, scaled_noise
+from glm_engine.parallel.sharding import Split
 from glm_engine.quant.reference import dequantize, unpack_int4
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -35,17 +39,37 @@ IGNORED_KEY_SUFFIXES = (".rotary_emb.inv_freq",)
 SCALE_SUFFIX = "_scale"
 # Key prefixes that belong to the model: an unknown key under them means the config does not match the file.
 MODEL_KEY_PREFIXES = ("transformer.", "lm_head.")
+_ROW = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
+_COLUMN = (
+    "attention.query_key_value.weight",
+    "attention.query_key_value.bias",
+    "mlp.dense_h_to_4h.weight",
+    "mlp.dense_h_to_4h.bias",
+    "word_embeddings.weight",
+    LM_HEAD_KEY,
+)
 
-ShardSource = Iterable[tuple[str, Mapping[str, torch.Tensor]]]
+
+def split_of(key: str) -> Split:
+    """How ``key`` is split across tensor-parallel ranks."""
+    if key.endswith(_ROW):
+        return Split.ROW
+    if key.endswith(_COLUMN):
+        return Split.COLUMN
+    return Split.REPLICATED
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """What a checkpoint says about one tensor before it is read: its shape, dtype and the file holding it."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    file: str
+def weight_layout(config: ChatGLMConfig) -> WeightLayout:
+    """Every key with its TP=1 shape; the logits come from ``lm_head``, not the embedding."""
+    return WeightLayout(
+        parameter_shapes(config),
+        split_of,
+        config.num_layers,
+        EMBEDDING_KEY,
+        FINAL_LN_KEYS,
+        LM_HEAD_KEY,
+        IGNORED_KEY_SUFFIXES,
+    )
 
 
 def parameter_shapes(config: ChatGLMConfig) -> dict[str, tuple[int, ...]]:
@@ -159,127 +183,9 @@ def dequantize_like_reference(stored: torch.Tensor, scale: torch.Tensor, bits: i
     return (values.to(work) * scale.to(work)[:, None]).to(dtype)
 
 
-@dataclass
-class ChatGLMWeights:
-    """All parameters of a ChatGLM model, on one device in one dtype (quantized ones already dequantized)."""
-
-    word_embeddings: torch.Tensor  # [vocab, h]
-    layers: list[LayerWeights]  # dense_h_to_4h is [inner, h] here (no GeGLU halves)
-    final_layernorm_weight: torch.Tensor
-    final_layernorm_bias: torch.Tensor
-    lm_head: torch.Tensor  # [vocab, h], not tied to the embedding
-    unused_keys: list[str] = field(default_factory=list)
-    quantization_bits: int = 0  # the checkpoint's storage (0 = floating point); the compute is in the run dtype
-
-    @classmethod
-    def from_shards(
-        cls,
-        shards: ShardSource,
-        plan: LoadPlan,
-        config: ChatGLMConfig,
-        dtype: torch.dtype,
-        device: torch.device | str,
-        progress: Callable[[int, int], None] | None = None,
-        prepare: Callable[[QuantizedWeight], PackedLinear] | None = None,
-        quant: tuple[int, int | None] | None = None,
-        output_quant: tuple[int, int | None] | None = None,
-    ) -> ChatGLMWeights:
-        """Convert each shard's tensors to ``dtype`` on ``device`` as the shard arrives, so host RAM holds one source
-        shard plus the converted weights. ``plan`` comes from :func:`plan_load` on the same checkpoint.
-
-        With ``prepare`` (a backend's ``OpTable.prepare_quantized``), a quantized release's linears stay quantized,
-        and ``quant = (bits, group_size)`` quantizes floating-point linears from their fp16 values; without it,
-        quantized linears are dequantized like the reference. ``output_quant = (bits, group_size)`` quantizes
-        ``lm_head`` too (the reference keeps it fp16; chatglm.cpp quantizes it)."""
-        quantizable = set(quantizable_keys(config))
-        expected = parameter_shapes(config)
-        done: dict[str, torch.Tensor] = {}
-        pending: dict[str, torch.Tensor] = {}  # quantized weights or scales waiting for their partner shard
-
-        def place(key: str, tensor: torch.Tensor) -> None:
-            done[key] = tensor
-            if progress is not None:
-                progress(len(done), len(expected))
-
-        for _file, shard in shards:
-            for key in shard:
-                base = key[: -len(SCALE_SUFFIX)] if key.endswith(".weight" + SCALE_SUFFIX) else key
-                if base not in expected or base in done:
-                    continue
-                if base not in plan.quantized_bits:
-                    spec = quant if key in quantizable else output_quant if key == LM_HEAD_KEY else None
-                    if spec is not None and prepare is not None:
-                        weight = QuantizedWeight.quantize(shard[key].to(device, torch.float16), *spec)
-                        place(key, prepare(weight))
-                    else:
-                        place(key, shard[key].to(device=device, dtype=dtype).contiguous())
-                    continue
-                pending[key] = shard[key].to(device)
-                weight, scale = pending.get(base), pending.get(base + SCALE_SUFFIX)
-                if weight is not None and scale is not None:
-                    bits = plan.quantized_bits[base]
-                    if prepare is not None and base in quantizable:
-                        place(base, prepare(QuantizedWeight.from_values(release_values(weight, bits), scale, bits)))
-                    else:
-                        place(base, dequantize_like_reference(weight, scale, bits, dtype))
-                    del pending[base], pending[base + SCALE_SUFFIX]
-        absent = [k for k in expected if k not in done]
-        if absent:  # plan_load saw these keys, so a file changed or an index lied about where they are
-            raise CheckpointError(f"tensors listed by the checkpoint were not found while loading: {absent[:5]}")
-        layers = [
-            LayerWeights(**{f.name: done[layer_key(n, f.name)] for f in fields(LayerWeights)})
-            for n in range(config.num_layers)
-        ]
-        return cls(
-            done[EMBEDDING_KEY],
-            layers,
-            done[FINAL_LN_KEYS[0]],
-            done[FINAL_LN_KEYS[1]],
-            done[LM_HEAD_KEY],
-            plan.unused_keys,
-            plan.bits,
-        )
-
-    @classmethod
-    def from_state_dict(
-        cls,
-        state_dict: Mapping[str, torch.Tensor],
-        config: ChatGLMConfig,
-        dtype: torch.dtype,
-        device: torch.device | str = "cpu",
-        source: str = "state dict",
-    ) -> ChatGLMWeights:
-        """Validate and convert an in-memory state dict (tests, the golden file, random weights)."""
-        entries = {k: TensorInfo(tuple(v.shape), v.dtype, source) for k, v in state_dict.items()}
-        plan = plan_load(entries, config, source)
-        return cls.from_shards([(source, state_dict)], plan, config, dtype, device)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The (dequantized) weights under their Hugging Face key names."""
-        out = {EMBEDDING_KEY: self.word_embeddings}
-        for n, layer in enumerate(self.layers):
-            out.update({layer_key(n, f.name): getattr(layer, f.name) for f in fields(LayerWeights)})
-        out[FINAL_LN_KEYS[0]], out[FINAL_LN_KEYS[1]] = self.final_layernorm_weight, self.final_layernorm_bias
-        out[LM_HEAD_KEY] = self.lm_head
-        return out
-
-    def nbytes(self) -> int:
-        """Bytes of all weights in their runtime form (quantized linears at their packed size)."""
-        return sum(
-            t.nbytes if isinstance(t, PackedLinear) else t.numel() * t.element_size()
-            for t in self.state_dict().values()
-        )
-
-
 def release_values(stored: torch.Tensor, bits: int) -> torch.Tensor:
     """Unpacked int8 values of a release's stored weight (INT4: two per byte, even column high)."""
     return unpack_int4(stored) if bits == 4 else stored.to(torch.int8)
-
-
-def quantizable_keys(config: ChatGLMConfig) -> list[str]:
-    """The linear weights the reference's ``quantize()`` replaces: QKV, dense, h->4h and 4h->h of every layer."""
-    names = ("query_key_value_weight", "dense_weight", "dense_h_to_4h_weight", "dense_4h_to_h_weight")
-    return [layer_key(n, name) for n in range(config.num_layers) for name in names]
 
 
 def random_state_dict(config: ChatGLMConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -292,3 +198,27 @@ def random_state_dict(config: ChatGLMConfig, seed: int, dtype: torch.dtype = tor
     for key, shape in parameter_shapes(config).items():
         out[key] = scaled_noise(key, torch.randn(shape, generator=gen)).to(dtype)
     return out
+
+
+def canonical_state_dict(
+    tensors: Mapping[str, torch.Tensor], quantized_bits: Mapping[str, int]
+) -> dict[str, torch.Tensor | QuantizedWeight]:
+    """A release's tensors with each stored INT4/INT8 weight and its ``weight_scale`` made one ``QuantizedWeight``
+    (``quantized_bits`` from :func:`plan_load`); keys the model does not use are dropped."""
+    out: dict[str, torch.Tensor | QuantizedWeight] = {}
+    for key, value in tensors.items():
+        if key.endswith(".weight" + SCALE_SUFFIX) or key.endswith(IGNORED_KEY_SUFFIXES):
+            continue
+        bits = quantized_bits.get(key)
+        if bits is not None:
+            values = release_values(value, bits)
+            out[key] = QuantizedWeight.from_values(values, tensors[key + SCALE_SUFFIX], bits)
+        else:
+            out[key] = value
+    return out
+
+
+def dequantize_stored(weight: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """A quantized weight dequantized as the reference's kernels do for ``dtype`` (see
+    :func:`dequantize_like_reference`)."""
+    return dequantize_like_reference(weight.stored, weight.scale[:, 0], weight.bits, dtype)

@@ -1,23 +1,30 @@
 """The GLM model config: a validated dataclass with the reference's argument names, presets and ``config.json`` I/O.
 
 Field names follow SwissArmyTransformer's model arguments (``--num-layers`` -> ``num_layers``), so a
-``config.json`` written for the reference reads unchanged. Source: ``../shared/reference/glm130b.md`` section 1.1.
+``config.json`` written for the reference reads unchanged (``docs/glm-semantics.md``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from glm_engine.errors import ConfigError
-from glm_engine.vocab import VocabLayout
+from glm_engine.model.config_checks import (
+    CONFIG_FILE_NAME,
+    even_split_degrees,
+    heads_divide_hidden,
+    number,
+    positive_int,
+    read_json_object,
+)
+from glm_engine.model.glm130b.vocab import VocabLayout
 
-CONFIG_FILE_NAME = "config.json"
+__all__ = ["CONFIG_FILE_NAME", "PRESETS", "GLMConfig", "preset", "read_json_object"]
 
-# How the fp16 rotary cos/sin table is built (glm130b.md section 1.5). "sat-0.2": inv_freq, positions and the
+# How the fp16 rotary cos/sin table is built (docs/glm-semantics.md). "sat-0.2": inv_freq, positions and the
 # product in fp16, as SwissArmyTransformer 0.2.12 that GLM-130B was released with; "sat-0.4": everything in fp32 and
 # cast at the end, as SwissArmyTransformer 0.4.x. Only fp16 models are affected; bf16/fp32 always use fp32.
 ROTARY_RECIPES = ("sat-0.2", "sat-0.4")
@@ -47,19 +54,12 @@ class GLMConfig:
             "vocab_size",
             "max_sequence_length",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, getattr(self, name))
         for name in ("layernorm_epsilon", "rotary_base"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be a number, got {value!r}")
+            number(name, getattr(self, name))
         if not isinstance(self.vocab_layout, VocabLayout):
             raise ConfigError(f"vocab_layout must be a VocabLayout, got {type(self.vocab_layout).__name__}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
-            )
+        heads_divide_hidden(self.num_attention_heads, self.hidden_size)
         if self.head_dim % 2:
             raise ConfigError(f"the head dimension ({self.head_dim}) must be even for rotary embeddings")
         if not (0 < self.layernorm_epsilon < 1):
@@ -89,8 +89,16 @@ class GLMConfig:
         per_layer = (3 * h * h + 3 * h) + (h * h + h) + (2 * i * h + 2 * i) + (i * h + h) + 4 * h
         return self.vocab_size * h + self.num_layers * per_layer + 2 * h
 
+    def tp_axes(self) -> dict[str, int]:
+        """What tensor parallelism splits, by name: each must divide by the TP degree."""
+        return {
+            "attention heads": self.num_attention_heads,
+            "vocab rows": self.vocab_size,
+            "GeGLU units": self.inner_hidden_size,
+        }
+
     def valid_tp_degrees(self, limit: int = 64) -> list[int]:
-        """Tensor-parallel degrees that split heads, vocab rows and GeGLU units evenly (glm130b.md section 1.11)."""
+        """Tensor-parallel degrees that split heads, vocab rows and GeGLU units evenly (docs/tensor-parallelism.md)."""
         return even_split_degrees((self.num_attention_heads, self.vocab_size, self.inner_hidden_size), limit)
 
     def with_overrides(self, **changes: Any) -> GLMConfig:
@@ -128,28 +136,8 @@ class GLMConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
-def even_split_degrees(axes: tuple[int, ...], limit: int = 64) -> list[int]:
-    """Tensor-parallel degrees up to ``limit`` that divide every one of ``axes`` (heads, vocab rows, FFN units)."""
-    divisor = math.gcd(*axes)
-    return [t for t in range(1, limit + 1) if divisor % t == 0]
-
-
-def read_json_object(path: str | Path) -> dict[str, Any]:
-    """A JSON object from a UTF-8 file, or a ConfigError that says what is wrong with the file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid UTF-8 JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return data
-
-
 PRESETS: dict[str, GLMConfig] = {
-    # GLM-130B as released (glm130b.md section 1.1).
+    # GLM-130B as released (docs/glm-semantics.md).
     "glm-130b": GLMConfig(
         num_layers=70,
         hidden_size=12288,
@@ -168,6 +156,21 @@ PRESETS: dict[str, GLMConfig] = {
         max_sequence_length=2048,
     ),
 }
+
+
+# The conformance model checks' tiny GLM: three layers (layer scales 1..3), four heads (TP 1, 2, 4), widths that are
+# multiples of 32 (groupwise INT4/INT8) and a small vocabulary laid out like GLM-130B's.
+CONFORMANCE_CONFIG = GLMConfig(
+    num_layers=3,
+    hidden_size=64,
+    num_attention_heads=4,
+    inner_hidden_size=96,
+    vocab_size=512,
+    max_sequence_length=64,
+    vocab_layout=VocabLayout(
+        text_offset=10, mask=500, gmask=501, smask=502, eod=503, sop=504, eop=505, enc=506, dblock=507, eos=12, pad=0
+    ),
+)
 
 
 def preset(name: str) -> GLMConfig:

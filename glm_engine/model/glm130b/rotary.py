@@ -1,4 +1,4 @@
-"""The rotary cos/sin table, built with the recipe the config names (glm130b.md section 1.5).
+"""GLM-130B's rotary cos/sin table, built with the recipe the config names (``docs/glm-semantics.md``).
 
 The table is always built on the CPU and then moved, so every device starts from the same bits.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from glm_engine.config import GLMConfig
+from glm_engine.model.glm130b.config import GLMConfig
 
 
 def rotary_table(
@@ -36,21 +36,3 @@ def rotary_table(
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
     return cos.to(device), sin.to(device)
-
-
-def chatglm_rotary_table(
-    rotary_dim: int, num_positions: int, dtype: torch.dtype, device: torch.device | str = "cpu", base: float = 10000.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ChatGLM-6B's table for one rotary half: ``(cos, sin)``, each ``[num_positions, rotary_dim]`` in ``dtype``.
-
-    The reference's ``RotaryEmbedding`` rounds ``inv_freq`` to fp16 when it is built and keeps it as a buffer, so a
-    model moved to another dtype (``.float()``, ``.bfloat16()``) converts those fp16 values; positions are an
-    ``arange`` in that same dtype and the product, ``cos`` and ``sin`` are computed there too. So fp16 is the
-    ``sat-0.2`` recipe, fp32 differs from ``sat-0.4`` by the fp16-rounded frequencies, and bf16 positions above 256
-    round as bf16 rounds them, all as in the reference.
-    """
-    inv_freq = (1.0 / base ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim)).half().to(dtype)
-    positions = torch.arange(num_positions, dtype=dtype)
-    freqs = torch.einsum("i,j->ij", positions, inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(device), emb.sin().to(device)

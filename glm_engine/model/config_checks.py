@@ -1,0 +1,53 @@
+"""Checks and helpers every family's config shares: positive sizes, JSON files, even tensor-parallel splits."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from glm_engine.errors import ConfigError
+
+CONFIG_FILE_NAME = "config.json"
+
+
+def positive_int(name: str, value: object) -> None:
+    """A ConfigError unless ``value`` is an int above 0 (bools are refused: JSON true is not a size)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def non_negative_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def number(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+
+
+def heads_divide_hidden(heads: int, hidden: int) -> None:
+    if hidden % heads:
+        raise ConfigError(f"num_attention_heads ({heads}) must divide hidden_size ({hidden})")
+
+
+def even_split_degrees(axes: tuple[int, ...], limit: int = 64) -> list[int]:
+    """Tensor-parallel degrees up to ``limit`` that divide every one of ``axes`` (heads, vocab rows, MLP units)."""
+    divisor = math.gcd(*axes)
+    return [t for t in range(1, limit + 1) if divisor % t == 0]
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a UTF-8 file, or a ConfigError that says what is wrong with the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data

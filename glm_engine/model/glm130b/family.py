@@ -1,0 +1,146 @@
+"""GLM-130B as a family: its block's parts, weights, rotary table, prompt layout, tokenizer and blank filling.
+
+DeepNorm residual on the LayerNorm output with ``alpha = sqrt(2 * num_layers)``, GeGLU MLP, 1-D rotary over the whole
+head, SAT's row-parallel bias after the product, and the word embedding tied to the output (``docs/families.md``,
+``docs/glm-semantics.md``). Checkpoints are SAT (any TP degree) or native sharded safetensors; the tokenizer is icetk's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glm_engine.checkpoint import hf, native, sat
+from glm_engine.model.family import BlankTokens, Family, TokenCallback
+from glm_engine.model.glm130b.config import CONFORMANCE_CONFIG, PRESETS, GLMConfig
+from glm_engine.model.glm130b.rotary import rotary_table
+from glm_engine.model.glm130b.weights import random_state_dict, weight_layout
+from glm_engine.model.parts import Activation, BlockParts, DenseBias, Rotary
+from glm_engine.model.weights import WeightLayout, WeightReader
+
+
+class GLM130BFamily(Family):
+    name = "glm"
+    title = "GLM-130B"
+    config_type = GLMConfig
+
+    def parts(self, config: GLMConfig) -> BlockParts:
+        return BlockParts(
+            activation=Activation.GEGLU,
+            rotary=Rotary.WHOLE_HEAD,
+            dense_bias=DenseBias.AFTER_PRODUCT,
+            tied_output=True,
+            deepnorm_alpha=config.deepnorm_alpha,
+        )
+
+    def weight_layout(self, config: GLMConfig) -> WeightLayout:
+        return weight_layout(config)
+
+    def rotary_tables(
+        self,
+        config: GLMConfig,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+        num_positions: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return rotary_table(config, dtype, device, num_positions)
+
+    def blank_tokens(self, config: GLMConfig) -> BlankTokens:
+        layout = config.vocab_layout
+        text = range(layout.text_offset + 3, min(layout.mask, config.vocab_size))  # past <unk>, <s>, </s>
+        return BlankTokens(layout.mask, layout.gmask, layout.sop, layout.pad, text)
+
+    def conformance_config(self) -> GLMConfig:
+        return CONFORMANCE_CONFIG
+
+    def presets(self) -> Mapping[str, GLMConfig]:
+        return PRESETS
+
+    def config_to_dict(self, config: GLMConfig) -> dict[str, Any]:
+        return config.to_dict()
+
+    def config_from_dict(self, data: dict[str, Any], source: str) -> GLMConfig:
+        return GLMConfig.from_dict(data, source)
+
+    def recognises(self, folder: Path) -> bool:
+        """A SAT folder, or a native one (its config.json has GLM-130B's keys, no Hugging Face ``model_type``)."""
+        if hf.model_type(folder) is not None:
+            return False
+        return native.is_native_checkpoint(folder) or sat.is_sat_checkpoint(folder)
+
+    def open_checkpoint(self, folder: Path, config: GLMConfig | None) -> WeightReader:
+        from glm_engine.checkpoint.reader import open_checkpoint
+
+        return open_checkpoint(folder, config)
+
+    def state_dict_reader(self, state_dict: Mapping[str, Any], config: GLMConfig, source: str) -> WeightReader:
+        from glm_engine.checkpoint.layout import infos_of, validate
+        from glm_engine.model.state_dict import StateDictReader
+
+        unused = validate(infos_of(state_dict), config, 1, None, source)
+        return StateDictReader(weight_layout(config), state_dict, source, unused, config=config)
+
+    def random_state_dict(self, config: GLMConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+        return random_state_dict(config, seed, dtype)
+
+    def load_tokenizer(self, config: GLMConfig, path: str | Path | None, folder: Path | None, random: bool) -> Any:
+        from glm_engine.tokenizer import builtin_tokenizer, load_tokenizer
+
+        if random and path is None:
+            return builtin_tokenizer(config.vocab_layout)
+        return load_tokenizer(path, config.vocab_layout, folder)
+
+    def generation_bans(self, config: GLMConfig, tokenizer: Any, random: bool) -> tuple[slice, ...]:
+        """Random weights produce any id: keep their noise readable by banning ids the tokenizer cannot decode."""
+        if not random:
+            return ()
+        text = tokenizer.text_id_range
+        return (slice(0, text.start), slice(text.stop, config.vocab_size))
+
+    def prompt_inputs(self, config: GLMConfig, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """GLM's generation layout per row: everything up to ``sop`` attends bidirectionally; from ``sop`` on
+        tokens see the context and, causally, each other, at the blank's position (``[MASK]``/``[sMASK]``) or at
+        running positions (``[gMASK]``). A row without ``sop`` is all context."""
+        from glm_engine.generation.masks import generation_blocked, generation_positions
+
+        layout, (batch, length) = config.vocab_layout, input_ids.shape
+        positions = torch.empty(batch, length, dtype=torch.long)
+        blocked = torch.empty(batch, 1, length, length, dtype=torch.bool)
+        for row, ids in enumerate(input_ids.tolist()):
+            context = ids.index(layout.sop) + 1 if layout.sop in ids else length + 1
+            prompt = ids[: context - 1]
+            mask = next((m for m in (layout.mask, layout.smask, layout.gmask) if m in prompt), None)
+            at = prompt.index(mask) if mask is not None else 0
+            positions[row] = generation_positions(context, length, at, mask in (None, layout.gmask))
+            blocked[row, 0] = generation_blocked(context, length)
+        return positions, blocked
+
+    def continuation_inputs(
+        self, config: GLMConfig, batch: int, context: int, total: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A ``[gMASK]`` continuation: positions run on, the prompt is bidirectional."""
+        from glm_engine.generation.masks import generation_blocked
+
+        positions = torch.arange(total).expand(batch, total).contiguous()
+        return positions, generation_blocked(context, total)[None, None]
+
+    def generate(
+        self,
+        runner: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        options: dict[str, object],
+        on_token: TokenCallback | None,
+        generator: torch.Generator | None,
+        banned: tuple[slice, ...],
+    ) -> list[Any]:
+        """Fill the blanks of each prompt (``[MASK]``, ``[sMASK]``, or continue with ``[gMASK]``), as the reference's
+        ``generate.py``; ``options`` are :class:`~glm_engine.generation.options.GenerationOptions` fields."""
+        from glm_engine.generation.blank_filling import fill_blanks
+        from glm_engine.generation.options import GenerationOptions
+
+        parsed = GenerationOptions.from_kwargs(**options)
+        return fill_blanks(runner, tokenizer, list(prompts), parsed, on_token, banned, generator)
