@@ -8,7 +8,7 @@ import torch
 from glm_engine.backends.registry import get_backend
 from glm_engine.backends.rocm_dcu.arch import Vendor, base_arch, classify, describe, has_fused_sdpa
 from glm_engine.backends.rocm_dcu.ops import RocmOps, rocm_policy
-from glm_engine.backends.torch_cuda_attention import AttentionPath
+from glm_engine.backends.torch_cuda.attention import AttentionPath
 from glm_engine.kernels.triton.configs import choose_decode_attention_config
 from glm_engine.ops.interface import Op
 
@@ -81,7 +81,7 @@ def test_rocm_dcu_uses_rccl_through_the_nccl_name_and_explains_attention():
 
 
 def test_driver_version_is_read_from_the_nvidia_kernel_module_line():
-    from glm_engine.backends.torch_cuda import parse_nvidia_driver_version
+    from glm_engine.backends.cuda.platform import parse_nvidia_driver_version
 
     text = (
         "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14  Thu Feb 22 01:44:30 UTC 2024\n"
