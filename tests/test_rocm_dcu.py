@@ -80,19 +80,6 @@ def test_rocm_dcu_uses_rccl_through_the_nccl_name_and_explains_attention():
     assert note.startswith("prefill: ") and "decode: " in note
 
 
-def test_driver_version_is_read_from_the_nvidia_kernel_module_line():
-    from glm_engine.backends.cuda.platform import parse_nvidia_driver_version
-
-    text = (
-        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14  Thu Feb 22 01:44:30 UTC 2024\n"
-        "GCC version:  gcc version 12.2.0"
-    )
-    assert parse_nvidia_driver_version(text) == "550.54.14"
-    open_module = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build"
-    assert parse_nvidia_driver_version(open_module) == "570.86.15"
-    assert parse_nvidia_driver_version("") == ""
-
-
 def test_backends_listing_shows_free_of_total_memory():
     from glm_engine.cli.backends import _memory
 
