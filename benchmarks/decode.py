@@ -15,7 +15,6 @@ import torch
 
 from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.config import GLMConfig
-from glm_engine.generation.cuda_graph import GraphedDecoder, graphs_verdict
 from glm_engine.generation.masks import generation_blocked
 from glm_engine.model.glm import GLMModel
 from glm_engine.model.weights import GLMWeights, random_state_dict
@@ -52,7 +51,7 @@ def measure_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) 
 
 def decode_time(model: GLMModel, context: int, steps: int, warmup: int, cuda_graphs: bool = False) -> list[float]:
     """Seconds per decode step, after a prefill of ``context`` tokens; with ``cuda_graphs`` the steps replay a CUDA
-    graph where ``graphs_verdict`` allows (the capture falls in the warmup steps)."""
+    graph where the backend allows (``model.decode_stepper``; the capture falls in the warmup steps)."""
     total = context + steps + warmup
     device = model.device
     blocked = generation_blocked(context, total)[None, None].to(device)
@@ -60,7 +59,7 @@ def decode_time(model: GLMModel, context: int, steps: int, warmup: int, cuda_gra
     tokens = torch.randint(20000, 21000, (1, total), device=device)
     cache = model.new_cache(1, total)
     model.forward(tokens[:, :context], positions[:, :context], blocked[..., :context, :context], cache, last_only=True)
-    stepper = GraphedDecoder(model, graphs_verdict(model, cuda_graphs))
+    stepper = model.decode_stepper(None, cuda_graphs)
     times = []
     for col in range(context, total):
         synchronize(device)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glm_engine.backends.torch_cuda_attention import AttentionPath, AttentionPolicy, cuda_policy, sdpa_attention
-from glm_engine.backends.torch_cuda_ops import CudaOps
+from glm_engine.backends.cuda.ops import CudaOps, cuda_policy
+from glm_engine.backends.torch_cuda.attention import AttentionPath, AttentionPolicy, sdpa_attention
 from glm_engine.errors import BackendError
 from glm_engine.generation.masks import generation_blocked
 from glm_engine.kernels.triton import triton_verdict

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 import glm_engine
-import glm_engine.generation.decode as decode_module
-from glm_engine.generation.cuda_graph import (
+import glm_engine.backends.torch_cuda.ops as torch_cuda_ops
+from glm_engine.backends.base import RunnerCapabilities
+from glm_engine.backends.cuda.ops import CudaOps
+from glm_engine.backends.torch_cuda.graphs import (
     ENV_VAR,
     MAX_CAPTURES,
     MIN_GRAPH_STEPS,
@@ -24,7 +26,9 @@ from glm_engine.generation.cuda_graph import (
     graphs_verdict,
 )
 from glm_engine.generation.masks import generation_blocked, generation_positions
-from glm_engine.parallel.communicator import Communicator
+from glm_engine.ops.interface import EagerStepper
+
+OWN_OPS = RunnerCapabilities(kv_cache=True, tensor_parallel=1, op_level=True)
 
 
 def eager(step):
@@ -33,21 +37,34 @@ def eager(step):
 
 def cuda_runner(**extra: object) -> SimpleNamespace:
     """Stands in for a model on a cuda device: graphs_verdict only looks at these attributes."""
-    return SimpleNamespace(**{"device": torch.device("cuda", 0), "ops": object(), "comm": Communicator(), **extra})
+    return SimpleNamespace(**{"device": torch.device("cuda", 0), "capabilities": OWN_OPS, **extra})
 
 
 def test_graphs_are_used_on_cuda_by_default_and_each_refusal_says_why(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
+    exported = RunnerCapabilities(kv_cache=True, tensor_parallel=1, op_level=False)
+    two_ranks = RunnerCapabilities(kv_cache=True, tensor_parallel=2, op_level=True)
     assert graphs_verdict(cuda_runner())
-    assert "cpu" in graphs_verdict(SimpleNamespace(device=torch.device("cpu"), ops=object())).reason
+    assert "cpu" in graphs_verdict(SimpleNamespace(device=torch.device("cpu"), capabilities=OWN_OPS)).reason
     assert "caller" in graphs_verdict(cuda_runner(), requested=False).reason
     assert "caller" in graphs_verdict(cuda_runner(cuda_graphs=False)).reason
-    assert "exported graph" in graphs_verdict(SimpleNamespace(device=torch.device("cuda"))).reason
-    assert "tensor parallel" in graphs_verdict(cuda_runner(comm=SimpleNamespace(world_size=2))).reason
+    assert "exported graph" in graphs_verdict(cuda_runner(capabilities=exported)).reason
+    assert "tensor parallel" in graphs_verdict(cuda_runner(capabilities=two_ranks)).reason
     assert "repay" in graphs_verdict(cuda_runner(), steps=MIN_GRAPH_STEPS - 1).reason
     monkeypatch.setenv(ENV_VAR, "0")
     assert f"{ENV_VAR}=0" in graphs_verdict(cuda_runner()).reason
     assert graphs_verdict(cuda_runner(), requested=True)  # an explicit request beats the environment
+
+
+def test_the_torch_cuda_op_table_hands_out_the_graphed_decoder_or_eager_steps_with_the_verdicts_reason(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    ops = CudaOps(torch.device("cpu"), torch.float32)
+    graphed = ops.decode_stepper(cuda_runner(), 16, None)
+    assert isinstance(graphed, GraphedDecoder) and graphed.reason == graphs_verdict(cuda_runner(), None, 16).reason
+    refused = ops.decode_stepper(cuda_runner(), 16, False)
+    assert isinstance(refused, EagerStepper) and "caller" in refused.reason
+    too_short = ops.decode_stepper(cuda_runner(), MIN_GRAPH_STEPS - 1, None)
+    assert isinstance(too_short, EagerStepper) and "repay" in too_short.reason
 
 
 def prefill(model, tokens, positions, blocked, context):
@@ -95,15 +112,16 @@ def engine():
 
 
 def generate_with_graph_emulation(monkeypatch, engine, prompts, **options):
-    """Generate with every decode step going through DecodeGraph's buffers (eager capture on the CPU)."""
+    """Generate with every decode step going through DecodeGraph's buffers (eager capture on the CPU): the CPU op
+    table, which chooses the runner's decode stepper, hands out a graphed decoder as a torch.cuda table would."""
     made: list[GraphedDecoder] = []
 
-    def emulated(runner, verdict):
+    def emulated(runner, steps, requested):
         made.append(GraphedDecoder(runner, Verdict(True, "emulated"), capture=eager))
         return made[-1]
 
     with monkeypatch.context() as patch:
-        patch.setattr(decode_module, "GraphedDecoder", emulated)
+        patch.setattr(engine.runner.ops, "decode_stepper", emulated)
         results = engine.generate(prompts, **options)
     assert made and all(d.graph_steps > 0 and d.eager_steps == 0 for d in made)
     return results, made
@@ -132,14 +150,14 @@ def test_a_failed_capture_falls_back_to_eager_steps_without_losing_a_token(monke
 
     made: list[GraphedDecoder] = []
 
-    def decoder(runner, verdict):
+    def decoder(runner, steps, requested):
         made.append(GraphedDecoder(runner, Verdict(True, "emulated"), capture=failing))
         return made[-1]
 
     prompts = ["Once upon a time", "天空是[MASK]色的"]
     options = dict(out_seq_length=20, top_k=1, top_p=0.0)
     expected = [r.token_ids for r in engine.generate(prompts, **options)]
-    monkeypatch.setattr(decode_module, "GraphedDecoder", decoder)
+    monkeypatch.setattr(engine.runner.ops, "decode_stepper", decoder)
     assert [r.token_ids for r in engine.generate(prompts, **options)] == expected
     assert made[0].graph_steps == 1 and made[0].eager_steps > 0 and "capture failed" in made[0].reason
 
@@ -155,6 +173,7 @@ def test_hip_graphs_are_opt_in(monkeypatch):
 
 def test_the_cpu_decode_path_runs_eagerly(engine):
     assert not graphs_verdict(engine.runner)
+    assert isinstance(engine.runner.decode_stepper(16), EagerStepper)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.version.hip is not None, reason="needs a CUDA GPU")
@@ -167,12 +186,12 @@ def test_captured_decode_on_the_gpu_gives_the_eager_tokens(monkeypatch, dtype):
     expected = [r.token_ids for r in gpu.generate(prompts, **options)]
     gpu.runner.cuda_graphs = None
     made: list[GraphedDecoder] = []
-    original = decode_module.GraphedDecoder
+    original = torch_cuda_ops.GraphedDecoder
 
     def recording(runner, verdict):
         made.append(original(runner, verdict))
         return made[-1]
 
-    monkeypatch.setattr(decode_module, "GraphedDecoder", recording)
+    monkeypatch.setattr(torch_cuda_ops, "GraphedDecoder", recording)
     assert [r.token_ids for r in gpu.generate(prompts, **options)] == expected
     assert made[0].graph_steps > 0 and made[0].captures == 1, made[0].reason

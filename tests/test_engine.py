@@ -6,6 +6,7 @@ import torch
 import glm_engine
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.errors import InputError
+from glm_engine.ops.interface import EagerStepper
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,9 @@ class RecordingRunner:
         if input_ids.shape[1] > 1:
             self.prefill_positions.append(position_ids[0].tolist())
         return self.runner.forward(input_ids, position_ids, blocked, cache, last_only)
+
+    def decode_stepper(self, steps=None, requested=None):
+        return EagerStepper(self, "steps go through the recorder's forward")
 
 
 @pytest.mark.parametrize("mask", ["[MASK]", "[sMASK]"])

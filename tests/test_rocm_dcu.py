@@ -8,7 +8,7 @@ import torch
 from glm_engine.backends.registry import get_backend
 from glm_engine.backends.rocm_dcu.arch import Vendor, base_arch, classify, describe, has_fused_sdpa
 from glm_engine.backends.rocm_dcu.ops import RocmOps, rocm_policy
-from glm_engine.backends.torch_cuda_attention import AttentionPath
+from glm_engine.backends.torch_cuda.attention import AttentionPath
 from glm_engine.kernels.triton.configs import choose_decode_attention_config
 from glm_engine.ops.interface import Op
 
@@ -78,19 +78,6 @@ def test_rocm_dcu_uses_rccl_through_the_nccl_name_and_explains_attention():
     assert backend.ops_class is RocmOps
     note = backend.supports(Op.ATTENTION, torch.float16).reason
     assert note.startswith("prefill: ") and "decode: " in note
-
-
-def test_driver_version_is_read_from_the_nvidia_kernel_module_line():
-    from glm_engine.backends.torch_cuda import parse_nvidia_driver_version
-
-    text = (
-        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14  Thu Feb 22 01:44:30 UTC 2024\n"
-        "GCC version:  gcc version 12.2.0"
-    )
-    assert parse_nvidia_driver_version(text) == "550.54.14"
-    open_module = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build"
-    assert parse_nvidia_driver_version(open_module) == "570.86.15"
-    assert parse_nvidia_driver_version("") == ""
 
 
 def test_backends_listing_shows_free_of_total_memory():

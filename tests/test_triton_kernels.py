@@ -12,8 +12,8 @@ from dataclasses import replace
 import pytest
 import torch
 
+from glm_engine.backends.cuda.ops import CudaOps
 from glm_engine.backends.registry import get_backend
-from glm_engine.backends.torch_cuda_ops import CudaOps
 from glm_engine.errors import BackendError
 from glm_engine.kernels.triton import interpreting, triton_verdict
 from glm_engine.kernels.triton.configs import (

@@ -22,7 +22,6 @@ import torch
 
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.errors import GlmEngineError, InputError
-from glm_engine.generation.cuda_graph import GraphedDecoder, graphs_verdict
 from glm_engine.parallel.communicator import Communicator
 
 from .baseline import BASELINE_NAME, BaselinePlan, plan_baseline, run_baseline
@@ -98,8 +97,8 @@ def _device_entry(
 
 
 def _stepper(loaded: LoadedModel, steps: int) -> Callable[[], Any]:
-    """Decode steps as generation runs them: CUDA graphs where the engine would replay them."""
-    return lambda: GraphedDecoder(loaded.runner, graphs_verdict(loaded.runner, None, steps))
+    """Decode steps as generation runs them: the runner's own stepper (device graphs where its backend replays them)."""
+    return lambda: loaded.runner.decode_stepper(steps, None)
 
 
 def _run_group(

@@ -12,7 +12,6 @@ from typing import Protocol
 import torch
 
 from glm_engine.backends.base import ModelRunner
-from glm_engine.generation.cuda_graph import GraphedDecoder, graphs_verdict
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 
 # Called after every step with the step index, the new token of each row and beam ([batch][beam]; -1 = ended) and
@@ -64,8 +63,9 @@ def decode_aligned(
     """The loop of :func:`decode` over a batch whose ids, positions and masks the caller built (a model variant with
     its own position scheme; ChatGLM's are ``[b, 2, total]``: the position axis is always the last).
 
-    Cached steps replay a CUDA graph on cuda unless ``cuda_graphs`` is False (None: the runner's ``cuda_graphs``
-    attribute, else ``GLM_ENGINE_CUDA_GRAPHS``); see :mod:`glm_engine.generation.cuda_graph`."""
+    Cached steps run through the runner's decode stepper (``runner.decode_stepper``): device graphs where its
+    backend replays them (CUDA graphs on the ``torch.cuda`` backends, see docs/backends.md) unless ``cuda_graphs``
+    is False (None leaves it to the runner and the backend's defaults), plain ``forward`` calls elsewhere."""
     batch = len(contexts)
     most = max(budgets)
     start = aligned.context_length
@@ -74,7 +74,7 @@ def decode_aligned(
     blocked = aligned.blocked.to(device)
     cache = runner.new_cache(batch, aligned.input_ids.shape[1])
     strategy.start(contexts)
-    stepper = GraphedDecoder(runner, graphs_verdict(runner, cuda_graphs, most - 1))
+    stepper = runner.decode_stepper(most - 1, cuda_graphs)
 
     logits = runner.forward(
         aligned.input_ids[:, :start].to(device),

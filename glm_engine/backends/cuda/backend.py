@@ -1,21 +1,28 @@
-"""CUDA backend declaration: available when this torch is a CUDA build and sees an NVIDIA GPU.
+"""The CUDA backend: available when this torch is a CUDA build and sees an NVIDIA GPU.
 
-Ops are the portable PyTorch implementations running on the GPU (cuBLAS GEMMs with fp32 accumulation, the
-reference's explicit fp32-softmax attention); fused kernels replace them op by op behind the same table.
+Devices, dtypes, support notes and the op table come from the shared ``torch.cuda`` base
+(``backends/torch_cuda/``); this class says when CUDA is available and answers the base's vendor questions from
+:mod:`.platform` (``sm_XY`` names, the NVIDIA driver's version, bf16 from compute capability 8.0). Its op table is
+:class:`~glm_engine.backends.cuda.ops.CudaOps`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from glm_engine.backends.base import Verdict
-from glm_engine.backends.torch_cuda import TorchCudaBackend
+from glm_engine.backends.cuda.ops import CudaOps
+from glm_engine.backends.cuda.platform import all_devices_support_bf16, nvidia_driver_version, sm_name
+from glm_engine.backends.torch_cuda.backend import TorchCudaBackend
 
 
 class CudaBackend(TorchCudaBackend):
     name = "cuda"
     priority = 30
     description = "NVIDIA GPUs through torch CUDA"
+    ops_class = CudaOps
 
     def availability(self) -> Verdict:
         if torch.version.hip:
@@ -32,3 +39,15 @@ class CudaBackend(TorchCudaBackend):
                 "check the NVIDIA driver and CUDA_VISIBLE_DEVICES",
             )
         return Verdict(True, f"{torch.cuda.device_count()} CUDA device(s), CUDA {torch.version.cuda}")
+
+    def device_capability(self, props: Any) -> str:
+        return sm_name(props)
+
+    def driver_version(self) -> str:
+        return nvidia_driver_version()
+
+    def runtime_version(self) -> str:
+        return f"CUDA {torch.version.cuda}"
+
+    def bf16_supported(self) -> bool:
+        return all_devices_support_bf16()

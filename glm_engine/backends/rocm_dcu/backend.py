@@ -1,19 +1,25 @@
 """ROCm / Hygon DCU backend declaration: available when this torch is a HIP build and sees a device.
 
 A ROCm build of torch (AMD) or a DTK build (Hygon DCU) exposes its GPUs through the ``torch.cuda`` API with
-``torch.version.hip`` set; collectives go through RCCL under the ``nccl`` process-group name. Which vendor and family
-each device is comes from its gfx architecture name (:mod:`.arch`), and decides the op table's attention path
-(:mod:`.ops`).
+``torch.version.hip`` set; collectives go through RCCL under the ``nccl`` process-group name. Devices, dtypes and the
+op table come from the shared ``torch.cuda`` base (``backends/torch_cuda/``); this class answers its vendor
+questions: which vendor and family each device is comes from its gfx architecture name (:mod:`.arch`), which also
+decides the op table's attention path (:mod:`.ops`); the driver version is the ROCm amdgpu module's.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from glm_engine.backends.base import Verdict
-from glm_engine.backends.rocm_dcu.arch import describe
+from glm_engine.backends.rocm_dcu.arch import base_arch, describe
 from glm_engine.backends.rocm_dcu.ops import RocmOps
-from glm_engine.backends.torch_cuda import TorchCudaBackend
+from glm_engine.backends.torch_cuda.backend import TorchCudaBackend
+
+AMDGPU_DRIVER_FILE = Path("/sys/module/amdgpu/version")  # set by the out-of-tree (ROCm) amdgpu module only
 
 
 class RocmDcuBackend(TorchCudaBackend):
@@ -21,6 +27,7 @@ class RocmDcuBackend(TorchCudaBackend):
     priority = 30
     description = "AMD Instinct / Hygon DCU through a ROCm (DTK) build of torch"
     ops_class = RocmOps
+    compute_units = "CUs"
 
     def availability(self) -> Verdict:
         if not torch.version.hip:
@@ -42,3 +49,21 @@ class RocmDcuBackend(TorchCudaBackend):
             }
         )
         return Verdict(True, f"{torch.cuda.device_count()} HIP device(s) ({'; '.join(kinds)}), HIP {torch.version.hip}")
+
+    def device_capability(self, props: Any) -> str:
+        """The gfx target without its feature flags (``gfx90a``); the raw name when it is not a gfx target."""
+        name = getattr(props, "gcnArchName", "")
+        return base_arch(name) or name
+
+    def describe_device(self, props: Any) -> str:
+        """``gfx90a, AMD Instinct MI200 (CDNA2)``: the arch with the vendor and family it stands for."""
+        return describe(getattr(props, "gcnArchName", ""), props.name)
+
+    def driver_version(self) -> str:
+        try:
+            return AMDGPU_DRIVER_FILE.read_text().strip() if AMDGPU_DRIVER_FILE.is_file() else ""
+        except OSError:
+            return ""
+
+    def runtime_version(self) -> str:
+        return f"HIP {torch.version.hip}"

@@ -1,4 +1,5 @@
-"""The ROCm / Hygon DCU op table: CudaOps with this stack's own attention choice and Triton launch settings.
+"""The ROCm / Hygon DCU op table: the shared ``torch.cuda`` op table (``backends/torch_cuda/ops.py``) with this
+stack's own attention choice and Triton launch settings.
 
 Only kernels that exist on ROCm are used: no cuDNN, no flash-attn wheels, no CUDA-only Triton options. Prefill goes
 to SDPA where the torch build has AOTriton kernels for the arch (gfx90a, gfx942, gfx950), else to the explicit
@@ -12,13 +13,13 @@ from __future__ import annotations
 import torch
 
 from glm_engine.backends.rocm_dcu.arch import classify, describe, has_fused_sdpa
-from glm_engine.backends.torch_cuda_attention import (
+from glm_engine.backends.torch_cuda.attention import (
     SDPA_REASON,
     TRITON_DECODE_REASON,
     AttentionPath,
     AttentionPolicy,
 )
-from glm_engine.backends.torch_cuda_ops import CudaOps
+from glm_engine.backends.torch_cuda.ops import TorchCudaOps
 from glm_engine.kernels.triton import triton_verdict
 
 REFERENCE_REASON = "explicit fp32-softmax path"
@@ -48,8 +49,8 @@ def device_arch(device: torch.device) -> tuple[str, str]:
     return getattr(props, "gcnArchName", ""), props.name
 
 
-class RocmOps(CudaOps):
-    """CudaOps for a HIP device: ROCm attention policy and ``hip`` Triton configurations."""
+class RocmOps(TorchCudaOps):
+    """TorchCudaOps for a HIP device: ROCm attention policy and ``hip`` Triton configurations."""
 
     platform = "hip"
 

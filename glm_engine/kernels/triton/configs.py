@@ -16,6 +16,10 @@ The tile sizes below are starting points, not measured optima: ``benchmarks/quan
 Intended targets: H100 (132 SMs, 3.35 TB/s; ``num_stages=3`` pipelining through shared memory) and MI-class GPUs
 (MI250/MI300, Hygon DCU: 64-wide wavefronts, so the same ``num_warps`` means twice the threads; ``num_stages=2``, the
 depth the AMD backend's stream pipeliner is tuned for).
+
+The tables are keyed by Triton's compile target (``platform``: ``"cuda"`` or ``"hip"``), which the ``torch.cuda``
+backends' op tables name (``TorchCudaOps.platform``). They stay here, beside the rules that read them and the
+limits the kernels impose, because kernels sit below backends and never import them.
 """
 
 from __future__ import annotations

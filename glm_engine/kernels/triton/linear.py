@@ -1,4 +1,4 @@
-"""The Triton-backed quantized linear: the runtime form ``CudaOps.prepare_quantized`` gives a stored weight.
+"""The Triton-backed quantized linear: the runtime form ``TorchCudaOps.prepare_quantized`` gives a stored weight.
 
 The kernels read glm-engine's stored layout as it is (int8 ``[out, in]`` or packed INT4 ``[out, in / 2]``, row-major,
 fp16 scales ``[out, groups]``): each output row's bytes are contiguous along K, which is what both kernels stream,

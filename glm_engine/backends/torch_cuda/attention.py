@@ -1,5 +1,8 @@
 """Attention on the ``torch.cuda`` backends: which implementation runs a call, and why, decided from facts alone.
 
+The machinery is shared (:class:`AttentionPolicy`, the SDPA path); each backend builds its own policy from its
+device's facts (``cuda_policy`` in ``backends/cuda/ops.py``, ``rocm_policy`` in ``backends/rocm_dcu/ops.py``).
+
 Three implementations meet the op contract (``OpTable.attention``):
 
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with ``attn_mask = ~blocked`` and
@@ -71,13 +74,6 @@ class AttentionPolicy:
 
 SDPA_REASON = "torch SDPA with the bool mask (memory-efficient kernel, fp32 softmax inside)"
 TRITON_DECODE_REASON = "Triton split-K decode kernel (one query row per head, fp32 online softmax)"
-
-
-def cuda_policy(triton_ok: bool, triton_why: str) -> AttentionPolicy:
-    """NVIDIA: SDPA for prefill everywhere torch CUDA runs; the Triton decode kernel where triton imports."""
-    if triton_ok:
-        return AttentionPolicy(AttentionPath.SDPA, SDPA_REASON, AttentionPath.TRITON_DECODE, TRITON_DECODE_REASON)
-    return AttentionPolicy(AttentionPath.SDPA, SDPA_REASON, AttentionPath.SDPA, f"SDPA ({triton_why})")
 
 
 # SDPA kernels that keep fp32 scores inside; torch's math fallback is not among them (see sdpa_attention).

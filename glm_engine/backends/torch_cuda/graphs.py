@@ -1,5 +1,8 @@
 """The cached decode step captured in a CUDA graph and replayed, one token per row per step.
 
+This is the decode stepper of the ``torch.cuda`` op tables (``TorchCudaOps.decode_stepper`` in ``ops.py``, which
+generation reaches through ``runner.decode_stepper``); HIP builds of torch capture the same graphs, opt-in.
+
 A decode step of a large model launches a few kernels per op per layer (GLM-130B: ~70 layers x ~20 launches) on
 tiny tensors, so at small batch the CPU's launch overhead, not the GPU, sets the step time. A CUDA graph records the
 whole step once and replays it with a single launch. A graph replays fixed addresses and fixed shapes, so the step is
@@ -16,14 +19,14 @@ The first step of a graph runs eagerly on a side stream (compiling Triton kernel
 which capture forbids) and produces that step's logits; capture follows and later steps replay. The model code is
 unchanged: it calls ``cache.update`` and ``ops.attention`` as always.
 
-When a graph is not usable the decoder runs the step eagerly, and says why (:func:`graphs_verdict`): not on CUDA,
+When a graph is not usable the steps run eagerly, and the stepper says why (:func:`graphs_verdict`): not on CUDA,
 disabled (``GLM_ENGINE_CUDA_GRAPHS=0`` or ``cuda_graphs=False``), HIP without an explicit opt-in (no ROCm run has
 backed them yet), tensor parallelism (collectives are not captured here), a graph-level runner, or too few steps to
 repay a capture. A capture that fails (an op that syncs with the host, a stack that cannot capture it) switches the
 decoder to eager steps with the reason; the failed step's logits come from its warm-up, so no token is lost. Beam
-search reorders cache rows in place (same
-storage, so the graph stays valid) but its first step replaces the cache by one with more rows: the decoder then
-captures once more for the new batch, at most ``MAX_CAPTURES`` times per decode, and runs eagerly after that.
+search reorders cache rows in place (same storage, so the graph stays valid) but its first step replaces the cache
+by one with more rows: the decoder then captures once more for the new batch, at most ``MAX_CAPTURES`` times per
+decode, and runs eagerly after that.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ MAX_CAPTURES = 2  # per decode: the first batch shape, and the beam-expanded one
 
 
 def graphs_verdict(runner: ModelRunner, requested: bool | None = None, steps: int | None = None) -> Verdict:
-    """Whether decode steps of ``runner`` should be CUDA graphs, and why (not)."""
+    """Whether decode steps of ``runner`` should be CUDA graphs, and why (not): from the caller's request (None: the
+    runner's ``cuda_graphs`` attribute, else ``GLM_ENGINE_CUDA_GRAPHS``), the device, the torch build and the
+    runner's declared capabilities (op-level, tensor-parallel degree)."""
     if requested is None:
         requested = getattr(runner, "cuda_graphs", None)
     if requested is False:
@@ -53,10 +58,9 @@ def graphs_verdict(runner: ModelRunner, requested: bool | None = None, steps: in
         return Verdict(False, f"CUDA graphs need a cuda device; this model runs on {runner.device.type}")
     if torch.version.hip and requested is None and os.environ.get(ENV_VAR, "").strip() != "1":
         return Verdict(False, f"HIP graphs are opt-in until a ROCm run backs them: {ENV_VAR}=1 or cuda_graphs=True")
-    if not hasattr(runner, "ops"):
+    if not runner.capabilities.op_level:
         return Verdict(False, "the runner runs an exported graph, not glm-engine's ops")
-    comm = getattr(runner, "comm", None)
-    if comm is not None and comm.world_size > 1:
+    if runner.capabilities.tensor_parallel > 1:
         return Verdict(False, "tensor parallel: the step's collectives are not captured")
     if steps is not None and steps < MIN_GRAPH_STEPS:
         return Verdict(False, f"{steps} cached steps do not repay a capture (fewer than {MIN_GRAPH_STEPS})")

@@ -1,37 +1,44 @@
-"""The op table of the ``torch.cuda`` backends (CUDA, ROCm/DCU): the portable ops plus fused attention and quantized
-linears.
+"""The op table the ``torch.cuda`` backends share: the portable ops plus fused attention and quantized linears.
 
 Attention goes to SDPA (prefill), a Triton split-K kernel (one query row per head) or the portable path, per call,
-by the table's :class:`~glm_engine.backends.torch_cuda_attention.AttentionPolicy`; the last choice per phase is kept
+by the table's :class:`~glm_engine.backends.torch_cuda.attention.AttentionPolicy`; the last choice per phase is kept
 in ``attention_path`` with its reason. Quantized weights run through the Triton dequant-GEMM kernels
 (``glm_engine.kernels.triton``) when Triton imports and the format and compute dtype suit them; otherwise through the
 portable :class:`DequantizingLinear`, with the reason kept on the table (``quant_path``) and shown by
-``Backend.supports``.
+``Backend.supports``. Cached decode steps replay CUDA graphs (``graphs.py``) where they are usable.
+
+Each backend subclasses :class:`TorchCudaOps` with its attention policy and Triton platform
+(``backends/cuda/ops.py``: ``CudaOps``; ``backends/rocm_dcu/ops.py``: ``RocmOps``).
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from typing import Any, ClassVar
+
 import torch
 
-from glm_engine.backends.torch_cuda_attention import AttentionPath, AttentionPolicy, cuda_policy, sdpa_attention
+from glm_engine.backends.torch_cuda.attention import AttentionPath, AttentionPolicy, sdpa_attention
+from glm_engine.backends.torch_cuda.graphs import GraphedDecoder, graphs_verdict
 from glm_engine.errors import BackendError
-from glm_engine.kernels.triton import triton_verdict
 from glm_engine.kernels.triton.configs import DEFAULT_SM_COUNT, choose_decode_attention_config
 from glm_engine.kernels.triton.linear import kernel_verdict
-from glm_engine.ops.interface import PackedLinear
+from glm_engine.ops.interface import DecodeStepper, EagerStepper, PackedLinear
 from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps, reference_attention
 from glm_engine.quant.weight import QuantizedWeight
 
 TABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-class CudaOps(TorchOps):
-    """TorchOps with fused attention and Triton-backed quantized linears.
+class TorchCudaOps(TorchOps):
+    """TorchOps with fused attention and Triton-backed quantized linears; a backend's subclass sets ``platform``
+    and ``default_policy``.
 
-    ``platform`` is the Triton target (``"cuda"`` or ``"hip"``) whose launch configurations the kernels use.
+    ``platform`` is the Triton target (``"cuda"`` or ``"hip"``) whose launch configurations
+    (``glm_engine.kernels.triton.configs``) the kernels use.
     """
 
-    platform = "cuda"
+    platform: ClassVar[str]
 
     def __init__(self, device: torch.device, dtype: torch.dtype, policy: AttentionPolicy | None = None) -> None:
         if dtype not in TABLE_DTYPES:
@@ -46,8 +53,17 @@ class CudaOps(TorchOps):
             else DEFAULT_SM_COUNT
         )
 
+    @abstractmethod
     def default_policy(self) -> AttentionPolicy:
-        return cuda_policy(*triton_verdict())
+        """The attention paths for this table's device when the caller names none (the vendor's choice)."""
+
+    def decode_stepper(self, runner: Any, steps: int | None, requested: bool | None) -> DecodeStepper:
+        """Cached decode steps replayed as CUDA graphs where :func:`graphs_verdict` allows them (its reason becomes
+        the stepper's ``reason``); otherwise eager steps, with the verdict's reason."""
+        verdict = graphs_verdict(runner, requested, steps)
+        if not verdict:
+            return EagerStepper(runner, verdict.reason)
+        return GraphedDecoder(runner, verdict)
 
     def prepare_quantized(self, weight: QuantizedWeight) -> PackedLinear:
         ok, why = kernel_verdict(weight, self.dtype)
