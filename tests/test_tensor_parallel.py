@@ -200,13 +200,18 @@ def test_rank_state_dicts_have_the_rank_shapes_and_merge_back_to_the_full_tensor
         assert torch.equal(merge(split_of(key), pieces), full[key])
 
 
-def run_cli(args: list[str], extra_path: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], extra_path: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
     """``python -m glm_engine.cli ...`` in a fresh process, as a user runs it (``extra_path`` goes first on
-    PYTHONPATH, for a ``sitecustomize`` that breaks one rank)."""
+    PYTHONPATH, for a ``sitecustomize`` that breaks one rank; ``stdin`` is what the user types)."""
     paths = [str(extra_path)] if extra_path else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
-        [sys.executable, "-m", "glm_engine.cli", *args], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "glm_engine.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        input=stdin,
     )
 
 
