@@ -13,6 +13,7 @@ from glm_engine.backends.registry import REGISTRY, op_table_for
 from glm_engine.checkpoint import Checkpoint, open_checkpoint
 from glm_engine.config import PRESETS, GLMConfig, preset
 from glm_engine.errors import BackendError, ConfigError, InputError, ParallelError
+from glm_engine.exported import refuse_exported_folder  # load() refuses exported folders; chatglm_engine imports it
 from glm_engine.generation.blank_filling import Completion, fill_blanks
 from glm_engine.generation.decode import TokenCallback
 from glm_engine.generation.options import GenerationOptions
@@ -122,19 +123,6 @@ def forward_checked(
     device = runner.device
     with torch.inference_mode():
         return runner.forward(input_ids.to(device), position_ids.to(device), attention_mask.to(device))
-
-
-def refuse_exported_folder(path: str | Path | None) -> None:
-    """An InputError naming the backend an exported folder needs when it is given to an op-level backend (which
-    would otherwise fail on the missing weights with a less helpful message)."""
-    from glm_engine.backends.tensorrt.build import ENGINE_FILE
-    from glm_engine.export.onnx_export import GENAI_CONFIG_FILE
-
-    if path is None or not (Path(path) / GENAI_CONFIG_FILE).is_file():
-        return
-    if (Path(path) / ENGINE_FILE).is_file():
-        raise InputError(f"{path} is a TensorRT engine folder: use --backend tensorrt (backend='tensorrt')")
-    raise InputError(f"{path} is an ONNX export: use --backend onnxruntime (backend='onnxruntime')")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, backend: Backend) -> torch.dtype:

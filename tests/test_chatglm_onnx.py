@@ -23,8 +23,9 @@ from glm_engine.cli.main import app  # noqa: E402
 from glm_engine.engine import load  # noqa: E402
 from glm_engine.errors import InputError  # noqa: E402
 from glm_engine.export.chatglm_onnx import export_chatglm  # noqa: E402
-from glm_engine.export.onnx_export import GENAI_CONFIG_FILE, MODEL_FILE, export_onnx, read_exported  # noqa: E402
+from glm_engine.export.onnx_export import export_onnx  # noqa: E402
 from glm_engine.export.verify import nmse, verify_export  # noqa: E402
+from glm_engine.exported import GENAI_CONFIG_FILE, MODEL_FILE, read_exported  # noqa: E402
 from glm_engine.generation.masks import generation_blocked  # noqa: E402
 from glm_engine.model.chatglm import ChatGLMModel  # noqa: E402
 from glm_engine.model.chatglm_config import chatglm_preset  # noqa: E402

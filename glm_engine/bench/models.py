@@ -25,7 +25,7 @@ from glm_engine.checkpoint.hf import is_chatglm_checkpoint, read_chatglm_config
 from glm_engine.config import PRESETS
 from glm_engine.engine import DEFAULT_MODEL, load, peek_config
 from glm_engine.errors import InputError, ParallelError
-from glm_engine.export.onnx_export import GENAI_CONFIG_FILE, read_exported
+from glm_engine.exported import GENAI_CONFIG_FILE, read_exported
 from glm_engine.model.chatglm_config import CHATGLM_PRESETS
 from glm_engine.parallel.communicator import Communicator
 

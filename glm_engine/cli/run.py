@@ -27,8 +27,9 @@ from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import USER_ERROR_EXIT_CODE, user_errors
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.render import styled_answer
-from glm_engine.engine import DEFAULT_MODEL, describe_source, load, peek_config, refuse_exported_folder
+from glm_engine.engine import DEFAULT_MODEL, describe_source, load, peek_config
 from glm_engine.errors import GlmEngineError, InputError, ParallelError
+from glm_engine.exported import refuse_exported_folder
 from glm_engine.generation.blank_filling import Completion
 from glm_engine.generation.options import GenerationOptions
 from glm_engine.parallel.communicator import Communicator, init_from_environment, running_under_torchrun

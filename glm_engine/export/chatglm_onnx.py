@@ -23,9 +23,10 @@ import torch
 from glm_engine.checkpoint.hf import is_chatglm_checkpoint, open_chatglm_checkpoint
 from glm_engine.engine import MAX_RANDOM_PARAMETERS, RANDOM_WEIGHTS_SEED
 from glm_engine.errors import InputError
-from glm_engine.export.glm_onnx import BATCH, SEQ, GLMGraph
-from glm_engine.export.onnx_export import ExportedModel, Progress, check_output_quant, write_export
-from glm_engine.export.quant_onnx import QuantTarget
+from glm_engine.export.glm_onnx import GLMGraph
+from glm_engine.export.writer import Progress, check_output_quant, write_export
+from glm_engine.exported import ExportedModel, QuantTarget
+from glm_engine.exported.names import BATCH, SEQ
 from glm_engine.model.chatglm_config import CHATGLM_PRESETS, ROTARY_BASE, ChatGLMConfig, chatglm_preset
 from glm_engine.model.chatglm_weights import (
     LM_HEAD_KEY,

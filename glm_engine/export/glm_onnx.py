@@ -30,26 +30,22 @@ import torch
 
 from glm_engine.config import GLMConfig
 from glm_engine.export.onnx_builder import GraphBuilder, onnx_type
-from glm_engine.export.quant_onnx import QuantTarget, emit_dequantize_matmul, emit_matmul_nbits
+from glm_engine.export.quant_onnx import emit_dequantize_matmul, emit_matmul_nbits
+from glm_engine.exported.names import (
+    BATCH,
+    LOGITS_TO_KEEP,
+    NUM_LOGITS,
+    PAST,
+    PAST_NAMES,
+    PRESENT_NAMES,
+    SEQ,
+    TOTAL,
+    QuantTarget,
+)
 from glm_engine.model.rotary import rotary_table
 from glm_engine.model.weights import LayerWeights
 from glm_engine.ops.torch_ops import MASKED_SCORE
 from glm_engine.quant.weight import QuantizedWeight
-
-# The graph's opset: 21 is the first with blocked DequantizeLinear and INT4 (anchors.md section 3.6).
-OPSET = 21
-# Symbolic dimension names of the dynamic axes (as onnxruntime-genai names them).
-BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
-NUM_LOGITS = "num_logits"
-LOGITS_TO_KEEP = "logits_to_keep"
-
-
-def io_names(num_layers: int) -> dict[str, list[str]]:
-    """The graph's input and output names, in order."""
-    past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-    inputs = ["input_ids", "position_ids", "attention_mask", LOGITS_TO_KEEP, *past]
-    return {"inputs": inputs, "outputs": ["logits", *present]}
 
 
 @dataclass(frozen=True)
@@ -156,8 +152,8 @@ class GLMGraph:
     def layer(self, index: int, w: LayerWeights, x: str) -> str:
         g, dt, heads, d = self.g, self.dtype, self.heads, self.d
         p = f"transformer.layers.{index}"
-        past_k = g.add_input(f"past_key_values.{index}.key", dt, [BATCH, heads, PAST, d])
-        past_v = g.add_input(f"past_key_values.{index}.value", dt, [BATCH, heads, PAST, d])
+        past_k = g.add_input(PAST_NAMES["key"] % index, dt, [BATCH, heads, PAST, d])
+        past_v = g.add_input(PAST_NAMES["value"] % index, dt, [BATCH, heads, PAST, d])
 
         normed = self.layernorm(x, f"{p}.input_layernorm", w.input_layernorm_weight, w.input_layernorm_bias)
         qkv = self.linear(normed, f"{p}.attention.query_key_value", w.query_key_value_weight, w.query_key_value_bias)
@@ -167,8 +163,8 @@ class GLMGraph:
         q, k, v = (g.node("Transpose", [t], perm=[0, 2, 1, 3]) for t in (q, k, v))  # [b, heads, s, d]
         k = g.node("Concat", [past_k, k], axis=2)
         v = g.node("Concat", [past_v, v], axis=2)
-        g.add_output(f"present.{index}.key", dt, [BATCH, heads, TOTAL, d], k)
-        g.add_output(f"present.{index}.value", dt, [BATCH, heads, TOTAL, d], v)
+        g.add_output(PRESENT_NAMES["key"] % index, dt, [BATCH, heads, TOTAL, d], k)
+        g.add_output(PRESENT_NAMES["value"] % index, dt, [BATCH, heads, TOTAL, d], v)
 
         context = self.attention(q, k, v, float(index + 1))
         context = g.node("Transpose", [context], perm=[0, 2, 1, 3])

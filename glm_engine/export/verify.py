@@ -23,7 +23,8 @@ import torch
 from glm_engine.backends.base import dtype_name
 from glm_engine.config import GLMConfig
 from glm_engine.errors import InputError
-from glm_engine.export.onnx_export import ExportedInfo, _Weights, read_exported
+from glm_engine.export.onnx_export import _Weights
+from glm_engine.exported import ExportedInfo, read_exported
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 from glm_engine.model.chatglm import ChatGLMModel
 from glm_engine.model.chatglm_config import ChatGLMConfig

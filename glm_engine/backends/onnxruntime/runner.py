@@ -17,8 +17,7 @@ from glm_engine.backends.base import RunnerCapabilities
 from glm_engine.backends.onnxruntime.kv_cache import OrtKVCache
 from glm_engine.config import GLMConfig
 from glm_engine.errors import BackendError, InputError
-from glm_engine.export.glm_onnx import LOGITS_TO_KEEP
-from glm_engine.export.onnx_export import ExportedInfo
+from glm_engine.exported import LOGITS_TO_KEEP, ExportedInfo
 from glm_engine.ops.interface import EagerStepper
 
 # numpy has no bfloat16: a bf16 export needs a runner that binds device memory for every tensor (TensorRT).
