@@ -24,7 +24,7 @@ from glm_engine.backends.onnxruntime.backend import OnnxRuntimeBackend
 from glm_engine.config import GLMConfig
 from glm_engine.engine import load
 from glm_engine.export.onnx_export import export_onnx
-from glm_engine.export.quant_onnx import QuantTarget
+from glm_engine.exported import QuantTarget
 from glm_engine.generation.masks import generation_blocked
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.vocab import VocabLayout

@@ -103,9 +103,10 @@ def test_the_0_1_chatglm_api_still_works_and_warns(chat_engine):
     reply, history = old.chat("hi", do_sample=False, max_new_tokens=4)
     assert history == [("hi", reply)]
     assert reply == chat_engine.chat([{"role": "user", "content": "hi"}], do_sample=False, max_new_tokens=4)["content"]
-    assert old.generate("Hello", do_sample=False, max_new_tokens=4) == chat_engine.generate(
-        "Hello", do_sample=False, max_new_tokens=4
-    )[0].blanks[0][0]
+    assert (
+        old.generate("Hello", do_sample=False, max_new_tokens=4)
+        == chat_engine.generate("Hello", do_sample=False, max_new_tokens=4)[0].blanks[0][0]
+    )
     with pytest.raises(InputError, match="not ChatGLM"):
         glm_engine.load_chatglm("glm-tiny")
     assert preset("glm-tiny").num_layers == 4  # the 0.1 config API is still exported

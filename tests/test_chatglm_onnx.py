@@ -22,9 +22,9 @@ from glm_engine.backends.registry import get_backend, op_table_for  # noqa: E402
 from glm_engine.cli.main import app  # noqa: E402
 from glm_engine.engine import load  # noqa: E402
 from glm_engine.errors import InputError  # noqa: E402
-from glm_engine.export.chatglm_onnx import export_chatglm  # noqa: E402
-from glm_engine.export.onnx_export import GENAI_CONFIG_FILE, MODEL_FILE, export_onnx, read_exported  # noqa: E402
+from glm_engine.export.onnx_export import export_onnx, export_state_dict  # noqa: E402
 from glm_engine.export.verify import nmse, verify_export  # noqa: E402
+from glm_engine.exported import GENAI_CONFIG_FILE, MODEL_FILE, read_exported  # noqa: E402
 from glm_engine.generation.masks import generation_blocked  # noqa: E402
 from glm_engine.model.chatglm.config import chatglm_preset  # noqa: E402
 from glm_engine.model.chatglm.weights import random_state_dict, weight_layout  # noqa: E402
@@ -54,7 +54,7 @@ def test_chatglm_export_matches_the_model_over_prefill_and_cached_steps(tmp_path
     config = chatglm_preset("chatglm-tiny")
     state = random_state_dict(config, 0)
     model = DecoderModel.from_state_dict(config, state, op_table_for(get_backend("cpu"), torch.float32))
-    export_chatglm(state, config, tmp_path / "chatglm", max_seq=64)
+    export_state_dict(state, config, tmp_path / "chatglm", max_seq=64)
     session = ort.InferenceSession(str(tmp_path / "chatglm" / MODEL_FILE), providers=["CPUExecutionProvider"])
     b, context, total = 2, 6, 9
     ids = torch.randint(5, 3999, (b, total))
@@ -120,7 +120,7 @@ def test_greedy_chat_on_onnxruntime_gives_the_cpu_backends_tokens(hf_folder, tmp
 
 def test_exports_load_through_the_one_load_and_name_the_backend_they_need(hf_folder, tmp_path):
     out = tmp_path / "onnx"
-    export_chatglm(random_state_dict(TINY, 0), TINY, out, max_seq=32)
+    export_state_dict(random_state_dict(TINY, 0), TINY, out, max_seq=32)
     on_ort = load(str(out), backend="onnxruntime")  # one load() for every family and source
     assert on_ort.family.name == "chatglm" and on_ort.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
     result = cli.invoke(app, ["chat", "--checkpoint", str(out), "--backend", "cpu"])

@@ -21,8 +21,9 @@ from glm_engine.evaluation.datasets import (
     read_raw_document,
 )
 from glm_engine.evaluation.lambada import LambadaTask
+from glm_engine.evaluation.registry import resolve_task
 from glm_engine.evaluation.runner import prepare
-from glm_engine.evaluation.tasks import EvaluationTask, MultipleChoiceTask, PileTask, resolve_task
+from glm_engine.evaluation.tasks import EvaluationTask, MultipleChoiceTask, PileTask
 from glm_engine.tokenizer import builtin_tokenizer
 
 

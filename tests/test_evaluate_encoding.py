@@ -11,7 +11,7 @@ from glm_engine.evaluation.generation import align_prompts, build_strategy, enco
 from glm_engine.evaluation.lambada import ICETK_INVALID_IDS, LambadaBeamSearch, choose_word, punctuation_bans
 from glm_engine.evaluation.multiple_choice import encode_multiple_choice
 from glm_engine.evaluation.perplexity import iter_lm_windows
-from glm_engine.evaluation.tasks import resolve_task
+from glm_engine.evaluation.registry import resolve_task
 from glm_engine.generation.strategies import BeamSearchStrategy, GreedyStrategy
 from glm_engine.model.glm130b.vocab import VocabLayout
 from glm_engine.tokenizer import builtin_tokenizer

@@ -19,9 +19,8 @@ from glm_engine.backends.onnxruntime.providers import choose_provider  # noqa: E
 from glm_engine.cli.main import app  # noqa: E402
 from glm_engine.engine import DEFAULT_MODEL, load  # noqa: E402
 from glm_engine.errors import BackendError, InputError  # noqa: E402
-from glm_engine.export.glm_onnx import io_names  # noqa: E402
-from glm_engine.export.onnx_export import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, export_onnx  # noqa: E402
-from glm_engine.export.quant_onnx import TENSORRT_INT4_BLOCK_SIZES, QuantTarget  # noqa: E402
+from glm_engine.export.onnx_export import export_onnx  # noqa: E402
+from glm_engine.export.quant_onnx import TENSORRT_INT4_BLOCK_SIZES  # noqa: E402
 from glm_engine.export.verify import (  # noqa: E402
     EXACT_QUANTIZED_NMSE_THRESHOLD,
     NMSE_THRESHOLDS,
@@ -29,6 +28,7 @@ from glm_engine.export.verify import (  # noqa: E402
     nmse,
     verify_export,
 )
+from glm_engine.exported import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, QuantTarget, io_names  # noqa: E402
 from glm_engine.generation.masks import generation_blocked  # noqa: E402
 from glm_engine.quant.spec import QuantSpec  # noqa: E402
 
@@ -344,12 +344,12 @@ def test_int8_groupwise_for_tensorrt_is_refused_before_writing(tmp_path):
 
 
 def test_an_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-    from glm_engine.export import glm_onnx
+    from glm_engine.export import decoder_onnx
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(glm_onnx.GLMGraph, "head", fail)
+    monkeypatch.setattr(decoder_onnx.DecoderGraph, "head", fail)
     with pytest.raises(RuntimeError):
         export_onnx(DEFAULT_MODEL, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -29,8 +29,8 @@ from glm_engine.backends.tensorrt.plan import (  # noqa: E402
 from glm_engine.cli.main import app  # noqa: E402
 from glm_engine.engine import DEFAULT_MODEL  # noqa: E402
 from glm_engine.errors import InputError  # noqa: E402
-from glm_engine.export.onnx_export import MODEL_FILE, export_onnx, read_exported  # noqa: E402
-from glm_engine.export.quant_onnx import QuantTarget  # noqa: E402
+from glm_engine.export.onnx_export import export_onnx  # noqa: E402
+from glm_engine.exported import MODEL_FILE, QuantTarget, read_exported  # noqa: E402
 from glm_engine.quant.spec import QuantSpec  # noqa: E402
 
 TRT_MISSING = tensorrt_missing_reason()

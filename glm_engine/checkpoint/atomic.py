@@ -29,6 +29,18 @@ def write_atomically(final: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s content to disk (staged_folder fsyncs directories and expects files already flushed)."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` and flush it to disk: a file written into a staged folder."""
+    path.write_text(text, encoding="utf-8")
+    fsync_file(path)
+
+
 STAGING_TAG = ".partial-"
 
 

@@ -30,8 +30,8 @@ from glm_engine.bench.runner import BenchOptions, BenchRun, check_plan, run_as_t
 from glm_engine.bench.spec import Point, expand, parse_ints, parse_quant, parse_tests, split_values
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
-from glm_engine.engine.load import refuse_exported_folder
 from glm_engine.errors import InputError
+from glm_engine.exported import exported_backend, refuse_exported_folder
 from glm_engine.parallel.communicator import init_from_environment, running_under_torchrun
 
 DEFAULT_TESTS = "pp128,tg32"  # llama-bench's pp512/tg128 take minutes per row on a small CPU
@@ -130,15 +130,12 @@ def _meta(
 def _backend_names(backend: list[str] | None, source: ModelSource) -> list[str]:
     """The backends asked for; for an exported model, the graph-level backend that runs it when none was named, and
     an InputError naming it when an op-level one was (rather than a plan of skipped rows)."""
-    from glm_engine.backends.tensorrt.build import ENGINE_FILE
-    from glm_engine.export.onnx_export import GENAI_CONFIG_FILE
-
     names = split_values(backend) or ["auto"]
-    folder = Path(source.name)
-    if not (folder / GENAI_CONFIG_FILE).is_file():
+    needed = exported_backend(Path(source.name))
+    if needed is None:
         return names
     if names == ["auto"]:
-        return ["tensorrt" if (folder / ENGINE_FILE).is_file() else "onnxruntime"]
+        return [needed]
     for name in names:
         if not isinstance(REGISTRY.resolve(name)[0], GraphLevelBackend):
             refuse_exported_folder(source.name)

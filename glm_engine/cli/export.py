@@ -60,7 +60,7 @@ def export_onnx_command(
     """Export the decoder (GLM-130B, or ChatGLM-6B from its Hugging Face folder) as one ONNX graph with
     past/present KV-cache inputs and outputs."""
     from glm_engine.export.onnx_export import export_onnx
-    from glm_engine.export.quant_onnx import QuantTarget
+    from glm_engine.exported import QuantTarget
     from glm_engine.quant.spec import QuantSpec
 
     with user_errors():

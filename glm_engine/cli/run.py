@@ -25,8 +25,8 @@ from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.render import styled_answer
 from glm_engine.engine import DEFAULT_MODEL, load
-from glm_engine.engine.load import refuse_exported_folder
 from glm_engine.errors import GlmEngineError, InputError
+from glm_engine.exported import refuse_exported_folder
 from glm_engine.generation.blank_filling import Completion
 from glm_engine.generation.options import GenerationOptions
 from glm_engine.parallel.communicator import Communicator

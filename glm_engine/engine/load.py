@@ -26,8 +26,9 @@ from glm_engine.engine.plan import (
     resolve_backend,
     resolve_dtype,
 )
-from glm_engine.engine.source import DEFAULT_MODEL, MAX_RANDOM_PARAMETERS, ModelSource, exported_kind, open_source
+from glm_engine.engine.source import DEFAULT_MODEL, MAX_RANDOM_PARAMETERS, ModelSource, open_source
 from glm_engine.errors import InputError, ParallelError
+from glm_engine.exported import refuse_exported_folder
 from glm_engine.model.graph import DecoderModel
 from glm_engine.model.weights import ModelWeights
 from glm_engine.ops.interface import Op
@@ -174,15 +175,3 @@ def _load_exported(
     tok = source.family.load_tokenizer(runner.config, tokenizer, Path(folder), False)
     notes = [why, f"{chosen.name} backend, {dtype_name(runner.dtype)} (the export's)"]
     return Engine(runner, tok, chosen, source.description, notes)
-
-
-def refuse_exported_folder(path: str | Path | None) -> None:
-    """An InputError naming the backend an exported folder needs when it is given to an op-level backend (which
-    would otherwise fail on the missing weights with a less helpful message)."""
-    if path is None or not Path(path).is_dir():
-        return
-    kind = exported_kind(Path(path))
-    if kind == "tensorrt":
-        raise InputError(f"{path} is a TensorRT engine folder: use --backend tensorrt (backend='tensorrt')")
-    if kind == "onnx":
-        raise InputError(f"{path} is an ONNX export: use --backend onnxruntime (backend='onnxruntime')")

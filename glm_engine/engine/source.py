@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from glm_engine.errors import CheckpointError, ConfigError, InputError
+from glm_engine.exported import exported_kind, read_exported
 from glm_engine.model.config_checks import read_json_object
 from glm_engine.model.family import Family
 from glm_engine.model.registry import FAMILIES, family_of, family_of_folder, preset_family, preset_names
@@ -49,7 +50,13 @@ class RandomWeights:
     """A preset's seeded random weights, drawn on first read (so naming a preset costs nothing until it loads)."""
 
     def __init__(self, family: Family, config: Any, name: str, dtype: torch.dtype, limit: int) -> None:
-        self.family, self.config, self.name, self.dtype, self.limit = family, config, name, dtype, limit
+        parameters = config.num_parameters()
+        if parameters > limit:
+            raise InputError(
+                f"preset {name} has {parameters / 1e9:.1f}B parameters; random weights are only for small presets: "
+                "pass a checkpoint"
+            )
+        self.family, self.config, self.name, self.dtype = family, config, name, dtype
         self.description = f"preset {name} with random weights (seed {RANDOM_WEIGHTS_SEED})"
         self.unused_keys: list[str] = []
         self._reader: WeightReader | None = None
@@ -63,12 +70,6 @@ class RandomWeights:
 
     def read(self, rank: int, tp: int, dtype: torch.dtype | None, *args: Any, **kwargs: Any) -> dict[str, Weight]:
         if self._reader is None:
-            parameters = self.config.num_parameters()
-            if parameters > self.limit:
-                raise InputError(
-                    f"preset {self.name} has {parameters / 1e9:.1f}B parameters; random weights are only for small "
-                    "presets: pass a checkpoint"
-                )
             state = self.family.random_state_dict(self.config, RANDOM_WEIGHTS_SEED, self.dtype)
             self._reader = self.family.state_dict_reader(state, self.config, self.description)
         return self._reader.read(rank, tp, dtype, *args, **kwargs)
@@ -95,19 +96,7 @@ def resolve_config(config: Any, family: Family | None = None) -> Any:
     raise ConfigError(f"--config {config!r} is neither a preset ({', '.join(preset_names())}) nor a config.json file")
 
 
-def exported_kind(path: Path) -> str | None:
-    """``"tensorrt"`` or ``"onnx"`` for a folder made by ``glm-engine export``, else None."""
-    from glm_engine.backends.tensorrt.build import ENGINE_FILE
-    from glm_engine.export.onnx_export import GENAI_CONFIG_FILE
-
-    if not (path / GENAI_CONFIG_FILE).is_file():
-        return None
-    return "tensorrt" if (path / ENGINE_FILE).is_file() else "onnx"
-
-
 def exported_config(path: Path) -> tuple[Family, Any, torch.dtype]:
-    from glm_engine.export.onnx_export import read_exported
-
     info = read_exported(path)
     return family_of(info.config), info.config, info.dtype
 

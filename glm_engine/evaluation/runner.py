@@ -17,8 +17,9 @@ from glm_engine.engine import Engine
 from glm_engine.errors import TaskError
 from glm_engine.evaluation.config import TaskConfig
 from glm_engine.evaluation.metrics import Metric, resolve_metrics
+from glm_engine.evaluation.registry import resolve_task
 from glm_engine.evaluation.report import FileResult, TaskResult
-from glm_engine.evaluation.tasks import EvaluationTask, resolve_task
+from glm_engine.evaluation.tasks import EvaluationTask
 
 # progress(label, done, total): examples of the file ``label`` scored so far.
 Progress = Callable[[str, int, int], None]

@@ -1,15 +1,13 @@
-"""The task interface, the built-in tasks, and how a YAML's ``module`` picks one.
+"""The task interface and the built-in tasks (LAMBADA's is in :mod:`glm_engine.evaluation.lambada`; which task a
+YAML's ``module`` picks is :mod:`glm_engine.evaluation.registry`'s).
 
 A task reads one data file into examples, predicts them with the engine, and may split a file's results into
 labelled subsets (Pile's ``pile_set_name``). Metrics are the runner's job (:mod:`glm_engine.evaluation.metrics`), so
-a task of a type gets every metric of that type. A user's class is any importable subclass of
-:class:`EvaluationTask`, named by its dotted path in ``module``; the reference's own dotted names map to the
-built-in equivalents below.
+a task of a type gets every metric of that type.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -226,64 +224,3 @@ class PileTask(LanguageModelTask):
         for index, document in enumerate(examples):
             groups.setdefault(document.subset, []).append(index)
         return dict(sorted(groups.items()))
-
-
-DEFAULT_TASKS: dict[TaskType, type[EvaluationTask]] = {
-    TaskType.MULTIPLE_CHOICE: MultipleChoiceTask,
-    TaskType.GENERATION: GenerationTask,
-    TaskType.LANGUAGE_MODEL: LanguageModelTask,
-}
-
-
-def _lambada() -> type[EvaluationTask]:
-    from glm_engine.evaluation.lambada import LambadaTask
-
-    return LambadaTask
-
-
-# The reference's dotted names (G:tasks/*, G:evaluation/__init__.py) and the built-in task that does the same.
-REFERENCE_MODULES: dict[str, Callable[[], type[EvaluationTask]]] = {
-    "tasks.lambada.task.LAMBADA": _lambada,
-    "tasks.mmlu.task.MMLU": lambda: MultipleChoiceTask,  # MMLU's "Overall" is the report's overall row
-    "tasks.language-modeling.pile.Pile": lambda: PileTask,
-    "evaluation.MultiChoiceTask": lambda: MultipleChoiceTask,
-    "evaluation.GenerationTask": lambda: GenerationTask,
-    "evaluation.LanguageModelTask": lambda: LanguageModelTask,
-}
-REFERENCE_PREFIXES = ("tasks.", "evaluation.")
-
-
-def resolve_task(config: TaskConfig) -> EvaluationTask:
-    """The task object for ``config``: its ``module`` (a reference name or a user's class), else the type's default."""
-    where = str(config.source or config.name)
-    if config.module is None:
-        cls = DEFAULT_TASKS[config.type]
-    elif config.module in REFERENCE_MODULES:
-        cls = REFERENCE_MODULES[config.module]()
-    else:
-        cls = _import_class(config.module, where)
-    if cls.task_type is not config.type:
-        raise TaskError(
-            f"{where}: module {config.module} is a {cls.task_type.value} task, but type is {config.type.value}"
-        )
-    return cls(config)
-
-
-def _import_class(dotted: str, where: str) -> type[EvaluationTask]:
-    module_name, _, class_name = dotted.rpartition(".")
-    try:
-        module = importlib.import_module(module_name) if module_name else None
-    except ImportError as exc:
-        if dotted.startswith(REFERENCE_PREFIXES):
-            builtins = ", ".join(REFERENCE_MODULES)
-            raise TaskError(
-                f"{where}: the reference's task module {dotted} has no glm-engine equivalent; built-in ones are "
-                f"{builtins}, or name your own EvaluationTask subclass"
-            ) from None
-        raise TaskError(f"{where}: cannot import module {module_name!r} for task class {dotted}: {exc}") from None
-    cls = getattr(module, class_name, None) if module is not None else None
-    if not (isinstance(cls, type) and issubclass(cls, EvaluationTask)):
-        raise TaskError(
-            f"{where}: module {dotted!r} must name a subclass of glm_engine.evaluation.tasks.EvaluationTask"
-        )
-    return cls

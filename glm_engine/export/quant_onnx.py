@@ -20,22 +20,16 @@ first (the reference extraction), ~2**-11 relative per weight in fp32 graphs.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 
 from glm_engine.errors import InputError
 from glm_engine.export.onnx_builder import GraphBuilder, onnx_type
+from glm_engine.exported.names import QuantTarget
 from glm_engine.quant.weight import QuantizedWeight
 
 MS_DOMAIN = "com.microsoft"
 MATMUL_NBITS_BLOCK_SIZES = (128, 64, 32, 16)  # powers of two >= 16, largest first (ContribOperators.md)
 TENSORRT_INT4_BLOCK_SIZES = (128, 64)  # the only INT4 block sizes TensorRT builds (TensorRT docs, "Quantized Types")
-
-
-class QuantTarget(str, Enum):
-    ort = "ort"
-    tensorrt = "tensorrt"
 
 
 def check_target(target: QuantTarget, weight_bits: int, group_size: int | None, in_widths: tuple[int, ...]) -> None:

@@ -5,8 +5,8 @@
    wrong scale or a misplaced nibble cannot hide inside a loose quantized tolerance;
 2. against glm-engine's CPU backend in the export's dtype and quantization (what ``run --backend cpu`` gives).
 
-Two rows of different lengths (a ``[gMASK]`` and a ``[MASK]`` prompt, left-padded as the generator pads them; ChatGLM's
-with its 2-D positions, as its chat loop builds them) are prefilled from an empty past, then decoded greedily for
+Two rows of different lengths (a ``[gMASK]`` and a ``[MASK]`` prompt, left-padded as the family's generation pads them,
+with its own positions: ``Family.generation_batch``) are prefilled from an empty past, then decoded greedily for
 ``steps`` cached steps. Each step compares the logits (NMSE
 against the engine's) and the greedy tokens; both runners are fed the engine's token so one near-tie cannot make the
 rest of the comparison meaningless. A differing token fails the comparison unless it is a near tie in the engine's
@@ -16,22 +16,22 @@ one rounding step of the maximum are equally right, and argmax's choice between 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from glm_engine.backends.base import dtype_name
+from glm_engine.engine import load
+from glm_engine.engine.source import open_source
 from glm_engine.errors import InputError
-from glm_engine.export.onnx_export import ExportedInfo, _Weights, read_exported
-from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
-from glm_engine.model.chatglm.config import ChatGLMConfig
-from glm_engine.model.glm130b.config import GLMConfig
-from glm_engine.model.glm130b.weights import EMBEDDING_KEY, FINAL_LN_KEYS, parameter_shapes
+from glm_engine.exported import read_exported
+from glm_engine.generation.masks import AlignedBatch
 from glm_engine.model.graph import DecoderModel
-from glm_engine.model.weights import LayerWeights, ModelWeights
+from glm_engine.model.registry import family_of
+from glm_engine.model.weights import ModelWeights
 from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps
 from glm_engine.quant.spec import QuantSpec
-from glm_engine.quant.weight import QuantizedWeight
 
 # NMSE thresholds per graph dtype, against the engine's CPU backend in the same dtype. fp32: ORT and torch differ only
 # in summation order (measured ~2e-13 on the demo model). fp16: one fp16 rounding per op may land on the other side
@@ -103,28 +103,20 @@ class VerifyReport:
         return f"{verdict}: {own}\n  {self.also.describe().split(': ', 1)[1]}"
 
 
-def verify_rows(gmask: int, mask: int, sop: int, text_ids: range, seed: int = VERIFY_SEED) -> list[GenerationRow]:
+def verify_rows(gmask: int, mask: int, sop: int, text_ids: range, seed: int = VERIFY_SEED) -> list[list[int]]:
     """A ``[gMASK]`` row of 9 tokens (``VERIFY_PROMPT_TOKENS``) and a ``[MASK]`` row of 5 (different lengths: the
     batch is padded), from the model's special ids and words drawn from ``text_ids``."""
     gen = torch.Generator().manual_seed(seed)
     words = torch.randint(text_ids.start, text_ids.stop, (10,), generator=gen).tolist()
-    first = [*words[:7], gmask, sop]
-    second = [words[7], mask, *words[8:10], sop]
-    return [GenerationRow(first, 7, True), GenerationRow(second, 1, False)]
+    return [[*words[:7], gmask, sop], [words[7], mask, *words[8:10], sop]]
 
 
-def verify_batch(config: GLMConfig | ChatGLMConfig, steps: int) -> AlignedBatch:
-    """The two verify rows aligned as the model's generator aligns them, with room for ``steps`` tokens."""
-    if isinstance(config, ChatGLMConfig):
-        from glm_engine.model.chatglm.chat import chatglm_batch
-
-        text = range(config.num_image_tokens + 20, min(config.mask_token_id, config.vocab_size))
-        rows = verify_rows(config.gmask_token_id, config.mask_token_id, config.bos_token_id, text)
-        return chatglm_batch([r.context for r in rows], config, [steps] * len(rows), config.pad_token_id)
-    layout = config.vocab_layout
-    text = range(layout.text_offset + 3, min(layout.mask, config.vocab_size))
-    rows = verify_rows(layout.gmask, layout.mask, layout.sop, text)
-    return align_left(rows, max(len(r.context) for r in rows) + steps, layout.pad, [steps] * len(rows))
+def verify_batch(config: Any, steps: int) -> AlignedBatch:
+    """The two verify rows aligned as the family's generator aligns them, with room for ``steps`` tokens."""
+    family = family_of(config)
+    tokens = family.blank_tokens(config)
+    rows = verify_rows(tokens.gmask, tokens.mask, tokens.sop, tokens.text)
+    return family.generation_batch(config, rows, [steps] * len(rows))
 
 
 def compare_runners(
@@ -203,93 +195,22 @@ class ExactDequantizingLinear(DequantizingLinear):
         return torch.nn.functional.linear(x, weight.to(x.dtype))
 
 
-def exact_reference(
-    source: str, config: str | None, quant: QuantSpec | None, output: QuantSpec | None = None
-) -> DecoderModel:
-    """The model of ``source`` over ``TorchOps`` in fp32, quantized like the export and dequantized exactly;
-    ``output``: the format of a quantized output projection (``--quant-output``)."""
-    weights = _Weights(source, config, torch.float32, quant)
-    state = weights.read(list(parameter_shapes(weights.config)))
-    ops = TorchOps(torch.device("cpu"), torch.float32)
-    from glm_engine.model.glm130b.weights import weight_layout
-
-    model_weights = ModelWeights.assemble(
-        weight_layout(weights.config),
-        state,
-        torch.float32,
-        "cpu",
-        prepare=lambda w: ExactDequantizingLinear(w.to("cpu")),
-        output_quant=output,
-    )
-    return DecoderModel(weights.config, model_weights, ops)
+def exact_reference(source: str, config: Any, quant: QuantSpec | None, output: QuantSpec | None = None) -> DecoderModel:
+    """The model of ``source`` over ``TorchOps`` in fp32, read and quantized as the export reads it, with each quantized
+    weight dequantized exactly; ``output``: the format of a quantized output projection (``--quant-output``)."""
+    model = open_source(source, config)
+    layout = model.family.weight_layout(model.config)
+    separate = output if layout.output_key is not None else None
+    tensors = model.reader.read(0, 1, torch.float32, "cpu", None, None, quant, True, separate)
+    tied = output if layout.output_key is None else None
+    exact = lambda weight: ExactDequantizingLinear(weight.to("cpu"))  # noqa: E731
+    weights = ModelWeights.assemble(layout, tensors, torch.float32, "cpu", exact, tied)
+    return DecoderModel(model.config, weights, TorchOps(torch.device("cpu"), torch.float32))
 
 
-def exact_chatglm_reference(source: str, quant: QuantSpec | None, quant_output: bool = False) -> DecoderModel:
-    """:func:`exact_reference` for ChatGLM: its weights read as the export reads them, over ``TorchOps`` in fp32."""
-    from glm_engine.export.chatglm_onnx import ChatGLMSource
-
-    weights = ChatGLMSource(source, torch.float32, quant, quant_output=quant_output)
-
-    def exact(t: torch.Tensor | QuantizedWeight) -> object:
-        return ExactDequantizingLinear(t) if isinstance(t, QuantizedWeight) else t
-
-    layers = [
-        LayerWeights(**{f.name: exact(getattr(layer, f.name)) for f in fields(LayerWeights)})
-        for layer in weights.layers()
-    ]
-    embedding = weights.read([EMBEDDING_KEY])[EMBEDDING_KEY]
-    final = weights.read(list(FINAL_LN_KEYS))
-    head = exact(weights.output_projection())
-    model_weights = ModelWeights(embedding, layers, final[FINAL_LN_KEYS[0]], final[FINAL_LN_KEYS[1]], head)
-    return DecoderModel(weights.config, model_weights, TorchOps(torch.device("cpu"), torch.float32))
-
-
-def _stored_quant(info: ExportedInfo, source: str, config: str | None) -> QuantSpec | None:
-    """The quantization ``source`` itself stores (a quantized checkpoint or release), None for floating point."""
-    from glm_engine.checkpoint import open_checkpoint
-    from glm_engine.engine.source import is_preset as _is_preset
-    from glm_engine.engine.source import resolve_config
-
-    if info.is_chatglm:
-        from glm_engine.export.chatglm_onnx import ChatGLMSource
-
-        return ChatGLMSource(source, torch.float32, None).quant
-    return None if _is_preset(source) else open_checkpoint(source, resolve_config(config)).quant_spec
-
-
-def _exact_model(
-    info: ExportedInfo, source: str, config: str | None, request: QuantSpec | None, output: QuantSpec | None
-) -> object:
-    """The exact fp32 reference of ``source``, quantized as ``request`` asks (the output projection too, in
-    ``output``'s format, when that is given)."""
-    if info.is_chatglm:
-        return exact_chatglm_reference(source, request, output is not None)
-    return exact_reference(source, config, request, output)
-
-
-def _cpu_model(
-    info: ExportedInfo, source: str, config: str | None, request: QuantSpec | None, output: QuantSpec | None
-) -> object:
-    """``source`` on glm-engine's CPU backend in the export's dtype, quantized as for :func:`_exact_model`."""
-    if info.is_chatglm:
-        from glm_engine.engine.deprecated import load_chatglm
-
-        quant = None if request is None else f"int{request.bits}"
-        scheme = "rowwise" if request is None or request.group_size is None else "groupwise"
-        group = None if request is None else request.group_size
-        return load_chatglm(
-            source,
-            "cpu",
-            info.dtype,
-            quant=quant,
-            quant_scheme=scheme,
-            quant_group_size=group,
-            quant_output=output is not None,
-        ).runner
-    from glm_engine.engine import load
-
-    quant_output = output is not None
-    return load(source, backend="cpu", dtype=info.dtype, config=config, quant=request, quant_output=quant_output).runner
+def _cpu_model(source: str, config: Any, dtype: torch.dtype, request: QuantSpec | None, output: bool) -> object:
+    """``source`` on glm-engine's CPU backend in the export's dtype, quantized as for :func:`exact_reference`."""
+    return load(source, backend="cpu", dtype=dtype, config=config, quant=request, quant_output=output).runner
 
 
 def verify_export(
@@ -310,7 +231,7 @@ def verify_export(
     steps = min(steps, info.config.max_sequence_length - VERIFY_PROMPT_TOKENS)  # prompt + steps fit the export
     quant = info.description.get("quantization")
     spec = None if quant is None else QuantSpec(quant["bits"], quant["group_size"])
-    stored = None if spec is None else _stored_quant(info, source, config)
+    stored = None if spec is None else open_source(source, config).reader.stored_quant
     request = spec if stored is None else None  # a quantized checkpoint loads quantized as it is
     output = spec if quant is not None and quant.get("output") else None  # --quant-output
     fast = spec is not None and quant.get("accuracy_level") == 4
@@ -320,14 +241,14 @@ def verify_export(
     elif spec is not None and info.dtype == torch.float32:
         exact_threshold = EXACT_QUANTIZED_NMSE_THRESHOLD
     ort_runner = OnnxRuntimeBackend().load_runner(folder, provider=provider)  # each comparison makes its own cache
-    reference = _exact_model(info, source, config, request, output)
+    reference = exact_reference(source, config, request, output)
     report = compare_runners(reference, ort_runner, steps, exact_threshold, "the exact fp32 reference")
     del reference
 
     threshold = NMSE_THRESHOLDS[info.dtype]
     if spec is not None:
         threshold = INT8_ACTIVATIONS_NMSE_THRESHOLD if fast else QUANTIZED_NMSE_THRESHOLD
-    engine_runner = _cpu_model(info, source, config, request, output)
+    engine_runner = _cpu_model(source, config, info.dtype, request, output is not None)
     # The CPU backend's quantized kernels return bf16, so its logits are only that precise; float paths round to dtype.
     rounding = torch.bfloat16 if spec is not None else info.dtype
     tolerance = 0.0 if rounding == torch.float32 else torch.finfo(rounding).eps

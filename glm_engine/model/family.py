@@ -23,6 +23,7 @@ from glm_engine.model.parts import BlockParts
 if TYPE_CHECKING:
     from glm_engine.backends.base import ModelRunner
     from glm_engine.generation.blank_filling import Completion
+    from glm_engine.generation.masks import AlignedBatch
     from glm_engine.model.weights import WeightLayout, WeightReader
 
 TokenCallback = Callable[[int, list[list[int]], list[list[int]]], None]
@@ -96,6 +97,15 @@ class Family(ABC):
     def config_from_dict(self, data: dict[str, Any], source: str) -> Any:
         """The inverse of :meth:`config_to_dict`, validated; a ConfigError names ``source``."""
 
+    @abstractmethod
+    def exported_section(self, config: Any) -> dict[str, Any]:
+        """The model part of an exported folder's ``genai_config.json``: the config in the family's own names, the
+        special tokens, and ``position_ids_shape`` (the exporter moves it into the decoder's shapes)."""
+
+    @abstractmethod
+    def config_from_exported(self, section: dict[str, Any], source: str) -> Any:
+        """The config an exported ``model`` section describes (the inverse of :meth:`exported_section`)."""
+
     # --- where weights come from ----------------------------------------------------------------------------------
     @abstractmethod
     def recognises(self, folder: Path) -> bool:
@@ -127,6 +137,11 @@ class Family(ABC):
     def prompt_inputs(self, config: Any, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The positions and bool mask (True = blocked, ``[b, 1, s, s]``) the reference gives ``input_ids [b, s]``
         as a prompt (everything after a generation start token counts as generated)."""
+
+    @abstractmethod
+    def generation_batch(self, config: Any, prompts: Sequence[Sequence[int]], budgets: Sequence[int]) -> AlignedBatch:
+        """Prompts ending with ``sop``, left-aligned as the family's generation aligns them, with positions and masks
+        out to the longest prompt plus the largest of ``budgets`` (each row's count of tokens to generate)."""
 
     @abstractmethod
     def continuation_inputs(

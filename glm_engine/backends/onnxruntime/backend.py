@@ -71,7 +71,7 @@ class OnnxRuntimeBackend(GraphLevelBackend):
         installed; ``threads`` sets ORT's intra-op threads (default: torch's thread count, for comparable runs)."""
         import onnxruntime as ort
         from glm_engine.backends.onnxruntime.runner import OrtRunner, check_runnable
-        from glm_engine.export.onnx_export import read_exported
+        from glm_engine.exported import read_exported
 
         verdict = self.availability()
         if not verdict:

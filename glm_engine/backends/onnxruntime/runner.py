@@ -16,9 +16,7 @@ import torch
 from glm_engine.backends.base import RunnerCapabilities
 from glm_engine.backends.onnxruntime.kv_cache import OrtKVCache
 from glm_engine.errors import BackendError, InputError
-from glm_engine.export.glm_onnx import LOGITS_TO_KEEP
-from glm_engine.export.onnx_export import ExportedInfo
-from glm_engine.model.glm130b.config import GLMConfig
+from glm_engine.exported import LOGITS_TO_KEEP, ExportedInfo
 from glm_engine.ops.interface import EagerStepper
 
 # numpy has no bfloat16: a bf16 export needs a runner that binds device memory for every tensor (TensorRT).
@@ -43,7 +41,7 @@ class OrtRunner:
     ) -> None:
         check_runnable(info)
         self.info = info
-        self.config: GLMConfig = info.config
+        self.config = info.config  # the family's config, its positions bounded by the export's context length
         self.session = session
         self.provider = provider
         self.kv_device = kv_device

@@ -25,12 +25,10 @@ from glm_engine.backends.tensorrt.plan import (
     file_sha256,
     plan_profiles,
 )
-from glm_engine.checkpoint.atomic import staged_folder, write_atomically
+from glm_engine.checkpoint.atomic import fsync_file, staged_folder, write_atomically, write_durably
 from glm_engine.errors import BackendError, InputError
-from glm_engine.export.onnx_export import GENAI_CONFIG_FILE, fsync_file, read_exported, write_durably
-from glm_engine.export.quant_onnx import QuantTarget
+from glm_engine.exported import ENGINE_FILE, GENAI_CONFIG_FILE, QuantTarget, read_exported
 
-ENGINE_FILE = "model.engine"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "glm-engine" / "tensorrt"
 DEFAULT_WORKSPACE_BYTES = 8 << 30
 Progress = Callable[[str, int, int], None]  # (phase, step, steps)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from glm_engine.errors import InputError
+from glm_engine.exported.names import TENSORRT_SECTION, past_names, present_names
 
 Shape = tuple[int, ...]
 PREFILL, DECODE = "prefill", "decode"
@@ -74,7 +75,7 @@ class GraphIO:
         )
 
     def kv_names(self) -> list[str]:
-        return [f"past_key_values.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")]
+        return past_names(self.num_layers)
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ def binding_plan(io: GraphIO, limits: Limits) -> list[Binding]:
         plan.append(Binding("logits_to_keep", True, "logits_to_keep", s))
     plan += [Binding(name, True, "past", kv) for name in io.kv_names()]
     plan.append(Binding("logits", False, "logits", b * s * io.vocab_size))
-    plan += [Binding(name.replace("past_key_values", "present"), False, "present", kv) for name in io.kv_names()]
+    plan += [Binding(name, False, "present", kv) for name in present_names(io.num_layers)]
     return plan
 
 
@@ -213,7 +214,7 @@ def engine_metadata(description: dict[str, Any], key: str, profiles: list[Profil
     """The JSON written next to an engine: the export's description plus what the engine was built for."""
     return {
         **description,
-        "tensorrt": {
+        TENSORRT_SECTION: {
             "cache_key": key,
             "limits": asdict(limits),
             "profiles": [p.name for p in profiles],

@@ -10,17 +10,16 @@ costs one read of the cache per step on the device, which the graph's ``Concat``
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from glm_engine.backends.base import DTYPE_NAMES, RunnerCapabilities
-from glm_engine.backends.tensorrt.build import ENGINE_FILE
 from glm_engine.backends.tensorrt.plan import PREFILL, GraphIO, Limits, binding_plan, check_call, profile_for
 from glm_engine.errors import InputError
-from glm_engine.export.onnx_export import read_exported
+from glm_engine.exported import ENGINE_FILE, TENSORRT_SECTION, read_exported
+from glm_engine.exported.names import KV_KINDS, PAST_NAMES, PRESENT_NAMES
 from glm_engine.model.kv_cache import KVCache
 from glm_engine.ops.interface import EagerStepper
 
@@ -39,11 +38,11 @@ class TrtRunner:
         import tensorrt as trt
 
         info = read_exported(folder)
-        description = json.loads((Path(folder) / "genai_config.json").read_text(encoding="utf-8"))
+        description = info.description
         self.config = info.config
         self.io = GraphIO.from_genai_config(description)
-        self.limits = Limits(**description["tensorrt"]["limits"])
-        self.profiles: list[str] = description["tensorrt"]["profiles"]
+        self.limits = Limits(**description[TENSORRT_SECTION]["limits"])
+        self.profiles: list[str] = description[TENSORRT_SECTION]["profiles"]
         self.device = torch.device("cuda", device_index)
         self.dtype = DTYPE_NAMES[self.io.dtype]
         self.capabilities = RunnerCapabilities(kv_cache=True, tensor_parallel=1, op_level=False)
@@ -105,10 +104,10 @@ class TrtRunner:
             for name, value in feeds.items():
                 self._bind_input(context, name, value)
             for layer in range(self.io.num_layers):
-                for index, kv in enumerate(("key", "value")):
+                for index, kv in enumerate(KV_KINDS):
                     shape = (b, self.io.num_kv_heads, past, self.io.head_size)
                     stored = cache.storage[layer, index, :, :, :past] if cache is not None else None
-                    self._bind_input(context, f"past_key_values.{layer}.{kv}", stored, shape)
+                    self._bind_input(context, PAST_NAMES[kv] % layer, stored, shape)
             outputs = {}
             for binding in self.plan:
                 if not binding.is_input:
@@ -119,8 +118,8 @@ class TrtRunner:
                 raise InputError("TensorRT refused to run this call (its log says why)")
             if cache is not None:
                 for layer in range(self.io.num_layers):
-                    keys = outputs[f"present.{layer}.key"][:, :, past:]
-                    values = outputs[f"present.{layer}.value"][:, :, past:]
+                    keys = outputs[PRESENT_NAMES["key"] % layer][:, :, past:]
+                    values = outputs[PRESENT_NAMES["value"] % layer][:, :, past:]
                     cache.update(layer, keys, values)
                 cache.advance(s)
             logits = outputs["logits"][:, -1:] if last_only else outputs["logits"]

@@ -21,8 +21,15 @@ from glm_engine.checkpoint.hf import CONFIG_FILE_NAME, model_type, open_hf_check
 from glm_engine.errors import CheckpointError, ConfigError, InputError, TokenizerError
 from glm_engine.generation.blank_filling import Completion
 from glm_engine.generation.chat import ChatOptions
-from glm_engine.generation.masks import generation_blocked
-from glm_engine.model.chatglm.chat import block_positions, build_chat_prompt, generate_ids, reply, rounds_of
+from glm_engine.generation.masks import AlignedBatch, generation_blocked
+from glm_engine.model.chatglm.chat import (
+    block_positions,
+    build_chat_prompt,
+    chatglm_batch,
+    generate_ids,
+    reply,
+    rounds_of,
+)
 from glm_engine.model.chatglm.config import CHATGLM_PRESETS, CONFORMANCE_CONFIG, MODEL_TYPE, ChatGLMConfig
 from glm_engine.model.chatglm.reader import ChatGLMReader
 from glm_engine.model.chatglm.rotary import chatglm_rotary_table
@@ -90,6 +97,26 @@ class ChatGLMFamily(Family):
         data = dict(data)
         return ChatGLMConfig.from_hf_dict(data, source, data.pop("num_image_tokens", None))
 
+    def exported_section(self, config: ChatGLMConfig) -> dict[str, Any]:
+        return {
+            "config": config.to_hf_dict(),
+            "num_image_tokens": config.num_image_tokens,  # tokenizer_config.json's: where text piece 0 sits
+            "bos_token_id": config.bos_token_id,
+            "eos_token_id": list(config.end_token_ids),
+            "pad_token_id": config.pad_token_id,
+            "special_tokens": {
+                "mask": config.mask_token_id,
+                "gmask": config.gmask_token_id,
+                "sop": config.bos_token_id,
+                "eop": config.eos_token_id,
+                "pad": config.pad_token_id,
+            },
+            "position_ids_shape": ["batch_size", 2, "sequence_length"],
+        }
+
+    def config_from_exported(self, section: dict[str, Any], source: str) -> ChatGLMConfig:
+        return ChatGLMConfig.from_hf_dict(section["config"], source, section.get("num_image_tokens"))
+
     def recognises(self, folder: Path) -> bool:
         return model_type(folder) == MODEL_TYPE
 
@@ -133,6 +160,11 @@ class ChatGLMFamily(Family):
             positions[row, 1] = block_positions(context, length)
             blocked[row, 0] = generation_blocked(context, length)
         return positions, blocked
+
+    def generation_batch(
+        self, config: ChatGLMConfig, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
+    ) -> AlignedBatch:
+        return chatglm_batch(prompts, config, budgets, config.pad_token_id)
 
     def continuation_inputs(
         self, config: ChatGLMConfig, batch: int, context: int, total: int

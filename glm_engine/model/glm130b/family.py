@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from glm_engine.checkpoint import hf, native, sat
+from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 from glm_engine.model.family import BlankTokens, Family, TokenCallback
 from glm_engine.model.glm130b.config import CONFORMANCE_CONFIG, PRESETS, GLMConfig
 from glm_engine.model.glm130b.rotary import rotary_table
@@ -64,6 +65,20 @@ class GLM130BFamily(Family):
 
     def config_from_dict(self, data: dict[str, Any], source: str) -> GLMConfig:
         return GLMConfig.from_dict(data, source)
+
+    def exported_section(self, config: GLMConfig) -> dict[str, Any]:
+        layout = config.vocab_layout
+        return {
+            "config": config.to_dict(),
+            "bos_token_id": layout.sop,
+            "eos_token_id": [layout.eos, layout.eop],
+            "pad_token_id": layout.pad,
+            "special_tokens": layout.to_dict(),
+            "position_ids_shape": ["batch_size", "sequence_length"],
+        }
+
+    def config_from_exported(self, section: dict[str, Any], source: str) -> GLMConfig:
+        return GLMConfig.from_dict(section["config"], source=source)
 
     def recognises(self, folder: Path) -> bool:
         """A SAT folder, or a native one (its config.json has GLM-130B's keys, no Hugging Face ``model_type``)."""
@@ -117,6 +132,18 @@ class GLM130BFamily(Family):
             positions[row] = generation_positions(context, length, at, mask in (None, layout.gmask))
             blocked[row, 0] = generation_blocked(context, length)
         return positions, blocked
+
+    def generation_batch(
+        self, config: GLMConfig, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
+    ) -> AlignedBatch:
+        """Rows as ``fill_blanks`` builds them: each filling its first ``[MASK]``, else ``[sMASK]``, else continuing
+        its ``[gMASK]``; left-aligned (``align_left``)."""
+        layout, rows = config.vocab_layout, []
+        for ids in prompts:
+            mask = next((m for m in (layout.mask, layout.smask, layout.gmask) if m in ids), layout.gmask)
+            at = list(ids).index(mask) if mask in ids else 0
+            rows.append(GenerationRow(list(ids), at, mask == layout.gmask))
+        return align_left(rows, max(len(ids) for ids in prompts) + max(budgets), layout.pad, budgets)
 
     def continuation_inputs(
         self, config: GLMConfig, batch: int, context: int, total: int
