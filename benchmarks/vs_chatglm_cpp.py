@@ -2,11 +2,14 @@
 
 Pairs: ggml f16 vs our bf16, ggml q8_0 vs our INT8 rowwise, ggml q4_0 (blocks of 32) vs our INT4 groupwise 32 and INT4
 rowwise; at 8 and 4 bits each of ours with ``lm_head`` in bf16 (the reference's choice) and quantized like the linears
-(``quant_output``, like-for-like with ggml, which quantizes its output layer). Both engines get the same prompt ids,
-decode greedily for ``--new-tokens`` tokens with ``--threads`` threads, and the prefill step is timed apart from the
-decode steps (tokens/s below counts decode steps only). For each width
-the pair is loaded together and timed in alternating rounds (median of ``--rounds``), so machine noise hits both.
-Prints a table; asserts nothing.
+(``quant_output``, like-for-like with ggml, which quantizes its output layer). Both engines are timed by
+``glm-engine bench``'s own protocol and summarised by its rows (``glm_engine.bench.measure`` / ``rows``): the same
+workload (a ``--prompt``-token prompt of random text ids, then ``--new-tokens`` decode steps fed the same ids), the
+prefill timed apart from the decode steps, warm-up and repetitions alike. chatglm.cpp sits behind the bench's runner
+interface (``GgmlRunner`` below); it builds its own positions and mask from the prompt length, and each of its steps
+includes its greedy choice over the vocabulary (a fraction of a millisecond). For each width the engines are loaded
+together and measured one after another. Prints a table; asserts nothing. The same ``glm-engine`` numbers alone:
+``glm-engine bench --model HF_FOLDER --dtype bf16 --quant none,int8,int4 -t pg35,32 --no-baseline``.
 
 chatglm.cpp is not a dependency of glm-engine. Install it into a separate venv (it builds from source, minutes):
 ``CMAKE_POLICY_VERSION_MINIMUM=3.5 pip install chatglm-cpp==0.4.2 torch==2.13.0`` and run this script from a Python
@@ -20,76 +23,70 @@ Run: ``python benchmarks/vs_chatglm_cpp.py --ggml-dir DIR --hf-dir HF_FOLDER [--
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
-import itertools
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-import glm_engine
-from glm_engine.generation.chat import ChatOptions, generate_ids
+from glm_engine.bench.measure import measure
+from glm_engine.bench.models import resolve_model
+from glm_engine.bench.rows import row_from_measurement
+from glm_engine.bench.spec import Kind, Point, QuantChoice, TestSpec
+from glm_engine.bench.workload import build_workload
 
-PROMPT = "Explain how a large language model decodes one token at a time, in a few sentences."
-# (label, ggml type, [(name, glm-engine quant, quant scheme, group size, quantize lm_head)])
+# (label, ggml type, [(name, our weights)])
 PAIRS = [
-    ("16-bit", "f16", [("bf16", None, "rowwise", None, False)]),
-    (
-        "8-bit",
-        "q8_0",
-        [("int8 rowwise", "int8", "rowwise", None, False), ("int8 rowwise + lm_head", "int8", "rowwise", None, True)],
-    ),
+    ("16-bit", "f16", [("bf16", QuantChoice())]),
+    ("8-bit", "q8_0", [("int8 rowwise", QuantChoice(8)), ("int8 rowwise + lm_head", QuantChoice(8, None, True))]),
     (
         "4-bit",
         "q4_0",
         [
-            ("int4 groupwise 32", "int4", "groupwise", 32, False),
-            ("int4 groupwise 32 + lm_head", "int4", "groupwise", 32, True),
-            ("int4 rowwise + lm_head", "int4", "rowwise", None, True),
+            ("int4 groupwise 32", QuantChoice(4, 32)),
+            ("int4 groupwise 32 + lm_head", QuantChoice(4, 32, True)),
+            ("int4 rowwise + lm_head", QuantChoice(4, None, True)),
         ],
     ),
 ]
 
 
-def time_ggml(model, ids: list[int], new_tokens: int, threads: int) -> tuple[float, list[float]]:
-    """chatglm.cpp: (prefill seconds, decode step seconds), greedy, as ``Pipeline._stream_generate_ids`` drives it."""
-    from chatglm_cpp import _C
+class GgmlCache:
+    """chatglm.cpp keeps its KV cache inside the model: this holds the ids it has seen and how many it has run."""
 
-    config = _C.GenerationConfig(
-        max_length=len(ids) + new_tokens + 1, max_new_tokens=new_tokens, max_context_length=len(ids), do_sample=False
-    )
-    # chatglm-cpp 0.4.2 has no thread setting in its Python API: ggml uses all hardware threads; run with
-    # --threads equal to the core count (or pin the process with taskset) for a like-for-like comparison.
-    del threads
-    input_ids = list(ids)
-    n_past = 0
-    times = []
-    for _ in range(new_tokens):
-        start = time.perf_counter()
-        token = model.generate_next_token(input_ids, None, config, n_past, len(input_ids) + new_tokens)
-        times.append(time.perf_counter() - start)
-        n_past = len(input_ids)
-        input_ids.append(token)
-    return times[0], times[1:]
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.n_past = 0
+
+    def reset(self) -> None:
+        self.ids, self.n_past = [], 0
 
 
-def time_engine(engine, ids: list[int], new_tokens: int) -> tuple[float, list[float]]:
-    """glm-engine: (prefill seconds, decode step seconds) from the per-token callback of a greedy generation."""
-    options = ChatOptions(do_sample=False, max_new_tokens=new_tokens)
-    strategy = options.build_strategy(engine.config)
-    stamps = [time.perf_counter()]
-    generate_ids(
-        engine.runner,
-        engine.config,
-        [ids],
-        len(ids) + new_tokens,
-        strategy,
-        on_token=lambda *_: stamps.append(time.perf_counter()),
-    )
-    deltas = [b - a for a, b in itertools.pairwise(stamps)]
-    return deltas[0], deltas[1:]
+class GgmlRunner:
+    """A chatglm.cpp model behind the runner interface ``glm_engine.bench.measure`` times: each forward appends its
+    ids and runs ``generate_next_token`` over the new ones, as ``Pipeline._stream_generate_ids`` drives it."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, model, context: int, total: int) -> None:
+        from chatglm_cpp import _C
+
+        self.model = model
+        self.context = context  # chatglm.cpp derives positions and the mask from the prompt length
+        self.config = _C.GenerationConfig(
+            max_length=total + 1, max_new_tokens=total - context, max_context_length=context, do_sample=False
+        )
+
+    def new_cache(self, batch_size: int, max_length: int) -> GgmlCache:
+        return GgmlCache()
+
+    def forward(self, input_ids, position_ids, blocked, cache=None, last_only=False) -> torch.Tensor:
+        cache.ids.extend(int(i) for i in input_ids[0])
+        token = self.model.generate_next_token(cache.ids, None, self.config, cache.n_past, self.context)
+        cache.n_past = len(cache.ids)
+        return torch.tensor([[token]])
+
+    def step(self, cache, input_ids, position_ids, blocked) -> torch.Tensor:
+        return self.forward(input_ids, position_ids, blocked, cache)
 
 
 def main() -> None:
@@ -97,8 +94,9 @@ def main() -> None:
     parser.add_argument("--ggml-dir", type=Path, required=True)
     parser.add_argument("--hf-dir", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt", type=int, default=35, help="prompt tokens (prefilled in one timed forward)")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--widths", default="16-bit,8-bit,4-bit")
     args = parser.parse_args()
     try:
@@ -107,47 +105,38 @@ def main() -> None:
         raise SystemExit(
             "chatglm_cpp is missing: CMAKE_POLICY_VERSION_MINIMUM=3.5 pip install chatglm-cpp==0.4.2"
         ) from exc
+    # chatglm-cpp 0.4.2 has no thread setting in its Python API: ggml uses all hardware threads; run with --threads
+    # equal to the core count (or pin the process with taskset) for a like-for-like comparison.
     torch.set_num_threads(args.threads)
+    source = resolve_model(str(args.hf_dir))
+    test = TestSpec(Kind.COMBINED, args.prompt, args.new_tokens)
+    total = args.prompt + args.new_tokens
+    work = build_workload(source.family, source.config, 1, args.prompt, total, source.text_ids, seed=1234)
     rows = []
     for label, ggml_type, ours in PAIRS:
         if label not in args.widths.split(","):
             continue
         (ggml_file,) = sorted(args.ggml_dir.glob(f"*-{ggml_type}.bin"))
-        ggml = chatglm_cpp.Pipeline(str(ggml_file)).model
-        engines = {}
-        for name, quant, scheme, group, output in ours:
-            engines[name] = glm_engine.load_chatglm(
-                args.hf_dir,
-                backend="cpu",
-                dtype="bf16",
-                quant=quant,
-                quant_scheme=scheme,
-                quant_group_size=group,
-                quant_output=output,
-            )
-        ids = next(iter(engines.values())).tokenizer.build_inputs(PROMPT)
-        runners = {f"chatglm.cpp {ggml_type}": functools.partial(time_ggml, ggml, ids, args.new_tokens, args.threads)}
-        for name, engine in engines.items():
-            runners[f"glm-engine {name}"] = functools.partial(time_engine, engine, ids, args.new_tokens)
-        for run in runners.values():  # warm-up
-            run()
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
-        for _ in range(args.rounds):
-            for name, run in runners.items():
-                prefill, steps = run()
-                results[name].append((prefill, statistics.median(steps)))
+        ggml = GgmlRunner(chatglm_cpp.Pipeline(str(ggml_file)).model, args.prompt, total)
+        runners = {f"chatglm.cpp {ggml_type}": (ggml, lambda ggml=ggml: ggml, None)}
+        for name, quant in ours:
+            loaded = source.load("cpu", "bf16", quant)
+            stepper = loaded.runner.decode_stepper(steps=args.new_tokens)
+            runners[f"glm-engine {name}"] = (loaded.runner, lambda s=stepper: s, loaded.weight_bytes)
         base = None
-        for name, samples in results.items():
-            prefill = statistics.median(s[0] for s in samples)
-            step = statistics.median(s[1] for s in samples)
-            base = base or step
-            rows.append((label, name, 1.0 / step, step * 1e3, prefill * 1e3, base / step))
-            print(f"{label:7s} {name:32s} {1.0 / step:7.2f} tok/s {step * 1e3:8.1f} ms/tok", flush=True)
-        ggml = engines = runners = None
+        for name, (runner, make_stepper, weight_bytes) in runners.items():
+            point = Point("cpu", "bf16", QuantChoice(), 1, 1, 0, test)
+            result = measure(runner, work, point, args.repetitions, 1, make_stepper)
+            row = row_from_measurement(name, point, result, weight_bytes, None, "cpu")
+            decode = 1e3 / row.itl_median_ms
+            base = base or decode
+            rows.append((label, name, decode, row.itl_median_ms, row.ttft_ms, decode / base))
+            print(f"{label:7s} {name:40s} {decode:7.2f} tok/s {row.itl_median_ms:8.1f} ms/tok", flush=True)
+        ggml = runners = None
         gc.collect()
     print(
-        f"\nbatch 1, {len(ids)}-token prompt, {args.new_tokens} greedy tokens, {args.threads} threads, "
-        f"median of {args.rounds} rounds (median step per round)"
+        f"\nbatch 1, {args.prompt}-token prompt, {args.new_tokens} decode steps, {args.threads} threads, "
+        f"median step over {args.repetitions} repetitions (glm-engine bench's protocol)"
     )
     print("| width | engine | decode tok/s | ms/token | prefill ms | speed vs chatglm.cpp |")
     print("|---|---|---|---|---|---|")

@@ -1,5 +1,6 @@
 """The backend registry: built-ins, availability with reasons, capability queries, plugins, auto selection."""
 
+import re
 import sys
 import types
 
@@ -16,6 +17,15 @@ from glm_engine.ops.torch_ops import TorchOps
 from glm_engine.quant.formats import QuantFormat
 
 BUILTINS = ["cpu", "cuda", "rocm_dcu", "ascend", "tensorrt", "onnxruntime"]
+# What an unavailable built-in's reason must name: the runtime or package that is missing, and what to do about it.
+MISSING_PIECE = {
+    "cuda": "CUDA",
+    "rocm_dcu": "HIP",
+    "ascend": "torch_npu",
+    "tensorrt": "TensorRT",
+    "onnxruntime": "onnxruntime",
+}
+REMEDY = re.compile(r"install|check|use --backend")
 
 
 def test_every_builtin_backend_is_listed_and_answers_availability():
@@ -23,8 +33,10 @@ def test_every_builtin_backend_is_listed_and_answers_availability():
     assert reg.names()[: len(BUILTINS)] == BUILTINS
     for backend in reg.all():
         verdict = backend.availability()
-        assert isinstance(verdict, Verdict)
-        assert verdict.ok or len(verdict.reason) > 20  # unavailable always says why
+        assert isinstance(verdict, Verdict) and verdict.reason, backend.name
+        if not verdict.ok and backend.name in MISSING_PIECE:  # unavailable: says what is missing and what to do
+            assert MISSING_PIECE[backend.name].lower() in verdict.reason.lower(), verdict.reason
+            assert REMEDY.search(verdict.reason), verdict.reason
 
 
 def test_cpu_is_available_and_declares_its_abilities():

@@ -7,6 +7,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from glm_engine.cli.errors import USER_ERROR_EXIT_CODE
 from glm_engine.cli.main import app
 
 runner = CliRunner()
@@ -129,7 +130,8 @@ def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
     )
     result = runner.invoke(app, ["run", *args], input="stop\n")
     assert result.exit_code == 1
-    assert result.exception is None or isinstance(result.exception, SystemExit)
+    # handled by user_errors (typer.Exit -> SystemExit), not the error escaping with its traceback
+    assert isinstance(result.exception, SystemExit) and result.exception.code == USER_ERROR_EXIT_CODE
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
 

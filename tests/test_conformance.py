@@ -16,11 +16,11 @@ from glm_engine.backends.cpu import CpuBackend
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.cli.main import app
 from glm_engine.conformance import runner as runner_module
-from glm_engine.conformance.cases import PERF_CASES, TEST_CASES, LinearCase
+from glm_engine.conformance.cases import PERF_CASES, TEST_CASES, LinearCase, select
 from glm_engine.conformance.model_checks import run_model_checks
 from glm_engine.conformance.poison import poisoned_allocations
 from glm_engine.conformance.report import ReportFormat, perf_report, results_report, support_report
-from glm_engine.conformance.runner import Status, run_perf, run_tests, support_matrix
+from glm_engine.conformance.runner import Status, case_seed, run_perf, run_tests, support_matrix
 from glm_engine.conformance.selftest import BROKEN_TABLES, self_test
 from glm_engine.conformance.thresholds import THRESHOLDS, threshold_for
 from glm_engine.model.registry import FAMILIES
@@ -126,7 +126,10 @@ def test_same_seed_draws_the_same_inputs_and_a_fresh_run_draws_new_ones() -> Non
     first = run_tests(CpuBackend(), ops=[Op.GELU], dtypes=[torch.float16], seed=123)
     again = run_tests(CpuBackend(), ops=[Op.GELU], dtypes=[torch.float16], seed=123)
     assert [r.nmse for r in first.results] == [r.nmse for r in again.results]
-    assert run_tests(CpuBackend(), ops=[Op.GELU], dtypes=[torch.float16]).seed != 123 or True  # fresh by default
+    fresh = [run_tests(CpuBackend(), ops=[Op.GELU], dtypes=[torch.float16]) for _ in range(2)]
+    assert fresh[0].seed != fresh[1].seed  # fresh by default (two draws from 2^31 collide once in 2 billion)
+    gelu_cases = select(TEST_CASES, [Op.GELU])
+    assert [r.seed for r in fresh[0].results] == [case_seed(fresh[0].seed, c, torch.float16) for c in gelu_cases]
     assert (
         first.results[0].seed
         != run_tests(CpuBackend(), ops=[Op.GELU], dtypes=[torch.float16], seed=124).results[0].seed

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from bounds import max_nmse, nmse
 
 from glm_engine.backends.cpu import CpuBackend, quant_kernels
 from glm_engine.backends.cpu.quant_linear import Int4Linear, Int8GroupwiseLinear, prepare_cpu_quantized
@@ -17,10 +18,8 @@ from glm_engine.quant.formats import QuantFormat
 from glm_engine.quant.weight import QuantizedWeight
 
 # Every CPU path rounds activations, scales and outputs to bf16 (relative 2^-9 each): measured NMSE <= 2.2e-5
-# against the exact product of the dequantized weight, for every format and dtype. A wrong scale, offset or packing
-# order gives NMSE of order 1.
-NMSE_LIMIT = {QuantFormat.INT8_ROWWISE: 5e-5, QuantFormat.INT8_GROUPWISE: 5e-5}
-NMSE_LIMIT_INT4 = 5e-5
+# against the exact product of the dequantized weight, for every format and dtype, within the conformance suite's
+# ``linear:<format>`` bound (tests/bounds.py). A wrong scale, offset or packing order gives NMSE of order 1.
 SCHEMES = [(8, None), (8, 32), (8, 64), (8, 128), (4, None), (4, 32), (4, 64), (4, 128)]
 # (out, in): aligned, rows not a multiple of 16, in-features needing padding (rowwise only) and three int4 groups.
 SHAPES = [(48, 256), (7, 128), (33, 100), (20, 384)]
@@ -29,10 +28,6 @@ SHAPES = [(48, 256), (7, 128), (33, 100), (20, 384)]
 def quantized(out: int, columns: int, bits: int, group_size: int | None, seed: int = 0) -> QuantizedWeight:
     w = torch.randn(out, columns, generator=torch.Generator().manual_seed(seed)) / columns**0.5
     return QuantizedWeight.quantize(w, bits, group_size)
-
-
-def nmse(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((got.double() - expected).pow(2).sum() / expected.pow(2).sum()).item()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -44,12 +39,12 @@ def test_every_kernel_path_matches_dequantize_then_fp64_matmul(out, columns, bit
     q = quantized(out, columns, bits, group_size)
     packed = prepare_cpu_quantized(q)
     exact = q.dequantize(torch.float64)
-    limit = NMSE_LIMIT.get(q.format, NMSE_LIMIT_INT4)
+    limit = max_nmse(f"linear:{q.format.value}", dtype)
     for rows in ((1, 1), (2, 5)):  # decode (one row) and prefill-sized batches
         x = torch.randn(*rows, columns, generator=torch.Generator().manual_seed(1)).to(dtype)
         got = packed(x)
         assert got.dtype == dtype and got.shape == (*rows, out)
-        assert nmse(got, x.double() @ exact.T) < limit
+        assert nmse(got, x.double() @ exact.T) <= limit
 
 
 @pytest.mark.parametrize(("bits", "group_size"), SCHEMES)

@@ -11,11 +11,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from bounds import max_nmse
+from bounds import nmse as suite_nmse
 
 from glm_engine.backends.cuda.ops import CudaOps
 from glm_engine.backends.registry import get_backend
 from glm_engine.errors import BackendError
-from glm_engine.kernels.triton import interpreting, triton_verdict
+from glm_engine.kernels.triton import triton_verdict
 from glm_engine.kernels.triton.configs import (
     DECODE_MAX_M,
     KernelConfig,
@@ -30,11 +32,9 @@ from glm_engine.quant.weight import QuantizedWeight
 
 needs_triton = pytest.mark.skipif(not triton_verdict()[0], reason=f"needs triton: {triton_verdict()[1]}")
 
-# NMSE of the kernels' output against float64 products of the same inputs and dequantized weights. Both are bounded
-# by the output's rounding to the activation dtype: fp16 (2^-11 relative) ~1e-7 measured; bf16 (2^-8) ~3e-6 when
-# rounded to nearest, ~1e-5 under Triton 3.9's interpreter, which truncates fp32 -> bf16 stores. A wrong scale group,
-# nibble order or mask gives NMSE of order 1.
-MAX_NMSE = {torch.float16: 5e-7, torch.bfloat16: 3e-5 if interpreting() else 1e-5}
+# NMSE of the kernels' output against float64 products of the same inputs and dequantized weights, bounded by the
+# conformance suite's ``linear:<format>`` rows (tests/bounds.py). A wrong scale group, nibble order or mask gives NMSE
+# of order 1.
 
 # Tiles small enough that the test shapes span several programs and K blocks (the real tiles are in configs.py).
 SMALL_TILES = {
@@ -53,8 +53,11 @@ def activations(m: int, columns: int, dtype: torch.dtype, seed: int = 1) -> torc
 
 
 def nmse(got: torch.Tensor, x: torch.Tensor, weight: QuantizedWeight) -> float:
-    reference = x.double() @ weight.dequantize(torch.float32).double().T
-    return float(((got.double() - reference) ** 2).sum() / (reference**2).sum())
+    return suite_nmse(got, x.double() @ weight.dequantize(torch.float32).double().T)
+
+
+def bound(weight: QuantizedWeight, dtype: torch.dtype) -> float:
+    return max_nmse(f"linear:{weight.format.value}", dtype)
 
 
 def small_config(variant: Variant, m: int, n: int, k: int, bits: int, group_size: int | None) -> KernelConfig:
@@ -76,7 +79,7 @@ def test_kernel_matches_dequantize_then_matmul(variant, bits, group_size, m, dty
     got = dequant_matmul(x, weight.stored, weight.scale, bits, small_config(variant, m, n, k, bits, group_size))
     assert got.dtype == dtype and got.shape == (m, n)
     assert torch.isfinite(got).all()
-    assert nmse(got, x, weight) <= MAX_NMSE[dtype]
+    assert nmse(got, x, weight) <= bound(weight, dtype)
 
 
 @needs_triton
@@ -88,7 +91,8 @@ def test_rowwise_kernel_handles_a_ragged_last_k_block(variant, bits):
     weight = quantized(24, 96, bits, None, seed=3)  # 96 = one full 64-wide K block and half of another
     x = activations(5, 96, torch.float16, seed=4)
     config = replace(small_config(variant, 5, 24, 96, bits, None), block_k=64)
-    assert nmse(dequant_matmul(x, weight.stored, weight.scale, bits, config), x, weight) <= MAX_NMSE[torch.float16]
+    got = dequant_matmul(x, weight.stored, weight.scale, bits, config)
+    assert nmse(got, x, weight) <= bound(weight, torch.float16)
 
 
 @needs_triton
@@ -100,7 +104,7 @@ def test_int4_nibble_order_matters():
     swapped = QuantizedWeight(((weight.stored << 4) | ((weight.stored >> 4) & 0x0F)).to(torch.int8), weight.scale, 4)
     x = activations(2, 64, torch.float16)
     config = small_config(Variant.DECODE, 2, 32, 64, 4, 32)
-    assert nmse(dequant_matmul(x, weight.stored, weight.scale, 4, config), x, weight) <= MAX_NMSE[torch.float16]
+    assert nmse(dequant_matmul(x, weight.stored, weight.scale, 4, config), x, weight) <= bound(weight, torch.float16)
     assert nmse(dequant_matmul(x, swapped.stored, swapped.scale, 4, config), x, weight) > 0.1
 
 
@@ -118,7 +122,7 @@ def test_cuda_op_table_runs_quantized_linears_through_triton(m):
     got = ops.linear(x, packed, bias)
     expected = DequantizingLinear(weight)(x.float()) + bias.float()
     assert got.shape == (1, m, 32) and got.dtype == torch.float16
-    assert float(((got.float() - expected) ** 2).sum() / (expected**2).sum()) <= MAX_NMSE[torch.float16]
+    assert suite_nmse(got, expected) <= bound(weight, torch.float16)
 
 
 def test_cuda_op_table_falls_back_with_a_reason(monkeypatch):

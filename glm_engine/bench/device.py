@@ -66,14 +66,24 @@ class Timer:
         return time.perf_counter() - self._start
 
 
-def _vm_hwm_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` in bytes; None without procfs."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024  # kB
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _vm_hwm_bytes() -> int | None:
+    return _status_bytes("VmHWM:")
+
+
+def host_resident_bytes() -> int | None:
+    """The process's resident set now (Linux ``VmRSS``); None where procfs has no such field."""
+    return _status_bytes("VmRSS:")
 
 
 def host_peak_note() -> str:

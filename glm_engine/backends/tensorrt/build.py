@@ -46,7 +46,10 @@ def tensorrt_missing_reason() -> str | None:
             "the lean runtime wheels have no Builder)"
         )
     if torch.version.cuda is None or not torch.cuda.is_available():
-        return "TensorRT needs a CUDA device and a CUDA build of torch; none found"
+        return (
+            "TensorRT needs a CUDA device and a CUDA build of torch; none found: install a CUDA build of torch and "
+            "check the NVIDIA driver"
+        )
     return None
 
 
