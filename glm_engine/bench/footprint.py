@@ -34,7 +34,6 @@ from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH, MODEL_FILENAME
 
 from .baseline import worker_env
 from .models import Shape, resolve_model
-from .workload import Family
 
 RANDOM_WEIGHT_STD = 0.02  # the spread of a trained GLM's weights; the values do not matter for memory
 SAT_TAG = "1"  # the iteration folder ``latest`` names
@@ -92,7 +91,7 @@ def random_config(model: str, shape: Shape) -> GLMConfig:
     """The config of a ``random:<preset>`` GLM-130B-family model shaped by ``shape`` (as ``glm-engine bench`` reads
     ``--model`` and ``--layers/--hidden/--heads/--inner``)."""
     source = resolve_model(model, shape)
-    if not source.random or source.family is not Family.GLM:
+    if not source.random or source.family.config_type is not GLMConfig:  # what the SAT/native writers take
         raise InputError(f"{model}: random checkpoints are written for random:<GLM preset> models (random:glm-130b)")
     return source.config
 
