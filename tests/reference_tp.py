@@ -1,5 +1,6 @@
-"""An independent transcription of the reference's tools/convert_tp.py split/merge (glm130b.md section 2.4), used
-to write test checkpoints in the reference's own layout and to check our re-sharding against it."""
+"""An independent transcription of the reference's tools/convert_tp.py split/merge
+(docs/glm-semantics.md#re-sharding-as-convert_tp-does), used to write test checkpoints in the reference's own layout and
+to check our re-sharding against it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ REPLICATED_NAMES = (
 
 
 def reference_convert(key: str, sources: list[torch.Tensor], rank: int, target_tp: int) -> torch.Tensor:
-    """convert_tp.py's merge/split (glm130b.md section 2.4), for target dividing or divided by the source TP."""
+    """convert_tp.py's merge/split (docs/glm-semantics.md#re-sharding-as-convert_tp-does), for target dividing or
+    divided by the source TP."""
     name = key.split(".", 3)[-1] if key.startswith("transformer.layers.") else key.removeprefix("transformer.")
     if name in REPLICATED_NAMES:
         return sources[0].clone()

@@ -12,7 +12,7 @@ def test_glm_130b_preset_matches_the_release():
     assert (config.inner_hidden_size, config.vocab_size, config.max_sequence_length) == (32768, 150528, 2048)
     assert config.head_dim == 128
     assert config.deepnorm_alpha == pytest.approx(11.832159566199232, abs=0)
-    assert config.num_parameters() == 128_697_794_560  # glm130b.md section 1.1
+    assert config.num_parameters() == 128_697_794_560  # docs/glm-semantics.md#glm-130b-hyper-parameters
     assert config.valid_tp_degrees() == [1, 2, 4, 8, 16, 32]
 
 

@@ -90,7 +90,8 @@ def test_load_time_resharding_gives_each_rank_its_reference_shard(tp4, full, tp)
 
 
 def reference_quantize(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """glm130b.md section 3.1 in float64 arithmetic with explicit fp16 roundings, INT4 packed by hand."""
+    """docs/glm-semantics.md#weight-only-quantization-formula in float64 arithmetic with explicit fp16 roundings, INT4
+    packed by hand."""
     w = weight.to(torch.float16).double()
     scale = (w.abs().max(dim=1).values.float() / (2 ** (bits - 1) - 1)).half()
     q = torch.round((w.float() / scale.float()[:, None]).half().double()).to(torch.int8)

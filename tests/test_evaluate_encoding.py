@@ -1,4 +1,4 @@
-"""Task encodings against hand-built tokens, positions and masks (glm130b.md section 5.4)."""
+"""Task encodings against hand-built tokens, positions and masks (docs/evaluation.md#task-encodings)."""
 
 from types import SimpleNamespace
 

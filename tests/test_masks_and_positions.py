@@ -1,4 +1,5 @@
-"""Masks and position ids exactly as the reference's get_masks_and_position_ids (glm130b.md 1.7, 1.9)."""
+"""Masks and position ids exactly as the reference's get_masks_and_position_ids
+(docs/glm-semantics.md#masks-and-positions)."""
 
 import pytest
 import torch

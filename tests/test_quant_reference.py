@@ -1,4 +1,5 @@
-"""The reference's INT8/INT4 formula against an independent numpy transcription of glm130b.md section 3.1."""
+"""The reference's INT8/INT4 formula against an independent numpy transcription of
+docs/glm-semantics.md#weight-only-quantization-formula."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Generation strategies against the reference semantics (glm130b.md 4.1, 4.2), on hand-made logits."""
+"""Generation strategies against the reference semantics (docs/glm-semantics.md#generation-strategies), on hand-made
+logits."""
 
 import math
 

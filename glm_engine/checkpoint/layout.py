@@ -1,7 +1,8 @@
 """What a checkpoint file must hold for a config, TP degree and quantization, checked from metadata only.
 
 Everything here reads shapes and dtypes (from safetensors headers or memory-mapped ``torch.load``), never tensor
-data, so a 260 GB checkpoint is validated in seconds before anything heavy is loaded (glm130b.md sections 2.2, 2.5).
+data, so a 260 GB checkpoint is validated in seconds before anything heavy is loaded
+(docs/glm-semantics.md#checkpoint-layout).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def infos_of(state_dict: Mapping[str, torch.Tensor | QuantizedWeight]) -> dict[s
 def expected_layout(
     config: GLMConfig, tp: int, bits: int | None, group_size: int | None = None
 ) -> dict[str, tuple[int, ...]]:
-    """Every key one rank must hold, with its shape; quantized linears add ``*_scale`` keys (glm130b.md 2.5):
+    """Every key one rank must hold, with its shape; quantized linears add ``*_scale`` keys
+    (docs/glm-semantics.md#quantized-checkpoint-layout):
     ``[out]`` for the reference's rowwise scales, ``[out, in / group_size]`` for groupwise ones."""
     shapes = parameter_shapes(config, tp)
     if bits is None:

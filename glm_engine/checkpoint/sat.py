@@ -1,6 +1,6 @@
 """The reference's SwissArmyTransformer checkpoint: ``latest`` + ``<iteration>/mp_rank_XX_model_states.pt``.
 
-Each shard is a ``torch.save`` of ``{"module": state_dict}`` (glm130b.md section 2.1). It is read with
+Each shard is a ``torch.save`` of ``{"module": state_dict}`` (docs/glm-semantics.md#checkpoint-layout). It is read with
 ``weights_only=True`` (a checkpoint must never run code) and memory-mapped.
 """
 

@@ -1,4 +1,4 @@
-"""Task YAMLs with the reference's schema (glm130b.md section 5.2), checked field by field.
+"""Task YAMLs with the reference's schema (docs/evaluation.md#task-files), checked field by field.
 
 The reference parses them with ``dataclass_wizard``: dashed and underscored keys both work, fields have per-type
 defaults. Here an unknown key, a key of another task type, a value of the wrong type or ``unidirectional`` without

@@ -1,4 +1,4 @@
-"""Reading task data: the reference's jsonl formats and raw language-model files (glm130b.md section 5.3).
+"""Reading task data: the reference's jsonl formats and raw language-model files (docs/evaluation.md#data-formats).
 
 Text fields are tokenized here, once: ``inputs_pretokenized`` with the prompt rules (a written ``[MASK]`` or
 ``[gMASK]`` becomes the mask token, each segment tokenized on its own), choices and targets as plain text. Id lists

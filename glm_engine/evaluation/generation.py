@@ -1,5 +1,5 @@
 """Generation-task encoding and decoding as the reference's ``build_generation_sample`` / ``generate_text``
-(glm130b.md section 5.4), on glm-engine's decode loop and strategies.
+(docs/evaluation.md#task-encodings), on glm-engine's decode loop and strategies.
 
 * The text keeps its last ``max_length - max_gen_length - 2`` tokens.
 * Blank filling (the text holds the task's mask token): ``text + [sop]``; the answer fills that blank.

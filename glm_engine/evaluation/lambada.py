@@ -1,4 +1,4 @@
-"""LAMBADA as the reference scores it (glm130b.md section 5.5): predict the last word of a passage.
+"""LAMBADA as the reference scores it (docs/evaluation.md#lambada): predict the last word of a passage.
 
 Beam search bans punctuation: every punctuation character that is one token is never generated, and the tokens of
 every punctuation character are banned as a prefix of the answer (a multi-token prefix when a beam's last tokens

@@ -1,5 +1,5 @@
 """Multiple-choice encoding and scoring as the reference's ``build_multiple_choice_sample`` / ``cond_log_prob``
-(glm130b.md section 5.4).
+(docs/evaluation.md#task-encodings).
 
 One forward scores every choice of an example: the context (text plus its mask token) is followed by one block per
 choice, ``[sop] + choice[:-1]``, each causal within itself, blind to the other choices, and seeing the whole context.

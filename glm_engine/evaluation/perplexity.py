@@ -1,4 +1,4 @@
-"""Language-model perplexity with the reference's encoding and normalisation (glm130b.md section 5.4).
+"""Language-model perplexity with the reference's encoding and normalisation (docs/evaluation.md#task-encodings).
 
 The token stream is cut into windows of up to ``max_sequence_length - 1`` tokens; window k scores its last
 ``generation_length`` tokens (window 0 scores all of its tokens) given the rest as a bidirectional prompt:

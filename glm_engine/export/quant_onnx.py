@@ -1,17 +1,18 @@
 """Quantized linears in ONNX: the engine's symmetric INT8/INT4 weights (``QuantizedWeight``) in the two forms runtimes
 take, chosen by the export target.
 
-* ``ort``: ``com.microsoft::MatMulNBits`` (anchors.md section 4.1). Its dequantization is ``(u - zero) * scale`` with
+* ``ort``: ``com.microsoft::MatMulNBits`` (docs/export.md#quantized-linears-in-onnx). Its dequantization is ``(u - zero)
+* scale`` with
   the default zero point ``2**(bits-1)``, so our signed value ``q`` is stored as ``u = q + 2**(bits-1)`` and no zero
   points are written. ``block_size`` must be a power of two >= 16: groupwise weights use their group size; a rowwise
   scale is repeated over blocks of the largest such size dividing the input width (exact: the same scale per block).
 * ``tensorrt``: opset-21 ``DequantizeLinear`` on an INT8/INT4 initializer stored ``[in, out]`` (so it feeds
-  ``MatMul`` directly), zero point omitted (= 0, symmetric: the only kind TensorRT accepts, anchors.md section 3.6).
-  INT8 rowwise is per-axis (a 1-D scale over the output axis). TensorRT takes INT4 only blocked along the input axis
-  with blocks of 64 or 128 (TensorRT docs, "Quantized Types"): INT4 groupwise keeps its group size (64 or 128 only),
-  INT4 rowwise repeats the row's scale over blocks of 128 (64 where 128 does not divide the input width; exact). Input
-  widths that 64 does not divide, INT4 groups of other sizes and INT8 groupwise are refused for this target. ONNX
-  Runtime runs this form too.
+  ``MatMul`` directly), zero point omitted (= 0, symmetric: the only kind TensorRT accepts,
+  docs/export.md#quantized-linears-in-onnx). INT8 rowwise is per-axis (a 1-D scale over the output axis). TensorRT takes
+  INT4 only blocked along the input axis with blocks of 64 or 128 (TensorRT docs, "Quantized Types"): INT4 groupwise
+  keeps its group size (64 or 128 only), INT4 rowwise repeats the row's scale over blocks of 128 (64 where 128 does not
+  divide the input width; exact). Input widths that 64 does not divide, INT4 groups of other sizes and INT8 groupwise
+  are refused for this target. ONNX Runtime runs this form too.
 
 Scales are our fp16 values converted exactly to the graph's dtype; values are exact integers. The one difference from
 the engine's portable path is that the product ``q * scale`` is rounded once in the graph dtype instead of in fp16

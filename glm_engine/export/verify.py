@@ -39,9 +39,9 @@ from glm_engine.quant.spec import QuantSpec
 # (~1e-5 NMSE, backends/cpu/quant_linear.py) where the graph computes in fp32 (measured 1e-6 to 2e-5).
 NMSE_THRESHOLDS = {torch.float32: 1e-9, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 QUANTIZED_NMSE_THRESHOLD = 5e-4
-# MatMulNBits at accuracy level 4 quantizes activations to int8 per block (~5e-3 relative, platform-notes.md; measured
-# NMSE 2e-4 to 6e-4 on the demo model): a deliberate speed-for-accuracy trade, so it is held to its own threshold and
-# greedy tokens must still agree.
+# MatMulNBits at accuracy level 4 quantizes activations to int8 per block (~5e-3 relative,
+# docs/export.md#quantized-linears-in-onnx; measured NMSE 2e-4 to 6e-4 on the demo model): a deliberate
+# speed-for-accuracy trade, so it is held to its own threshold and greedy tokens must still agree.
 INT8_ACTIVATIONS_NMSE_THRESHOLD = 5e-3
 # Against the exact reference (fp32, weights dequantized in fp32 as the graph does): ORT and torch differ only in
 # summation order, ~1e-12 NMSE on the demo model for every quantized form at level 0; every row's scale off by +-1%

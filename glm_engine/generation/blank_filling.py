@@ -1,4 +1,5 @@
-"""Fill the blanks of text prompts, left to right, as the reference's ``fill_blanks`` does (glm130b.md 1.9).
+"""Fill the blanks of text prompts, left to right, as the reference's ``fill_blanks`` does
+(docs/glm-semantics.md#blank-filling).
 
 A prompt with ``[MASK]`` fills every ``[MASK]``; else every ``[sMASK]``; else ``[gMASK]`` is appended and the model
 continues the text. ``eos`` is appended when the text does not end with a mask. Each blank is generated with the

@@ -1,4 +1,5 @@
-"""GLM's generation masks and position ids, and left-aligned batches of them (glm130b.md sections 1.7 and 1.9).
+"""GLM's generation masks and position ids, and left-aligned batches of them
+(docs/glm-semantics.md#masks-and-positions).
 
 Everything before ``sop`` (the prompt, its mask token, a trailing ``eos``) attends bidirectionally to the whole
 prompt; ``sop`` and generated tokens see the prompt plus, causally, ``sop..self``. With ``[MASK]``/``[sMASK]`` the

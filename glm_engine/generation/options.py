@@ -1,4 +1,5 @@
-"""Generation options with the reference CLI's names and defaults (``scripts/generate.sh``, glm130b.md 4.3)."""
+"""Generation options with the reference CLI's names and defaults (``scripts/generate.sh``,
+docs/glm-semantics.md#generation-defaults)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Decoding strategies with the reference's semantics (glm130b.md sections 4.1 and 4.2).
+"""Decoding strategies with the reference's semantics (docs/glm-semantics.md#generation-strategies).
 
 Both take logits ``[batch, beams_so_far, vocab]`` per step and return the next tokens and, for each new beam, the
 beam it continues (so the caller can reorder its KV cache). Beams hold only generated tokens; the prompt is given to

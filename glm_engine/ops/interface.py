@@ -129,7 +129,7 @@ class OpTable(ABC):
         """Rotate-half rotary embedding of ``q, k [b, s, heads, d]`` with per-token ``cos, sin [b, s, 1, d]``.
 
         ``x' = x * cos + rotate_half(x) * sin`` where ``rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2])``, so
-        dimension ``i`` pairs with ``i + d/2`` (GPT-NeoX style, glm130b.md section 1.5).
+        dimension ``i`` pairs with ``i + d/2`` (GPT-NeoX style, docs/glm-semantics.md#rotary-embedding).
         """
 
     @abstractmethod

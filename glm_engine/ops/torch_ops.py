@@ -1,7 +1,7 @@
 """Portable PyTorch implementations of every op: the reference semantics, runnable on any torch device.
 
-These follow the reference's order of operations and roundings (glm130b.md sections 1.3-1.6), so in fp16 they
-reproduce SwissArmyTransformer closely and in float64 they are the conformance oracle. Backends subclass
+These follow the reference's order of operations and roundings (docs/glm-semantics.md#forward-pass-and-op-order), so in
+fp16 they reproduce SwissArmyTransformer closely and in float64 they are the conformance oracle. Backends subclass
 :class:`TorchOps` and override only what they can do faster without changing the semantics.
 """
 

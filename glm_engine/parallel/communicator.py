@@ -3,7 +3,8 @@
 :class:`Communicator` is the single-process case, where every collective is the identity, so the model is written
 once and has no ``if tp > 1`` branches. :class:`TorchDistributedCommunicator` runs the same calls over a process
 group whose backend the device backend names (``Backend.dist_backend``: gloo, nccl, hccl), the way the reference's
-``mpu`` does (glm130b.md section 1.11). :func:`init_from_environment` joins the group torchrun describes.
+``mpu`` does (docs/glm-semantics.md#tensor-parallel-mechanics). :func:`init_from_environment` joins the group torchrun
+describes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from glm_engine.backends.base import Backend
 from glm_engine.errors import CollectiveError, ParallelError
 
 # How long a collective of the model may wait for the other ranks before failing instead of hanging forever (a rank
-# that died or a broken interconnect; glm130b.md section 7, problem 4). Loading a shard may take minutes.
+# that died or a broken interconnect; docs/tensor-parallelism.md#process-groups-and-timeouts). Loading a shard may take
+# minutes.
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 # How long ranks wait for rank 0's next message (a query typed at an interactive prompt): a gloo group of its own.
 CONTROL_TIMEOUT = timedelta(days=7)

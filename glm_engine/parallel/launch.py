@@ -3,8 +3,8 @@
 ``glm-engine run --tp N`` re-runs its own command in N worker processes through ``torch.distributed``'s elastic
 launcher, exactly what ``torchrun --standalone --nproc-per-node N -m glm_engine.cli ...`` does, so single-node and
 multi-node runs share one worker path. The launcher stops every rank when one fails; instead of its
-``ChildFailedError`` table this module names the rank that caused the failure and its message (glm130b.md section 7,
-problem 13). Workers record their exception with torch's ``@record`` (an error file per rank).
+``ChildFailedError`` table this module names the rank that caused the failure and its message
+(docs/tensor-parallelism.md#errors). Workers record their exception with torch's ``@record`` (an error file per rank).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The vocab-parallel embedding: each rank holds a contiguous slice of the word-embedding rows.
 
-Rank ``r`` of ``tp`` owns ids ``[r*V/tp, (r+1)*V/tp)`` (the reference's ``VocabUtility``, glm130b.md section 1.11). It
-looks up the ids in its range, writes zeros for the others and the all-reduce sums the one non-zero row per token,
-so the result equals the full lookup exactly. The same shard, transposed, gives the rank's slice of the logits.
+Rank ``r`` of ``tp`` owns ids ``[r*V/tp, (r+1)*V/tp)`` (the reference's ``VocabUtility``,
+docs/glm-semantics.md#tensor-parallel-mechanics). It looks up the ids in its range, writes zeros for the others and the
+all-reduce sums the one non-zero row per token, so the result equals the full lookup exactly. The same shard,
+transposed, gives the rank's slice of the logits.
 """
 
 from __future__ import annotations

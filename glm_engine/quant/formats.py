@@ -1,7 +1,7 @@
 """Names of the weight formats a backend may run, so ``supports()`` answers about one shared vocabulary.
 
-``rowwise``: the reference's per-output-row symmetric scale (glm130b.md section 3.1); ``groupwise``: a symmetric
-scale per block of input columns.
+``rowwise``: the reference's per-output-row symmetric scale (docs/glm-semantics.md#weight-only-quantization-formula);
+``groupwise``: a symmetric scale per block of input columns.
 """
 
 from __future__ import annotations

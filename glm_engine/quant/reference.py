@@ -1,4 +1,4 @@
-"""The reference's weight-only quantization, bit for bit (glm130b.md sections 3.1-3.2).
+"""The reference's weight-only quantization, bit for bit (docs/glm-semantics.md#weight-only-quantization-formula).
 
 Per output row: ``scale = fp16(absmax / (2**(bits-1) - 1))`` and ``q = round_half_even(fp16(W / scale))``, so INT8
 values lie in [-127, 127] and INT4 in [-7, 7]. INT4 packs two values per byte, the even column in the HIGH nibble.

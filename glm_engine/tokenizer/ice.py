@@ -1,6 +1,6 @@
 """GLM-130B's tokenizer (icetk 0.0.7 text side + SAT 0.2.12 specials) on plain ``sentencepiece``.
 
-Semantics reproduced (see ``../shared/reference/glm130b.md`` sections 1.8, 1.9):
+Semantics reproduced (see ``docs/glm-semantics.md#tokenizer-and-vocabulary``):
 
 * ``encode``: SentencePiece ids plus ``layout.text_offset`` (icetk reserves the ids below it for images). icetk's
   default ``ignore_linebreak=True`` passes ``\\n`` to SentencePiece's normalizer, which folds it into a space; only
@@ -10,7 +10,8 @@ Semantics reproduced (see ``../shared/reference/glm130b.md`` sections 1.8, 1.9):
   and replace ``<n>`` with ``\\n``. Ids that are neither text nor special (image ids, embedding padding rows, -1
   fill) would crash the reference; here they render as ``<unk:ID>``.
 
-icetk itself is not used: it pins an old protobuf and downloads the model at run time (glm130b.md section 7, row 10).
+icetk itself is not used: it pins an old protobuf and downloads the model at run time
+(docs/glm-semantics.md#tokenizer-and-vocabulary).
 """
 
 from __future__ import annotations

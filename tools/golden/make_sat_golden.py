@@ -135,7 +135,8 @@ def apply_cpu_patches():
 
 
 def _sat02_rotary_forward(self, x, seq_dim=1, seq_len=None):
-    """Rotary table as SAT 0.2.12 builds it (glm130b.md 1.5): everything in the inv_freq dtype (fp16).
+    """Rotary table as SAT 0.2.12 builds it (docs/glm-semantics.md#rotary-embedding): everything in the inv_freq dtype
+    (fp16).
 
     Replaces RotaryEmbedding.forward on one instance.  Same interface and caching rule as SAT: rebuild only when
     a longer table is requested; return table[:seq_len] of shape [seq, 1, dim].
@@ -275,7 +276,7 @@ def state_dict_fp16(model):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Inputs (GLM-130B generate.py rules, glm130b.md 1.7 / 1.9)
+# Inputs (GLM-130B generate.py rules, docs/glm-semantics.md#masks-and-positions)
 # ---------------------------------------------------------------------------------------------------------------
 
 

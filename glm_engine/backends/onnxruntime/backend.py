@@ -16,7 +16,8 @@ from glm_engine.errors import BackendError
 from glm_engine.quant.formats import QuantFormat
 
 # Session option that keeps ORT from fusing DequantizeLinear + MatMul into an int8-activation MatMulNBits
-# (accuracy level 4, ~5e-3 relative error; platform-notes.md): exported QDQ graphs run as exported.
+# (accuracy level 4, ~5e-3 relative error; docs/export.md#quantized-linears-in-onnx): exported QDQ graphs run as
+# exported.
 QDQ_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
 SPINNING_KEY = "session.intra_op.allow_spinning"
 

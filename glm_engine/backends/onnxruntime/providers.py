@@ -1,10 +1,11 @@
 """ONNX Runtime execution providers glm-engine knows: which this onnxruntime build has, which one to use, and why
 the others are not used (in words a user can act on).
 
-Facts (anchors.md section 4.4): CUDA and TensorRT ship in ``onnxruntime-gpu``; ORT removed its ROCm provider in 1.23
-in favour of MIGraphX (``onnxruntime-migraphx``, also the route for Hygon DCU's ROCm-compatible stack); CANN (Ascend)
-is a community build (``onnxruntime-cann``). ``onnxruntime`` and ``onnxruntime-gpu`` conflict in one environment
-(platform-notes.md). TensorRT is used only when asked for: it compiles an engine when the session starts.
+Facts (docs/export.md#execution-providers): CUDA and TensorRT ship in ``onnxruntime-gpu``; ORT removed its ROCm provider
+in 1.23 in favour of MIGraphX (``onnxruntime-migraphx``, also the route for Hygon DCU's ROCm-compatible stack); CANN
+(Ascend) is a community build (``onnxruntime-cann``). ``onnxruntime`` and ``onnxruntime-gpu`` conflict in one
+environment (docs/export.md#execution-providers). TensorRT is used only when asked for: it compiles an engine when the
+session starts.
 """
 
 from __future__ import annotations

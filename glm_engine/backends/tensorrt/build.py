@@ -1,4 +1,4 @@
-"""Build a TensorRT engine from an ONNX export (TensorRT 10 Python API; anchors.md section 3.5), with a cache.
+"""Build a TensorRT engine from an ONNX export (TensorRT 10 Python API; docs/export.md#tensorrt-engines), with a cache.
 
 Flow: parse the ONNX file from its path (so the external weight file is found beside it), a strongly typed network
 (precision comes from the graph's dtypes and Q/DQ nodes, the only mode TensorRT 11 keeps), the planned profiles

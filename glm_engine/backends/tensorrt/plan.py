@@ -1,8 +1,8 @@
 """Everything about a TensorRT engine that can be decided without TensorRT: optimization profiles from the user's
 limits, the engine cache key, and how each I/O tensor is bound. Pure Python, so it is tested where TensorRT is not
-installed (platform-notes.md); ``build.py`` and ``runner.py`` only execute these plans.
+installed (docs/export.md#tensorrt-engines); ``build.py`` and ``runner.py`` only execute these plans.
 
-Profiles (anchors.md section 3.5, step 4): the exported graph serves prefill (``seq`` tokens, empty past) and decode
+Profiles (docs/export.md#tensorrt-engines): the exported graph serves prefill (``seq`` tokens, empty past) and decode
 (one token, ``past`` cached), whose shapes are far apart, so two profiles are planned and the runner picks one per
 call: ``prefill`` with ``sequence_length`` in ``[1, opt_seq, max_seq]`` and ``past`` 0, and ``decode`` with one token
 and ``past`` in ``[0, opt_seq, max_seq - 1]``. Every dynamic input gets its ``(min, opt, max)`` in both;

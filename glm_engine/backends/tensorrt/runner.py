@@ -2,10 +2,10 @@
 
 Every I/O tensor has one buffer allocated when the runner opens, sized for the engine's limits
 (``plan.binding_plan``); each call binds views of them with ``set_input_shape``/``set_tensor_address`` and runs
-``execute_async_v3`` on the runner's stream (TensorRT 10's name-based API, anchors.md section 3.5). The generator's
-KV cache stays the source of truth (as for onnxruntime): its cached positions are copied into the ``past`` buffers and
-the new positions of ``present`` copied back, so beam search reorders one cache for every backend. Copying the past
-costs one read of the cache per step on the device, which the graph's ``Concat`` reads anyway.
+``execute_async_v3`` on the runner's stream (TensorRT 10's name-based API, docs/export.md#tensorrt-engines). The
+generator's KV cache stays the source of truth (as for onnxruntime): its cached positions are copied into the ``past``
+buffers and the new positions of ``present`` copied back, so beam search reorders one cache for every backend. Copying
+the past costs one read of the cache per step on the device, which the graph's ``Concat`` reads anyway.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 GLM-130B (icetk) reserves ids 0..19999 for image tokens, maps SentencePiece piece ``i`` to ``i + 20000`` and appends
 the specials at 150000..150007; ``eos`` is SentencePiece's ``</s>`` (id 2, so 20002). Other GLM models use other
 ids, so every id is a field of a :class:`VocabLayout` carried by the model config, never a literal in the code.
-Source: ``../shared/reference/glm130b.md`` section 1.8 (icetk 0.0.7 ``ice_tokenizer.py``).
+Source: ``docs/glm-semantics.md#tokenizer-and-vocabulary`` (icetk 0.0.7 ``ice_tokenizer.py``).
 """
 
 from __future__ import annotations
