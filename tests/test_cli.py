@@ -21,6 +21,21 @@ def test_backends_table_lists_every_backend():
         assert name in result.output
 
 
+def test_backends_table_prints_reasons_as_written(monkeypatch):
+    """A reason is plain text: "pip install 'glm-engine[onnx]'" must not lose "[onnx]" to the table's markup."""
+    from glm_engine.backends.base import Verdict
+    from glm_engine.backends.registry import REGISTRY
+    from glm_engine.backends.tensorrt import TensorRTBackend
+
+    backend = REGISTRY.get("tensorrt")
+    reason = "the onnx package is missing; pip install 'glm-engine[onnx]'"
+    monkeypatch.setattr(TensorRTBackend, "availability", lambda self: Verdict(False, reason))
+    result = runner.invoke(app, ["backends"])
+    assert result.exit_code == 0 and backend.name in result.output
+    cells = "".join(c for c in result.output if not c.isspace() and c != "│")  # the table folds long reasons
+    assert "pipinstall'glm-engine[onnx]'" in cells
+
+
 def test_backends_json_is_machine_readable():
     result = runner.invoke(app, ["backends", "--format", "json"])
     rows = {row["name"]: row for row in json.loads(result.output)}

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from glm_engine.backends.base import Backend, dtype_name
@@ -77,11 +78,11 @@ def backends(
             )
         else:
             detail = row["reason"]
-        table.add_row(
-            row["name"] + ("" if row["source"] == "built-in" else f"\n({row['source']})"),
+        table.add_row(  # reasons are plain text: escaped, so "pip install 'glm-engine[onnx]'" keeps its [onnx]
+            escape(row["name"] + ("" if row["source"] == "built-in" else f"\n({row['source']})")),
             row["kind"],
             "[green]yes[/green]" if row["available"] else "[red]no[/red]",
-            detail,
+            escape(detail),
             ", ".join(row["dtypes"]),
             ", ".join(row["quant_formats"]) or "-",
             row["distributed_backend"],

@@ -19,6 +19,7 @@ from glm_engine.backends.base import Backend, GraphLevelBackend, dtype_name
 from glm_engine.backends.registry import op_table_for
 from glm_engine.engine.engine import Engine
 from glm_engine.engine.plan import (
+    QuantPlan,
     check_quant_fits,
     join_ranks,
     plan_quantization,
@@ -31,7 +32,7 @@ from glm_engine.errors import InputError, ParallelError
 from glm_engine.exported import refuse_exported_folder
 from glm_engine.model.graph import DecoderModel
 from glm_engine.model.weights import ModelWeights
-from glm_engine.ops.interface import Op
+from glm_engine.ops.interface import Op, OpTable
 from glm_engine.parallel.communicator import Communicator
 from glm_engine.parallel.degree import check_tp_degree
 from glm_engine.quant.spec import QuantSpec
@@ -97,41 +98,42 @@ def load(
     comm = join_ranks(tp, communicator, chosen)
     if comm.world_size > 1:
         device_index = comm.local_rank
-    device = chosen.device(device_index)
     ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
-    layout = family.weight_layout(model_config)
+    requested = requested_quant(quant, quant_scheme, quant_group_size)
     quant_plan = plan_quantization(
-        requested_quant(quant, quant_scheme, quant_group_size),
-        source.reader,
-        layout,
-        chosen,
-        run_dtype,
-        tp,
-        quant_output,
+        requested, source.reader, family.weight_layout(model_config), chosen, run_dtype, tp, quant_output
     )
     notes += quant_plan.notes
-    if quant_plan.runtime is not None:
-        check_quant_fits(layout, tp, quant_plan.runtime, quant_output)
-    tensors = source.reader.read(
-        comm.rank,
-        tp,
-        run_dtype,
-        device,
-        progress,
-        None,
-        quant_plan.requested,
-        quant_plan.keep_quantized,
-        quant_plan.output,
-    )
-    tied_output = quant_plan.output if layout.output_key is None else None
-    weights = ModelWeights.assemble(
-        layout, tensors, run_dtype, device, ops.prepare_quantized, tied_output, source.reader.unused_keys
-    )
+    weights = load_weights(source, quant_plan, ops, comm, progress)
     runner = DecoderModel(model_config, weights, ops, comm)
     runner.cuda_graphs = cuda_graphs
     notes += _closing_notes(source, chosen, run_dtype, tp, weights)
     banned = family.generation_bans(model_config, tok, source.random)
     return Engine(runner, tok, chosen, source.description, notes, banned)
+
+
+def load_weights(
+    source: ModelSource, plan: QuantPlan, ops: OpTable, comm: Communicator, progress: Progress | None
+) -> ModelWeights:
+    """This rank's weights of ``source``, read, quantized and placed as ``plan`` says, in ``ops``' runtime form."""
+    layout = source.family.weight_layout(source.config)
+    if plan.runtime is not None:
+        check_quant_fits(layout, comm.world_size, plan.runtime, plan.output is not None)
+    tensors = source.reader.read(
+        comm.rank,
+        comm.world_size,
+        ops.dtype,
+        ops.device,
+        progress,
+        None,
+        plan.requested,
+        plan.keep_quantized,
+        plan.output,
+    )
+    tied_output = plan.output if layout.output_key is None else None
+    return ModelWeights.assemble(
+        layout, tensors, ops.dtype, ops.device, ops.prepare_quantized, tied_output, source.reader.unused_keys
+    )
 
 
 def _closing_notes(
