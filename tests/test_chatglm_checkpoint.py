@@ -15,6 +15,7 @@ from glm_engine.model.chatglm import reader as reader_module
 from glm_engine.model.chatglm.config import CHATGLM_PRESETS, ChatGLMConfig
 from glm_engine.model.chatglm.family import ChatGLMFamily
 from glm_engine.model.chatglm.weights import random_state_dict, weight_layout
+from glm_engine.model.weights import ReadRequest
 from glm_engine.ops.interface import PackedLinear
 from glm_engine.quant.reference import quantize
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
@@ -69,7 +70,7 @@ def converted(state_dict, config, dtype):
     """The reader over an in-memory release state dict, and its tensors as the model would get them with no
     quantized kernels (quantized weights dequantized as the reference's kernels do)."""
     reader = ChatGLMFamily().state_dict_reader(state_dict, config, "a state dict")
-    return reader, reader.read(0, 1, dtype, keep_quantized=False)
+    return reader, reader.read(ReadRequest(dtype=dtype, keep_quantized=False))
 
 
 def quantizable_keys(config):
@@ -116,7 +117,7 @@ def test_sharded_files_are_read_one_at_a_time(tmp_path, state_dict, monkeypatch)
 
     monkeypatch.setattr(reader_module, "open_weight_file", opening)
     monkeypatch.setattr(reader_module.StateDictReader, "read", converting)
-    reader.read(0, 1, torch.float32)
+    reader.read(ReadRequest(dtype=torch.float32))
     assert [kind for kind, _ in events] == ["open", "convert", "open", "convert"]
     assert [name for kind, name in events if kind == "open"] == [p.name for p in checkpoint.files]
 

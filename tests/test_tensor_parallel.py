@@ -35,7 +35,7 @@ from glm_engine.generation.strategies import BaseStrategy
 from glm_engine.model.glm130b.weights import parameter_shapes, random_state_dict, split_of, weight_layout
 from glm_engine.model.graph import DecoderModel
 from glm_engine.model.registry import family_of
-from glm_engine.model.weights import ModelWeights
+from glm_engine.model.weights import ModelWeights, ReadRequest
 from glm_engine.parallel.communicator import init_from_environment
 from glm_engine.parallel.degree import check_device_count
 from glm_engine.parallel.launch import failure_summary
@@ -192,7 +192,7 @@ def test_vocab_parallel_embedding_holds_half_the_rows_and_equals_the_full_lookup
 def test_rank_state_dicts_have_the_rank_shapes_and_merge_back_to_the_full_tensors():
     full = random_state_dict(CONFIG, SEED)
     reader = family_of(CONFIG).state_dict_reader(full, CONFIG, "random weights")
-    ranks = [reader.read(rank, 2, None) for rank in (0, 1)]
+    ranks = [reader.read(ReadRequest(rank, 2)) for rank in (0, 1)]
     expected_shapes = parameter_shapes(CONFIG, tp=2)
     for key, shape in expected_shapes.items():
         pieces = [r[key] for r in ranks]

@@ -21,6 +21,7 @@ from glm_engine.checkpoint import hf, layout, native, sat
 from glm_engine.errors import CheckpointError
 from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.model.glm130b.weights import is_quantized_key, parameter_shapes, split_of
+from glm_engine.model.weights import ReadRequest
 from glm_engine.parallel.degree import check_tp_degree
 from glm_engine.parallel.sharding import ShardBuilder, Split
 from glm_engine.quant.reference import dequantize
@@ -58,20 +59,12 @@ class Checkpoint:
         return self.quant_spec
 
     def read(
-        self,
-        rank: int,
-        tp: int,
-        dtype: torch.dtype | None,
-        device: torch.device | str = "cpu",
-        progress: Progress | None = None,
-        keys: list[str] | None = None,
-        quant: QuantSpec | None = None,
-        keep_quantized: bool = True,
-        output_quant: QuantSpec | None = None,
+        self, request: ReadRequest, keys: list[str] | None = None, progress: Progress | None = None
     ) -> dict[str, torch.Tensor | QuantizedWeight]:
         """The ``WeightReader`` view of :meth:`rank_state_dict` (the output projection is the tied embedding, so
-        ``output_quant`` has nothing to quantize here)."""
-        return self.rank_state_dict(rank, tp, dtype, device, progress, keys, quant, keep_quantized)
+        ``request.output_quant`` has nothing to quantize here)."""
+        r = request
+        return self.rank_state_dict(r.rank, r.tp, r.dtype, r.device, progress, keys, r.quant, r.keep_quantized)
 
     @contextmanager
     def open_shard(self, rank: int) -> Iterator[Mapping[str, torch.Tensor]]:

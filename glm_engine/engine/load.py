@@ -31,7 +31,7 @@ from glm_engine.engine.source import DEFAULT_MODEL, MAX_RANDOM_PARAMETERS, Model
 from glm_engine.errors import InputError, ParallelError
 from glm_engine.exported import refuse_exported_folder
 from glm_engine.model.graph import DecoderModel
-from glm_engine.model.weights import ModelWeights
+from glm_engine.model.weights import ModelWeights, ReadRequest
 from glm_engine.ops.interface import Op, OpTable
 from glm_engine.parallel.communicator import Communicator
 from glm_engine.parallel.degree import check_tp_degree
@@ -119,17 +119,10 @@ def load_weights(
     layout = source.family.weight_layout(source.config)
     if plan.runtime is not None:
         check_quant_fits(layout, comm.world_size, plan.runtime, plan.output is not None)
-    tensors = source.reader.read(
-        comm.rank,
-        comm.world_size,
-        ops.dtype,
-        ops.device,
-        progress,
-        None,
-        plan.requested,
-        plan.keep_quantized,
-        plan.output,
+    request = ReadRequest(
+        comm.rank, comm.world_size, ops.dtype, ops.device, plan.requested, plan.keep_quantized, plan.output
     )
+    tensors = source.reader.read(request, progress=progress)
     tied_output = plan.output if layout.output_key is None else None
     return ModelWeights.assemble(
         layout, tensors, ops.dtype, ops.device, ops.prepare_quantized, tied_output, source.reader.unused_keys

@@ -19,7 +19,7 @@ from glm_engine.exported import exported_kind, read_exported
 from glm_engine.model.config_checks import read_json_object
 from glm_engine.model.family import Family
 from glm_engine.model.registry import FAMILIES, family_of, family_of_folder, preset_family, preset_names
-from glm_engine.model.weights import Weight, WeightReader
+from glm_engine.model.weights import Progress, ReadRequest, Weight, WeightReader
 from glm_engine.quant.spec import QuantSpec
 
 # What ``load()`` and ``glm-engine run`` use without a checkpoint: the small trained bilingual demo model shipped
@@ -68,11 +68,13 @@ class RandomWeights:
     def runtime_quant_specs(self, tp: int) -> list[QuantSpec]:
         return []
 
-    def read(self, rank: int, tp: int, dtype: torch.dtype | None, *args: Any, **kwargs: Any) -> dict[str, Weight]:
+    def read(
+        self, request: ReadRequest, keys: list[str] | None = None, progress: Progress | None = None
+    ) -> dict[str, Weight]:
         if self._reader is None:
             state = self.family.random_state_dict(self.config, RANDOM_WEIGHTS_SEED, self.dtype)
             self._reader = self.family.state_dict_reader(state, self.config, self.description)
-        return self._reader.read(rank, tp, dtype, *args, **kwargs)
+        return self._reader.read(request, keys, progress)
 
 
 def is_preset(name: str | Path) -> bool:

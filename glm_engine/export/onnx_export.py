@@ -23,7 +23,7 @@ from glm_engine.errors import InputError
 from glm_engine.export.writer import Progress, write_export
 from glm_engine.exported import ExportedModel, QuantTarget, refuse_exported_folder
 from glm_engine.model.registry import family_of
-from glm_engine.model.weights import LayerWeights, WeightLayout, layer_key
+from glm_engine.model.weights import LayerWeights, ReadRequest, WeightLayout, layer_key
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -56,7 +56,7 @@ class LayerStream:
 
     def read(self, keys: list[str]) -> dict[str, Any]:
         output_quant = self.quant if self.quant_output else None
-        return self.reader.read(0, 1, self.dtype, "cpu", None, keys, self.requested, True, output_quant)
+        return self.reader.read(ReadRequest(dtype=self.dtype, quant=self.requested, output_quant=output_quant), keys)
 
     def layers(self) -> Iterator[LayerWeights]:
         for n in range(self.layout.num_layers):

@@ -29,7 +29,7 @@ from glm_engine.exported import read_exported
 from glm_engine.generation.masks import AlignedBatch
 from glm_engine.model.graph import DecoderModel
 from glm_engine.model.registry import family_of
-from glm_engine.model.weights import ModelWeights
+from glm_engine.model.weights import ModelWeights, ReadRequest
 from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps
 from glm_engine.quant.spec import QuantSpec
 
@@ -201,7 +201,7 @@ def exact_reference(source: str, config: Any, quant: QuantSpec | None, output: Q
     model = open_source(source, config)
     layout = model.family.weight_layout(model.config)
     separate = output if layout.output_key is not None else None
-    tensors = model.reader.read(0, 1, torch.float32, "cpu", None, None, quant, True, separate)
+    tensors = model.reader.read(ReadRequest(dtype=torch.float32, quant=quant, output_quant=separate))
     tied = output if layout.output_key is None else None
     exact = lambda weight: ExactDequantizingLinear(weight.to("cpu"))  # noqa: E731
     weights = ModelWeights.assemble(layout, tensors, torch.float32, "cpu", exact, tied)

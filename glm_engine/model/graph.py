@@ -17,7 +17,7 @@ from glm_engine.errors import InputError
 from glm_engine.model.block import decoder_block, rotations_for
 from glm_engine.model.kv_cache import KVCache
 from glm_engine.model.registry import family_of
-from glm_engine.model.weights import ModelWeights
+from glm_engine.model.weights import ModelWeights, ReadRequest
 from glm_engine.ops.interface import DecodeStepper, ModelConfig, OpTable
 from glm_engine.parallel.communicator import Communicator
 from glm_engine.parallel.vocab import vocab_parallel_embedding
@@ -61,7 +61,7 @@ class DecoderModel:
         family = family_of(config)
         comm = comm if comm is not None else Communicator()
         reader = family.state_dict_reader(state_dict, config, source)
-        tensors = reader.read(comm.rank, comm.world_size, ops.dtype, ops.device)
+        tensors = reader.read(ReadRequest(comm.rank, comm.world_size, ops.dtype, ops.device))
         layout = family.weight_layout(config)
         weights = ModelWeights.assemble(
             layout, tensors, ops.dtype, ops.device, ops.prepare_quantized, output_quant, reader.unused_keys

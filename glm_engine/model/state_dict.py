@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from glm_engine.model.weights import Progress, Weight, WeightLayout
+from glm_engine.model.weights import Progress, ReadRequest, Weight, WeightLayout
 from glm_engine.parallel.sharding import Split, shard
 from glm_engine.quant.sharding import shard_quantized
 from glm_engine.quant.spec import QuantSpec
@@ -70,45 +70,28 @@ class StateDictReader:
         return specs
 
     def read(
-        self,
-        rank: int,
-        tp: int,
-        dtype: torch.dtype | None,
-        device: torch.device | str = "cpu",
-        progress: Progress | None = None,
-        keys: list[str] | None = None,
-        quant: QuantSpec | None = None,
-        keep_quantized: bool = True,
-        output_quant: QuantSpec | None = None,
+        self, request: ReadRequest, keys: list[str] | None = None, progress: Progress | None = None
     ) -> dict[str, Weight]:
         wanted = list(self.layout.shapes) if keys is None else keys
-        quantize = {key: quant for key in self.layout.quantizable} if quant is not None else {}
-        if output_quant is not None and self.layout.output_key is not None:
-            quantize[self.layout.output_key] = output_quant
+        quantize = {key: request.quant for key in self.layout.quantizable} if request.quant is not None else {}
+        if request.output_quant is not None and self.layout.output_key is not None:
+            quantize[self.layout.output_key] = request.output_quant
         out: dict[str, Weight] = {}
         for done, key in enumerate(wanted, start=1):
-            out[key] = self._one(key, rank, tp, dtype, device, quantize.get(key), keep_quantized)
+            out[key] = self._one(key, request, quantize.get(key))
             if progress is not None:
                 progress(done, len(wanted))
         return out
 
-    def _one(
-        self,
-        key: str,
-        rank: int,
-        tp: int,
-        dtype: torch.dtype | None,
-        device: torch.device | str,
-        quant: QuantSpec | None,
-        keep_quantized: bool,
-    ) -> Weight:
+    def _one(self, key: str, request: ReadRequest, quant: QuantSpec | None) -> Weight:
         value, split = self.state_dict[key], self.layout.split(key)
+        rank, tp, device = request.rank, request.tp, request.device
         if isinstance(value, QuantizedWeight):
             piece = shard_quantized(key, split, value, rank, tp)
-            if keep_quantized:
+            if request.keep_quantized:
                 return piece.to(device)
-            return self.dequantize(piece, dtype or torch.float16).to(device)
+            return self.dequantize(piece, request.dtype or torch.float16).to(device)
         piece = shard(split, value, rank, tp, key) if tp > 1 else value
         if quant is not None:
             return QuantizedWeight.quantize(piece, quant.bits, quant.group_size).to(device)
-        return piece.to(device=device, dtype=dtype or piece.dtype)
+        return piece.to(device=device, dtype=request.dtype or piece.dtype)

@@ -114,6 +114,25 @@ class WeightLayout:
         return {key: shard_shape(self.split(key), shape, tp) for key, shape in self.shapes.items()}
 
 
+@dataclass(frozen=True)
+class ReadRequest:
+    """What a reader is asked for: one rank's tensors, in which dtype and where, quantized how.
+
+    Floating-point tensors come in ``dtype`` (None: as stored) on ``device``. ``quant`` quantizes the quantizable
+    linears of a floating-point source on the rank's shard, from their fp16 values; ``output_quant`` does the same for
+    a separate output matrix; a quantized source stays ``QuantizedWeight`` unless ``keep_quantized`` is False (then it
+    is dequantized as the reference does).
+    """
+
+    rank: int = 0
+    tp: int = 1
+    dtype: torch.dtype | None = None
+    device: torch.device | str = "cpu"
+    quant: QuantSpec | None = None
+    keep_quantized: bool = True
+    output_quant: QuantSpec | None = None
+
+
 class WeightReader(Protocol):
     """One rank's tensors of a model, from wherever its weights live (a checkpoint folder, files, memory)."""
 
@@ -129,21 +148,9 @@ class WeightReader(Protocol):
         """The formats the stored linears take on a rank of ``tp`` (re-sharding can make rowwise groupwise)."""
 
     def read(
-        self,
-        rank: int,
-        tp: int,
-        dtype: torch.dtype | None,
-        device: torch.device | str = "cpu",
-        progress: Progress | None = None,
-        keys: list[str] | None = None,
-        quant: QuantSpec | None = None,
-        keep_quantized: bool = True,
-        output_quant: QuantSpec | None = None,
+        self, request: ReadRequest, keys: list[str] | None = None, progress: Progress | None = None
     ) -> dict[str, Weight]:
-        """Rank ``rank`` of ``tp``'s ``keys`` (default: all), floating-point ones in ``dtype`` (None: as stored) on
-        ``device``. ``quant`` quantizes the quantizable linears on the rank's shard from their fp16 values;
-        ``output_quant`` does the same for a separate output matrix; a quantized source stays ``QuantizedWeight``
-        unless ``keep_quantized`` is False (then it is dequantized as the reference does)."""
+        """``request``'s tensors for ``keys`` (default: all); ``progress(done, total)`` follows them."""
 
 
 @dataclass

@@ -25,7 +25,7 @@ from glm_engine.model.chatglm.weights import (
     weight_layout,
 )
 from glm_engine.model.state_dict import StateDictReader
-from glm_engine.model.weights import Progress, Weight
+from glm_engine.model.weights import Progress, ReadRequest, Weight
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -64,19 +64,10 @@ class ChatGLMReader:
         return [self.stored_quant] if self.stored_quant is not None else []
 
     def read(
-        self,
-        rank: int,
-        tp: int,
-        dtype: torch.dtype | None,
-        device: torch.device | str = "cpu",
-        progress: Progress | None = None,
-        keys: list[str] | None = None,
-        quant: QuantSpec | None = None,
-        keep_quantized: bool = True,
-        output_quant: QuantSpec | None = None,
+        self, request: ReadRequest, keys: list[str] | None = None, progress: Progress | None = None
     ) -> dict[str, Weight]:
         wanted = list(self.layout.shapes) if keys is None else list(keys)
-        if quant is not None and self.plan.bits:
+        if request.quant is not None and self.plan.bits:
             raise CheckpointError(
                 f"{self.description} is already INT{self.plan.bits}; quantizing it again would compound the "
                 "rounding. Load it as it is, or quantize its FP16 original"
@@ -86,7 +77,7 @@ class ChatGLMReader:
             canonical = canonical_state_dict(part, self.plan.quantized_bits)
             names = [k for k in wanted if k in canonical and k not in out]
             reader = StateDictReader(self.layout, canonical, self.description, dequantize=dequantize_stored)
-            out.update(reader.read(rank, tp, dtype, device, None, names, quant, keep_quantized, output_quant))
+            out.update(reader.read(request, names))
             if progress is not None:
                 progress(len(out), len(wanted))
         absent = [k for k in wanted if k not in out]
