@@ -1,11 +1,13 @@
-"""Checks and helpers every family's config shares: positive sizes, JSON files, even tensor-parallel splits."""
+"""What every family's config shares: checks of sizes and JSON files, even tensor-parallel splits, and the
+properties every config answers the same way (:class:`DecoderConfig`)."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from glm_engine.errors import ConfigError
 
@@ -51,3 +53,33 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object")
     return data
+
+
+class DecoderConfig:
+    """A mixin for a family's frozen config dataclass: the derived sizes and tensor-parallel questions every family
+    answers the same way from ``num_attention_heads``, ``hidden_size``, ``vocab_size`` and ``inner_hidden_size``."""
+
+    num_attention_heads: int
+    hidden_size: int
+    vocab_size: int
+    inner_hidden_size: int
+    mlp_units_name: ClassVar[str] = "MLP units"  # how TP messages name the MLP's split axis
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def tp_axes(self) -> dict[str, int]:
+        """What tensor parallelism splits, by name: each must divide by the TP degree."""
+        return {
+            "attention heads": self.num_attention_heads,
+            "vocab rows": self.vocab_size,
+            self.mlp_units_name: self.inner_hidden_size,
+        }
+
+    def valid_tp_degrees(self, limit: int = 64) -> list[int]:
+        """Tensor-parallel degrees up to ``limit`` that split every axis of :meth:`tp_axes` evenly."""
+        return even_split_degrees(tuple(self.tp_axes().values()), limit)
+
+    def with_overrides(self, **changes: Any) -> Any:
+        return replace(self, **changes)  # type: ignore[type-var]

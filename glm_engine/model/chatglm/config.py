@@ -9,13 +9,13 @@ See ``docs/families.md`` for how the graph uses each field.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from glm_engine.errors import ConfigError
 from glm_engine.model.config_checks import (
-    even_split_degrees,
+    DecoderConfig,
     heads_divide_hidden,
     non_negative_int,
     positive_int,
@@ -50,7 +50,7 @@ MODEL_TYPE = "chatglm"
 
 
 @dataclass(frozen=True)
-class ChatGLMConfig:
+class ChatGLMConfig(DecoderConfig):
     """Shape, special ids and quantization of a ChatGLM-6B-style model (2-D rotary, GeLU MLP, separate lm_head)."""
 
     num_layers: int
@@ -103,10 +103,6 @@ class ChatGLMConfig:
             )
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
     def rotary_dim(self) -> int:
         """Each of the two rotary halves: position ids rotate dims ``[0, d/2)``, block position ids ``[d/2, d)``."""
         return self.head_dim // 2
@@ -128,21 +124,6 @@ class ChatGLMConfig:
         h, i = self.hidden_size, self.inner_hidden_size
         per_layer = (3 * h * h + 3 * h) + (h * h + h) + (i * h + i) + (i * h + h) + 4 * h
         return 2 * self.vocab_size * h + self.num_layers * per_layer + 2 * h
-
-    def tp_axes(self) -> dict[str, int]:
-        """What tensor parallelism splits, by name: each must divide by the TP degree."""
-        return {
-            "attention heads": self.num_attention_heads,
-            "vocab rows": self.vocab_size,
-            "MLP units": self.inner_hidden_size,
-        }
-
-    def valid_tp_degrees(self, limit: int = 64) -> list[int]:
-        """Degrees that split heads, vocab rows and MLP units evenly (for tensor parallelism)."""
-        return even_split_degrees((self.num_attention_heads, self.vocab_size, self.inner_hidden_size), limit)
-
-    def with_overrides(self, **changes: Any) -> ChatGLMConfig:
-        return replace(self, **changes)
 
     # --- (de)serialisation -------------------------------------------------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:

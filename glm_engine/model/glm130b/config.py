@@ -7,14 +7,14 @@ Field names follow SwissArmyTransformer's model arguments (``--num-layers`` -> `
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from glm_engine.errors import ConfigError
 from glm_engine.model.config_checks import (
     CONFIG_FILE_NAME,
-    even_split_degrees,
+    DecoderConfig,
     heads_divide_hidden,
     number,
     positive_int,
@@ -31,7 +31,7 @@ ROTARY_RECIPES = ("sat-0.2", "sat-0.4")
 
 
 @dataclass(frozen=True)
-class GLMConfig:
+class GLMConfig(DecoderConfig):
     """Shape and numerics of a GLM-130B-style model (DeepNorm, GeGLU, 1-D rotary, tied output embedding)."""
 
     num_layers: int
@@ -44,6 +44,8 @@ class GLMConfig:
     rotary_base: float = 10000.0
     rotary_recipe: str = "sat-0.2"
     vocab_layout: VocabLayout = field(default_factory=VocabLayout)
+
+    mlp_units_name: ClassVar[str] = "GeGLU units"
 
     def __post_init__(self) -> None:
         for name in (
@@ -75,10 +77,6 @@ class GLMConfig:
             )
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
     def deepnorm_alpha(self) -> float:
         """DeepNorm residual scale ``sqrt(2 * num_layers)`` (sqrt(140) for GLM-130B), a Python float as in SAT."""
         return (2 * self.num_layers) ** 0.5
@@ -88,21 +86,6 @@ class GLMConfig:
         h, i = self.hidden_size, self.inner_hidden_size
         per_layer = (3 * h * h + 3 * h) + (h * h + h) + (2 * i * h + 2 * i) + (i * h + h) + 4 * h
         return self.vocab_size * h + self.num_layers * per_layer + 2 * h
-
-    def tp_axes(self) -> dict[str, int]:
-        """What tensor parallelism splits, by name: each must divide by the TP degree."""
-        return {
-            "attention heads": self.num_attention_heads,
-            "vocab rows": self.vocab_size,
-            "GeGLU units": self.inner_hidden_size,
-        }
-
-    def valid_tp_degrees(self, limit: int = 64) -> list[int]:
-        """Tensor-parallel degrees that split heads, vocab rows and GeGLU units evenly (docs/tensor-parallelism.md)."""
-        return even_split_degrees((self.num_attention_heads, self.vocab_size, self.inner_hidden_size), limit)
-
-    def with_overrides(self, **changes: Any) -> GLMConfig:
-        return replace(self, **changes)
 
     # --- (de)serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
