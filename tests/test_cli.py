@@ -36,6 +36,15 @@ def test_backends_table_prints_reasons_as_written(monkeypatch):
     assert "pipinstall'glm-engine[onnx]'" in cells
 
 
+def test_run_and_chat_each_refuse_the_other_kind_of_model():
+    chat_model = runner.invoke(app, ["run", "--checkpoint", "chatglm-tiny"], input="hello\nstop\n")
+    assert chat_model.exit_code == USER_ERROR_EXIT_CODE
+    assert "ChatGLM-6B model, which chats: use `glm-engine chat --checkpoint chatglm-tiny`" in chat_model.output
+    blank_model = runner.invoke(app, ["chat", "--checkpoint", "glm-tiny"], input="hello\nstop\n")
+    assert blank_model.exit_code == USER_ERROR_EXIT_CODE
+    assert "GLM-130B model, which has no chat format: run it with `glm-engine run" in blank_model.output
+
+
 def test_backends_json_is_machine_readable():
     result = runner.invoke(app, ["backends", "--format", "json"])
     rows = {row["name"]: row for row in json.loads(result.output)}

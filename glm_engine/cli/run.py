@@ -25,6 +25,7 @@ from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.render import styled_answer
 from glm_engine.engine import DEFAULT_MODEL, load
+from glm_engine.engine.source import open_source
 from glm_engine.errors import GlmEngineError, InputError
 from glm_engine.exported import refuse_exported_folder
 from glm_engine.generation.blank_filling import Completion
@@ -162,6 +163,17 @@ def _open_queries(input_source: str, output_path: Path, with_id: bool) -> Iterab
 GRAPH_BACKENDS = ("onnxruntime", "tensorrt")
 
 
+def refuse_chat_models(model: str, config: str | None) -> None:
+    """``run`` fills blanks with GLM-130B's generation options; a chat model answers ``glm-engine chat`` (from its
+    metadata alone, before anything loads)."""
+    source = open_source(model, config)
+    if source.family.chat_model:
+        raise InputError(
+            f"{source.description} is a {source.family.title} model, which chats: use `glm-engine chat --checkpoint "
+            f"{model}` (or Engine.generate / Engine.chat from Python)"
+        )
+
+
 def check_backend_fits(checkpoint: str | None, backend: str, ort_provider: str | None) -> None:
     """Say which backend an exported folder needs, and refuse --ort-provider without onnxruntime, before loading."""
     if ort_provider and backend != "onnxruntime":
@@ -258,6 +270,7 @@ def run(
         GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
         check_backend_fits(checkpoint, backend, ort_provider)
+        refuse_chat_models(checkpoint or DEFAULT_MODEL, config)
 
     def serve_rank(comm: Communicator, degree: int) -> None:
         serve(comm, degree, options, load_args, input_source, output_path, with_id, print_all_beams)
