@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
+from dataclasses import fields
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -36,6 +37,7 @@ from glm_engine.quant.spec import QuantSpec
 INTERACTIVE = "interactive"
 PROMPT = "\nPlease Input Query (stop to exit) >>> "
 _DEFAULTS = GenerationOptions()
+GENERATION_OPTIONS = tuple(f.name for f in fields(GenerationOptions))
 
 
 class StrategyName(str, Enum):
@@ -241,19 +243,8 @@ def run(
     ] = None,
 ) -> None:
     """Fill [MASK]/[sMASK] blanks or continue text ([gMASK]) for each query, printing and saving the answers."""
-    options = dict(
-        sampling_strategy=sampling_strategy.value,
-        out_seq_length=out_seq_length,
-        min_gen_length=min_gen_length,
-        num_beams=num_beams,
-        length_penalty=length_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        deterministic=deterministic,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-    )
+    options = {name: ctx.params[name] for name in GENERATION_OPTIONS}  # the flags named as GenerationOptions' fields
+    options["sampling_strategy"] = sampling_strategy.value
     load_args = dict(
         path_or_preset=checkpoint or DEFAULT_MODEL,
         backend=backend,
