@@ -25,7 +25,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 
 # Layering: what modules under a prefix may not import (prefix match on dotted names).
-BACKENDS_MUST_NOT_IMPORT = ("glm_engine.export", "glm_engine.engine", "glm_engine.chatglm_engine", "glm_engine.cli")
+BACKENDS_MUST_NOT_IMPORT = ("glm_engine.export", "glm_engine.engine", "glm_engine.cli")
 # The exported-folder format sits below everything that reads or writes it.
 EXPORTED_MUST_NOT_IMPORT = (
     *BACKENDS_MUST_NOT_IMPORT,
@@ -37,7 +37,6 @@ GENERATION_MUST_NOT_IMPORT = (
     "glm_engine.backends.rocm_dcu",
     "glm_engine.backends.ascend",
     "glm_engine.backends.torch_cuda",  # the torch.cuda API's shared helpers
-    "glm_engine.backends.torch_cuda_attention",
     "glm_engine.kernels",
 )
 

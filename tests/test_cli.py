@@ -39,10 +39,14 @@ def test_backends_table_prints_reasons_as_written(monkeypatch):
 def test_run_and_chat_each_refuse_the_other_kind_of_model():
     chat_model = runner.invoke(app, ["run", "--checkpoint", "chatglm-tiny"], input="hello\nstop\n")
     assert chat_model.exit_code == USER_ERROR_EXIT_CODE
-    assert "ChatGLM-6B model, which chats: use `glm-engine chat --checkpoint chatglm-tiny`" in chat_model.output
+    assert "ChatGLM-6B model, which chats; `glm-engine run` fills GLM blanks" in chat_model.output
+    assert "use `glm-engine chat --checkpoint chatglm-tiny`" in chat_model.output
     blank_model = runner.invoke(app, ["chat", "--checkpoint", "glm-tiny"], input="hello\nstop\n")
     assert blank_model.exit_code == USER_ERROR_EXIT_CODE
     assert "GLM-130B model, which has no chat format: run it with `glm-engine run" in blank_model.output
+    evaluated = runner.invoke(app, ["evaluate", "--checkpoint", "chatglm-tiny", "--backend", "cpu"])
+    assert evaluated.exit_code == USER_ERROR_EXIT_CODE and "Traceback" not in evaluated.output
+    assert "use `glm-engine chat --checkpoint chatglm-tiny --backend cpu`" in evaluated.output
 
 
 def test_backends_json_is_machine_readable():

@@ -21,6 +21,7 @@ import typer
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
+from glm_engine.cli.model_kind import require_chat
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.run import check_backend_fits
@@ -202,16 +203,12 @@ def chat(
         ChatOptions(**options)  # reject bad options before loading anything
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
         check_backend_fits(checkpoint, backend, ort_provider)
+        require_chat(checkpoint, backend)
         history = read_history(history_file)
 
     def serve(comm: Communicator, degree: int) -> None:
         with progress_bar("loading weights") if comm.is_leader else nullcontext(None) as progress:
             engine = load(checkpoint, progress=progress, tp=degree, communicator=comm, **load_args)
-        if not engine.family.chat_model:
-            raise InputError(
-                f"{engine.source} is a {engine.family.title} model, which has no chat format: run it with "
-                f"`glm-engine run --checkpoint {checkpoint}`"
-            )
         if comm.is_leader:
             for note in engine.notes:
                 print(f"[glm-engine] {note}", file=sys.stderr)

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
+from glm_engine.cli.model_kind import require_blank_infilling
 from glm_engine.cli.progress import file_progress, progress_bar
 from glm_engine.engine import DEFAULT_MODEL, load
 from glm_engine.evaluation.config import find_task_files, load_task_file
@@ -49,7 +50,7 @@ def evaluate(
         Path | None, typer.Option(help="folder each task's `path` is joined onto; default: the YAML's own folder")
     ] = None,
     checkpoint: Annotated[
-        str | None, typer.Option(help="checkpoint folder (native or SAT); default: the built-in demo model")
+        str | None, typer.Option(help="GLM-130B folder (SAT, native), export or preset; default: the demo model")
     ] = None,
     backend: Annotated[str, typer.Option(help="backend name, or auto for the best available")] = "auto",
     dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16; default: the backend's first choice")] = None,
@@ -67,6 +68,7 @@ def evaluate(
     with user_errors():
         configs = [load_task_file(path) for path in find_task_files([*(tasks or []), *(task or [])])]
         prepared = prepare(configs, data_path)  # every task checked before the model loads
+        require_blank_infilling(checkpoint or DEFAULT_MODEL, config, backend, "evaluate")
         with progress_bar("loading weights") as progress:
             engine = load(
                 checkpoint or DEFAULT_MODEL,

@@ -54,7 +54,7 @@ def export_onnx_command(
         typer.Option(help="Quantize the logits' weight too (GLM: a copy of the tied embedding; ChatGLM: lm_head)."),
     ] = False,
     verify: Annotated[
-        bool, typer.Option(help="Compare ONNX Runtime (CPU) with glm-engine: prefill and 8 greedy cached steps.")
+        bool, typer.Option(help="Compare ONNX Runtime (CPU) with glm-engine: prefill and 7 greedy cached steps.")
     ] = False,
 ) -> None:
     """Export the decoder (GLM-130B, or ChatGLM-6B from its Hugging Face folder) as one ONNX graph with

@@ -22,11 +22,11 @@ import typer
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
+from glm_engine.cli.model_kind import require_blank_infilling
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.render import styled_answer
 from glm_engine.engine import DEFAULT_MODEL, load
-from glm_engine.engine.source import open_source
 from glm_engine.errors import GlmEngineError, InputError
 from glm_engine.exported import refuse_exported_folder
 from glm_engine.generation.blank_filling import Completion
@@ -165,17 +165,6 @@ def _open_queries(input_source: str, output_path: Path, with_id: bool) -> Iterab
 GRAPH_BACKENDS = ("onnxruntime", "tensorrt")
 
 
-def refuse_chat_models(model: str, config: str | None) -> None:
-    """``run`` fills blanks with GLM-130B's generation options; a chat model answers ``glm-engine chat`` (from its
-    metadata alone, before anything loads)."""
-    source = open_source(model, config)
-    if source.family.chat_model:
-        raise InputError(
-            f"{source.description} is a {source.family.title} model, which chats: use `glm-engine chat --checkpoint "
-            f"{model}` (or Engine.generate / Engine.chat from Python)"
-        )
-
-
 def check_backend_fits(checkpoint: str | None, backend: str, ort_provider: str | None) -> None:
     """Say which backend an exported folder needs, and refuse --ort-provider without onnxruntime, before loading."""
     if ort_provider and backend != "onnxruntime":
@@ -191,7 +180,7 @@ def run(
     ctx: typer.Context,
     backend: Annotated[str, typer.Option(help="backend name, or auto for the best available")] = "auto",
     checkpoint: Annotated[
-        str | None, typer.Option(help="checkpoint folder (native or SAT); default: the built-in demo model")
+        str | None, typer.Option(help="GLM-130B folder (SAT, native), export or preset; default: the demo model")
     ] = None,
     config: Annotated[
         str | None, typer.Option(help="preset name or config.json, for a SAT folder without config.json")
@@ -261,7 +250,7 @@ def run(
         GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
         check_backend_fits(checkpoint, backend, ort_provider)
-        refuse_chat_models(checkpoint or DEFAULT_MODEL, config)
+        require_blank_infilling(checkpoint or DEFAULT_MODEL, config, backend, "run")
 
     def serve_rank(comm: Communicator, degree: int) -> None:
         serve(comm, degree, options, load_args, input_source, output_path, with_id, print_all_beams)

@@ -56,7 +56,8 @@ class Family(ABC):
     name: ClassVar[str]  # short and stable: the ``model.type`` of exported folders, the registry key
     title: ClassVar[str]  # how messages name it ("GLM-130B")
     config_type: ClassVar[type]
-    chat_model: ClassVar[bool] = False  # has a chat format (``Engine.chat``)
+    chat_model: ClassVar[bool] = False  # has a chat format (``Engine.chat``, ``glm-engine chat``)
+    blank_infilling: ClassVar[bool] = False  # fills GLM's blanks with GLM-130B's options (``glm-engine run``, evaluate)
     transformers_baseline: ClassVar[TransformersBaseline | None] = None  # None: transformers has no class for it
 
     # --- the description ------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ class GLM130BFamily(Family):
     name = "glm"
     title = "GLM-130B"
     config_type = GLMConfig
+    blank_infilling = True
 
     def parts(self, config: GLMConfig) -> BlockParts:
         return BlockParts(

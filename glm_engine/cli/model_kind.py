@@ -1,0 +1,29 @@
+"""Which commands take which kind of model, checked from metadata before anything loads: ``run`` and ``evaluate``
+fill GLM blanks with GLM-130B's generation options; ``chat`` needs a family with a chat format."""
+
+from __future__ import annotations
+
+from glm_engine.engine.source import open_source
+from glm_engine.errors import InputError
+
+
+def require_blank_infilling(model: str, config: str | None, backend: str, command: str) -> None:
+    """An InputError naming ``glm-engine chat`` for a chat model given to ``run``/``evaluate``."""
+    source = open_source(model, config)
+    if not source.family.blank_infilling:
+        where = f" --backend {backend}" if backend != "auto" else ""
+        raise InputError(
+            f"{source.description} is a {source.family.title} model, which chats; `glm-engine {command}` fills "
+            f"GLM blanks: use `glm-engine chat --checkpoint {model}{where}` (or Engine.generate / Engine.chat)"
+        )
+
+
+def require_chat(model: str, backend: str) -> None:
+    """An InputError naming ``glm-engine run`` for a model without a chat format given to ``chat``."""
+    source = open_source(model)
+    if not source.family.chat_model:
+        where = f" --backend {backend}" if backend != "auto" else ""
+        raise InputError(
+            f"{source.description} is a {source.family.title} model, which has no chat format: run it with "
+            f"`glm-engine run --checkpoint {model}{where}`"
+        )
