@@ -1,5 +1,5 @@
 """The documentation holds together: every ``docs/<page>.md#<anchor>`` the code and the docs cite exists (GitHub's
-heading slugs), and nothing in the repository cites material outside it (a clone has no ``../shared``)."""
+heading slugs), and nothing in the repository cites material outside it."""
 
 from __future__ import annotations
 
