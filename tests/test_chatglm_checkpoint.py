@@ -280,3 +280,39 @@ def test_deepnorm_uses_the_blocks_default_depth_whatever_the_layer_count():
 def test_configs_the_graph_cannot_run_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):
         ChatGLMConfig.from_hf_dict({**CHATGLM_6B_CONFIG_JSON, **change})
+
+
+def test_a_release_with_a_quantized_embedding_and_lm_head_runs_them_dequantized(tmp_path, state_dict):
+    """THUDM's chatglm-6b-int4-qe also quantizes the embedding and lm_head; only the four linears run quantized, the
+    others are dequantized as the reference's kernels dequantize them (its lookup and logits take a float table)."""
+    from glm_engine.model.chatglm.weights import dequantize_like_reference
+
+    release = dict(state_dict)
+    for key in [*quantizable_keys(CONFIG), "transformer.word_embeddings.weight", "lm_head.weight"]:
+        release[key], release[key + "_scale"] = quantize(state_dict[key], 4)
+    folder = write_hf(tmp_path / "qe", release, "safetensors-index", CONFIG.with_overrides(quantization_bit=4))
+    engine = glm_engine.load(folder, dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
+    weights = engine.runner.weights
+    assert isinstance(weights.layers[0].dense_h_to_4h_weight, PackedLinear)
+    for key, tensor in (
+        ("lm_head.weight", weights.output),
+        ("transformer.word_embeddings.weight", weights.word_embeddings),
+    ):
+        stored, scale = release[key], release[key + "_scale"]
+        assert isinstance(tensor, torch.Tensor)
+        assert torch.equal(tensor, dequantize_like_reference(stored, scale, 4, torch.float32))
+    assert logits_of(engine).isfinite().all()
+
+
+def test_loading_reports_progress_per_tensor(tmp_path, state_dict):
+    folder = write_hf(tmp_path / "ckpt", state_dict, "bin-index")
+    calls = []
+    glm_engine.load(folder, dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH, progress=lambda d, t: calls.append((d, t)))
+    total = len(weight_layout(CONFIG).shapes)
+    assert calls == [(n, total) for n in range(1, total + 1)]
+
+
+def test_a_config_of_another_family_is_refused_for_a_folder(tmp_path, state_dict):
+    folder = write_hf(tmp_path / "ckpt", state_dict, "safetensors")
+    with pytest.raises(ConfigError, match=r"names a GLM-130B config, but .* is a ChatGLM-6B checkpoint"):
+        glm_engine.load(folder, config="glm-tiny")

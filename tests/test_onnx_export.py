@@ -486,3 +486,11 @@ def test_export_options_that_cannot_work_are_refused_before_writing(tmp_path):
     bf16 = ["export", "onnx", "--output", str(tmp_path / "b"), "--dtype", "bf16", "--max-seq", "32", "--verify"]
     result = cli.invoke(app, bf16)
     assert result.exit_code == 1 and "cannot feed bf16 graphs" in result.output and not (tmp_path / "b").exists()
+
+
+def test_an_export_at_tp_above_1_is_refused_before_any_rank_starts(demo_export):
+    """An exported graph has no tensor-parallel form: one error line, no ranks launched (they would fail one by one)."""
+    args = ["run", "--checkpoint", str(demo_export), "--backend", "onnxruntime", "--tp", "2"]
+    result = CliRunner().invoke(app, args, input="stop\n")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "is an exported graph, which has no tensor-parallel form; use --tp 1" in result.output

@@ -120,7 +120,11 @@ def open_native(folder: Path) -> tuple[LazySafetensors, dict[str, str]]:
 def read_native_config(folder: Path) -> GLMConfig:
     config_path = folder / CONFIG_FILE_NAME
     if not config_path.is_file():
-        raise CheckpointError(f"{folder} has weights but no {CONFIG_FILE_NAME}; write one or pass --config PRESET")
+        raise CheckpointError(
+            f"{folder} has weights but no {CONFIG_FILE_NAME}: a Hugging Face folder (ChatGLM) needs the "
+            f"{CONFIG_FILE_NAME} it was released with; a GLM-130B native folder needs its {CONFIG_FILE_NAME} or "
+            "--config PRESET"
+        )
     return GLMConfig.from_json_file(config_path)
 
 

@@ -61,6 +61,8 @@ def check_before_launch(backend: str, model: str, config: Any, tp: int) -> None:
     chosen, _ = REGISTRY.resolve(backend)
     check_device_count(chosen, tp)
     source = open_source(model, config)  # metadata only
+    if source.exported is not None:
+        raise ParallelError(f"{source.description} is an exported graph, which has no tensor-parallel form; use --tp 1")
     check_tp_degree(source.config, tp, source.description)
 
 

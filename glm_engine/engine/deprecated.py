@@ -55,17 +55,40 @@ def load_chatglm(
     dtype: str | torch.dtype | None = None,
     tokenizer: str | Path | None = None,
     device_index: int = 0,
+    progress: Any = None,
+    quant: str | None = None,
+    quant_scheme: str = "rowwise",
+    quant_group_size: int | None = None,
+    quant_output: bool = False,
+    cuda_graphs: bool | None = None,
+    backend_options: dict[str, object] | None = None,
+    config: Any = None,
     **kwargs: Any,
 ) -> ChatGLMEngine:
-    """Deprecated: ``glm_engine.load`` loads every family. Loads a ChatGLM model with 0.1's interface (the same
-    keyword options as :func:`~glm_engine.engine.load.load`)."""
+    """Deprecated: ``glm_engine.load`` loads every family. Loads a ChatGLM model with 0.1's interface, 0.1's
+    positional order included (further keyword options as :func:`~glm_engine.engine.load.load`)."""
     warnings.warn(
         "load_chatglm is deprecated: glm_engine.load() loads ChatGLM too, and Engine.chat() takes OpenAI-style "
         "messages",
         DeprecationWarning,
         stacklevel=2,
     )
-    engine = load(path_or_preset, backend, dtype, tokenizer, device_index=device_index, **kwargs)
+    engine = load(
+        path_or_preset,
+        backend,
+        dtype,
+        tokenizer,
+        config,
+        device_index,
+        progress,
+        quant=quant,
+        quant_scheme=quant_scheme,
+        quant_group_size=quant_group_size,
+        quant_output=quant_output,
+        cuda_graphs=cuda_graphs,
+        backend_options=backend_options,
+        **kwargs,
+    )
     if not engine.family.chat_model:
         raise InputError(f"{engine.source} is a {engine.family.title} model, not ChatGLM: use glm_engine.load()")
     return ChatGLMEngine(**{f.name: getattr(engine, f.name) for f in fields(Engine)})

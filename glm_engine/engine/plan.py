@@ -107,15 +107,21 @@ def plan_quantization(
             if len(specs) > 1:
                 plan.notes.append(f"row-parallel linears re-sharded to TP={tp} keep one scale per source slice")
     if quant_output:
-        if plan.runtime is None:
-            raise InputError(
-                f"--quant-output quantizes {output_name(layout)} like the linears: add --quant int8|int4 (or load a "
-                "quantized checkpoint on a backend with kernels for it)"
-            )
+        require_output_format(layout, plan.runtime)
         plan.output = plan.runtime
         copy = " (a quantized copy of the embedding)" if layout.output_key is None else ""
         plan.notes.append(f"{output_name(layout).removeprefix('the ')} in {plan.output.describe()}{copy}")
     return plan
+
+
+def require_output_format(layout: WeightLayout, spec: QuantSpec | None) -> QuantSpec:
+    """The format ``--quant-output`` quantizes the output projection in: the linears'; an InputError without one."""
+    if spec is None:
+        raise InputError(
+            f"--quant-output quantizes {output_name(layout)} like the linears: add --quant int8|int4 (or use a "
+            "quantized checkpoint, on a backend with kernels for its format)"
+        )
+    return spec
 
 
 def check_quant_fits(layout: WeightLayout, tp: int, spec: QuantSpec, output: bool = False) -> None:

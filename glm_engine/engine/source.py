@@ -140,6 +140,11 @@ def open_source(
             "model.safetensors.index.json (native), a 'latest' file and an iteration folder (SAT), or a Hugging Face "
             f"folder of a supported family ({', '.join(f.title for f in FAMILIES)})"
         )
-    reader = family.open_checkpoint(folder, resolve_config(config, family))
+    chosen = resolve_config(config, family)
+    if chosen is not None and family_of(chosen) is not family:
+        raise ConfigError(
+            f"--config names a {family_of(chosen).title} config, but {folder} is a {family.title} checkpoint"
+        )
+    reader = family.open_checkpoint(folder, chosen)
     described = "the built-in demo model" if name == DEFAULT_MODEL else reader.description
     return ModelSource(name, family, reader.config, described, reader, folder)

@@ -17,13 +17,12 @@ from typing import Any
 
 import torch
 
-from glm_engine.engine.plan import check_quant_fits, output_name, refuse_double_quantization
+from glm_engine.engine.plan import check_quant_fits, output_name, refuse_double_quantization, require_output_format
 from glm_engine.engine.source import DEFAULT_MODEL, ModelSource, open_source
-from glm_engine.errors import InputError
 from glm_engine.export.writer import Progress, write_export
 from glm_engine.exported import ExportedModel, QuantTarget, refuse_exported_folder
 from glm_engine.model.registry import family_of
-from glm_engine.model.weights import LayerWeights, ReadRequest, WeightLayout, layer_key
+from glm_engine.model.weights import LayerWeights, ReadRequest, WeightLayout, layer_key, quantized_copy
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -41,11 +40,8 @@ class LayerStream:
         self.config = source.config
         self.layout: WeightLayout = family.weight_layout(source.config)
         self.quant = quant or stored  # the format the linears are written in
-        if quant_output and self.quant is None:
-            raise InputError(
-                f"--quant-output quantizes {output_name(self.layout)} like the linears: add --quant int8|int4 (or "
-                "export a quantized checkpoint)"
-            )
+        if quant_output:
+            require_output_format(self.layout, self.quant)
         if self.quant is not None:
             check_quant_fits(self.layout, 1, self.quant, quant_output)
         self.quant_output = quant_output
@@ -71,8 +67,7 @@ class LayerStream:
             return self.read([self.layout.output_key])[self.layout.output_key]
         if not self.quant_output:
             return None
-        table = self.read([self.layout.embedding_key])[self.layout.embedding_key]
-        return QuantizedWeight.quantize(table.to(torch.float16), self.quant.bits, self.quant.group_size)
+        return quantized_copy(self.read([self.layout.embedding_key])[self.layout.embedding_key], self.quant)
 
 
 def export_onnx(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from glm_engine.model.kv_cache import KVCache
-from glm_engine.model.parts import Activation, DenseBias, Residual, Rotary
+from glm_engine.model.parts import Activation, DenseBias, Norm, Residual, Rotary
 from glm_engine.model.weights import LayerWeights
 from glm_engine.ops.interface import PackedLinear
 
@@ -38,11 +38,17 @@ def decoder_block(
     cache: KVCache | None,
 ) -> torch.Tensor:
     """One layer: ``x [b, s, h]`` -> ``[b, s, h]``."""
-    ops, eps = model.ops, model.config.layernorm_epsilon
-    normed = ops.layernorm(x, layer.input_layernorm_weight, layer.input_layernorm_bias, eps)
+    normed = norm(model, x, layer.input_layernorm_weight, layer.input_layernorm_bias)
     x = residual(model, normed, attention(model, index, layer, normed, rotations, blocked, cache))
-    normed = ops.layernorm(x, layer.post_attention_layernorm_weight, layer.post_attention_layernorm_bias, eps)
+    normed = norm(model, x, layer.post_attention_layernorm_weight, layer.post_attention_layernorm_bias)
     return residual(model, normed, mlp(model, layer, normed))
+
+
+def norm(model: DecoderModel, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The family's normalisation over the hidden dimension."""
+    if model.parts.norm is Norm.LAYERNORM:
+        return model.ops.layernorm(x, weight, bias, model.config.layernorm_epsilon)
+    raise NotImplementedError(model.parts.norm)
 
 
 def residual(model: DecoderModel, normed: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:

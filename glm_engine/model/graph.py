@@ -14,7 +14,7 @@ import torch
 
 from glm_engine.backends.base import RunnerCapabilities
 from glm_engine.errors import InputError
-from glm_engine.model.block import decoder_block, rotations_for
+from glm_engine.model.block import decoder_block, norm, rotations_for
 from glm_engine.model.kv_cache import KVCache
 from glm_engine.model.registry import family_of
 from glm_engine.model.weights import ModelWeights, ReadRequest
@@ -103,5 +103,5 @@ class DecoderModel:
             cache.advance(input_ids.shape[1])
         if last_only:
             x = x[:, -1:]
-        x = ops.layernorm(x, w.final_layernorm_weight, w.final_layernorm_bias, self.config.layernorm_epsilon)
+        x = norm(self, x, w.final_layernorm_weight, w.final_layernorm_bias)
         return self.comm.all_gather(ops.linear(x, w.logits_weight, None))

@@ -54,7 +54,6 @@ class BlockParts:
     activation: Activation
     rotary: Rotary
     dense_bias: DenseBias
-    tied_output: bool  # the logits use the word embedding (True) or a separate output matrix
     deepnorm_alpha: float  # the residual scale of ``Residual.DEEPNORM``
     norm: Norm = Norm.LAYERNORM
     residual: Residual = Residual.DEEPNORM

@@ -6,14 +6,13 @@ tensor at a time, by the family's split rules, and quantized on that shard as a 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from glm_engine.model.weights import Progress, ReadRequest, Weight, WeightLayout
+from glm_engine.model.weights import QUANTIZED_FIELDS, Progress, ReadRequest, Weight, WeightLayout
 from glm_engine.parallel.sharding import Split, shard
-from glm_engine.quant.sharding import shard_quantized
+from glm_engine.quant.sharding import shard_quantized, target_row_group
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -58,13 +57,12 @@ class StateDictReader:
         if stored is None:
             return []
         specs = [stored]
-        for key in self.layout.quantizable:
-            if self.layout.split(key) is not Split.ROW or not key.startswith("transformer.layers.0."):
+        for key in self.layout.quantizable_keys[: len(QUANTIZED_FIELDS)]:  # every layer is quantized alike
+            if self.layout.split(key) is not Split.ROW:
                 continue
             columns = self.layout.shapes[key][1]
-            width = columns // tp
-            group = math.gcd(stored.group_size or columns, width)
-            spec = QuantSpec(stored.bits, None if group == width and stored.group_size is None else group)
+            group = target_row_group(columns, stored.group_size or columns, 1, tp)
+            spec = QuantSpec(stored.bits, None if group == columns // tp and stored.group_size is None else group)
             if spec not in specs:
                 specs.append(spec)
         return specs
@@ -88,7 +86,9 @@ class StateDictReader:
         rank, tp, device = request.rank, request.tp, request.device
         if isinstance(value, QuantizedWeight):
             piece = shard_quantized(key, split, value, rank, tp)
-            if request.keep_quantized:
+            # only the four linears run quantized; a release's quantized embedding or lm_head is dequantized as the
+            # reference dequantizes it (THUDM's chatglm-6b-int4-qe quantizes both)
+            if request.keep_quantized and key in self.layout.quantizable:
                 return piece.to(device)
             return self.dequantize(piece, request.dtype or torch.float16).to(device)
         piece = shard(split, value, rank, tp, key) if tp > 1 else value

@@ -203,8 +203,7 @@ class ModelWeights:
         if output is None and output_quant is not None:
             if prepare is None:
                 raise CheckpointError("a quantized output projection needs a backend to run it (prepare)")
-            copy = QuantizedWeight.quantize(embeddings.to(torch.float16), output_quant.bits, output_quant.group_size)
-            output = prepare(copy)
+            output = prepare(quantized_copy(embeddings, output_quant))
         layers = [
             LayerWeights(**{f.name: take(layer_key(n, f.name)) for f in fields(LayerWeights)})
             for n in range(layout.num_layers)
@@ -244,6 +243,11 @@ class ModelWeights:
         if self.output is not None:
             total -= _nbytes(self.word_embeddings)
         return total
+
+
+def quantized_copy(table: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:
+    """A quantized copy of a tied embedding for the logits, made from its fp16 values (the lookup keeps the table)."""
+    return QuantizedWeight.quantize(table.to(torch.float16), spec.bits, spec.group_size)
 
 
 def _nbytes(tensor: torch.Tensor | PackedLinear) -> int:

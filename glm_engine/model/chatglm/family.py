@@ -64,7 +64,6 @@ class ChatGLMFamily(Family):
             activation=Activation.GELU_TANH,
             rotary=Rotary.TWO_HALVES,
             dense_bias=DenseBias.FUSED,
-            tied_output=False,
             deepnorm_alpha=config.deepnorm_alpha,
         )
 

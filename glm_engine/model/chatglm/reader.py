@@ -77,9 +77,9 @@ class ChatGLMReader:
             canonical = canonical_state_dict(part, self.plan.quantized_bits)
             names = [k for k in wanted if k in canonical and k not in out]
             reader = StateDictReader(self.layout, canonical, self.description, dequantize=dequantize_stored)
-            out.update(reader.read(request, names))
-            if progress is not None:
-                progress(len(out), len(wanted))
+            done = len(out)
+            step = None if progress is None else (lambda n, _total, done=done: progress(done + n, len(wanted)))
+            out.update(reader.read(request, names, step))
         absent = [k for k in wanted if k not in out]
         if absent:  # plan_load saw these keys, so a file changed or an index lied about where they are
             raise CheckpointError(f"tensors listed by the checkpoint were not found while loading: {absent[:5]}")

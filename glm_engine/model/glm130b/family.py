@@ -34,7 +34,6 @@ class GLM130BFamily(Family):
             activation=Activation.GEGLU,
             rotary=Rotary.WHOLE_HEAD,
             dense_bias=DenseBias.AFTER_PRODUCT,
-            tied_output=True,
             deepnorm_alpha=config.deepnorm_alpha,
         )
 
