@@ -8,7 +8,7 @@ from reference_tp import reference_convert
 
 from glm_engine.errors import CheckpointError
 from glm_engine.model.glm130b.weights import split_of
-from glm_engine.parallel.sharding import ShardBuilder, merge, reshard, shard, shard_shape
+from glm_engine.parallel.sharding import GroupedQKV, ShardBuilder, merge, reshard, shard, shard_shape
 
 KEYS = {
     "transformer.word_embeddings.weight": (24, 4),
@@ -72,3 +72,32 @@ def test_incomplete_or_mismatched_sources_are_errors() -> None:
         builder.add(1, torch.zeros(11, 4))
     with pytest.raises(CheckpointError, match="cannot be split 5 ways"):
         shard_shape(split_of(key), (48, 4), 5)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4, 8])
+def test_grouped_qkv_splits_heads_and_splits_or_replicates_groups(groups: int) -> None:
+    """Each rank holds its query heads, then the key and value groups those heads read: a share of the groups when
+    they divide by the degree, else the one group its heads share (replicated across ``tp // groups`` ranks)."""
+    heads, d = 8, 4
+    rule = GroupedQKV(heads, groups, d)
+    full = torch.arange(rule.length * 3, dtype=torch.float32).view(rule.length, 3)
+    for tp in (1, 2, 4, 8):
+        shards = [shard(rule, full, rank, tp) for rank in range(tp)]
+        assert torch.equal(merge(rule, shards), full)
+        for rank, piece in enumerate(shards):
+            q_heads = range(rank * heads // tp, (rank + 1) * heads // tp)
+            per_rank = max(1, groups // tp)
+            kv_groups = sorted({h * groups // heads for h in q_heads})
+            assert len(kv_groups) == per_rank
+            rows = [h * d + i for h in q_heads for i in range(d)]
+            rows += [(heads + g) * d + i for g in kv_groups for i in range(d)]
+            rows += [(heads + groups + g) * d + i for g in kv_groups for i in range(d)]
+            assert torch.equal(piece, full[rows]), (tp, rank)
+        for target_tp in (1, 2, 4, 8):  # any degree re-shards to any other, replicated groups taken once
+            for rank in range(target_tp):
+                assert torch.equal(reshard(rule, shards, rank, target_tp), shard(rule, full, rank, target_tp))
+
+
+def test_grouped_qkv_refuses_degrees_that_neither_divide_nor_are_divided_by_the_groups() -> None:
+    with pytest.raises(CheckpointError, match="key/value groups"):
+        shard(GroupedQKV(12, 4, 2), torch.zeros(40, 1), 0, 6)

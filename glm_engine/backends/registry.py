@@ -7,7 +7,7 @@ import is listed as unavailable with the error, never breaking the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -160,11 +160,15 @@ def get_backend(name: str) -> Backend:
     return REGISTRY.get(name)
 
 
-def op_table_for(backend: Backend, dtype: torch.dtype, device_index: int = 0) -> OpTable:
-    """The op table of an op-level backend, after checking every op supports ``dtype``."""
+def op_table_for(
+    backend: Backend, dtype: torch.dtype, device_index: int = 0, required: Iterable[Op] | None = None
+) -> OpTable:
+    """The op table of an op-level backend, after checking that the ops a model needs (``required``; default:
+    every op) support ``dtype``."""
     if not isinstance(backend, OpLevelBackend):
         raise BackendError(f"{backend.name} is a {backend.kind.value} backend: it runs exported graphs, not ops")
-    refused = [f"{op.value}: {v.reason}" for op in Op if not (v := backend.supports(op, dtype))]
+    needed = list(Op) if required is None else sorted(required, key=list(Op).index)
+    refused = [f"{op.value}: {v.reason}" for op in needed if not (v := backend.supports(op, dtype))]
     if refused:
         raise BackendError(f"{backend.name} cannot run this model: " + "; ".join(refused))
     return backend.op_table(dtype, device_index)

@@ -98,7 +98,8 @@ def load(
     comm = join_ranks(tp, communicator, chosen)
     if comm.world_size > 1:
         device_index = comm.local_rank
-    ops = op_table_for(chosen, run_dtype, device_index)  # refuses unsupported dtypes before loading weights
+    required = family.parts(model_config).required_ops()
+    ops = op_table_for(chosen, run_dtype, device_index, required)  # refuses what it cannot run before loading
     requested = requested_quant(quant, quant_scheme, quant_group_size)
     quant_plan = plan_quantization(
         requested, source.reader, family.weight_layout(model_config), chosen, run_dtype, tp, quant_output

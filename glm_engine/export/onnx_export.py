@@ -11,7 +11,6 @@ format (a copy of a tied embedding, or the separate ``lm_head``), as ``load(...,
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from glm_engine.engine.source import DEFAULT_MODEL, ModelSource, open_source
 from glm_engine.export.writer import Progress, write_export
 from glm_engine.exported import ExportedModel, QuantTarget, refuse_exported_folder
 from glm_engine.model.registry import family_of
-from glm_engine.model.weights import LayerWeights, ReadRequest, WeightLayout, layer_key, quantized_copy
+from glm_engine.model.weights import LayerWeights, ReadRequest, WeightLayout, quantized_copy
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -56,7 +55,7 @@ class LayerStream:
 
     def layers(self) -> Iterator[LayerWeights]:
         for n in range(self.layout.num_layers):
-            names = {f.name: layer_key(n, f.name) for f in fields(LayerWeights)}
+            names = {name: self.layout.layer_key(n, name) for name in self.layout.layer_fields}
             tensors = self.read(list(names.values()))
             yield LayerWeights(**{name: tensors[key] for name, key in names.items()})
 

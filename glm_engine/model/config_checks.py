@@ -78,8 +78,14 @@ class DecoderConfig:
         }
 
     def valid_tp_degrees(self, limit: int = 64) -> list[int]:
-        """Tensor-parallel degrees up to ``limit`` that split every axis of :meth:`tp_axes` evenly."""
-        return even_split_degrees(tuple(self.tp_axes().values()), limit)
+        """Tensor-parallel degrees up to ``limit`` that split every axis of :meth:`tp_axes` evenly (and pass
+        :meth:`tp_problem`)."""
+        return [t for t in even_split_degrees(tuple(self.tp_axes().values()), limit) if self.tp_problem(t) is None]
+
+    def tp_problem(self, tp: int) -> str | None:
+        """Why ``tp`` cannot split this model, beyond :meth:`tp_axes`' divisibility (e.g. key/value groups that
+        neither divide by ``tp`` nor divide it); None when nothing else is in the way."""
+        return None
 
     def with_overrides(self, **changes: Any) -> Any:
         return replace(self, **changes)  # type: ignore[type-var]

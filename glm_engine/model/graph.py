@@ -40,6 +40,9 @@ class DecoderModel:
         self.ops = ops
         self.comm = comm if comm is not None else Communicator()
         self.local_heads = config.num_attention_heads // self.comm.world_size
+        # key/value heads on this rank: a share of the groups, or one group repeated when TP exceeds their count
+        kv_heads = self.parts.kv_heads or config.num_attention_heads
+        self.local_kv_heads = max(1, kv_heads // self.comm.world_size)
         self.device = ops.device
         self.dtype = ops.dtype
         self.cos, self.sin = self.family.rotary_tables(config, ops.dtype, ops.device)
@@ -73,7 +76,7 @@ class DecoderModel:
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         c = self.config
-        return KVCache(c.num_layers, batch_size, self.local_heads, max_length, c.head_dim, self.dtype, self.device)
+        return KVCache(c.num_layers, batch_size, self.local_kv_heads, max_length, c.head_dim, self.dtype, self.device)
 
     def forward(
         self,

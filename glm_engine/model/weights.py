@@ -16,7 +16,7 @@ import torch
 
 from glm_engine.errors import CheckpointError
 from glm_engine.ops.interface import PackedLinear
-from glm_engine.parallel.sharding import Split, shard_shape
+from glm_engine.parallel.sharding import SplitRule, shard_shape
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -27,20 +27,23 @@ Weight = torch.Tensor | QuantizedWeight
 
 @dataclass
 class LayerWeights:
-    """One transformer layer; field order follows the forward pass."""
+    """One transformer layer; field order follows the forward pass. A family without a tensor (an RMSNorm's bias, a
+    linear without bias, GLM-4-0414's extra norms elsewhere) leaves it None."""
 
     input_layernorm_weight: torch.Tensor
-    input_layernorm_bias: torch.Tensor
-    query_key_value_weight: torch.Tensor  # [3h, h], rows head-major: head*3d + {q,k,v}*d + i
-    query_key_value_bias: torch.Tensor
+    query_key_value_weight: torch.Tensor  # [3h, h] per-head [q|k|v] (GLM), or [q heads | k groups | v groups]
     dense_weight: torch.Tensor  # [h, h]
-    dense_bias: torch.Tensor
     post_attention_layernorm_weight: torch.Tensor
-    post_attention_layernorm_bias: torch.Tensor
-    dense_h_to_4h_weight: torch.Tensor  # [inner, h], or [2*inner, h] for a GLU: first half linear, second gate
-    dense_h_to_4h_bias: torch.Tensor
+    dense_h_to_4h_weight: torch.Tensor  # [inner, h], or [2*inner, h] for a GLU: the two halves
     dense_4h_to_h_weight: torch.Tensor  # [h, inner]
-    dense_4h_to_h_bias: torch.Tensor
+    input_layernorm_bias: torch.Tensor | None = None
+    query_key_value_bias: torch.Tensor | None = None
+    dense_bias: torch.Tensor | None = None
+    post_attention_layernorm_bias: torch.Tensor | None = None
+    dense_h_to_4h_bias: torch.Tensor | None = None
+    dense_4h_to_h_bias: torch.Tensor | None = None
+    post_self_attn_layernorm_weight: torch.Tensor | None = None  # GLM-4-0414: a norm on the attention's output
+    post_mlp_layernorm_weight: torch.Tensor | None = None  # GLM-4-0414: a norm on the MLP's output
 
 
 # LayerWeights field -> key suffix after ``transformer.layers.{i}.`` (SAT's names, which ChatGLM-6B kept).
@@ -58,11 +61,14 @@ LAYER_KEY_SUFFIX = {
     "dense_4h_to_h_weight": "mlp.dense_4h_to_h.weight",
     "dense_4h_to_h_bias": "mlp.dense_4h_to_h.bias",
 }
-# The four linears per layer weight-only quantization replaces (the reference's choice, in both families).
+# The four linears per layer weight-only quantization replaces (the reference's choice, in every family).
 QUANTIZED_FIELDS = ("query_key_value_weight", "dense_weight", "dense_h_to_4h_weight", "dense_4h_to_h_weight")
+# What every GLM-130B/ChatGLM-6B layer holds: all twelve LayerNorm/linear tensors with their biases.
+SAT_LAYER_FIELDS = tuple(LAYER_KEY_SUFFIX)
 
 
 def layer_key(layer: int, field_name: str) -> str:
+    """SAT's name of a layer tensor (GLM-130B, ChatGLM-6B): ``transformer.layers.{i}.<suffix>``."""
     return f"transformer.layers.{layer}.{LAYER_KEY_SUFFIX[field_name]}"
 
 
@@ -90,18 +96,20 @@ class WeightLayout:
     """Every tensor of one family's model: names, TP=1 shapes, splits, and what is quantizable."""
 
     shapes: dict[str, tuple[int, ...]]  # every key the model uses, with its TP=1 shape, in loading order
-    split: Callable[[str], Split]  # the tensor-parallel split of a key
+    split: Callable[[str], SplitRule]  # the tensor-parallel split of a key
     num_layers: int
     embedding_key: str
-    final_norm_keys: tuple[str, str]
+    final_norm_keys: tuple[str, ...]  # the final norm's weight, and its bias where it has one
     output_key: str | None = None  # a separate output matrix; None: the logits use the (tied) embedding
     ignored_suffixes: tuple[str, ...] = ()  # buffers some releases carry that are recomputed, never loaded
+    layer_key: Callable[[int, str], str] = layer_key  # a layer's LayerWeights field -> its key
+    layer_fields: tuple[str, ...] = SAT_LAYER_FIELDS  # the LayerWeights fields this family's layers hold
 
     @property
     def quantizable_keys(self) -> tuple[str, ...]:
         """The linears weight-only quantization applies to, layer by layer in forward order (the output matrix only
         when asked for, separately)."""
-        return tuple(layer_key(n, f) for n in range(self.num_layers) for f in QUANTIZED_FIELDS)
+        return tuple(self.layer_key(n, f) for n in range(self.num_layers) for f in QUANTIZED_FIELDS)
 
     @property
     def quantizable(self) -> frozenset[str]:
@@ -161,7 +169,7 @@ class ModelWeights:
     word_embeddings: torch.Tensor  # [vocab (/ tp), h]
     layers: list[LayerWeights]
     final_layernorm_weight: torch.Tensor
-    final_layernorm_bias: torch.Tensor
+    final_layernorm_bias: torch.Tensor | None  # None for an RMSNorm
     output: torch.Tensor | PackedLinear | None = None  # None: the tied embedding computes the logits
     unused_keys: list[str] = field(default_factory=list)  # keys of the source the model does not use
     layout: WeightLayout | None = field(default=None, repr=False)  # the names the weights were loaded under
@@ -205,10 +213,11 @@ class ModelWeights:
                 raise CheckpointError("a quantized output projection needs a backend to run it (prepare)")
             output = prepare(quantized_copy(embeddings, output_quant))
         layers = [
-            LayerWeights(**{f.name: take(layer_key(n, f.name)) for f in fields(LayerWeights)})
+            LayerWeights(**{name: take(layout.layer_key(n, name)) for name in layout.layer_fields})
             for n in range(layout.num_layers)
         ]
-        final_weight, final_bias = (take(k) for k in layout.final_norm_keys)
+        final = [take(key) for key in layout.final_norm_keys]
+        final_weight, final_bias = final[0], (final[1] if len(final) > 1 else None)
         return cls(embeddings, layers, final_weight, final_bias, output, list(unused_keys), layout)
 
     def state_dict(self) -> dict[str, Any]:
@@ -219,11 +228,8 @@ class ModelWeights:
             raise CheckpointError("these weights were not assembled from a layout, so they have no names")
         out: dict[str, Any] = {layout.embedding_key: self.word_embeddings}
         for n, layer in enumerate(self.layers):
-            out.update({layer_key(n, f.name): getattr(layer, f.name) for f in fields(LayerWeights)})
-        out[layout.final_norm_keys[0]], out[layout.final_norm_keys[1]] = (
-            self.final_layernorm_weight,
-            self.final_layernorm_bias,
-        )
+            out.update({layout.layer_key(n, name): getattr(layer, name) for name in layout.layer_fields})
+        out.update(zip(layout.final_norm_keys, (self.final_layernorm_weight, self.final_layernorm_bias)))
         if layout.output_key is not None:
             out[layout.output_key] = self.output
         return out
@@ -231,10 +237,9 @@ class ModelWeights:
     def nbytes(self) -> int:
         """Bytes of all weights in their runtime form (quantized linears at their packed size), the output
         projection included."""
-        tensors = [self.word_embeddings, self.final_layernorm_weight, self.final_layernorm_bias]
+        tensors = [self.word_embeddings, self.final_layernorm_weight, self.final_layernorm_bias, self.output]
         tensors += [getattr(layer, f.name) for layer in self.layers for f in fields(LayerWeights)]
-        tensors += [self.output] if self.output is not None else []
-        return sum(_nbytes(t) for t in tensors)
+        return sum(_nbytes(t) for t in tensors if t is not None)
 
     def streamed_bytes(self) -> int:
         """Bytes a decode step reads: every weight in its runtime form, except an embedding table that is not also

@@ -22,12 +22,15 @@ class Op(str, Enum):
 
     EMBEDDING = "embedding"
     LAYERNORM = "layernorm"
+    RMSNORM = "rmsnorm"
     LINEAR = "linear"
     ROTARY = "rotary"
     ATTENTION = "attention"
     GEGLU = "geglu"
     GELU = "gelu"
+    SWIGLU = "swiglu"
     DEEPNORM_RESIDUAL = "deepnorm_residual"
+    GROUPED_ATTENTION = "grouped_attention"  # attention with fewer key/value heads than query heads (GQA)
 
 
 class PackedLinear(ABC):
@@ -66,6 +69,10 @@ class ModelConfig(Protocol):
         """What tensor parallelism splits, by name (heads, vocab rows, MLP units): each must divide by the degree."""
         ...
 
+    def tp_problem(self, tp: int) -> str | None:
+        """Why ``tp`` cannot split the model beyond :meth:`tp_axes` (grouped key/value heads), or None."""
+        ...
+
 
 class DecodeStepper(Protocol):
     """Runs one cached decode step: one new token per row, the logits of that position ``[b, 1, vocab]``."""
@@ -90,6 +97,15 @@ class EagerStepper:
         return self.runner.forward(input_ids, position_ids, blocked, cache, last_only=True)
 
 
+def expand_groups(k: torch.Tensor, v: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key/value heads ``[b, g, s, d]`` repeated to ``heads`` (each group next to the query heads that read it), for
+    attention kernels without grouped-query support; a copy of the cache, so native GQA kernels are preferred."""
+    groups = k.shape[1]
+    if groups == heads:
+        return k, v
+    return k.repeat_interleave(heads // groups, dim=1), v.repeat_interleave(heads // groups, dim=1)
+
+
 class OpTable(ABC):
     """One implementation of every op, bound to a device and a compute dtype."""
 
@@ -109,6 +125,14 @@ class OpTable(ABC):
     @abstractmethod
     def layernorm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
         """LayerNorm over the last dim with affine weight and bias."""
+
+    @abstractmethod
+    def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, weight_in_fp32: bool = False) -> torch.Tensor:
+        """RMSNorm over the last dim: ``h = x.float() * rsqrt(mean(x.float()^2) + eps)`` in fp32, then the gain.
+
+        ``weight_in_fp32`` False (transformers' native GLM classes): ``weight * h.to(x.dtype)``, a product in the
+        activation dtype; True (THUDM's remote code): ``(weight * h).to(x.dtype)``, one rounding at the end
+        (``docs/glm-semantics.md``)."""
 
     @abstractmethod
     def linear(self, x: torch.Tensor, weight: torch.Tensor | PackedLinear, bias: torch.Tensor | None) -> torch.Tensor:
@@ -143,11 +167,12 @@ class OpTable(ABC):
     ) -> torch.Tensor:
         """``softmax(q k^T / sqrt(d))`` over unblocked keys, times ``v``, with the softmax in fp32.
 
-        ``q [b, h, sq, d]``, ``k, v [b, h, sk, d]``, ``blocked`` bool broadcastable to ``[b, 1, sq, sk]`` with
-        True = may not attend. ``layer_scale`` is the reference's query-key layer scaling coefficient
-        (``layer_id + 1``): q is divided by it before the product and the scores multiplied by it in fp32, which keeps
-        fp16 scores finite in deep layers and leaves the math unchanged. Every query row has at least one
-        unblocked key. Returns ``[b, h, sq, d]``.
+        ``q [b, h, sq, d]``, ``k, v [b, g, sk, d]`` where ``g`` divides ``h`` (grouped-query attention: query head
+        ``i`` reads key/value head ``i // (h / g)``; ``g == h`` is plain multi-head attention), ``blocked`` bool
+        broadcastable to ``[b, 1, sq, sk]`` with True = may not attend. ``layer_scale`` is the reference's query-key
+        layer scaling coefficient (``layer_id + 1``; 1 for families without it): q is divided by it before the
+        product and the scores multiplied by it in fp32, which keeps fp16 scores finite in deep layers and leaves the
+        math unchanged. Every query row has at least one unblocked key. Returns ``[b, h, sq, d]``.
         """
 
     @abstractmethod
@@ -158,6 +183,10 @@ class OpTable(ABC):
     def gelu(self, x: torch.Tensor) -> torch.Tensor:
         """GeLU with the tanh approximation, written as ChatGLM-6B's ``gelu_impl`` (OpenAI's form):
         ``0.5 * x * (1 + tanh(0.7978845608028654 * x * (1 + 0.044715 * x * x)))``, elementwise in ``x``'s dtype."""
+
+    @abstractmethod
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        """SwiGLU: with ``gate, up = x.chunk(2, -1)`` return ``silu(gate) * up`` in ``x``'s dtype."""
 
     @abstractmethod
     def deepnorm_residual(self, normed: torch.Tensor, branch: torch.Tensor, alpha: float) -> torch.Tensor:

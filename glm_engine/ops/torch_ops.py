@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from glm_engine.ops.interface import OpTable, PackedLinear
+from glm_engine.ops.interface import OpTable, PackedLinear, expand_groups
 from glm_engine.quant.weight import QuantizedWeight
 
 # Value the reference writes into blocked attention scores before the fp32 rescale (SAT's non-apex path).
@@ -31,7 +31,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def reference_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor, layer_scale: float
 ) -> torch.Tensor:
-    """Attention exactly as SAT's ``attention_fn`` without apex: layer-scaled q, masked fill, fp32 softmax."""
+    """Attention exactly as SAT's ``attention_fn`` without apex: layer-scaled q, masked fill, fp32 softmax; grouped
+    key/value heads are repeated for the query heads that read them."""
+    k, v = expand_groups(k, v, q.shape[1])
     q = q / (math.sqrt(q.shape[-1]) * layer_scale)
     scores = torch.matmul(q, k.transpose(-1, -2))
     scores = scores.masked_fill(blocked, MASKED_SCORE)
@@ -65,6 +67,11 @@ class TorchOps(OpTable):
     def layernorm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
+    def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, weight_in_fp32: bool = False) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return (weight * h).to(x.dtype) if weight_in_fp32 else weight * h.to(x.dtype)
+
     def linear(self, x: torch.Tensor, weight: torch.Tensor | PackedLinear, bias: torch.Tensor | None) -> torch.Tensor:
         if isinstance(weight, PackedLinear):
             out = weight(x)
@@ -90,6 +97,10 @@ class TorchOps(OpTable):
 
     def gelu(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * x * (1.0 + torch.tanh(GELU_TANH_SCALE * x * (1.0 + GELU_TANH_CUBIC * x * x)))
+
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return F.silu(gate) * up
 
     def deepnorm_residual(self, normed: torch.Tensor, branch: torch.Tensor, alpha: float) -> torch.Tensor:
         return normed * alpha + branch

@@ -30,8 +30,13 @@ def check_tp_axes(axes: Mapping[str, int], tp: int, model: str = "the model") ->
 
 
 def check_tp_degree(config: Any, tp: int, model: str = "the model") -> None:
-    """:func:`check_tp_axes` for a model config of any family (its ``tp_axes()``)."""
+    """:func:`check_tp_axes` for a model config of any family (its ``tp_axes()``), then the config's own
+    ``tp_problem`` (grouped key/value heads)."""
     check_tp_axes(config.tp_axes(), tp, model)
+    problem = config.tp_problem(tp)
+    if problem is not None:
+        valid = ", ".join(map(str, config.valid_tp_degrees(max(64, tp))))
+        raise ParallelError(f"tensor-parallel degree {tp} does not fit {model} ({problem}); valid degrees: {valid}")
 
 
 def check_device_count(backend: Backend, ranks_per_node: int) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from glm_engine.errors import CheckpointError
-from glm_engine.parallel.sharding import ShardBuilder, Split
+from glm_engine.parallel.sharding import ShardBuilder, Split, SplitRule
 from glm_engine.quant.reference import unpack_int4
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -32,7 +32,7 @@ class QuantShardBuilder:
     def __init__(
         self,
         key: str,
-        split: Split,
+        split: SplitRule,
         source_shape: Sequence[int],
         source_groups: int,
         bits: int,
@@ -86,7 +86,7 @@ class QuantShardBuilder:
         return QuantizedWeight.from_values(values, scale, self.bits)
 
 
-def shard_quantized(key: str, split: Split, weight: QuantizedWeight, rank: int, tp: int) -> QuantizedWeight:
+def shard_quantized(key: str, split: SplitRule, weight: QuantizedWeight, rank: int, tp: int) -> QuantizedWeight:
     """Rank ``rank`` of ``tp``'s shard of a whole (TP=1) quantized weight: its values and scales, exactly."""
     if tp == 1:
         return weight

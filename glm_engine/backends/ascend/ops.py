@@ -29,7 +29,7 @@ import torch
 from glm_engine.backends.ascend.attention import choose_kernel, fused_attention, shape_reason
 from glm_engine.backends.ascend.quant import NpuQuantLinear, unsupported_reason
 from glm_engine.backends.ascend.soc import SocFamily, has_bf16
-from glm_engine.ops.interface import PackedLinear
+from glm_engine.ops.interface import PackedLinear, expand_groups
 from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -84,6 +84,7 @@ class AscendOps(TorchOps):
     ) -> torch.Tensor:
         decode = q.shape[2] == 1
         key = "attention-decode" if decode else "attention-prefill"
+        k, v = expand_groups(k, v, q.shape[1])  # grouped key/value heads, one per query head for the fused kernels
         kernel, why = choose_kernel(self._torch_npu(), self.family, q.dtype, decode)
         if kernel is not None:
             why = shape_reason(kernel, self.family, q, k)

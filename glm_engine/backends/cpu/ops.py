@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from glm_engine.backends.cpu.quant_linear import prepare_cpu_quantized
-from glm_engine.ops.interface import PackedLinear
+from glm_engine.ops.interface import PackedLinear, expand_groups
 from glm_engine.ops.torch_ops import TorchOps, reference_attention
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -49,4 +49,5 @@ class CpuOps(TorchOps):
     ) -> torch.Tensor:
         if q.dtype == torch.float16:
             return reference_attention(q, k, v, blocked, layer_scale)
+        k, v = expand_groups(k, v, q.shape[1])
         return F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked)

@@ -23,7 +23,7 @@ from glm_engine.backends.torch_cuda.graphs import GraphedDecoder, graphs_verdict
 from glm_engine.errors import BackendError
 from glm_engine.kernels.triton.configs import DEFAULT_SM_COUNT, choose_decode_attention_config
 from glm_engine.kernels.triton.linear import kernel_verdict
-from glm_engine.ops.interface import DecodeStepper, EagerStepper, PackedLinear
+from glm_engine.ops.interface import DecodeStepper, EagerStepper, PackedLinear, expand_groups
 from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps, reference_attention
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -79,6 +79,7 @@ class TorchCudaOps(TorchOps):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor, layer_scale: float
     ) -> torch.Tensor:
         sq = q.shape[2]
+        k, v = expand_groups(k, v, q.shape[1])  # grouped key/value heads: the fused kernels here take one per head
         path, why = self.policy.choose(sq, q.shape[-1], q.dtype)
         self.attention_path["decode" if sq == 1 else "prefill"] = f"{path.value}: {why}"
         if path is AttentionPath.TRITON_DECODE:
