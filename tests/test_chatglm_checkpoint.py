@@ -11,7 +11,7 @@ import glm_engine
 from glm_engine.checkpoint import open_checkpoint
 from glm_engine.engine.source import open_source
 from glm_engine.errors import CheckpointError, ConfigError
-from glm_engine.model.chatglm import reader as reader_module
+from glm_engine.model import hf_reader as reader_module
 from glm_engine.model.chatglm.config import CHATGLM_PRESETS, ChatGLMConfig
 from glm_engine.model.chatglm.family import ChatGLMFamily
 from glm_engine.model.chatglm.weights import random_state_dict, weight_layout
@@ -285,7 +285,7 @@ def test_configs_the_graph_cannot_run_are_refused(change, message):
 def test_a_release_with_a_quantized_embedding_and_lm_head_runs_them_dequantized(tmp_path, state_dict):
     """THUDM's chatglm-6b-int4-qe also quantizes the embedding and lm_head; only the four linears run quantized, the
     others are dequantized as the reference's kernels dequantize them (its lookup and logits take a float table)."""
-    from glm_engine.model.chatglm.weights import dequantize_like_reference
+    from glm_engine.model.hf_release import dequantize_like_reference
 
     release = dict(state_dict)
     for key in [*quantizable_keys(CONFIG), "transformer.word_embeddings.weight", "lm_head.weight"]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from glm_engine.model.registry import FAMILIES
 
 PACKAGE = Path(__file__).resolve().parent.parent / "glm_engine"
-FAMILY_FOLDERS = {PACKAGE / "model" / folder for folder in ("glm130b", "chatglm")}
+FAMILY_FOLDERS = {PACKAGE / "model" / folder for folder in ("glm130b", "chatglm", "causal_glm", "chatglm2", "glm4_hf")}
 ALLOWED = {PACKAGE / "model" / "registry.py"}  # finds a family by its name or config class: the one place that may
 CONFIG_CLASSES = {family.config_type.__name__ for family in FAMILIES}
 FAMILY_NAMES = {family.name for family in FAMILIES}

@@ -35,11 +35,12 @@ BatchBuilder = Callable[[Sequence[Sequence[int]], Sequence[int]], AlignedBatch]
 
 class InvalidScoreGuard:
     """Wraps a strategy: logits with NaN or inf are replaced as the reference's ``InvalidScoreLogitsProcessor``
-    does, so a numerically broken step yields id 5 instead of sampling from garbage."""
+    does, so a numerically broken step yields its id (5; GLM-4: 198) instead of sampling from garbage."""
 
-    def __init__(self, strategy: Strategy) -> None:
+    def __init__(self, strategy: Strategy, token: int = INVALID_SCORE_TOKEN) -> None:
         self.strategy = strategy
         self.num_beams = strategy.num_beams
+        self.token = token
 
     @property
     def is_done(self) -> bool:
@@ -55,7 +56,7 @@ class InvalidScoreGuard:
         bad = ~torch.isfinite(logits).all(dim=-1, keepdim=True)
         if bad.any():
             replacement = torch.zeros_like(logits)
-            replacement[..., INVALID_SCORE_TOKEN] = INVALID_SCORE_VALUE
+            replacement[..., self.token] = INVALID_SCORE_VALUE
             logits = torch.where(bad, replacement, logits)
         return self.strategy.step(logits)
 
@@ -101,14 +102,20 @@ class ChatOptions:
         """Tokens allowed in total (prompt included) for a prompt of ``prompt_length`` tokens."""
         return self.max_length if self.max_new_tokens is None else prompt_length + self.max_new_tokens
 
-    def build_strategy(self, end_token_ids: Sequence[int], generator: torch.Generator | None = None) -> Strategy:
+    def build_strategy(
+        self,
+        end_token_ids: Sequence[int],
+        generator: torch.Generator | None = None,
+        invalid_score_token: int = INVALID_SCORE_TOKEN,
+    ) -> Strategy:
         """Sampling (temperature, top-k, top-p; on the CPU, so a seed gives the same tokens on every device) or
-        greedy, guarded against invalid scores."""
+        greedy, guarded against invalid scores (``invalid_score_token``: the id the release's guard forces)."""
         ends = tuple(end_token_ids)
         if not self.do_sample:
-            return InvalidScoreGuard(GreedyStrategy(ends))
+            return InvalidScoreGuard(GreedyStrategy(ends), invalid_score_token)
         generator = generator if generator is not None else torch.Generator().manual_seed(self.seed)
-        return InvalidScoreGuard(BaseStrategy(self.temperature, self.top_k, self.top_p, ends, generator=generator))
+        sampler = BaseStrategy(self.temperature, self.top_k, self.top_p, ends, generator=generator)
+        return InvalidScoreGuard(sampler, invalid_score_token)
 
 
 def generate_replies(

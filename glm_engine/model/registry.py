@@ -7,11 +7,13 @@ from typing import Any
 
 from glm_engine.errors import ConfigError
 from glm_engine.model.chatglm.family import ChatGLMFamily
+from glm_engine.model.chatglm2.family import ChatGLM2Family
 from glm_engine.model.family import Family
+from glm_engine.model.glm4_hf.family import GlmHFFamily
 from glm_engine.model.glm130b.family import GLM130BFamily
 
 # In the order folders are recognised; a new family is one line here (docs/families.md).
-FAMILIES: tuple[Family, ...] = (GLM130BFamily(), ChatGLMFamily())
+FAMILIES: tuple[Family, ...] = (GLM130BFamily(), ChatGLMFamily(), ChatGLM2Family(), GlmHFFamily())
 
 
 def family_of(config: Any) -> Family:

@@ -260,12 +260,12 @@ def _nbytes(tensor: torch.Tensor | PackedLinear) -> int:
 
 
 def scaled_noise(key: str, noise: torch.Tensor) -> torch.Tensor:
-    """Standard-normal ``noise`` scaled for the parameter ``key``: LayerNorm gains 1 +- 0.2, biases 0.1, embedding
+    """Standard-normal ``noise`` scaled for the parameter ``key``: norm gains 1 +- 0.2, biases 0.1, embedding
     rows 1, linears 1/sqrt(fan_in) (keeps activations O(1) through random layers)."""
-    if key.endswith("layernorm.weight"):
+    if key.endswith("norm.weight"):
         return 1.0 + 0.2 * noise
     if key.endswith("bias"):
         return 0.1 * noise
-    if key.endswith("word_embeddings.weight"):
+    if key.endswith(("word_embeddings.weight", "embed_tokens.weight")):
         return noise
     return noise / noise.shape[1] ** 0.5

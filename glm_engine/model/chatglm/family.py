@@ -41,6 +41,8 @@ from glm_engine.tokenizer.chatglm import ChatGLMTokenizer
 from glm_engine.tokenizer.ice import BUILTIN_TOKENIZER_PATH, MODEL_FILENAME
 
 TOKENIZER_CONFIG_FILE_NAME = "tokenizer_config.json"
+# config.json keys of ChatGLM2-6B and later, which also say ``model_type: chatglm`` (``model/chatglm2/``).
+LATER_RELEASE_KEYS = ("multi_query_group_num", "padded_vocab_size", "ffn_hidden_size")
 # The reference's modeling code (THUDM/chatglm-6b) and what its config.json maps, for the transformers baseline.
 TRANSFORMERS_BASELINE = TransformersBaseline(
     code_files=("modeling_chatglm.py", "configuration_chatglm.py"),
@@ -117,7 +119,14 @@ class ChatGLMFamily(Family):
         return ChatGLMConfig.from_hf_dict(section["config"], source, section.get("num_image_tokens"))
 
     def recognises(self, folder: Path) -> bool:
-        return model_type(folder) == MODEL_TYPE
+        """``model_type: chatglm`` without the keys ChatGLM2 and later added (they share the model type)."""
+        if model_type(folder) != MODEL_TYPE:
+            return False
+        try:
+            data = json.loads((folder / CONFIG_FILE_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return not any(key in data for key in LATER_RELEASE_KEYS)
 
     def open_checkpoint(self, folder: Path, config: ChatGLMConfig | None) -> WeightReader:
         if config is not None:

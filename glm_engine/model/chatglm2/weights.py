@@ -1,0 +1,101 @@
+"""ChatGLM2/3 and GLM-4 (remote code) weights: key names, shapes, tensor-parallel splits and the release spec.
+
+Keys are those of ``THUDM/chatglm2-6b``, ``chatglm3-6b`` and ``glm-4-9b`` (``transformer.embedding.word_embeddings``,
+``transformer.encoder.layers.{i}.self_attention.query_key_value`` ..., ``transformer.output_layer``); the
+``rotary_pos_emb.inv_freq`` buffer is recomputed, never loaded (the reference recomputes it too). The fused QKV rows
+are ``[q heads | k groups | v groups]``, split per part across ranks
+(:class:`~glm_engine.parallel.sharding.GroupedQKV`);
+``dense_h_to_4h`` is ``[gate | up]``, split per half. The INT4/INT8 releases (``chatglm2-6b-int4``) quantize the four
+linears of each layer with a per-row scale, the form ``model/hf_release.py`` reads (``docs/families.md``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from glm_engine.model.causal_glm.config import CausalGLMConfig
+from glm_engine.model.causal_glm.layout import field_split, layer_shapes
+from glm_engine.model.hf_release import ReleaseSpec
+from glm_engine.model.weights import WeightLayout, scaled_noise
+from glm_engine.parallel.sharding import Split, SplitRule
+
+PREFIX = "transformer.encoder.layers"
+EMBEDDING_KEY = "transformer.embedding.word_embeddings.weight"
+FINAL_NORM_KEY = "transformer.encoder.final_layernorm.weight"
+OUTPUT_KEY = "transformer.output_layer.weight"
+IGNORED_KEY_SUFFIXES = ("rotary_pos_emb.inv_freq",)
+MODEL_KEY_PREFIXES = ("transformer.",)
+# LayerWeights field -> key suffix after ``transformer.encoder.layers.{i}.``
+LAYER_KEY_SUFFIX = {
+    "input_layernorm_weight": "input_layernorm.weight",
+    "query_key_value_weight": "self_attention.query_key_value.weight",
+    "query_key_value_bias": "self_attention.query_key_value.bias",
+    "dense_weight": "self_attention.dense.weight",
+    "dense_bias": "self_attention.dense.bias",
+    "post_attention_layernorm_weight": "post_attention_layernorm.weight",
+    "dense_h_to_4h_weight": "mlp.dense_h_to_4h.weight",
+    "dense_h_to_4h_bias": "mlp.dense_h_to_4h.bias",
+    "dense_4h_to_h_weight": "mlp.dense_4h_to_h.weight",
+    "dense_4h_to_h_bias": "mlp.dense_4h_to_h.bias",
+}
+
+
+def layer_key(layer: int, field_name: str) -> str:
+    return f"{PREFIX}.{layer}.{LAYER_KEY_SUFFIX[field_name]}"
+
+
+def layer_fields(config: CausalGLMConfig) -> tuple[str, ...]:
+    """The LayerWeights fields a layer holds: the QKV bias where ``add_qkv_bias``, the other linears' biases where
+    ``add_bias_linear``."""
+    names = ["input_layernorm_weight", "query_key_value_weight", "dense_weight", "post_attention_layernorm_weight"]
+    names += ["dense_h_to_4h_weight", "dense_4h_to_h_weight"]
+    if config.qkv_bias:
+        names.append("query_key_value_bias")
+    if config.linear_bias:
+        names += ["dense_bias", "dense_h_to_4h_bias", "dense_4h_to_h_bias"]
+    return tuple(names)
+
+
+def weight_layout(config: CausalGLMConfig) -> WeightLayout:
+    """Every key with its TP=1 shape and split; the logits come from ``output_layer``, not the embedding."""
+    shapes_of, fields = layer_shapes(config), layer_fields(config)
+    shapes: dict[str, tuple[int, ...]] = {EMBEDDING_KEY: (config.vocab_size, config.hidden_size)}
+    splits: dict[str, SplitRule] = {EMBEDDING_KEY: Split.COLUMN, OUTPUT_KEY: Split.COLUMN}
+    for layer in range(config.num_layers):
+        for name in fields:
+            shapes[layer_key(layer, name)] = shapes_of[name]
+            splits[layer_key(layer, name)] = field_split(config, name)
+    shapes[FINAL_NORM_KEY] = (config.hidden_size,)
+    shapes[OUTPUT_KEY] = (config.vocab_size, config.hidden_size)
+    return WeightLayout(
+        shapes,
+        lambda key: splits.get(key, Split.REPLICATED),
+        config.num_layers,
+        EMBEDDING_KEY,
+        (FINAL_NORM_KEY,),
+        OUTPUT_KEY,
+        IGNORED_KEY_SUFFIXES,
+        layer_key=layer_key,
+        layer_fields=fields,
+    )
+
+
+def release_spec(config: CausalGLMConfig) -> ReleaseSpec:
+    """How the remote-code releases' files hold the layout (the INT4/INT8 releases included)."""
+    summary = (
+        f"the {config.release} config ({config.num_layers} layers, hidden {config.hidden_size}, "
+        f"{config.num_attention_heads} heads in {config.num_kv_heads} groups, MLP {config.inner_hidden_size}, "
+        f"vocab {config.vocab_size})"
+    )
+    return ReleaseSpec(weight_layout(config), summary, MODEL_KEY_PREFIXES, config.quantization_bit)
+
+
+def random_state_dict(
+    config: CausalGLMConfig, seed: int, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Seeded random weights under the release's names that keep activations O(1) (``weights.scaled_noise``)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        key: scaled_noise(key, torch.randn(shape, generator=gen)).to(dtype)
+        for key, shape in weight_layout(config).shapes.items()
+    }
