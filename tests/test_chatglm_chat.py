@@ -145,7 +145,8 @@ def test_cli_chat_reads_stdin_clears_and_saves_history(tmp_path):
     assert result.output.count("欢迎使用 ChatGLM-6B 模型") == 2  # at start and after clear
     assert result.output.count("ChatGLM-6B：") == 3  # three queries; the empty line is skipped
     saved = json.loads(history_file.read_text(encoding="utf-8"))
-    assert [query for query, _ in saved] == ["Hello", "Second round"]  # "clear" forgot the first round
+    assert [m["content"] for m in saved if m["role"] == "user"] == ["Hello", "Second round"]  # "clear" forgot one
+    assert [m["role"] for m in saved] == ["user", "assistant"] * 2
 
 
 def test_cli_chat_continues_a_saved_history_and_reports_bad_files(tmp_path):
@@ -158,7 +159,8 @@ def test_cli_chat_continues_a_saved_history_and_reports_bad_files(tmp_path):
         input="再见\n",
     )
     assert result.exit_code == 0, result.output
-    assert [q for q, _ in json.loads(path.read_text(encoding="utf-8"))] == ["你好", "再见"]
+    saved = json.loads(path.read_text(encoding="utf-8"))  # the earlier [query, response] form, read and rewritten
+    assert [m["content"] for m in saved if m["role"] == "user"] == ["你好", "再见"]
     path.write_text('{"not": "a list"}', encoding="utf-8")
     bad = runner.invoke(app, ["chat", "--checkpoint", "chatglm-tiny", "--history-file", history_file], input="")
     assert bad.exit_code == 1 and "error: --history-file" in bad.output and "Traceback" not in bad.output

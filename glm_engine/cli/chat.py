@@ -1,9 +1,12 @@
-"""``glm-engine chat``: multi-round chat with a chat model (ChatGLM-6B), as the reference's ``cli_demo.py``.
+"""``glm-engine chat``: multi-round chat with a chat model (ChatGLM-6B, ChatGLM2/3, GLM-4), as the releases'
+``cli_demo.py``.
 
 Reads one query per line from the terminal or from piped standard input until ``stop`` or end of input; ``clear``
-forgets the conversation. Each reply is streamed as it is generated. With ``--history-file`` the conversation is
-read from and written to a JSON file (a list of ``[query, response]`` pairs) after every round. With ``--tp N`` the
-model is split over N ranks (``glm_engine.cli.ranks``): rank 0 reads the queries and prints the replies.
+forgets the conversation. Each reply is streamed as it is generated; a tool call is printed as one. ``--system`` opens
+the conversation with a system message (the releases that have one). With ``--history-file`` the conversation is read
+from and written to a JSON file after every round: OpenAI-style messages (``[{"role", "content"}, ...]``; a list of
+``[query, response]`` pairs, the earlier form, is read too). With ``--tp N`` the model is split over N ranks
+(``glm_engine.cli.ranks``): rank 0 reads the queries and prints the replies.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -27,29 +30,23 @@ from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.run import check_backend_fits
 from glm_engine.engine import Engine, load
 from glm_engine.errors import InputError
-from glm_engine.generation.chat import (
-    DEFAULT_MAX_LENGTH,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_K,
-    DEFAULT_TOP_P,
-    ChatOptions,
-)
+from glm_engine.generation.chat import DEFAULT_TOP_K, ChatOptions
 from glm_engine.parallel.communicator import Communicator
 from glm_engine.quant.spec import QuantSpec
 
-History = list[tuple[str, str]]
+History = list[dict[str, Any]]  # OpenAI-style messages
 
-WELCOME = "欢迎使用 ChatGLM-6B 模型，输入内容即可进行对话，clear 清空对话历史，stop 终止程序"
+WELCOME = "欢迎使用 {name} 模型，输入内容即可进行对话，clear 清空对话历史，stop 终止程序"
 USER_PROMPT = "\n用户："
-BOT_PREFIX = "\nChatGLM-6B："
+BOT_PREFIX = "\n{name}："
 STOP, CLEAR = "stop", "clear"
 # A reply decoded mid-character ends in U+FFFD; the reference's demo waits for the next token before printing it.
 INCOMPLETE_CHARACTER = "\ufffd"
 
 
 def read_history(path: Path | None) -> History:
-    """The rounds stored in ``path`` (none if it does not exist yet); its folder must be writable, checked now
-    rather than after the first reply."""
+    """The messages stored in ``path`` (none if it does not exist yet); its folder must be writable, checked now
+    rather than after the first reply. A list of ``[query, response]`` pairs (the earlier form) becomes messages."""
     if path is None:
         return []
     folder = path.parent if str(path.parent) else Path(".")
@@ -61,17 +58,32 @@ def read_history(path: Path | None) -> History:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"--history-file {path} is not UTF-8 JSON: {exc}") from None
-    if not isinstance(data, list) or not all(
+    if isinstance(data, list) and all(
         isinstance(r, list) and len(r) == 2 and all(isinstance(t, str) for t in r) for r in data
     ):
-        raise InputError(f"--history-file {path} must hold a list of [query, response] string pairs")
-    return [(q, r) for q, r in data]
+        return [m for q, r in data for m in ({"role": "user", "content": q}, {"role": "assistant", "content": r})]
+    if isinstance(data, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content", ""), str) for m in data
+    ):
+        return data
+    raise InputError(
+        f"--history-file {path} must hold a list of messages ({{'role': ..., 'content': ...}}) or of [query, "
+        "response] string pairs"
+    )
 
 
 def write_history(path: Path | None, history: History) -> None:
     if path is not None:
-        text = json.dumps([list(r) for r in history], ensure_ascii=False, indent=1) + "\n"
+        text = json.dumps(history, ensure_ascii=False, indent=1) + "\n"
         write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def with_system(history: History, system: str | None) -> History:
+    """``history`` opened by the ``--system`` message (replacing one it already starts with)."""
+    if system is None:
+        return history
+    rest = history[1:] if history and history[0].get("role") == "system" else history
+    return [{"role": "system", "content": system}, *rest]
 
 
 class StreamPrinter:
@@ -107,61 +119,73 @@ def typed_queries() -> Iterator[str]:
             yield query
 
 
-def as_messages(history: History, query: str) -> list[dict[str, str]]:
-    """The conversation so far and the new query as OpenAI-style messages."""
-    messages = []
-    for past, reply in history:
-        messages += [{"role": "user", "content": past}, {"role": "assistant", "content": reply}]
-    return [*messages, {"role": "user", "content": query}]
+def show_tool_calls(reply: dict[str, Any]) -> None:
+    for call in reply.get("tool_calls", []):
+        function = call["function"]
+        print(f"\n[tool call] {function['name']} {function['arguments']}", flush=True)
 
 
 def converse(engine: Engine, comm: Communicator, history: History, options: dict, history_file: Path | None) -> None:
     """The read-reply loop: rank 0 reads standard input and prints; every rank computes each reply."""
     generator = torch.Generator().manual_seed(options["seed"])  # one random stream for the whole session
     leader = comm.is_leader
+    name = engine.family.chat_name(engine.config)
+    opening = [m for m in history[:1] if m.get("role") == "system"]  # what ``clear`` keeps
     if leader:
-        print(WELCOME)
+        print(WELCOME.format(name=name))
     for query in shared_queries(comm, typed_queries() if leader else None):
         if query == CLEAR:
-            history = []
+            history = list(opening)
             if leader:
                 write_history(history_file, history)
                 if sys.stdout.isatty():
                     print("\033[2J\033[H", end="")
-                print(WELCOME)
+                print(WELCOME.format(name=name))
             continue
         printer = StreamPrinter() if leader else None
         if leader:
-            print(BOT_PREFIX, end="", flush=True)
+            print(BOT_PREFIX.format(name=name), end="", flush=True)
+        messages = [*history, {"role": "user", "content": query}]
         try:
-            reply = engine.chat(as_messages(history, query), generator=generator, on_text=printer, **options)
+            reply = engine.chat(messages, generator=generator, on_text=printer, **options)
         except InputError as exc:  # e.g. the conversation outgrew --max-length: say so and keep the session
             if leader:
                 print(f"\nerror: {exc}", file=sys.stderr)
             continue
-        history = [*history, (query, reply["content"])]
+        history = [*messages, reply]
         if leader:
             printer.finish(reply["content"])
+            show_tool_calls(reply)
             write_history(history_file, history)
 
 
 def chat(
     ctx: typer.Context,
     checkpoint: Annotated[
-        str, typer.Option(help="ChatGLM-6B Hugging Face folder (fp16, INT8 or INT4), or chatglm-tiny (random)")
+        str,
+        typer.Option(
+            help="a chat model's Hugging Face folder (ChatGLM-6B, ChatGLM2/3, GLM-4; fp16 or a quantized release), or "
+            "a preset such as chatglm3-tiny (random weights)"
+        ),
     ],
     backend: Annotated[str, typer.Option(help="backend name, or auto for the best available")] = "auto",
     dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16; default: the backend's first choice")] = None,
     tokenizer: Annotated[
-        str | None, typer.Option(help="ChatGLM's ice_text.model or its folder; default: the checkpoint's own")
+        str | None, typer.Option(help="the tokenizer file or its folder; default: the checkpoint's own")
     ] = None,
-    max_length: Annotated[int, typer.Option(help="tokens per round, prompt and history included")] = DEFAULT_MAX_LENGTH,
+    system: Annotated[
+        str | None, typer.Option(help="a system message that opens the conversation (ChatGLM3, GLM-4)")
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(help="tokens per round, prompt and history included; default: the release's chat() default"),
+    ] = None,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="tokens per reply; takes precedence over --max-length")
     ] = None,
-    top_p: Annotated[float, typer.Option("--top-p", "--top_p", help="0 = off")] = DEFAULT_TOP_P,
+    top_p: Annotated[float | None, typer.Option("--top-p", "--top_p", help="0 = off; default: the release's")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "--top_k", help="0 = off")] = DEFAULT_TOP_K,
-    temperature: Annotated[float, typer.Option()] = DEFAULT_TEMPERATURE,
+    temperature: Annotated[float | None, typer.Option(help="default: the release's")] = None,
     greedy: Annotated[bool, typer.Option(help="argmax decoding instead of sampling (do_sample=False)")] = False,
     seed: Annotated[int, typer.Option()] = 1234,
     history_file: Annotated[
@@ -179,15 +203,14 @@ def chat(
         int, typer.Option("--tp", help="tensor-parallel degree: ranks to split the model over (torchrun sets them)")
     ] = 1,
 ) -> None:
-    """Chat with ChatGLM-6B: one query per line, 'clear' forgets the conversation, 'stop' or end of input quits."""
+    """Chat with a chat model: one query per line, 'clear' forgets the conversation, 'stop' or end of input quits."""
+    given = dict(max_length=max_length, top_p=top_p, temperature=temperature)
     options = dict(
-        max_length=max_length,
         max_new_tokens=max_new_tokens,
         do_sample=not greedy,
-        top_p=top_p,
         top_k=top_k,
-        temperature=temperature,
         seed=seed,
+        **{k: v for k, v in given.items() if v is not None},
     )
     load_args = dict(
         backend=backend,
@@ -204,7 +227,7 @@ def chat(
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
         check_backend_fits(checkpoint, backend, ort_provider)
         require_chat(checkpoint, backend)
-        history = read_history(history_file)
+        history = with_system(read_history(history_file), system)
 
     def serve(comm: Communicator, degree: int) -> None:
         with progress_bar("loading weights") if comm.is_leader else nullcontext(None) as progress:

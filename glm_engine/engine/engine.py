@@ -64,20 +64,34 @@ class Engine:
 
     def chat(
         self,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         generator: torch.Generator | None = None,
         on_text: Callable[[str], None] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        plain_content: bool = False,
         **options: object,
-    ) -> dict[str, str]:
+    ) -> dict[str, Any]:
         """The assistant's reply to OpenAI-style ``messages`` (``[{"role": "user", "content": ...}, ...]``), as the
-        reference's ``model.chat`` gives it, as ``{"role": "assistant", "content": reply}``.
+        release's chat path builds the prompt, as ``{"role": "assistant", "content": reply}``; when the model calls a
+        tool, ``"tool_calls"`` holds them in OpenAI's form (``{"type": "function", "function": {"name", "arguments"}}``,
+        arguments a JSON string). Tool results go back as ``{"role": "tool", "content": ...}`` messages.
 
-        ``options`` are ``ChatOptions`` fields (``max_length``, ``max_new_tokens``, ``do_sample``, ``top_p``,
-        ``temperature``, ``top_k``, ``seed``); ``on_text(reply_so_far)`` streams as ``stream_chat`` does. A model
+        ``tools`` is OpenAI's tool list (ChatGLM3, GLM-4); ``plain_content`` encodes every message's text as plain text,
+        so a user who types ``<|user|>`` cannot forge a turn (a server turns it on). ``options`` are ``ChatOptions``
+        fields (``max_length``, ``max_new_tokens``, ``do_sample``, ``top_p``, ``temperature``, ``top_k``, ``seed``;
+        defaults: the release's ``chat()``); ``on_text(reply_so_far)`` streams as ``stream_chat`` does. A model
         without a chat format raises an InputError that says so.
         """
-        content = self.family.chat(self.runner, self.tokenizer, messages, options, generator, on_text)
-        return {"role": "assistant", "content": content}
+        reply = self.family.chat(
+            self.runner, self.tokenizer, messages, options, generator, on_text, tools=tools, plain_content=plain_content
+        )
+        out: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.tool_calls:
+            out["tool_calls"] = [
+                {"type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                for call in reply.tool_calls
+            ]
+        return out
 
     def forward(
         self,

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from glm_engine.generation.blank_filling import Completion
     from glm_engine.generation.masks import AlignedBatch
     from glm_engine.model.weights import WeightLayout, WeightReader
+    from glm_engine.tokenizer.chat_tokenizer import ChatReply
 
 TokenCallback = Callable[[int, list[list[int]], list[list[int]]], None]
 
@@ -169,10 +170,18 @@ class Family(ABC):
         self,
         runner: ModelRunner,
         tokenizer: Any,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         options: dict[str, object],
         generator: torch.Generator | None,
         on_text: Callable[[str], None] | None,
-    ) -> str:
-        """The assistant's reply to OpenAI-style ``messages`` (``{"role", "content"}``)."""
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        plain_content: bool = False,
+    ) -> ChatReply:
+        """The assistant's reply to OpenAI-style ``messages`` (``{"role", "content"}``, tool calls and results where
+        the family has them) and ``tools`` (OpenAI's function list); ``plain_content`` encodes message text as plain
+        text, so typed special tokens cannot forge a turn."""
         raise InputError(f"{self.title} is not a chat model: use generate() (glm-engine run) instead of chat")
+
+    def chat_name(self, config: Any) -> str:
+        """How the chat CLI names the model (its release's name)."""
+        return self.title

@@ -97,6 +97,11 @@ class DecoderModel:
         expected = input_ids.shape if rows == 1 else (input_ids.shape[0], rows, input_ids.shape[1])
         if tuple(position_ids.shape) != tuple(expected):
             raise InputError(f"{self.family.title} position ids are {list(expected)}, got {tuple(position_ids.shape)}")
+        if cache is None and input_ids.shape[1] > self.config.max_sequence_length:  # (a padded batch may be wider)
+            raise InputError(
+                f"{input_ids.shape[1]} tokens exceed the {self.config.max_sequence_length} positions "
+                f"{self.family.title} was built for; shorten the input"
+            )
         ops, w = self.ops, self.weights
         x = vocab_parallel_embedding(ops, input_ids, w.word_embeddings, self.comm)
         rotations = rotations_for(self, position_ids)

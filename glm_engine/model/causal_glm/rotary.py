@@ -19,20 +19,29 @@ import torch
 
 from glm_engine.model.causal_glm.config import ROTARY_IN_MODEL_DTYPE, CausalGLMConfig
 
+BLOCK = 65536  # positions per block of the table build
+
 
 def causal_rotary_table(
     config: CausalGLMConfig, dtype: torch.dtype, device: torch.device | str = "cpu", num_positions: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos, sin)``, each ``[num_positions, rotary_dims]`` in ``dtype`` (default: the model's position range)."""
+    """``(cos, sin)``, each ``[num_positions, rotary_dims]`` in ``dtype`` (default: the model's position range), built
+    in blocks of positions so a million-position model (GLM-4-9B-chat-1m) never holds the fp32 angles at once."""
     n = num_positions or config.max_sequence_length
     dims = config.rotary_dims
     work = dtype if config.rotary_recipe == ROTARY_IN_MODEL_DTYPE else torch.float32
     if dtype == torch.float64:
         work = torch.float64
     theta = 1.0 / (config.rotary_base ** (torch.arange(0, dims, 2, dtype=work) / dims))
-    positions = torch.arange(n, dtype=work)
-    if config.position_divisor != 1.0:
-        positions = positions / config.position_divisor
-    angles = torch.outer(positions, theta).float() if work != torch.float64 else torch.outer(positions, theta)
-    emb = torch.cat((angles, angles), dim=-1)
-    return emb.cos().to(dtype).to(device), emb.sin().to(dtype).to(device)
+    cos = torch.empty(n, dims, dtype=dtype)
+    sin = torch.empty(n, dims, dtype=dtype)
+    for start in range(0, n, BLOCK):
+        positions = torch.arange(start, min(n, start + BLOCK), dtype=work)
+        if config.position_divisor != 1.0:
+            positions = positions / config.position_divisor
+        angles = torch.outer(positions, theta)
+        angles = angles if work == torch.float64 else angles.float()
+        emb = torch.cat((angles, angles), dim=-1)
+        cos[start : start + len(positions)] = emb.cos().to(dtype)
+        sin[start : start + len(positions)] = emb.sin().to(dtype)
+    return cos.to(device), sin.to(device)

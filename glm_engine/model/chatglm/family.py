@@ -37,6 +37,7 @@ from glm_engine.model.chatglm.weights import random_state_dict, weight_layout
 from glm_engine.model.family import BlankTokens, Family, TokenCallback, TransformersBaseline
 from glm_engine.model.parts import Activation, BlockParts, DenseBias, Rotary
 from glm_engine.model.weights import WeightLayout, WeightReader
+from glm_engine.tokenizer.chat_tokenizer import ChatReply
 from glm_engine.tokenizer.chatglm import ChatGLMTokenizer
 from glm_engine.tokenizer.ice import BUILTIN_TOKENIZER_PATH, MODEL_FILENAME
 
@@ -213,15 +214,20 @@ class ChatGLMFamily(Family):
         self,
         runner: Any,
         tokenizer: ChatGLMTokenizer,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         options: dict[str, object],
         generator: torch.Generator | None,
         on_text: Callable[[str], None] | None,
-    ) -> str:
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        plain_content: bool = False,
+    ) -> ChatReply:
+        """The reply as ``model.chat`` gives it; ChatGLM-6B has no tools and no special tokens a user could type
+        (``plain_content`` changes nothing)."""
+        if tools:
+            raise InputError("ChatGLM-6B has no tool calling; use ChatGLM3-6B or GLM-4 for tools")
         query, history = rounds_of(messages)
-        return reply(
-            runner, tokenizer, build_chat_prompt(query, history), ChatOptions.from_kwargs(**options), generator, on_text
-        )
+        options_ = ChatOptions.from_kwargs(**options)
+        return ChatReply(reply(runner, tokenizer, build_chat_prompt(query, history), options_, generator, on_text))
 
 
 def read_chatglm_config(folder: Path) -> ChatGLMConfig:

@@ -30,6 +30,7 @@ from glm_engine.model.hf_reader import ReleaseReader
 from glm_engine.model.weights import WeightLayout, WeightReader
 from glm_engine.tokenizer.chat_tokenizer import ChatTokenizer
 
+CHAT_NAMES = {"chatglm2": "ChatGLM2-6B", "chatglm3": "ChatGLM3-6B", "glm4": "GLM-4"}
 # InvalidScoreLogitsProcessor's forced id: 5 in ChatGLM2/3's code, 198 in GLM-4's.
 INVALID_SCORE_TOKENS = {"chatglm2": 5, "chatglm3": 5, "glm4": 198}
 TRANSFORMERS_BASELINE = TransformersBaseline(
@@ -51,6 +52,9 @@ class ChatGLM2Family(CausalGLMFamily):
 
     def invalid_score_id(self, config: ChatGLM2Config) -> int:
         return INVALID_SCORE_TOKENS[config.release]
+
+    def chat_name(self, config: ChatGLM2Config) -> str:
+        return CHAT_NAMES[config.release]
 
     def weight_layout(self, config: ChatGLM2Config) -> WeightLayout:
         return weight_layout(config)

@@ -42,6 +42,9 @@ class GlmHFFamily(CausalGLMFamily):
     def invalid_score_id(self, config: GlmHFConfig) -> int:
         return 198  # GLM-4's remote code forces this id; transformers' native generate has no such guard
 
+    def chat_name(self, config: GlmHFConfig) -> str:
+        return "GLM-4"
+
     def weight_layout(self, config: GlmHFConfig) -> WeightLayout:
         return weight_layout(config)
 
