@@ -4,6 +4,9 @@ sliding perplexity windows give what plain causal forwards of ``prefix + text + 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -76,3 +79,20 @@ def test_windows_score_every_token_once_each_as_a_plain_causal_pass(model, prefi
     log_probs = plain_log_probs(model, first.sample.ids)
     expected = -sum(float(log_probs[first.first_scored + k, t]) for k, t in enumerate(first.targets))
     assert batched[0] == pytest.approx(expected, abs=2e-4)
+
+
+def test_glm_engine_evaluate_scores_the_demo_mul_and_lm_tasks_on_a_causal_model_and_refuses_generation(tmp_path):
+    from typer.testing import CliRunner
+
+    from glm_engine.cli.main import app
+
+    tasks = Path(__file__).resolve().parent.parent / "glm_engine" / "assets" / "eval_tasks"
+    runner = CliRunner()
+    args = ["evaluate", "--checkpoint", "glm4-tiny", "--backend", "cpu", "--output", "json"]
+    result = runner.invoke(app, [*args, "--task", str(tasks / "mul" / "cloze.yaml"), "--task", str(tasks / "lm")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert {task["type"] for task in report["tasks"]} == {"mul", "lm"}
+    assert all(file["metrics"] for task in report["tasks"] for file in task["files"])
+    refused = runner.invoke(app, [*args, "--task", str(tasks / "gen" / "greedy.yaml")])
+    assert refused.exit_code == 1 and "causal" in refused.output and "Traceback" not in refused.output

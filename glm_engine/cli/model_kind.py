@@ -31,13 +31,17 @@ def require_chat(model: str, backend: str) -> None:
 
 
 def require_evaluable(model: str, config: str | None, backend: str, generation_tasks: list[str]) -> None:
-    """An InputError for generation tasks (GLM blank filling) given to a causal model, naming the tasks."""
-    if not generation_tasks:
-        return
+    """An InputError for a model ``evaluate`` cannot score: a chat model that is neither (ChatGLM-6B), or generation
+    tasks (GLM blank filling) given to a causal model, naming the tasks."""
     source = open_source(model, config)
-    if not source.family.blank_infilling:
+    family = source.family
+    if family.blank_infilling:
+        return
+    if not family.causal_lm:
+        require_blank_infilling(model, config, backend, "evaluate")
+    if generation_tasks:
         raise InputError(
-            f"{source.description} is a causal {source.family.title} model; the generation tasks "
+            f"{source.description} is a causal {family.title} model; the generation tasks "
             f"{', '.join(generation_tasks)} fill GLM blanks: evaluate it on multiple-choice (mul) and language-model "
             "(lm) tasks"
         )

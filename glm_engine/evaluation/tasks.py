@@ -36,7 +36,7 @@ Progress = Callable[[int], None]
 def reader_tokenizer(engine: Engine) -> Any:
     """What the task readers tokenize with: GLM's tokenizer, or a causal release's without its prefix (the
     encodings add it)."""
-    return engine.tokenizer if engine.family.blank_infilling else ContentTokenizer(engine.tokenizer)
+    return ContentTokenizer(engine.tokenizer) if engine.family.causal_lm else engine.tokenizer
 
 
 @contextmanager
@@ -102,7 +102,7 @@ class MultipleChoiceTask(EvaluationTask):
         tokenizer = reader_tokenizer(engine)
         for example in examples:
             with _at(example.where):
-                if engine.family.blank_infilling:
+                if not engine.family.causal_lm:
                     text_room(example.choices, length)
                 else:
                     causal_choice_room(tokenizer.prefix, example.choices, length)
@@ -117,7 +117,7 @@ class MultipleChoiceTask(EvaluationTask):
     ) -> list[list[float]]:
         """Each example's per-choice log-probability sums."""
         c, length = self.config, self.max_length(engine)
-        if not engine.family.blank_infilling:  # a causal release: its prefix, the text, each choice continuing it
+        if engine.family.causal_lm:  # a causal release: its prefix, the text, each choice continuing it
             tokenizer = reader_tokenizer(engine)
             causal = [encode_causal_choice(tokenizer.prefix, e.text, e.choices, length) for e in examples]
             return score_choices(engine.forward, causal, tokenizer.pad_id, c.micro_batch_size, progress)
@@ -135,7 +135,7 @@ class GenerationTask(EvaluationTask):
     task_type = TaskType.GENERATION
 
     def load_examples(self, path: Path, engine: Engine) -> list[datasets.GenerationExample]:
-        if not engine.family.blank_infilling:
+        if engine.family.causal_lm:
             raise TaskError(
                 f"{self.config.source or self.config.name}: generation tasks fill GLM blanks with GLM-130B's options; "
                 f"{engine.family.title} is causal: evaluate it on multiple-choice (mul) and language-model (lm) tasks"
@@ -223,14 +223,14 @@ class LanguageModelTask(EvaluationTask):
         """Text tokens per window: ``max_seq_length - 1`` (GLM's mask and sop take two of the ``max_seq_length``
         columns, and the last text token is not fed), or what a causal release's prefix leaves of ``max_seq_length``
         plus that unfed token."""
-        if engine.family.blank_infilling:
+        if not engine.family.causal_lm:
             return self.max_length(engine) - 1
         return self.max_length(engine) + 1 - len(reader_tokenizer(engine).prefix)
 
     def _windows(self, engine: Engine, examples: Sequence[datasets.Document], window: int) -> tuple[Iterator, int]:
         """Every document's windows in order, encoded for the model's kind, and the pad id."""
         c = self.config
-        if not engine.family.blank_infilling:  # causal windows after the release's prefix
+        if engine.family.causal_lm:  # causal windows after the release's prefix
             prefix = reader_tokenizer(engine).prefix
             windows = (w for d in examples for w in iter_causal_windows(prefix, d.tokens, window, c.generation_length))
             return windows, engine.tokenizer.pad_id
