@@ -97,7 +97,8 @@ def write_export(
         final = weights.read(list(layout.final_norm_keys))
         head = weights.output_projection()
         output_fn = None if head is None else (lambda h: graph.matmul(h, weights.output_name, head))
-        graph.head(x, final[layout.final_norm_keys[0]], final[layout.final_norm_keys[1]], output_fn)
+        final_weight, *final_bias = (final[key] for key in layout.final_norm_keys)  # an RMSNorm has no bias
+        graph.head(x, final_weight, final_bias[0] if final_bias else None, output_fn)
         exported = ExportedModel(
             Path(output),
             model_config,

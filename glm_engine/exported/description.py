@@ -16,7 +16,7 @@ import torch
 
 from glm_engine.backends.base import DTYPE_NAMES, dtype_name
 from glm_engine.errors import CheckpointError
-from glm_engine.exported.families import config_from_section, model_section
+from glm_engine.exported.families import config_from_section, kv_heads, model_section
 from glm_engine.exported.names import (
     DATA_FILE,
     EXPORT_FORMAT,
@@ -61,6 +61,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
     names = io_names(c.num_layers)
     spec = exported.quant
     model = model_section(c)
+    kv = kv_heads(c)
     position_shape = model.pop("position_ids_shape")
     return {
         "format": EXPORT_FORMAT,
@@ -77,7 +78,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
                 "dtype": dtype_name(exported.dtype),
                 "num_hidden_layers": c.num_layers,
                 "num_attention_heads": c.num_attention_heads,
-                "num_key_value_heads": c.num_attention_heads,
+                "num_key_value_heads": kv,
                 "head_size": c.head_dim,
                 "hidden_size": c.hidden_size,
                 "inputs": {
@@ -100,7 +101,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
                     "position_ids": position_shape,
                     "attention_mask": ["batch_size", 1, "sequence_length", "total_sequence_length"],
                     "logits_to_keep": [NUM_LOGITS],
-                    "past_key_values": ["batch_size", c.num_attention_heads, "past_sequence_length", c.head_dim],
+                    "past_key_values": ["batch_size", kv, "past_sequence_length", c.head_dim],
                     "logits": ["batch_size", NUM_LOGITS, c.vocab_size],
                 },
                 "logits_to_keep_semantics": (
@@ -111,7 +112,10 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
                     "bool, true = blocked (may not attend): GLM's prefix-bidirectional mask over past + new tokens; "
                     "every query row must leave at least one key unblocked"
                 ),
-                "kv_cache": "keys after rotary, [batch, heads, positions, head_size]; present = past + new tokens",
+                "kv_cache": (
+                    "keys after rotary, [batch, num_key_value_heads, positions, head_size]; present = past + new "
+                    "tokens; query head i reads key/value head i // (num_attention_heads / num_key_value_heads)"
+                ),
             },
         },
         "quantization": None
