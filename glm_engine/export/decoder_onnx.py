@@ -187,11 +187,14 @@ class DecoderGraph:
         return g.node("Mul", [g.node("Mul", [x, self.scalar(0.5)]), g.node("Add", [erf, self.scalar(1.0)])])
 
     def silu(self, x: str) -> str:
-        """``x * sigmoid(x)`` computed in fp32 and rounded once to the graph dtype, as torch's ``silu`` computes it
-        in low precision."""
+        """torch's ``silu``: ``x / (1 + exp(-x))`` computed in fp32 and rounded once to the graph dtype. Not
+        ``x * Sigmoid(x)``: ONNX Runtime's CPU Sigmoid is a fast approximation (measured on 10^6 normal values times
+        4: mean relative error 6e-5, up to 2.2 for large negative inputs, against 3e-8 for this form, which is as
+        close to float64 as torch's fp32 ``silu``)."""
         g = self.g
         wide = self.cast(x, FP32)
-        return self.cast(g.node("Mul", [wide, g.node("Sigmoid", [wide])]), self.dtype)
+        denominator = g.node("Add", [self.scalar(1.0, FP32), g.node("Exp", [g.node("Neg", [wide])])])
+        return self.cast(g.node("Div", [wide, denominator]), self.dtype)
 
     def cast(self, x: str, to: torch.dtype) -> str:
         """``x`` (in the graph dtype, or fp32 after a widening cast) converted to ``to``; no node when the graph
