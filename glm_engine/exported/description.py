@@ -49,6 +49,7 @@ class ExportedModel:
     weights_sha256: str
     accuracy_level: int = 0
     quant_output: bool = False
+    tokenizer_files: tuple[str, ...] = (TOKENIZER_FILE,)  # the tokenizer's files in the folder, the main one first
 
     @property
     def model_file(self) -> Path:
@@ -131,8 +132,16 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
             "output": exported.quant_output,
         },
         "weights": {"bytes": exported.weight_bytes, "sha256": exported.weights_sha256},
-        "tokenizer": TOKENIZER_FILE,
+        "tokenizer": exported.tokenizer_files[0],
+        "tokenizer_files": list(exported.tokenizer_files),
     }
+
+
+def tokenizer_files(description: dict[str, Any]) -> list[str]:
+    """The names of the tokenizer's files in an exported folder (the main one first): ``tokenizer_files``, or the one
+    ``tokenizer`` file of folders written before chat tokenizers carried several (``tokenizer.json`` and
+    ``tokenizer_config.json``, say)."""
+    return list(description.get("tokenizer_files") or [description["tokenizer"]])
 
 
 @dataclass(frozen=True)
