@@ -19,6 +19,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (p
 
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
+from glm_engine.backends.onnxruntime.backend import OnnxRuntimeBackend  # noqa: E402
 from glm_engine.backends.registry import get_backend, op_table_for  # noqa: E402
 from glm_engine.backends.tensorrt.plan import GraphIO, Limits, binding_plan, plan_profiles  # noqa: E402
 from glm_engine.engine import load  # noqa: E402
@@ -26,7 +27,12 @@ from glm_engine.errors import TokenizerError  # noqa: E402
 from glm_engine.export.decoder_onnx import DecoderGraph, QuantEmit  # noqa: E402
 from glm_engine.export.onnx_builder import GraphBuilder  # noqa: E402
 from glm_engine.export.onnx_export import export_onnx, export_state_dict  # noqa: E402
-from glm_engine.export.verify import nmse, verify_export  # noqa: E402
+from glm_engine.export.verify import (  # noqa: E402
+    EXACT_QUANTIZED_NMSE_THRESHOLD,
+    compare_runners,
+    nmse,
+    verify_export,
+)
 from glm_engine.exported import (  # noqa: E402
     GENAI_CONFIG_FILE,
     MODEL_FILE,
@@ -42,6 +48,7 @@ from glm_engine.model.glm4_hf.family import GlmHFFamily  # noqa: E402
 from glm_engine.model.graph import DecoderModel  # noqa: E402
 from glm_engine.model.registry import preset_family  # noqa: E402
 from glm_engine.ops.torch_ops import TorchOps  # noqa: E402
+from glm_engine.quant.reference import quantize  # noqa: E402
 from glm_engine.quant.spec import QuantSpec  # noqa: E402
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH  # noqa: E402
 
@@ -158,6 +165,20 @@ def test_quantized_exports_verify_with_every_linear_quantized(tmp_path, preset, 
         widths = sorted({next(a.i for a in n.attribute if a.name == "N") for n in nodes if n.op_type == op})
         heads, groups, d = config.num_attention_heads, config.num_kv_heads, config.head_dim
         assert widths == sorted({config.hidden_size, (heads + 2 * groups) * d, 2 * config.inner_hidden_size})
+
+
+def test_an_int4_release_exports_quantized_as_stored(tmp_path):
+    """``chatglm2-6b-int4``'s form (the four linears as INT4 with a per-row scale) keeps its integers and scales."""
+    family, config = preset_family("chatglm2-tiny")
+    config = config.with_overrides(quantization_bit=4)
+    state = family.random_state_dict(config, 1, torch.float16)
+    for key in family.weight_layout(config).quantizable_keys:
+        state[key], state[key + "_scale"] = quantize(state[key], 4)
+    assert export_state_dict(state, config, tmp_path / "int4", max_seq=MAX_SEQ).quant == QuantSpec(4, None)
+    reference = DecoderModel.from_state_dict(config, state, TorchOps(torch.device("cpu"), torch.float32))
+    runner = OnnxRuntimeBackend().load_runner(str(tmp_path / "int4"))
+    report = compare_runners(reference, runner, 4, EXACT_QUANTIZED_NMSE_THRESHOLD, "TorchOps in fp32")
+    assert report.passed, report.describe()
 
 
 def test_an_export_runs_through_load_on_onnxruntime_with_a_grouped_cache(tmp_path):
