@@ -6,8 +6,6 @@ files carried into the folder."""
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,38 +53,6 @@ from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH  # noqa: E402
 # Measured 1e-13 for every preset against the exact fp32 reference and the CPU backend (summation order only).
 FP32_NMSE = 1e-10
 MAX_SEQ = 64
-# The files the stand-in tokenizer reads, as a chat tokenizer reads several.
-STAND_IN_FILES = ("tokenizer.model", "tokenizer_config.json")
-LISTED = {"files": STAND_IN_FILES}  # what the stand-in names in ``files`` (a test lists fewer)
-
-
-@dataclass(frozen=True)
-class StandInTokenizer:
-    """What exporting and loading need of a chat tokenizer: the files it read and its vocabulary size. A stand-in
-    until the chat tokenizers land on this branch (``tokenizer/chat_tokenizer.py`` is a placeholder with none to
-    load); it loads from a folder only when every one of its files is there, as the real ones do."""
-
-    files: tuple[Path, ...]
-    vocab_size: int = 4000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def chat_tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    source = tmp_path_factory.mktemp("tokenizer")
-    shutil.copyfile(BUILTIN_TOKENIZER_PATH, source / "tokenizer.model")
-    (source / "tokenizer_config.json").write_text("{}")
-
-    def load_tokenizer(family, config, path, folder, random):
-        where = source if folder is None else Path(folder)
-        missing = [name for name in STAND_IN_FILES if not (where / name).is_file()]
-        if missing:
-            raise TokenizerError(f"no {', '.join(missing)} in {where}")
-        return StandInTokenizer(tuple(where / name for name in LISTED["files"]))
-
-    with pytest.MonkeyPatch.context() as patch:
-        for family in (ChatGLM2Family, GlmHFFamily):
-            patch.setattr(family, "load_tokenizer", load_tokenizer)
-        yield source
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +154,10 @@ def test_an_export_runs_through_load_on_onnxruntime_with_a_grouped_cache(tmp_pat
     state = GlmHFFamily().random_state_dict(config, 3)
     model = DecoderModel.from_state_dict(config, state, op_table_for(get_backend("cpu"), torch.float32))
     export_state_dict(state, config, tmp_path / "onnx", max_seq=MAX_SEQ)
-    assert all((tmp_path / "onnx" / name).is_file() for name in STAND_IN_FILES)
+    assert all(
+        (tmp_path / "onnx" / name).is_file()
+        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+    )
     runner = load(str(tmp_path / "onnx"), backend="onnxruntime").runner
     ids = torch.randint(3, 3990, (2, 9), generator=torch.Generator().manual_seed(0))
     positions = torch.arange(9).expand(2, 9)
@@ -203,12 +172,29 @@ def test_an_export_runs_through_load_on_onnxruntime_with_a_grouped_cache(tmp_pat
 
 
 def test_the_tokenizers_files_travel_with_the_export_and_must_load_from_it(tmp_path, chatglm3_export, monkeypatch):
+    """ChatGLM3's SentencePiece model travels under its release name; GLM-4's rank file with its tokenizer_config
+    (chat template, added tokens); a tokenizer that forgets a file leaves no export behind."""
     described = json.loads((chatglm3_export / GENAI_CONFIG_FILE).read_text())
-    assert tokenizer_files(described) == list(STAND_IN_FILES) and described["tokenizer"] == STAND_IN_FILES[0]
+    assert tokenizer_files(described) == ["tokenizer.model"] and described["tokenizer"] == "tokenizer.model"
     assert (chatglm3_export / "tokenizer.model").read_bytes() == BUILTIN_TOKENIZER_PATH.read_bytes()
-    monkeypatch.setitem(LISTED, "files", STAND_IN_FILES[:1])  # a tokenizer that forgets a file
-    with pytest.raises(TokenizerError, match=r"do not load from the exported folder: no tokenizer_config\.json"):
-        export_onnx("chatglm3-tiny", tmp_path / "incomplete", max_seq=MAX_SEQ)
+    export_onnx("glm4-tiny", tmp_path / "glm4", max_seq=MAX_SEQ)
+    assert tokenizer_files(json.loads((tmp_path / "glm4" / GENAI_CONFIG_FILE).read_text())) == [
+        "tokenizer.model",
+        "tokenizer_config.json",
+    ]
+    engine = load(str(tmp_path / "glm4"), backend="onnxruntime")
+    assert engine.tokenizer.encode("<|user|>hi")[:3] == [4002, 4004, 4007]  # [gMASK] <sop> <|user|>
+
+    original = ChatGLM2Family.load_tokenizer
+
+    def forgetful(family, config, path, folder, random):  # a tokenizer that forgets its rank file
+        tokenizer = original(family, config, path, folder, random)
+        tokenizer.files = {"tokenizer_config.json": tokenizer.files["tokenizer_config.json"]}
+        return tokenizer
+
+    monkeypatch.setattr(ChatGLM2Family, "load_tokenizer", forgetful)
+    with pytest.raises(TokenizerError, match=r"do not load from the exported folder"):
+        export_onnx("glm4-tiny", tmp_path / "incomplete", max_seq=MAX_SEQ)
     assert not (tmp_path / "incomplete").exists()
 
 

@@ -76,6 +76,8 @@ def tokenizer_files(tokenizer: object) -> dict[str, Path]:
     several: ``tokenizer.model`` or ``tokenizer.json``, ``tokenizer_config.json`` ...), under their own names; else
     the one SentencePiece model of GLM-130B's and ChatGLM-6B's tokenizers (``model_path``), as ``ice_text.model``."""
     files = getattr(tokenizer, "files", None)
+    if isinstance(files, Mapping) and files:
+        return {str(name): Path(path) for name, path in files.items()}
     if files:
         return {Path(f).name: Path(f) for f in files}
     model_path = getattr(tokenizer, "model_path", None)

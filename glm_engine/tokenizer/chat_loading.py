@@ -79,7 +79,9 @@ def load_chat_tokenizer(folder_or_file: str | Path, release: str) -> ChatTokeniz
         raise InputError(f"unknown tokenizer release {release!r}; use one of {sorted(RELEASES)}")
     file, folder = _locate(Path(folder_or_file), release)
     tokenizer = _tokenizer_class(release).from_files(file, folder)
-    tokenizer.files = [file, *(folder / name for name in COMPANION_FILES if (folder / name).is_file())]
+    # by the names the release gives them (the tiny presets' SentencePiece model is ice_text.model on disk)
+    tokenizer.files = {RELEASES[release][3]: file}
+    tokenizer.files.update({name: folder / name for name in COMPANION_FILES if (folder / name).is_file()})
     return tokenizer
 
 

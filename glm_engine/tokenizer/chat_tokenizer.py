@@ -47,8 +47,8 @@ class ChatTokenizer(ABC):
     * ``vocab_size``: how many ids it can produce (the model's padded vocabulary may be larger).
     * ``eos_id``, ``pad_id``: the release's end-of-text and padding ids.
     * ``stop_ids``: the ids that end a reply in the release's chat path (a reply stops at the first of them).
-    * ``files``: the files it was read from, the main one first (``load_chat_tokenizer`` sets it; an export copies
-      them).
+    * ``files``: the files it was read from by the names the release gives them, the main one first
+      (``load_chat_tokenizer`` sets it; an export copies them under those names).
     """
 
     name: str
@@ -56,7 +56,7 @@ class ChatTokenizer(ABC):
     eos_id: int
     pad_id: int
     stop_ids: tuple[int, ...]
-    files: list[Path]
+    files: dict[str, Path]
 
     @classmethod
     @abstractmethod
