@@ -27,9 +27,9 @@ Grouped key/value heads (``k, v [b, g, sk, d]``, ``g`` dividing ``h``): the deco
 reads them in place with ``enable_gqa=True`` (torch 2.5+) when one of its fused kernels takes the call, which is
 asked of torch's own dispatcher before the call (``torch.backends.cuda.can_use_*_attention`` in
 :func:`grouped_sdpa_verdict`); otherwise they are repeated first (``expand_groups``, a copy of the keys/values the
-call reads) and the reason is recorded. torch's documentation of ``scaled_dot_product_attention`` (2.5 to 2.13) says
-GQA "currently works only for Flash_attention and math kernel on CUDA tensor"; flash attention takes no arbitrary
-mask and GLM's mask is one, so with those torch versions prefill repeats the heads while decode (the Triton kernel)
+call reads) and the reason is recorded. torch's documentation of ``scaled_dot_product_attention`` (read in torch
+2.13) says GQA "currently works only for Flash_attention and math kernel on CUDA tensor"; flash attention takes no
+arbitrary mask and GLM's mask is one, so with such a torch prefill repeats the heads while decode (the Triton kernel)
 never does. torch's ``sdp_utils.cpp`` gives ROCm's memory-efficient kernel no GQA (``supports_gqa = false`` under
 ``USE_ROCM``). Newer torch adds GQA to CUDA's memory-efficient kernel (pytorch/pytorch#191085), which the dispatcher
 question picks up without a change here. The reference path repeats the heads.
@@ -105,7 +105,10 @@ REPEATED = "key/value heads repeated for their query heads (a copy)"
 
 def fused_gqa_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> list[str]:
     """The fused SDPA kernels torch's dispatcher would run for this grouped call with ``enable_gqa=True``."""
-    params = torch.backends.cuda.SDPAParams(q, k, v, mask, 0.0, False, True)
+    try:
+        params = torch.backends.cuda.SDPAParams(q, k, v, mask, 0.0, False, True)
+    except TypeError:  # a build whose SDPAParams predates enable_gqa (it came with the argument, in torch 2.5)
+        return []
     checks = ((name, getattr(torch.backends.cuda, attr, None)) for name, attr in FUSED_SDPA_CHECKS)
     return [name for name, check in checks if check is not None and check(params)]
 
