@@ -1,11 +1,13 @@
 """``TorchNpuDouble``: a CPU test double of exactly the torch_npu functions glm-engine calls.
 
 It implements what torch_npu's API reference documents for each function (argument names and defaults, layouts,
-mask convention 1 = not computed, accepted mask shapes, band limits from pre/next tokens, actual KV lengths, the
-rotate-half formula, the weight-quant formula and INT4 bit layout) and asserts the documented input constraints, so
+mask convention 1 = not computed, accepted mask shapes, band limits from pre/next tokens, actual KV lengths,
+``num_key_value_heads`` and its limits, the rotate-half formula, the RMSNorm and SwiGLU formulas, the weight-quant
+formula and INT4 bit layout) and asserts the documented input constraints, so
 the Ascend backend's *calling code* (argument shaping, layouts, mask conversion, kernel choice) is tested without an
 NPU. Numerics are computed in fp32 and rounded once to the output dtype, which is an assumption about the kernels'
-internal precision, not a documented fact.
+internal precision, not a documented fact; so is the grouping of query heads over key/value heads (query head ``i``
+reads key/value head ``i // (N / N_kv)``, the GQA paper's and torch's), since the pages give only the counts.
 
 It is NOT device conformance: passing tests against this double says nothing about what a real NPU computes. Only
 the tests that skip without an NPU (and ``glm-engine conformance --backend ascend``) can say that.
@@ -20,6 +22,7 @@ import torch
 
 ALL_TOKENS = 2147483647
 GIB = 2**30
+MAX_GROUP_RATIO = 64  # num_heads / num_key_value_heads <= 64 (prompt, incremental and fused-infer pages)
 
 
 class _NpuDeviceModule:
@@ -62,8 +65,9 @@ def _attention(
     kv_lengths: list[int] | None = None,
 ) -> torch.Tensor:
     """The documented formula: softmax(scale * q k^T, masked positions not computed) v, BNSD, in fp32."""
-    b, _, sq, _ = q.shape
+    b, heads, sq, _ = q.shape
     sk = k.shape[2]
+    k, v = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (k, v))  # query head i reads i // (N / N_kv)
     scores = scale * (q.float() @ k.float().transpose(-1, -2))
     rows = torch.arange(sq).view(sq, 1)
     cols = torch.arange(sk).view(1, sk)
@@ -89,11 +93,26 @@ def _as_b1ss(mask: torch.Tensor, b: int, sq: int, sk: int) -> torch.Tensor:
     return mask.view(b, 1, 1, sk) if sq == 1 and mask.shape[0] == b else mask.view(1, 1, sq, sk)
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, layout: str, contiguous: bool) -> None:
+def _check_qkv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    layout: str,
+    contiguous: bool,
+    kv_heads: int | None = None,
+) -> None:
+    """The layouts and head counts the pages allow; ``kv_heads`` is ``num_key_value_heads`` where the function takes
+    it (0 = as many as query heads), None for ``npu_fusion_attention``, which reads it from key/value's N axis."""
     assert layout == "BNSD", "glm-engine passes BNSD (the only layout this double implements)"
     assert q.dim() == k.dim() == v.dim() == 4 and k.shape == v.shape
     assert q.dtype == k.dtype == v.dtype and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
-    assert heads == q.shape[1] == k.shape[1], "num_heads must equal the N of query (and of key/value, no GQA here)"
+    assert heads == q.shape[1], "num_heads must equal the N of query"
+    groups = k.shape[1]
+    if kv_heads is not None:
+        assert groups == (kv_heads or heads), "in BNSD num_key_value_heads must equal key/value's N (0: query's N)"
+        assert heads // groups <= MAX_GROUP_RATIO, "num_heads / num_key_value_heads must not exceed 64"
+    assert groups > 0 and heads % groups == 0, "query's N must be a multiple of key/value's N"
     assert q.shape[0] == k.shape[0] and q.shape[3] == k.shape[3]
     if contiguous:
         assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous(), "non-contiguous tensors not supported"
@@ -119,6 +138,7 @@ class TorchNpuDouble:
         omit: tuple[str, ...] = (),
     ) -> None:
         self.npu = _NpuDeviceModule(device_name, soc_code, cann, count, memory)
+        self.inference_series = device_name.startswith("Ascend310P")  # pages list per-product limits for it
         self.omit = set(omit)
         self.calls: list[tuple[str, dict[str, Any]]] = []  # (function, its tensor/int arguments), for assertions
 
@@ -151,11 +171,12 @@ class TorchNpuDouble:
         sync=False,
     ):
         _check_qkv(query, key, value, head_num, input_layout, contiguous=False)
+        assert head_num <= 256, "Nq takes 1..256"
         b, n, sq, _ = query.shape
         sk = key.shape[2]
         _check_mask(atten_mask, [(b, n, sq, sk), (b, 1, sq, sk), (1, 1, sq, sk), (sq, sk)])
         assert pse is None and padding_mask is None and keep_prob == 1.0 and sparse_mode == 0
-        self.calls.append(("npu_fusion_attention", {"atten_mask": atten_mask, "scale": scale}))
+        self.calls.append(("npu_fusion_attention", {"key": key, "atten_mask": atten_mask, "scale": scale}))
         out = _attention(query, key, value, atten_mask, scale, pre_tockens, next_tockens)
         stats = torch.zeros(b, n, sq, 8)
         return out, stats, stats, torch.empty(0), 0, 0, 0
@@ -184,13 +205,19 @@ class TorchNpuDouble:
         actual_seq_lengths_kv=None,
         sparse_mode=0,
     ):
-        _check_qkv(query, key, value, num_heads, input_layout, contiguous=True)
+        _check_qkv(query, key, value, num_heads, input_layout, contiguous=True, kv_heads=num_key_value_heads)
+        assert not (self.inference_series and num_key_value_heads), "Atlas inference series: num_key_value_heads 0 only"
         b, _, sq, _ = query.shape
         sk = key.shape[2]
         _check_mask(atten_mask, [(sq, sk), (b, sq, sk), (1, sq, sk), (b, 1, sq, sk), (1, 1, sq, sk)])
         assert atten_mask is None or atten_mask.is_contiguous()
         assert sparse_mode == 0
-        self.calls.append(("npu_prompt_flash_attention", {"atten_mask": atten_mask, "scale": scale_value}))
+        self.calls.append(
+            (
+                "npu_prompt_flash_attention",
+                {"atten_mask": atten_mask, "scale": scale_value, "num_key_value_heads": num_key_value_heads},
+            )
+        )
         return _attention(query, key, value, atten_mask, scale_value, pre_tokens, next_tokens, actual_seq_lengths_kv)
 
     def npu_incre_flash_attention(
@@ -214,7 +241,7 @@ class TorchNpuDouble:
         block_size=0,
         inner_precise=1,
     ):
-        _check_qkv(query, key, value, num_heads, input_layout, contiguous=False)
+        _check_qkv(query, key, value, num_heads, input_layout, contiguous=False, kv_heads=num_key_value_heads)
         assert query.shape[2] == 1, "incremental attention takes one query row"
         b, sk = query.shape[0], key.shape[2]
         _check_mask(atten_mask, [(b, 1, 1, sk)])  # the shape of the page's example
@@ -222,7 +249,13 @@ class TorchNpuDouble:
         self.calls.append(
             (
                 "npu_incre_flash_attention",
-                {"key": key, "atten_mask": atten_mask, "lengths": actual_seq_lengths, "scale": scale_value},
+                {
+                    "key": key,
+                    "atten_mask": atten_mask,
+                    "lengths": actual_seq_lengths,
+                    "scale": scale_value,
+                    "num_key_value_heads": num_key_value_heads,
+                },
             )
         )
         return _attention(query, key, value, atten_mask, scale_value, kv_lengths=actual_seq_lengths)
@@ -249,7 +282,7 @@ class TorchNpuDouble:
         softmax_lse_flag=False,
         **unused,
     ):
-        _check_qkv(query, key, value, num_heads, input_layout, contiguous=True)
+        _check_qkv(query, key, value, num_heads, input_layout, contiguous=True, kv_heads=num_key_value_heads)
         b, _, sq, _ = query.shape
         sk = key.shape[2]
         if sq == 1:  # pre/next tokens have no effect for one query row
@@ -262,11 +295,37 @@ class TorchNpuDouble:
         self.calls.append(
             (
                 "npu_fused_infer_attention_score",
-                {"key": key, "atten_mask": atten_mask, "lengths": actual_seq_lengths_kv, "scale": scale},
+                {
+                    "key": key,
+                    "atten_mask": atten_mask,
+                    "lengths": actual_seq_lengths_kv,
+                    "scale": scale,
+                    "num_key_value_heads": num_key_value_heads,
+                },
             )
         )
         out = _attention(query, key, value, atten_mask, scale, pre_tokens, next_tokens, actual_seq_lengths_kv)
         return out, torch.zeros(1)
+
+    # --- RMSNorm, SwiGLU ---------------------------------------------------------------------------------------
+    def npu_rms_norm(self, input, gamma, epsilon=1e-06):  # the page's first argument is ``self``
+        assert input.dtype in (torch.float16, torch.bfloat16, torch.float32) and 2 <= input.dim() <= 8
+        assert not (self.inference_series and input.dtype == torch.bfloat16), "Atlas inference series: fp32/fp16"
+        assert gamma.dtype == input.dtype, "gamma's dtype must be self's"
+        assert tuple(gamma.shape) == tuple(input.shape[input.dim() - gamma.dim() :]), "gamma: self's last dims"
+        dims = tuple(range(input.dim() - gamma.dim(), input.dim()))
+        x = input.float()
+        rstd = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + epsilon)
+        self.calls.append(("npu_rms_norm", {"gamma": gamma, "epsilon": epsilon}))
+        return (x * rstd * gamma.float()).to(input.dtype), rstd
+
+    def npu_swiglu(self, input, dim=-1):
+        assert input.dtype in (torch.float16, torch.bfloat16, torch.float32) and 1 <= input.dim() <= 8
+        assert input.is_contiguous(), "non-contiguous tensors not supported"
+        assert input.shape[dim] % 2 == 0, "the split dim must divide by 2"
+        a, b = input.float().chunk(2, dim=dim)  # A: the first half, B: the second
+        self.calls.append(("npu_swiglu", {"dim": dim}))
+        return (a * torch.sigmoid(a) * b).to(input.dtype)
 
     # --- rotary ------------------------------------------------------------------------------------------------
     def npu_rotary_mul(self, input, r1, r2, rotary_mode="half"):  # torch_npu's argument names

@@ -16,7 +16,7 @@ from glm_engine.backends.cpu import CpuBackend
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.cli.main import app
 from glm_engine.conformance import runner as runner_module
-from glm_engine.conformance.cases import PERF_CASES, TEST_CASES, LinearCase, select
+from glm_engine.conformance.cases import PERF_CASES, TEST_CASES, GroupedAttentionCase, LinearCase, select
 from glm_engine.conformance.model_checks import run_model_checks
 from glm_engine.conformance.poison import poisoned_allocations
 from glm_engine.conformance.report import ReportFormat, perf_report, results_report, support_report
@@ -142,6 +142,45 @@ def test_every_case_and_model_check_has_a_threshold_with_a_note() -> None:
             threshold_for(case.check, dtype)
     assert all(t.note for t in THRESHOLDS.values())
     assert ("model:logits:int4-groupwise", "bf16") in THRESHOLDS
+
+
+def test_grid_covers_grouped_attention_rmsnorm_swiglu_and_the_chatglm2_gemm_shapes() -> None:
+    """Grouped attention with one key/value head, two, and one per query head, in prefill and decode; both RMSNorm
+    roundings; quantized products at the K of the SwiGLU down projection (13696); the perf grid at ChatGLM2/GLM-4's
+    QKV, gate-up and down shapes."""
+    grouped = select(TEST_CASES, [Op.GROUPED_ATTENTION])
+    for variant in ("prefill", "decode"):
+        groups = {
+            "one" if c.groups == 1 else "per head" if c.groups == c.heads else c.groups
+            for c in grouped
+            if c.variant == variant
+        }
+        assert groups == {"one", 2, "per head"}, variant
+    inputs = grouped[0].make_inputs(torch.Generator().manual_seed(0))
+    assert inputs["k"].shape[1] == inputs["v"].shape[1] == grouped[0].groups < inputs["q"].shape[1]
+    assert {c.check for c in select(TEST_CASES, [Op.RMSNORM])} == {"rmsnorm:weight-in-dtype", "rmsnorm:weight-in-fp32"}
+    assert select(TEST_CASES, [Op.SWIGLU])
+    assert {c.quant_format for c in select(TEST_CASES, [Op.LINEAR]) if c.k == 13696} == set(QuantFormat)
+    quant_perf = {(c.k, c.n) for c in select(PERF_CASES, [Op.LINEAR]) if c.bits is not None}
+    assert {(4096, 4608), (4096, 27392), (13696, 4096)} <= quant_perf
+    with pytest.raises(ValueError, match="do not divide"):
+        GroupedAttentionCase(1, 8, 1, 4, 64, context=2, layer_scale=1.0, groups=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rmsnorm_variants_differ_exactly_by_where_the_gain_is_rounded(dtype: torch.dtype) -> None:
+    """The NMSE rows cannot tell the two RMSNorm roundings apart; the reference ops pin them: the remote code's
+    ``(w * h).to(dtype)`` (one rounding) against the native classes' ``w * h.to(dtype)`` (two)."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 256, generator=gen) * 3).to(dtype)
+    weight = (1 + torch.randn(256, generator=gen) * 0.2).to(dtype)
+    h = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)
+    ops = TorchOps(torch.device("cpu"), dtype)
+    one_rounding = ops.rmsnorm(x, weight, 1e-5, weight_in_fp32=True)
+    two_roundings = ops.rmsnorm(x, weight, 1e-5, weight_in_fp32=False)
+    assert torch.equal(one_rounding, (weight.float() * h).to(dtype))
+    assert torch.equal(two_roundings, weight * h.to(dtype))
+    assert one_rounding.dtype == two_roundings.dtype == dtype and not torch.equal(one_rounding, two_roundings)
 
 
 def test_support_matrix_lists_every_op_dtype_and_linear_format_with_reasons() -> None:

@@ -30,7 +30,9 @@ from glm_engine.conformance.thresholds import threshold_for
 from glm_engine.kernels.triton.configs import Variant, choose_config
 from glm_engine.quant.weight import QuantizedWeight
 
-SHAPES = ((12288, 12288), (32768, 12288), (12288, 32768))  # (out, in): GLM-130B's hidden and GeGLU widths
+# (out, in): GLM-130B's hidden and GeGLU widths; ChatGLM2/3 and GLM-4's fused QKV (32 query heads of 128 over 2
+# key/value groups), SwiGLU gate-up and down projections.
+SHAPES = ((12288, 12288), (32768, 12288), (12288, 32768), (4608, 4096), (27392, 4096), (4096, 13696))
 FORMATS = ((8, None), (4, None), (8, 128), (4, 128), (4, 64), (4, 32))  # (bits, group size; None = rowwise)
 CHECK_SHAPE = (384, 1024)  # (out, in): several tiles of every variant at the real tile sizes
 CHECK_ROWS = (1, 3, 17, 128)  # decode (M <= 4) and prefill row counts, ragged and tile-sized

@@ -25,6 +25,12 @@ Inputs = dict[str, Any]  # tensors (float64 / int / bool), QuantizedWeight or pl
 GLM130B_LAYERS = 70
 GLM130B_ALPHA = math.sqrt(2 * GLM130B_LAYERS)
 LAYERNORM_EPS = 1e-5  # GLM-130B's layernorm epsilon (glm_engine.config default)
+# RMSNorm epsilons of the releases (docs/families.md): ChatGLM2/3 1e-5, GLM-4 1.5625e-07.
+CHATGLM2_RMSNORM_EPS = 1e-5
+GLM4_RMSNORM_EPS = 1.5625e-07
+# ChatGLM2/3 and GLM-4 widths (their config.json): hidden 4096, 32 query heads of 128 over 2 key/value groups, fused
+# QKV 4096 + 2 x 2 x 128 = 4608 rows, SwiGLU inner width 13696 (the gate-up projection's 27392 rows).
+GLM4_HIDDEN, GLM4_HEADS, GLM4_GROUPS, GLM4_QKV, GLM4_INNER = 4096, 32, 2, 4608, 13696
 
 
 def _normal(gen: torch.Generator, *shape: int, std: float = 1.0) -> torch.Tensor:
@@ -122,6 +128,33 @@ class LayerNormCase(OpCase):
 
     def run(self, ops: OpTable, inputs: Inputs) -> tuple[torch.Tensor, ...]:
         return (ops.layernorm(inputs["x"], inputs["weight"], inputs["bias"], LAYERNORM_EPS),)
+
+
+@dataclass(frozen=True)
+class RMSNormCase(OpCase):
+    """RMSNorm with the gain applied after rounding the normalised values (native GLM classes) or before (THUDM's
+    remote code, ``weight_in_fp32``); the variant names which."""
+
+    op: ClassVar[Op] = Op.RMSNORM
+    rows: int
+    hidden: int
+    weight_in_fp32: bool
+    eps: float = CHATGLM2_RMSNORM_EPS
+
+    @property
+    def variant(self) -> str:  # type: ignore[override]
+        return "weight-in-fp32" if self.weight_in_fp32 else "weight-in-dtype"
+
+    @property
+    def shape(self) -> str:
+        return f"rows{self.rows} h{self.hidden} eps{self.eps:g}"
+
+    def make_inputs(self, gen: torch.Generator) -> Inputs:
+        x = _normal(gen, 1, self.rows, self.hidden, std=3.0) + 0.5  # a mean RMSNorm must keep (LayerNorm removes it)
+        return {"x": x, "weight": 1 + _normal(gen, self.hidden, std=0.2)}
+
+    def run(self, ops: OpTable, inputs: Inputs) -> tuple[torch.Tensor, ...]:
+        return (ops.rmsnorm(inputs["x"], inputs["weight"], self.eps, self.weight_in_fp32),)
 
 
 @dataclass(frozen=True)
@@ -223,6 +256,11 @@ class AttentionCase(OpCase):
             f"ls{self.layer_scale:g}{pad}"
         )
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: one per query head here; fewer in :class:`GroupedAttentionCase`."""
+        return self.heads
+
     def make_inputs(self, gen: torch.Generator) -> Inputs:
         b, h, sq, sk, d = self.batch, self.heads, self.sq, self.sk, self.head_dim
         blocked = torch.ones(sq, sk, dtype=torch.bool).triu(sk - sq + 1)  # query i sees keys up to its own position
@@ -234,8 +272,8 @@ class AttentionCase(OpCase):
             blocked[1, 0, rows, rows + sk - sq] = False  # a padded query still sees itself
         return {
             "q": _normal(gen, b, h, sq, d),
-            "k": _normal(gen, b, h, sk, d),
-            "v": _normal(gen, b, h, sk, d),
+            "k": _normal(gen, b, self.kv_heads, sk, d),
+            "v": _normal(gen, b, self.kv_heads, sk, d),
             "blocked": blocked,
             "layer_scale": self.layer_scale,
         }
@@ -246,6 +284,27 @@ class AttentionCase(OpCase):
 
     def flops(self) -> int:
         return 4 * self.batch * self.heads * self.sq * self.sk * self.head_dim
+
+
+@dataclass(frozen=True)
+class GroupedAttentionCase(AttentionCase):
+    """:class:`AttentionCase` with ``groups`` key/value heads shared by the query heads (grouped-query attention:
+    query head ``i`` reads key/value head ``i // (heads / groups)``; ``groups == heads`` is plain multi-head)."""
+
+    op: ClassVar[Op] = Op.GROUPED_ATTENTION
+    groups: int = 1
+
+    def __post_init__(self) -> None:
+        if self.groups < 1 or self.heads % self.groups:
+            raise ValueError(f"{self.groups} key/value groups do not divide {self.heads} query heads")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.groups
+
+    @property
+    def shape(self) -> str:
+        return super().shape.replace(f"h{self.heads} ", f"h{self.heads} g{self.groups} ", 1)
 
 
 @dataclass(frozen=True)
@@ -283,6 +342,23 @@ class GeluCase(OpCase):
 
 
 @dataclass(frozen=True)
+class SwigluCase(OpCase):
+    op: ClassVar[Op] = Op.SWIGLU
+    rows: int
+    inner: int
+
+    @property
+    def shape(self) -> str:
+        return f"rows{self.rows} inner{self.inner}"
+
+    def make_inputs(self, gen: torch.Generator) -> Inputs:
+        return {"x": _normal(gen, 1, self.rows, 2 * self.inner, std=2.0)}
+
+    def run(self, ops: OpTable, inputs: Inputs) -> tuple[torch.Tensor, ...]:
+        return (ops.swiglu(inputs["x"]),)
+
+
+@dataclass(frozen=True)
 class DeepNormResidualCase(OpCase):
     op: ClassVar[Op] = Op.DEEPNORM_RESIDUAL
     rows: int
@@ -310,43 +386,69 @@ def _quantized_linears(m: int, k: int, n: int) -> list[OpCase]:
 
 
 # The test grid: decode-sized and prefill-sized rows, odd sizes that do not fill vector lanes, GLM-130B widths where
-# they stay cheap in float64 (hidden 12288, head dim 128, layer scale 70). The whole grid runs in seconds on a CPU.
+# they stay cheap in float64 (hidden 12288, head dim 128, layer scale 70), and the ChatGLM2/GLM-4 widths that shape
+# kernels: the down projection's K of 13696 (107 x 128, not a multiple of 256) and 32 query heads over 2 groups.
+# The whole grid runs in seconds on a CPU.
 TEST_CASES: tuple[OpCase, ...] = (
     EmbeddingCase(1, 7, 512, 64),
     EmbeddingCase(2, 33, 3001, 256),
     LayerNormCase(7, 64),
     LayerNormCase(5, 12288),
+    RMSNormCase(7, 64, weight_in_fp32=False),
+    RMSNormCase(7, 64, weight_in_fp32=True),
+    RMSNormCase(5, GLM4_HIDDEN, weight_in_fp32=False, eps=GLM4_RMSNORM_EPS),
+    RMSNormCase(5, GLM4_HIDDEN, weight_in_fp32=True, eps=GLM4_RMSNORM_EPS),
     LinearCase(1, 64, 96),
     LinearCase(7, 256, 384, bias=False),
     LinearCase(33, 512, 1000),
     *_quantized_linears(1, 256, 200),
     *_quantized_linears(17, 512, 320),
+    *_quantized_linears(1, GLM4_INNER, 32),
+    *_quantized_linears(17, GLM4_INNER, 32),
     RotaryCase(1, 7, 4, 64),
     RotaryCase(2, 33, 2, 128),
     AttentionCase(2, 4, 17, 17, 64, context=9, layer_scale=1.0, padding=3),
     AttentionCase(1, 2, 64, 64, 128, context=40, layer_scale=float(GLM130B_LAYERS)),
     AttentionCase(2, 4, 1, 33, 64, context=20, layer_scale=1.0, padding=5),
     AttentionCase(1, 2, 1, 257, 128, context=100, layer_scale=float(GLM130B_LAYERS)),
+    GroupedAttentionCase(2, 8, 17, 17, 64, context=9, layer_scale=1.0, padding=3, groups=2),
+    GroupedAttentionCase(1, 8, 33, 33, 128, context=20, layer_scale=1.0, groups=1),
+    GroupedAttentionCase(2, 4, 17, 17, 64, context=9, layer_scale=1.0, padding=3, groups=4),
+    GroupedAttentionCase(2, 8, 1, 33, 64, context=20, layer_scale=1.0, padding=5, groups=2),
+    GroupedAttentionCase(1, GLM4_HEADS, 1, 257, 128, context=100, layer_scale=28.0, groups=GLM4_GROUPS),
+    GroupedAttentionCase(1, 8, 1, 40, 64, context=10, layer_scale=1.0, groups=1),
+    GroupedAttentionCase(2, 4, 1, 33, 64, context=20, layer_scale=1.0, padding=5, groups=4),
     GegluCase(7, 96),
     GegluCase(3, 4096),
     GeluCase(7, 96),
     GeluCase(3, 4096),
+    SwigluCase(7, 96),
+    SwigluCase(3, GLM4_INNER),
     DeepNormResidualCase(7, 64),
     DeepNormResidualCase(5, 12288),
 )
 
-# The perf grid: ChatGLM-6B-sized ops (hidden 4096, 32 heads of 128) at decode (one row) and a 128-token prefill.
+# Quantized products of one row at ChatGLM-6B's hidden size and at ChatGLM2/3 and GLM-4's fused QKV, SwiGLU gate-up
+# and down projections, as (in, out).
+PERF_QUANT_SHAPES = ((4096, 4096), (GLM4_HIDDEN, GLM4_QKV), (GLM4_HIDDEN, 2 * GLM4_INNER), (GLM4_INNER, GLM4_HIDDEN))
+
+# The perf grid: ChatGLM-6B-sized ops (hidden 4096, 32 heads of 128) and ChatGLM2/GLM-4's (32 query heads over 2
+# key/value groups, SwiGLU over 13696) at decode (one row) and a 128-token prefill.
 PERF_CASES: tuple[OpCase, ...] = (
     EmbeddingCase(1, 128, 8192, 4096),  # a lookup costs the same whatever the vocabulary; keeps inputs small
     LayerNormCase(128, 4096),
+    RMSNormCase(128, GLM4_HIDDEN, weight_in_fp32=False),
     LinearCase(1, 4096, 4096),
     LinearCase(128, 4096, 4096),
-    *(LinearCase(1, 4096, 4096, bits=b, group_size=g) for b in (8, 4) for g in (None, 128)),
+    *(LinearCase(1, k, n, bits=b, group_size=g) for k, n in PERF_QUANT_SHAPES for b in (8, 4) for g in (None, 128)),
     RotaryCase(1, 128, 32, 128),
     AttentionCase(1, 32, 128, 128, 128, context=64, layer_scale=1.0),
     AttentionCase(1, 32, 1, 1024, 128, context=512, layer_scale=1.0),
+    GroupedAttentionCase(1, GLM4_HEADS, 128, 128, 128, context=64, layer_scale=1.0, groups=GLM4_GROUPS),
+    GroupedAttentionCase(1, GLM4_HEADS, 1, 1024, 128, context=512, layer_scale=1.0, groups=GLM4_GROUPS),
     GegluCase(128, 16384),
     GeluCase(128, 16384),
+    SwigluCase(128, GLM4_INNER),
     DeepNormResidualCase(128, 4096),
 )
 

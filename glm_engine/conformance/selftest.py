@@ -59,6 +59,30 @@ class FirstGroupScaleOnly(TorchOps):
         return DequantizingLinear(QuantizedWeight(weight.stored, scale, weight.bits).to(self.device))
 
 
+class RoundRobinKVGroups(TorchOps):
+    """Grouped key/value heads handed out round-robin (query head i reads head i % groups, not i // (heads/groups)):
+    ``repeat`` where ``repeat_interleave`` belongs."""
+
+    def attention(self, q, k, v, blocked, layer_scale):  # type: ignore[no-untyped-def]
+        repeats = q.shape[1] // k.shape[1]
+        return reference_attention(q, k.repeat(1, repeats, 1, 1), v.repeat(1, repeats, 1, 1), blocked, layer_scale)
+
+
+class SwappedSwigluHalves(TorchOps):
+    """SwiGLU with the halves swapped: ``silu(up) * gate``."""
+
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return F.silu(up) * gate
+
+
+class CenteredRmsNorm(TorchOps):
+    """RMSNorm that subtracts the mean first (a LayerNorm without bias)."""
+
+    def rmsnorm(self, x, weight, eps, weight_in_fp32=False):  # type: ignore[no-untyped-def]
+        return super().rmsnorm(x - x.mean(-1, keepdim=True), weight, eps, weight_in_fp32)
+
+
 class UnwrittenOutput(TorchOps):
     """GeGLU into a fresh buffer whose last column is never written."""
 
@@ -87,6 +111,9 @@ BROKEN_TABLES: tuple[tuple[type[TorchOps], Op], ...] = (
     (FirstGroupScaleOnly, Op.LINEAR),
     (UnwrittenOutput, Op.GEGLU),
     (WrongOutputDtype, Op.LINEAR),
+    (RoundRobinKVGroups, Op.GROUPED_ATTENTION),
+    (SwappedSwigluHalves, Op.SWIGLU),
+    (CenteredRmsNorm, Op.RMSNORM),
 )
 
 

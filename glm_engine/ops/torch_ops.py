@@ -8,6 +8,7 @@ fp16 they reproduce SwissArmyTransformer closely and in float64 they are the con
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,17 @@ MASKED_SCORE = -10000.0
 # sqrt(2 / pi) as ChatGLM-6B's gelu_impl writes it, and the cubic coefficient of the tanh approximation.
 GELU_TANH_SCALE = 0.7978845608028654
 GELU_TANH_CUBIC = 0.044715
+# scaled_dot_product_attention takes ``enable_gqa`` from torch 2.5 on (pytorch/pytorch#132689); asked of the op's
+# schema, which also answers for pre-release builds such as "2.5.0a0+git..." that a version comparison would misjudge.
+SDPA_GQA_ARGUMENT = "enable_gqa"
+
+
+@lru_cache(maxsize=1)
+def sdpa_takes_enable_gqa() -> bool:
+    """Whether this torch's ``scaled_dot_product_attention`` has ``enable_gqa``, which reads grouped key/value heads
+    in place instead of needing them repeated (a copy of the cache) first."""
+    schema = torch.ops.aten.scaled_dot_product_attention.default._schema
+    return any(argument.name == SDPA_GQA_ARGUMENT for argument in schema.arguments)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

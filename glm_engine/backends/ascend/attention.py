@@ -51,9 +51,22 @@ first-gen 910 / unknown       portable path                               portab
   precision. https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/torch_npu-npu_incre_flash_attention.md
 - ``torch_npu.npu_fused_infer_attention_score(query, key, value, *, atten_mask=None, actual_seq_lengths=None,
   actual_seq_lengths_kv=None, num_heads=1, scale=1.0, pre_tokens=2147483647, next_tokens=2147483647,
-  input_layout="BSH", sparse_mode=0, inner_precise=0, ...) -> (Tensor, Tensor)``: Atlas A2 and A3. Contiguous
-  inputs; mask shapes (B, 1, Q_S, KV_S) / (1, 1, Q_S, KV_S) for Q_S > 1 and (B, 1, 1, KV_S) for Q_S = 1.
+  input_layout="BSH", num_key_value_heads=0, sparse_mode=0, inner_precise=0, ...) -> (Tensor, Tensor)``: Atlas A2
+  and A3. Contiguous inputs; mask shapes (B, 1, Q_S, KV_S) / (1, 1, Q_S, KV_S) for Q_S > 1 and (B, 1, 1, KV_S) for
+  Q_S = 1.
   https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/torch_npu-npu_fused_infer_attention_score.md
+
+Grouped-query attention (``k, v [b, g, s, d]``, ``g`` dividing ``h``): the inference kernels take the key/value head
+count as ``num_key_value_heads`` ("代表key、value中head个数，用于支持GQA场景"; default 0 = as many as query heads;
+``num_heads`` must be a multiple of it, at most 64 times it, and in BNSD it must equal key/value's N axis), and
+``npu_fusion_attention`` reads it from key/value's N axis ("支持输入query的N和key/value的N不相等，但必须成比例关系",
+Nq/Nkv a non-zero integer, Nq <= 256). So grouped heads are read in place, except where a page rules it out: on the
+Atlas inference series ``npu_prompt_flash_attention`` takes ``num_key_value_heads`` 0 only ("仅支持默认值0"), and
+no inference kernel takes more than 64 query heads per key/value head; there the heads are repeated for the kernel
+(``expand_groups``, a copy of what the call reads) and the reason is recorded (:func:`grouped_kv_reason`). The pages
+name the count, not which query heads share a key/value head; glm-engine's grouping (query head ``i`` reads key/value
+head ``i // (h / g)``) is the GQA paper's and torch's ``enable_gqa``'s, assumed to be the kernels' too: only a device
+run (``glm-engine conformance --backend ascend``, the ``grouped_attention`` rows) can confirm it.
 
 Decode reads the KV cache in place: the cache hands attention a view ``[b, h, :length, d]`` of a contiguous
 ``[b, h, max_length, d]`` buffer; the decode kernels take the whole buffer plus ``actual_seq_lengths(_kv)`` (the
@@ -75,6 +88,8 @@ MAX_HEADS = 256  # N <= 256 in all four kernels' constraints
 MAX_HEAD_DIM = 512  # D <= 512 in the inference kernels (npu_fusion_attention allows 768)
 HEAD_DIM_ALIGN = 16  # fp16/bf16 D must be 16-aligned in the prompt / fused-infer kernels
 HIGH_PRECISION = 0  # inner_precise: 0 = high precision, no invalid-row correction (every row has a key)
+MAX_GROUP_RATIO = 64  # num_heads / num_key_value_heads <= 64 (prompt, incremental and fused-infer pages)
+SAME_HEADS = 0  # num_key_value_heads 0: key/value have as many heads as query (the documented default)
 # Atlas inference series (310P) axis limits: prompt B <= 128, S <= 65535; incremental B <= 256, S <= 65536.
 INFERENCE_PROMPT_MAX_BATCH, INFERENCE_PROMPT_MAX_SEQ = 128, 65535
 INFERENCE_INCRE_MAX_BATCH, INFERENCE_INCRE_MAX_SEQ = 256, 65536
@@ -139,6 +154,24 @@ def shape_reason(kernel: AttentionKernel, family: SocFamily, q: torch.Tensor, k:
     return ""
 
 
+def grouped_kv_reason(kernel: AttentionKernel, family: SocFamily, heads: int, groups: int) -> str:
+    """Why ``kernel`` cannot read ``groups`` key/value heads for ``heads`` query heads in place on ``family`` (the
+    heads are then repeated for it), or "" (also when there is nothing grouped)."""
+    if groups == heads:
+        return ""
+    if kernel is AttentionKernel.PROMPT and family is SocFamily.ATLAS_INFERENCE:
+        return f"{kernel.value} on {family.value} takes num_key_value_heads 0 only (no grouped heads)"
+    if kernel is not AttentionKernel.FUSION and heads // groups > MAX_GROUP_RATIO:
+        return f"{kernel.value} takes at most {MAX_GROUP_RATIO} query heads per key/value head, got {heads // groups}"
+    return ""
+
+
+def kv_heads_argument(heads: int, groups: int) -> int:
+    """``num_key_value_heads`` for ``groups`` key/value heads: the documented default 0 when there is one per query
+    head (the value every call passed before grouped heads existed), else the count."""
+    return SAME_HEADS if groups == heads else groups
+
+
 def kernel_mask(blocked: torch.Tensor, batch: int, sq: int, sk: int, full_batch: bool) -> torch.Tensor:
     """``blocked`` (True = may not attend, broadcastable to ``[b, 1, sq, sk]``) as the kernels' ``atten_mask``:
     a contiguous bool ``[b or 1, 1, sq, sk]`` where True (1) = not computed, the same convention.
@@ -181,8 +214,10 @@ def fused_attention(
     v: torch.Tensor,
     blocked: torch.Tensor,
 ) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d), blocked excluded) v`` for ``q [b, h, sq, d]``, ``k, v [b, h, sk, d]`` in BNSD."""
+    """``softmax(q k^T / sqrt(d), blocked excluded) v`` for ``q [b, h, sq, d]``, ``k, v [b, g, sk, d]`` in BNSD
+    (``g`` key/value heads: :func:`grouped_kv_reason` must have allowed them for ``kernel``)."""
     b, heads, sq, d = q.shape
+    kv_heads = kv_heads_argument(heads, k.shape[1])
     scale = 1.0 / math.sqrt(d)
     q = q.contiguous()
     if sq == 1:
@@ -205,6 +240,7 @@ def fused_attention(
             pre_tokens=ALL_TOKENS,
             next_tokens=ALL_TOKENS,
             input_layout="BNSD",
+            num_key_value_heads=kv_heads,
             sparse_mode=0,
         )
     if kernel is AttentionKernel.FUSED_INFER:
@@ -218,6 +254,7 @@ def fused_attention(
             pre_tokens=ALL_TOKENS,
             next_tokens=ALL_TOKENS,
             input_layout="BNSD",
+            num_key_value_heads=kv_heads,
             sparse_mode=0,
             inner_precise=HIGH_PRECISION,
         )
@@ -236,6 +273,7 @@ def _decode(
 ) -> torch.Tensor:
     b, heads = q.shape[:2]
     valid = k.shape[2]
+    kv_heads = kv_heads_argument(heads, k.shape[1])
     k, v, kv_length = kv_in_place(k, v)
     mask = kernel_mask(blocked, b, 1, valid, full_batch=True)
     if kv_length is not None and k.shape[2] > valid:  # the rows past the valid prefix are never computed
@@ -251,6 +289,7 @@ def _decode(
             num_heads=heads,
             scale_value=scale,
             input_layout="BNSD",
+            num_key_value_heads=kv_heads,
             inner_precise=HIGH_PRECISION,
         )
     if kernel is AttentionKernel.FUSED_INFER:
@@ -263,6 +302,7 @@ def _decode(
             num_heads=heads,
             scale=scale,
             input_layout="BNSD",
+            num_key_value_heads=kv_heads,
             sparse_mode=0,
             inner_precise=HIGH_PRECISION,
         )

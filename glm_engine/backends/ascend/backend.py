@@ -21,7 +21,8 @@ from types import ModuleType
 
 import torch
 
-from glm_engine.backends.ascend.attention import choose_kernel
+from glm_engine.backends.ascend.attention import choose_kernel, grouped_kv_reason
+from glm_engine.backends.ascend.fused import rmsnorm_reason, swiglu_reason
 from glm_engine.backends.ascend.ops import AscendOps
 from glm_engine.backends.ascend.soc import SocFamily, classify_soc, has_bf16
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
@@ -89,6 +90,31 @@ def _attention_paths(npu: ModuleType | object | None, family: SocFamily, dtype: 
     return ", ".join(parts)
 
 
+# A grouped model's shape for the notes: ChatGLM2/3 and GLM-4 have 32 query heads over 2 key/value heads.
+NOTE_HEADS, NOTE_GROUPS = 32, 2
+DOCUMENTED_FAMILIES = (SocFamily.ATLAS_A2, SocFamily.ATLAS_A3, SocFamily.ATLAS_INFERENCE)
+
+
+def _grouped_paths(npu: ModuleType | object | None, family: SocFamily, dtype: torch.dtype) -> str:
+    """ "prefill: KERNEL (how grouped heads are read); decode: ..." for grouped key/value heads."""
+    parts = []
+    for phase, decode in (("prefill", False), ("decode", True)):
+        kernel, why = choose_kernel(npu, family, dtype, decode)
+        if kernel is None:
+            parts.append(f"{phase}: portable, key/value heads repeated ({why})")
+            continue
+        repeat = grouped_kv_reason(kernel, family, NOTE_HEADS, NOTE_GROUPS)
+        how = f"key/value heads repeated: {repeat}" if repeat else "grouped heads read in place"
+        parts.append(f"{phase}: {kernel.value}, {how}")
+    return ", ".join(parts)
+
+
+def _fused_note(op: Op, npu: ModuleType | object | None, family: SocFamily, dtype: torch.dtype) -> str:
+    """How RMSNorm or SwiGLU runs: the fused kernel, or portable with the reason."""
+    why = (rmsnorm_reason if op is Op.RMSNORM else swiglu_reason)(npu, family, dtype)
+    return f"portable ({why})" if why else ("npu_rms_norm" if op is Op.RMSNORM else "npu_swiglu")
+
+
 class AscendBackend(OpLevelBackend):
     name = "ascend"
     device_type = "npu"
@@ -149,13 +175,18 @@ class AscendBackend(OpLevelBackend):
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
         family = self.family()
         module, _ = self._module()
-        if op is Op.ATTENTION and family is SocFamily.UNKNOWN and not self.availability():
+        per_family = {
+            Op.ATTENTION: _attention_paths,
+            Op.GROUPED_ATTENTION: _grouped_paths,
+            Op.RMSNORM: lambda npu, f, d: _fused_note(Op.RMSNORM, npu, f, d),
+            Op.SWIGLU: lambda npu, f, d: _fused_note(Op.SWIGLU, npu, f, d),
+        }
+        if op in per_family and family is SocFamily.UNKNOWN and not self.availability():
             return "no NPU here; documented paths per SoC: " + "; ".join(
-                f"{f.value}: {_attention_paths(None, f, dtype)}"
-                for f in (SocFamily.ATLAS_A2, SocFamily.ATLAS_A3, SocFamily.ATLAS_INFERENCE)
+                f"{f.value}: {per_family[op](None, f, dtype)}" for f in DOCUMENTED_FAMILIES
             )
-        if op is Op.ATTENTION:
-            return _attention_paths(module, family, dtype)
+        if op in per_family:
+            return per_family[op](module, family, dtype)
         if op is Op.ROTARY:
             if family is SocFamily.UNKNOWN:
                 return "portable (npu_rotary_mul's constraints are documented per product; SoC not known here)"

@@ -1,7 +1,8 @@
 """The Ascend op table: torch_npu's fused attention, rotary and weight-quant matmul where they keep GLM's semantics on
 the detected SoC; the portable ops (with the reason recorded in ``paths``) everywhere else.
 
-- attention: :mod:`glm_engine.backends.ascend.attention` (kernel per SoC family and phase; fp32 -> portable).
+- attention: :mod:`glm_engine.backends.ascend.attention` (kernel per SoC family and phase; fp32 -> portable); grouped
+  key/value heads go to the kernels as ``num_key_value_heads`` where their pages allow it, else repeated for them.
 - rotary: ``torch_npu.npu_rotary_mul(input, r1, r2, rotary_mode='half') -> Tensor`` computes
   ``r1 * input + r2 * cat(-x2, x1)`` with ``x1, x2 = chunk(input, 2, -1)``: exactly the contract's
   ``x * cos + rotate_half(x) * sin``. Documented for the Atlas training, A2, A3 and inference series, fp16/bf16/fp32,
@@ -13,6 +14,8 @@ the detected SoC; the portable ops (with the reason recorded in ``paths``) every
   https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/torch_npu-npu_rotary_mul.md
 - layernorm: ``F.layer_norm``, which torch_npu implements natively (aclnnLayerNorm); no torch_npu-specific layer
   norm op is documented with a matching signature, so none is called.
+- RMSNorm, SwiGLU: :mod:`glm_engine.backends.ascend.fused` (``npu_rms_norm``, ``npu_swiglu`` where their rounding is
+  the contract's: fp32 only; the portable ops otherwise).
 - quantized linears: :mod:`glm_engine.backends.ascend.quant` (``npu_weight_quant_batchmatmul``).
 
 ``torch_npu`` is imported when an op first needs it (the table exists only where the backend is available, so it
@@ -26,7 +29,8 @@ from types import ModuleType
 
 import torch
 
-from glm_engine.backends.ascend.attention import choose_kernel, fused_attention, shape_reason
+from glm_engine.backends.ascend.attention import choose_kernel, fused_attention, grouped_kv_reason, shape_reason
+from glm_engine.backends.ascend.fused import npu_rmsnorm, npu_swiglu, rmsnorm_reason, swiglu_reason
 from glm_engine.backends.ascend.quant import NpuQuantLinear, unsupported_reason
 from glm_engine.backends.ascend.soc import SocFamily, has_bf16
 from glm_engine.ops.interface import PackedLinear, expand_groups
@@ -72,7 +76,7 @@ class AscendOps(TorchOps):
         self._npu = npu
         self.family = family
         self.quant_path: dict[str, str] = {}  # format name -> how the last weight of that format is served
-        self.paths: dict[str, str] = {}  # "attention-prefill" / "attention-decode" / "rotary" -> kernel or reason
+        self.paths: dict[str, str] = {}  # "attention-prefill", "rotary", "rmsnorm" ... -> kernel or reason
 
     def _torch_npu(self) -> ModuleType | object:
         if self._npu is None:
@@ -84,15 +88,32 @@ class AscendOps(TorchOps):
     ) -> torch.Tensor:
         decode = q.shape[2] == 1
         key = "attention-decode" if decode else "attention-prefill"
-        k, v = expand_groups(k, v, q.shape[1])  # grouped key/value heads, one per query head for the fused kernels
         kernel, why = choose_kernel(self._torch_npu(), self.family, q.dtype, decode)
         if kernel is not None:
             why = shape_reason(kernel, self.family, q, k)
         if kernel is None or why:
             self.paths[key] = f"portable: {why}"
             return super().attention(q, k, v, blocked, layer_scale)
-        self.paths[key] = kernel.value
+        heads, groups = q.shape[1], k.shape[1]
+        repeat = grouped_kv_reason(kernel, self.family, heads, groups)
+        if repeat:
+            k, v = expand_groups(k, v, heads)
+            self.paths[key] = f"{kernel.value}, key/value heads repeated: {repeat}"
+        else:
+            self.paths[key] = kernel.value + (f", {groups} key/value heads read in place" if groups != heads else "")
         return fused_attention(self._torch_npu(), kernel, q, k, v, blocked)
+
+    def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, weight_in_fp32: bool = False) -> torch.Tensor:
+        why = rmsnorm_reason(self._torch_npu(), self.family, x.dtype)
+        self.paths["rmsnorm"] = f"portable: {why}" if why else "npu_rms_norm"
+        if why:
+            return super().rmsnorm(x, weight, eps, weight_in_fp32)
+        return npu_rmsnorm(self._torch_npu(), x, weight, eps)
+
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        why = swiglu_reason(self._torch_npu(), self.family, x.dtype)
+        self.paths["swiglu"] = f"portable: {why}" if why else "npu_swiglu"
+        return super().swiglu(x) if why else npu_swiglu(self._torch_npu(), x)
 
     def rotary(
         self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor

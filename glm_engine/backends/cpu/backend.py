@@ -12,6 +12,7 @@ from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
 from glm_engine.backends.cpu.ops import CpuOps
 from glm_engine.backends.cpu.quant_linear import CPU_QUANT_FORMATS
 from glm_engine.ops.interface import Op, OpTable
+from glm_engine.ops.torch_ops import sdpa_takes_enable_gqa
 from glm_engine.quant.formats import QuantFormat
 
 
@@ -46,6 +47,15 @@ _QUANT_NOTES = {
 }
 
 
+def grouped_attention_note(dtype: torch.dtype) -> str:
+    """How grouped key/value heads are read in ``dtype`` (``CpuOps.attention``)."""
+    if dtype == torch.float16:
+        return "explicit reference path: the key/value heads are repeated for their query heads (a copy)"
+    if not sdpa_takes_enable_gqa():
+        return f"key/value heads repeated (a copy): torch {torch.__version__}'s SDPA has no enable_gqa (torch 2.5+)"
+    return "scaled_dot_product_attention(enable_gqa=True): grouped heads read in place"
+
+
 class CpuBackend(OpLevelBackend):
     name = "cpu"
     device_type = "cpu"
@@ -75,6 +85,8 @@ class CpuBackend(OpLevelBackend):
             return "prefill-sized products computed in fp32 and rounded to fp16 (torch's CPU fp16 GEMM is slow)"
         if op is Op.ATTENTION:
             return "explicit reference path" if dtype == torch.float16 else "scaled_dot_product_attention"
+        if op is Op.GROUPED_ATTENTION:
+            return grouped_attention_note(dtype)
         return ""
 
     def op_table(self, dtype: torch.dtype, device_index: int = 0) -> OpTable:

@@ -13,6 +13,8 @@ import torch
 from glm_engine.backends.base import DeviceInfo, GraphLevelBackend, ModelRunner, Verdict
 from glm_engine.backends.onnxruntime.providers import choose_provider, installed_providers, provider_report
 from glm_engine.errors import BackendError
+from glm_engine.exported.ops import EXPORTED_OPS, unexported_reason
+from glm_engine.ops.interface import Op
 from glm_engine.quant.formats import QuantFormat
 
 # Session option that keeps ORT from fusing DequantizeLinear + MatMul into an int8-activation MatMulNBits
@@ -54,6 +56,14 @@ class OnnxRuntimeBackend(GraphLevelBackend):
             last = out[-1]
             out[-1] = DeviceInfo(last.index, last.name, detail=f"{last.detail}. Not here: {not_here}")
         return out
+
+    def implemented_ops(self) -> frozenset[Op]:
+        return EXPORTED_OPS  # what exported graphs can hold (glm_engine/exported/ops.py)
+
+    def supports(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | str | None = None) -> Verdict:
+        if op not in EXPORTED_OPS:
+            return Verdict(False, unexported_reason(op))
+        return super().supports(op, dtype, quant_format)
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         return (torch.float32, torch.float16)

@@ -6,6 +6,11 @@ to SDPA where the torch build has AOTriton kernels for the arch (gfx90a, gfx942,
 fp32-softmax path, so an arch without fused kernels never depends on which fallback a given ROCm torch picks. The
 decode kernel and the dequant GEMMs are Triton, compiled by the ROCm Triton backend with the ``hip`` configurations
 in :mod:`glm_engine.kernels.triton.configs` (64-wide wavefronts: half the warps for the same threads).
+
+Grouped key/value heads: the decode kernel reads them in place here as on CUDA. Prefill repeats them: ROCm torch's
+memory-efficient SDPA kernel has no GQA (``supports_gqa = false`` under ``USE_ROCM`` in torch's ``sdp_utils.cpp``),
+its flash kernel takes no mask, and the explicit path repeats them; the shared SDPA path asks torch per call
+(``backends/torch_cuda/attention.py``), so a ROCm torch that gains a kernel for it is used without a change here.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ import torch
 from glm_engine.backends.base import GraphLevelBackend, ModelRunner, Verdict
 from glm_engine.backends.tensorrt.build import tensorrt_missing_reason
 from glm_engine.errors import BackendError
+from glm_engine.exported.ops import EXPORTED_OPS, unexported_reason
+from glm_engine.ops.interface import Op
+from glm_engine.quant.formats import QuantFormat
 
 
 class TensorRTBackend(GraphLevelBackend):
@@ -25,6 +28,14 @@ class TensorRTBackend(GraphLevelBackend):
         if reason is not None:
             return Verdict(False, reason)
         return Verdict(True, "runs engine folders made by `glm-engine export tensorrt`")
+
+    def implemented_ops(self) -> frozenset[Op]:
+        return EXPORTED_OPS  # what exported graphs can hold (glm_engine/exported/ops.py)
+
+    def supports(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | str | None = None) -> Verdict:
+        if op not in EXPORTED_OPS:
+            return Verdict(False, unexported_reason(op))
+        return super().supports(op, dtype, quant_format)
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         return (torch.float16, torch.bfloat16, torch.float32)

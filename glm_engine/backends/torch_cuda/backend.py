@@ -15,11 +15,22 @@ from typing import Any, ClassVar
 import torch
 
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend
-from glm_engine.backends.torch_cuda.ops import TorchCudaOps
+from glm_engine.backends.torch_cuda.attention import REPEATED, AttentionPath
+from glm_engine.backends.torch_cuda.ops import GROUPED_IN_PLACE, TorchCudaOps
 from glm_engine.kernels.triton import triton_verdict
 from glm_engine.kernels.triton.linear import ACTIVATION_DTYPES
 from glm_engine.ops.interface import Op, OpTable
 from glm_engine.quant.formats import QuantFormat
+
+# How each attention path reads grouped key/value heads (backends/torch_cuda/attention.py).
+GROUPED_READS = {
+    AttentionPath.TRITON_DECODE: GROUPED_IN_PLACE,
+    AttentionPath.SDPA: (
+        "grouped heads read in place (enable_gqa) where one of this torch's fused SDPA kernels takes them with GLM's "
+        f"mask (asked of torch per call), else {REPEATED}"
+    ),
+    AttentionPath.REFERENCE: REPEATED,
+}
 
 
 class TorchCudaBackend(OpLevelBackend):
@@ -89,9 +100,23 @@ class TorchCudaBackend(OpLevelBackend):
         decode, why = policy.choose(1, 128, dtype)
         return f"prefill: {policy.prefill.value} ({policy.prefill_reason}); decode: {decode.value} ({why})"
 
+    def grouped_attention_note(self, dtype: torch.dtype) -> str:
+        """How grouped key/value heads are read on device 0 in ``dtype``, per phase (``TorchCudaOps.attention``)."""
+        device = self.device(0) if self.availability() else torch.device("cpu")
+        policy = self.ops_class(device, dtype).policy
+        parts = []
+        for phase, sq in (("prefill", 128), ("decode", 1)):
+            path, _ = policy.choose(sq, 128, dtype)
+            parts.append(f"{phase}: {path.value}, {GROUPED_READS[path]}")
+        return "; ".join(parts)
+
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
         if op is Op.ATTENTION:
             return self.attention_note(dtype)
+        if op is Op.GROUPED_ATTENTION:
+            return self.grouped_attention_note(dtype)
+        if op in (Op.RMSNORM, Op.SWIGLU):
+            return "portable PyTorch ops (no fused kernel on this backend)"
         if op is not Op.LINEAR or quant_format is None:
             return ""
         ok, why = triton_verdict()

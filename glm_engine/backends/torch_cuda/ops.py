@@ -2,7 +2,8 @@
 
 Attention goes to SDPA (prefill), a Triton split-K kernel (one query row per head) or the portable path, per call,
 by the table's :class:`~glm_engine.backends.torch_cuda.attention.AttentionPolicy`; the last choice per phase is kept
-in ``attention_path`` with its reason. Quantized weights run through the Triton dequant-GEMM kernels
+in ``attention_path`` with its reason (and, for grouped key/value heads, whether they were read in place or
+repeated). Quantized weights run through the Triton dequant-GEMM kernels
 (``glm_engine.kernels.triton``) when Triton imports and the format and compute dtype suit them; otherwise through the
 portable :class:`DequantizingLinear`, with the reason kept on the table (``quant_path``) and shown by
 ``Backend.supports``. Cached decode steps replay CUDA graphs (``graphs.py``) where they are usable.
@@ -18,16 +19,17 @@ from typing import Any, ClassVar
 
 import torch
 
-from glm_engine.backends.torch_cuda.attention import AttentionPath, AttentionPolicy, sdpa_attention
+from glm_engine.backends.torch_cuda.attention import REPEATED, AttentionPath, AttentionPolicy, grouped_sdpa
 from glm_engine.backends.torch_cuda.graphs import GraphedDecoder, graphs_verdict
 from glm_engine.errors import BackendError
 from glm_engine.kernels.triton.configs import DEFAULT_SM_COUNT, choose_decode_attention_config
 from glm_engine.kernels.triton.linear import kernel_verdict
-from glm_engine.ops.interface import DecodeStepper, EagerStepper, PackedLinear, expand_groups
+from glm_engine.ops.interface import DecodeStepper, EagerStepper, PackedLinear
 from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps, reference_attention
 from glm_engine.quant.weight import QuantizedWeight
 
 TABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+GROUPED_IN_PLACE = "grouped heads read in place (query head i reads key/value head i // (heads / groups))"
 
 
 class TorchCudaOps(TorchOps):
@@ -79,16 +81,24 @@ class TorchCudaOps(TorchOps):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor, layer_scale: float
     ) -> torch.Tensor:
         sq = q.shape[2]
-        k, v = expand_groups(k, v, q.shape[1])  # grouped key/value heads: the fused kernels here take one per head
+        grouped = k.shape[1] != q.shape[1]
         path, why = self.policy.choose(sq, q.shape[-1], q.dtype)
-        self.attention_path["decode" if sq == 1 else "prefill"] = f"{path.value}: {why}"
+        phase = "decode" if sq == 1 else "prefill"
         if path is AttentionPath.TRITON_DECODE:
             from glm_engine.kernels.triton.decode_attention import decode_attention
 
+            self._record(phase, path, why, GROUPED_IN_PLACE if grouped else "")
             config = choose_decode_attention_config(
                 q.shape[0] * q.shape[1], k.shape[2], sm_count=self.sm_count, platform=self.platform
             )
             return decode_attention(q, k, v, blocked, config)
         if path is AttentionPath.SDPA:
-            return sdpa_attention(q, k, v, blocked, layer_scale)
+            out, grouped_note = grouped_sdpa(q, k, v, blocked, layer_scale)
+            self._record(phase, path, why, grouped_note)
+            return out
+        self._record(phase, path, why, REPEATED if grouped else "")
         return reference_attention(q, k, v, blocked, layer_scale)
+
+    def _record(self, phase: str, path: AttentionPath, why: str, grouped_note: str) -> None:
+        """Keep how the last ``phase`` call ran (``attention_path``), with how grouped key/value heads were read."""
+        self.attention_path[phase] = f"{path.value}: {why}" + (f"; {grouped_note}" if grouped_note else "")

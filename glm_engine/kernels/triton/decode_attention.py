@@ -12,6 +12,11 @@ fp32) only keeps fp16 scores finite; here the scores never exist in fp16 (fp32 f
 identity and is not applied. Blocked keys get ``-inf`` rather than the reference's ``-10000 * layer_scale``: both
 give an exact 0 after ``exp`` in fp32 whenever a row has an unblocked key, which the contract guarantees.
 
+Grouped-query attention reads the grouped cache in place: with ``g`` key/value heads for ``h`` query heads, query
+head ``i`` reads key/value head ``i // (h / g)`` (the op contract's grouping), so no copy of the cache is made. Programs
+are numbered ``batch * h + head``, so the query heads of one group run side by side and read the same K/V tiles at
+about the same time (the second read of a tile can come from L2 rather than memory; not measured here).
+
 A tile whose keys are all blocked is skipped before its K/V bytes are read. A CUDA-graph decode step attends over
 the whole preallocated cache with the not-yet-written positions blocked, so the step costs what the filled part
 costs plus one mask byte per empty position.
@@ -33,19 +38,21 @@ from glm_engine.kernels.triton.configs import DecodeAttentionConfig, next_power_
 @triton.jit
 def _split_kernel(
     q_ptr, k_ptr, v_ptr, blocked_ptr, m_ptr, l_ptr, acc_ptr,
-    H, SK, blocks_per_split, sm_scale,
+    H, GROUP, SK, blocks_per_split, sm_scale,
     stride_qb, stride_qh, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_mb, stride_ms,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Online softmax of one (batch, head)'s query over one split of the keys; partials in fp32."""
+    """Online softmax of one (batch, head)'s query over one split of the keys of its key/value head (``GROUP``
+    query heads per key/value head); partials in fp32."""
     pid_bh = tl.program_id(0)
     pid_split = tl.program_id(1)
     num_splits = tl.num_programs(1)
     b = pid_bh // H
     h = pid_bh % H
+    kv_h = h // GROUP
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_d * stride_qd, mask=mask_d, other=0.0)
@@ -53,8 +60,8 @@ def _split_kernel(
     m_i = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), axis=0)
     l_i = tl.sum(tl.zeros([BLOCK_N], tl.float32), axis=0)
     acc = tl.zeros([BLOCK_D], tl.float32)
-    k_base = k_ptr + b * stride_kb + h * stride_kh
-    v_base = v_ptr + b * stride_vb + h * stride_vh
+    k_base = k_ptr + b * stride_kb + kv_h * stride_kh
+    v_base = v_ptr + b * stride_vb + kv_h * stride_vh
     for i in range(0, blocks_per_split):
         offs_n = (pid_split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
         in_range = offs_n < SK
@@ -92,12 +99,15 @@ def combine_splits(m: torch.Tensor, norm: torch.Tensor, acc: torch.Tensor) -> to
 def decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor, config: DecodeAttentionConfig
 ) -> torch.Tensor:
-    """``q [b, h, 1, d]``, ``k, v [b, h, sk, d]`` (any strides: cache views), ``blocked`` bool broadcastable to
-    ``[b, 1, 1, sk]`` -> ``[b, h, 1, d]`` in q's dtype (fp16, bf16 or fp32)."""
+    """``q [b, h, 1, d]``, ``k, v [b, g, sk, d]`` with ``g`` dividing ``h`` (any strides: cache views), ``blocked``
+    bool broadcastable to ``[b, 1, 1, sk]`` -> ``[b, h, 1, d]`` in q's dtype (fp16, bf16 or fp32). Query head ``i``
+    reads key/value head ``i // (h / g)``."""
     b, h, sq, d = q.shape
-    sk = k.shape[2]
+    groups, sk = k.shape[1], k.shape[2]
     if sq != 1:
         raise ValueError(f"decode attention takes one query row per head, got {sq}")
+    if v.shape[1] != groups or groups == 0 or h % groups:
+        raise ValueError(f"key/value heads ({groups}, {v.shape[1]}) must be equal and divide the {h} query heads")
     mask = blocked.expand(blocked.shape[0], 1, 1, sk)[:, 0, 0, :]
     if mask.shape[0] not in (1, b):
         raise ValueError(f"blocked has batch {mask.shape[0]}, expected 1 or {b}")
@@ -112,7 +122,7 @@ def decode_attention(
     acc = torch.empty(b * h, splits, block_d, dtype=torch.float32, device=q.device)
     _split_kernel[(b * h, splits)](
         q, k, v, mask, m, norm, acc,
-        h, sk, blocks_per_split, 1.0 / math.sqrt(d),
+        h, h // groups, sk, blocks_per_split, 1.0 / math.sqrt(d),
         q.stride(0), q.stride(1), q.stride(3),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
