@@ -139,8 +139,11 @@ def _closing_notes(
     notes.append(
         f"{backend.name} backend, {dtype_name(dtype)}" + (f", tensor parallel over {tp} ranks" if tp > 1 else "")
     )
+    required = source.family.parts(source.config).required_ops()  # notes about ops this model does not run are noise
     notes.extend(
-        f"{op.value} in {dtype_name(dtype)}: {v.reason}" for op in Op if (v := backend.supports(op, dtype)).reason
+        f"{op.value} in {dtype_name(dtype)}: {v.reason}"
+        for op in Op
+        if op in required and (v := backend.supports(op, dtype)).reason
     )
     if weights.unused_keys:
         shown = ", ".join(weights.unused_keys[:5])

@@ -18,9 +18,10 @@ import torch
 
 from glm_engine.engine.plan import check_quant_fits, output_name, refuse_double_quantization, require_output_format
 from glm_engine.engine.source import DEFAULT_MODEL, ModelSource, open_source
-from glm_engine.errors import TokenizerError
+from glm_engine.errors import InputError, TokenizerError
 from glm_engine.export.writer import Progress, write_export
 from glm_engine.exported import TOKENIZER_FILE, ExportedModel, QuantTarget, refuse_exported_folder
+from glm_engine.exported.ops import EXPORTED_OPS
 from glm_engine.model.registry import family_of
 from glm_engine.model.weights import LayerWeights, ReadRequest, WeightLayout, quantized_copy
 from glm_engine.quant.spec import QuantSpec
@@ -34,6 +35,13 @@ class LayerStream:
         self, source: ModelSource, dtype: torch.dtype, quant: QuantSpec | None, quant_output: bool = False
     ) -> None:
         reader, family = source.reader, source.family
+        unexported = family.parts(source.config).required_ops() - EXPORTED_OPS
+        if unexported:
+            names = ", ".join(sorted(op.value for op in unexported))
+            raise InputError(
+                f"{source.description} needs ops the ONNX export does not emit ({names}); run it on an "
+                "op-level backend (cpu, cuda, rocm_dcu, ascend)"
+            )
         stored = reader.stored_quant
         refuse_double_quantization(quant, stored, source.description)
         self.reader, self.dtype, self.requested = reader, dtype, quant

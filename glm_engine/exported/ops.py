@@ -1,10 +1,10 @@
 """Which ops of the op contract an exported graph can hold: what ``glm-engine export onnx`` emits today.
 
 The graph-level backends (onnxruntime, tensorrt) run exported graphs, so an op "runs" there exactly when the exporter
-writes it (``export/decoder_onnx.py``): LayerNorm, GeGLU and tanh GeLU, the DeepNorm residual, rotary, per-head
-attention (one key/value head per query head), linears and the embedding. RMSNorm, SwiGLU and grouped-query
-attention (ChatGLM2 and later) are not emitted, so those backends answer no for them with :func:`unexported_reason`.
-The exporter owns this list: when it learns to emit an op, the op joins :data:`EXPORTED_OPS` in the same change.
+writes it (``export/decoder_onnx.py``): LayerNorm and RMSNorm, GeGLU, tanh GeLU and SwiGLU, the DeepNorm residual,
+rotary, per-head and grouped-query attention, linears and the embedding. An op outside :data:`EXPORTED_OPS` gets a
+no from those backends with :func:`unexported_reason`. The exporter owns this list: when it learns to emit an op, the
+op joins :data:`EXPORTED_OPS` in the same change.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ EXPORTED_OPS = frozenset(
         Op.GEGLU,
         Op.GELU,
         Op.DEEPNORM_RESIDUAL,
+        Op.RMSNORM,
+        Op.SWIGLU,
+        Op.GROUPED_ATTENTION,
     }
 )
 
