@@ -10,8 +10,6 @@ is recognised. The numbers they share are in :class:`~glm_engine.model.causal_gl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -200,13 +198,3 @@ def causal_layout(batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     positions = torch.arange(length).expand(batch, length).contiguous()
     blocked = torch.ones(length, length, dtype=torch.bool).triu(1)
     return positions, blocked.expand(batch, 1, length, length).contiguous()
-
-
-def with_layers(config: CausalGLMConfig, num_layers: int | None) -> CausalGLMConfig:
-    """``config`` with fewer layers (bench's reducible depth); unchanged when ``num_layers`` is None."""
-    return config if num_layers is None else replace(config, num_layers=num_layers)
-
-
-def folder_file(folder: Path, *names: str) -> Path | None:
-    """The first of ``names`` that is a file in ``folder``."""
-    return next((folder / n for n in names if (folder / n).is_file()), None)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import torch
 
 from glm_engine.model.causal_glm.config import CausalGLMConfig
-from glm_engine.model.causal_glm.layout import field_split, layer_shapes
+from glm_engine.model.causal_glm.layout import ReleaseNames, causal_weight_layout, release_summary
 from glm_engine.model.hf_release import ReleaseSpec
 from glm_engine.model.weights import WeightLayout, scaled_noise
-from glm_engine.parallel.sharding import Split, SplitRule
 
 PREFIX = "transformer.encoder.layers"
 EMBEDDING_KEY = "transformer.embedding.word_embeddings.weight"
@@ -44,50 +43,17 @@ def layer_key(layer: int, field_name: str) -> str:
     return f"{PREFIX}.{layer}.{LAYER_KEY_SUFFIX[field_name]}"
 
 
-def layer_fields(config: CausalGLMConfig) -> tuple[str, ...]:
-    """The LayerWeights fields a layer holds: the QKV bias where ``add_qkv_bias``, the other linears' biases where
-    ``add_bias_linear``."""
-    names = ["input_layernorm_weight", "query_key_value_weight", "dense_weight", "post_attention_layernorm_weight"]
-    names += ["dense_h_to_4h_weight", "dense_4h_to_h_weight"]
-    if config.qkv_bias:
-        names.append("query_key_value_bias")
-    if config.linear_bias:
-        names += ["dense_bias", "dense_h_to_4h_bias", "dense_4h_to_h_bias"]
-    return tuple(names)
+NAMES = ReleaseNames(EMBEDDING_KEY, FINAL_NORM_KEY, OUTPUT_KEY, IGNORED_KEY_SUFFIXES, layer_key)
 
 
 def weight_layout(config: CausalGLMConfig) -> WeightLayout:
     """Every key with its TP=1 shape and split; the logits come from ``output_layer``, not the embedding."""
-    shapes_of, fields = layer_shapes(config), layer_fields(config)
-    shapes: dict[str, tuple[int, ...]] = {EMBEDDING_KEY: (config.vocab_size, config.hidden_size)}
-    splits: dict[str, SplitRule] = {EMBEDDING_KEY: Split.COLUMN, OUTPUT_KEY: Split.COLUMN}
-    for layer in range(config.num_layers):
-        for name in fields:
-            shapes[layer_key(layer, name)] = shapes_of[name]
-            splits[layer_key(layer, name)] = field_split(config, name)
-    shapes[FINAL_NORM_KEY] = (config.hidden_size,)
-    shapes[OUTPUT_KEY] = (config.vocab_size, config.hidden_size)
-    return WeightLayout(
-        shapes,
-        lambda key: splits.get(key, Split.REPLICATED),
-        config.num_layers,
-        EMBEDDING_KEY,
-        (FINAL_NORM_KEY,),
-        OUTPUT_KEY,
-        IGNORED_KEY_SUFFIXES,
-        layer_key=layer_key,
-        layer_fields=fields,
-    )
+    return causal_weight_layout(config, NAMES)
 
 
 def release_spec(config: CausalGLMConfig) -> ReleaseSpec:
     """How the remote-code releases' files hold the layout (the INT4/INT8 releases included)."""
-    summary = (
-        f"the {config.release} config ({config.num_layers} layers, hidden {config.hidden_size}, "
-        f"{config.num_attention_heads} heads in {config.num_kv_heads} groups, MLP {config.inner_hidden_size}, "
-        f"vocab {config.vocab_size})"
-    )
-    return ReleaseSpec(weight_layout(config), summary, MODEL_KEY_PREFIXES, config.quantization_bit)
+    return ReleaseSpec(weight_layout(config), release_summary(config), MODEL_KEY_PREFIXES, config.quantization_bit)
 
 
 def random_state_dict(

@@ -12,10 +12,9 @@ from __future__ import annotations
 import torch
 
 from glm_engine.model.causal_glm.config import CausalGLMConfig
-from glm_engine.model.causal_glm.layout import field_split, layer_shapes
+from glm_engine.model.causal_glm.layout import ReleaseNames, causal_weight_layout, release_summary
 from glm_engine.model.hf_release import ReleaseSpec
 from glm_engine.model.weights import WeightLayout, scaled_noise
-from glm_engine.parallel.sharding import Split, SplitRule
 
 EMBEDDING_KEY = "model.embed_tokens.weight"
 FINAL_NORM_KEY = "model.norm.weight"
@@ -40,38 +39,12 @@ def layer_key(layer: int, field_name: str) -> str:
     return f"model.layers.{layer}.{LAYER_KEY_SUFFIX[field_name]}"
 
 
-def layer_fields(config: CausalGLMConfig) -> tuple[str, ...]:
-    names = ["input_layernorm_weight", "query_key_value_weight", "dense_weight", "post_attention_layernorm_weight"]
-    names += ["dense_h_to_4h_weight", "dense_4h_to_h_weight"]
-    if config.qkv_bias:
-        names.append("query_key_value_bias")
-    if config.branch_norms:
-        names += ["post_self_attn_layernorm_weight", "post_mlp_layernorm_weight"]
-    return tuple(names)
+NAMES = ReleaseNames(EMBEDDING_KEY, FINAL_NORM_KEY, OUTPUT_KEY, IGNORED_KEY_SUFFIXES, layer_key)
 
 
 def weight_layout(config: CausalGLMConfig) -> WeightLayout:
     """Every layout key with its TP=1 shape and split (the fused QKV under its ``qkv_proj`` name)."""
-    shapes_of, fields = layer_shapes(config), layer_fields(config)
-    shapes: dict[str, tuple[int, ...]] = {EMBEDDING_KEY: (config.vocab_size, config.hidden_size)}
-    splits: dict[str, SplitRule] = {EMBEDDING_KEY: Split.COLUMN, OUTPUT_KEY: Split.COLUMN}
-    for layer in range(config.num_layers):
-        for name in fields:
-            shapes[layer_key(layer, name)] = shapes_of[name]
-            splits[layer_key(layer, name)] = field_split(config, name)
-    shapes[FINAL_NORM_KEY] = (config.hidden_size,)
-    shapes[OUTPUT_KEY] = (config.vocab_size, config.hidden_size)
-    return WeightLayout(
-        shapes,
-        lambda key: splits.get(key, Split.REPLICATED),
-        config.num_layers,
-        EMBEDDING_KEY,
-        (FINAL_NORM_KEY,),
-        OUTPUT_KEY,
-        IGNORED_KEY_SUFFIXES,
-        layer_key=layer_key,
-        layer_fields=fields,
-    )
+    return causal_weight_layout(config, NAMES)
 
 
 def fused_parts(config: CausalGLMConfig) -> dict[str, tuple[tuple[str, int], ...]]:
@@ -88,12 +61,7 @@ def fused_parts(config: CausalGLMConfig) -> dict[str, tuple[tuple[str, int], ...
 
 
 def release_spec(config: CausalGLMConfig) -> ReleaseSpec:
-    summary = (
-        f"the {config.release} config ({config.num_layers} layers, hidden {config.hidden_size}, "
-        f"{config.num_attention_heads} heads in {config.num_kv_heads} groups, MLP {config.inner_hidden_size}, "
-        f"vocab {config.vocab_size})"
-    )
-    return ReleaseSpec(weight_layout(config), summary, MODEL_KEY_PREFIXES, 0, fused_parts(config))
+    return ReleaseSpec(weight_layout(config), release_summary(config), MODEL_KEY_PREFIXES, 0, fused_parts(config))
 
 
 def random_state_dict(
