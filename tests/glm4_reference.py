@@ -40,10 +40,13 @@ def reference_class(model_type: str) -> type:
     return getattr(transformers, CLASSES[model_type][0])
 
 
-def make_native_folder(folder: Path, model_type: str, seed: int = 0, rope_theta: float = 10000.0) -> Path:
+def make_native_folder(
+    folder: Path, model_type: str, seed: int = 0, rope_theta: float = 10000.0, **overrides: object
+) -> Path:
     """A transformers-saved tiny model with non-trivial norms and biases (``save_pretrained``, safetensors)."""
     config = getattr(transformers, CLASSES[model_type][1])(
-        **TINY, rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "partial_rotary_factor": 0.5}
+        **{**TINY, **overrides},
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "partial_rotary_factor": 0.5},
     )
     torch.manual_seed(seed)
     model = reference_class(model_type)(config).eval()
@@ -64,7 +67,9 @@ def native_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def make_remote_folder(native: Path, folder: Path, release: str) -> Path:
-    """The native folder's weights under the remote-code names and config (``release``: chatglm2/chatglm3/glm4)."""
+    """The native folder's weights under the remote-code names and config (``release``: chatglm2/chatglm3/glm4). A
+    native model with one key/value head per query head becomes a remote config without ``multi_query_attention``,
+    whose fused rows the reference views per head (``[q | k | v]`` of head 0, then head 1 ...)."""
     config = json.loads((native / "config.json").read_text())
     theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
     state = native_state_dict(native)
@@ -74,12 +79,17 @@ def make_remote_folder(native: Path, folder: Path, release: str) -> Path:
         "transformer.output_layer.weight": state["lm_head.weight"],
         "transformer.rotary_pos_emb.inv_freq": torch.zeros(4),  # recomputed by every reader, never loaded
     }
+    grouped = config["num_key_value_heads"] != config["num_attention_heads"]
     for n in range(config["num_hidden_layers"]):
         src, dst = f"model.layers.{n}.", f"transformer.encoder.layers.{n}."
         for kind in ("weight", "bias"):
-            out[dst + f"self_attention.query_key_value.{kind}"] = torch.cat(
-                [state[src + f"self_attn.{p}_proj.{kind}"] for p in "qkv"]
-            )
+            parts = [state[src + f"self_attn.{p}_proj.{kind}"] for p in "qkv"]
+            if grouped:
+                fused = torch.cat(parts)
+            else:  # [heads, 3, head_dim, ...]: each head's q, k and v rows together
+                heads = config["num_attention_heads"]
+                fused = torch.stack([t.unflatten(0, (heads, -1)) for t in parts], dim=1).flatten(0, 2)
+            out[dst + f"self_attention.query_key_value.{kind}"] = fused
         renames = {
             "input_layernorm.weight": "input_layernorm.weight",
             "self_attn.o_proj.weight": "self_attention.dense.weight",
@@ -97,7 +107,7 @@ def make_remote_folder(native: Path, folder: Path, release: str) -> Path:
         "hidden_size": config["hidden_size"],
         "num_attention_heads": config["num_attention_heads"],
         "kv_channels": config["head_dim"],
-        "multi_query_attention": True,
+        "multi_query_attention": grouped,
         "multi_query_group_num": config["num_key_value_heads"],
         "ffn_hidden_size": config["intermediate_size"],
         "padded_vocab_size": config["vocab_size"],

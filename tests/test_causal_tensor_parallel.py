@@ -88,7 +88,9 @@ def folders(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("causal-tp")
     native = make_native_folder(root / "glm4-0414", "glm4")
     remote = make_remote_folder(make_native_folder(root / "glm", "glm", seed=1), root / "remote-glm4", "glm4")
-    return [str(native), str(remote), str(int4_release(remote, root / "remote-glm4-int4"))]
+    heads = {"num_key_value_heads": 4}  # a remote config without multi-query attention: per-head QKV rows
+    per_head = make_remote_folder(make_native_folder(root / "mha", "glm", 2, **heads), root / "remote-mha", "chatglm3")
+    return [str(native), str(remote), str(int4_release(remote, root / "remote-glm4-int4")), str(per_head)]
 
 
 def int4_release(folder: Path, into: Path) -> Path:
@@ -122,8 +124,9 @@ def test_causal_families_at_tp_n_give_the_tp1_logits(folders, reference, tmp_pat
     for folder in folders:
         for rank in range(tp):
             got = ranks[rank][folder]
-            assert got["kv_heads"] == (1 if tp >= 2 else 2)  # 2 groups: split at TP=2, one replicated at TP=4
+            groups = 4 if folder.endswith("mha") else 2  # 2 groups: split at TP=2, one replicated at TP=4
+            assert got["kv_heads"] == max(1, groups // tp)
             bound = TP_INT4_NMSE if folder.endswith("int4") else TP_LOGITS_NMSE
             assert nmse(got["logits"], reference[folder]["logits"]) <= bound
-    float_, int4 = (reference[folder]["logits"] for folder in folders[1:])
+    float_, int4 = (reference[folder]["logits"] for folder in folders[1:3])
     assert nmse(int4, float_) > TP_INT4_NMSE  # the release runs quantized

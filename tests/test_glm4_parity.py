@@ -18,12 +18,13 @@ from glm_engine.backends.registry import get_backend, op_table_for
 from glm_engine.engine.source import open_source
 from glm_engine.model.graph import DecoderModel
 from glm_engine.model.weights import ModelWeights, ReadRequest
-from tests.glm4_reference import make_native_folder, make_remote_folder, reference_class, remote_numerics
+from tests.glm4_reference import TINY, make_native_folder, make_remote_folder, reference_class, remote_numerics
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_NMSE = {"fp32": 1e-10, "fp16": 1e-5, "bf16": 1e-5}
 PROMPTS = torch.randint(2, 256, (2, 9), generator=torch.Generator().manual_seed(7))
 STEPS = 6
+TINY_HEADS = TINY["num_attention_heads"]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,8 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     out = {t: make_native_folder(root / t, t) for t in ("glm", "glm4")}
     for release in ("chatglm2", "chatglm3", "glm4"):
         out[f"remote-{release}"] = make_remote_folder(out["glm"], root / f"remote-{release}", release)
+    out["glm-mha"] = make_native_folder(root / "glm-mha", "glm", seed=2, num_key_value_heads=TINY_HEADS)
+    out["remote-mha"] = make_remote_folder(out["glm-mha"], root / "remote-mha", "chatglm3")
     return out
 
 
@@ -112,6 +115,18 @@ def test_remote_layouts_match_the_reference_with_remote_numerics(folders, releas
         reference = reference_run(folders["glm"], "glm", dtype)
     model = load_folder(folders[f"remote-{release}"], dtype)
     assert model.config.release == release
+    check(model, reference, dtype_name)
+
+
+@pytest.mark.parametrize("dtype_name", ["fp32", "bf16"])
+def test_a_remote_config_without_multi_query_attention_reads_its_rows_per_head(folders, dtype_name):
+    """``multi_query_attention`` false (configuration_chatglm.py's default): one key/value head per query head, and
+    the reference views the fused rows per head, not as ``[all q | all k | all v]``."""
+    dtype = DTYPES[dtype_name]
+    with remote_numerics("glm"):
+        reference = reference_run(folders["glm-mha"], "glm", dtype)
+    model = load_folder(folders["remote-mha"], dtype)
+    assert model.config.qkv_per_head and model.local_kv_heads == TINY_HEADS
     check(model, reference, dtype_name)
 
 

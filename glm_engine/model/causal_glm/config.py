@@ -41,6 +41,7 @@ class CausalGLMConfig(DecoderConfig):
     rotary_recipe: str = ROTARY_FP32
     position_divisor: float = 1.0  # ChatGLM2-32k divides positions by its ``rope_ratio`` (linear interpolation)
     qkv_bias: bool = True
+    qkv_per_head: bool = False  # fused QKV rows ``[q | k | v]`` per head (remote code without multi-query attention)
     linear_bias: bool = False  # biases on the output projection and the MLP (``add_bias_linear``; no release sets it)
     branch_norms: bool = False  # GLM-4-0414's RMSNorm on each branch's output before the residual
     norm_weight_in_fp32: bool = True  # RMSNorm rounds once after the gain (remote code) or before it (transformers)
@@ -73,6 +74,8 @@ class CausalGLMConfig(DecoderConfig):
         self._check_numerics()
 
     def _check_numerics(self) -> None:
+        if self.qkv_per_head and self.num_kv_heads != self.num_attention_heads:
+            raise ConfigError("per-head QKV rows hold one key/value head per query head (no grouping)")
         if self.num_attention_heads % self.num_kv_heads:
             raise ConfigError(
                 f"the key/value groups ({self.num_kv_heads}) must divide the attention heads "

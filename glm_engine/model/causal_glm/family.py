@@ -47,8 +47,8 @@ class CausalGLMFamily(Family):
             residual=Residual.PRENORM,
             norm_weight_in_fp32=config.norm_weight_in_fp32,
             post_branch_norm=config.branch_norms,
-            qkv=QKVLayout.GROUPED,
-            kv_heads=config.num_kv_heads,
+            qkv=QKVLayout.PER_HEAD if config.qkv_per_head else QKVLayout.GROUPED,
+            kv_heads=None if config.qkv_per_head else config.num_kv_heads,
             rotary_dims=config.rotary_dims,
             layer_scaled_attention=False,
         )

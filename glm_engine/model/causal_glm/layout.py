@@ -92,6 +92,8 @@ def layer_shapes(config: CausalGLMConfig) -> dict[str, tuple[int, ...]]:
 def field_split(config: CausalGLMConfig, field_name: str) -> SplitRule:
     """The tensor-parallel split of a layer field (the same in both layouts)."""
     if field_name.startswith("query_key_value"):
+        if config.qkv_per_head:  # whole heads of [q | k | v] rows: a contiguous split keeps each rank's heads
+            return Split.COLUMN
         return GroupedQKV(config.num_attention_heads, config.num_kv_heads, config.kv_channels)
     if field_name.startswith("dense_h_to_4h"):
         return Split.GLU_COLUMN

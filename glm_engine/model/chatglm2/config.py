@@ -55,7 +55,8 @@ class ChatGLM2Config(CausalGLMConfig):
             raise ConfigError(f"unknown release {release!r}; one of {RELEASES}")
         heads, hidden = data["num_attention_heads"], data["hidden_size"]
         kv_channels = data.get("kv_channels") or (hidden // heads if isinstance(heads, int) and heads else 0)
-        groups = data.get("multi_query_group_num", 1) if data.get("multi_query_attention", False) else heads
+        grouped = bool(data.get("multi_query_attention", False))
+        groups = data.get("multi_query_group_num", 1) if grouped else heads
         ratio = data.get("rope_ratio", 1)
         if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio <= 0:
             raise ConfigError(f"{source}: rope_ratio must be a positive number, got {ratio!r}")
@@ -76,6 +77,7 @@ class ChatGLM2Config(CausalGLMConfig):
             rotary_recipe=ROTARY_IN_MODEL_DTYPE if release == "chatglm2" else ROTARY_FP32,
             position_divisor=float(ratio) if release == "chatglm2" else 1.0,
             qkv_bias=bool(data.get("add_qkv_bias", False) or data.get("add_bias_linear", False)),
+            qkv_per_head=not grouped,  # the reference views the rows per head without multi-query attention
             linear_bias=bool(data.get("add_bias_linear", False)),
             eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
             pad_token_id=data.get("pad_token_id") or 0,
