@@ -131,6 +131,7 @@ def converse(engine: Engine, comm: Communicator, history: History, options: dict
     leader = comm.is_leader
     name = engine.family.chat_name(engine.config)
     opening = [m for m in history[:1] if m.get("role") == "system"]  # what ``clear`` keeps
+    engine.family.check_messages(engine.tokenizer, [*history, {"role": "user", "content": "?"}])  # refuse once, now
     if leader:
         print(WELCOME.format(name=name))
     for query in shared_queries(comm, typed_queries() if leader else None):

@@ -83,7 +83,15 @@ class Engine:
         without a chat format raises an InputError that says so.
         """
         reply = self.family.chat(
-            self.runner, self.tokenizer, messages, options, generator, on_text, tools=tools, plain_content=plain_content
+            self.runner,
+            self.tokenizer,
+            messages,
+            options,
+            generator,
+            on_text,
+            tools=tools,
+            plain_content=plain_content,
+            banned=self.banned_tokens,
         )
         out: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.tool_calls:

@@ -107,14 +107,16 @@ class ChatOptions:
         end_token_ids: Sequence[int],
         generator: torch.Generator | None = None,
         invalid_score_token: int = INVALID_SCORE_TOKEN,
+        banned: Sequence[slice] = (),
     ) -> Strategy:
         """Sampling (temperature, top-k, top-p; on the CPU, so a seed gives the same tokens on every device) or
-        greedy, guarded against invalid scores (``invalid_score_token``: the id the release's guard forces)."""
+        greedy, guarded against invalid scores (``invalid_score_token``: the id the release's guard forces), never
+        choosing an id in ``banned``."""
         ends = tuple(end_token_ids)
         if not self.do_sample:
-            return InvalidScoreGuard(GreedyStrategy(ends), invalid_score_token)
+            return InvalidScoreGuard(GreedyStrategy(ends, banned), invalid_score_token)
         generator = generator if generator is not None else torch.Generator().manual_seed(self.seed)
-        sampler = BaseStrategy(self.temperature, self.top_k, self.top_p, ends, generator=generator)
+        sampler = BaseStrategy(self.temperature, self.top_k, self.top_p, ends, banned, generator=generator)
         return InvalidScoreGuard(sampler, invalid_score_token)
 
 

@@ -177,10 +177,16 @@ class Family(ABC):
         on_text: Callable[[str], None] | None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         plain_content: bool = False,
+        banned: tuple[slice, ...] = (),
     ) -> ChatReply:
         """The assistant's reply to OpenAI-style ``messages`` (``{"role", "content"}``, tool calls and results where
         the family has them) and ``tools`` (OpenAI's function list); ``plain_content`` encodes message text as plain
-        text, so typed special tokens cannot forge a turn."""
+        text, so typed special tokens cannot forge a turn; ids in ``banned`` are never generated."""
+        raise InputError(f"{self.title} is not a chat model: use generate() (glm-engine run) instead of chat")
+
+    def check_messages(self, tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> None:
+        """An InputError when ``messages`` are no conversation this family can render (a role it lacks ...), before
+        anything is generated (default: no chat format at all)."""
         raise InputError(f"{self.title} is not a chat model: use generate() (glm-engine run) instead of chat")
 
     def chat_name(self, config: Any) -> str:

@@ -85,7 +85,7 @@ def load_chat_tokenizer(folder_or_file: str | Path, release: str) -> ChatTokeniz
     return tokenizer
 
 
-def _is_rank_file(path: Path) -> bool:
+def is_rank_file(path: Path) -> bool:
     """Whether ``tokenizer.model`` is GLM-4's text rank file rather than a SentencePiece protobuf."""
     with path.open("rb") as f:
         head = f.read(256)
@@ -93,34 +93,39 @@ def _is_rank_file(path: Path) -> bool:
     return not head.startswith(SENTENCEPIECE_MAGIC) and len(first_line) == 2 and first_line[1].isdigit()
 
 
-def detect_release(folder: str | Path) -> str:
-    """Which release's tokenizer a model folder holds, from its files alone (no remote code is run):
+def release_from_files(folder: str | Path) -> str | None:
+    """Which release's tokenizer a model folder holds, from its files alone (no remote code is run); None when the
+    files do not tell:
 
     * ``tokenizer.model`` as text ranks: ``"glm4"``;
     * a SentencePiece ``tokenizer.model``: ``"chatglm3"`` when ``tokenization_chatglm.py`` or
       ``tokenizer_config.json`` mentions ``<|observation|>`` (ChatGLM3's role tokens), ``"chatglm2"`` when the
       tokenizer code is there without it;
     * only a ``tokenizer.json``: ``"hf"``.
-
-    A folder that fits none of these is a :class:`TokenizerError` saying what was looked for.
     """
     folder = Path(folder)
     model = folder / TOKENIZER_MODEL
     if model.is_file():
-        if _is_rank_file(model):
+        if is_rank_file(model):
             return "glm4"
         code, config = folder / REMOTE_TOKENIZER_CODE, folder / "tokenizer_config.json"
         texts = [path.read_text(encoding="utf-8", errors="replace") for path in (code, config) if path.is_file()]
         if any(CHATGLM3_SIGN in text for text in texts):
             return "chatglm3"
-        if code.is_file():
-            return "chatglm2"
+        return "chatglm2" if code.is_file() else None
+    return "hf" if (folder / TOKENIZER_JSON).is_file() else None
+
+
+def detect_release(folder: str | Path) -> str:
+    """:func:`release_from_files`, or a :class:`TokenizerError` saying what was looked for."""
+    release = release_from_files(folder)
+    if release is not None:
+        return release
+    if (Path(folder) / TOKENIZER_MODEL).is_file():
         raise TokenizerError(
             f"{folder} has a SentencePiece {TOKENIZER_MODEL} but no {REMOTE_TOKENIZER_CODE}, so ChatGLM2 and ChatGLM3 "
             "cannot be told apart; restore that file from the release or name the release"
         )
-    if (folder / TOKENIZER_JSON).is_file():
-        return "hf"
     raise TokenizerError(
         f"{folder} holds neither {TOKENIZER_MODEL} nor {TOKENIZER_JSON}: it is not a ChatGLM2/3, GLM-4 or native GLM "
         "folder with its tokenizer (glm-engine never downloads files; copy them from the release)"

@@ -9,20 +9,32 @@ is recognised. The numbers they share are in :class:`~glm_engine.model.causal_gl
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from glm_engine.checkpoint.hf import CONFIG_FILE_NAME, open_hf_checkpoint
+from glm_engine.errors import CheckpointError, InputError, TokenizerError
 from glm_engine.generation.blank_filling import Completion
 from glm_engine.generation.chat import ChatOptions, generate_replies
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 from glm_engine.model.causal_glm.config import CausalGLMConfig
 from glm_engine.model.causal_glm.rotary import causal_rotary_table
 from glm_engine.model.family import BlankTokens, Family, TokenCallback
+from glm_engine.model.hf_reader import ReleaseReader
+from glm_engine.model.hf_release import ReleaseSpec
 from glm_engine.model.parts import Activation, BlockParts, DenseBias, Norm, QKVLayout, Residual, Rotary
+from glm_engine.model.weights import WeightLayout, WeightReader, scaled_noise
 from glm_engine.tokenizer.chat_tokenizer import ChatReply, ChatTokenizer
 
+# Layout tools (conformance, verify, bench) draw plain text ids from below this; every GLM tokenizer has them.
+TEXT_IDS = 4000
+# InvalidScoreLogitsProcessor's forced id in ChatGLM2/3's code (GLM-4's: ``GLM4_INVALID_SCORE_ID``).
+INVALID_SCORE_ID = 5
+GLM4_INVALID_SCORE_ID = 198
 # chat()'s sampling defaults of ChatGLM2/3 and GLM-4's generation_config.json (max_length counts the prompt).
 CHAT_DEFAULTS: dict[str, object] = {"max_length": 8192, "top_p": 0.8, "temperature": 0.8}
 
@@ -35,7 +47,7 @@ class CausalGLMFamily(Family):
 
     def invalid_score_id(self, config: CausalGLMConfig) -> int:
         """The id InvalidScoreLogitsProcessor forces when a step's logits are NaN/inf (ChatGLM2/3: 5)."""
-        return 5
+        return INVALID_SCORE_ID
 
     # --- the description ------------------------------------------------------------------------------------------
     def parts(self, config: CausalGLMConfig) -> BlockParts:
@@ -65,7 +77,7 @@ class CausalGLMFamily(Family):
     def blank_tokens(self, config: CausalGLMConfig) -> BlankTokens:
         """These models have no blanks to fill: the ids tools lay prompts out with are plain text ids (the last
         three stand in for the mask, ``[gMASK]`` and the start of generation, which a causal mask treats alike)."""
-        top = min(config.vocab_size, 4000)
+        top = min(config.vocab_size, TEXT_IDS)
         return BlankTokens(top - 3, top - 2, top - 1, config.pad_token_id, range(3, top - 3))
 
     def config_to_dict(self, config: CausalGLMConfig) -> dict[str, Any]:
@@ -84,6 +96,61 @@ class CausalGLMFamily(Family):
 
     def config_from_exported(self, section: dict[str, Any], source: str) -> CausalGLMConfig:
         return self.config_type.from_dict(section["config"], source)
+
+    # --- what each family names ---------------------------------------------------------------------------------
+    @abstractmethod
+    def config_from_folder(self, folder: Path) -> CausalGLMConfig:
+        """The config of a checkpoint folder (its ``config.json`` in the release's names)."""
+
+    @abstractmethod
+    def release_spec(self, config: CausalGLMConfig) -> ReleaseSpec:
+        """How the release's files hold the layout (key names, fused parts, the quantized form)."""
+
+    @abstractmethod
+    def tokenizer_release(self, config: CausalGLMConfig) -> str:
+        """Which chat tokenizer reads the release's files (``load_chat_tokenizer``'s release)."""
+
+    @abstractmethod
+    def tiny_tokenizer(self, config: CausalGLMConfig) -> Path:
+        """The packaged tokenizer random presets of this release use."""
+
+    # --- weights and tokenizer, from those names ----------------------------------------------------------------
+    def weight_layout(self, config: CausalGLMConfig) -> WeightLayout:
+        return self.release_spec(config).layout
+
+    def open_checkpoint(self, folder: Path, config: CausalGLMConfig | None) -> WeightReader:
+        if config is not None:
+            raise InputError("a config override goes with a preset (random weights), not a checkpoint folder")
+        if not (folder / CONFIG_FILE_NAME).is_file():
+            raise CheckpointError(f"{folder} has no {CONFIG_FILE_NAME}; a {self.title} folder needs one")
+        config = self.config_from_folder(folder)
+        checkpoint = open_hf_checkpoint(folder)
+        description = f"{config.release} {checkpoint.describe()}"
+        return ReleaseReader(self.release_spec(config), description, checkpoint=checkpoint, config=config)
+
+    def state_dict_reader(self, state_dict: Mapping[str, Any], config: CausalGLMConfig, source: str) -> WeightReader:
+        return ReleaseReader(self.release_spec(config), source, state_dict=state_dict, config=config)
+
+    def random_state_dict(
+        self, config: CausalGLMConfig, seed: int, dtype: torch.dtype = torch.float32
+    ) -> dict[str, Any]:
+        """Seeded random weights under the release's file names (``weights.scaled_noise``: activations O(1))."""
+        gen = torch.Generator().manual_seed(seed)
+        shapes = self.release_spec(config).file_shapes()
+        return {key: scaled_noise(key, torch.randn(shape, generator=gen)).to(dtype) for key, shape in shapes.items()}
+
+    def load_tokenizer(
+        self, config: CausalGLMConfig, path: str | Path | None, folder: Path | None, random: bool
+    ) -> ChatTokenizer:
+        """The release's tokenizer: ``path`` (a file or its folder), else the checkpoint folder's own; a random preset
+        falls back to the packaged tiny tokenizer of its release."""
+        from glm_engine.tokenizer.chat_loading import load_chat_tokenizer
+
+        if path is None and folder is None:
+            if not random:
+                raise TokenizerError("no tokenizer: pass --tokenizer PATH (glm-engine never downloads one)")
+            path = self.tiny_tokenizer(config)
+        return load_chat_tokenizer(Path(path) if path is not None else folder, self.tokenizer_release(config))
 
     # --- inputs ---------------------------------------------------------------------------------------------------
     def generation_bans(self, config: CausalGLMConfig, tokenizer: ChatTokenizer, random: bool) -> tuple[slice, ...]:
@@ -128,19 +195,23 @@ class CausalGLMFamily(Family):
         generator: torch.Generator | None,
         banned: tuple[slice, ...],
     ) -> list[Completion]:
-        """Each prompt continued as ``model.generate(**tokenizer(prompt))`` continues it (the tokenizer's prefix
-        included), until an end token or the length limit; one :class:`Completion` per prompt."""
+        """Each prompt continued after the tokenizer's encoding (its prefix included), until the config's end tokens or
+        the length limit, sampled with the release's ``chat()`` defaults unless ``options`` say otherwise (pass
+        ``do_sample=False`` for transformers' greedy ``generate``); one :class:`Completion` per prompt."""
         opts = self.options(options)
         config: CausalGLMConfig = runner.config
         out = []
         for prompt in prompts:
             ids = tokenizer.encode(prompt)
-            new = self._generate_ids(runner, config, ids, opts, config.end_token_ids, generator, on_token)
+            new = self._generate_ids(runner, config, ids, opts, config.end_token_ids, generator, on_token, banned)
             new = [t for t in new if t not in config.end_token_ids]
             text = tokenizer.decode(new, skip_special_tokens=True)
             span = [(len(ids), len(ids) + len(new))]
             out.append(Completion(prompt, [prompt + text], [[text]], [ids + new], [span], True))
         return out
+
+    def check_messages(self, tokenizer: ChatTokenizer, messages: Sequence[Mapping[str, Any]]) -> None:
+        tokenizer.apply_chat_template(messages)
 
     def chat(
         self,
@@ -152,6 +223,7 @@ class CausalGLMFamily(Family):
         on_text: Callable[[str], None] | None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         plain_content: bool = False,
+        banned: tuple[slice, ...] = (),
     ) -> ChatReply:
         """The assistant's reply to OpenAI-style ``messages`` (and ``tools``) as the release's chat path builds the
         prompt, stopping at the release's end tokens; a tool call comes back structured (``ChatReply.tool_calls``)."""
@@ -170,7 +242,7 @@ class CausalGLMFamily(Family):
             if on_text is not None:
                 on_text(tokenizer.decode(generated, skip_special_tokens=True))
 
-        self._generate_ids(runner, runner.config, ids, opts, stops, generator, stream)
+        self._generate_ids(runner, runner.config, ids, opts, stops, generator, stream, banned)
         return tokenizer.parse_reply(generated, tools)
 
     def _generate_ids(
@@ -182,8 +254,9 @@ class CausalGLMFamily(Family):
         stops: Sequence[int],
         generator: torch.Generator | None,
         on_token: TokenCallback | None,
+        banned: tuple[slice, ...] = (),
     ) -> list[int]:
-        strategy = opts.build_strategy(stops, generator, invalid_score_token=self.invalid_score_id(config))
+        strategy = opts.build_strategy(stops, generator, self.invalid_score_id(config), banned)
 
         def build(prompts: Sequence[Sequence[int]], budgets: Sequence[int]) -> AlignedBatch:
             return self.generation_batch(config, prompts, budgets)

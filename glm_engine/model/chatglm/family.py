@@ -210,6 +210,9 @@ class ChatGLMFamily(Family):
             )
         return out
 
+    def check_messages(self, tokenizer: ChatGLMTokenizer, messages: Sequence[Mapping[str, Any]]) -> None:
+        rounds_of(messages)
+
     def chat(
         self,
         runner: Any,
@@ -220,9 +223,10 @@ class ChatGLMFamily(Family):
         on_text: Callable[[str], None] | None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         plain_content: bool = False,
+        banned: tuple[slice, ...] = (),
     ) -> ChatReply:
         """The reply as ``model.chat`` gives it; ChatGLM-6B has no tools and no special tokens a user could type
-        (``plain_content`` changes nothing)."""
+        (``plain_content`` changes nothing), and bans nothing (its generation bans are none)."""
         if tools:
             raise InputError("ChatGLM-6B has no tool calling; use ChatGLM3-6B or GLM-4 for tools")
         query, history = rounds_of(messages)

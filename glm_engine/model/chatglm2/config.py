@@ -10,7 +10,6 @@ size and the tokenizer files (``docs/families.md#chatglm2-chatglm3-glm-4``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,25 @@ ROTARY_BASE = 10000.0  # RotaryEmbedding's base before rope_ratio: a constant in
 GLM4_MIN_VOCAB = 100_000  # GLM-4's padded vocabulary is 151552; ChatGLM2/3's 65024
 # Keys that mark a config as ChatGLM2 or later (ChatGLM-6B v1 has none of them).
 V2_KEYS = ("multi_query_group_num", "padded_vocab_size", "ffn_hidden_size")
+# configuration_chatglm.py's defaults for keys a config.json leaves out (and the tokenizers' eos/pad ids).
+REFERENCE_DEFAULTS: dict[str, Any] = {
+    "num_layers": 28,
+    "padded_vocab_size": 65024,
+    "hidden_size": 4096,
+    "ffn_hidden_size": 13696,
+    "kv_channels": 128,
+    "num_attention_heads": 32,
+    "seq_length": 2048,
+    "layernorm_epsilon": 1e-5,
+    "add_bias_linear": False,
+    "add_qkv_bias": False,
+    "multi_query_attention": False,
+    "multi_query_group_num": 1,
+    "rope_ratio": 1,
+    "quantization_bit": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
 # Switches the releases all set one way; another value would need code no release has.
 FIXED_SWITCHES = {
     "rmsnorm": True,
@@ -44,44 +62,36 @@ class ChatGLM2Config(CausalGLMConfig):
         if data.get("model_type", MODEL_TYPE) != MODEL_TYPE:
             raise ConfigError(f"{source} describes a {data.get('model_type')!r} model, not ChatGLM2/3 or GLM-4")
         _refuse_unsupported(data, source)
-        missing = [
-            k for k in ("num_layers", "hidden_size", "num_attention_heads", "padded_vocab_size") if k not in data
-        ]
-        if missing:
-            raise ConfigError(f"{source}: missing required config keys {missing}")
-        vocab = data["padded_vocab_size"]
-        release = release or release_from_config(data)
+        values = {**REFERENCE_DEFAULTS, **{k: v for k, v in data.items() if v is not None}}
+        release = release or release_from_config(values)
         if release not in RELEASES:
             raise ConfigError(f"unknown release {release!r}; one of {RELEASES}")
-        heads, hidden = data["num_attention_heads"], data["hidden_size"]
-        kv_channels = data.get("kv_channels") or (hidden // heads if isinstance(heads, int) and heads else 0)
-        grouped = bool(data.get("multi_query_attention", False))
-        groups = data.get("multi_query_group_num", 1) if grouped else heads
-        ratio = data.get("rope_ratio", 1)
+        ratio, kv_channels = values["rope_ratio"], values["kv_channels"]
         if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio <= 0:
             raise ConfigError(f"{source}: rope_ratio must be a positive number, got {ratio!r}")
-        eos = data.get("eos_token_id", 2)
+        grouped = bool(values["multi_query_attention"])
+        eos = values["eos_token_id"]
         return cls(
-            num_layers=data["num_layers"],
-            hidden_size=hidden,
-            num_attention_heads=heads,
-            num_kv_heads=groups,
+            num_layers=values["num_layers"],
+            hidden_size=values["hidden_size"],
+            num_attention_heads=values["num_attention_heads"],
+            num_kv_heads=values["multi_query_group_num"] if grouped else values["num_attention_heads"],
             kv_channels=kv_channels,
-            inner_hidden_size=data.get("ffn_hidden_size", 4 * hidden if isinstance(hidden, int) else 0),
-            vocab_size=vocab,
-            max_sequence_length=data.get("seq_length", 2048),
-            layernorm_epsilon=data.get("layernorm_epsilon", 1e-5),
+            inner_hidden_size=values["ffn_hidden_size"],
+            vocab_size=values["padded_vocab_size"],
+            max_sequence_length=values["seq_length"],
+            layernorm_epsilon=values["layernorm_epsilon"],
             rotary_base=ROTARY_BASE * (1 if release == "chatglm2" else ratio),
             rotary_dims=kv_channels // 2 if isinstance(kv_channels, int) else 0,
             release=release,
             rotary_recipe=ROTARY_IN_MODEL_DTYPE if release == "chatglm2" else ROTARY_FP32,
             position_divisor=float(ratio) if release == "chatglm2" else 1.0,
-            qkv_bias=bool(data.get("add_qkv_bias", False) or data.get("add_bias_linear", False)),
+            qkv_bias=bool(values["add_qkv_bias"] or values["add_bias_linear"]),
             qkv_per_head=not grouped,  # the reference views the rows per head without multi-query attention
-            linear_bias=bool(data.get("add_bias_linear", False)),
+            linear_bias=bool(values["add_bias_linear"]),
             eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
-            pad_token_id=data.get("pad_token_id") or 0,
-            quantization_bit=data.get("quantization_bit") or 0,
+            pad_token_id=values["pad_token_id"],
+            quantization_bit=values["quantization_bit"],
         )
 
     @classmethod
@@ -90,31 +100,6 @@ class ChatGLM2Config(CausalGLMConfig):
         path = folder / "config.json"
         data = read_json_object(path)
         return cls.from_hf_dict(data, str(path), release_of_folder(folder, data))
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """The remote-code ``config.json`` keys for this config (what ``export_state_dict`` folders carry)."""
-        ratio = self.position_divisor if self.release == "chatglm2" else self.rotary_base / ROTARY_BASE
-        return {
-            "model_type": MODEL_TYPE,
-            "architectures": ["ChatGLMModel"],
-            "num_layers": self.num_layers,
-            "hidden_size": self.hidden_size,
-            "num_attention_heads": self.num_attention_heads,
-            "kv_channels": self.kv_channels,
-            "multi_query_attention": self.num_kv_heads != self.num_attention_heads,
-            "multi_query_group_num": self.num_kv_heads,
-            "ffn_hidden_size": self.inner_hidden_size,
-            "padded_vocab_size": self.vocab_size,
-            "seq_length": self.max_sequence_length,
-            "layernorm_epsilon": self.layernorm_epsilon,
-            "rope_ratio": ratio,
-            "add_qkv_bias": self.qkv_bias,
-            "add_bias_linear": self.linear_bias,
-            **FIXED_SWITCHES,
-            "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) > 1 else self.eos_token_ids[0],
-            "pad_token_id": self.pad_token_id,
-            **({"quantization_bit": self.quantization_bit} if self.quantization_bit else {}),
-        }
 
 
 def _refuse_unsupported(data: dict[str, Any], source: str) -> None:
@@ -149,42 +134,15 @@ def release_from_config(data: dict[str, Any]) -> str:
 
 
 def release_of_folder(folder: Path, data: dict[str, Any]) -> str:
-    """The release of a folder: what its config says (:func:`release_from_config`), else its tokenizer files: GLM-4's
-    ``tokenizer.model`` is a tiktoken rank file (text) and its tokenizer class ``ChatGLM4Tokenizer``; ChatGLM3's
-    tokenizer adds ``<|observation|>`` (ChatGLM2's has no roles)."""
+    """The release of a folder: what its config says (:func:`release_from_config`), else its tokenizer files (GLM-4's
+    ``tokenizer.model`` is a tiktoken rank file; ChatGLM3's tokenizer adds ``<|observation|>``); else ChatGLM2."""
     release = release_from_config(data)
     if release != "chatglm2":
         return release
-    if tokenizer_config_of(folder).get("tokenizer_class") == "ChatGLM4Tokenizer" or _is_rank_file(folder):
-        return "glm4"
-    for name in ("tokenizer_config.json", "tokenization_chatglm.py", "special_tokens_map.json"):
-        path = folder / name
-        if path.is_file() and "<|observation|>" in path.read_text(encoding="utf-8", errors="replace"):
-            return "chatglm3"
-    return release
+    from glm_engine.tokenizer.chat_loading import release_from_files
 
-
-def _is_rank_file(folder: Path) -> bool:
-    """Whether ``tokenizer.model`` is tiktoken's text (``base64 rank`` lines), not a SentencePiece protobuf."""
-    path = folder / "tokenizer.model"
-    if not path.is_file():
-        return False
-    with path.open("rb") as handle:
-        head = handle.read(256)
-    first = head.split(b"\n", 1)[0].split(b" ")
-    return len(first) == 2 and first[1].strip().isdigit()
-
-
-def tokenizer_config_of(folder: Path) -> dict[str, Any]:
-    """``tokenizer_config.json`` of ``folder``, or an empty dict."""
-    path = folder / "tokenizer_config.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    return data if isinstance(data, dict) else {}
+    found = release_from_files(folder)
+    return found if found in ("glm4", "chatglm3") else release
 
 
 def _release_preset(release: str, **sizes: Any) -> ChatGLM2Config:

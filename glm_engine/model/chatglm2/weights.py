@@ -11,12 +11,10 @@ linears of each layer with a per-row scale, the form ``model/hf_release.py`` rea
 
 from __future__ import annotations
 
-import torch
-
 from glm_engine.model.causal_glm.config import CausalGLMConfig
 from glm_engine.model.causal_glm.layout import ReleaseNames, causal_weight_layout, release_summary
 from glm_engine.model.hf_release import ReleaseSpec
-from glm_engine.model.weights import WeightLayout, scaled_noise
+from glm_engine.model.weights import WeightLayout
 
 PREFIX = "transformer.encoder.layers"
 EMBEDDING_KEY = "transformer.embedding.word_embeddings.weight"
@@ -54,14 +52,3 @@ def weight_layout(config: CausalGLMConfig) -> WeightLayout:
 def release_spec(config: CausalGLMConfig) -> ReleaseSpec:
     """How the remote-code releases' files hold the layout (the INT4/INT8 releases included)."""
     return ReleaseSpec(weight_layout(config), release_summary(config), MODEL_KEY_PREFIXES, config.quantization_bit)
-
-
-def random_state_dict(
-    config: CausalGLMConfig, seed: int, dtype: torch.dtype = torch.float32
-) -> dict[str, torch.Tensor]:
-    """Seeded random weights under the release's names that keep activations O(1) (``weights.scaled_noise``)."""
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        key: scaled_noise(key, torch.randn(shape, generator=gen)).to(dtype)
-        for key, shape in weight_layout(config).shapes.items()
-    }

@@ -17,6 +17,22 @@ from glm_engine.model.config_checks import read_json_object
 
 MODEL_TYPES = {"glm": "GlmForCausalLM", "glm4": "Glm4ForCausalLM"}
 DEFAULT_PARTIAL_ROTARY = 0.5  # both classes' default
+# GlmConfig's (and Glm4Config's) defaults for keys a config.json leaves out.
+REFERENCE_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 151552,
+    "hidden_size": 4096,
+    "intermediate_size": 13696,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 2,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1.5625e-07,
+    "attention_bias": True,
+    "pad_token_id": 151329,
+    "eos_token_id": [151329, 151336, 151338],
+}
 
 
 class GlmHFConfig(CausalGLMConfig):
@@ -24,77 +40,44 @@ class GlmHFConfig(CausalGLMConfig):
 
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], source: str = "config") -> GlmHFConfig:
+        """Read a transformers ``config.json``; absent keys take ``GlmConfig``/``Glm4Config``'s defaults."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source} must hold a JSON object")
         model_type = data.get("model_type")
         if model_type not in MODEL_TYPES:
             raise ConfigError(f"{source} describes a {model_type!r} model, not one of {sorted(MODEL_TYPES)}")
-        required = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
-        missing = [k for k in required if k not in data]
-        if missing:
-            raise ConfigError(f"{source}: missing required config keys {missing}")
-        if data.get("tie_word_embeddings"):
+        values = {**REFERENCE_DEFAULTS, **{k: v for k, v in data.items() if v is not None}}
+        if values.get("tie_word_embeddings"):
             raise ConfigError(f"{source} ties the output to the embedding; no GLM-4 release does, glm-engine neither")
-        if data.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"{source}: hidden_act {data['hidden_act']!r}; GLM-4's MLP is SwiGLU (silu)")
-        heads, hidden = data["num_attention_heads"], data["hidden_size"]
-        head_dim = data.get("head_dim") or (hidden // heads if isinstance(heads, int) and heads else 0)
+        if values["hidden_act"] != "silu":
+            raise ConfigError(f"{source}: hidden_act {values['hidden_act']!r}; GLM-4's MLP is SwiGLU (silu)")
+        head_dim = values["head_dim"]
         theta, factor = _rope(data, source)
-        eos = data.get("eos_token_id", [])
+        eos = values["eos_token_id"]
         return cls(
-            num_layers=data["num_hidden_layers"],
-            hidden_size=hidden,
-            num_attention_heads=heads,
-            num_kv_heads=data.get("num_key_value_heads") or heads,
+            num_layers=values["num_hidden_layers"],
+            hidden_size=values["hidden_size"],
+            num_attention_heads=values["num_attention_heads"],
+            num_kv_heads=values["num_key_value_heads"],
             kv_channels=head_dim,
-            inner_hidden_size=data["intermediate_size"],
-            vocab_size=data["vocab_size"],
-            max_sequence_length=data.get("max_position_embeddings", 131072),
-            layernorm_epsilon=data.get("rms_norm_eps", 1.5625e-07),
+            inner_hidden_size=values["intermediate_size"],
+            vocab_size=values["vocab_size"],
+            max_sequence_length=values["max_position_embeddings"],
+            layernorm_epsilon=values["rms_norm_eps"],
             rotary_base=theta,
             rotary_dims=int(head_dim * factor) if isinstance(head_dim, int) else 0,
             release=model_type,
             rotary_recipe=ROTARY_FP32,
-            qkv_bias=bool(data.get("attention_bias", True)),
+            qkv_bias=bool(values["attention_bias"]),
             branch_norms=model_type == "glm4",
             norm_weight_in_fp32=False,
             eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
-            pad_token_id=data.get("pad_token_id") or 0,
+            pad_token_id=values["pad_token_id"],
         )
 
     @classmethod
     def from_json_file(cls, path: Any) -> GlmHFConfig:
         return cls.from_hf_dict(read_json_object(path), str(path))
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """The transformers ``config.json`` for this config (5.x's ``rope_parameters`` form, which 4.x also reads
-        back through its top-level twins written beside it)."""
-        factor = self.rotary_dims / self.kv_channels
-        return {
-            "model_type": self.release,
-            "architectures": [MODEL_TYPES[self.release]],
-            "num_hidden_layers": self.num_layers,
-            "hidden_size": self.hidden_size,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.kv_channels,
-            "intermediate_size": self.inner_hidden_size,
-            "vocab_size": self.vocab_size,
-            "max_position_embeddings": self.max_sequence_length,
-            "rms_norm_eps": self.layernorm_epsilon,
-            "rope_theta": self.rotary_base,
-            "partial_rotary_factor": factor,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": self.rotary_base,
-                "partial_rotary_factor": factor,
-            },
-            "attention_bias": self.qkv_bias,
-            "hidden_act": "silu",
-            "tie_word_embeddings": False,
-            "eos_token_id": list(self.eos_token_ids),
-            "pad_token_id": self.pad_token_id,
-        }
 
 
 def _rope(data: dict[str, Any], source: str) -> tuple[float, float]:

@@ -9,12 +9,10 @@ linears; ``Glm4`` adds ``post_self_attn_layernorm`` and ``post_mlp_layernorm`` (
 
 from __future__ import annotations
 
-import torch
-
 from glm_engine.model.causal_glm.config import CausalGLMConfig
 from glm_engine.model.causal_glm.layout import ReleaseNames, causal_weight_layout, release_summary
 from glm_engine.model.hf_release import ReleaseSpec
-from glm_engine.model.weights import WeightLayout, scaled_noise
+from glm_engine.model.weights import WeightLayout
 
 EMBEDDING_KEY = "model.embed_tokens.weight"
 FINAL_NORM_KEY = "model.norm.weight"
@@ -62,14 +60,3 @@ def fused_parts(config: CausalGLMConfig) -> dict[str, tuple[tuple[str, int], ...
 
 def release_spec(config: CausalGLMConfig) -> ReleaseSpec:
     return ReleaseSpec(weight_layout(config), release_summary(config), MODEL_KEY_PREFIXES, 0, fused_parts(config))
-
-
-def random_state_dict(
-    config: CausalGLMConfig, seed: int, dtype: torch.dtype = torch.float32
-) -> dict[str, torch.Tensor]:
-    """Seeded random weights under transformers' names (q/k/v apart), scaled as ``weights.scaled_noise`` does."""
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        key: scaled_noise(key, torch.randn(shape, generator=gen)).to(dtype)
-        for key, shape in release_spec(config).file_shapes().items()
-    }
