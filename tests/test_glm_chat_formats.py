@@ -71,6 +71,17 @@ MODERN_TEMPLATE = (
     "{%- else -%}<|{{ m.role }}|>\n{{ m.content }}{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
 )
+# A template in GLM-4-0414's style: tools from the ``tools`` variable, but only user, metadata-carrying assistant and
+# observation turns (no OpenAI ``tool_calls`` or ``tool`` role).
+TURNS_TEMPLATE = (
+    "[gMASK]<sop>{%- if tools -%}<|system|>\n# 可用工具{%- for tool in tools %}\n\n## {{ tool.function.name }}\n\n"
+    "{{ tool.function | tojson(indent=4, ensure_ascii=False) }}{%- endfor -%}{%- endif -%}"
+    "{%- for m in messages %}{%- if m.role == 'system' %}<|system|>\n{{ m.content }}{%- endif %}{%- endfor %}"
+    "{%- for m in messages if m.role != 'system' %}{%- set meta = m.get('metadata', '') %}"
+    "{%- if m.role == 'user' %}<|user|>\n{{ m.content }}{%- elif m.role == 'assistant' %}<|assistant|>{{ meta }}\n"
+    "{{ m.content }}{%- elif m.role == 'observation' %}<|observation|>\n{{ m.content }}{%- endif %}{%- endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 FEATURE_TEMPLATE = """\
 {%- set ns = namespace(n=0) -%}
 {% for m in messages %}
@@ -176,6 +187,31 @@ def test_a_template_reading_the_tools_variable_gets_openai_messages(reference, t
         expected = _ids(expected_tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True))
         assert ours.apply_chat_template(messages, tools) == expected
     assert "# Tools" in ours.decode(ours.apply_chat_template(*CONVERSATIONS["tools, call, result"]))
+
+
+def test_a_template_of_glm4_turns_gets_calls_as_metadata_turns_and_results_as_observations(transformers, tmp_path):
+    """A GLM-4-0414-style template reads ``tools`` itself but renders only GLM-4's own turns: an OpenAI tool call
+    becomes ``<|assistant|>name\n{arguments}`` and a ``tool`` result ``<|observation|>``, as GLM-4's demos pass them
+    (checked against transformers given those native turns)."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_GLM4_HF_TOKENIZER / name, tmp_path / name)
+    (tmp_path / "chat_template.jinja").write_text(TURNS_TEMPLATE)
+    expected_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    ours = load_chat_tokenizer(tmp_path, "hf")
+    messages, tools = CONVERSATIONS["tools, call, result"]
+    native = [
+        {"role": "system", "content": "你是助手"},
+        {"role": "user", "content": "北京天气?"},
+        {"role": "assistant", "metadata": "get_weather", "content": '{"city": "北京"}'},
+        {"role": "observation", "content": '{"temp": 20}'},
+        {"role": "assistant", "content": "20度"},
+        {"role": "user", "content": ""},
+        {"role": "user", "content": "谢谢"},
+    ]
+    expected = _ids(expected_tokenizer.apply_chat_template(native, tools=tools, add_generation_prompt=True))
+    assert ours.apply_chat_template(messages, tools) == expected
+    text = ours.decode(expected)
+    assert '<|assistant|>get_weather\n{"city": "北京"}<|observation|>\n{"temp": 20}' in text
 
 
 # --- plain content ----------------------------------------------------------------------------------------------

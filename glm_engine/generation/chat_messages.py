@@ -166,6 +166,23 @@ def chatglm3_turns(messages: Sequence[Message], tools: Sequence[Tool] | None) ->
 def glm4_native_messages(messages: Sequence[Message], tools: Sequence[Tool] | None) -> list[dict[str, Any]]:
     """The messages glm-4-9b-chat's template reads: native roles, calls as metadata turns, tools in a system
     message."""
+    native = glm4_turns(messages)
+    if tools:
+        for index, tool in enumerate(tools):
+            if not isinstance(tool, Mapping) or "type" not in tool:
+                raise InputError(f"tools[{index}] must be an OpenAI tool: {{'type': 'function', 'function': ...}}")
+        first = next((i for i, m in enumerate(native) if m["role"] == "system"), None)
+        if first is None:
+            native.insert(0, {"role": "system", "content": "", "tools": [dict(t) for t in tools]})
+        else:
+            native[first]["tools"] = [dict(t) for t in tools]
+    return native
+
+
+def glm4_turns(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """GLM-4's native turns: ``tool`` results as ``observation``, an assistant's tool call as an ``assistant`` turn
+    whose ``metadata`` is the function name and whose content is the JSON arguments (what GLM-4-0414's templates
+    render: they know no OpenAI ``tool_calls`` or ``tool`` role)."""
     native: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         role = role_of(message, index)
@@ -177,15 +194,6 @@ def glm4_native_messages(messages: Sequence[Message], tools: Sequence[Tool] | No
             if message.get("metadata"):
                 entry["metadata"] = str(message["metadata"])
             native.append(entry)
-    if tools:
-        for index, tool in enumerate(tools):
-            if not isinstance(tool, Mapping) or "type" not in tool:
-                raise InputError(f"tools[{index}] must be an OpenAI tool: {{'type': 'function', 'function': ...}}")
-        first = next((i for i, m in enumerate(native) if m["role"] == "system"), None)
-        if first is None:
-            native.insert(0, {"role": "system", "content": "", "tools": [dict(t) for t in tools]})
-        else:
-            native[first]["tools"] = [dict(t) for t in tools]
     return native
 
 

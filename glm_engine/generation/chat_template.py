@@ -30,7 +30,7 @@ import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from glm_engine.errors import InputError, TokenizerError
-from glm_engine.generation.chat_messages import glm4_native_messages, openai_messages
+from glm_engine.generation.chat_messages import glm4_native_messages, glm4_turns, openai_messages
 
 # Named special tokens a tokenizer config may set; apply_chat_template passes each set one to the template.
 NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -171,8 +171,13 @@ def render_chat_template(
 def template_conversation(
     source: str, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """The messages and ``tools`` variable for a GLM-4 template: OpenAI's form for a template that reads ``tools``
-    itself, glm-4-9b-chat's native form (tools inside a system message) for one that does not."""
+    """The messages and ``tools`` variable for a GLM-4 template: glm-4-9b-chat's native form (tools inside a system
+    message) for a template that reads tools from a message; for one that reads the ``tools`` variable, OpenAI's
+    messages where it renders OpenAI's tool calls and ``tool`` role, else GLM-4's native turns (GLM-4-0414's
+    templates render ``observation`` and metadata turns only)."""
+    top_level = [dict(tool) for tool in tools] if tools else None
     if template_reads_message_tools(source):
         return glm4_native_messages(messages, tools), None
-    return openai_messages(messages), [dict(tool) for tool in tools] if tools else None
+    if "tool_calls" in source or not any(word in source for word in ("observation", "metadata")):
+        return openai_messages(messages), top_level
+    return glm4_turns(messages), top_level
