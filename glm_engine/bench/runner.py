@@ -23,6 +23,7 @@ import torch
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.errors import GlmEngineError, InputError
 from glm_engine.parallel.communicator import Communicator
+from glm_engine.parallel.degree import check_tp_degree
 
 from .baseline import BASELINE_NAME, BaselinePlan, plan_baseline, run_baseline
 from .measure import Measurement, Sample, measure
@@ -57,7 +58,8 @@ class BenchRun:
 
 
 def check_plan(source: ModelSource, points: Sequence[Point]) -> None:
-    """Refuse points whose sequence does not fit the model, and unknown backends, before anything runs."""
+    """Refuse points whose sequence does not fit the model, TP degrees that cannot split it (heads, key/value groups,
+    vocabulary rows, MLP units), and unknown backends, before anything runs."""
     too_long = [p for p in points if p.tokens_needed() > source.max_sequence_length]
     if too_long:
         worst = max(too_long, key=lambda p: p.tokens_needed())
@@ -65,6 +67,8 @@ def check_plan(source: ModelSource, points: Sequence[Point]) -> None:
             f"{worst.label} needs {worst.tokens_needed()} positions; {source.description} has "
             f"{source.max_sequence_length}: use shorter tests or a smaller --depth"
         )
+    for tp in dict.fromkeys(p.tp for p in points):
+        check_tp_degree(source.config, tp, source.description)  # ParallelError listing the degrees that fit
     for name in dict.fromkeys(p.backend for p in points):
         REGISTRY.resolve(name)  # BackendError: unknown or unavailable, with the reason
 

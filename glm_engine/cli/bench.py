@@ -150,6 +150,9 @@ def bench(
     layers: Annotated[int | None, typer.Option(help="random:<preset> only: number of layers")] = None,
     hidden: Annotated[int | None, typer.Option(help="random:<preset> only: hidden size")] = None,
     heads: Annotated[int | None, typer.Option(help="random:<preset> only: attention heads")] = None,
+    kv_heads: Annotated[
+        int | None, typer.Option(help="random:<preset> only: key/value groups of a grouped-query model")
+    ] = None,
     inner: Annotated[int | None, typer.Option(help="random:<preset> only: MLP inner width")] = None,
     backend: Annotated[ListOption, typer.Option(help="backends (list); ratios compare with the first")] = None,
     dtype: Annotated[
@@ -185,7 +188,7 @@ def bench(
         _tp_rank(tp_job, tp_rows)
         return
     with user_errors():
-        shape = Shape(layers, hidden, heads, inner)
+        shape = Shape(layers, hidden, heads, inner, kv_heads)
         source = resolve_model(model, shape)
         if repetitions < 1 or warmup < 0:
             raise InputError("--repetitions must be at least 1 and --warmup at least 0")
