@@ -198,7 +198,7 @@ def test_an_lm_window_too_short_for_generation_length_fails_before_scoring(engin
         {"name": "t", "type": "lm", "path": str(tmp_path), "file_pattern": "*.txt", "generation_length": 1024}
     )
     scored = []
-    with pytest.raises(TaskError, match=r"generation_length 1024 must be below the window max_seq_length - 1 = 511"):
+    with pytest.raises(TaskError, match=r"generation_length 1024 must be below the window of 511 text tokens"):
         evaluate(engine, [task], progress=lambda label, done, total: scored.append(label))
     assert scored == []
 
@@ -216,7 +216,7 @@ def test_lm_micro_batches_span_documents_and_sum_per_document(engine):
             calls.append(ids.shape[0])
             return engine.forward(ids, positions, blocked)
 
-        counting = SimpleNamespace(tokenizer=tok, config=engine.config, forward=forward)
+        counting = SimpleNamespace(tokenizer=tok, config=engine.config, forward=forward, family=engine.family)
         nlls = PileTask(config(micro_batch_size=micro_batch_size, **common)).predict(counting, docs, finished.append)
         return nlls, calls, finished
 

@@ -17,10 +17,10 @@ from rich.console import Console
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
-from glm_engine.cli.model_kind import require_blank_infilling
+from glm_engine.cli.model_kind import require_evaluable
 from glm_engine.cli.progress import file_progress, progress_bar
 from glm_engine.engine import DEFAULT_MODEL, load
-from glm_engine.evaluation.config import find_task_files, load_task_file
+from glm_engine.evaluation.config import TaskType, find_task_files, load_task_file
 from glm_engine.evaluation.datasets import DataWarning
 from glm_engine.evaluation.report import render_tables, to_json
 from glm_engine.evaluation.runner import prepare, run_prepared
@@ -56,7 +56,7 @@ def evaluate(
     dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16; default: the backend's first choice")] = None,
     tokenizer: Annotated[
         str | None,
-        typer.Option(help="ice_text.model file or its folder; default: the checkpoint's own, else ~/.icetk_models/"),
+        typer.Option(help="the tokenizer file or its folder; default: the checkpoint's own (GLM-130B: icetk's)"),
     ] = None,
     config: Annotated[
         str | None, typer.Option(help="preset name or config.json, for a SAT folder without config.json")
@@ -64,11 +64,13 @@ def evaluate(
     output: Annotated[OutputFormat, typer.Option(help="table for people, json for tools")] = OutputFormat.table,
     out: Annotated[Path | None, typer.Option(help="also write the report to this file")] = None,
 ) -> None:
-    """Evaluate on multiple-choice, generation and language-modelling tasks (the reference's YAML and jsonl)."""
+    """Evaluate on multiple-choice, generation and language-modelling tasks (the reference's YAML and jsonl); causal
+    models (ChatGLM2/3, GLM-4) on multiple-choice and language-modelling tasks."""
     with user_errors():
         configs = [load_task_file(path) for path in find_task_files([*(tasks or []), *(task or [])])]
         prepared = prepare(configs, data_path)  # every task checked before the model loads
-        require_blank_infilling(checkpoint or DEFAULT_MODEL, config, backend, "evaluate")
+        generation = [c.name for c in configs if c.type is TaskType.GENERATION]
+        require_evaluable(checkpoint or DEFAULT_MODEL, config, backend, generation)
         with progress_bar("loading weights") as progress:
             engine = load(
                 checkpoint or DEFAULT_MODEL,

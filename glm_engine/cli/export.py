@@ -29,8 +29,8 @@ def export_onnx_command(
     checkpoint: Annotated[
         str,
         typer.Option(
-            help="Checkpoint folder (native or SAT), ChatGLM-6B Hugging Face folder, or preset name; default: the "
-            "built-in demo model"
+            help="Checkpoint folder (GLM-130B native or SAT; a Hugging Face folder of ChatGLM-6B, ChatGLM2/3, GLM-4 or "
+            "GLM-4-0414), or preset name; default: the built-in demo model"
         ),
     ] = DEFAULT_MODEL,
     config: Annotated[str | None, typer.Option(help="Preset name or config.json, if the folder has none.")] = None,
@@ -57,8 +57,8 @@ def export_onnx_command(
         bool, typer.Option(help="Compare ONNX Runtime (CPU) with glm-engine: prefill and 7 greedy cached steps.")
     ] = False,
 ) -> None:
-    """Export the decoder (GLM-130B, or ChatGLM-6B from its Hugging Face folder) as one ONNX graph with
-    past/present KV-cache inputs and outputs."""
+    """Export the decoder of any family (GLM-130B, ChatGLM-6B, ChatGLM2/3, GLM-4, GLM-4-0414) as one ONNX graph with
+    past/present KV-cache inputs and outputs (grouped key/value heads where the model has them)."""
     from glm_engine.export.onnx_export import export_onnx
     from glm_engine.exported import QuantTarget
     from glm_engine.quant.spec import QuantSpec

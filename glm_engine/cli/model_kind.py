@@ -1,5 +1,6 @@
-"""Which commands take which kind of model, checked from metadata before anything loads: ``run`` and ``evaluate``
-fill GLM blanks with GLM-130B's generation options; ``chat`` needs a family with a chat format."""
+"""Which commands take which kind of model, checked from metadata before anything loads: ``run`` fills GLM blanks
+with GLM-130B's generation options, as ``evaluate``'s generation tasks do (its multiple-choice and language-model tasks
+take causal models too); ``chat`` needs a family with a chat format."""
 
 from __future__ import annotations
 
@@ -26,4 +27,21 @@ def require_chat(model: str, backend: str) -> None:
         raise InputError(
             f"{source.description} is a {source.family.title} model, which has no chat format: run it with "
             f"`glm-engine run --checkpoint {model}{where}`"
+        )
+
+
+def require_evaluable(model: str, config: str | None, backend: str, generation_tasks: list[str]) -> None:
+    """An InputError for a model ``evaluate`` cannot score: a chat model that is neither (ChatGLM-6B), or generation
+    tasks (GLM blank filling) given to a causal model, naming the tasks."""
+    source = open_source(model, config)
+    family = source.family
+    if family.blank_infilling:
+        return
+    if not family.causal_lm:
+        require_blank_infilling(model, config, backend, "evaluate")
+    if generation_tasks:
+        raise InputError(
+            f"{source.description} is a causal {family.title} model; the generation tasks "
+            f"{', '.join(generation_tasks)} fill GLM blanks: evaluate it on multiple-choice (mul) and language-model "
+            "(lm) tasks"
         )

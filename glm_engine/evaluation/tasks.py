@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from glm_engine.engine import Engine
 from glm_engine.errors import TaskError
 from glm_engine.evaluation import datasets
+from glm_engine.evaluation.causal import ContentTokenizer, causal_choice_room, encode_causal_choice, iter_causal_windows
 from glm_engine.evaluation.config import DEFAULT_METRICS, TaskConfig, TaskType
 from glm_engine.evaluation.generation import (
     answer_tokens,
@@ -30,6 +31,12 @@ from glm_engine.evaluation.multiple_choice import encode_multiple_choice, predic
 from glm_engine.evaluation.perplexity import iter_lm_windows, num_windows, window_nlls
 
 Progress = Callable[[int], None]
+
+
+def reader_tokenizer(engine: Engine) -> Any:
+    """What the task readers tokenize with: GLM's tokenizer, or a causal release's without its prefix (the
+    encodings add it)."""
+    return ContentTokenizer(engine.tokenizer) if engine.family.causal_lm else engine.tokenizer
 
 
 @contextmanager
@@ -88,13 +95,17 @@ class MultipleChoiceTask(EvaluationTask):
     task_type = TaskType.MULTIPLE_CHOICE
 
     def load_examples(self, path: Path, engine: Engine) -> list[datasets.MultipleChoiceExample]:
-        return datasets.read_multiple_choice(path, engine.tokenizer, engine.config.vocab_size)
+        return datasets.read_multiple_choice(path, reader_tokenizer(engine), engine.config.vocab_size)
 
     def check(self, engine: Engine, examples: Sequence[datasets.MultipleChoiceExample]) -> None:
         length = self.max_length(engine)
+        tokenizer = reader_tokenizer(engine)
         for example in examples:
             with _at(example.where):
-                text_room(example.choices, length)
+                if not engine.family.causal_lm:
+                    text_room(example.choices, length)
+                else:
+                    causal_choice_room(tokenizer.prefix, example.choices, length)
 
     def predict(
         self, engine: Engine, examples: Sequence[datasets.MultipleChoiceExample], progress: Progress
@@ -105,8 +116,12 @@ class MultipleChoiceTask(EvaluationTask):
         self, engine: Engine, examples: Sequence[datasets.MultipleChoiceExample], progress: Progress | None = None
     ) -> list[list[float]]:
         """Each example's per-choice log-probability sums."""
-        c, layout = self.config, engine.tokenizer.layout
-        length = self.max_length(engine)
+        c, length = self.config, self.max_length(engine)
+        if engine.family.causal_lm:  # a causal release: its prefix, the text, each choice continuing it
+            tokenizer = reader_tokenizer(engine)
+            causal = [encode_causal_choice(tokenizer.prefix, e.text, e.choices, length) for e in examples]
+            return score_choices(engine.forward, causal, tokenizer.pad_id, c.micro_batch_size, progress)
+        layout = engine.tokenizer.layout
         samples = [
             encode_multiple_choice(e.text, e.choices, layout, c.use_task_mask, c.unidirectional, length)
             for e in examples
@@ -120,6 +135,11 @@ class GenerationTask(EvaluationTask):
     task_type = TaskType.GENERATION
 
     def load_examples(self, path: Path, engine: Engine) -> list[datasets.GenerationExample]:
+        if engine.family.causal_lm:
+            raise TaskError(
+                f"{self.config.source or self.config.name}: generation tasks fill GLM blanks with GLM-130B's options; "
+                f"{engine.family.title} is causal: evaluate it on multiple-choice (mul) and language-model (lm) tasks"
+            )
         return datasets.read_generation(path, engine.tokenizer, engine.config.vocab_size)
 
     def check(self, engine: Engine, examples: Sequence[datasets.GenerationExample]) -> None:
@@ -168,30 +188,24 @@ class LanguageModelTask(EvaluationTask):
     task_type = TaskType.LANGUAGE_MODEL
 
     def load_examples(self, path: Path, engine: Engine) -> list[datasets.Document]:
-        return [datasets.read_raw_document(path, engine.tokenizer)]
+        return [datasets.read_raw_document(path, reader_tokenizer(engine))]
 
     def check(self, engine: Engine, examples: Sequence[datasets.Document]) -> None:
-        window = self.max_length(engine) - 1
+        window = self.text_window(engine)
         if not self.config.generation_length < window:
             raise TaskError(
                 f"{self.config.source or self.config.name}: generation_length {self.config.generation_length} must be "
-                f"below the window max_seq_length - 1 = {window} (max_seq_length is at most the model's context)"
+                f"below the window of {window} text tokens (from max_seq_length, at most the model's context)"
             )
 
     def predict(self, engine: Engine, examples: Sequence[datasets.Document], progress: Progress) -> list[float]:
         """Each document's summed NLL. The windows of all documents are scored together, ``micro_batch_size`` per
         forward (as the reference's dataset flattens them), and summed per document."""
         self.check(engine, examples)
-        c, layout = self.config, engine.tokenizer.layout
-        window = self.max_length(engine) - 1
-        mask_id = layout.gmask if c.use_task_mask else layout.mask
+        c, window = self.config, self.text_window(engine)
         counts = [num_windows(len(d.tokens), window, c.generation_length) for d in examples]
         owners = [index for index, count in enumerate(counts) for _ in range(count)]
-        windows = (
-            w
-            for d in examples
-            for w in iter_lm_windows(d.tokens, window, c.generation_length, mask_id, layout.sop, c.unidirectional)
-        )
+        windows, pad = self._windows(engine, examples, window)
         last_windows = set(itertools.accumulate(counts))  # progress counts documents: done after their last window
         done = 0
 
@@ -201,13 +215,37 @@ class LanguageModelTask(EvaluationTask):
             done += n
 
         nlls = [0.0] * len(examples)
-        for owner, nll in zip(owners, window_nlls(engine.forward, windows, layout.pad, c.micro_batch_size, advance)):
+        for owner, nll in zip(owners, window_nlls(engine.forward, windows, pad, c.micro_batch_size, advance)):
             nlls[owner] += nll
         return nlls
 
+    def text_window(self, engine: Engine) -> int:
+        """Text tokens per window: ``max_seq_length - 1`` (GLM's mask and sop take two of the ``max_seq_length``
+        columns, and the last text token is not fed), or what a causal release's prefix leaves of ``max_seq_length``
+        plus that unfed token."""
+        if not engine.family.causal_lm:
+            return self.max_length(engine) - 1
+        return self.max_length(engine) + 1 - len(reader_tokenizer(engine).prefix)
+
+    def _windows(self, engine: Engine, examples: Sequence[datasets.Document], window: int) -> tuple[Iterator, int]:
+        """Every document's windows in order, encoded for the model's kind, and the pad id."""
+        c = self.config
+        if engine.family.causal_lm:  # causal windows after the release's prefix
+            prefix = reader_tokenizer(engine).prefix
+            windows = (w for d in examples for w in iter_causal_windows(prefix, d.tokens, window, c.generation_length))
+            return windows, engine.tokenizer.pad_id
+        layout = engine.tokenizer.layout
+        mask_id = layout.gmask if c.use_task_mask else layout.mask
+        windows = (
+            w
+            for d in examples
+            for w in iter_lm_windows(d.tokens, window, c.generation_length, mask_id, layout.sop, c.unidirectional)
+        )
+        return windows, layout.pad
+
     def weights(self, engine: Engine, examples: Sequence[datasets.Document]) -> list[int]:
         """The reference weights a language-model file by its number of windows."""
-        window = self.max_length(engine) - 1
+        window = self.text_window(engine)
         return [num_windows(len(d.tokens), window, self.config.generation_length) for d in examples]
 
 
@@ -217,7 +255,7 @@ class PileTask(LanguageModelTask):
     default_metrics = ("BPB",)
 
     def load_examples(self, path: Path, engine: Engine) -> list[datasets.Document]:
-        return datasets.read_pile(path, engine.tokenizer, engine.config.vocab_size)
+        return datasets.read_pile(path, reader_tokenizer(engine), engine.config.vocab_size)
 
     def subsets(self, examples: Sequence[datasets.Document]) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {}

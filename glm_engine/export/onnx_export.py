@@ -18,8 +18,9 @@ import torch
 
 from glm_engine.engine.plan import check_quant_fits, output_name, refuse_double_quantization, require_output_format
 from glm_engine.engine.source import DEFAULT_MODEL, ModelSource, open_source
+from glm_engine.errors import TokenizerError
 from glm_engine.export.writer import Progress, write_export
-from glm_engine.exported import ExportedModel, QuantTarget, refuse_exported_folder
+from glm_engine.exported import TOKENIZER_FILE, ExportedModel, QuantTarget, refuse_exported_folder
 from glm_engine.model.registry import family_of
 from glm_engine.model.weights import LayerWeights, ReadRequest, WeightLayout, quantized_copy
 from glm_engine.quant.spec import QuantSpec
@@ -47,7 +48,7 @@ class LayerStream:
         self.output_name = "output_projection" if self.layout.output_key is None else output_name(self.layout)
         self.description = source.description
         tokenizer = family.load_tokenizer(source.config, None, source.folder, source.random)  # before writing
-        self.tokenizer = Path(tokenizer.model_path)
+        self.tokenizer_files = tokenizer_files(tokenizer)
 
     def read(self, keys: list[str]) -> dict[str, Any]:
         output_quant = self.quant if self.quant_output else None
@@ -67,6 +68,25 @@ class LayerStream:
         if not self.quant_output:
             return None
         return quantized_copy(self.read([self.layout.embedding_key])[self.layout.embedding_key], self.quant)
+
+
+def tokenizer_files(tokenizer: object) -> dict[str, Path]:
+    """The files an export carries so that its family's ``load_tokenizer`` finds the tokenizer in the exported folder,
+    by their names there, the main one first: the files a tokenizer lists in ``files`` (a chat tokenizer reads
+    several: ``tokenizer.model`` or ``tokenizer.json``, ``tokenizer_config.json`` ...), under their own names; else
+    the one SentencePiece model of GLM-130B's and ChatGLM-6B's tokenizers (``model_path``), as ``ice_text.model``."""
+    files = getattr(tokenizer, "files", None)
+    if isinstance(files, Mapping) and files:
+        return {str(name): Path(path) for name, path in files.items()}
+    if files:
+        return {Path(f).name: Path(f) for f in files}
+    model_path = getattr(tokenizer, "model_path", None)
+    if model_path is None:
+        raise TokenizerError(
+            f"{type(tokenizer).__name__} names no files to copy into the export: give it `files` (the paths it "
+            "reads), so the exported folder carries its tokenizer"
+        )
+    return {TOKENIZER_FILE: Path(model_path)}
 
 
 def export_onnx(

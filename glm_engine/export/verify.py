@@ -6,7 +6,9 @@
 2. against glm-engine's CPU backend in the export's dtype and quantization (what ``run --backend cpu`` gives).
 
 Two rows of different lengths (a ``[gMASK]`` and a ``[MASK]`` prompt, left-padded as the family's generation pads them,
-with its own positions: ``Family.generation_batch``) are prefilled from an empty past, then decoded greedily for
+with its own positions: ``Family.generation_batch``; for the causal families, which have no blanks, the ids
+``Family.blank_tokens`` names are plain text and the mask is causal) are prefilled from an empty past, then decoded
+greedily for
 ``steps`` cached steps. Each step compares the logits (NMSE
 against the engine's) and the greedy tokens; both runners are fed the engine's token so one near-tie cannot make the
 rest of the comparison meaningless. A differing token fails the comparison unless it is a near tie in the engine's

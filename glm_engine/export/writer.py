@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from glm_engine.checkpoint.atomic import fsync_file, staged_folder, write_durably
-from glm_engine.errors import InputError
+from glm_engine.errors import InputError, TokenizerError
 from glm_engine.export.decoder_onnx import DecoderGraph, QuantEmit
 from glm_engine.export.onnx_builder import GraphBuilder
 from glm_engine.export.quant_onnx import check_target
@@ -29,11 +29,11 @@ from glm_engine.exported import (
     GENAI_CONFIG_FILE,
     MODEL_FILE,
     OPSET,
-    TOKENIZER_FILE,
     ExportedModel,
     QuantTarget,
     genai_config,
 )
+from glm_engine.model.registry import family_of
 from glm_engine.model.weights import LayerWeights, WeightLayout
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
@@ -52,7 +52,7 @@ class WeightSource(Protocol):
     quant_output: bool  # the logits' weight is quantized in ``quant``'s format too
     output_name: str  # the logits' weight's initializer prefix
     description: str
-    tokenizer: Path
+    tokenizer_files: dict[str, Path]  # the tokenizer's files by their names in the export, the main one first
 
     def read(self, keys: list[str]) -> dict[str, Any]: ...
 
@@ -97,7 +97,8 @@ def write_export(
         final = weights.read(list(layout.final_norm_keys))
         head = weights.output_projection()
         output_fn = None if head is None else (lambda h: graph.matmul(h, weights.output_name, head))
-        graph.head(x, final[layout.final_norm_keys[0]], final[layout.final_norm_keys[1]], output_fn)
+        final_weight, *final_bias = (final[key] for key in layout.final_norm_keys)  # an RMSNorm has no bias
+        graph.head(x, final_weight, final_bias[0] if final_bias else None, output_fn)
         exported = ExportedModel(
             Path(output),
             model_config,
@@ -109,13 +110,30 @@ def write_export(
             g.weights_sha256,
             accuracy_level,
             weights.quant_output,
+            tuple(weights.tokenizer_files),
         )
         description = genai_config(exported, weights.description)
         name = description["model"]["type"]
         g.finish(staging / MODEL_FILE, name, "glm-engine", {"glm_engine.genai_config": json.dumps(description)})
-        shutil.copyfile(weights.tokenizer, staging / TOKENIZER_FILE)
+        copy_tokenizer(weights, staging)
         write_durably(staging / GENAI_CONFIG_FILE, json.dumps(description, indent=2) + "\n")
-        fsync_file(staging / TOKENIZER_FILE)
         if progress is not None:
             progress(total, total)
     return exported
+
+
+def copy_tokenizer(weights: WeightSource, staging: Path) -> None:
+    """Copy the tokenizer's files into the staged folder and load the tokenizer from there, as ``glm_engine.load``
+    will (``Family.load_tokenizer`` on the exported folder), so a folder whose tokenizer would not load is never
+    completed."""
+    for name, path in weights.tokenizer_files.items():
+        shutil.copyfile(path, staging / name)
+        fsync_file(staging / name)
+    config = weights.config
+    try:
+        family_of(config).load_tokenizer(config, None, staging, False)
+    except TokenizerError as exc:
+        raise TokenizerError(
+            f"the export's tokenizer files ({', '.join(weights.tokenizer_files)}) do not load from the exported "
+            f"folder: {exc}. Name every file the tokenizer reads in its `files`"
+        ) from exc

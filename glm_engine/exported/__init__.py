@@ -8,7 +8,13 @@ graph I/O names, ``description`` the ``genai_config.json`` write/read, ``familie
 family, ``detect`` the folder-kind check. docs/export.md describes the format.
 """
 
-from glm_engine.exported.description import ExportedInfo, ExportedModel, genai_config, read_exported
+from glm_engine.exported.description import (
+    ExportedInfo,
+    ExportedModel,
+    genai_config,
+    read_exported,
+    tokenizer_files,
+)
 from glm_engine.exported.detect import (
     BACKEND_FOR_KIND,
     ExportedKind,
@@ -64,4 +70,5 @@ __all__ = [
     "present_names",
     "read_exported",
     "refuse_exported_folder",
+    "tokenizer_files",
 ]

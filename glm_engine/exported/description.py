@@ -16,7 +16,7 @@ import torch
 
 from glm_engine.backends.base import DTYPE_NAMES, dtype_name
 from glm_engine.errors import CheckpointError
-from glm_engine.exported.families import config_from_section, model_section
+from glm_engine.exported.families import config_from_section, kv_heads, model_section
 from glm_engine.exported.names import (
     DATA_FILE,
     EXPORT_FORMAT,
@@ -49,6 +49,7 @@ class ExportedModel:
     weights_sha256: str
     accuracy_level: int = 0
     quant_output: bool = False
+    tokenizer_files: tuple[str, ...] = (TOKENIZER_FILE,)  # the tokenizer's files in the folder, the main one first
 
     @property
     def model_file(self) -> Path:
@@ -61,6 +62,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
     names = io_names(c.num_layers)
     spec = exported.quant
     model = model_section(c)
+    kv = kv_heads(c)
     position_shape = model.pop("position_ids_shape")
     return {
         "format": EXPORT_FORMAT,
@@ -77,7 +79,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
                 "dtype": dtype_name(exported.dtype),
                 "num_hidden_layers": c.num_layers,
                 "num_attention_heads": c.num_attention_heads,
-                "num_key_value_heads": c.num_attention_heads,
+                "num_key_value_heads": kv,
                 "head_size": c.head_dim,
                 "hidden_size": c.hidden_size,
                 "inputs": {
@@ -100,7 +102,7 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
                     "position_ids": position_shape,
                     "attention_mask": ["batch_size", 1, "sequence_length", "total_sequence_length"],
                     "logits_to_keep": [NUM_LOGITS],
-                    "past_key_values": ["batch_size", c.num_attention_heads, "past_sequence_length", c.head_dim],
+                    "past_key_values": ["batch_size", kv, "past_sequence_length", c.head_dim],
                     "logits": ["batch_size", NUM_LOGITS, c.vocab_size],
                 },
                 "logits_to_keep_semantics": (
@@ -111,7 +113,10 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
                     "bool, true = blocked (may not attend): GLM's prefix-bidirectional mask over past + new tokens; "
                     "every query row must leave at least one key unblocked"
                 ),
-                "kv_cache": "keys after rotary, [batch, heads, positions, head_size]; present = past + new tokens",
+                "kv_cache": (
+                    "keys after rotary, [batch, num_key_value_heads, positions, head_size]; present = past + new "
+                    "tokens; query head i reads key/value head i // (num_attention_heads / num_key_value_heads)"
+                ),
             },
         },
         "quantization": None
@@ -127,8 +132,16 @@ def genai_config(exported: ExportedModel, source: str) -> dict[str, Any]:
             "output": exported.quant_output,
         },
         "weights": {"bytes": exported.weight_bytes, "sha256": exported.weights_sha256},
-        "tokenizer": TOKENIZER_FILE,
+        "tokenizer": exported.tokenizer_files[0],
+        "tokenizer_files": list(exported.tokenizer_files),
     }
+
+
+def tokenizer_files(description: dict[str, Any]) -> list[str]:
+    """The names of the tokenizer's files in an exported folder (the main one first): ``tokenizer_files``, or the one
+    ``tokenizer`` file of folders written before chat tokenizers carried several (``tokenizer.json`` and
+    ``tokenizer_config.json``, say)."""
+    return list(description.get("tokenizer_files") or [description["tokenizer"]])
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Where the exported format meets the model families: a model config to the ``model`` section of
 ``genai_config.json`` and back, each family describing its own section (``Family.exported_section``). The section's
-``type`` is the family's name (``glm``, ``chatglm``); folders written before families had names are GLM-130B's.
+``type`` is the family's name (``glm``, ``chatglm``, ``chatglm2``, ``glm4-hf``); folders written before families had
+names are GLM-130B's. The number of key/value heads, which shapes the KV cache, is also the family's to say.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ def model_section(config: Any) -> dict[str, Any]:
     the shape of ``position_ids`` (``position_ids_shape``, which the caller moves into the decoder's shapes)."""
     family = family_of(config)
     return {"type": family.name, **family.exported_section(config)}
+
+
+def kv_heads(config: Any) -> int:
+    """Key/value heads of the graph's cache: the family's key/value groups (grouped-query attention), else one per
+    query head. An export is one rank, so every group is there."""
+    return family_of(config).parts(config).kv_heads or config.num_attention_heads
 
 
 def config_from_section(model: dict[str, Any], source: str) -> Any:

@@ -59,6 +59,7 @@ class Family(ABC):
     config_type: ClassVar[type]
     chat_model: ClassVar[bool] = False  # has a chat format (``Engine.chat``, ``glm-engine chat``)
     blank_infilling: ClassVar[bool] = False  # fills GLM's blanks with GLM-130B's options (``glm-engine run``, evaluate)
+    causal_lm: ClassVar[bool] = False  # a plain causal LM after its tokenizer's prefix (evaluate's mul and lm tasks)
     transformers_baseline: ClassVar[TransformersBaseline | None] = None  # None: transformers has no class for it
 
     # --- the description ------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from glm_engine.backends.tensorrt.plan import (
 )
 from glm_engine.checkpoint.atomic import fsync_file, staged_folder, write_atomically, write_durably
 from glm_engine.errors import BackendError, InputError
-from glm_engine.exported import ENGINE_FILE, GENAI_CONFIG_FILE, QuantTarget, read_exported
+from glm_engine.exported import ENGINE_FILE, GENAI_CONFIG_FILE, QuantTarget, read_exported, tokenizer_files
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "glm-engine" / "tensorrt"
 DEFAULT_WORKSPACE_BYTES = 8 << 30
@@ -112,9 +112,9 @@ def build_engine(
         write_atomically(cached, lambda tmp: tmp.write_bytes(memoryview(serialized)))  # no second host copy
     with staged_folder(output, markers=(GENAI_CONFIG_FILE,)) as staging:  # what marks the folder complete: last
         place_engine(cached, staging / ENGINE_FILE)
-        tokenizer = info.description["tokenizer"]
-        shutil.copyfile(info.folder / tokenizer, staging / tokenizer)
-        fsync_file(staging / tokenizer)
+        for name in tokenizer_files(info.description):  # every file the family's tokenizer reads from the folder
+            shutil.copyfile(info.folder / name, staging / name)
+            fsync_file(staging / name)
         metadata = engine_metadata(info.description, key, profiles, limits)
         write_durably(staging / GENAI_CONFIG_FILE, json.dumps(metadata, indent=2) + "\n")
     return BuildResult(Path(output), key, hit)

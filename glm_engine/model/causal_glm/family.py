@@ -33,6 +33,7 @@ class CausalGLMFamily(Family):
     """The shared hooks; subclasses name their config type, weights, folder recognition and tokenizer release."""
 
     chat_model = True
+    causal_lm = True
 
     def invalid_score_id(self, config: CausalGLMConfig) -> int:
         """The id InvalidScoreLogitsProcessor forces when a step's logits are NaN/inf (ChatGLM2/3: 5)."""
@@ -172,7 +173,7 @@ class CausalGLMFamily(Family):
                 on_text(tokenizer.decode(generated, skip_special_tokens=True))
 
         self._generate_ids(runner, runner.config, ids, opts, stops, generator, stream)
-        return tokenizer.parse_reply(generated)
+        return tokenizer.parse_reply(generated, tools)
 
     def _generate_ids(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from glm_engine.checkpoint.hf import CONFIG_FILE_NAME, open_hf_checkpoint
-from glm_engine.errors import CheckpointError, InputError
+from glm_engine.errors import CheckpointError, InputError, TokenizerError
 from glm_engine.model.causal_glm.family import CausalGLMFamily
 from glm_engine.model.chatglm2.config import (
     CHATGLM2_PRESETS,
@@ -96,8 +96,13 @@ class ChatGLM2Family(CausalGLMFamily):
     def load_tokenizer(
         self, config: ChatGLM2Config, path: str | Path | None, folder: Path | None, random: bool
     ) -> ChatTokenizer:
-        from glm_engine.tokenizer.chat_tokenizer import builtin_chat_tokenizer, load_chat_tokenizer
+        """The release's tokenizer: ``path`` (a file or its folder), else the checkpoint folder's own; a random preset
+        falls back to the packaged tiny tokenizer of its release (SentencePiece for ChatGLM2/3, tiktoken for
+        GLM-4)."""
+        from glm_engine.tokenizer.chat_loading import TINY_GLM4_TOKENIZER, TINY_SENTENCEPIECE_MODEL, load_chat_tokenizer
 
-        if path is None and folder is None and random:
-            return builtin_chat_tokenizer(config.release)
+        if path is None and folder is None:
+            if not random:
+                raise TokenizerError("no tokenizer: pass --tokenizer PATH (glm-engine never downloads one)")
+            path = TINY_GLM4_TOKENIZER if config.release == "glm4" else TINY_SENTENCEPIECE_MODEL
         return load_chat_tokenizer(Path(path) if path is not None else folder, config.release)

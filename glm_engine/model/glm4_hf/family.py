@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from glm_engine.checkpoint.hf import CONFIG_FILE_NAME, model_type, open_hf_checkpoint
-from glm_engine.errors import CheckpointError, InputError
+from glm_engine.errors import CheckpointError, InputError, TokenizerError
 from glm_engine.model.causal_glm.family import CausalGLMFamily
 from glm_engine.model.family import TransformersBaseline
 from glm_engine.model.glm4_hf.config import CONFORMANCE_CONFIG, GLM_HF_PRESETS, MODEL_TYPES, GlmHFConfig
@@ -76,8 +76,12 @@ class GlmHFFamily(CausalGLMFamily):
     def load_tokenizer(
         self, config: GlmHFConfig, path: str | Path | None, folder: Path | None, random: bool
     ) -> ChatTokenizer:
-        from glm_engine.tokenizer.chat_tokenizer import builtin_chat_tokenizer, load_chat_tokenizer
+        """``tokenizer.json`` with its ``tokenizer_config.json``: ``path``'s, else the checkpoint folder's; a random
+        preset falls back to the packaged tiny native tokenizer."""
+        from glm_engine.tokenizer.chat_loading import TINY_GLM4_HF_TOKENIZER, load_chat_tokenizer
 
-        if path is None and folder is None and random:
-            return builtin_chat_tokenizer(TOKENIZER_RELEASE)
+        if path is None and folder is None:
+            if not random:
+                raise TokenizerError("no tokenizer: pass --tokenizer PATH (glm-engine never downloads one)")
+            path = TINY_GLM4_HF_TOKENIZER
         return load_chat_tokenizer(Path(path) if path is not None else folder, TOKENIZER_RELEASE)
