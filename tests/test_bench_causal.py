@@ -224,6 +224,17 @@ class ChatGLMConfig(PretrainedConfig):
 """
 
 
+MODELING_CODE = """import torch
+
+
+class ChatGLMForConditionalGeneration(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(config.num_layers))
+"""
+BROKEN_AT_CONSTRUCTION = MODELING_CODE.replace("config.num_layers", "config.max_length")
+
+
 def _code(tmp_path: Path, modeling: str) -> Path:
     code = tmp_path / "code"
     code.mkdir()
@@ -244,10 +255,17 @@ def test_a_remote_code_folder_needs_its_code_and_the_probe_quotes_what_fails_to_
     assert "pip install 'transformers>=4.44,<4.49'" in plan.skipped and plan.remote_code
 
 
+def test_remote_code_that_breaks_when_the_model_is_built_is_caught_by_the_probe(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    source = resolve_model(str(_remote_folder(tmp_path)))
+    plan = plan_baseline(source, None, _code(tmp_path, BROKEN_AT_CONSTRUCTION))
+    assert "AttributeError" in plan.skipped and "max_length" in plan.skipped
+
+
 def test_a_remote_code_folder_whose_class_resolves_is_planned_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     source = resolve_model(str(_remote_folder(tmp_path)))
-    code = _code(tmp_path, "import torch\n\n\nclass ChatGLMForConditionalGeneration(torch.nn.Module):\n    pass\n")
+    code = _code(tmp_path, MODELING_CODE)
     plan = plan_baseline(source, None, code)
     assert plan.skipped == "" and plan.remote_code and plan.code == code
     assert plan.workload["family"] == "chatglm2" and plan.workload["config"]["release"] == "chatglm3"

@@ -194,20 +194,29 @@ def main(job_path: str, out_path: str) -> None:
         del model
 
 
+PROBE_LAYER_KEYS = ("num_layers", "num_hidden_layers")  # remote code's and transformers' depth names
+
+
 def probe(folder: str, remote_code: bool) -> dict[str, str]:
     """The versions of transformers and torch here, and ``problem`` when this transformers cannot read the folder's
-    config or resolve its model class (the remote module is imported; no weights are read, no model is built)."""
+    config, resolve its model class or build it: the class is built from the config cut to one layer on the meta
+    device (remote code that places its own tensors gets untouched CPU memory), so no weights are read and a
+    release whose model code breaks at construction (ChatGLM3's under transformers 5) is caught here."""
     import transformers
 
     answer = {"versions": f"transformers {transformers.__version__}, torch {torch.__version__}"}
     try:
         config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=remote_code)
-        if remote_code:
-            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+        for key in PROBE_LAYER_KEYS:
+            if isinstance(getattr(config, key, None), int):
+                setattr(config, key, 1)
+        with torch.device("meta"):
+            if remote_code:
+                from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-            get_class_from_dynamic_module(config.auto_map["AutoModel"], folder)
-        else:
-            transformers.AutoModelForCausalLM._model_mapping[type(config)]  # KeyError: no causal-LM class for it
+                get_class_from_dynamic_module(config.auto_map["AutoModel"], folder)(config)
+            else:
+                transformers.AutoModelForCausalLM.from_config(config)
     except Exception as exc:  # every failure is the answer: quoted in the skipped rows
         answer["problem"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return answer
