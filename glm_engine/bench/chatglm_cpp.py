@@ -41,6 +41,7 @@ from .spec import Point, QuantChoice, point_to_json
 ENGINE = "chatglm.cpp"
 PACKAGE = "chatglm_cpp"
 PROBE_TIMEOUT_S = 120
+BATCH_ONE = "chatglm.cpp's Python API decodes one sequence at a time (batch 1)"
 GGML_KV_ITEMSIZE = 2  # chatglm.cpp caches keys and values in fp16 (GGML_TYPE_F16 k_cache/v_cache)
 # Our weight width (bits; 0 = floating point) -> chatglm.cpp's type of that width.
 GGML_TYPES = {0: "f16", 8: "q8_0", 4: "q4_0"}
@@ -315,9 +316,6 @@ def compare(
     }
     run_chatglm_cpp(plan, runnable, *protocol, workload, on_result)
     return plan.version
-
-
-BATCH_ONE = "chatglm.cpp's Python API decodes one sequence at a time (batch 1)"
 
 
 def _key(ggml_type: str, point: dict) -> str:
