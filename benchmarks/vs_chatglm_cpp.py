@@ -6,7 +6,8 @@ rowwise; at 8 and 4 bits each of ours with ``lm_head`` in bf16 (the reference's 
 ``glm-engine bench``'s own protocol and summarised by its rows (``glm_engine.bench.measure`` / ``rows``): the same
 workload (a ``--prompt``-token prompt of random text ids, then ``--new-tokens`` decode steps fed the same ids), the
 prefill timed apart from the decode steps, warm-up and repetitions alike. chatglm.cpp sits behind the bench's runner
-interface (``GgmlRunner`` below); it builds its own positions and mask from the prompt length, and each of its steps
+interface (``glm_engine.bench.ggml_worker.GgmlRunner``, which ``glm-engine bench --compare-chatglm-cpp`` uses too); it
+builds its own positions and mask from the prompt length, and each of its steps
 includes its greedy choice over the vocabulary (a fraction of a millisecond). For each width the engines are loaded
 together and measured one after another. Prints a table; asserts nothing. The same ``glm-engine`` numbers alone:
 ``glm-engine bench --model HF_FOLDER --dtype bf16 --quant none,int8,int4 -t pg35,32 --no-baseline``.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from glm_engine.bench.ggml_worker import GgmlRunner
 from glm_engine.bench.measure import measure
 from glm_engine.bench.models import resolve_model
 from glm_engine.bench.rows import row_from_measurement
@@ -48,45 +50,6 @@ PAIRS = [
         ],
     ),
 ]
-
-
-class GgmlCache:
-    """chatglm.cpp keeps its KV cache inside the model: this holds the ids it has seen and how many it has run."""
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.n_past = 0
-
-    def reset(self) -> None:
-        self.ids, self.n_past = [], 0
-
-
-class GgmlRunner:
-    """A chatglm.cpp model behind the runner interface ``glm_engine.bench.measure`` times: each forward appends its
-    ids and runs ``generate_next_token`` over the new ones, as ``Pipeline._stream_generate_ids`` drives it."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, model, context: int, total: int) -> None:
-        from chatglm_cpp import _C
-
-        self.model = model
-        self.context = context  # chatglm.cpp derives positions and the mask from the prompt length
-        self.config = _C.GenerationConfig(
-            max_length=total + 1, max_new_tokens=total - context, max_context_length=context, do_sample=False
-        )
-
-    def new_cache(self, batch_size: int, max_length: int) -> GgmlCache:
-        return GgmlCache()
-
-    def forward(self, input_ids, position_ids, blocked, cache=None, last_only=False) -> torch.Tensor:
-        cache.ids.extend(int(i) for i in input_ids[0])
-        token = self.model.generate_next_token(cache.ids, None, self.config, cache.n_past, self.context)
-        cache.n_past = len(cache.ids)
-        return torch.tensor([[token]])
-
-    def step(self, cache, input_ids, position_ids, blocked) -> torch.Tensor:
-        return self.forward(input_ids, position_ids, blocked, cache)
 
 
 def main() -> None:

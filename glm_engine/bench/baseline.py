@@ -1,16 +1,22 @@
 """The transformers baseline: the same weights run eagerly by Hugging Face transformers, timed the same way.
 
-A family's Hugging Face folders run through the reference modeling code the family names
-(``Family.transformers_baseline``: for ChatGLM-6B ``modeling_chatglm.py`` reached by the folder's ``auto_map``,
-``AutoModel.from_pretrained(folder, trust_remote_code=True)``). A folder without that code (e.g. weights converted
-elsewhere) gets it from ``--baseline-code DIR``: a staging folder in /tmp links the weights and the code files and
-adds the ``auto_map``; nothing is copied into the checkpoint or into this repository. A family transformers has no
-class for (GLM-130B) has its baseline reported as skipped, with the reason, like every other case that cannot run.
+A family names how transformers runs its Hugging Face folders (``Family.transformers_baseline``). Remote-code
+families (ChatGLM-6B; ChatGLM2/3 and GLM-4 in THUDM's layout) run the reference's ``modeling_chatglm.py`` reached by
+the folder's ``auto_map``: ``AutoModel.from_pretrained(folder, trust_remote_code=True)``. A folder without that code
+(e.g. weights converted elsewhere) gets it from ``--baseline-code DIR``: a staging folder in /tmp links the weights
+and the code files and adds the ``auto_map``; nothing is copied into the checkpoint or into this repository. Native
+families (``GlmForCausalLM``, ``Glm4ForCausalLM``: no code files) run transformers' own class,
+``AutoModelForCausalLM.from_pretrained(folder)``. A family transformers has no class for (GLM-130B) has its baseline
+reported as skipped, with the reason, like every other case that cannot run.
 
-The baseline runs in a separate interpreter (``--baseline-python``, default this one): reference code may pin old
-transformers releases (ChatGLM-6B's: 4.27-4.33) that need not share an environment with glm-engine. That
-interpreter imports ``glm_engine.bench`` from this source tree (through ``PYTHONPATH``) so its inputs and timing
-protocol are ours.
+The baseline runs in a separate interpreter (``--baseline-python``, default this one): reference code pins
+transformers releases (ChatGLM-6B's: 4.27-4.33; ChatGLM2/3's run on 4.40, GLM-4's remote code from 4.44) that need
+not share an environment with glm-engine, and native classes need recent ones (``GlmForCausalLM`` 4.46+,
+``Glm4ForCausalLM`` 4.51+). That interpreter imports ``glm_engine.bench`` from this source tree (through
+``PYTHONPATH``) so its inputs and timing protocol are ours. Before anything is timed, a probe in that interpreter
+reads the folder's config and resolves its model class there (importing the remote code, without building the
+model), so a transformers release that cannot run the folder is a skipped row that quotes the error, its version
+and what to install.
 """
 
 from __future__ import annotations
@@ -46,63 +52,91 @@ class BaselinePlan:
     spec: TransformersBaseline | None = None  # the family's reference code
     workload: dict | None = None  # what the worker needs to build our inputs: family, config, text ids
 
+    @property
+    def remote_code(self) -> bool:
+        """Whether the folder runs through its own modeling code (``trust_remote_code``) rather than a class of
+        transformers (a family whose baseline names no code files)."""
+        return self.spec is None or bool(self.spec.code_files)
+
 
 def _has_code(folder: Path, spec: TransformersBaseline) -> bool:
+    """Whether ``folder`` carries its reference code: an ``auto_map`` in its config.json and every code file."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and "auto_map" in config and (folder / spec.code_files[0]).is_file()
+    files = all((folder / name).is_file() for name in spec.code_files)
+    return isinstance(config, dict) and "auto_map" in config and files
 
 
-def _probe(python: str, install_hint: str) -> tuple[str, str]:
-    """(versions, '') when ``python`` imports transformers and torch, else ('', the reason)."""
-    code = "import torch, transformers; print(f'transformers {transformers.__version__}, torch {torch.__version__}')"
+def _probe(python: str, folder: Path, remote_code: bool, install_hint: str, cwd: Path) -> tuple[str, str]:
+    """(versions, '') when ``python`` can resolve ``folder``'s model class (``hf_worker --probe``, run in ``cwd``),
+    else (versions or '', the reason: the interpreter cannot start, glm_engine or transformers cannot be imported
+    there, or the folder's config or model class fails under that transformers release, quoted)."""
+    kind = "remote" if remote_code else "native"
+    command = [python, "-m", "glm_engine.bench.hf_worker", "--probe", str(folder), kind]
     try:
         done = subprocess.run(
-            [python, "-c", code], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=worker_env()
+            command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=worker_env(), cwd=cwd
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return "", f"cannot run --baseline-python {python}: {exc}"
-    if done.returncode:
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         return "", f"transformers cannot be imported by {python} ({last}); {install_hint}, or pass --baseline-python"
-    return done.stdout.strip(), ""
+    versions, problem = str(answer.get("versions", "")), str(answer.get("problem", ""))
+    if problem:
+        return versions, (
+            f"{versions} in {python} cannot run {folder} ({problem}); {install_hint}, or pass --baseline-python "
+            "an interpreter that has it"
+        )
+    return versions, ""
+
+
+def _skipped(python: str, reason: str, folder: Path | None = None, code: Path | None = None) -> BaselinePlan:
+    return BaselinePlan(folder, code, python, reason)
 
 
 def plan_baseline(source: ModelSource, python: str | None, code: Path | None) -> BaselinePlan:
-    """Decide whether the baseline can run for ``source``, without loading anything heavy."""
+    """Decide whether the baseline can run for ``source`` and how (remote code or a transformers class), probing the
+    baseline interpreter without loading weights; a plan that cannot run says why in ``skipped``."""
     python = python or sys.executable
     spec = source.family.transformers_baseline
     if spec is None:
-        return BaselinePlan(
-            None,
-            None,
-            python,
-            f"transformers has no class for the {source.family.title} architecture of {source.description}",
+        return _skipped(
+            python, f"transformers has no class for the {source.family.title} architecture of {source.description}"
         )
     folder = Path(source.name)
     if source.random or not folder.is_dir():
-        return BaselinePlan(
-            None,
-            None,
+        return _skipped(
             python,
             f"{source.description} exists only in this process: transformers needs a Hugging Face folder (pass one "
             "to --model, e.g. one saved with its config.json and safetensors)",
         )
-    if code is None and not _has_code(folder, spec):
-        return BaselinePlan(
-            folder,
-            None,
+    if not spec.code_files and code is not None:
+        return _skipped(
             python,
-            f"{folder} has no modeling code (no auto_map and {spec.code_files[0]} in it); pass --baseline-code DIR "
-            f"with the reference's {' and '.join(spec.code_files)}",
+            f"--baseline-code {code} supplies remote modeling code, but {folder} is a {source.family.title} folder "
+            "that transformers runs with its own class: leave --baseline-code out",
+            folder,
+            code,
+        )
+    if spec.code_files and code is None and not _has_code(folder, spec):
+        return _skipped(
+            python,
+            f"{folder} has no modeling code (no auto_map and {' and '.join(spec.code_files)} in it); pass "
+            f"--baseline-code DIR with the reference's {' and '.join(spec.code_files)}",
+            folder,
         )
     if code is not None:
         missing = [f for f in spec.code_files if not (code / f).is_file()]
         if missing:
-            return BaselinePlan(folder, code, python, f"--baseline-code {code} lacks {', '.join(missing)}")
-    versions, reason = _probe(python, spec.install_hint)
+            return _skipped(python, f"--baseline-code {code} lacks {', '.join(missing)}", folder, code)
+    with tempfile.TemporaryDirectory(prefix="glm-engine-bench-probe-") as tmp:
+        staged = folder if code is None else stage_folder(folder, code, Path(tmp) / "model", spec.auto_map)
+        versions, reason = _probe(python, staged, bool(spec.code_files), spec.install_hint, Path(tmp))
     workload = {
         "family": source.family.name,
         "config": source.family.config_to_dict(source.config),
@@ -131,7 +165,9 @@ def stage_folder(folder: Path, code: Path, into: Path, auto_map: dict[str, str])
 
 
 def worker_env() -> dict[str, str]:
-    """This environment with the folder holding ``glm_engine`` first on PYTHONPATH, for another interpreter."""
+    """This environment with the folder holding ``glm_engine`` first on PYTHONPATH, for another interpreter (run in an
+    empty working folder, so ``python -m`` cannot pick up a ``glm_engine`` or ``chatglm_cpp`` folder from the
+    caller's one)."""
     root = str(Path(glm_engine.__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
@@ -164,12 +200,15 @@ def run_baseline(
             "threads": threads,
             "points": [point_to_json(p) for p in points],
             "workload": plan.workload,
+            "remote_code": plan.remote_code,
         }
         job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "results.jsonl"
         job_file.write_text(json.dumps(job), encoding="utf-8")
         out_file.touch()
         command = [plan.python, "-m", "glm_engine.bench.hf_worker", str(job_file), str(out_file)]
-        process = subprocess.Popen(command, env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            command, env=worker_env(), cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             _, stderr = process.communicate()
         finally:

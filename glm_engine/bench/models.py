@@ -2,18 +2,18 @@
 
 ``--model`` takes what ``glm_engine.load`` takes (the built-in demo model by default, a checkpoint folder of any
 family, an exported folder, a preset name such as ``glm-tiny``) plus ``random:<preset>`` (any family's preset:
-``glm-130b``, ``glm-tiny``, ``chatglm-6b``, ``chatglm-tiny``) with ``--layers/--hidden/--heads/--inner`` to shape
-random weights without files. Names are resolved by :func:`glm_engine.engine.source.open_source`, and random models
-go through ``glm_engine.load`` like a preset does, so ``--quant``, TP sharding and every backend's weight preparation
-are the ones real checkpoints get; their weights are drawn in fp16 (what real checkpoints store), which halves the
-host memory of large shapes.
+``glm-130b``, ``chatglm-6b``, ``chatglm3-6b``, ``glm-4-9b``, ``glm-4-9b-chat-hf``, their ``-tiny`` ones ...) with
+``--layers/--hidden/--heads/--kv-heads/--inner`` to shape random weights without files. Names are resolved by
+:func:`glm_engine.engine.source.open_source`, and random models go through ``glm_engine.load`` like a preset does, so
+``--quant``, TP sharding and every backend's weight preparation are the ones real checkpoints get; their weights are
+drawn in fp16 (what real checkpoints store), which halves the host memory of large shapes.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from glm_engine.model.family import Family
 from glm_engine.model.registry import preset_family, preset_names
 from glm_engine.parallel.communicator import Communicator
 
+from .roofline import cached_bytes_per_token
 from .spec import QuantChoice
 
 RANDOM_PREFIX = "random:"
@@ -38,12 +39,13 @@ HOST_MEMORY_HEADROOM = 0.9
 
 @dataclass(frozen=True)
 class Shape:
-    """``--layers/--hidden/--heads/--inner`` for a random model (None keeps the preset's)."""
+    """``--layers/--hidden/--heads/--kv-heads/--inner`` for a random model (None keeps the preset's)."""
 
     layers: int | None = None
     hidden: int | None = None
     heads: int | None = None
     inner: int | None = None
+    kv_heads: int | None = None  # key/value groups of a grouped-query model
 
     def given(self) -> bool:
         return any(v is not None for v in asdict(self).values())
@@ -112,11 +114,12 @@ class ModelSource:
 
 
 def kv_bytes_per_token(runner: Any) -> int:
-    """Bytes of keys and values one cached token holds per batch row: every layer's K and V over the heads this
-    process holds (a TP rank's share), in the cache's dtype (the compute dtype)."""
+    """Bytes of keys and values one cached token holds per batch row: every layer's K and V over the key/value heads
+    this process holds (a TP rank's share of the groups of a grouped-query model, else of the heads), in the cache's
+    dtype (the compute dtype), at the cache's head width (``config.head_dim``, which need not be hidden / heads)."""
     config = runner.config
-    heads = getattr(runner, "local_heads", config.num_attention_heads)
-    return 2 * config.num_layers * heads * config.head_dim * runner.dtype.itemsize
+    heads = getattr(runner, "local_kv_heads", None) or getattr(runner, "local_heads", config.num_attention_heads)
+    return cached_bytes_per_token(config.num_layers, heads, config.head_dim, runner.dtype.itemsize)
 
 
 def streamed_bytes(weights: Any) -> int:
@@ -124,23 +127,48 @@ def streamed_bytes(weights: Any) -> int:
     return weights.streamed_bytes()
 
 
-def _shaped(config: Any, shape: Shape) -> Any:
-    """``config`` with ``shape``'s changes; heads follow the preset's head width and the MLP its ratio when only
-    ``--hidden`` is given."""
+def _shaped(config: Any, shape: Shape, name: str) -> Any:
+    """``config`` with ``shape``'s changes. With only ``--hidden`` the heads keep the preset's head width and the
+    MLP its ratio; a grouped-query model keeps its key/value groups unless ``--kv-heads`` is given. A combination the
+    family's config refuses is an InputError with its reason."""
     hidden = shape.hidden or config.hidden_size
+    if shape.hidden and not shape.heads and hidden % config.head_dim:
+        raise InputError(
+            f"--hidden {hidden} is not a multiple of {name}'s head width {config.head_dim}; pass --heads as well"
+        )
     heads = shape.heads or (hidden // config.head_dim if shape.hidden else config.num_attention_heads)
     inner = shape.inner or config.inner_hidden_size * hidden // config.hidden_size
-    if hidden % heads:
-        raise InputError(f"--heads {heads} does not divide --hidden {hidden}; pass --heads")
+    changes: dict[str, Any] = {
+        "num_layers": shape.layers or config.num_layers,
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "inner_hidden_size": inner,
+        **_kv_groups(config, heads, shape.kv_heads, name),
+    }
     try:
-        return config.with_overrides(
-            num_layers=shape.layers or config.num_layers,
-            hidden_size=hidden,
-            num_attention_heads=heads,
-            inner_hidden_size=inner,
+        return config.with_overrides(**changes)
+    except ConfigError as exc:  # the family's own checks (heads that divide hidden, a rotary head width, ...)
+        raise InputError(f"{name}: {exc}; change --heads, --kv-heads or --hidden") from None
+
+
+def _kv_groups(config: Any, heads: int, kv_heads: int | None, name: str) -> dict[str, int]:
+    """The ``num_kv_heads`` change of a grouped-query config (none for a config with a key/value head per query
+    head, which refuses ``--kv-heads``): ``--kv-heads``, else the preset's groups when they still divide the heads."""
+    if "num_kv_heads" not in {f.name for f in fields(config)}:
+        if kv_heads is not None:
+            raise InputError(
+                f"--kv-heads shapes grouped-query models (random:chatglm2-6b, random:glm-4-9b, ...); {name} has one "
+                "key/value head per query head"
+            )
+        return {}
+    groups = kv_heads or config.num_kv_heads
+    if heads % groups:
+        given = f"--kv-heads {groups}" if kv_heads else f"{name}'s {groups} key/value groups"
+        raise InputError(
+            f"{given} must divide the {heads} attention heads; pass --kv-heads that divides {heads} or --heads "
+            f"that is a multiple of {groups}"
         )
-    except ConfigError as exc:  # the family's own checks (a rotary head width, ...), with what to change
-        raise InputError(f"{exc}; change --heads or --hidden") from None
+    return {"num_kv_heads": groups}
 
 
 def _available_host_bytes() -> int | None:
@@ -181,20 +209,29 @@ def resolve_model(model: str | None, shape: Shape = Shape()) -> ModelSource:
             known = ", ".join(RANDOM_PREFIX + n for n in preset_names())
             raise InputError(f"unknown random model {name!r}; choose from {known}")
         family, base = found
-        config = _shaped(base, shape)
+        config = _shaped(base, shape, name)
         check_random_fits(config, name, "fp16")  # the least it needs; each load checks its own dtype
-        description = (
-            f"random {preset_name} ({config.num_layers} layers, hidden {config.hidden_size}, "
-            f"{config.num_parameters() / 1e9:.2f}B parameters)"
-        )
+        description = f"random {preset_name} ({_shape_words(config)}, {config.num_parameters() / 1e9:.2f}B parameters)"
         kwargs: dict[str, Any] = {"config": config}
         return ModelSource(preset_name, family, description, config, True, kwargs)
     if shape.given():
-        raise InputError("--layers/--hidden/--heads/--inner shape random models: use --model random:<preset>")
+        raise InputError(
+            "--layers/--hidden/--heads/--kv-heads/--inner shape random models: use --model random:<preset>"
+        )
     source = open_source(name)
     description = f"{source.description} (random weights)" if source.random else source.description
     dtype = dtype_name(source.exported_dtype) if source.exported_dtype is not None else None
     return ModelSource(name, source.family, description, source.config, dtype=dtype)
+
+
+def _shape_words(config: Any) -> str:
+    """``2 layers, hidden 4096, 32 heads in 2 key/value groups of 128 dims`` (the groups only where the config has
+    them)."""
+    heads = f"{config.num_attention_heads} heads"
+    groups = getattr(config, "num_kv_heads", config.num_attention_heads)
+    if groups != config.num_attention_heads:
+        heads += f" in {groups} key/value groups"
+    return f"{config.num_layers} layers, hidden {config.hidden_size}, {heads} of {config.head_dim} dims"
 
 
 def backend_device(backend: str) -> torch.device:

@@ -2,7 +2,8 @@
 
 The Markdown report is a header (model, device, measured bandwidth, protocol), the table of every row (skipped ones
 with their reason), and, when several engines ran (backends, or the transformers baseline), a side-by-side table of
-tokens/s per engine with each engine's ratio to the first backend and to the baseline.
+tokens/s per engine with each engine's ratio to the first backend and to the baseline; with chatglm.cpp's rows
+(``--compare-chatglm-cpp``), a table of each chatglm.cpp type next to our rows of the same width.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from glm_engine.bench.chatglm_cpp import ENGINE as CHATGLM_CPP
+from glm_engine.bench.chatglm_cpp import width_of
 from glm_engine.bench.roofline import IN_CACHE
 from glm_engine.bench.rows import NOISY_FRACTION, OK, SKIPPED, Row
 from glm_engine.conformance.report import ReportFormat
@@ -56,6 +59,7 @@ def _table(columns: Sequence[str], lines: list[list[str]]) -> list[str]:
 
 
 def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
+    against_cpp = any(r.engine == CHATGLM_CPP for r in rows)
     columns = [
         "engine",
         "dtype",
@@ -74,6 +78,7 @@ def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
         "device MB",
         f"vs {first}",
         f"vs {baseline}",
+        *([f"vs {CHATGLM_CPP}"] if against_cpp else []),
         "note",
     ]
     lines = [
@@ -95,10 +100,34 @@ def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
             _num(r.peak_device_mb, 0),
             _ratio(r.vs_first),
             _ratio(r.vs_baseline),
+            *([_ratio(r.vs_chatglm_cpp)] if against_cpp else []),
             r.reason,
         ]
         for r in rows
     ]
+    return _table(columns, lines)
+
+
+def _against_chatglm_cpp(rows: Sequence[Row], baseline: str) -> list[str]:
+    """Each chatglm.cpp row next to our rows of the same width (f16: floating point, q8_0: INT8, q4_0: INT4) at the
+    same test, depth, batch and device, at TP=1, with our tokens/s over chatglm.cpp's."""
+    columns = ["chatglm.cpp", "batch", "test", "chatglm.cpp t/s", "glm-engine at that width: t/s (vs chatglm.cpp)"]
+    ours = [r for r in rows if r.engine not in (CHATGLM_CPP, baseline) and r.status == OK and r.tp == 1]
+    lines = []
+    for cpp in (r for r in rows if r.engine == CHATGLM_CPP):
+        same = [
+            o
+            for o in ours
+            if (width_of(o.quant), o.test, o.depth, o.batch, o.device)
+            == (cpp.quant, cpp.test, cpp.depth, cpp.batch, cpp.device)
+        ]
+        cells = [
+            f"{o.engine} {o.dtype} {o.quant}: {o.tokens_per_s:.2f}"
+            + (f" ({_ratio(o.vs_chatglm_cpp)})" if o.vs_chatglm_cpp is not None else "")
+            for o in same
+        ]
+        rate = _rate(cpp) if cpp.status == OK else f"{cpp.status}: {cpp.reason}"
+        lines.append([cpp.quant, str(cpp.batch), f"{cpp.test} @ d{cpp.depth}", rate, "; ".join(cells)])
     return _table(columns, lines)
 
 
@@ -176,7 +205,17 @@ def _header(meta: dict[str, Any], rows: Sequence[Row] = ()) -> list[str]:
         "mean step; KV GB/s: the cached keys and values the steps read (mean over the timed steps) over the same time"
     )
     if meta.get("baseline"):
-        lines.append(f"- baseline: {meta['baseline']} (eager, the model's reference code), same inputs and protocol")
+        lines.append(
+            f"- baseline: {meta['baseline']} (the model's reference code eagerly, or transformers' own class), "
+            "same inputs and protocol"
+        )
+    if meta.get("chatglm_cpp"):
+        lines.append(
+            f"- {meta['chatglm_cpp']}: the same folder converted by its own converter (every 2-D weight in f16, q8_0 "
+            "or q4_0, embedding and output layer included; fp32 activations), batch 1 through its Python API with "
+            "its own thread count, same ids and protocol; vs chatglm.cpp compares our rows of the same width "
+            "(floating point vs f16, INT8 vs q8_0, INT4 vs q4_0; --quant-output on is like for like)"
+        )
     if any(r.noisy for r in rows):
         lines.append(
             f"- (noisy): the row's t/s stddev is above {NOISY_FRACTION:.0%} of its mean (other load on the machine, "
@@ -215,6 +254,9 @@ def render_report(meta: dict[str, Any], rows: Sequence[Row], fmt: ReportFormat, 
         return buffer.getvalue()
     rows, skipped = _collapse_skipped_engines(rows)
     lines = _header(meta, rows) + [f"- {note}" for note in skipped] + [""] + _main_table(rows, first, baseline)
-    if len({r.engine for r in rows}) > 1:
-        lines += ["", "## Side by side", ""] + _side_by_side(rows, first, baseline)
+    engines = [r for r in rows if r.engine != CHATGLM_CPP]
+    if len({r.engine for r in engines}) > 1:
+        lines += ["", "## Side by side", ""] + _side_by_side(engines, first, baseline)
+    if any(r.engine == CHATGLM_CPP for r in rows):
+        lines += ["", "## Against chatglm.cpp", ""] + _against_chatglm_cpp(rows, baseline)
     return "\n".join(lines)

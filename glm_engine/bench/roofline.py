@@ -174,6 +174,12 @@ def achieved_gbps(weight_bytes: int, seconds_per_step: float) -> float:
     return weight_bytes / seconds_per_step / GB
 
 
+def cached_bytes_per_token(layers: int, kv_heads: int, head_dim: int, itemsize: int) -> int:
+    """Bytes of keys and values one cached token holds per batch row: K and V of every layer over the key/value heads
+    held (a grouped-query model caches its groups, not one head per query head), ``head_dim`` wide."""
+    return 2 * layers * kv_heads * head_dim * itemsize
+
+
 def roofline_share(gbps: float, bandwidth_gbps: float) -> float:
     """The fraction of the measured read bandwidth that ``gbps`` reaches (1.0 = at the roofline)."""
     if bandwidth_gbps <= 0:

@@ -9,6 +9,7 @@ and, separately, the GB/s of cached keys and values the steps read.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ class Row:
     roofline_note: str = ""  # roofline.IN_CACHE (no share: the weights fit in the last-level cache) or ABOVE_ROOFLINE
     vs_first: float | None = None  # tokens/s over the first backend's at the same configuration
     vs_baseline: float | None = None  # tokens/s over transformers' at the same configuration
+    vs_chatglm_cpp: float | None = None  # tokens/s over chatglm.cpp's at the same width (--compare-chatglm-cpp)
     timer: str = ""
     samples: dict[str, Any] = field(default_factory=dict)  # raw per-repetition data (JSON output only)
 
@@ -157,13 +159,15 @@ def skipped_row(
     return Row(engine, point.dtype, q, point.tp, point.batch, point.test.name, point.depth, status, reason, device)
 
 
-def add_ratios(rows: list[Row], first_engine: str, baseline_engine: str) -> None:
+def add_ratios(rows: list[Row], first_engine: str, baseline_engine: str, external: Collection[str] = ()) -> None:
     """Fill ``vs_first`` (each engine's tokens/s over ``first_engine``'s at the same configuration; only when more
     than one of our engines ran) and ``vs_baseline`` (ours over the baseline's on the same device, at the same dtype
-    and test)."""
-    ours = [r for r in rows if r.engine != baseline_engine and r.status == OK]
+    and test). Rows of ``external`` engines (chatglm.cpp) are neither ours nor the baseline: they get no ratio here
+    and count as no engine of ours."""
+    mine = [r for r in rows if r.engine != baseline_engine and r.engine not in external]
+    ours = [r for r in mine if r.status == OK]
     first = {r.config_key: r.tokens_per_s for r in ours if r.engine == first_engine}
-    several = len({r.engine for r in rows if r.engine != baseline_engine}) > 1
+    several = len({r.engine for r in mine}) > 1
     base = {r.baseline_key: r.tokens_per_s for r in rows if r.engine == baseline_engine and r.status == OK}
     for row in ours:
         if several and first.get(row.config_key):

@@ -23,8 +23,10 @@ import torch
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.errors import GlmEngineError, InputError
 from glm_engine.parallel.communicator import Communicator
+from glm_engine.parallel.degree import check_tp_degree
 
 from .baseline import BASELINE_NAME, BaselinePlan, plan_baseline, run_baseline
+from .chatglm_cpp import compare, ggml_points
 from .measure import Measurement, Sample, measure
 from .models import LoadedModel, ModelSource, Shape, backend_device, resolve_model
 from .roofline import measure_read_bandwidth
@@ -44,6 +46,8 @@ class BenchOptions:
     baseline_python: str | None = None
     baseline_code: Path | None = None
     bandwidth_gib: float = 1.0  # 0 skips the bandwidth measurement (no roofline share)
+    chatglm_cpp: Path | None = None  # --compare-chatglm-cpp: chatglm.cpp's package folder or interpreter
+    chatglm_cpp_python: str | None = None  # the interpreter that runs a package folder (default: this one)
 
 
 @dataclass
@@ -54,10 +58,12 @@ class BenchRun:
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     baseline_versions: str = ""
+    chatglm_cpp_version: str = ""
 
 
 def check_plan(source: ModelSource, points: Sequence[Point]) -> None:
-    """Refuse points whose sequence does not fit the model, and unknown backends, before anything runs."""
+    """Refuse points whose sequence does not fit the model, TP degrees that cannot split it (heads, key/value groups,
+    vocabulary rows, MLP units), and unknown backends, before anything runs."""
     too_long = [p for p in points if p.tokens_needed() > source.max_sequence_length]
     if too_long:
         worst = max(too_long, key=lambda p: p.tokens_needed())
@@ -65,6 +71,8 @@ def check_plan(source: ModelSource, points: Sequence[Point]) -> None:
             f"{worst.label} needs {worst.tokens_needed()} positions; {source.description} has "
             f"{source.max_sequence_length}: use shorter tests or a smaller --depth"
         )
+    for tp in dict.fromkeys(p.tp for p in points):
+        check_tp_degree(source.config, tp, source.description)  # ParallelError listing the degrees that fit
     for name in dict.fromkeys(p.backend for p in points):
         REGISTRY.resolve(name)  # BackendError: unknown or unavailable, with the reason
 
@@ -161,9 +169,10 @@ def run_plan(
     run: BenchRun,
     progress: Progress | None = None,
 ) -> None:
-    """Measure every point, then the baseline; rows are appended to ``run`` as they finish."""
+    """Measure every point, then the baseline, then chatglm.cpp; rows are appended to ``run`` as they finish."""
     baseline_points = _baseline_points(points) if options.baseline else {}
-    total = len(points) + sum(len(group) for group in baseline_points.values())
+    ggml = ggml_points(points) if options.chatglm_cpp is not None else []
+    total = len(points) + sum(len(group) for group in baseline_points.values()) + len(ggml)
     done = 0
 
     def advance(label: str) -> None:
@@ -181,6 +190,32 @@ def run_plan(
             _run_group(source, group, options, run, None, advance, run.rows.append)
     if baseline_points:
         _run_baselines(source, baseline_points, options, run, advance)
+    if options.chatglm_cpp is not None:
+        _run_chatglm_cpp(source, points, options, run, advance)
+
+
+def _run_chatglm_cpp(
+    source: ModelSource, points: Sequence[Point], options: BenchOptions, run: BenchRun, advance: Callable[[str], None]
+) -> None:
+    """chatglm.cpp next to our CPU rows at TP=1 (``chatglm_cpp.compare``); a plan without such rows says so."""
+    if not ggml_points(points):
+        run.notes.append(
+            "chatglm.cpp is compared with the CPU backend's rows at TP=1 and this plan has none: add --backend cpu"
+        )
+        return
+    assert options.chatglm_cpp is not None
+    cpu = next(b for b in dict.fromkeys(p.backend for p in points) if backend_device(b).type == "cpu")
+    protocol = (options.repetitions, options.warmup, options.seed)
+    run.chatglm_cpp_version = compare(
+        source,
+        points,
+        options.chatglm_cpp,
+        options.chatglm_cpp_python,
+        protocol,
+        run.devices.get(cpu, {}),
+        run.rows.append,
+        advance,
+    )
 
 
 # Device types transformers' ChatGLM code runs on here (ROCm is "cuda" to torch); other devices' rows are skipped.
@@ -307,7 +342,12 @@ def _run_tp_group(
                     "model": source.name if not source.random else f"random:{source.name}",
                     "shape": asdict(shape),
                     "points": [point_to_json(p) for p in points],
-                    "options": {**asdict(options), "baseline": False, "baseline_code": None},
+                    "options": {
+                        **asdict(options),
+                        "baseline": False,
+                        "baseline_code": None,
+                        "chatglm_cpp": None,
+                    },
                     "devices": run.devices,
                 }
             ),

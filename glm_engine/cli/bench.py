@@ -13,6 +13,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from glm_engine.backends.base import GraphLevelBackend, dtype_name, parse_dtype
 from glm_engine.backends.registry import REGISTRY
 from glm_engine.bench.baseline import BASELINE_NAME
+from glm_engine.bench.chatglm_cpp import ENGINE as CHATGLM_CPP
+from glm_engine.bench.chatglm_cpp import add_chatglm_cpp_ratios
 from glm_engine.bench.device import host_peak_note
 from glm_engine.bench.environment import environment
 from glm_engine.bench.models import (
@@ -122,6 +124,7 @@ def _meta(
         "protocol": {"repetitions": repetitions, "warmup": warmup, "seed": seed, "host_memory": host_peak_note()},
         "environment": environment(),
         "baseline": run.baseline_versions,
+        "chatglm_cpp": run.chatglm_cpp_version,
         "notes": run.notes,
         "interrupted": interrupted,
     }
@@ -150,6 +153,9 @@ def bench(
     layers: Annotated[int | None, typer.Option(help="random:<preset> only: number of layers")] = None,
     hidden: Annotated[int | None, typer.Option(help="random:<preset> only: hidden size")] = None,
     heads: Annotated[int | None, typer.Option(help="random:<preset> only: attention heads")] = None,
+    kv_heads: Annotated[
+        int | None, typer.Option(help="random:<preset> only: key/value groups of a grouped-query model")
+    ] = None,
     inner: Annotated[int | None, typer.Option(help="random:<preset> only: MLP inner width")] = None,
     backend: Annotated[ListOption, typer.Option(help="backends (list); ratios compare with the first")] = None,
     dtype: Annotated[
@@ -176,6 +182,13 @@ def bench(
         Path | None, typer.Option(help="folder with modeling_chatglm.py, for an HF folder without its code")
     ] = None,
     bandwidth_gib: Annotated[float, typer.Option(help="least GiB the bandwidth probe reads; 0 skips it")] = 1.0,
+    compare_chatglm_cpp: Annotated[
+        Path | None,
+        typer.Option(help="chatglm.cpp's chatglm_cpp package folder or an interpreter with it: decode side by side"),
+    ] = None,
+    chatglm_cpp_python: Annotated[
+        str | None, typer.Option(help="interpreter that runs --compare-chatglm-cpp's package folder (default: this)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed of the random input ids")] = 1234,
     tp_job: Annotated[Path | None, typer.Option(hidden=True)] = None,
     tp_rows: Annotated[Path | None, typer.Option(hidden=True)] = None,
@@ -185,7 +198,7 @@ def bench(
         _tp_rank(tp_job, tp_rows)
         return
     with user_errors():
-        shape = Shape(layers, hidden, heads, inner)
+        shape = Shape(layers, hidden, heads, inner, kv_heads)
         source = resolve_model(model, shape)
         if repetitions < 1 or warmup < 0:
             raise InputError("--repetitions must be at least 1 and --warmup at least 0")
@@ -198,7 +211,17 @@ def bench(
             backends, source.dtype, dtype, quant, quant_scheme, quant_group_size, quant_output, tp, batch, depth, test
         )
         check_plan(source, points)
-        options = BenchOptions(repetitions, warmup, seed, baseline, baseline_python, baseline_code, bandwidth_gib)
+        options = BenchOptions(
+            repetitions,
+            warmup,
+            seed,
+            baseline,
+            baseline_python,
+            baseline_code,
+            bandwidth_gib,
+            compare_chatglm_cpp,
+            chatglm_cpp_python,
+        )
         run = BenchRun(notes=notes)
         interrupted = False
         if running_under_torchrun():
@@ -215,7 +238,8 @@ def bench(
                     run_plan(source, shape, points, options, run, lambda done, total, label: update(done, total))
             except KeyboardInterrupt:
                 interrupted = True
-        add_ratios(run.rows, backends[0], BASELINE_NAME)
+        add_ratios(run.rows, backends[0], BASELINE_NAME, external=(CHATGLM_CPP,))
+        add_chatglm_cpp_ratios(run.rows)
         meta = _meta(source, run, repetitions, warmup, seed, interrupted)
         _emit(render_report(meta, run.rows, output, backends[0], BASELINE_NAME), out)
         if plot is not None and run.rows:
