@@ -205,7 +205,11 @@ def test_each_release_gets_its_converter_and_tokenizer_file_and_other_models_say
 
 def test_the_converter_reads_the_folders_config_with_the_references_defaults_and_one_end_id(tmp_path):
     folder = _glm4_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("rope_ratio", None)  # as THUDM/chatglm2-6b's config.json leaves it out
+    (folder / "config.json").write_text(json.dumps(config))
     data = converter_config(resolve_model(str(folder)), folder)
+    assert data["rope_ratio"] == 1  # configuration_chatglm.py's default, which the converter reads
     assert data["eos_token_id"] == 1  # the first of [1, 2]: the tokenizer's end id the converter stores
     assert data["original_rope"] is True and data["pre_seq_len"] is None  # configuration_chatglm.py's defaults
     assert data["multi_query_group_num"] == 2 and data["kv_channels"] == 16  # the folder's own values

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glm_engine.model.chatglm2.config import REFERENCE_DEFAULTS as CHATGLM2_DEFAULTS
 from glm_engine.model.config_checks import read_json_object
 
 from .baseline import worker_env
@@ -137,8 +138,9 @@ def converter_config(source: ModelSource, folder: Path) -> dict[str, Any]:
     """The config the converter reads: the folder's ``config.json`` over our reading of it in the reference's names
     (which fills absent keys with the reference's defaults, as ``AutoConfig`` would), GLM-4's end ids as one (the
     converter stores the tokenizer's ``<|endoftext|>``, the first of them)."""
-    to_hf = getattr(source.config, "to_hf_dict", None)
-    data: dict[str, Any] = {"original_rope": True, "pre_seq_len": None, **(to_hf() if to_hf else {})}
+    to_hf = getattr(source.config, "to_hf_dict", None)  # ChatGLM-6B's reader writes its config back
+    defaults = to_hf() if to_hf else CHATGLM2_DEFAULTS
+    data: dict[str, Any] = {"original_rope": True, "pre_seq_len": None, **defaults}
     data.update(read_json_object(folder / "config.json"))
     if isinstance(data.get("eos_token_id"), list):
         data["eos_token_id"] = data["eos_token_id"][0]
