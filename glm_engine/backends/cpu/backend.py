@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
 
 import torch
 
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
+from glm_engine.backends.cpu.features import cpu_model_name, one_row_bf16_note
 from glm_engine.backends.cpu.ops import CpuOps
 from glm_engine.backends.cpu.quant_linear import CPU_QUANT_FORMATS
 from glm_engine.ops.interface import Op, OpTable
 from glm_engine.ops.torch_ops import sdpa_takes_enable_gqa
 from glm_engine.quant.formats import QuantFormat
-
-
-def _cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _total_memory_bytes() -> int | None:
@@ -68,7 +57,7 @@ class CpuBackend(OpLevelBackend):
 
     def devices(self) -> list[DeviceInfo]:
         detail = f"{torch.get_num_threads()} threads, {os.cpu_count()} logical cores"
-        return [DeviceInfo(0, _cpu_model_name(), _total_memory_bytes(), detail)]
+        return [DeviceInfo(0, cpu_model_name(), _total_memory_bytes(), detail)]
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         return (torch.float32, torch.bfloat16, torch.float16)
@@ -83,6 +72,8 @@ class CpuBackend(OpLevelBackend):
             )
         if dtype == torch.float16 and op is Op.LINEAR:
             return "prefill-sized products computed in fp32 and rounded to fp16 (torch's CPU fp16 GEMM is slow)"
+        if dtype == torch.bfloat16 and op is Op.LINEAR:
+            return one_row_bf16_note()
         if op is Op.ATTENTION:
             return "explicit reference path" if dtype == torch.float16 else "scaled_dot_product_attention"
         if op is Op.GROUPED_ATTENTION:

@@ -10,9 +10,9 @@
   times slower there, and this is the numerics of a GPU fp16 GEMM with fp32 accumulation, which the reference used.
   Decode-sized products (a few rows) stay in fp16, whose CPU matrix-vector kernel is fast and accumulates in fp32;
   converting the weight would cost more than the product (measured: 2.4 ms native vs 25 ms for 4096x4096, 1 row).
-* bf16 products of one row (batch-1 decode) run as ``torch.mv``: on AVX-512 without native bf16 its kernel streams
-  the weight at ~95% of read bandwidth where ``F.linear`` reaches ~65% (measured: 16384x4096, 24 vs 14 GB/s), with
-  the same result (fp32 accumulation, bias added before the one bf16 rounding: ``addmv``).
+* bf16 products of one row (batch-1 decode) run as ``torch.mv`` on AVX-512 CPUs without native bf16, whose kernel
+  streams the weight at ~95% of read bandwidth there where ``F.linear`` reaches ~65% (fp32 accumulation, bias added
+  before the one bf16 rounding: ``addmv``); on other CPUs ``F.linear`` is the faster one (``features.py``).
 * quantized weights run on torch's weight-only int8/int4 kernels with bf16 activations (see ``quant_linear``).
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from glm_engine.backends.cpu.features import one_row_bf16_uses_mv
 from glm_engine.backends.cpu.quant_linear import prepare_cpu_quantized
 from glm_engine.ops.interface import PackedLinear, expand_groups
 from glm_engine.ops.torch_ops import TorchOps, reference_attention, sdpa_takes_enable_gqa
@@ -36,7 +37,8 @@ class CpuOps(TorchOps):
     def linear(self, x: torch.Tensor, weight: torch.Tensor | PackedLinear, bias: torch.Tensor | None) -> torch.Tensor:
         if isinstance(weight, PackedLinear):
             return super().linear(x, weight, bias)
-        if x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.numel() == x.shape[-1]:
+        one_row = x.numel() == x.shape[-1]
+        if one_row and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and one_row_bf16_uses_mv():
             row = x.reshape(-1)
             out = torch.mv(weight, row) if bias is None else torch.addmv(bias, weight, row)
             return out.reshape(*x.shape[:-1], weight.shape[0])
