@@ -136,3 +136,18 @@ class CausalGLMConfig(DecoderConfig):
         if required:
             raise ConfigError(f"{source}: missing required config keys {required}")
         return cls(**data)
+
+
+# The tiny models' shape (2 layers, 4 heads in 2 key/value groups of 16 dims, 8 of them rotated) over the packaged
+# tiny tokenizers' 4000 text ids and their specials, padded to 4096 rows: every causal family's tiny presets.
+TINY_SIZES: dict[str, int] = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_kv_heads": 2,
+    "kv_channels": 16,
+    "rotary_dims": 8,
+    "inner_hidden_size": 96,
+    "vocab_size": 4096,
+    "max_sequence_length": 512,
+}

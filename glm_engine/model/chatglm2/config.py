@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from glm_engine.errors import ConfigError
-from glm_engine.model.causal_glm.config import ROTARY_FP32, ROTARY_IN_MODEL_DTYPE, CausalGLMConfig
+from glm_engine.model.causal_glm.config import ROTARY_FP32, ROTARY_IN_MODEL_DTYPE, TINY_SIZES, CausalGLMConfig
 from glm_engine.model.config_checks import read_json_object
 
 MODEL_TYPE = "chatglm"
@@ -163,20 +163,9 @@ def _release_preset(release: str, **sizes: Any) -> ChatGLM2Config:
     return ChatGLM2Config(release=release, **{**defaults, **sizes})
 
 
-# A tiny model's sizes (2 layers, 4 heads in 2 key/value groups of 16 dims, 8 of them rotated) over the packaged tiny
-# tokenizers: 4000 text ids, the specials after them (ChatGLM2/3: [MASK] 4000 ... <|observation|> 4008, eos 2, pad 0;
-# GLM-4: <|endoftext|> 4000 ... <|observation|> 4009), padded to 4096 rows. For tests and demos.
-_TINY = {
-    "num_layers": 2,
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_kv_heads": 2,
-    "kv_channels": 16,
-    "rotary_dims": 8,
-    "inner_hidden_size": 96,
-    "vocab_size": 4096,
-    "max_sequence_length": 512,
-}
+# The tiny tokenizers' specials follow their 4000 text ids (ChatGLM2/3: [MASK] 4000 ... <|observation|> 4008, eos 2,
+# pad 0; GLM-4: <|endoftext|> 4000 ... <|observation|> 4009). For tests and demos.
+_TINY = TINY_SIZES
 CHATGLM2_PRESETS: dict[str, ChatGLM2Config] = {
     # THUDM/chatglm2-6b, THUDM/chatglm3-6b and THUDM/glm-4-9b(-chat) config.json
     "chatglm2-6b": _release_preset("chatglm2", num_layers=28, vocab_size=65024, max_sequence_length=32768),

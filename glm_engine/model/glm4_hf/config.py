@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from glm_engine.errors import ConfigError
-from glm_engine.model.causal_glm.config import ROTARY_FP32, CausalGLMConfig
+from glm_engine.model.causal_glm.config import ROTARY_FP32, TINY_SIZES, CausalGLMConfig
 from glm_engine.model.config_checks import read_json_object
 
 MODEL_TYPES = {"glm": "GlmForCausalLM", "glm4": "Glm4ForCausalLM"}
@@ -121,20 +121,7 @@ def _preset(model_type: str, **sizes: Any) -> GlmHFConfig:
     return GlmHFConfig(release=model_type, **{**defaults, **sizes})
 
 
-_TINY = {
-    "num_layers": 2,
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_kv_heads": 2,
-    "kv_channels": 16,
-    "rotary_dims": 8,
-    "inner_hidden_size": 96,
-    "vocab_size": 4096,
-    "max_sequence_length": 512,
-    "layernorm_epsilon": 1e-5,
-    "eos_token_ids": (4000, 4007, 4009),
-    "pad_token_id": 4000,
-}
+_TINY = {**TINY_SIZES, "layernorm_epsilon": 1e-5, "eos_token_ids": (4000, 4007, 4009), "pad_token_id": 4000}
 GLM_HF_PRESETS: dict[str, GlmHFConfig] = {
     # THUDM/glm-4-9b-chat-hf's shapes with GLM-4's base (10000 * rope_ratio 500: the remote model's);
     # THUDM/GLM-4-9B-0414 (eps 1e-5, 32K positions)
