@@ -43,6 +43,9 @@ from pathlib import Path
 
 import regex
 
+from glm_engine.tokenizer.glm4_tiktoken import GLM4_SPECIALS as SPECIALS  # the release's, in id order
+from glm_engine.tokenizer.glm4_tiktoken import SPLIT_PATTERN
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_ROOT = REPO_ROOT / "glm_engine" / "assets"
 REMOTE_FOLDER = "glm4_tiny_tokenizer"
@@ -75,27 +78,6 @@ CORPUS_PATHS = (
 )
 NUM_RANKS = 4000
 # GLM-4's split pattern (tokenization_chatglm.py of the remote release).
-SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-    r"|\s+(?!\S)|\s+"
-)
-# The release's specials, in order, from the first id after the ranks.
-SPECIALS = (
-    "<|endoftext|>",
-    "[MASK]",
-    "[gMASK]",
-    "[sMASK]",
-    "<sop>",
-    "<eop>",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|observation|>",
-    "<|begin_of_image|>",
-    "<|end_of_image|>",
-    "<|begin_of_video|>",
-    "<|end_of_video|>",
-)
 # glm-4-9b-chat's chat_template (tokenizer_config.json), its first ("ChatGLM") wording. Tool texts kept as released.
 GLM4_CHAT_TEMPLATE = (
     "[gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}<|system|>\n"
