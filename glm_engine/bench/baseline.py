@@ -202,21 +202,33 @@ def run_baseline(
             "workload": plan.workload,
             "remote_code": plan.remote_code,
         }
-        job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "results.jsonl"
-        job_file.write_text(json.dumps(job), encoding="utf-8")
-        out_file.touch()
-        command = [plan.python, "-m", "glm_engine.bench.hf_worker", str(job_file), str(out_file)]
-        process = subprocess.Popen(
-            command, env=worker_env(), cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        try:
-            _, stderr = process.communicate()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            for line in out_file.read_text(encoding="utf-8").splitlines():
-                on_result(json.loads(line))
-        if process.returncode:
-            last = (stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
-            on_result({"error": f"the baseline process exited with code {process.returncode}: {last}"})
+        module = "glm_engine.bench.hf_worker"
+        run_worker_job([plan.python, "-m", module], worker_env(), job, Path(tmp), on_result, "the baseline process")
+
+
+def run_worker_job(
+    command: list[str], env: dict[str, str], job: dict, workdir: Path, on_result: Callable[[dict], None], who: str
+) -> None:
+    """Run a bench worker (``command`` + job file + results file) in ``workdir``; ``on_result`` gets each record it
+    wrote, even when it dies, then one ``{"error": ...}`` quoting its last stderr line if it exited non-zero."""
+    job_file, out_file = workdir / "job.json", workdir / "results.jsonl"
+    job_file.write_text(json.dumps(job), encoding="utf-8")
+    out_file.touch()
+    process = subprocess.Popen(
+        [*command, str(job_file), str(out_file)],
+        env=env,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _, stderr = process.communicate()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for line in out_file.read_text(encoding="utf-8").splitlines():
+            on_result(json.loads(line))
+    if process.returncode:
+        last = (stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        on_result({"error": f"{who} exited with code {process.returncode}: {last}"})

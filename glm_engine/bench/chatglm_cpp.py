@@ -32,7 +32,7 @@ from typing import Any
 from glm_engine.model.chatglm2.config import REFERENCE_DEFAULTS as CHATGLM2_DEFAULTS
 from glm_engine.model.config_checks import read_json_object
 
-from .baseline import worker_env
+from .baseline import run_worker_job, worker_env
 from .measure import Measurement, Sample
 from .models import ModelSource, backend_device
 from .roofline import cached_bytes_per_token
@@ -251,24 +251,8 @@ def run_chatglm_cpp(
             "workload": workload,
             "points": [{"ggml_type": g.ggml_type, "point": point_to_json(g.point)} for g in points],
         }
-        job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "results.jsonl"
-        job_file.write_text(json.dumps(job), encoding="utf-8")
-        out_file.touch()
-        command = worker_command(plan.python, str(job_file), str(out_file))
-        process = subprocess.Popen(
-            command, env=package_env(plan.package_dir), cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        try:
-            _, stderr = process.communicate()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            for line in out_file.read_text(encoding="utf-8").splitlines():
-                on_result(json.loads(line))
-        if process.returncode:
-            last = (stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
-            on_result({"error": f"the chatglm.cpp process exited with code {process.returncode}: {last}"})
+        command = worker_command(plan.python)
+        run_worker_job(command, package_env(plan.package_dir), job, Path(tmp), on_result, "the chatglm.cpp process")
 
 
 def compare(
