@@ -77,3 +77,57 @@ def align_left(
         blocked[i, 0, pad:, pad:] = generation_blocked(1 if row.causal else len(row.context), span)
         blocked[i, 0, torch.arange(pad), torch.arange(pad)] = False
     return AlignedBatch(input_ids, position_ids, blocked, context_length)
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """One sequence's positions and mask, computed per token as the serving core needs them.
+
+    The prompt's part is the family's own (``prompt_blocked`` may be bidirectional, as GLM-130B's and ChatGLM-6B's
+    prefixes are); every generated token attends to all tokens before it and itself, and its position is
+    ``first_generated + t * generated_step`` for the t-th generated token (a generation row that counts up by one, a
+    block row that stays: the rule every GLM family's ``generation_batch`` follows)."""
+
+    prompt_positions: torch.Tensor  # [(rows,) prompt]
+    prompt_blocked: torch.Tensor  # [prompt, prompt] bool, True = blocked
+    first_generated: torch.Tensor  # [(rows,)]
+    generated_step: torch.Tensor  # [(rows,)]
+
+    @property
+    def prompt_length(self) -> int:
+        return self.prompt_blocked.shape[0]
+
+    @property
+    def causal_prompt(self) -> bool:
+        """Whether the prompt attends causally, so it can be prefilled in chunks."""
+        n = self.prompt_length
+        return bool(torch.equal(self.prompt_blocked, torch.ones(n, n, dtype=torch.bool).triu(1)))
+
+    def positions(self, start: int, end: int) -> torch.Tensor:
+        """Positions ``[(rows,) end - start]`` of tokens ``start..end-1`` (prompt, then generated)."""
+        n = self.prompt_length
+        prompt = self.prompt_positions[..., start : min(end, n)]
+        steps = torch.arange(max(start, n) - n, max(end, n) - n, dtype=torch.long)
+        generated = self.first_generated.unsqueeze(-1) + steps * self.generated_step.unsqueeze(-1)
+        return torch.cat((prompt, generated), dim=-1)
+
+    def blocked(self, start: int, end: int) -> torch.Tensor:
+        """``[end - start, end]`` bool mask of tokens ``start..end-1`` over keys ``0..end-1``."""
+        n = self.prompt_length
+        out = torch.ones(end - start, end, dtype=torch.bool).triu(start + 1)
+        prompt_rows = min(end, n) - start
+        if prompt_rows > 0:
+            out[:prompt_rows, : min(end, n)] = self.prompt_blocked[start : start + prompt_rows, : min(end, n)]
+        return out
+
+
+def layout_from_batch(batch: AlignedBatch) -> SequenceLayout:
+    """The layout of a one-row :class:`AlignedBatch` that holds at least two generated columns."""
+    context = batch.context_length
+    positions = batch.position_ids[0]
+    return SequenceLayout(
+        prompt_positions=positions[..., :context].clone(),
+        prompt_blocked=batch.blocked[0, 0, :context, :context].clone(),
+        first_generated=positions[..., context].clone(),
+        generated_step=positions[..., context + 1] - positions[..., context],
+    )

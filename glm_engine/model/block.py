@@ -91,10 +91,11 @@ def attention(
         q, k, v = q.view(b, s, heads, d), k.view(b, s, groups, d), v.view(b, s, groups, d)
     q, k = rotate(model, q, k, rotations)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads or groups, s, d]
-    if cache is not None:
-        k, v = cache.update(index, k, v)
     layer_scale = float(index + 1) if model.parts.layer_scaled_attention else 1.0
-    context = ops.attention(q, k, v, blocked, layer_scale=layer_scale)
+    if cache is None:
+        context = ops.attention(q, k, v, blocked, layer_scale=layer_scale)
+    else:  # the cache decides which keys each query sees (contiguous rows, or the serving core's paged sequences)
+        context = cache.attend(index, q, k, v, blocked, ops, layer_scale)
     context = context.transpose(1, 2).reshape(b, s, heads * d)
     return row_parallel(model, context, layer.dense_weight, layer.dense_bias)
 

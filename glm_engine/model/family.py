@@ -23,7 +23,7 @@ from glm_engine.model.parts import BlockParts
 if TYPE_CHECKING:
     from glm_engine.backends.base import ModelRunner
     from glm_engine.generation.blank_filling import Completion
-    from glm_engine.generation.masks import AlignedBatch
+    from glm_engine.generation.masks import AlignedBatch, SequenceLayout
     from glm_engine.model.weights import WeightLayout, WeightReader
     from glm_engine.tokenizer.chat_tokenizer import ChatReply
 
@@ -145,6 +145,13 @@ class Family(ABC):
     def generation_batch(self, config: Any, prompts: Sequence[Sequence[int]], budgets: Sequence[int]) -> AlignedBatch:
         """Prompts ending with ``sop``, left-aligned as the family's generation aligns them, with positions and masks
         out to the longest prompt plus the largest of ``budgets`` (each row's count of tokens to generate)."""
+
+    def sequence_layout(self, config: Any, prompt: Sequence[int]) -> SequenceLayout:
+        """One prompt's positions and mask token by token (the serving core's per-sequence inputs), read off this
+        family's :meth:`generation_batch` for the prompt and two generated tokens."""
+        from glm_engine.generation.masks import layout_from_batch
+
+        return layout_from_batch(self.generation_batch(config, [list(prompt)], [2]))
 
     @abstractmethod
     def continuation_inputs(

@@ -85,11 +85,13 @@ class DecoderModel:
         blocked: torch.Tensor,
         cache: KVCache | None = None,
         last_only: bool = False,
+        logit_columns: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[b, s, vocab]`` (``[b, 1, vocab]`` with ``last_only``) for ``input_ids [b, s]``, on every rank.
 
         ``position_ids [b, s]`` or ``[b, 2, s]`` (the family's rows); ``blocked`` bool ``[b or 1, 1, s, cached + s]``,
-        True = may not attend. With a cache, the new keys/values are appended after the cached ones.
+        True = may not attend. With a cache, the new keys/values are appended after the cached ones. ``logit_columns``
+        picks the columns whose logits are computed (``[b, len(columns), vocab]``).
         Differentiable when the weights require gradients (training the demo model); inference callers run it
         under ``torch.inference_mode()``.
         """
@@ -111,5 +113,7 @@ class DecoderModel:
             cache.advance(input_ids.shape[1])
         if last_only:
             x = x[:, -1:]
+        elif logit_columns is not None:  # only the columns whose next token is wanted (the serving core's)
+            x = x[:, logit_columns]
         x = norm(self, x, w.final_layernorm_weight, w.final_layernorm_bias)
         return self.comm.all_gather(ops.linear(x, w.logits_weight, None))

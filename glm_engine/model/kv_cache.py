@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from glm_engine.errors import InputError
+from glm_engine.ops.interface import OpTable
 
 
 class KVCache:
@@ -45,6 +46,20 @@ class KVCache:
         self.storage[layer, 0, :, :, self.length : end] = k
         self.storage[layer, 1, :, :, self.length : end] = v
         return self.storage[layer, 0, :, :, :end], self.storage[layer, 1, :, :, :end]
+
+    def attend(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        blocked: torch.Tensor,
+        ops: OpTable,
+        layer_scale: float,
+    ) -> torch.Tensor:
+        """Append ``k, v`` to ``layer``'s cache and attend ``q`` over every cached key (``blocked`` as given)."""
+        k, v = self.update(layer, k, v)
+        return ops.attention(q, k, v, blocked, layer_scale=layer_scale)
 
     def advance(self, num_tokens: int) -> None:
         """Mark ``num_tokens`` more positions as filled (after every layer has been updated)."""

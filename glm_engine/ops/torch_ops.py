@@ -105,7 +105,9 @@ class TorchOps(OpTable):
 
     def geglu(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=-1)
-        return x1 * F.gelu(x2)
+        # contiguous: torch's CPU erf is vectorised on contiguous input only, so a strided half of several rows would
+        # round differently from the same row alone (the serving core's batch invariance, docs/serving.md)
+        return x1 * F.gelu(x2.contiguous())
 
     def gelu(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * x * (1.0 + torch.tanh(GELU_TANH_SCALE * x * (1.0 + GELU_TANH_CUBIC * x * x)))
