@@ -10,7 +10,7 @@ family: ``docs/families.md``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,6 +28,23 @@ if TYPE_CHECKING:
     from glm_engine.tokenizer.chat_tokenizer import ChatReply
 
 TokenCallback = Callable[[int, list[list[int]], list[list[int]]], None]
+
+
+@dataclass(frozen=True)
+class ServingPrompt:
+    """One generation a server runs, as the family builds it: the prompt ids, the ids that end it, and how the
+    generated ids read (``text``: the reply so far, end tokens left out; ``reply``: a chat reply with tool calls)."""
+
+    ids: list[int]
+    end_token_ids: tuple[int, ...]
+    text: Callable[[Sequence[int]], str]
+    reply: Callable[[Sequence[int]], ChatReply] | None = None
+    continues_text: bool = True  # its text is the completion's text so far (False: a blank, filled into the prompt)
+
+
+# A completion's generations in order (one, or one per blank): each yields a prompt and is sent its generated ids;
+# it returns the completion's text.
+CompletionRounds = Generator[ServingPrompt, list[int], str]
 
 
 @dataclass(frozen=True)
@@ -195,6 +212,22 @@ class Family(ABC):
         """An InputError when ``messages`` are no conversation this family can render (a role it lacks ...), before
         anything is generated (default: no chat format at all)."""
         raise InputError(f"{self.title} is not a chat model: use generate() (glm-engine run) instead of chat")
+
+    def serving_chat(
+        self,
+        config: Any,
+        tokenizer: Any,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        plain_content: bool,
+    ) -> ServingPrompt:
+        """The generation that answers ``messages`` (the serving core's chat request), as :meth:`chat` builds it."""
+        raise InputError(f"{self.title} is not a chat model: use completions instead of chat")
+
+    def serving_completion(self, config: Any, tokenizer: Any, prompt: str) -> CompletionRounds:
+        """The generations that complete ``prompt`` (the serving core's text request), as :meth:`generate` runs
+        them; the text returned is what :meth:`generate` adds (or, for blanks, the prompt with them filled)."""
+        raise InputError(f"{self.title} has no text completion")
 
     def chat_name(self, config: Any) -> str:
         """How the chat CLI names the model (its release's name)."""

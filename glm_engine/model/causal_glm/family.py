@@ -23,7 +23,7 @@ from glm_engine.generation.chat import ChatOptions, generate_replies
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 from glm_engine.model.causal_glm.config import CausalGLMConfig
 from glm_engine.model.causal_glm.rotary import causal_rotary_table
-from glm_engine.model.family import BlankTokens, Family, TokenCallback
+from glm_engine.model.family import BlankTokens, CompletionRounds, Family, ServingPrompt, TokenCallback
 from glm_engine.model.hf_reader import ReleaseReader
 from glm_engine.model.hf_release import ReleaseSpec
 from glm_engine.model.parts import Activation, BlockParts, DenseBias, Norm, QKVLayout, Residual, Rotary
@@ -244,6 +244,32 @@ class CausalGLMFamily(Family):
 
         self._generate_ids(runner, runner.config, ids, opts, stops, generator, stream, banned)
         return tokenizer.parse_reply(generated, tools)
+
+    def serving_chat(
+        self,
+        config: CausalGLMConfig,
+        tokenizer: ChatTokenizer,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        plain_content: bool,
+    ) -> ServingPrompt:
+        ids = tokenizer.apply_chat_template(messages, tools=tools, plain_content=plain_content)
+        stops = tuple(tokenizer.stop_ids)
+        return ServingPrompt(
+            ids,
+            stops,
+            text=lambda new: tokenizer.decode([t for t in new if t not in stops], skip_special_tokens=True),
+            reply=lambda new: tokenizer.parse_reply([t for t in new if t not in stops], tools),
+        )
+
+    def serving_completion(self, config: CausalGLMConfig, tokenizer: ChatTokenizer, prompt: str) -> CompletionRounds:
+        ends = config.end_token_ids
+
+        def text(new: Sequence[int]) -> str:
+            return tokenizer.decode([t for t in new if t not in ends], skip_special_tokens=True)
+
+        generated = yield ServingPrompt(tokenizer.encode(prompt), ends, text)
+        return text(generated)
 
     def _generate_ids(
         self,

@@ -27,6 +27,7 @@ from glm_engine.model.chatglm.chat import (
     build_chat_prompt,
     chatglm_batch,
     generate_ids,
+    process_response,
     reply,
     rounds_of,
 )
@@ -34,7 +35,14 @@ from glm_engine.model.chatglm.config import CHATGLM_PRESETS, CONFORMANCE_CONFIG,
 from glm_engine.model.chatglm.reader import ChatGLMReader
 from glm_engine.model.chatglm.rotary import chatglm_rotary_table
 from glm_engine.model.chatglm.weights import random_state_dict, weight_layout
-from glm_engine.model.family import BlankTokens, Family, TokenCallback, TransformersBaseline
+from glm_engine.model.family import (
+    BlankTokens,
+    CompletionRounds,
+    Family,
+    ServingPrompt,
+    TokenCallback,
+    TransformersBaseline,
+)
 from glm_engine.model.parts import Activation, BlockParts, DenseBias, Rotary
 from glm_engine.model.weights import WeightLayout, WeightReader
 from glm_engine.tokenizer.chat_tokenizer import ChatReply
@@ -232,6 +240,34 @@ class ChatGLMFamily(Family):
         query, history = rounds_of(messages)
         options_ = ChatOptions.from_kwargs(**options)
         return ChatReply(reply(runner, tokenizer, build_chat_prompt(query, history), options_, generator, on_text))
+
+    def serving_chat(
+        self,
+        config: ChatGLMConfig,
+        tokenizer: ChatGLMTokenizer,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        plain_content: bool,
+    ) -> ServingPrompt:
+        if tools:
+            raise InputError("ChatGLM-6B has no tool calling; use ChatGLM3-6B or GLM-4 for tools")
+        query, history = rounds_of(messages)
+        ends = config.end_token_ids
+
+        def text(new: Sequence[int]) -> str:
+            return process_response(tokenizer.decode([t for t in new if t not in ends]))
+
+        ids = tokenizer.build_inputs(build_chat_prompt(query, history))
+        return ServingPrompt(ids, ends, text, reply=lambda new: ChatReply(text(new)))
+
+    def serving_completion(self, config: ChatGLMConfig, tokenizer: ChatGLMTokenizer, prompt: str) -> CompletionRounds:
+        ends = config.end_token_ids
+
+        def text(new: Sequence[int]) -> str:
+            return tokenizer.decode([t for t in new if t not in ends])
+
+        generated = yield ServingPrompt(tokenizer.build_inputs(prompt), ends, text)
+        return text(generated)
 
 
 def read_chatglm_config(folder: Path) -> ChatGLMConfig:

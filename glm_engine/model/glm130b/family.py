@@ -15,7 +15,7 @@ import torch
 
 from glm_engine.checkpoint import hf, native, sat
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
-from glm_engine.model.family import BlankTokens, Family, TokenCallback
+from glm_engine.model.family import BlankTokens, CompletionRounds, Family, ServingPrompt, TokenCallback
 from glm_engine.model.glm130b.config import CONFORMANCE_CONFIG, PRESETS, GLMConfig
 from glm_engine.model.glm130b.rotary import rotary_table
 from glm_engine.model.glm130b.weights import random_state_dict, weight_layout
@@ -171,3 +171,25 @@ class GLM130BFamily(Family):
 
         parsed = GenerationOptions.from_kwargs(**options)
         return fill_blanks(runner, tokenizer, list(prompts), parsed, on_token, banned, generator)
+
+    def serving_completion(self, config: GLMConfig, tokenizer: Any, prompt: str) -> CompletionRounds:
+        """Blank filling as ``fill_blanks`` does it for one prompt and one beam: each blank in turn, generated with the
+        blanks before it filled; returns the whole text with every blank filled (``[gMASK]``: the continuation)."""
+        from glm_engine.generation.blank_filling import plan_prompt
+
+        plan = plan_prompt(prompt, tokenizer, config.max_sequence_length)
+        layout, best = tokenizer.layout, list(plan.tokens)
+        ends = tuple(layout.end_tokens)
+
+        def text(new: Sequence[int]) -> str:
+            return tokenizer.decode([t for t in new if t not in ends])
+
+        continuation: list[int] = []
+        while plan.mask_id in best:
+            at = best.index(plan.mask_id)
+            generated = yield ServingPrompt(best + [layout.sop], ends, text, continues_text=plan.gmask)
+            continuation = [t for t in generated if t not in ends]
+            best = best[:at] + continuation + best[at + 1 :]
+        if plan.gmask:
+            return text(continuation)
+        return tokenizer.decode(best[:-1] if best and best[-1] == layout.eos else best)
