@@ -186,3 +186,30 @@ def test_requests_that_can_never_fit_are_refused_with_the_numbers():
         _core(engine, kv_bytes=per_block - 1)
     with pytest.raises(InputError, match="max_tokens must be at least 1, got 0; temperature must be >= 0, got -1"):
         SamplingParams(max_tokens=0, temperature=-1)
+
+
+@pytest.mark.parametrize("prompt", ["Tsinghua University is located in [MASK].", "The capital of China is"])
+def test_glm_blank_filling_rounds_equal_the_engines_generate(prompt):
+    """GLM-130B's completion through the core (each blank one generation) fills as ``Engine.generate`` does."""
+    engine = glm_engine.load("glm-tiny", dtype="fp32")
+    runner, new_tokens = engine.runner, 6
+    core = _core(engine)
+    rounds = runner.family.serving_completion(runner.config, engine.tokenizer, prompt)
+    serving = next(rounds)
+    core.add_request(
+        "a",
+        serving.ids,
+        SamplingParams(max_tokens=new_tokens, temperature=0.0),
+        serving.end_token_ids,
+        engine.banned_tokens,
+    )
+    generated = []
+    while core.has_work:
+        generated += [o.choice.token for o in core.step()]
+    with pytest.raises(StopIteration) as done:
+        rounds.send(generated)
+    (reference,) = engine.generate(prompt, top_k=1, top_p=0.0, out_seq_length=len(serving.ids) + new_tokens)
+    if "[MASK]" in prompt:
+        assert done.value.value == reference.answers[0]
+    else:
+        assert done.value.value == reference.blanks[0][0]

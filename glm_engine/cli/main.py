@@ -12,6 +12,7 @@ from glm_engine.cli.convert import convert, convert_tp, quantize
 from glm_engine.cli.evaluate import evaluate
 from glm_engine.cli.export import export_app
 from glm_engine.cli.run import run
+from glm_engine.cli.serve import serve
 
 app = typer.Typer(
     name="glm-engine",
@@ -31,6 +32,7 @@ app.add_typer(export_app, name="export")
 app.command(name="conformance")(conformance)
 app.command(name="evaluate")(evaluate)
 app.command(name="bench")(bench)
+app.command(name="serve")(serve)
 
 
 def main() -> None:

@@ -87,18 +87,7 @@ class EngineCore:
         """Queue a prompt (token ids as the family's generation feeds them); refused when it cannot ever fit."""
         if request_id in self._sequences:
             raise InputError(f"request {request_id!r} is already running")
-        if not prompt:
-            raise InputError("the prompt is empty")
-        limit = self.config.max_sequence_length
-        if len(prompt) >= limit:
-            raise InputError(f"the prompt has {len(prompt)} tokens; {self.family.title} takes at most {limit - 1}")
-        longest = min(len(prompt) + params.max_tokens, limit)
-        capacity = self.pool.num_blocks * self.pool.block_size
-        if self.pool.blocks_for(longest) > self.pool.num_blocks:
-            raise InputError(
-                f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) needs {longest} cached tokens; "
-                f"the KV cache holds {capacity}: lower max_tokens or give the cache more memory"
-            )
+        self.check_request(prompt, params)
         sequence = Sequence(
             request_id=request_id,
             prompt=list(prompt),
@@ -111,6 +100,21 @@ class EngineCore:
         )
         self._sequences[request_id] = sequence
         self.scheduler.add(sequence)
+
+    def check_request(self, prompt: Seq[int], params: SamplingParams) -> None:
+        """Refuse a request that could never run here (reads only fixed sizes, so any thread may call it)."""
+        if not prompt:
+            raise InputError("the prompt is empty")
+        limit = self.config.max_sequence_length
+        if len(prompt) >= limit:
+            raise InputError(f"the prompt has {len(prompt)} tokens; {self.family.title} takes at most {limit - 1}")
+        longest = min(len(prompt) + params.max_tokens, limit)
+        capacity = self.pool.num_blocks * self.pool.block_size
+        if self.pool.blocks_for(longest) > self.pool.num_blocks:
+            raise InputError(
+                f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) needs {longest} cached tokens; "
+                f"the KV cache holds {capacity}: lower max_tokens or give the cache more memory"
+            )
 
     def abort(self, request_id: str) -> bool:
         """Cancel a request and free its blocks now; False when it is not (or no longer) known."""

@@ -1,0 +1,165 @@
+"""The serving core on its own thread: requests go in from the event loop, each request's step outputs come back on
+its own asyncio queue. The core is touched only by that thread; the event loop never waits for a step."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from glm_engine.errors import InputError
+from glm_engine.serving.core import CoreStats, EngineCore, StepOutput
+from glm_engine.serving.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+IDLE_WAIT_S = 0.5  # how long the idle thread sleeps between looks at its inbox (it is woken at once by a request)
+
+
+class QueueFull(InputError):
+    """More requests wait than ``max_queue`` allows (HTTP 429)."""
+
+
+class Draining(InputError):
+    """The server is shutting down and admits nothing new (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class EngineFailure:
+    """Put on every open request's queue when a step raised: the server stops with this message."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class _Submit:
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams
+    end_token_ids: tuple[int, ...]
+    banned: tuple[slice, ...]
+    loop: asyncio.AbstractEventLoop
+    outputs: asyncio.Queue
+
+
+class AsyncEngine:
+    """Submit, cancel and read the gauges of an :class:`EngineCore` stepping on a background thread."""
+
+    def __init__(self, core: EngineCore, max_queue: int) -> None:
+        self.core = core
+        self.max_queue = max_queue
+        self.draining = False
+        self.failure: str | None = None
+        self._inbox: queue.SimpleQueue[_Submit | str] = queue.SimpleQueue()  # submissions, and ids to cancel
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._streams: dict[str, _Submit] = {}  # requests the core runs (guarded by _lock, as is _queued)
+        self._queued = 0  # submitted but not yet handed to the core
+        self._lock = threading.Lock()
+        self._stats = core.stats()
+        self._thread = threading.Thread(target=self._run, name="glm-engine-core", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def stats(self) -> CoreStats:
+        """The gauges after the last step (read without touching the core)."""
+        return self._stats
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._streams) + self._queued
+
+    def submit(
+        self,
+        request_id: str,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        end_token_ids: Sequence[int],
+        banned: tuple[slice, ...] = (),
+    ) -> asyncio.Queue:
+        """Queue a request; its :class:`StepOutput`s (or one :class:`EngineFailure`) arrive on the returned queue."""
+        if self.failure is not None:
+            raise Draining(f"the engine failed and the server is stopping: {self.failure}")
+        if self.draining:
+            raise Draining("the server is shutting down; retry on another instance")
+        if self._stats.waiting + self._queued >= self.max_queue:
+            raise QueueFull(f"{self.max_queue} requests are already waiting; retry later")
+        self.core.check_request(prompt, params)
+        outputs: asyncio.Queue = asyncio.Queue()
+        item = _Submit(
+            request_id, list(prompt), params, tuple(end_token_ids), banned, asyncio.get_running_loop(), outputs
+        )
+        self._queued += 1
+        self._inbox.put(item)
+        self._wake.set()
+        return outputs
+
+    def cancel(self, request_id: str) -> None:
+        """Cancel a request (a client gone, a deadline passed); its blocks are freed before the next step."""
+        self._inbox.put(request_id)
+        self._wake.set()
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            running = list(self._streams)
+        for request_id in running:
+            self.cancel(request_id)
+
+    # --- the core's thread ----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._take_inbox()
+            if not self.core.has_work:
+                self._wake.wait(IDLE_WAIT_S)
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.core.step()
+            except Exception as exc:  # a failing step stops the server with its error, every request told
+                log.exception("the engine step failed")
+                self.failure = f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    streams, self._streams = list(self._streams.values()), {}
+                for stream in streams:
+                    stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, EngineFailure(self.failure))
+                return
+            self._stats = self.core.stats()
+            for out in outputs:
+                self._deliver(out)
+
+    def _take_inbox(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, str):
+                if self.core.abort(item):
+                    self._deliver(StepOutput(item, None, True, "abort"))
+                continue
+            with self._lock:
+                self._queued -= 1
+            try:
+                self.core.add_request(item.request_id, item.prompt, item.params, item.end_token_ids, item.banned)
+            except InputError as exc:
+                item.loop.call_soon_threadsafe(item.outputs.put_nowait, EngineFailure(str(exc)))
+                continue
+            with self._lock:
+                self._streams[item.request_id] = item
+        self._stats = self.core.stats()
+
+    def _deliver(self, out: StepOutput) -> None:
+        with self._lock:
+            stream = self._streams.pop(out.request_id, None) if out.finished else self._streams.get(out.request_id)
+        if stream is None:
+            return
+        stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, out)

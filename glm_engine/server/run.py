@@ -1,0 +1,120 @@
+"""Serve an app with uvicorn on one loaded model, and shut down gracefully: on SIGTERM/SIGINT the server stops
+admitting (new requests get 503), lets in-flight requests finish for up to ``shutdown_timeout`` seconds, cancels what
+is left (freeing its blocks) and exits 0."""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import uvicorn
+
+from glm_engine.errors import InputError
+from glm_engine.server.app import create_app
+from glm_engine.server.async_engine import AsyncEngine
+from glm_engine.server.generation import ServedModel
+from glm_engine.server.metrics import ServerMetrics
+from glm_engine.serving.core import EngineCore
+from glm_engine.serving.scheduler import SchedulerLimits
+
+MEMINFO = Path("/proc/meminfo")
+UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KB": 1 << 10,
+    "KIB": 1 << 10,
+    "M": 1 << 20,
+    "MB": 1 << 20,
+    "MIB": 1 << 20,
+    "G": 1 << 30,
+    "GB": 1 << 30,
+    "GIB": 1 << 30,
+}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    kv_cache_memory: str = "0.25"
+    max_queue: int = 64
+    api_key: str | None = None
+    shutdown_timeout: float = 30.0
+    max_request_bytes: int = 1 << 20
+    limits: SchedulerLimits = field(default_factory=SchedulerLimits)
+
+
+def free_device_bytes(device: torch.device) -> int:
+    """Free memory where the KV cache goes: the GPU's (``mem_get_info``), else the host's ``MemAvailable``."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    raise InputError("cannot tell the free memory here: give --kv-cache-memory as a size, e.g. 2GiB")
+
+
+def kv_cache_bytes(spec: str, device: torch.device) -> int:
+    """``--kv-cache-memory``: a size (``2GiB``, ``512MiB``, bytes) or a fraction in (0, 1) of the free memory."""
+    text = spec.strip().upper()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Z]*)", text)
+    if match is None or match.group(2) not in UNITS:
+        raise InputError(f"--kv-cache-memory {spec!r}: give a size such as 2GiB or 512MiB, or a fraction such as 0.3")
+    value = float(match.group(1))
+    if not match.group(2) and 0 < value < 1:
+        return int(value * free_device_bytes(device))
+    if value < 1:
+        raise InputError(f"--kv-cache-memory {spec!r} is empty; give a size or a fraction in (0, 1)")
+    return int(value * UNITS[match.group(2)])
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server that tells the engine to stop admitting as soon as a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, engine: AsyncEngine) -> None:
+        super().__init__(config)
+        self.engine = engine
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        self.engine.draining = True
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:  # a drained shutdown is a success: exit 0 rather than re-raise the signal
+            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+
+def serve(engine: object, name: str, options: ServeOptions) -> None:
+    """Serve the loaded ``engine`` (a ``glm_engine.Engine``) until a shutdown signal."""
+    runner = engine.runner
+    core = EngineCore(
+        runner,
+        kv_cache_bytes(options.kv_cache_memory, runner.device),
+        options.limits,
+        detokenize=lambda ids: engine.tokenizer.decode(list(ids)),
+    )
+    async_engine = AsyncEngine(core, options.max_queue)
+    metrics = ServerMetrics(lambda: async_engine.stats)
+    served = ServedModel(
+        name, runner.family, runner.config, engine.tokenizer, engine.banned_tokens, async_engine, metrics
+    )
+    app = create_app(served, options.api_key, options.max_request_bytes)
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        log_level="info",
+        timeout_graceful_shutdown=max(int(options.shutdown_timeout), 1),
+    )
+    server = DrainingServer(config, async_engine)
+    async_engine.start()
+    try:
+        server.run()
+    finally:
+        async_engine.cancel_all()
+        async_engine.stop()
