@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--concurrency", default="1,2,4,8,16")
     parser.add_argument("--kv-cache-mib", type=int, default=512)
+    parser.add_argument("--chunk", type=int, default=64, help="prefill chunk (tokens)")
     args = parser.parse_args()
     source = resolve_model(args.model, Shape(layers=args.layers))
     loaded = source.load("cpu", args.dtype, QuantChoice())
@@ -76,17 +77,19 @@ def main() -> None:
     prompts = [torch.randint(0, source.text_ids, (args.prompt,), generator=gen).tolist() for _ in range(args.requests)]
     tokens = source.family.blank_tokens(source.config)
     prompts = [p[:-2] + [tokens.gmask, tokens.sop] for p in prompts]  # as GLM-130B/ChatGLM-6B prompts end
-    limits = SchedulerLimits(max_tokens=256, chunk=64, max_running=max(int(c) for c in args.concurrency.split(",")))
+    levels = [int(c) for c in args.concurrency.split(",")]
+    limits = SchedulerLimits(max_tokens=256, chunk=args.chunk, max_running=max(levels))
     core = EngineCore(loaded.runner, args.kv_cache_mib << 20, limits)
     run(core, prompts[:2], 4, 2)  # warm-up
     threads = torch.get_num_threads()
     print(f"# serving core: {source.description}, cpu {args.dtype}, {threads} threads, {cpu_model_name()}")
-    print(f"{args.requests} requests, {args.prompt}-token prompts, {args.new_tokens} greedy tokens each\n")
+    workload = f"{args.requests} requests, {args.prompt}-token prompts, {args.new_tokens} greedy tokens each"
+    print(f"{workload}, prefill chunk {args.chunk}\n")
     columns = "output t/s | vs one at a time | ITL p50 ms | ITL p99 ms | p99 vs one at a time | peak KV blocks"
     print(f"| concurrency | {columns} |")
     print("|---|---|---|---|---|---|---|")
     base = None
-    for level in (int(c) for c in args.concurrency.split(",")):
+    for level in levels:
         row = run(core, prompts, args.new_tokens, level)
         base = base or row
         print(
