@@ -184,6 +184,9 @@ def test_requests_that_can_never_fit_are_refused_with_the_numbers():
         core.add_request("d", [30] * 4, GREEDY)
     with pytest.raises(InputError, match="holds no block"):
         _core(engine, kv_bytes=per_block - 1)
+    exported = type("Graph", (), {"capabilities": type("C", (), {"op_level": False, "tensor_parallel": 1})()})()
+    with pytest.raises(InputError, match="op-level backends"):
+        EngineCore(exported, 1 << 20)
     with pytest.raises(InputError, match="max_tokens must be at least 1, got 0; temperature must be >= 0, got -1"):
         SamplingParams(max_tokens=0, temperature=-1)
 
