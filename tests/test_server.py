@@ -190,6 +190,14 @@ def test_bad_requests_get_openai_errors_naming_the_problem(server, client):
         client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "robot", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
         client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, frequency_penalty=1.0)
+    with pytest.raises(openai.BadRequestError, match="seed must be in"):
+        client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, seed=2**70, max_tokens=2)
+    tiny = client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, temperature=1e-30, max_tokens=3)
+    assert tiny.choices[0].message.content == _alone(MESSAGES, 3)  # all but greedy, and the engine lives on
+    body = {"messages": MESSAGES, "max_tokens": 100000, "stream": True}
+    status, _, text = server.request("POST", "/v1/chat/completions", body)  # refused before the stream starts
+    assert status == 400 and "100000 requested tokens" in json.loads(text)["error"]["message"]
+    assert server.request("GET", "/health")[0] == 200
     status, _, body = server.request("POST", "/v1/completions", b"x" * 10000)  # small enough not to break the pipe
     assert status == 413 and "over 8192 bytes" in json.loads(body)["error"]["message"]
 
@@ -249,3 +257,19 @@ def test_glm_130b_blank_filling_over_http(tmp_path):
             client.completions.create(model="glm-tiny", prompt=prompt, extra_body={"num_beams": 4})
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+def test_the_default_length_is_what_the_context_and_the_kv_cache_leave():
+    from types import SimpleNamespace
+
+    from glm_engine.errors import InputError
+    from glm_engine.server.chat import token_budget
+
+    served = SimpleNamespace(max_positions=512, kv_capacity=96)
+    assert token_budget(served, 40, None) == 56 and token_budget(served, 40, 56) == 56
+    with pytest.raises(
+        InputError, match="40 tokens plus 57 requested tokens; the model's context is 512 tokens and the KV"
+    ):
+        token_budget(served, 40, 57)
+    served.kv_capacity = 4096
+    assert token_budget(served, 40, None) == 472

@@ -4,6 +4,7 @@ its own asyncio queue. The core is touched only by that thread; the event loop n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -78,6 +79,17 @@ class AsyncEngine:
     def in_flight(self) -> int:
         return len(self._streams) + self._queued
 
+    def check(self, prompt: Sequence[int], params: SamplingParams) -> None:
+        """Refuse now what :meth:`submit` would refuse: a failed or draining engine, a full queue, a request that can
+        never fit (so a stream can answer with the right status before it starts)."""
+        if self.failure is not None:
+            raise Draining(f"the engine failed and the server is stopping: {self.failure}")
+        if self.draining:
+            raise Draining("the server is shutting down; retry on another instance")
+        if self._stats.waiting + self._queued >= self.max_queue:
+            raise QueueFull(f"{self.max_queue} requests are already waiting; retry later")
+        self.core.check_request(prompt, params)
+
     def submit(
         self,
         request_id: str,
@@ -87,18 +99,12 @@ class AsyncEngine:
         banned: tuple[slice, ...] = (),
     ) -> asyncio.Queue:
         """Queue a request; its :class:`StepOutput`s (or one :class:`EngineFailure`) arrive on the returned queue."""
-        if self.failure is not None:
-            raise Draining(f"the engine failed and the server is stopping: {self.failure}")
-        if self.draining:
-            raise Draining("the server is shutting down; retry on another instance")
-        if self._stats.waiting + self._queued >= self.max_queue:
-            raise QueueFull(f"{self.max_queue} requests are already waiting; retry later")
-        self.core.check_request(prompt, params)
+        self.check(prompt, params)
         outputs: asyncio.Queue = asyncio.Queue()
-        item = _Submit(
-            request_id, list(prompt), params, tuple(end_token_ids), banned, asyncio.get_running_loop(), outputs
-        )
-        self._queued += 1
+        loop = asyncio.get_running_loop()
+        item = _Submit(request_id, list(prompt), params, tuple(end_token_ids), banned, loop, outputs)
+        with self._lock:
+            self._queued += 1
         self._inbox.put(item)
         self._wake.set()
         return outputs
@@ -116,25 +122,35 @@ class AsyncEngine:
 
     # --- the core's thread ----------------------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._take_inbox()
-            if not self.core.has_work:
-                self._wake.wait(IDLE_WAIT_S)
-                self._wake.clear()
-                continue
-            try:
+        try:
+            while not self._stop.is_set():
+                self._take_inbox()
+                if not self.core.has_work:
+                    self._wake.wait(IDLE_WAIT_S)
+                    self._wake.clear()
+                    continue
                 outputs = self.core.step()
-            except Exception as exc:  # a failing step stops the server with its error, every request told
-                log.exception("the engine step failed")
-                self.failure = f"{type(exc).__name__}: {exc}"
-                with self._lock:
-                    streams, self._streams = list(self._streams.values()), {}
-                for stream in streams:
-                    stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, EngineFailure(self.failure))
-                return
-            self._stats = self.core.stats()
-            for out in outputs:
-                self._deliver(out)
+                self._stats = self.core.stats()
+                for out in outputs:
+                    self._deliver(out)
+        except Exception as exc:  # a failing engine stops the server with its error, every request told
+            log.exception("the engine failed")
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, message: str) -> None:
+        """Tell every request, running or still in the inbox, that the engine failed."""
+        self.failure = message
+        with self._lock:
+            streams, self._streams = list(self._streams.values()), {}
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Submit):
+                streams.append(item)
+        for stream in streams:
+            _post(stream, EngineFailure(message))
 
     def _take_inbox(self) -> None:
         while True:
@@ -151,7 +167,7 @@ class AsyncEngine:
             try:
                 self.core.add_request(item.request_id, item.prompt, item.params, item.end_token_ids, item.banned)
             except InputError as exc:
-                item.loop.call_soon_threadsafe(item.outputs.put_nowait, EngineFailure(str(exc)))
+                _post(item, EngineFailure(str(exc)))
                 continue
             with self._lock:
                 self._streams[item.request_id] = item
@@ -160,6 +176,11 @@ class AsyncEngine:
     def _deliver(self, out: StepOutput) -> None:
         with self._lock:
             stream = self._streams.pop(out.request_id, None) if out.finished else self._streams.get(out.request_id)
-        if stream is None:
-            return
-        stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, out)
+        if stream is not None:
+            _post(stream, out)
+
+
+def _post(stream: _Submit, item: StepOutput | EngineFailure) -> None:
+    """Hand ``item`` to the request's event loop (gone at shutdown: nobody is listening any more)."""
+    with contextlib.suppress(RuntimeError):
+        stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, item)

@@ -20,13 +20,16 @@ from glm_engine.serving.sampling import TokenChoice
 
 def token_budget(served: ServedModel, prompt_length: int, asked: int | None) -> int:
     """``asked`` tokens, or what the context has left; an error with the numbers when the prompt leaves no room."""
-    room = served.max_positions - prompt_length
-    if room < 1 or (asked is not None and asked > room):
+    room = min(served.max_positions, served.kv_capacity) - prompt_length
+    if asked is None and room >= 1:
+        return room
+    if room < 1 or asked > room:
         wanted = f" plus {asked} requested tokens" if asked is not None else ""
-        raise InputError(
-            f"the prompt has {prompt_length} tokens{wanted}; the model's context is {served.max_positions} tokens"
-        )
-    return asked if asked is not None else room
+        limit = f"the model's context is {served.max_positions} tokens"
+        if served.kv_capacity < served.max_positions:
+            limit += f" and the KV cache holds {served.kv_capacity}"
+        raise InputError(f"the prompt has {prompt_length} tokens{wanted}; {limit}")
+    return asked
 
 
 def chat_logprobs(served: ServedModel, choices: list[TokenChoice]) -> dict[str, Any]:
@@ -74,6 +77,7 @@ async def chat_completion(served: ServedModel, body: ChatCompletionRequest, requ
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
     served.metrics.prompt_tokens.inc(len(prompt.ids) * body.n)
     if body.stream:
+        served.engine.check(prompt.ids, params[0])  # refusals get their status before the stream starts
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         produce = _streamer(served, prompt, params, request, head, bool(tools), include_usage)
         return StreamingResponse(stream_events(produce), media_type="text/event-stream")
@@ -119,7 +123,7 @@ def _streamer(
                 totals[index] = len(gen.tokens)
                 if buffered:
                     return
-                text, _ = cut_at_stop(prompt.text(gen.tokens), stops)
+                text, _ = cut_at_stop(prompt.reply(gen.tokens).content, stops)  # as the whole reply reads
                 ready = len(text) - held_back(text, stops)
                 if ready > sent[index]:
                     logprobs = chat_logprobs(served, gen.choices[-1:]) if params[index].logprobs is not None else None

@@ -68,6 +68,9 @@ async def text_completion(served: ServedModel, body: CompletionRequest, request:
     jobs = [(p, body.sampling(max_tokens, body.logprobs, i)) for p in body.prompts for i in range(body.n)]
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
     if body.stream:
+        for text, params in jobs[:1]:  # refusals get their status before the stream starts
+            first = next(served.family.serving_completion(served.config, served.tokenizer, text))
+            served.engine.check(first.ids, params)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         produce = _streamer(served, body, jobs, request, head, include_usage)
         return StreamingResponse(stream_events(produce), media_type="text/event-stream")

@@ -45,6 +45,12 @@ class ServedModel:
     def max_positions(self) -> int:
         return int(self.config.max_sequence_length)
 
+    @property
+    def kv_capacity(self) -> int:
+        """Tokens the whole KV cache holds: no one sequence can be longer."""
+        pool = self.engine.core.pool
+        return pool.num_blocks * pool.block_size
+
 
 @dataclass
 class Generation:
@@ -68,22 +74,28 @@ async def generate(
     outputs = served.engine.submit(request_id, prompt.ids, params, prompt.end_token_ids, served.banned)
     out = Generation()
     finished = False
+    checked = start
     try:
         while True:
             try:
                 item = await asyncio.wait_for(outputs.get(), DISCONNECT_POLL_S)
             except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
+                item = None
+            if time.perf_counter() - checked >= DISCONNECT_POLL_S:  # tokens may come faster than the poll
+                checked = time.perf_counter()
                 if await request.is_disconnected():
-                    raise ClientGone from None
+                    raise ClientGone
+            if item is None:
                 continue
             if isinstance(item, EngineFailure):
                 finished = True
                 raise EngineError(item.message)
             if item.choice is not None:
                 now = time.perf_counter()
-                (served.metrics.itl if out.tokens else served.metrics.ttft).observe(
-                    now - (last if out.tokens else start)
-                )
+                if out.tokens:
+                    served.metrics.itl.observe(now - last)
+                else:
+                    served.metrics.ttft.observe(now - start)
                 last = now
                 out.tokens.append(item.choice.token)
                 out.choices.append(item.choice)

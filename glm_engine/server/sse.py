@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from glm_engine.errors import GlmEngineError
 from glm_engine.server.generation import ClientGone, EngineError
+
+log = logging.getLogger(__name__)
 
 DONE = "data: [DONE]\n\n"
 _END = object()
@@ -23,13 +27,21 @@ async def stream_events(produce: Callable[[Callable[[dict[str, Any]], None]], Aw
     ``error`` event. Closing the stream (the client went) cancels the task."""
     chunks: asyncio.Queue = asyncio.Queue()
 
+    def error(message: str, kind: str) -> None:
+        chunks.put_nowait({"error": {"message": message, "type": kind, "param": None, "code": None}})
+
     async def run() -> None:
         try:
             await produce(chunks.put_nowait)
-        except EngineError as exc:
-            chunks.put_nowait({"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
         except ClientGone:
             pass
+        except GlmEngineError as exc:  # refused after the stream began (the queue filled, a later blank too long)
+            error(str(exc), "invalid_request_error")
+        except EngineError as exc:
+            error(f"the engine failed: {exc}", "server_error")
+        except Exception as exc:  # a defect: the client hears of it, the log has the traceback
+            log.exception("a streamed request failed")
+            error(f"{type(exc).__name__}: {exc}", "server_error")
         finally:
             chunks.put_nowait(_END)
 

@@ -25,6 +25,7 @@ from glm_engine.serving.sequence import Sequence, Status
 from glm_engine.serving.step_cache import PagedStepCache, Segment
 
 DEFAULT_BLOCK_SIZE = 16
+STOP_WINDOW_SLACK = 8  # tokens decoded beyond a stop string's length when looking for it (tokens of no text)
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,8 @@ class EngineCore:
         if token in sequence.end_token_ids:
             return "stop"
         if sequence.params.stop and self.detokenize is not None:
-            text = self.detokenize(sequence.generated)
+            window = max(len(stop) for stop in sequence.params.stop) + STOP_WINDOW_SLACK  # a stop ends in new tokens
+            text = self.detokenize(sequence.generated[-window:])
             if any(stop in text for stop in sequence.params.stop):
                 return "stop"
         if len(sequence.generated) >= sequence.params.max_tokens:

@@ -83,7 +83,7 @@ class BlockPool:
         """Storage slots of token positions ``start..end-1`` of a sequence with block table ``table``."""
         positions = torch.arange(start, end)
         blocks = torch.tensor(table, dtype=torch.long)[positions // self.block_size]
-        return blocks * self.block_size + positions % self.block_size
+        return (blocks * self.block_size + positions % self.block_size).to(self.storage.device)
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store keys and values ``[tokens, kv_heads, head_dim]`` in ``slots``."""

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from glm_engine.errors import InputError
 from glm_engine.generation.strategies import FILTER_VALUE, sampling_candidates
 
+SEED_RANGE = (-(2**63), 2**63)  # what torch.Generator.manual_seed takes, with room for a choice's offset
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -37,6 +39,8 @@ class SamplingParams:
             problems.append(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             problems.append(f"top_k must be >= 0, got {self.top_k}")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+            problems.append(f"seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}), got {self.seed}")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             problems.append(f"logprobs must be between 0 and 20, got {self.logprobs}")
         if problems:
@@ -76,7 +80,7 @@ def choose_token(
     if params.greedy:
         token = int(torch.argmax(logits))
     else:
-        scaled = logits / params.temperature
+        scaled = (logits - logits.max()) / params.temperature  # the top logit at 0: no inf - inf at tiny temperatures
         top_p = 0.0 if params.top_p >= 1.0 else params.top_p
         candidates = sampling_candidates(scaled, params.top_k, top_p)
         probs = F.softmax(scaled[candidates], dim=-1)

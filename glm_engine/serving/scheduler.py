@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from glm_engine.errors import InputError
 from glm_engine.serving.kv_blocks import BlockPool
 from glm_engine.serving.sequence import Sequence, Status
 
@@ -25,7 +26,10 @@ class SchedulerLimits:
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk <= self.max_tokens or self.max_running < 1:
-            raise ValueError(f"need 1 <= chunk <= max_tokens and max_running >= 1, got {self}")
+            raise InputError(
+                f"the prefill chunk ({self.chunk}) must be between 1 and the tokens per step ({self.max_tokens}), and "
+                f"the running sequences ({self.max_running}) at least 1"
+            )
 
 
 @dataclass(frozen=True)
