@@ -273,3 +273,18 @@ def test_the_default_length_is_what_the_context_and_the_kv_cache_leave():
         token_budget(served, 40, 57)
     served.kv_capacity = 4096
     assert token_budget(served, 40, None) == 472
+
+
+def test_kv_cache_memory_takes_sizes_and_fractions():
+    import torch
+
+    from glm_engine.errors import InputError
+    from glm_engine.server.run import kv_cache_bytes
+
+    cpu = torch.device("cpu")
+    assert kv_cache_bytes("2GiB", cpu) == 2 << 30 and kv_cache_bytes("0.5GiB", cpu) == 1 << 29
+    assert kv_cache_bytes("512mb", cpu) == 512 << 20 and kv_cache_bytes("4096", cpu) == 4096
+    assert kv_cache_bytes("0.01", cpu) > 0  # a share of MemAvailable
+    for bad in ("1.5", "0", "-1GiB", "lots", "2XB"):
+        with pytest.raises(InputError, match="--kv-cache-memory"):
+            kv_cache_bytes(bad, cpu)

@@ -1,6 +1,6 @@
-"""Serve an app with uvicorn on one loaded model, and shut down gracefully: on SIGTERM/SIGINT the server stops
-admitting (new requests get 503), lets in-flight requests finish for up to ``shutdown_timeout`` seconds, cancels what
-is left (freeing its blocks) and exits 0."""
+"""Serve an app with uvicorn on one loaded model, and shut down gracefully: on SIGTERM the server stops admitting (new
+requests get 503), lets in-flight requests finish for up to ``shutdown_timeout`` seconds, cancels what is left (freeing
+its blocks) and exits 0. SIGINT (Ctrl-C) drains the same way and exits as an interrupted program does."""
 
 from __future__ import annotations
 
@@ -21,19 +21,9 @@ from glm_engine.serving.core import EngineCore
 from glm_engine.serving.scheduler import SchedulerLimits
 
 MEMINFO = Path("/proc/meminfo")
-UNITS = {
-    "": 1,
-    "B": 1,
-    "K": 1 << 10,
-    "KB": 1 << 10,
-    "KIB": 1 << 10,
-    "M": 1 << 20,
-    "MB": 1 << 20,
-    "MIB": 1 << 20,
-    "G": 1 << 30,
-    "GB": 1 << 30,
-    "GIB": 1 << 30,
-}
+UNITS = {"": 1, "B": 1}
+for _power, _letter in enumerate("KMGT", start=1):
+    UNITS.update({_letter: 1024**_power, f"{_letter}B": 1024**_power, f"{_letter}IB": 1024**_power})
 
 
 @dataclass(frozen=True)
@@ -49,9 +39,12 @@ class ServeOptions:
 
 
 def free_device_bytes(device: torch.device) -> int:
-    """Free memory where the KV cache goes: the GPU's (``mem_get_info``), else the host's ``MemAvailable``."""
+    """Free memory where the KV cache goes: the GPU's or NPU's (``mem_get_info``), else the host's
+    ``MemAvailable``."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "npu":
+        return int(torch.npu.mem_get_info(device)[0])  # torch_npu mirrors torch.cuda's memory API
     try:
         for line in MEMINFO.read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -62,17 +55,21 @@ def free_device_bytes(device: torch.device) -> int:
 
 
 def kv_cache_bytes(spec: str, device: torch.device) -> int:
-    """``--kv-cache-memory``: a size (``2GiB``, ``512MiB``, bytes) or a fraction in (0, 1) of the free memory."""
+    """``--kv-cache-memory``: a size (``2GiB``, ``0.5GiB``, ``512MiB``, whole bytes) or a fraction in (0, 1) of the
+    free memory where the cache goes."""
     text = spec.strip().upper()
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Z]*)", text)
     if match is None or match.group(2) not in UNITS:
         raise InputError(f"--kv-cache-memory {spec!r}: give a size such as 2GiB or 512MiB, or a fraction such as 0.3")
-    value = float(match.group(1))
-    if not match.group(2) and 0 < value < 1:
+    value, unit = float(match.group(1)), match.group(2)
+    if not unit and 0 < value < 1:
         return int(value * free_device_bytes(device))
-    if value < 1:
+    if not unit and not value.is_integer():
+        raise InputError(f"--kv-cache-memory {spec!r}: a fraction is below 1; a size needs a unit (1.5GiB)")
+    size = int(value * UNITS[unit])
+    if size < 1:
         raise InputError(f"--kv-cache-memory {spec!r} is empty; give a size or a fraction in (0, 1)")
-    return int(value * UNITS[match.group(2)])
+    return size
 
 
 class DrainingServer(uvicorn.Server):

@@ -35,7 +35,13 @@ class BlockPool:
         self.block_size = block_size
         self.num_blocks = num_blocks
         shape = (num_layers, 2, num_blocks * block_size, kv_heads, head_dim)
-        self.storage = torch.zeros(shape, dtype=dtype, device=device)
+        try:
+            self.storage = torch.zeros(shape, dtype=dtype, device=device)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:  # RuntimeError: a host allocation that failed
+            size = self.bytes_per_block(num_layers, kv_heads, head_dim, block_size, dtype) * num_blocks
+            raise InputError(
+                f"cannot allocate a KV cache of {size} bytes on {device} ({exc}); give it less memory"
+            ) from None
         self._free = list(range(num_blocks - 1, -1, -1))  # a stack: the lowest-numbered block is handed out first
 
     @staticmethod
