@@ -66,8 +66,18 @@ def check_before_launch(backend: str, model: str, config: Any, tp: int) -> None:
     check_tp_degree(source.config, tp, source.description)
 
 
-def run_session(ctx: typer.Context, command: str, tp: int, backend: str, model: str, config: Any, serve: Serve) -> None:
-    """``serve`` in this process (``tp`` 1), as one rank of a torchrun job, or by launching ``tp`` local ranks."""
+def run_session(
+    ctx: typer.Context,
+    command: str,
+    tp: int,
+    backend: str,
+    model: str,
+    config: Any,
+    serve: Serve,
+    drain_on_sigterm: bool = False,
+) -> None:
+    """``serve`` in this process (``tp`` 1), as one rank of a torchrun job, or by launching ``tp`` local ranks
+    (``drain_on_sigterm``: SIGTERM ends the ranks normally, as a server's drain does)."""
     if running_under_torchrun():
         _run_as_rank(tp, backend, serve)
         return
@@ -78,7 +88,7 @@ def run_session(ctx: typer.Context, command: str, tp: int, backend: str, model: 
             serve(Communicator(), 1)
             return
         check_before_launch(backend, model, config, tp)
-        launch_local(tp, [command, *command_line(ctx)])
+        launch_local(tp, [command, *command_line(ctx)], drain_on_sigterm)
 
 
 @record

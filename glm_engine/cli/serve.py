@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +12,10 @@ import typer
 
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
+from glm_engine.cli.ranks import run_session
 from glm_engine.engine import load
 from glm_engine.errors import InputError
+from glm_engine.parallel.communicator import Communicator
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.serving.scheduler import SchedulerLimits
 
@@ -20,6 +23,7 @@ API_KEY_ENV = "GLM_ENGINE_API_KEY"
 
 
 def serve(
+    ctx: typer.Context,
     checkpoint: Annotated[
         str, typer.Option(help="a model folder of any family, or a preset such as chatglm3-tiny (random weights)")
     ],
@@ -30,7 +34,9 @@ def serve(
     quant_scheme: Annotated[str, typer.Option(help="rowwise or groupwise")] = "rowwise",
     quant_group_size: Annotated[int | None, typer.Option(help="columns per scale with groupwise")] = None,
     quant_output: Annotated[bool, typer.Option(help="also quantize lm_head")] = False,
-    tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree (only 1 is served yet)")] = 1,
+    tp: Annotated[
+        int, typer.Option("--tp", help="tensor-parallel degree: ranks to split the model over (torchrun sets them)")
+    ] = 1,
     host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean otherwise")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to bind")] = 8000,
     served_model_name: Annotated[
@@ -52,12 +58,10 @@ def serve(
     """Serve a model over an OpenAI-compatible HTTP API (chat and text completions, streaming, /metrics)."""
     with user_errors():
         try:
-            from glm_engine.server.run import ServeOptions
+            from glm_engine.server.run import ServeOptions, follow_rank
             from glm_engine.server.run import serve as run_server
         except ImportError as exc:
             raise InputError(f"serve needs the serve extra ({exc}): pip install 'glm-engine[serve]'") from None
-        if tp != 1:
-            raise InputError("tensor-parallel serving is not built yet: serve with --tp 1 (see docs/serving.md)")
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
         limits = SchedulerLimits(max_tokens=max_batch_tokens, chunk=prefill_chunk, max_running=max_num_seqs)
         options = ServeOptions(
@@ -70,19 +74,24 @@ def serve(
             max_request_bytes=max_request_bytes,
             limits=limits,
         )
-        with progress_bar("loading weights") as progress:
-            engine = load(
-                checkpoint,
-                backend=backend,
-                dtype=dtype,
-                tokenizer=tokenizer,
-                quant=quant,
-                quant_scheme=quant_scheme,
-                quant_group_size=quant_group_size,
-                quant_output=quant_output,
-                progress=progress,
-            )
+    load_args = dict(
+        backend=backend,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        quant=quant,
+        quant_scheme=quant_scheme,
+        quant_group_size=quant_group_size,
+        quant_output=quant_output,
+    )
+
+    def serve_rank(comm: Communicator, degree: int) -> None:
+        with progress_bar("loading weights") if comm.is_leader else nullcontext(None) as progress:
+            engine = load(checkpoint, progress=progress, tp=degree, communicator=comm, **load_args)
+        if not comm.is_leader:
+            follow_rank(engine, options, comm)
+            return
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)
-        name = served_model_name or Path(checkpoint.rstrip("/")).name
-        run_server(engine, name, options)
+        run_server(engine, served_model_name or Path(checkpoint.rstrip("/")).name, options, comm)
+
+    run_session(ctx, "serve", tp, backend, checkpoint, None, serve_rank, drain_on_sigterm=True)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
 import uuid
 from collections.abc import Sequence
 
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -30,8 +32,11 @@ MONITOR_INTERVAL_S = 0.1
 _CONSEQUENCES = ("CollectiveError", "DistBackendError", "DistNetworkError", "DistStoreError", "DistError")
 
 
-def launch_local(nproc: int, args: Sequence[str]) -> None:
-    """Run ``python -m glm_engine.cli *args`` as ``nproc`` ranks on this node; ParallelError if any rank fails."""
+def launch_local(nproc: int, args: Sequence[str], drain_on_sigterm: bool = False) -> None:
+    """Run ``python -m glm_engine.cli *args`` as ``nproc`` ranks on this node; ParallelError if any rank fails.
+
+    On SIGTERM torch's launcher passes the signal to the ranks and waits for them (up to its 30 s); with
+    ``drain_on_sigterm`` (a server, whose rank 0 drains and exits 0) that is a normal end, not an error."""
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -54,6 +59,9 @@ def launch_local(nproc: int, args: Sequence[str]) -> None:
                 elastic_launch(config, sys.executable)("-m", "glm_engine.cli", *args)
             except ChildFailedError as exc:
                 raise ParallelError(failure_summary(exc)) from None
+            except SignalException as exc:
+                if not (drain_on_sigterm and exc.sigval == signal.SIGTERM):
+                    raise
     finally:
         elastic_logger.setLevel(level)
         if previous is None:

@@ -10,9 +10,11 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from glm_engine.errors import InputError
 from glm_engine.serving.core import CoreStats, EngineCore, StepOutput
+from glm_engine.serving.lockstep import STOP, AbortEvent, AddEvent, Event, apply, with_seed
 from glm_engine.serving.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,10 @@ class _Submit:
 class AsyncEngine:
     """Submit, cancel and read the gauges of an :class:`EngineCore` stepping on a background thread."""
 
-    def __init__(self, core: EngineCore, max_queue: int) -> None:
+    def __init__(self, core: EngineCore, max_queue: int, comm: Any = None) -> None:
         self.core = core
         self.max_queue = max_queue
+        self.comm = comm if comm is not None and comm.world_size > 1 else None  # followers to keep in lockstep
         self.draining = False
         self.failure: str | None = None
         self._inbox: queue.SimpleQueue[_Submit | str] = queue.SimpleQueue()  # submissions, and ids to cancel
@@ -124,15 +127,23 @@ class AsyncEngine:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                self._take_inbox()
-                if not self.core.has_work:
+                events = self._take_inbox()
+                if not events and not self.core.has_work:
                     self._wake.wait(IDLE_WAIT_S)
                     self._wake.clear()
                     continue
-                outputs = self.core.step()
+                if self.comm is not None:
+                    self.comm.broadcast_object([event for event, _ in events])
+                for event, stream in events:
+                    self._apply(event, stream)
                 self._stats = self.core.stats()
-                for out in outputs:
-                    self._deliver(out)
+                if self.core.has_work:
+                    outputs = self.core.step()
+                    self._stats = self.core.stats()
+                    for out in outputs:
+                        self._deliver(out)
+            if self.comm is not None:
+                self.comm.broadcast_object(STOP)
         except Exception as exc:  # a failing engine stops the server with its error, every request told
             log.exception("the engine failed")
             self._fail(f"{type(exc).__name__}: {exc}")
@@ -152,26 +163,34 @@ class AsyncEngine:
         for stream in streams:
             _post(stream, EngineFailure(message))
 
-    def _take_inbox(self) -> None:
+    def _take_inbox(self) -> list[tuple[Event, _Submit | None]]:
+        """What arrived since the last step, as events (requests with their seeds fixed, cancellations)."""
+        events: list[tuple[Event, _Submit | None]] = []
         while True:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                break
+                return events
             if isinstance(item, str):
-                if self.core.abort(item):
-                    self._deliver(StepOutput(item, None, True, "abort"))
+                events.append((AbortEvent(item), None))
                 continue
             with self._lock:
                 self._queued -= 1
-            try:
-                self.core.add_request(item.request_id, item.prompt, item.params, item.end_token_ids, item.banned)
-            except InputError as exc:
-                _post(item, EngineFailure(str(exc)))
-                continue
-            with self._lock:
-                self._streams[item.request_id] = item
-        self._stats = self.core.stats()
+            event = AddEvent(item.request_id, item.prompt, with_seed(item.params), item.end_token_ids, item.banned)
+            events.append((event, item))
+
+    def _apply(self, event: Event, stream: _Submit | None) -> None:
+        if isinstance(event, AbortEvent):
+            if self.core.sequence(event.request_id) is not None:
+                apply(self.core, event)
+                self._deliver(StepOutput(event.request_id, None, True, "abort"))
+            return
+        refused = apply(self.core, event)
+        if refused is not None:
+            _post(stream, EngineFailure(refused))
+            return
+        with self._lock:
+            self._streams[event.request_id] = stream
 
     def _deliver(self, out: StepOutput) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import uvicorn
@@ -18,6 +19,7 @@ from glm_engine.server.async_engine import AsyncEngine
 from glm_engine.server.generation import ServedModel
 from glm_engine.server.metrics import ServerMetrics
 from glm_engine.serving.core import EngineCore
+from glm_engine.serving.lockstep import follow
 from glm_engine.serving.scheduler import SchedulerLimits
 
 MEMINFO = Path("/proc/meminfo")
@@ -86,20 +88,23 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
 
-def serve(engine: object, name: str, options: ServeOptions) -> None:
-    """Serve the loaded ``engine`` (a ``glm_engine.Engine``) until a shutdown signal."""
+def new_core(engine: Any, options: ServeOptions, comm: Any = None) -> EngineCore:
+    """This rank's serving core; under TP every rank takes rank 0's KV budget, so all hold the same blocks."""
     runner = engine.runner
-    core = EngineCore(
-        runner,
-        kv_cache_bytes(options.kv_cache_memory, runner.device),
-        options.limits,
-        detokenize=lambda ids: engine.tokenizer.decode(list(ids)),
-    )
-    async_engine = AsyncEngine(core, options.max_queue)
+    budget = kv_cache_bytes(options.kv_cache_memory, runner.device) if comm is None or comm.is_leader else 0
+    if comm is not None and comm.world_size > 1:
+        budget = comm.broadcast_object(budget)
+    return EngineCore(runner, budget, options.limits, detokenize=lambda ids: engine.tokenizer.decode(list(ids)))
+
+
+def serve(engine: Any, name: str, options: ServeOptions, comm: Any = None) -> None:
+    """Serve the loaded ``engine`` (a ``glm_engine.Engine``) until a shutdown signal; under TP this is rank 0, the
+    other ranks run :func:`follow_rank`."""
+    runner = engine.runner
+    async_engine = AsyncEngine(new_core(engine, options, comm), options.max_queue, comm)
     metrics = ServerMetrics(lambda: async_engine.stats)
-    served = ServedModel(
-        name, runner.family, runner.config, engine.tokenizer, engine.banned_tokens, async_engine, metrics
-    )
+    tokenizer, banned = engine.tokenizer, engine.banned_tokens
+    served = ServedModel(name, runner.family, runner.config, tokenizer, banned, async_engine, metrics)
     app = create_app(served, options.api_key, options.max_request_bytes)
     config = uvicorn.Config(
         app,
@@ -115,3 +120,11 @@ def serve(engine: object, name: str, options: ServeOptions) -> None:
     finally:
         async_engine.cancel_all()
         async_engine.stop()
+
+
+def follow_rank(engine: Any, options: ServeOptions, comm: Any) -> None:
+    """A rank other than 0: the same core, stepped as rank 0 says, until rank 0 stops. Shutdown signals are rank 0's
+    to handle (a launcher may pass them to every rank): this rank ends when rank 0 has drained."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    follow(new_core(engine, options, comm), comm)

@@ -51,7 +51,8 @@ class CoreStats:
 
 
 class EngineCore:
-    """Continuous batching over a paged KV cache for one loaded model (``runner``: a graph ``DecoderModel``)."""
+    """Continuous batching over a paged KV cache for one loaded model (``runner``: a graph ``DecoderModel``). Under
+    tensor parallelism every rank holds one and feeds it the same requests in the same order (``lockstep.py``)."""
 
     def __init__(
         self,
@@ -64,8 +65,6 @@ class EngineCore:
     ) -> None:
         if not getattr(runner, "capabilities", None) or not runner.capabilities.op_level:
             raise InputError("the serving core runs op-level backends (cpu, cuda, rocm_dcu, ascend), not whole graphs")
-        if runner.capabilities.tensor_parallel > 1:
-            raise InputError("the serving core runs one rank; tensor-parallel serving is not built yet (use --tp 1)")
         self.model = copy.copy(runner)  # the same weights, with batch-invariant products
         self.model.ops = RowTiledOps(runner.ops, tile_rows)
         self.family, self.config = runner.family, runner.config
