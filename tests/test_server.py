@@ -190,6 +190,8 @@ def test_bad_requests_get_openai_errors_naming_the_problem(server, client):
         client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "robot", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
         client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, frequency_penalty=1.0)
+    with pytest.raises(openai.BadRequestError, match="beam search is GLM-130B's"):
+        client.completions.create(model=CHAT_MODEL, prompt="hi", extra_body={"num_beams": 2})
     with pytest.raises(openai.BadRequestError, match="seed must be in"):
         client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, seed=2**70, max_tokens=2)
     tiny = client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, temperature=1e-30, max_tokens=3)
@@ -253,8 +255,14 @@ def test_glm_130b_blank_filling_over_http(tmp_path):
         assert answer.choices[0].text == reference.answers[0]
         with pytest.raises(openai.BadRequestError, match="not a chat model"):
             client.chat.completions.create(model="glm-tiny", messages=MESSAGES)
-        with pytest.raises(openai.BadRequestError, match="beam search"):
-            client.completions.create(model="glm-tiny", prompt=prompt, extra_body={"num_beams": 4})
+        beams = {"num_beams": 4, "length_penalty": 0.9, "no_repeat_ngram_size": 2}
+        top = client.completions.create(model="glm-tiny", prompt=prompt, max_tokens=6, n=2, seed=5, extra_body=beams)
+        (best,) = engine.generate(
+            prompt, sampling_strategy="BeamSearchStrategy", out_seq_length=context + 6, seed=5, **beams
+        )
+        assert [c.text for c in top.choices] == best.answers[:2]
+        with pytest.raises(openai.BadRequestError, match="beam search answers whole"):
+            client.completions.create(model="glm-tiny", prompt=prompt, stream=True, extra_body=beams)
     finally:
         assert proc.stop() == 0, proc.log()
 
@@ -316,3 +324,22 @@ def test_tensor_parallel_serving_answers_as_one_rank_and_drains(tmp_path):
         assert proc.wait() == 0, proc.log()
     finally:
         proc.stop()
+
+
+def test_beam_search_runs_on_every_rank_under_tensor_parallelism(tmp_path):
+    proc = ServerProcess("glm-tiny", "--tp", "2", log=tmp_path / "server.log")
+    try:
+        client = openai.OpenAI(base_url=f"{proc.url}/v1", api_key="unused", max_retries=0, timeout=4 * WAIT_S)
+        prompt, beams = "Tsinghua University is located in [MASK].", {"num_beams": 3}
+        top = client.completions.create(model="glm-tiny", prompt=prompt, max_tokens=5, seed=2, extra_body=beams)
+        engine = glm_engine.load("glm-tiny", dtype="fp32")
+        rounds = engine.runner.family.serving_completion(engine.runner.config, engine.tokenizer, prompt)
+        context = len(next(rounds).ids)
+        (best,) = engine.generate(
+            prompt, sampling_strategy="BeamSearchStrategy", out_seq_length=context + 5, seed=2, **beams
+        )
+        assert top.choices[0].text == best.answers[0]
+        greedy = client.completions.create(model="glm-tiny", prompt=prompt, max_tokens=5, temperature=0)
+        assert greedy.choices[0].finish_reason in ("length", "stop")  # the batch goes on after the job
+    finally:
+        assert proc.stop() == 0, proc.log()

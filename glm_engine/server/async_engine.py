@@ -8,13 +8,13 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from glm_engine.errors import InputError
 from glm_engine.serving.core import CoreStats, EngineCore, StepOutput
-from glm_engine.serving.lockstep import STOP, AbortEvent, AddEvent, Event, apply, with_seed
+from glm_engine.serving.lockstep import STOP, AbortEvent, AddEvent, Event, JobEvent, JobResult, apply, with_seed
 from glm_engine.serving.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -47,16 +47,30 @@ class _Submit:
     outputs: asyncio.Queue
 
 
+@dataclass(frozen=True)
+class _Job:
+    event: JobEvent
+    loop: asyncio.AbstractEventLoop
+    outputs: asyncio.Queue
+
+
 class AsyncEngine:
     """Submit, cancel and read the gauges of an :class:`EngineCore` stepping on a background thread."""
 
-    def __init__(self, core: EngineCore, max_queue: int, comm: Any = None) -> None:
+    def __init__(
+        self,
+        core: EngineCore,
+        max_queue: int,
+        comm: Any = None,
+        jobs: Callable[[JobEvent], JobResult] | None = None,
+    ) -> None:
         self.core = core
+        self.jobs = jobs  # runs a JobEvent on the engine thread (beam search); None: jobs are refused
         self.max_queue = max_queue
         self.comm = comm if comm is not None and comm.world_size > 1 else None  # followers to keep in lockstep
         self.draining = False
         self.failure: str | None = None
-        self._inbox: queue.SimpleQueue[_Submit | str] = queue.SimpleQueue()  # submissions, and ids to cancel
+        self._inbox: queue.SimpleQueue[_Submit | _Job | str] = queue.SimpleQueue()  # requests, jobs, ids to cancel
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._streams: dict[str, _Submit] = {}  # requests the core runs (guarded by _lock, as is _queued)
@@ -112,6 +126,19 @@ class AsyncEngine:
         self._wake.set()
         return outputs
 
+    def submit_job(self, request_id: str, prompt: str, options: dict[str, Any]) -> asyncio.Queue:
+        """Queue a job (a request outside the batch, run between two steps); one :class:`JobResult` or
+        :class:`EngineFailure` arrives on the returned queue."""
+        if self.jobs is None:
+            raise InputError("this server runs no jobs outside the batch")
+        self.check([0], SamplingParams(max_tokens=1))
+        outputs: asyncio.Queue = asyncio.Queue()
+        with self._lock:
+            self._queued += 1
+        self._inbox.put(_Job(JobEvent(request_id, prompt, options), asyncio.get_running_loop(), outputs))
+        self._wake.set()
+        return outputs
+
     def cancel(self, request_id: str) -> None:
         """Cancel a request (a client gone, a deadline passed); its blocks are freed before the next step."""
         self._inbox.put(request_id)
@@ -158,14 +185,14 @@ class AsyncEngine:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Submit):
+            if not isinstance(item, str):
                 streams.append(item)
         for stream in streams:
             _post(stream, EngineFailure(message))
 
-    def _take_inbox(self) -> list[tuple[Event, _Submit | None]]:
+    def _take_inbox(self) -> list[tuple[Event, Any]]:
         """What arrived since the last step, as events (requests with their seeds fixed, cancellations)."""
-        events: list[tuple[Event, _Submit | None]] = []
+        events: list[tuple[Event, Any]] = []
         while True:
             try:
                 item = self._inbox.get_nowait()
@@ -176,10 +203,20 @@ class AsyncEngine:
                 continue
             with self._lock:
                 self._queued -= 1
+            if isinstance(item, _Job):
+                events.append((item.event, item))
+                continue
             event = AddEvent(item.request_id, item.prompt, with_seed(item.params), item.end_token_ids, item.banned)
             events.append((event, item))
 
-    def _apply(self, event: Event, stream: _Submit | None) -> None:
+    def _apply(self, event: Event, stream: Any) -> None:
+        if isinstance(event, JobEvent):
+            try:
+                result: JobResult | EngineFailure = self.jobs(event)
+            except InputError as exc:
+                result = EngineFailure(str(exc))
+            _post(stream, result)
+            return
         if isinstance(event, AbortEvent):
             if self.core.sequence(event.request_id) is not None:
                 apply(self.core, event)
@@ -199,7 +236,7 @@ class AsyncEngine:
             _post(stream, out)
 
 
-def _post(stream: _Submit, item: StepOutput | EngineFailure) -> None:
+def _post(stream: _Submit | _Job, item: StepOutput | JobResult | EngineFailure) -> None:
     """Hand ``item`` to the request's event loop (gone at shutdown: nobody is listening any more)."""
     with contextlib.suppress(RuntimeError):
         stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, item)

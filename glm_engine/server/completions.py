@@ -12,12 +12,15 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from glm_engine.errors import InputError
+from glm_engine.server.async_engine import EngineFailure
 from glm_engine.server.chat import token_budget
 from glm_engine.server.generation import Generation, ServedModel, cut_at_stop, generate, held_back, run_all
 from glm_engine.server.protocol import DEFAULT_COMPLETION_TOKENS, CompletionRequest
 from glm_engine.server.sse import stream_events
 from glm_engine.serving.sampling import SamplingParams, TokenChoice
 
+DEFAULT_BEAM_SEED = 1234  # glm-engine run's: beam search samples its candidates unless deterministic
 OnText = Callable[[str, list[TokenChoice]], Awaitable[None]]
 
 
@@ -62,9 +65,42 @@ def completion_logprobs(served: ServedModel, choices: list[TokenChoice]) -> dict
     }
 
 
+async def beam_search(served: ServedModel, body: CompletionRequest, max_tokens: int) -> Any:
+    """GLM-130B's beam search, one job per prompt outside the batch: the top ``n`` beams of each prompt."""
+    if not served.family.blank_infilling:
+        raise InputError(f"beam search is GLM-130B's blank filling; {served.family.title} samples or decodes greedily")
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for text in body.prompts:
+        context = len(next(served.family.serving_completion(served.config, served.tokenizer, text)).ids)
+        token_budget(served, context, max_tokens)
+        options = {
+            "sampling_strategy": "BeamSearchStrategy",
+            "num_beams": body.num_beams,
+            "length_penalty": body.length_penalty,
+            "no_repeat_ngram_size": body.no_repeat_ngram_size,
+            "out_seq_length": context + max_tokens,  # the reference counts the prompt
+            "seed": DEFAULT_BEAM_SEED if body.seed is None else body.seed,
+        }
+        outputs = served.engine.submit_job(uuid.uuid4().hex, text, options)
+        result = await outputs.get()
+        if isinstance(result, EngineFailure):
+            raise InputError(result.message)
+        prompt_tokens += context
+        for beam in range(body.n):
+            answer = (text if body.echo else "") + result.texts[beam]
+            choices.append({"index": len(choices), "text": answer, "finish_reason": "stop", "logprobs": None})
+            completion_tokens += result.generated[beam]
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    usage["total_tokens"] = prompt_tokens + completion_tokens
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
+    return JSONResponse({**head, "object": "text_completion", "choices": choices, "usage": usage})
+
+
 async def text_completion(served: ServedModel, body: CompletionRequest, request: Request) -> Any:
     body.check_supported()
     max_tokens = body.max_tokens or DEFAULT_COMPLETION_TOKENS
+    if body.num_beams > 1:
+        return await beam_search(served, body, max_tokens)
     jobs = [(p, body.sampling(max_tokens, body.logprobs, i)) for p in body.prompts for i in range(body.n)]
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
     if body.stream:

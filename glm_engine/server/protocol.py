@@ -83,7 +83,10 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[str]
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5)
-    num_beams: int = Field(1, ge=1, description="glm-engine's extension: beam search as glm-engine run offers it")
+    # glm-engine's extension: GLM-130B's beam search, as `glm-engine run --sampling-strategy BeamSearchStrategy`
+    num_beams: int = Field(1, ge=1, le=16)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(3, ge=0)
 
     @field_validator("prompt")
     @classmethod
@@ -94,8 +97,8 @@ class CompletionRequest(SamplingFields):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.num_beams > 1:
-            raise InputError("beam search (num_beams > 1) is not served yet; use `glm-engine run --num-beams`")
+        if self.num_beams > 1 and (self.stream or self.n > self.num_beams or self.logprobs is not None):
+            raise InputError("beam search answers whole: no stream or logprobs, and n at most num_beams")
 
     @property
     def prompts(self) -> list[str]:

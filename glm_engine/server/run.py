@@ -4,6 +4,7 @@ its blocks) and exits 0. SIGINT (Ctrl-C) drains the same way and exits as an int
 
 from __future__ import annotations
 
+import functools
 import re
 import signal
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from glm_engine.server.async_engine import AsyncEngine
 from glm_engine.server.generation import ServedModel
 from glm_engine.server.metrics import ServerMetrics
 from glm_engine.serving.core import EngineCore
-from glm_engine.serving.lockstep import follow
+from glm_engine.serving.lockstep import follow, run_job
 from glm_engine.serving.scheduler import SchedulerLimits
 
 MEMINFO = Path("/proc/meminfo")
@@ -101,7 +102,8 @@ def serve(engine: Any, name: str, options: ServeOptions, comm: Any = None) -> No
     """Serve the loaded ``engine`` (a ``glm_engine.Engine``) until a shutdown signal; under TP this is rank 0, the
     other ranks run :func:`follow_rank`."""
     runner = engine.runner
-    async_engine = AsyncEngine(new_core(engine, options, comm), options.max_queue, comm)
+    jobs = functools.partial(run_job, engine)
+    async_engine = AsyncEngine(new_core(engine, options, comm), options.max_queue, comm, jobs)
     metrics = ServerMetrics(lambda: async_engine.stats)
     tokenizer, banned = engine.tokenizer, engine.banned_tokens
     served = ServedModel(name, runner.family, runner.config, tokenizer, banned, async_engine, metrics)
@@ -127,4 +129,4 @@ def follow_rank(engine: Any, options: ServeOptions, comm: Any) -> None:
     to handle (a launcher may pass them to every rank): this rank ends when rank 0 has drained."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    follow(new_core(engine, options, comm), comm)
+    follow(new_core(engine, options, comm), comm, engine)

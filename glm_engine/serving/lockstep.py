@@ -5,6 +5,7 @@ their seeds fixed, and cancellations); the other ranks follow (docs/serving.md#t
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,7 +31,32 @@ class AbortEvent:
     request_id: str
 
 
-Event = AddEvent | AbortEvent
+@dataclass(frozen=True)
+class JobEvent:
+    """A request the batch does not run (GLM-130B's beam search): ``Engine.generate`` between two steps."""
+
+    request_id: str
+    prompt: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """Each beam's text, best first, and the tokens each generated."""
+
+    texts: list[str]
+    generated: list[int]
+
+
+Event = AddEvent | AbortEvent | JobEvent
+
+
+def run_job(engine: Any, event: JobEvent) -> JobResult:
+    """Run a job on ``engine``: the continuation after ``[gMASK]``, else the text with its blanks filled, per beam."""
+    (completion,) = engine.generate(event.prompt, **event.options)
+    texts = [blanks[-1] for blanks in completion.blanks] if completion.gmask else list(completion.answers)
+    generated = [sum(end - start for start, end in spans) for spans in completion.blank_spans]
+    return JobResult(texts, generated)
 
 
 def with_seed(params: SamplingParams) -> SamplingParams:
@@ -52,13 +78,18 @@ def apply(core: EngineCore, event: Event) -> str | None:
     return None
 
 
-def follow(core: EngineCore, comm: Any) -> None:
-    """A follower rank: apply rank 0's events and step with it until it broadcasts the stop."""
+def follow(core: EngineCore, comm: Any, engine: Any) -> None:
+    """A follower rank: apply rank 0's events (running its jobs on ``engine`` too) and step with it until it
+    broadcasts the stop."""
     while True:
         events = comm.broadcast_object(None)
         if events == STOP:
             return
         for event in events:
-            apply(core, event)
+            if isinstance(event, JobEvent):
+                with contextlib.suppress(InputError):  # rank 0 reports it
+                    run_job(engine, event)
+            else:
+                apply(core, event)
         if core.has_work:
             core.step()
