@@ -168,12 +168,14 @@ class EngineCore:
             seq, n = piece.sequence, piece.end - piece.start
             ids.append(torch.tensor(seq.tokens[piece.start : piece.end], dtype=torch.long))
             positions.append(seq.layout.positions(piece.start, piece.end))
+            mask = seq.layout.blocked(piece.start, piece.end)
             segments.append(
                 Segment(
                     offset=offset,
                     new_slots=self.pool.slots(seq.blocks, piece.start, piece.end),
                     all_slots=self.pool.slots(seq.blocks, 0, piece.end),
-                    blocked=seq.layout.blocked(piece.start, piece.end).to(self.model.device)[None, None],
+                    blocked=mask.to(self.model.device)[None, None],
+                    attends_all=not bool(mask.any()),
                 )
             )
             if piece.end == len(seq.tokens):

@@ -99,6 +99,24 @@ class TorchCudaOps(TorchOps):
         self._record(phase, path, why, REPEATED if grouped else "")
         return reference_attention(q, k, v, blocked, layer_scale)
 
+    def paged_decode_attention(
+        self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The serving core's decode rows in one launch, each sequence's keys read from the KV block pool through
+        its slot table (``q [n, h, d]``, pools ``[slots, g, d]``, ``slots [n, longest]``); None where the policy does
+        not send decode rows to the Triton kernel (the caller then gathers each sequence's keys)."""
+        path, why = self.policy.choose(1, q.shape[-1], q.dtype)
+        if path is not AttentionPath.TRITON_DECODE:
+            return None
+        from glm_engine.kernels.triton.paged_decode_attention import paged_decode_attention
+
+        grouped = GROUPED_IN_PLACE if k_pool.shape[1] != q.shape[1] else ""
+        self._record("decode", path, f"{why}; paged: keys read through the block table", grouped)
+        config = choose_decode_attention_config(
+            q.shape[1], slots.shape[1], sm_count=self.sm_count, platform=self.platform
+        )
+        return paged_decode_attention(q, k_pool, v_pool, slots, lengths, config)
+
     def _record(self, phase: str, path: AttentionPath, why: str, grouped_note: str) -> None:
         """Keep how the last ``phase`` call ran (``attention_path``), with how grouped key/value heads were read."""
         self.attention_path[phase] = f"{path.value}: {why}" + (f"; {grouped_note}" if grouped_note else "")
