@@ -343,3 +343,23 @@ def test_beam_search_runs_on_every_rank_under_tensor_parallelism(tmp_path):
         assert greedy.choices[0].finish_reason in ("length", "stop")  # the batch goes on after the job
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+def test_a_tool_call_reply_becomes_openai_tool_calls():
+    """How a parsed tool call is shaped (the parsing itself: tests/test_glm_chat_formats.py); random weights never
+    call a tool over HTTP."""
+    from glm_engine.model.family import ServingPrompt
+    from glm_engine.server.chat import message_of
+    from glm_engine.server.generation import Generation
+    from glm_engine.tokenizer.chat_tokenizer import ChatReply, ToolCall
+
+    call = ToolCall("get_weather", '{"city": "Beijing"}')
+    prompt = ServingPrompt([1], (2,), text=lambda ids: "", reply=lambda ids: ChatReply("", [call], "get_weather"))
+    message, reason = message_of(prompt, Generation([5, 6], [], "stop"), ())
+    assert reason == "tool_calls" and message["content"] is None
+    (shaped,) = message["tool_calls"]
+    assert shaped["type"] == "function" and shaped["id"].startswith("call_")
+    assert shaped["function"] == {"name": "get_weather", "arguments": '{"city": "Beijing"}'}
+    plain = ServingPrompt([1], (2,), text=lambda ids: "hi", reply=lambda ids: ChatReply("hi there. STOP here"))
+    message, reason = message_of(plain, Generation([5], [], "length"), ("STOP",))
+    assert message == {"role": "assistant", "content": "hi there. "} and reason == "stop"
