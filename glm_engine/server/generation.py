@@ -78,9 +78,12 @@ async def generate(
     try:
         while True:
             try:
-                item = await asyncio.wait_for(outputs.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
-                item = None
+                item = outputs.get_nowait()  # a token already waiting: no timer task per token
+            except asyncio.QueueEmpty:
+                try:
+                    item = await asyncio.wait_for(outputs.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
+                    item = None
             if time.perf_counter() - checked >= DISCONNECT_POLL_S:  # tokens may come faster than the poll
                 checked = time.perf_counter()
                 if await request.is_disconnected():
