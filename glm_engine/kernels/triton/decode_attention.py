@@ -36,6 +36,21 @@ from glm_engine.kernels.triton.configs import DecodeAttentionConfig, next_power_
 
 
 @triton.jit
+def attend_tile(q, k, v, allowed, m_i, l_i, acc):
+    """One tile of the online softmax: scores of the ``allowed`` keys of ``k [n, d]`` against ``q [d]`` (scaled,
+    fp32), folded into the running max ``m_i``, normaliser ``l_i`` and output ``acc`` with ``v [n, d]``; the tile has
+    at least one allowed key, so the new max is finite."""
+    scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+    scores = tl.where(allowed, scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+    correction = tl.exp(m_i - m_new)
+    p = tl.exp(scores - m_new)
+    acc = acc * correction + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+    l_i = l_i * correction + tl.sum(p, axis=0)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _split_kernel(
     q_ptr, k_ptr, v_ptr, blocked_ptr, m_ptr, l_ptr, acc_ptr,
     H, GROUP, SK, blocks_per_split, sm_scale,
@@ -70,15 +85,8 @@ def _split_kernel(
         if tl.sum(allowed.to(tl.int32), axis=0) > 0:  # skip fully blocked tiles without reading K/V
             kv_mask = allowed[:, None] & mask_d[None, :]
             k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-            scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
-            scores = tl.where(allowed, scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=0))  # finite: this tile has an allowed key
-            correction = tl.exp(m_i - m_new)
-            p = tl.exp(scores - m_new)
             v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
-            acc = acc * correction + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-            l_i = l_i * correction + tl.sum(p, axis=0)
-            m_i = m_new
+            m_i, l_i, acc = attend_tile(q, k, v, allowed, m_i, l_i, acc)
     slot = pid_bh * num_splits + pid_split
     tl.store(m_ptr + slot, m_i)
     tl.store(l_ptr + slot, l_i)

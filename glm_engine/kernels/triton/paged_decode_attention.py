@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from glm_engine.kernels.triton.configs import DecodeAttentionConfig, next_power_of_2
-from glm_engine.kernels.triton.decode_attention import combine_splits
+from glm_engine.kernels.triton.decode_attention import attend_tile, combine_splits
 
 # A split's tiles, the same for every sequence of every step: 512 keys, so a 128K-token sequence has 256 splits.
 PAGED_BLOCKS_PER_SPLIT = 8
@@ -58,17 +58,10 @@ def _paged_split_kernel(
             slot = tl.load(slots_ptr + b * stride_sb + offs_n, mask=in_range, other=0)
             kv_mask = in_range[:, None] & mask_d[None, :]
             k_rows = k_ptr + slot[:, None] * stride_ks + kv_h * stride_kh + offs_d[None, :] * stride_kd
-            k = tl.load(k_rows, mask=kv_mask, other=0.0)
-            scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
-            scores = tl.where(in_range, scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=0))
-            correction = tl.exp(m_i - m_new)
-            p = tl.exp(scores - m_new)
             v_rows = v_ptr + slot[:, None] * stride_vs + kv_h * stride_vh + offs_d[None, :] * stride_vd
+            k = tl.load(k_rows, mask=kv_mask, other=0.0)
             v = tl.load(v_rows, mask=kv_mask, other=0.0)
-            acc = acc * correction + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-            l_i = l_i * correction + tl.sum(p, axis=0)
-            m_i = m_new
+            m_i, l_i, acc = attend_tile(q, k, v, in_range, m_i, l_i, acc)
     slot_out = pid_bh * num_splits + pid_split
     tl.store(m_ptr + slot_out, m_i)
     tl.store(l_ptr + slot_out, l_i)
