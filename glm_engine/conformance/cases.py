@@ -342,17 +342,10 @@ class GeluCase(OpCase):
 
 
 @dataclass(frozen=True)
-class SwigluCase(OpCase):
+class SwigluCase(GegluCase):
+    """GeGLU's inputs (gate and value halves of one row) through SwiGLU."""
+
     op: ClassVar[Op] = Op.SWIGLU
-    rows: int
-    inner: int
-
-    @property
-    def shape(self) -> str:
-        return f"rows{self.rows} inner{self.inner}"
-
-    def make_inputs(self, gen: torch.Generator) -> Inputs:
-        return {"x": _normal(gen, 1, self.rows, 2 * self.inner, std=2.0)}
 
     def run(self, ops: OpTable, inputs: Inputs) -> tuple[torch.Tensor, ...]:
         return (ops.swiglu(inputs["x"]),)
