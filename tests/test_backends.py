@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from glm_engine.backends import registry as registry_module
-from glm_engine.backends.base import BackendKind, OpLevelBackend, Verdict
+from glm_engine.backends.base import BackendKind, OpLevelBackend, Verdict, parse_dtype
 from glm_engine.backends.cpu import CpuBackend
 from glm_engine.backends.registry import BackendRegistry, op_table_for
-from glm_engine.errors import BackendError
+from glm_engine.errors import BackendError, InputError
 from glm_engine.ops.interface import Op
 from glm_engine.ops.torch_ops import TorchOps
 from glm_engine.quant.formats import QuantFormat
@@ -163,3 +163,25 @@ def test_a_failing_vendor_module_does_not_break_the_registry(monkeypatch):
 
 def test_importing_the_package_imports_no_vendor_sdk():
     assert "torch_npu" not in sys.modules and "tensorrt" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [
+        ("fp16", torch.float16),
+        ("float16", torch.float16),
+        ("Half", torch.float16),
+        ("BF16", torch.bfloat16),
+        ("bfloat16", torch.bfloat16),
+        ("float32", torch.float32),
+        ("torch.float32", torch.float32),
+        (" fp32 ", torch.float32),
+    ],
+)
+def test_dtype_names_take_the_usual_spellings(name, dtype):
+    assert parse_dtype(name) is dtype
+
+
+def test_an_unknown_dtype_lists_the_names():
+    with pytest.raises(InputError, match=r"unknown dtype 'float64'; choose one of fp32, bf16, fp16 \(or float32"):
+        parse_dtype("float64")

@@ -89,11 +89,24 @@ class ModelRunner(Protocol):
 DTYPE_NAMES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# The usual other spellings of the three names (torch's and numpy's, any case).
+DTYPE_ALIASES = {
+    "float32": "fp32", "float": "fp32", "torch.float32": "fp32",
+    "bfloat16": "bf16", "torch.bfloat16": "bf16",
+    "float16": "fp16", "half": "fp16", "torch.float16": "fp16",
+}  # fmt: skip
+
+
 def parse_dtype(name: str) -> torch.dtype:
-    """The torch dtype for a dtype name (fp32, bf16, fp16), or an InputError listing the names."""
-    if name not in DTYPE_NAMES:
-        raise InputError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)}")
-    return DTYPE_NAMES[name]
+    """The torch dtype for a dtype name (fp32, bf16, fp16, or a usual spelling such as float16), or an InputError
+    listing the names."""
+    key = str(name).strip().lower()
+    key = DTYPE_ALIASES.get(key, key)
+    if key not in DTYPE_NAMES:
+        raise InputError(
+            f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)} (or float32, bfloat16, float16)"
+        )
+    return DTYPE_NAMES[key]
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -11,7 +11,7 @@ from typing import Annotated
 import torch
 import typer
 
-from glm_engine.backends.base import DTYPE_NAMES
+from glm_engine.backends.base import parse_dtype
 from glm_engine.cli.errors import USER_ERROR_EXIT_CODE, user_errors
 from glm_engine.cli.progress import progress_bar
 from glm_engine.conformance.model_checks import run_model_checks
@@ -44,10 +44,7 @@ def _parse_ops(names: list[str] | None) -> tuple[list[Op] | None, bool]:
 def _parse_dtypes(names: list[str] | None) -> list | None:
     if not names:
         return None
-    unknown = [n for n in names if n not in DTYPE_NAMES]
-    if unknown:
-        raise InputError(f"unknown dtype {', '.join(unknown)}; choose from {', '.join(DTYPE_NAMES)}")
-    return [DTYPE_NAMES[n] for n in names]
+    return [parse_dtype(n) for n in names]
 
 
 def _emit(text: str, out: Path | None) -> None:
