@@ -179,3 +179,43 @@ def test_the_console_script_reports_errors_without_traceback():
 def test_wrong_flags_are_usage_errors():
     result = runner.invoke(app, ["run", "--no-such-flag"])
     assert result.exit_code == 2
+
+
+def test_a_nul_byte_or_a_bad_line_loses_no_answer(tmp_path):
+    """File names are made safe; a refused line is reported and the next ones are still answered (exit 1 at the end)."""
+    queries = tmp_path / "queries.txt"
+    queries.write_text("Hello\x00 [MASK] a/b:c\n" + "word " * 3000 + "\nThe sky is [MASK].\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "--input-source", str(queries), "--output-path", str(out), *FAST])
+    assert result.exit_code == 1
+    assert "text too long" in result.output and "1 of 3 queries were refused" in result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 2 and all("\x00" not in n and "/" not in n and ":" not in n for n in names)
+    assert any(n.startswith("Hello [MASK] abc") for n in names)
+
+
+def test_ids_that_repeat_or_cannot_name_a_file_are_refused_before_loading(tmp_path):
+    cases = {
+        "q1\tA [MASK]\nq1\tB [MASK]\n": "id 'q1' repeats line 1; ids must be unique",
+        "a:b\tA [MASK]\n": "cannot name an answer file",
+        "a\x01b\tA [MASK]\n": "cannot name an answer file",
+        "x" * 300 + "\tA [MASK]\n": "is too long for a file name",
+    }
+    for text, message in cases.items():
+        queries = tmp_path / "ids.tsv"
+        queries.write_text(text, encoding="utf-8")
+        result = runner.invoke(app, ["run", "--input-source", str(queries), "--with-id", *FAST])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("command", "model"), [("run", "glm-tiny"), ("chat", "chatglm3-tiny")])
+def test_invalid_utf8_typed_at_the_prompt_is_reported_and_the_session_goes_on(command, model, tmp_path):
+    stdin = b"\xff\xfe bad bytes\nHello [MASK]\nstop\n"
+    args = [command, "--checkpoint", model, "--max-new-tokens" if command == "chat" else "--out-seq-length", "12"]
+    if command == "run":
+        args += ["--output-path", str(tmp_path)]
+    result = runner.invoke(app, args, input=stdin)
+    assert result.exit_code == 0, result.output
+    assert "not valid UTF-8" in result.output and "Traceback" not in result.output
+    assert result.output.count("Output: " if command == "run" else "ChatGLM3-6B：") == 1  # the next query answered

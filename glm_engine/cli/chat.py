@@ -28,6 +28,7 @@ from glm_engine.cli.model_kind import require_chat
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.run import check_backend_fits
+from glm_engine.cli.typed_lines import typed_lines
 from glm_engine.engine import Engine, load
 from glm_engine.errors import InputError
 from glm_engine.generation.chat import DEFAULT_TOP_K, ChatOptions
@@ -107,16 +108,12 @@ class StreamPrinter:
 
 def typed_queries() -> Iterator[str]:
     """Lines typed at the prompt until ``stop`` or end of input (``clear`` is passed on: it resets the history)."""
-    while True:
-        try:
-            query = input(USER_PROMPT).strip()
-        except EOFError:
-            print()
-            return
+    for query in typed_lines(USER_PROMPT):
         if query == STOP:
             return
         if query:
             yield query
+    print()  # end of input: finish the prompt's line
 
 
 def show_tool_calls(reply: dict[str, Any]) -> None:

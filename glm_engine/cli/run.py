@@ -26,6 +26,7 @@ from glm_engine.cli.model_kind import require_blank_infilling
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.render import styled_answer
+from glm_engine.cli.typed_lines import typed_lines
 from glm_engine.engine import DEFAULT_MODEL, load
 from glm_engine.errors import GlmEngineError, InputError
 from glm_engine.exported import refuse_exported_folder
@@ -37,6 +38,8 @@ from glm_engine.quant.spec import QuantSpec
 INTERACTIVE = "interactive"
 PROMPT = "\nPlease Input Query (stop to exit) >>> "
 _DEFAULTS = GenerationOptions()
+UNSAFE_IN_NAMES = frozenset('/\\<>:"|?*')  # separators, and what Windows file systems refuse
+MAX_NAME_BYTES = 255  # a file name's limit on the common file systems
 GENERATION_OPTIONS = tuple(f.name for f in fields(GenerationOptions))
 
 
@@ -47,11 +50,7 @@ class StrategyName(str, Enum):
 
 def interactive_queries() -> Iterator[tuple[str | None, str]]:
     """Queries typed at the prompt until ``stop`` or end of input; empty input is refused."""
-    while True:
-        try:
-            text = input(PROMPT).strip()
-        except EOFError:
-            return
+    for text in typed_lines(PROMPT):
         if text == "stop":
             return
         if not text:
@@ -67,6 +66,7 @@ def read_queries(path: Path, with_id: bool) -> list[tuple[str | None, str]]:
     except UnicodeDecodeError as exc:
         raise InputError(f"{path} is not UTF-8 text: {exc}") from None
     queries: list[tuple[str | None, str]] = []
+    seen: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line:
@@ -77,17 +77,27 @@ def read_queries(path: Path, with_id: bool) -> list[tuple[str | None, str]]:
         query_id, tab, text = line.partition("\t")
         if not tab:
             raise InputError(f"{path}:{number}: --with-id needs 'id<TAB>text' lines")
-        if query_id in ("", ".", "..") or any(sep in query_id for sep in ("/", "\\")):
-            raise InputError(f"{path}:{number}: id {query_id!r} cannot name an answer file (no '/', '\\', '.', '..')")
+        if query_id in ("", ".", "..") or any(c in UNSAFE_IN_NAMES or not c.isprintable() for c in query_id):
+            raise InputError(
+                f"{path}:{number}: id {query_id!r} cannot name an answer file (no '.', '..', control characters "
+                'or any of / \\ < > : " | ? *)'
+            )
+        if len(f"{query_id}.txt".encode()) > MAX_NAME_BYTES:
+            raise InputError(f"{path}:{number}: id {query_id[:40]!r}... is too long for a file name")
+        if query_id in seen:
+            raise InputError(f"{path}:{number}: id {query_id!r} repeats line {seen[query_id]}; ids must be unique")
+        seen[query_id] = number
         queries.append((query_id, text))
     return queries
 
 
 def output_file(output_path: Path, query_id: str | None, text: str) -> Path:
-    """``<id>.txt`` with an id, else the first 20 characters of the text (without '/') and a timestamp."""
+    """``<id>.txt`` with an id, else the first 20 characters of the text that can name a file on any system
+    (no separators, control characters or ``<>:"|?*``) and a timestamp, never an existing file's name."""
     if query_id is not None:
         return output_path / f"{query_id}.txt"
-    stem = f"{text.replace('/', '')[:20]}-{datetime.now().strftime('%m-%d-%H-%M-%S')}"
+    safe = "".join(c for c in text if c.isprintable() and c not in UNSAFE_IN_NAMES)[:20].strip(" .") or "query"
+    stem = f"{safe}-{datetime.now().strftime('%m-%d-%H-%M-%S')}"
     path, n = output_path / f"{stem}.txt", 1
     while path.exists():  # two queries within a second must not overwrite each other
         path, n = output_path / f"{stem}-{n}.txt", n + 1
@@ -136,20 +146,23 @@ def serve(
         for note in engine.notes:
             print(f"[glm-engine] {note}", file=sys.stderr)
     generator = torch.Generator().manual_seed(options["seed"])  # one random stream per session, as the reference
+    failed = answered = 0
     for query_id, text in shared_queries(comm, queries):
         started = time.perf_counter()
         try:
             completion = engine.generate(text, generator=generator, **options)[0]
-        except InputError as exc:  # every rank refuses the same query the same way
-            if not interactive:
-                raise
+        except InputError as exc:  # every rank refuses the same query the same way, and goes on to the next
+            failed += 1
             if comm.is_leader:
-                print(f"error: {exc}", file=sys.stderr)  # the reference keeps the session going
+                print(f"error: {'query ' + repr(query_id) + ': ' if query_id else ''}{exc}", file=sys.stderr)
             continue
+        answered += 1
         if comm.is_leader:
             report(completion, engine.tokenizer, print_all_beams)
             save(completion, output_file(output_path, query_id, text))
             print(f"Taken time {time.perf_counter() - started:.2f}", file=sys.stderr)
+    if failed and not interactive:
+        raise InputError(f"{failed} of {failed + answered} queries were refused (said above); the others are answered")
 
 
 def _open_queries(input_source: str, output_path: Path, with_id: bool) -> Iterable[tuple[str | None, str]]:
