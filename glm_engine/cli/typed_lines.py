@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 
+from glm_engine.engine.arguments import is_valid_text
+
 INVALID_LINE = "error: that line is not valid UTF-8 text; type it again"
 
 
@@ -14,15 +16,6 @@ def _keep_bad_bytes() -> None:
     reconfigure = getattr(sys.stdin, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="surrogateescape")
-
-
-def is_valid_text(text: str) -> bool:
-    """Whether ``text`` encodes to UTF-8 (no lone surrogates: bytes that were not UTF-8, or a broken pair)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def typed_lines(prompt: str) -> Iterator[str]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from glm_engine.backends.base import Backend, ModelRunner
+from glm_engine.engine.arguments import check_prompts, index_tensor, mask_tensor
 from glm_engine.errors import InputError
 from glm_engine.generation.blank_filling import Completion
 from glm_engine.generation.decode import TokenCallback
@@ -54,12 +55,9 @@ class Engine:
         fields such as ``max_new_tokens``, ``do_sample``). ``on_token(step, tokens, parents)`` streams each step. Pass
         one ``generator`` to several calls to continue a single random stream (``seed`` is then unused).
         """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not prompts:
-            raise InputError("no prompts given")
+        prompts = check_prompts(prompts)
         return self.family.generate(
-            self.runner, self.tokenizer, list(prompts), options, on_token, generator, self.banned_tokens
+            self.runner, self.tokenizer, prompts, options, on_token, generator, self.banned_tokens
         )
 
     def chat(
@@ -114,12 +112,14 @@ class Engine:
         the reference's layouts: positions ``[b, s]`` (GLM-130B) or ``[b, 2, s]`` (ChatGLM: position ids, block
         position ids), and a bool mask ``[b or 1, 1, s, s]`` with True = blocked.
         """
-        if input_ids.dim() != 2:
-            raise InputError(f"input_ids must be [batch, seq]; got {tuple(input_ids.shape)}")
+        input_ids = index_tensor("input_ids", input_ids, 2)
         if (position_ids is None) != (attention_mask is None):
             raise InputError("pass both position_ids and attention_mask, or neither (the family's prompt layout)")
         if position_ids is None:
             position_ids, attention_mask = self.family.prompt_inputs(self.config, input_ids.cpu())
+        else:
+            position_ids = index_tensor("position_ids", position_ids, (2, 3))
+            attention_mask = mask_tensor("attention_mask", attention_mask)
         check_layout(self.family.parts(self.config).position_rows, input_ids, position_ids, attention_mask)
         return forward_checked(self.runner, input_ids, position_ids, attention_mask)
 

@@ -17,6 +17,7 @@ from glm_engine.backends.base import ModelRunner
 from glm_engine.errors import InputError
 from glm_engine.generation.decode import Strategy, TokenCallback, decode_aligned
 from glm_engine.generation.masks import AlignedBatch
+from glm_engine.generation.option_types import check_option_types
 from glm_engine.generation.strategies import BaseStrategy, GreedyStrategy
 
 # chat()/stream_chat() defaults of the ChatGLM line, and transformers' GenerationConfig default top_k that sampling
@@ -78,6 +79,7 @@ class ChatOptions:
     seed: int = 1234
 
     def __post_init__(self) -> None:
+        check_option_types(self)
         checks = [
             (self.max_length > 0, "max_length must be > 0"),
             (self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens must be > 0"),

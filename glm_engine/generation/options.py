@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from glm_engine.errors import InputError
+from glm_engine.generation.option_types import check_option_types
 from glm_engine.generation.strategies import BaseStrategy, BeamSearchStrategy
 
 STRATEGIES = ("BaseStrategy", "BeamSearchStrategy")
@@ -31,6 +32,7 @@ class GenerationOptions:
     seed: int = 1234
 
     def __post_init__(self) -> None:
+        check_option_types(self)
         if self.sampling_strategy not in STRATEGIES:
             raise InputError(
                 f"sampling strategy must be one of {', '.join(STRATEGIES)}, got {self.sampling_strategy!r}"

@@ -1,0 +1,33 @@
+"""Check an options dataclass's values against its annotated types before anything compares them, so a caller who
+passes ``seed="x"`` or ``out_seq_length=2.5`` gets an ``InputError`` naming the option, not a TypeError later."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import fields
+from typing import Any
+
+from glm_engine.errors import InputError
+
+# Annotation text -> (accepted types, what to call them). bool is an int to Python: refused where a number is meant.
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((numbers.Integral,), "an integer"),
+    "float": ((numbers.Real,), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+}
+
+
+def check_option_types(options: Any) -> None:
+    """An InputError for the first field whose value is not of its annotated type (``X | None`` allows None)."""
+    for field in fields(options):
+        annotation = str(field.type).replace(" ", "")
+        optional = annotation.endswith("|None")
+        kind = _KINDS.get(annotation.removesuffix("|None"))
+        value = getattr(options, field.name)
+        if kind is None or (optional and value is None):
+            continue
+        types, words = kind
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if wrong_bool or not isinstance(value, types):
+            raise InputError(f"{field.name} must be {words}, got {value!r}")

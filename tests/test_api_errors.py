@@ -1,0 +1,57 @@
+"""The Python API's bad arguments, table-driven: each is a ``GlmEngineError`` (an ``InputError``) naming the argument,
+never a TypeError, an IndexError or a tokenizer's own exception."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import glm_engine
+from glm_engine.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return glm_engine.load("glm-tiny", dtype="fp32")
+
+
+IDS = torch.tensor([[20100, 20200, 20300]])
+NO_MASK = torch.zeros(1, 1, 3, 3, dtype=torch.bool)
+CASES = [
+    ("generate", ([None],), {}, "prompts[0] must be a string, got NoneType"),
+    ("generate", ([123],), {}, "prompts[0] must be a string, got int"),
+    ("generate", (["ok [MASK]", b"x"],), {}, "prompts[1] must be a string, got bytes: decode bytes first"),
+    ("generate", (b"x",), {}, "prompts must be a string or a list of strings, got bytes"),
+    ("generate", ("a\udc80b",), {}, "prompts[0] is not valid Unicode text"),
+    ("generate", ([],), {}, "no prompts given"),
+    ("generate", ("a [MASK]",), {"seed": "x"}, "seed must be an integer, got 'x'"),
+    ("generate", ("a [MASK]",), {"out_seq_length": 2.5}, "out_seq_length must be an integer, got 2.5"),
+    ("generate", ("a [MASK]",), {"top_k": True}, "top_k must be an integer, got True"),
+    ("forward", (torch.ones(1, 3),), {}, "input_ids must hold integers, got torch.float32"),
+    ("forward", (torch.ones(1, 3, dtype=torch.bool),), {}, "input_ids must hold integers, got torch.bool"),
+    ("forward", (torch.zeros(1, 0, dtype=torch.long),), {}, "input_ids is empty: (1, 0)"),
+    ("forward", (torch.zeros(0, 3, dtype=torch.long),), {}, "input_ids is empty: (0, 3)"),
+    ("forward", (torch.zeros(3, dtype=torch.long),), {}, "input_ids must have 2 dimensions"),
+    ("forward", ([[1, 2], [3]],), {}, "input_ids must be integers of equal-length rows"),
+    ("forward", ("text",), {}, "input_ids must be a tensor of integers, got str"),
+    ("forward", (IDS, torch.zeros(1, 3), NO_MASK), {}, "position_ids must hold integers, got torch.float32"),
+    ("forward", (IDS, torch.arange(3)[None], NO_MASK.float()), {}, "attention_mask must be a bool tensor"),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs", "message"), CASES)
+def test_bad_arguments_are_input_errors_naming_the_argument(engine, method, args, kwargs, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        getattr(engine, method)(*args, **kwargs)
+
+
+def test_python_lists_of_ids_are_taken_as_tensors(engine):
+    assert torch.equal(engine.forward([[20100, 20200, 20300]]), engine.forward(IDS))
+
+
+def test_chat_options_of_the_wrong_type_are_input_errors():
+    chat = glm_engine.load("chatglm3-tiny", dtype="fp32")
+    with pytest.raises(InputError, match="max_new_tokens must be an integer, got '3'"):
+        chat.chat([{"role": "user", "content": "hi"}], max_new_tokens="3")
