@@ -37,7 +37,7 @@ CASES = [
     ("forward", ([[1, 2], [3]],), {}, "input_ids must be integers of equal-length rows"),
     ("forward", ("text",), {}, "input_ids must be a tensor of integers, got str"),
     ("forward", (IDS, torch.zeros(1, 3), NO_MASK), {}, "position_ids must hold integers, got torch.float32"),
-    ("forward", (IDS, torch.arange(3)[None], NO_MASK.float()), {}, "attention_mask must be a bool tensor"),
+    ("forward", (IDS, torch.arange(3)[None], NO_MASK.float()), {}, "attention_mask must be bool (True = blocked)"),
 ]
 
 

@@ -60,5 +60,5 @@ def mask_tensor(name: str, value: Any) -> torch.Tensor:
     """``value`` as a bool mask tensor (True = blocked), refusing other dtypes rather than guessing their meaning."""
     if not isinstance(value, torch.Tensor) or value.dtype != torch.bool:
         got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-        raise InputError(f"{name} must be a bool tensor (True = blocked), got {got}")
+        raise InputError(f"{name} must be bool (True = blocked), got {got}")
     return value
