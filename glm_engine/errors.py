@@ -47,3 +47,7 @@ class CollectiveError(ParallelError):
 
 class MissingDependencyError(GlmEngineError):
     """An optional package a feature needs is not installed; the message names what to install."""
+
+
+class NumericalError(GlmEngineError):
+    """A computation produced NaN or infinity (damaged weights, an overflow): refused rather than turned into text."""

@@ -55,3 +55,49 @@ def test_chat_options_of_the_wrong_type_are_input_errors():
     chat = glm_engine.load("chatglm3-tiny", dtype="fp32")
     with pytest.raises(InputError, match="max_new_tokens must be an integer, got '3'"):
         chat.chat([{"role": "user", "content": "hi"}], max_new_tokens="3")
+
+
+def test_non_finite_weights_are_refused_with_the_tensors_name(monkeypatch):
+    from glm_engine.errors import CheckpointError
+    from glm_engine.model.glm130b.family import GLM130BFamily
+
+    original = GLM130BFamily.random_state_dict
+
+    def damaged(self, config, seed, dtype=torch.float32):
+        state = original(self, config, seed, dtype)
+        key = next(k for k in state if k.endswith("dense.weight"))
+        state[key] = state[key].clone()
+        state[key][0, 0] = float("nan")
+        return state
+
+    monkeypatch.setattr(GLM130BFamily, "random_state_dict", damaged)
+    with pytest.raises(CheckpointError, match=r"dense.weight holds 1 NaN or infinite values"):
+        glm_engine.load("glm-tiny", dtype="fp32")
+
+
+def test_non_finite_logits_are_an_error_not_text(engine, monkeypatch):
+    from glm_engine.errors import NumericalError
+
+    forward = engine.runner.forward
+    monkeypatch.setattr(engine.runner, "forward", lambda *a, **k: forward(*a, **k) * float("nan"))
+    with pytest.raises(NumericalError, match="NaN or infinite logits at step 0"):
+        engine.generate("The sky is [MASK].", out_seq_length=24)
+
+
+def test_the_serving_core_ends_a_non_finite_sequence_and_goes_on(engine, monkeypatch):
+    from glm_engine.serving.core import NON_FINITE, EngineCore
+    from glm_engine.serving.sampling import SamplingParams
+
+    core = EngineCore(engine.runner, 4 << 20)
+    tokens = engine.runner.family.blank_tokens(engine.runner.config)
+    prompt = [20100, 20200, tokens.gmask, tokens.sop]
+    forward = core.model.forward
+    monkeypatch.setattr(core.model, "forward", lambda *a, **k: forward(*a, **k) * float("nan"))
+    core.add_request("bad", prompt, SamplingParams(max_tokens=4, temperature=0.0))
+    (out,) = core.step()
+    assert out.finished and out.finish_reason == NON_FINITE and out.choice is None
+    assert core.stats().blocks_used == 0 and not core.has_work
+    monkeypatch.setattr(core.model, "forward", forward)
+    core.add_request("good", prompt, SamplingParams(max_tokens=2, temperature=0.0))
+    while core.has_work:
+        core.step()

@@ -38,6 +38,8 @@ class InvalidScoreGuard:
     """Wraps a strategy: logits with NaN or inf are replaced as the reference's ``InvalidScoreLogitsProcessor``
     does, so a numerically broken step yields its id (5; GLM-4: 198) instead of sampling from garbage."""
 
+    handles_invalid_scores = True  # the decode loop leaves non-finite logits to it (the reference's behaviour)
+
     def __init__(self, strategy: Strategy, token: int = INVALID_SCORE_TOKEN) -> None:
         self.strategy = strategy
         self.num_beams = strategy.num_beams

@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from glm_engine.backends.base import ModelRunner
+from glm_engine.errors import NumericalError
 from glm_engine.generation.masks import AlignedBatch, GenerationRow, align_left
 
 # Called after every step with the step index, the new token of each row and beam ([batch][beam]; -1 = ended) and
@@ -90,7 +91,11 @@ def decode_aligned(
                 strategy.finish(row)
         if strategy.is_done:
             break
-        tokens, parents = strategy.step(logits.view(batch, beams_so_far, -1).float().cpu())
+        step_logits = logits.view(batch, beams_so_far, -1).float().cpu()
+        guarded = getattr(strategy, "handles_invalid_scores", False)  # chat: the release's invalid-score guard
+        if not guarded and not bool(torch.isfinite(step_logits).all()):
+            raise NumericalError(f"the model produced NaN or infinite logits at step {step}: no text is made from them")
+        tokens, parents = strategy.step(step_logits)
         if on_token is not None:
             on_token(step, tokens.tolist(), parents.tolist())
         if strategy.is_done or step == most - 1:

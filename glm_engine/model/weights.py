@@ -197,6 +197,7 @@ class ModelWeights:
 
         def take(key: str) -> torch.Tensor | PackedLinear:
             value = tensors[key]
+            check_finite(key, value.scale if isinstance(value, QuantizedWeight) else value)
             if isinstance(value, QuantizedWeight):
                 if prepare is None:
                     raise CheckpointError(f"{key} is quantized but no backend was given to run it")
@@ -269,3 +270,13 @@ def scaled_noise(key: str, noise: torch.Tensor) -> torch.Tensor:
     if key.endswith(("word_embeddings.weight", "embed_tokens.weight")):
         return noise
     return noise / noise.shape[1] ** 0.5
+
+
+def check_finite(key: str, tensor: torch.Tensor) -> None:
+    """A CheckpointError naming ``key`` when a floating-point tensor holds NaN or infinity (a damaged checkpoint
+    would otherwise load and generate garbage, or crash in sampling)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(
+            f"{key} holds {bad} NaN or infinite values of {tensor.numel()}: the checkpoint is damaged"
+        )

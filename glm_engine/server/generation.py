@@ -15,6 +15,7 @@ from fastapi import Request
 from glm_engine.model.family import ServingPrompt
 from glm_engine.server.async_engine import AsyncEngine, EngineFailure
 from glm_engine.server.metrics import ServerMetrics
+from glm_engine.serving.core import NON_FINITE
 from glm_engine.serving.sampling import SamplingParams, TokenChoice
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
@@ -107,6 +108,8 @@ async def generate(
                     await on_token(out)
             if item.finished:
                 finished = True
+                if item.finish_reason == NON_FINITE:
+                    raise EngineError("the model produced NaN or infinite logits for this request; no text is made")
                 out.finish_reason = item.finish_reason or "stop"
                 return out
     finally:

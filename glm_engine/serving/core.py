@@ -25,6 +25,7 @@ from glm_engine.serving.sequence import Sequence, Status
 from glm_engine.serving.step_cache import PagedStepCache, Segment
 
 DEFAULT_BLOCK_SIZE = 16
+NON_FINITE = "error"  # the finish reason of a sequence whose logits held NaN or infinity
 STOP_WINDOW_SLACK = 8  # tokens decoded beyond a stop string's length when looking for it (tokens of no text)
 
 
@@ -192,16 +193,23 @@ class EngineCore:
         return logits[0].float().cpu()
 
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> StepOutput:
-        """Sample ``sequence``'s next token from its logits and decide whether it ends."""
+        """Sample ``sequence``'s next token from its logits and decide whether it ends; logits with NaN or infinity
+        end the sequence with reason ``error`` (no text is made from them; the other sequences go on)."""
+        if not bool(torch.isfinite(logits).all()):
+            self._finish(sequence, NON_FINITE)
+            return StepOutput(sequence.request_id, None, True, NON_FINITE)
         choice = choose_token(logits, sequence.params, sequence.generator, sequence.banned)
         sequence.tokens.append(choice.token)
         sequence.choices.append(choice)
         reason = self._finish_reason(sequence, choice.token)
         if reason is not None:
-            self.scheduler.remove(sequence)
-            self._sequences.pop(sequence.request_id, None)
-            sequence.status, sequence.finish_reason = Status.FINISHED, reason
+            self._finish(sequence, reason)
         return StepOutput(sequence.request_id, choice, reason is not None, reason)
+
+    def _finish(self, sequence: Sequence, reason: str) -> None:
+        self.scheduler.remove(sequence)
+        self._sequences.pop(sequence.request_id, None)
+        sequence.status, sequence.finish_reason = Status.FINISHED, reason
 
     def _finish_reason(self, sequence: Sequence, token: int) -> str | None:
         if token in sequence.end_token_ids:
