@@ -344,3 +344,17 @@ def test_a_quantized_checkpoint_is_checked_in_the_formats_its_linears_take_at_th
     assert f"linears in INT8 groupwise, {down} columns per scale" in "\n".join(engine.notes)
     weight = engine.runner.weights.layers[0].dense_4h_to_h_weight
     assert weight.format.value == "int8-groupwise"
+
+
+def test_written_files_take_the_umasks_mode_like_any_other_file(tmp_path, small_config):
+    """safetensors creates its files 0600; a shared model folder must stay readable to the group and others."""
+    import os
+    import stat
+
+    from glm_engine.checkpoint.atomic import file_mode
+
+    state = random_state_dict(small_config, seed=0)
+    folder = save_native(tmp_path / "native", small_config, state)
+    modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in folder.iterdir() if p.is_file()}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert set(modes.values()) == {file_mode()}, modes

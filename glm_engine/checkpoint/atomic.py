@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -18,9 +19,18 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, file_mode())  # safetensors creates its files 0600: a shared model folder must stay readable
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@functools.cache
+def file_mode() -> int:
+    """The mode a new file gets here: 0666 less the process's umask (read once: reading it means setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_atomically(final: str | Path, write: Callable[[Path], None]) -> None:
