@@ -92,10 +92,6 @@ class AsyncEngine:
         """The gauges after the last step (read without touching the core)."""
         return self._stats
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._streams) + self._queued
-
     def check(self, prompt: Sequence[int], params: SamplingParams) -> None:
         """Refuse now what :meth:`submit` would refuse: a failed or draining engine, a full queue, a request that can
         never fit (so a stream can answer with the right status before it starts)."""
