@@ -27,6 +27,7 @@ import sentencepiece as spm
 
 from glm_engine.errors import InputError, TokenizerError
 from glm_engine.model.chatglm.config import ChatGLMConfig
+from glm_engine.tokenizer.cleanup import clean_up_tokenization
 
 LINEBREAK_PIECE = "<n>"
 TAB_PIECE = "<|tab|>"
@@ -43,19 +44,6 @@ SPECIAL_PIECES = {
 # gmask_token and end_token are not among transformers' special attributes, so "[gMASK]" goes to SentencePiece).
 NO_SPLIT_TOKENS = ("<sop>", "<eop>", "<unk>", "<pad>", "[MASK]")
 _NO_SPLIT_PATTERN = re.compile("(" + "|".join(re.escape(t) for t in NO_SPLIT_TOKENS) + ")")
-# transformers' clean_up_tokenization (on by default for slow tokenizers up to 4.44): (pattern, replacement).
-CLEAN_UP_TOKENIZATION = (
-    (" .", "."),
-    (" ?", "?"),
-    (" !", "!"),
-    (" ,", ","),
-    (" ' ", "'"),
-    (" n't", "n't"),
-    (" 'm", "'m"),
-    (" 's", "'s"),
-    (" 've", "'ve"),
-    (" 're", "'re"),
-)
 
 
 def blank_piece(length: int) -> str:
@@ -75,12 +63,6 @@ def postprocess(text: str) -> str:
     text = text.replace(LINEBREAK_PIECE, "\n").replace(TAB_PIECE, "\t")
     for length in range(2, MAX_BLANK_LENGTH + 1):
         text = text.replace(blank_piece(length), " " * length)
-    return text
-
-
-def clean_up_tokenization(text: str) -> str:
-    for pattern, replacement in CLEAN_UP_TOKENIZATION:
-        text = text.replace(pattern, replacement)
     return text
 
 

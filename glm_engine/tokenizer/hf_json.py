@@ -40,23 +40,11 @@ from glm_engine.tokenizer.added_tokens import (
     token_string,
 )
 from glm_engine.tokenizer.chat_tokenizer import ChatReply, ChatTokenizer, Message, Tool
+from glm_engine.tokenizer.cleanup import clean_up_tokenization
 
 TOKENIZER_JSON = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 ASSISTANT_TOKEN = "<|assistant|>"
-# transformers' clean_up_tokenization: (pattern, replacement), in order.
-CLEAN_UP_TOKENIZATION = (
-    (" .", "."),
-    (" ?", "?"),
-    (" !", "!"),
-    (" ,", ","),
-    (" ' ", "'"),
-    (" n't", "n't"),
-    (" 'm", "'m"),
-    (" 's", "'s"),
-    (" 've", "'ve"),
-    (" 're", "'re"),
-)
 
 
 def _load(path: Path) -> tokenizers.Tokenizer:
@@ -125,10 +113,7 @@ class HFJsonTokenizer(ChatTokenizer):
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         known = [int(token_id) for token_id in ids if 0 <= int(token_id) < self.vocab_size]
         text = self._tokenizer.decode(known, skip_special_tokens=skip_special_tokens)
-        if self._clean_up:
-            for pattern, replacement in CLEAN_UP_TOKENIZATION:
-                text = text.replace(pattern, replacement)
-        return text
+        return clean_up_tokenization(text) if self._clean_up else text
 
     def apply_chat_template(
         self,
