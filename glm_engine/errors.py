@@ -51,3 +51,8 @@ class MissingDependencyError(GlmEngineError):
 
 class NumericalError(GlmEngineError):
     """A computation produced NaN or infinity (damaged weights, an overflow): refused rather than turned into text."""
+
+
+class OutputError(GlmEngineError):
+    """An output cannot be written: the path is taken, another process is writing it, or space ran out (the message
+    names the file and the space it needed)."""

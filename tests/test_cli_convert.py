@@ -49,11 +49,12 @@ def test_bad_requests_are_one_line_errors(tmp_path, small_config):
     assert not (tmp_path / "o").exists()
 
 
-def test_leftovers_of_an_interrupted_conversion_are_mentioned(tmp_path, small_config):
+def test_leftovers_of_an_interrupted_conversion_are_removed_with_a_note(tmp_path, small_config, caplog):
     full = random_state_dict(small_config, seed=3, dtype=torch.float16)
     write_reference_sat(tmp_path / "tp4", reference_shards(full, 4), small_config)
     (tmp_path / ".out.partial-12345").mkdir()
     args = ["convert-tp", "--input-folder", str(tmp_path / "tp4"), "--output-folder", str(tmp_path / "out")]
     result = runner.invoke(app, [*args, "--target-tp", "1"])
     assert result.exit_code == 0, result.output
-    assert ".out.partial-12345 is left from an interrupted conversion" in result.output
+    assert ".out.partial-12345, left by an interrupted run" in caplog.text
+    assert not (tmp_path / ".out.partial-12345").exists()

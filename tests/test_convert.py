@@ -15,7 +15,7 @@ import glm_engine
 from glm_engine.checkpoint import open_checkpoint
 from glm_engine.checkpoint.convert import convert_to_native, convert_tp
 from glm_engine.checkpoint.native import INDEX_FILE_NAME, save_native
-from glm_engine.errors import CheckpointError, ParallelError
+from glm_engine.errors import CheckpointError, OutputError, ParallelError
 from glm_engine.model.glm130b.weights import is_quantized_key, parameter_shapes, random_state_dict, split_of
 from glm_engine.parallel.sharding import reshard
 from glm_engine.quant.spec import QuantSpec
@@ -213,7 +213,7 @@ def test_invalid_target_tp_lists_the_valid_degrees(tmp_path, tp4):
 def test_conversion_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path, tp4, monkeypatch):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(OutputError, match="not empty"):
         convert_tp(tp4, tmp_path / "taken", 2)
     assert (tmp_path / "taken" / "file").read_text() == "keep me"
 

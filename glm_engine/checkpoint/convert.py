@@ -8,6 +8,7 @@ weights plus one memory-mapped source shard at a time.
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import torch
 from glm_engine.checkpoint import layout, native, sat
 from glm_engine.checkpoint.atomic import staged_folder, write_atomically
 from glm_engine.checkpoint.reader import Checkpoint, open_checkpoint
+from glm_engine.checkpoint.space import check_space
 from glm_engine.errors import CheckpointError
 from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.model.glm130b.weights import is_quantized_key, parameter_shapes
@@ -36,7 +38,18 @@ def _copy_sidecars(source: Path, destination: Path) -> None:
     for pattern in SIDECAR_PATTERNS:
         for path in source.glob(pattern):
             if path.is_file():
-                shutil.copyfile(path, destination / path.name)
+                write_atomically(destination / path.name, functools.partial(shutil.copyfile, path), path.stat().st_size)
+
+
+def _check_output_space(checkpoint: Checkpoint, output_folder: str | Path, bits: int | None) -> None:
+    """Refuse before writing when the output's file system cannot hold it (weights at their stored or quantized
+    width; scales and sidecars are small enough to leave to the check while writing)."""
+    total = 0
+    for key, shape in parameter_shapes(checkpoint.config).items():
+        count = math.prod(shape)
+        quantized = bits is not None and is_quantized_key(key)
+        total += count * bits // 8 if quantized else count * checkpoint.dtype_of(key).itemsize
+    check_space(Path(output_folder), total, "the output of this conversion")
 
 
 def _source(input_folder: str | Path, config: GLMConfig | None) -> Checkpoint:
@@ -79,6 +92,7 @@ def convert_tp(
     """
     checkpoint = _source(input_folder, config)
     check_tp_degree(checkpoint.config, target_tp, checkpoint.describe())
+    _check_output_space(checkpoint, output_folder, bits)
     extra = _passthrough(checkpoint)
     tag = checkpoint.iteration or RELEASE_TAG
     keys = list(parameter_shapes(checkpoint.config))
@@ -141,6 +155,7 @@ def convert_to_native(
     shapes = parameter_shapes(checkpoint.config)
     sizes = {k: math.prod(shape) * checkpoint.dtype_of(k).itemsize for k, shape in shapes.items()}
     batches = _batches(sizes, max_shard_bytes)
+    _check_output_space(checkpoint, output_folder, None if quant is None else quant.bits)
     done_before = 0
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:

@@ -150,8 +150,8 @@ def write_native(
     def flush() -> None:
         nonlocal pending, pending_bytes
         path = folder / f"model-{len(written) + 1:05d}.safetensors"
-        batch = pending
-        write_atomically(path, lambda tmp: save_file(batch, str(tmp), metadata=file_metadata))
+        batch, needed = pending, pending_bytes
+        write_atomically(path, lambda tmp: save_file(batch, str(tmp), metadata=file_metadata), needed)
         written.append((path, list(batch)))
         pending, pending_bytes = {}, 0
 

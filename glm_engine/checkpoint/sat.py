@@ -69,7 +69,8 @@ def read_sat_shard(path: Path) -> dict[str, torch.Tensor]:
 
 def write_sat_shard(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     """Save ``{"module": state_dict}`` as the reference writes it, atomically (temporary name, fsync, rename)."""
-    write_atomically(path, lambda tmp: torch.save({"module": state_dict}, tmp))
+    needed = sum(t.numel() * t.element_size() for t in state_dict.values() if isinstance(t, torch.Tensor))
+    write_atomically(path, lambda tmp: torch.save({"module": state_dict}, tmp), needed)
 
 
 def sat_shard_path(folder: Path, tag: str, rank: int) -> Path:

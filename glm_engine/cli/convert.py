@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from enum import Enum
 from pathlib import Path
@@ -13,7 +12,6 @@ import typer
 
 from glm_engine.checkpoint import convert as conversions
 from glm_engine.checkpoint import open_checkpoint
-from glm_engine.checkpoint.atomic import stale_staging_folders
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.progress import progress_bar
 from glm_engine.engine.plan import check_quant_fits
@@ -42,7 +40,6 @@ def convert_tp(
     with user_errors():
         if quantization_bit_width not in (None, 4, 8):
             raise InputError(f"--quantization-bit-width must be 4 or 8, got {quantization_bit_width}")
-        _warn_about_leftovers(output_folder)
         started = time.perf_counter()
         with progress_bar(f"writing TP={target_tp}") as progress:
             conversions.convert_tp(
@@ -68,7 +65,6 @@ def convert(
     with user_errors():
         if shard_size_gb <= 0:
             raise InputError(f"--shard-size-gb must be positive, got {shard_size_gb}")
-        _warn_about_leftovers(output_folder)
         started = time.perf_counter()
         with progress_bar(f"writing {to.value}") as progress:
             if to is Target.native:
@@ -77,12 +73,6 @@ def convert(
             else:
                 conversions.convert_tp(input_folder, output_folder, tp, None, _config(config), progress)
         _report(output_folder, started)
-
-
-def _warn_about_leftovers(output_folder: Path) -> None:
-    """Mention staging folders that earlier interrupted runs left (they can be as large as a checkpoint)."""
-    for folder in stale_staging_folders(output_folder):
-        print(f"note: {folder} is left from an interrupted conversion; remove it to free its space", file=sys.stderr)
 
 
 def _config(config: str | None) -> GLMConfig | None:
@@ -116,7 +106,6 @@ def quantize(
             raise InputError(f"--shard-size-gb must be positive, got {shard_size_gb}")
         source = open_checkpoint(checkpoint, _config(config))
         check_quant_fits(weight_layout(source.config), 1, spec)
-        _warn_about_leftovers(output)
         started = time.perf_counter()
         with progress_bar(f"quantizing to {spec.describe()}") as progress:
             limit = int(shard_size_gb * GIB)
