@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -331,7 +330,10 @@ def _run_tp_group(
     run: BenchRun,
     advance: Callable[[str], None],
 ) -> None:
-    """Run one TP > 1 group as ranks of torch's launcher and collect rank 0's rows."""
+    """Run one TP > 1 group as ranks of torch's launcher and collect rank 0's rows (Ctrl-C stays a KeyboardInterrupt:
+    ``launch_local`` raises the signal again under this process's handlers)."""
+    from glm_engine.parallel.launch import launch_local
+
     tp = points[0].tp
     _device_entry(points[0].backend, run, options, leader=True)  # measured here once; the ranks reuse it
     with tempfile.TemporaryDirectory(prefix="glm-engine-bench-tp-") as tmp:
@@ -356,7 +358,7 @@ def _run_tp_group(
         out.touch()
         failed = ""
         try:
-            _launch_keeping_ctrl_c(tp, ["bench", "--tp-job", str(job), "--tp-rows", str(out)])
+            launch_local(tp, ["bench", "--tp-job", str(job), "--tp-rows", str(out)])
         except GlmEngineError as exc:
             failed = str(exc)
         finally:
@@ -369,27 +371,6 @@ def _run_tp_group(
             if (point.batch, point.test.name, point.depth) not in done:
                 run.rows.append(skipped_row(point.backend, point, failed or "the rank did not report", FAILED))
                 advance(point.label)
-
-
-def _launch_keeping_ctrl_c(tp: int, args: list[str]) -> None:
-    """``launch_local``, with Ctrl-C kept a KeyboardInterrupt: torch's elastic agent installs signal handlers that
-    raise its ``SignalException`` and leaves them installed, which would turn every later Ctrl-C of this run into a
-    traceback. The handlers are restored afterwards, and an interrupt becomes a KeyboardInterrupt again."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-
-    from glm_engine.parallel.launch import launch_local
-
-    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
-    saved = {sig: signal.getsignal(sig) for name in names if (sig := getattr(signal, name, None)) is not None}
-    try:
-        launch_local(tp, args)
-    except SignalException as exc:
-        if exc.sigval == signal.SIGINT:
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def run_tp_job(job_path: Path, rows_path: Path, comm: Communicator) -> None:

@@ -11,6 +11,7 @@ from glm_engine.cli.conformance import conformance
 from glm_engine.cli.convert import convert, convert_tp, quantize
 from glm_engine.cli.evaluate import evaluate
 from glm_engine.cli.export import export_app
+from glm_engine.cli.interrupts import Interruptions
 from glm_engine.cli.run import run
 from glm_engine.cli.serve import serve
 
@@ -36,7 +37,12 @@ app.command(name="serve")(serve)
 
 
 def main() -> None:
-    app()
+    interruptions = Interruptions()
+    interruptions.install()
+    try:
+        app()
+    except SystemExit as exc:
+        raise SystemExit(interruptions.exit_code(exc.code)) from None
 
 
 if __name__ == "__main__":

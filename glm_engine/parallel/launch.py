@@ -35,9 +35,24 @@ _CONSEQUENCES = ("CollectiveError", "DistBackendError", "DistNetworkError", "Dis
 def launch_local(nproc: int, args: Sequence[str], drain_on_sigterm: bool = False) -> None:
     """Run ``python -m glm_engine.cli *args`` as ``nproc`` ranks on this node; ParallelError if any rank fails.
 
-    On SIGTERM torch's launcher passes the signal to the ranks and waits for them (up to its 30 s); with
-    ``drain_on_sigterm`` (a server, whose rank 0 drains and exits 0) that is a normal end, not an error."""
-    config = LaunchConfig(
+    On SIGTERM or SIGINT torch's launcher passes the signal to the ranks and waits for them (up to its 30 s); with
+    ``drain_on_sigterm`` (a server, whose rank 0 drains and exits 0) SIGTERM is a normal end. Otherwise the signal
+    is raised again here once this process's own handlers are back (torch's agent leaves its handlers installed),
+    so the launching process ends as it would have without ranks: ``glm-engine`` exits 143 or 130, a caller's
+    handler runs, or the default action applies."""
+    saved = _signal_handlers()
+    try:
+        _launch(config_for(nproc), args, drain_on_sigterm)
+    except SignalException as exc:
+        _restore(saved)
+        signal.raise_signal(exc.sigval)
+    finally:
+        _restore(saved)
+
+
+def config_for(nproc: int) -> LaunchConfig:
+    """One node, ``nproc`` ranks, a free rendezvous port, no restarts, a fast failure monitor."""
+    return LaunchConfig(
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=nproc,
@@ -47,6 +62,9 @@ def launch_local(nproc: int, args: Sequence[str], drain_on_sigterm: bool = False
         max_restarts=0,
         monitor_interval=MONITOR_INTERVAL_S,
     )
+
+
+def _launch(config: LaunchConfig, args: Sequence[str], drain_on_sigterm: bool) -> None:
     elastic_logger = logging.getLogger("torch.distributed.elastic")
     level = elastic_logger.level
     elastic_logger.setLevel(logging.CRITICAL)  # its failure report is replaced by the one-line message below
@@ -68,6 +86,16 @@ def launch_local(nproc: int, args: Sequence[str], drain_on_sigterm: bool = False
             os.environ.pop(LAUNCHED_BY_GLM_ENGINE, None)
         else:
             os.environ[LAUNCHED_BY_GLM_ENGINE] = previous
+
+
+def _signal_handlers() -> dict[int, object]:
+    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    return {sig: signal.getsignal(sig) for name in names if (sig := getattr(signal, name, None)) is not None}
+
+
+def _restore(handlers: dict[int, object]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def failure_summary(exc: ChildFailedError) -> str:
