@@ -101,6 +101,27 @@ def test_cli_exports_a_chatglm_folder_that_passes_the_checker_and_verify(hf_fold
     assert (out / "ice_text.model").read_bytes() == BUILTIN_TOKENIZER_PATH.read_bytes()
 
 
+def test_export_takes_the_tokenizer_the_checkpoint_folder_lacks_from_the_tokenizer_flag(tmp_path):
+    """Issue 18, item 9: the error says to pass --tokenizer, so `export onnx` takes it (a file or its folder), copies
+    it into the export, and --verify runs with it."""
+    folder = write_hf_folder(tmp_path / "hf", random_state_dict(TINY, 5, torch.float16))
+    given = tmp_path / "tokenizer"
+    given.mkdir()
+    (folder / "ice_text.model").rename(given / "ice_text.model")
+    base = ["export", "onnx", "--checkpoint", str(folder)]
+    result = cli.invoke(app, [*base, "--output", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "pass --tokenizer PATH" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "none").exists()
+    for name, tokenizer in (("file", given / "ice_text.model"), ("folder", given)):
+        out = tmp_path / name
+        result = cli.invoke(app, [*base, "--output", str(out), "--tokenizer", str(tokenizer), "--verify"])
+        assert result.exit_code == 0, result.output
+        assert "PASS" in result.output
+        assert (out / "ice_text.model").read_bytes() == BUILTIN_TOKENIZER_PATH.read_bytes()
+    engine = load(str(tmp_path / "file"), backend="onnxruntime")
+    assert engine.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
+
+
 def test_greedy_chat_on_onnxruntime_gives_the_cpu_backends_tokens(hf_folder, tmp_path):
     out = tmp_path / "onnx"
     assert cli.invoke(app, ["export", "onnx", "--checkpoint", str(hf_folder), "--output", str(out)]).exit_code == 0

@@ -34,6 +34,13 @@ def export_onnx_command(
         ),
     ] = DEFAULT_MODEL,
     config: Annotated[str | None, typer.Option(help="Preset name or config.json, if the folder has none.")] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            help="Tokenizer file or its folder (ice_text.model, tokenizer.model, tokenizer.json ...), copied into the "
+            "export; default: the checkpoint's own"
+        ),
+    ] = None,
     dtype: Annotated[str, typer.Option(help="Graph dtype: fp32, fp16 or bf16.")] = "fp32",
     max_seq: Annotated[
         int | None, typer.Option(help="Longest sequence (prompt + generated) the graph serves; default: the model's")
@@ -88,6 +95,7 @@ def export_onnx_command(
                 config,
                 progress,
                 quant_output,
+                tokenizer,
             )
         quantized = f", {exported.quant.describe()} for {target}" if exported.quant is not None else ""
         quantized += " (output projection too)" if exported.quant_output else ""

@@ -29,7 +29,7 @@ from glm_engine.engine.plan import (
 )
 from glm_engine.engine.source import DEFAULT_MODEL, MAX_RANDOM_PARAMETERS, ModelSource, open_source
 from glm_engine.errors import InputError, ParallelError
-from glm_engine.exported import refuse_exported_folder
+from glm_engine.exported import FILES_SECTION, read_exported, refuse_exported_folder
 from glm_engine.model.graph import DecoderModel
 from glm_engine.model.weights import ModelWeights, ReadRequest
 from glm_engine.ops.interface import Op, OpTable
@@ -173,4 +173,6 @@ def _load_exported(
     source = open_source(folder)
     tok = source.family.load_tokenizer(runner.config, tokenizer, Path(folder), False)
     notes = [why, f"{chosen.name} backend, {dtype_name(runner.dtype)} (the export's)"]
+    if FILES_SECTION not in read_exported(folder).description:
+        notes.append("its files' sizes and checksums were not checked: it was exported before glm-engine recorded them")
     return Engine(runner, tok, chosen, source.description, notes)

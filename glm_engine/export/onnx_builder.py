@@ -58,7 +58,9 @@ class GraphBuilder:
         self._ids = count()
         self._data: BinaryIO = open(self.data_file, "wb")  # noqa: SIM115 (closed in finish)
         self._offset = 0
-        self._sha = hashlib.sha256()  # of the weight bytes, for cache keys (computed while writing: no re-read)
+        # Of every byte of the data file, alignment padding included, so it is the file's checksum too (the ``files``
+        # section) and a cache key: computed while writing, the file is never read back.
+        self._sha = hashlib.sha256()
 
     # --- values -----------------------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -79,6 +81,7 @@ class GraphBuilder:
         pad = -self._offset % EXTERNAL_ALIGNMENT
         if pad:
             self._data.write(b"\0" * pad)
+            self._sha.update(b"\0" * pad)
             self._offset += pad
         self._data.write(memoryview(raw))
         self._sha.update(memoryview(raw))
@@ -149,6 +152,7 @@ class GraphBuilder:
 
     @property
     def weights_sha256(self) -> str:
+        """The sha256 of the data file as written so far."""
         return self._sha.hexdigest()
 
     def finish(self, model_file: Path, graph_name: str, producer: str, metadata: dict[str, str]) -> None:

@@ -32,7 +32,12 @@ class LayerStream:
     """A model's weights for the writer, one layer's worth at a time, read and quantized as ``load`` reads them."""
 
     def __init__(
-        self, source: ModelSource, dtype: torch.dtype, quant: QuantSpec | None, quant_output: bool = False
+        self,
+        source: ModelSource,
+        dtype: torch.dtype,
+        quant: QuantSpec | None,
+        quant_output: bool = False,
+        tokenizer: str | Path | None = None,
     ) -> None:
         reader, family = source.reader, source.family
         unexported = family.parts(source.config).required_ops() - EXPORTED_OPS
@@ -55,8 +60,9 @@ class LayerStream:
         self.quant_output = quant_output
         self.output_name = "output_projection" if self.layout.output_key is None else output_name(self.layout)
         self.description = source.description
-        tokenizer = family.load_tokenizer(source.config, None, source.folder, source.random)  # before writing
-        self.tokenizer_files = tokenizer_files(tokenizer)
+        # ``tokenizer`` (a file or its folder) resolved as ``load`` resolves it; before anything is written
+        loaded = family.load_tokenizer(source.config, tokenizer, source.folder, source.random)
+        self.tokenizer_files = tokenizer_files(loaded)
 
     def read(self, keys: list[str]) -> dict[str, Any]:
         output_quant = self.quant if self.quant_output else None
@@ -108,6 +114,7 @@ def export_onnx(
     config: Any = None,
     progress: Progress | None = None,
     quant_output: bool = False,
+    tokenizer: str | Path | None = None,
 ) -> ExportedModel:
     """Export the decoder of ``source`` into the new folder ``output``: whatever ``glm_engine.load`` takes (a
     checkpoint folder of any family, a preset name), recognised the same way.
@@ -117,9 +124,11 @@ def export_onnx(
     ``target``: ``ort`` (MatMulNBits with ``accuracy_level``) or ``tensorrt`` (opset-21 DequantizeLinear).
     ``config`` (a preset or config.json) names the shapes of a folder without its own config (a GLM-130B SAT folder).
     ``progress(done, total)`` counts layers. ``quant_output`` quantizes the logits' weight in the same format.
+    ``tokenizer`` (a file or its folder, as ``load`` takes it) is the tokenizer copied into the export when the
+    checkpoint folder has none of its own.
     """
     refuse_exported_folder(source)
-    weights = LayerStream(open_source(source, config), dtype, quant, quant_output)
+    weights = LayerStream(open_source(source, config), dtype, quant, quant_output, tokenizer)
     return write_export(weights, output, dtype, max_seq, target, accuracy_level, progress)
 
 

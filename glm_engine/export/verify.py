@@ -210,9 +210,15 @@ def exact_reference(source: str, config: Any, quant: QuantSpec | None, output: Q
     return DecoderModel(model.config, weights, TorchOps(torch.device("cpu"), torch.float32))
 
 
-def _cpu_model(source: str, config: Any, dtype: torch.dtype, request: QuantSpec | None, output: bool) -> object:
-    """``source`` on glm-engine's CPU backend in the export's dtype, quantized as for :func:`exact_reference`."""
-    return load(source, backend="cpu", dtype=dtype, config=config, quant=request, quant_output=output).runner
+def _cpu_model(
+    source: str, config: Any, dtype: torch.dtype, request: QuantSpec | None, output: bool, folder: str
+) -> object:
+    """``source`` on glm-engine's CPU backend in the export's dtype, quantized as for :func:`exact_reference`, with
+    the tokenizer the export carries (``load`` wants one; a checkpoint exported with ``--tokenizer`` has none)."""
+    engine = load(
+        source, backend="cpu", dtype=dtype, config=config, tokenizer=folder, quant=request, quant_output=output
+    )
+    return engine.runner
 
 
 def verify_export(
@@ -250,7 +256,7 @@ def verify_export(
     threshold = NMSE_THRESHOLDS[info.dtype]
     if spec is not None:
         threshold = INT8_ACTIVATIONS_NMSE_THRESHOLD if fast else QUANTIZED_NMSE_THRESHOLD
-    engine_runner = _cpu_model(source, config, info.dtype, request, output is not None)
+    engine_runner = _cpu_model(source, config, info.dtype, request, output is not None, folder)
     # The CPU backend's quantized kernels return bf16, so its logits are only that precise; float paths round to dtype.
     rounding = torch.bfloat16 if spec is not None else info.dtype
     tolerance = 0.0 if rounding == torch.float32 else torch.finfo(rounding).eps

@@ -1,7 +1,8 @@
 """The writer every ONNX export goes through: a model's weights (a :class:`WeightSource`, read one layer at a time)
 emitted through its graph class into a new folder holding ``model.onnx``, ``model.onnx.data``, the tokenizer and
-``genai_config.json`` (:mod:`glm_engine.exported` names the files and writes the description), written atomically: a
-hidden staging folder renamed into place, ``genai_config.json`` last.
+``genai_config.json`` (:mod:`glm_engine.exported` names the files and writes the description, with every other file's
+size and sha256 in its ``files`` section), written atomically: a hidden staging folder renamed into place,
+``genai_config.json`` last.
 
 Memory: weights are read one layer at a time (the model's ``WeightReader`` with that layer's keys; quantized on the
 way exactly as ``glm_engine.load`` quantizes them) and each tensor is appended to the data file as it is emitted
@@ -26,11 +27,13 @@ from glm_engine.export.onnx_builder import GraphBuilder
 from glm_engine.export.quant_onnx import check_target
 from glm_engine.exported import (
     DATA_FILE,
+    FILES_SECTION,
     GENAI_CONFIG_FILE,
     MODEL_FILE,
     OPSET,
     ExportedModel,
     QuantTarget,
+    file_records,
     genai_config,
 )
 from glm_engine.model.registry import family_of
@@ -116,6 +119,10 @@ def write_export(
         name = description["model"]["type"]
         g.finish(staging / MODEL_FILE, name, "glm-engine", {"glm_engine.genai_config": json.dumps(description)})
         copy_tokenizer(weights, staging)
+        # Every file's size and sha256, checked before a runtime opens the folder (the graph's own copy of the
+        # description above cannot list its own checksum); the data file's was computed while it was written.
+        names = [MODEL_FILE, DATA_FILE, *weights.tokenizer_files]
+        description[FILES_SECTION] = file_records(staging, names, {DATA_FILE: g.weights_sha256})
         write_durably(staging / GENAI_CONFIG_FILE, json.dumps(description, indent=2) + "\n")
         if progress is not None:
             progress(total, total)

@@ -4,8 +4,9 @@ how its ``genai_config.json`` is written and read back, and which backend a fold
 Everything that reads an exported folder imports this package (the onnxruntime and tensorrt backends, the engine's
 loader, the benchmark), and the exporter (:mod:`glm_engine.export`) writes through it. It imports none of them: not
 the exporter, not the engine, no backend (only the dtype names of ``backends.base``). ``names`` holds the file and
-graph I/O names, ``description`` the ``genai_config.json`` write/read, ``families`` the one switch on the model
-family, ``detect`` the folder-kind check. docs/export.md describes the format.
+graph I/O names, ``description`` the ``genai_config.json`` write/read, ``files`` the sizes and checksums of the folder's
+files and their check, ``families`` the one switch on the model family, ``detect`` the folder-kind check.
+docs/export.md describes the format.
 """
 
 from glm_engine.exported.description import (
@@ -23,11 +24,13 @@ from glm_engine.exported.detect import (
     refuse_exported_folder,
 )
 from glm_engine.exported.families import config_from_section, model_section
+from glm_engine.exported.files import check_files, file_records, file_sha256
 from glm_engine.exported.names import (
     DATA_FILE,
     ENGINE_FILE,
     EXPORT_FORMAT,
     EXPORT_FORMAT_VERSION,
+    FILES_SECTION,
     GENAI_CONFIG_FILE,
     LOGITS_TO_KEEP,
     MODEL_FILE,
@@ -48,6 +51,7 @@ __all__ = [
     "ENGINE_FILE",
     "EXPORT_FORMAT",
     "EXPORT_FORMAT_VERSION",
+    "FILES_SECTION",
     "GENAI_CONFIG_FILE",
     "LOGITS_TO_KEEP",
     "MODEL_FILE",
@@ -60,9 +64,12 @@ __all__ = [
     "ExportedKind",
     "ExportedModel",
     "QuantTarget",
+    "check_files",
     "config_from_section",
     "exported_backend",
     "exported_kind",
+    "file_records",
+    "file_sha256",
     "genai_config",
     "io_names",
     "model_section",

@@ -16,6 +16,8 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"  # every weight, always external (no protobuf 2 GB limit)
 GENAI_CONFIG_FILE = "genai_config.json"
 TOKENIZER_FILE = MODEL_FILENAME  # the tokenizer model, copied in
+# ``genai_config.json``'s section listing every other file of the folder with its size and sha256 (``files.py``).
+FILES_SECTION = "files"
 # A TensorRT folder holds the engine (its presence marks the folder as TensorRT's), the ONNX export's
 # ``genai_config.json`` with a ``tensorrt`` section added, and the tokenizer.
 ENGINE_FILE = "model.engine"

@@ -13,6 +13,7 @@ import torch
 from glm_engine.backends.base import DeviceInfo, GraphLevelBackend, ModelRunner, Verdict
 from glm_engine.backends.onnxruntime.providers import choose_provider, installed_providers, provider_report
 from glm_engine.errors import BackendError
+from glm_engine.exported.names import FILES_SECTION
 from glm_engine.exported.ops import EXPORTED_OPS, unexported_reason
 from glm_engine.ops.interface import Op
 from glm_engine.quant.formats import QuantFormat
@@ -22,6 +23,20 @@ from glm_engine.quant.formats import QuantFormat
 # exported.
 QDQ_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
 SPINNING_KEY = "session.intra_op.allow_spinning"
+# Said when a folder from before the ``files`` section fails to open (docs/export.md#checking-the-files).
+UNCHECKED = (
+    " (the folder's files were not checked: it was exported before glm-engine recorded their sizes and checksums; "
+    "if it may be damaged, re-export it)"
+)
+
+
+def session_errors() -> tuple[type[Exception], ...]:
+    """What creating an ORT session raises for a model it cannot load: the exceptions of ORT's compiled module (they
+    share no base class but ``Exception``) and the ``RuntimeError``/``ValueError`` of its Python layer."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as compiled
+
+    found = (c for c in vars(compiled).values() if isinstance(c, type) and issubclass(c, Exception))
+    return (RuntimeError, ValueError, *found)
 
 
 class OnnxRuntimeBackend(GraphLevelBackend):
@@ -82,7 +97,7 @@ class OnnxRuntimeBackend(GraphLevelBackend):
         installed; ``threads`` sets ORT's intra-op threads (default: torch's thread count, for comparable runs)."""
         import onnxruntime as ort
         from glm_engine.backends.onnxruntime.runner import OrtRunner, check_runnable
-        from glm_engine.exported import read_exported
+        from glm_engine.exported import check_files, read_exported
 
         verdict = self.availability()
         if not verdict:
@@ -93,6 +108,7 @@ class OnnxRuntimeBackend(GraphLevelBackend):
                 f"{artifact} was exported in {info.dtype}; it runs only in that dtype (drop --dtype, or re-export)"
             )
         check_runnable(info)
+        check_files(info.folder, info.description)  # a damaged folder is named here, not by ORT's traceback
         chosen, _ = choose_provider(provider, installed_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -102,7 +118,13 @@ class OnnxRuntimeBackend(GraphLevelBackend):
         # anything else in the process: measured 3x slower engine steps interleaved with a spinning session.
         options.add_session_config_entry(SPINNING_KEY, "0")
         providers = [chosen.ort_name] + (["CPUExecutionProvider"] if chosen.short != "cpu" else [])
-        session = ort.InferenceSession(str(info.model_file), options, providers=providers)
+        try:
+            session = ort.InferenceSession(str(info.model_file), options, providers=providers)
+        except session_errors() as exc:
+            unchecked = "" if FILES_SECTION in info.description else UNCHECKED
+            raise BackendError(
+                f"onnxruntime ({chosen.ort_name}) could not open {info.folder}: {' '.join(str(exc).split())}{unchecked}"
+            ) from exc
         active = session.get_providers()[0]
         if active != chosen.ort_name:
             raise BackendError(

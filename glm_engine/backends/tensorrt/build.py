@@ -22,12 +22,21 @@ from glm_engine.backends.tensorrt.plan import (
     Profile,
     cache_key,
     engine_metadata,
-    file_sha256,
     plan_profiles,
 )
 from glm_engine.checkpoint.atomic import fsync_file, staged_folder, write_atomically, write_durably
 from glm_engine.errors import BackendError, InputError
-from glm_engine.exported import ENGINE_FILE, GENAI_CONFIG_FILE, QuantTarget, read_exported, tokenizer_files
+from glm_engine.exported import (
+    ENGINE_FILE,
+    FILES_SECTION,
+    GENAI_CONFIG_FILE,
+    QuantTarget,
+    check_files,
+    file_records,
+    file_sha256,
+    read_exported,
+    tokenizer_files,
+)
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "glm-engine" / "tensorrt"
 DEFAULT_WORKSPACE_BYTES = 8 << 30
@@ -89,6 +98,7 @@ def build_engine(
     ``genai_config.json`` (with the limits and key) and the tokenizer, so ``--backend tensorrt`` can run it."""
     info = read_exported(onnx_dir)
     check_buildable(info.description, onnx_dir)
+    check_files(info.folder, info.description)  # a damaged export is named here, not by the ONNX parser
     reason = tensorrt_missing_reason()
     if reason is not None:
         raise BackendError(f"cannot build a TensorRT engine here: {reason}")
@@ -112,10 +122,12 @@ def build_engine(
         write_atomically(cached, lambda tmp: tmp.write_bytes(memoryview(serialized)))  # no second host copy
     with staged_folder(output, markers=(GENAI_CONFIG_FILE,)) as staging:  # what marks the folder complete: last
         place_engine(cached, staging / ENGINE_FILE)
-        for name in tokenizer_files(info.description):  # every file the family's tokenizer reads from the folder
+        tokenizer = tokenizer_files(info.description)  # every file the family's tokenizer reads from the folder
+        for name in tokenizer:
             shutil.copyfile(info.folder / name, staging / name)
             fsync_file(staging / name)
         metadata = engine_metadata(info.description, key, profiles, limits)
+        metadata[FILES_SECTION] = file_records(staging, [ENGINE_FILE, *tokenizer])  # checked when the engine opens
         write_durably(staging / GENAI_CONFIG_FILE, json.dumps(metadata, indent=2) + "\n")
     return BuildResult(Path(output), key, hit)
 

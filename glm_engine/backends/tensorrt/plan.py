@@ -15,11 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from glm_engine.errors import InputError
-from glm_engine.exported.names import TENSORRT_SECTION, past_names, present_names
+from glm_engine.exported.names import FILES_SECTION, TENSORRT_SECTION, past_names, present_names
 
 Shape = tuple[int, ...]
 PREFILL, DECODE = "prefill", "decode"
@@ -173,14 +172,6 @@ def cache_key(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Binding:
     """How one engine I/O tensor is bound: its name, whether the engine reads or writes it, its role and the
@@ -211,9 +202,10 @@ def binding_plan(io: GraphIO, limits: Limits) -> list[Binding]:
 
 
 def engine_metadata(description: dict[str, Any], key: str, profiles: list[Profile], limits: Limits) -> dict[str, Any]:
-    """The JSON written next to an engine: the export's description plus what the engine was built for."""
+    """The JSON written next to an engine: the export's description plus what the engine was built for, less the
+    ONNX folder's ``files`` (``build.py`` lists the engine folder's own)."""
     return {
-        **description,
+        **{name: value for name, value in description.items() if name != FILES_SECTION},
         TENSORRT_SECTION: {
             "cache_key": key,
             "limits": asdict(limits),

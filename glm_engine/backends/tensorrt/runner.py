@@ -18,7 +18,7 @@ import torch
 from glm_engine.backends.base import DTYPE_NAMES, RunnerCapabilities
 from glm_engine.backends.tensorrt.plan import PREFILL, GraphIO, Limits, binding_plan, check_call, profile_for
 from glm_engine.errors import InputError
-from glm_engine.exported import ENGINE_FILE, TENSORRT_SECTION, read_exported
+from glm_engine.exported import ENGINE_FILE, TENSORRT_SECTION, check_files, read_exported
 from glm_engine.exported.names import KV_KINDS, PAST_NAMES, PRESENT_NAMES
 from glm_engine.model.kv_cache import KVCache
 from glm_engine.ops.interface import EagerStepper
@@ -35,10 +35,12 @@ class TrtRunner:
     """Runs the engine folder written by ``glm-engine export tensorrt``; implements ``ModelRunner``."""
 
     def __init__(self, folder: str | Path, device_index: int = 0) -> None:
-        import tensorrt as trt
-
         info = read_exported(folder)
         description = info.description
+        check_files(folder, description)  # a truncated engine is named here, before TensorRT reads it
+
+        import tensorrt as trt
+
         self.config = info.config
         self.io = GraphIO.from_genai_config(description)
         self.limits = Limits(**description[TENSORRT_SECTION]["limits"])
