@@ -101,3 +101,20 @@ def test_the_serving_core_ends_a_non_finite_sequence_and_goes_on(engine, monkeyp
     core.add_request("good", prompt, SamplingParams(max_tokens=2, temperature=0.0))
     while core.has_work:
         core.step()
+
+
+def test_forward_works_without_a_tokenizer_and_text_calls_say_how_to_get_one(tmp_path):
+    """``tokenizer=False``: a folder without tokenizer files loads for ``forward``; text calls are InputErrors."""
+    from glm4_reference import make_native_folder
+
+    folder = make_native_folder(tmp_path / "glm4", "glm4")  # transformers' save_pretrained: weights, no tokenizer
+    with pytest.raises(glm_engine.GlmEngineError, match="tokenizer"):
+        glm_engine.load(folder, dtype="fp32")
+    engine = glm_engine.load(folder, dtype="fp32", tokenizer=False)
+    logits = engine.forward(torch.tensor([[1, 2, 3]]))
+    assert logits.shape == (1, 3, engine.config.vocab_size) and torch.isfinite(logits).all()
+    for call in (lambda: engine.generate("hello"), lambda: engine.chat([{"role": "user", "content": "hi"}])):
+        with pytest.raises(InputError, match=r"loaded without a tokenizer \(tokenizer=False\)"):
+            call()
+    with pytest.raises(InputError, match="tokenizer must be a path"):
+        glm_engine.load(folder, tokenizer=3)

@@ -17,6 +17,20 @@ from glm_engine.model.family import Family
 from glm_engine.model.registry import family_of
 
 
+class NoTokenizer:
+    """The tokenizer of an engine loaded with ``tokenizer=False`` (``forward`` on token ids only): any use of it is an
+    InputError that says how to load one, instead of an AttributeError on None."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise InputError(
+            "this model was loaded without a tokenizer (tokenizer=False): forward() takes token ids; load it with a "
+            "tokenizer (the default, or tokenizer=PATH) to generate, chat or evaluate text"
+        )
+
+    def __bool__(self) -> bool:
+        return False
+
+
 @dataclass
 class Engine:
     """A model loaded on one backend, with its tokenizer and its family."""

@@ -17,7 +17,7 @@ import torch
 
 from glm_engine.backends.base import Backend, GraphLevelBackend, dtype_name
 from glm_engine.backends.registry import op_table_for
-from glm_engine.engine.engine import Engine
+from glm_engine.engine.engine import Engine, NoTokenizer
 from glm_engine.engine.plan import (
     QuantPlan,
     check_quant_fits,
@@ -44,7 +44,7 @@ def load(
     path_or_preset: str | Path = DEFAULT_MODEL,
     backend: str = "auto",
     dtype: str | torch.dtype | None = None,
-    tokenizer: str | Path | None = None,
+    tokenizer: str | Path | bool | None = None,
     config: Any = None,
     device_index: int = 0,
     progress: Progress | None = None,
@@ -64,7 +64,8 @@ def load(
 
     ``backend`` is a registered name or ``"auto"``; ``dtype`` ``"fp32" | "bf16" | "fp16"`` (default: the backend's
     first choice); ``tokenizer`` the tokenizer file or its folder (default: the checkpoint's own; GLM-130B also looks
-    in icetk's cache; presets use the packaged test tokenizer); ``config`` a preset name, config.json or config object
+    in icetk's cache; presets use the packaged test tokenizer), or False for none (``forward`` on token ids only);
+    ``config`` a preset name, config.json or config object
     replacing a preset's shapes or naming a SAT folder's; ``progress(done, total)`` follows the weights as they are
     converted and placed on the device.
 
@@ -93,7 +94,7 @@ def load(
     source = open_source(path_or_preset, config, random_dtype, max_random_parameters)
     family, model_config = source.family, source.config
     notes = [why, *source.notes]
-    tok = family.load_tokenizer(model_config, tokenizer, source.folder, source.random)  # fail before loading
+    tok = _tokenizer(family, model_config, tokenizer, source.folder, source.random)  # fail before loading
     check_tp_degree(model_config, tp, source.description)
     comm = join_ranks(tp, communicator, chosen)
     if comm.world_size > 1:
@@ -109,8 +110,19 @@ def load(
     runner = DecoderModel(model_config, weights, ops, comm)
     runner.cuda_graphs = cuda_graphs
     notes += _closing_notes(source, chosen, run_dtype, tp, weights)
-    banned = family.generation_bans(model_config, tok, source.random)
+    banned = family.generation_bans(model_config, tok, source.random) if tok else ()
     return Engine(runner, tok, chosen, source.description, notes, banned)
+
+
+def _tokenizer(family: Any, config: Any, tokenizer: str | Path | bool | None, folder: Path | None, random: bool) -> Any:
+    """The family's tokenizer, or a :class:`NoTokenizer` for ``tokenizer=False``."""
+    if tokenizer is False:
+        return NoTokenizer()
+    if tokenizer is True:
+        tokenizer = None
+    if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
+        raise InputError(f"tokenizer must be a path, None (the model's own) or False (none), got {tokenizer!r}")
+    return family.load_tokenizer(config, tokenizer, folder, random)
 
 
 def load_weights(
@@ -156,7 +168,7 @@ def _load_exported(
     why: str,
     folder: str | Path,
     dtype: str | torch.dtype | None,
-    tokenizer: str | Path | None,
+    tokenizer: str | Path | bool | None,
     tp: int,
     quant: str | QuantSpec | None,
     quant_output: bool,
@@ -171,7 +183,7 @@ def _load_exported(
     wanted = resolve_dtype(dtype, chosen) if dtype is not None else None
     runner = chosen.load_runner(str(folder), wanted, **(backend_options or {}))
     source = open_source(folder)
-    tok = source.family.load_tokenizer(runner.config, tokenizer, Path(folder), False)
+    tok = _tokenizer(source.family, runner.config, tokenizer, Path(folder), False)
     notes = [why, f"{chosen.name} backend, {dtype_name(runner.dtype)} (the export's)"]
     if FILES_SECTION not in read_exported(folder).description:
         notes.append("its files' sizes and checksums were not checked: it was exported before glm-engine recorded them")
