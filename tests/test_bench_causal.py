@@ -36,7 +36,7 @@ def no_chat_tokenizer(monkeypatch):
     the folders made here carry none, and loading one is not what these tests are about."""
 
     def stub(self, config, path, folder, random):
-        return SimpleNamespace(vocab_size=config.vocab_size)
+        return SimpleNamespace(vocab_size=config.vocab_size, eos_id=(*config.eos_token_ids, 0)[0])
 
     monkeypatch.setattr(ChatGLM2Family, "load_tokenizer", stub)
     monkeypatch.setattr(GlmHFFamily, "load_tokenizer", stub)

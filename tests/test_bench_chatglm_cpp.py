@@ -42,7 +42,7 @@ def no_chat_tokenizer(monkeypatch):
     """bench never tokenizes; the folders here carry only the file chatglm.cpp's converter stores."""
 
     def stub(self, config, path, folder, random):
-        return SimpleNamespace(vocab_size=config.vocab_size)
+        return SimpleNamespace(vocab_size=config.vocab_size, eos_id=(*config.eos_token_ids, 0)[0])
 
     monkeypatch.setattr(ChatGLM2Family, "load_tokenizer", stub)
     monkeypatch.setattr(GlmHFFamily, "load_tokenizer", stub)

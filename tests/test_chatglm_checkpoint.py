@@ -18,7 +18,6 @@ from glm_engine.model.chatglm.weights import random_state_dict, weight_layout
 from glm_engine.model.weights import ReadRequest
 from glm_engine.ops.interface import PackedLinear
 from glm_engine.quant.reference import quantize
-from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
 
 CONFIG = ChatGLMConfig(
     num_layers=2,
@@ -91,7 +90,7 @@ def logits_of(engine):
 @pytest.mark.parametrize("layout", ["bin-index", "bin", "safetensors", "safetensors-index"])
 def test_every_weight_layout_loads_the_same_model(tmp_path, state_dict, layout):
     folder = write_hf(tmp_path / layout, state_dict, layout)
-    engine = glm_engine.load_chatglm(folder, dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
+    engine = glm_engine.load_chatglm(folder, dtype="fp32", tokenizer=False)
     _, in_memory = converted(state_dict, CONFIG, torch.float32)
     assert all(torch.equal(engine.runner.weights.state_dict()[k], v) for k, v in in_memory.items())
     assert engine.runner.weights.unused_keys == []
@@ -129,7 +128,7 @@ def test_bad_keys_are_named_with_the_file_they_came_from(tmp_path, state_dict):
     broken["transformer.layers.0.mlp.dense_h_to_4h.weight"] = torch.zeros(96, 32, dtype=torch.float16)  # GeGLU-sized
     folder = write_hf(tmp_path / "ckpt", broken, "bin-index")
     with pytest.raises(CheckpointError) as caught:
-        glm_engine.load_chatglm(folder, tokenizer=BUILTIN_TOKENIZER_PATH)
+        glm_engine.load_chatglm(folder, tokenizer=False)
     message = str(caught.value)
     assert "1 missing: transformer.layers.1.mlp.dense_4h_to_h.bias" in message
     assert "transformer.layers.2.input_layernorm.weight (in pytorch_model-0000" in message
@@ -166,7 +165,7 @@ def test_one_load_takes_a_chatglm_folder_and_the_glm130b_reader_names_it(tmp_pat
     folder = write_hf(tmp_path / "ckpt", state_dict, "safetensors")
     with pytest.raises(CheckpointError, match=r"Hugging Face 'chatglm' checkpoint.*glm_engine\.load\(\)"):
         open_checkpoint(folder)  # GLM-130B's SAT/native reader
-    engine = glm_engine.load(str(folder), dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
+    engine = glm_engine.load(str(folder), dtype="fp32", tokenizer=False)
     assert engine.family.name == "chatglm" and engine.family.chat_model
     assert logits_of(engine).shape == (1, 5, CONFIG.vocab_size)
 
@@ -190,7 +189,7 @@ def test_quantized_releases_are_detected_from_shapes_and_dequantized_like_the_ke
     values = signed_nibbles(quantized[key]) if bits == 4 else quantized[key]
     scale = quantized[key + "_scale"]
 
-    kept = glm_engine.load_chatglm(folder, dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
+    kept = glm_engine.load_chatglm(folder, dtype="fp32", tokenizer=False)
     assert any(f"INT{bits} rowwise, as stored" in note for note in kept.notes)
     packed = kept.runner.weights.layers[0].dense_h_to_4h_weight  # runs quantized: the release's bytes, unchanged
     assert isinstance(packed, PackedLinear) and packed.format.value == f"int{bits}-rowwise"
@@ -291,7 +290,7 @@ def test_a_release_with_a_quantized_embedding_and_lm_head_runs_them_dequantized(
     for key in [*quantizable_keys(CONFIG), "transformer.word_embeddings.weight", "lm_head.weight"]:
         release[key], release[key + "_scale"] = quantize(state_dict[key], 4)
     folder = write_hf(tmp_path / "qe", release, "safetensors-index", CONFIG.with_overrides(quantization_bit=4))
-    engine = glm_engine.load(folder, dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
+    engine = glm_engine.load(folder, dtype="fp32", tokenizer=False)
     weights = engine.runner.weights
     assert isinstance(weights.layers[0].dense_h_to_4h_weight, PackedLinear)
     for key, tensor in (
@@ -307,7 +306,7 @@ def test_a_release_with_a_quantized_embedding_and_lm_head_runs_them_dequantized(
 def test_loading_reports_progress_per_tensor(tmp_path, state_dict):
     folder = write_hf(tmp_path / "ckpt", state_dict, "bin-index")
     calls = []
-    glm_engine.load(folder, dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH, progress=lambda d, t: calls.append((d, t)))
+    glm_engine.load(folder, dtype="fp32", tokenizer=False, progress=lambda d, t: calls.append((d, t)))
     total = len(weight_layout(CONFIG).shapes)
     assert calls == [(n, total) for n in range(1, total + 1)]
 

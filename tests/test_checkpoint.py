@@ -8,7 +8,6 @@ from glm_engine.checkpoint import open_checkpoint, save_native
 from glm_engine.errors import CheckpointError
 from glm_engine.model.glm130b.config import GLMConfig
 from glm_engine.model.glm130b.weights import random_state_dict
-from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
 
 
 def write_sat(folder, state_dict, config=None, tag="1000", ranks=(0,)):
@@ -49,8 +48,8 @@ def test_sat_and_native_checkpoints_of_the_same_weights_agree(tmp_path, small_co
     sat_dict["transformer.layers.0.attention.rotary_emb.inv_freq"] = torch.ones(8)  # ignored, as in the release
     write_sat(tmp_path / "sat", sat_dict, small_config)
     save_native(tmp_path / "native", small_config, state_dict)
-    sat = glm_engine.load(str(tmp_path / "sat"), tokenizer=BUILTIN_TOKENIZER_PATH, dtype="fp32")
-    native = glm_engine.load(str(tmp_path / "native"), tokenizer=BUILTIN_TOKENIZER_PATH, dtype="fp32")
+    sat = glm_engine.load(str(tmp_path / "sat"), tokenizer=False, dtype="fp32")
+    native = glm_engine.load(str(tmp_path / "native"), tokenizer=False, dtype="fp32")
     assert torch.equal(logits_of(sat), logits_of(native))
 
 
@@ -82,7 +81,7 @@ def test_missing_unexpected_and_misshapen_keys_are_named(tmp_path, small_config,
     broken["transformer.layers.0.attention.dense.weight"] = torch.zeros(5, 5, dtype=torch.float16)
     write_sat(tmp_path / "sat", broken, small_config)
     with pytest.raises(CheckpointError) as info:
-        glm_engine.load(str(tmp_path / "sat"), tokenizer=BUILTIN_TOKENIZER_PATH)
+        glm_engine.load(str(tmp_path / "sat"), tokenizer=False)
     message = str(info.value)
     assert "1 missing: transformer.layers.1.mlp.dense_4h_to_h.bias" in message
     assert "1 unexpected: transformer.extra.weight" in message

@@ -20,7 +20,6 @@ from glm_engine.model.glm130b.weights import is_quantized_key, parameter_shapes,
 from glm_engine.parallel.sharding import reshard
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
-from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH
 
 INV_FREQ = "transformer.layers.0.attention.rotary_emb.inv_freq"
 
@@ -72,8 +71,8 @@ def test_a_tp4_checkpoint_runs_at_tp1_with_the_weights_of_the_original(tmp_path,
     checkpoint = open_checkpoint(tp4)
     assert (checkpoint.format, checkpoint.source_tp, checkpoint.bits) == ("sat", 4, None)
     assert checkpoint.unused_keys == [INV_FREQ]
-    sat = glm_engine.load(str(tp4), tokenizer=BUILTIN_TOKENIZER_PATH, dtype="fp32")
-    ref = glm_engine.load(str(tmp_path / "native"), tokenizer=BUILTIN_TOKENIZER_PATH, dtype="fp32")
+    sat = glm_engine.load(str(tp4), tokenizer=False, dtype="fp32")
+    ref = glm_engine.load(str(tmp_path / "native"), tokenizer=False, dtype="fp32")
     ids = torch.tensor([[30, 31, 32]])
     blocked = ~torch.ones(3, 3, dtype=torch.bool).tril()[None, None]
     positions = torch.arange(3)[None]
@@ -340,7 +339,7 @@ def test_a_quantized_checkpoint_is_checked_in_the_formats_its_linears_take_at_th
     down = shapes["transformer.layers.0.mlp.dense_4h_to_h.weight"][1]
     assert checkpoint.runtime_quant_specs(4) == [QuantSpec(8)]
     assert checkpoint.runtime_quant_specs(1) == [QuantSpec(8), QuantSpec(8, dense), QuantSpec(8, down)]
-    engine = glm_engine.load(str(tmp_path / "q"), dtype="fp32", tokenizer=BUILTIN_TOKENIZER_PATH)
+    engine = glm_engine.load(str(tmp_path / "q"), dtype="fp32", tokenizer=False)
     assert f"linears in INT8 groupwise, {down} columns per scale" in "\n".join(engine.notes)
     weight = engine.runner.weights.layers[0].dense_4h_to_h_weight
     assert weight.format.value == "int8-groupwise"

@@ -14,7 +14,14 @@ import torch
 
 from glm_engine.errors import CheckpointError
 from glm_engine.model.glm130b.config import PRESETS, GLMConfig
-from glm_engine.model.glm130b.weights import EMBEDDING_KEY, IGNORED_KEY_SUFFIXES, is_quantized_key, parameter_shapes
+from glm_engine.model.glm130b.weights import (
+    EMBEDDING_KEY,
+    HEAD_FINGERPRINT,
+    IGNORED_KEY_SUFFIXES,
+    is_quantized_key,
+    parameter_shapes,
+)
+from glm_engine.model.head_fingerprint import check_head_count
 from glm_engine.quant.reference import stored_columns
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -119,6 +126,8 @@ def validate(
             f"vocab {config.vocab_size}, TP={tp}{quant}): " + "; ".join(problems) + ". Check the config (--config) "
             "or the file."
         )
+    h, layers, heads = config.hidden_size, config.num_layers, config.num_attention_heads
+    check_head_count(HEAD_FINGERPRINT, infos, h, layers, heads, source)
     return [k for k in infos if k not in expected]
 
 

@@ -122,7 +122,9 @@ def _tokenizer(family: Any, config: Any, tokenizer: str | Path | bool | None, fo
         tokenizer = None
     if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
         raise InputError(f"tokenizer must be a path, None (the model's own) or False (none), got {tokenizer!r}")
-    return family.load_tokenizer(config, tokenizer, folder, random)
+    loaded = family.load_tokenizer(config, tokenizer, folder, random)
+    family.check_tokenizer(config, loaded, random)
+    return loaded
 
 
 def load_weights(

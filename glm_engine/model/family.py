@@ -149,6 +149,12 @@ class Family(ABC):
         """The tokenizer: ``path`` (a file or its folder) if given, else the checkpoint ``folder``'s own; a random
         preset (``random``) falls back to the packaged test tokenizer."""
 
+    def check_tokenizer(self, config: Any, tokenizer: Any, random: bool) -> None:
+        """A TokenizerError when ``tokenizer`` cannot belong to ``config``'s vocabulary (ids beyond its rows, special
+        ids elsewhere than the config says): such a pair loads and generates garbage (none by default). ``random``
+        weights may pair with a smaller packaged tokenizer."""
+        return None
+
     def generation_bans(self, config: Any, tokenizer: Any, random: bool) -> tuple[slice, ...]:
         """Id ranges never generated (none for real weights)."""
         return ()

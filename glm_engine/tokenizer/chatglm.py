@@ -97,6 +97,11 @@ class ChatGLMTokenizer:
         return f"ChatGLMTokenizer({str(self.model_path)!r}, {self._num_pieces} pieces, offset {self.offset})"
 
     @property
+    def vocab_size(self) -> int:
+        """How many ids it can produce: the image-token offset plus the SentencePiece pieces."""
+        return self.offset + self._num_pieces
+
+    @property
     def special_ids(self) -> dict[str, int]:
         """Special piece names and their ids."""
         return dict(self._specials)

@@ -152,6 +152,20 @@ class CausalGLMFamily(Family):
             path = self.tiny_tokenizer(config)
         return load_chat_tokenizer(Path(path) if path is not None else folder, self.tokenizer_release(config))
 
+    def check_tokenizer(self, config: CausalGLMConfig, tokenizer: ChatTokenizer, random: bool) -> None:
+        """The tokenizer's ids must fit the (padded) vocabulary and its end-of-text id be one of the config's."""
+        problem = None
+        if tokenizer.vocab_size > config.vocab_size:
+            problem = f"produces {tokenizer.vocab_size} ids but the model has {config.vocab_size} rows"
+        elif config.eos_token_ids and tokenizer.eos_id not in config.eos_token_ids:
+            eos = list(config.eos_token_ids)
+            problem = f"ends text with id {tokenizer.eos_id} but the config's eos_token_id is {eos}"
+        if problem:
+            raise TokenizerError(
+                f"the tokenizer {tokenizer.name} {problem}: it belongs to another model; pass the model's own with "
+                "--tokenizer (its folder holds it)"
+            )
+
     # --- inputs ---------------------------------------------------------------------------------------------------
     def generation_bans(self, config: CausalGLMConfig, tokenizer: ChatTokenizer, random: bool) -> tuple[slice, ...]:
         """Random weights produce any id: keep their noise decodable by banning the padded rows past the tokenizer's

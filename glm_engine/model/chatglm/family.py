@@ -157,6 +157,15 @@ class ChatGLMFamily(Family):
             find_chatglm_tokenizer(path or (BUILTIN_TOKENIZER_PATH if random else None), folder), config
         )
 
+    def check_tokenizer(self, config: ChatGLMConfig, tokenizer: ChatGLMTokenizer, random: bool) -> None:
+        """The tokenizer's ids (image offset plus pieces) must fit the vocabulary (its special ids are checked
+        against the config when it is built)."""
+        if tokenizer.vocab_size > config.vocab_size:
+            raise TokenizerError(
+                f"{tokenizer.model_path} produces {tokenizer.vocab_size} ids but the model has {config.vocab_size} "
+                "rows: it belongs to another ChatGLM revision; pass the model's own ice_text.model with --tokenizer"
+            )
+
     def prompt_inputs(self, config: ChatGLMConfig, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``get_position_ids``/``get_masks`` per row: everything before ``<sop>`` attends bidirectionally; from
         ``<sop>`` on, position ids hold the blank's index and block position ids count 1, 2, ... A row without

@@ -21,6 +21,7 @@ import torch
 
 from glm_engine.checkpoint.hf import TensorInfo
 from glm_engine.model.chatglm.config import ChatGLMConfig
+from glm_engine.model.head_fingerprint import HeadFingerprint
 from glm_engine.model.hf_release import LoadPlan, ReleaseSpec
 from glm_engine.model.hf_release import plan_load as plan_release
 from glm_engine.model.weights import WeightLayout, layer_key, layer_parameter_shapes, scaled_noise
@@ -31,6 +32,8 @@ FINAL_LN_KEYS = ("transformer.final_layernorm.weight", "transformer.final_layern
 LM_HEAD_KEY = "lm_head.weight"
 # Recomputed buffers the released files carry (modeling_chatglm.py's RotaryEmbedding ignores them on load).
 IGNORED_KEY_SUFFIXES = (".rotary_emb.inv_freq",)
+# The 2-D rotary gives each position half a head: inv_freq holds head_dim / 4 values; ChatGLM-6B has 32 heads.
+HEAD_FINGERPRINT = HeadFingerprint(".rotary_emb.inv_freq", 4, {(4096, 28): ("ChatGLM-6B", 32)})
 # Key prefixes that belong to the model: an unknown key under them means the config does not match the file.
 MODEL_KEY_PREFIXES = ("transformer.", "lm_head.")
 _ROW = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")

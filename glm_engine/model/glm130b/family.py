@@ -108,6 +108,22 @@ class GLM130BFamily(Family):
             return builtin_tokenizer(config.vocab_layout)
         return load_tokenizer(path, config.vocab_layout, folder)
 
+    def check_tokenizer(self, config: GLMConfig, tokenizer: Any, random: bool) -> None:
+        """icetk's text pieces, placed at ``text_offset``, fill the layout's text ids exactly: up to its first special
+        id (eos is a text piece by design). Random weights may use a smaller packaged tokenizer."""
+        from glm_engine.errors import TokenizerError
+
+        text, layout = tokenizer.text_id_range, config.vocab_layout
+        specials = [i for i in layout.special_tokens.values() if i != layout.eos]
+        room = min([i for i in specials if i >= text.start] + [config.vocab_size])
+        fits = text.stop <= room if random else text.stop == room
+        if not fits:
+            raise TokenizerError(
+                f"{tokenizer.model_path} has {len(text)} text pieces (ids {text.start}..{text.stop - 1}) but the "
+                f"model's vocabulary layout has {room - text.start} (ids {text.start}..{room - 1}): it is not this "
+                "model's tokenizer (GLM-130B's is icetk's 130000-piece text model); pass the right one with --tokenizer"
+            )
+
     def generation_bans(self, config: GLMConfig, tokenizer: Any, random: bool) -> tuple[slice, ...]:
         """Random weights produce any id: keep their noise readable by banning ids the tokenizer cannot decode."""
         if not random:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from glm_engine.model.glm130b.config import GLMConfig
+from glm_engine.model.head_fingerprint import HeadFingerprint
 from glm_engine.model.weights import WeightLayout, layer_key, layer_parameter_shapes, scaled_noise
 from glm_engine.parallel.sharding import Split
 from glm_engine.quant.weight import QuantizedWeight
@@ -21,6 +22,8 @@ EMBEDDING_KEY = "transformer.word_embeddings.weight"
 FINAL_LN_KEYS = ("transformer.final_layernorm.weight", "transformer.final_layernorm.bias")
 # Buffers some releases carry that are recomputed, never loaded.
 IGNORED_KEY_SUFFIXES = (".rotary_emb.inv_freq",)
+# The 1-D rotary covers whole heads: inv_freq holds head_dim / 2 values; GLM-130B's release has 96 heads.
+HEAD_FINGERPRINT = HeadFingerprint(".rotary_emb.inv_freq", 2, {(12288, 70): ("GLM-130B", 96)})
 # The four linears per layer the reference quantizes; everything else stays floating point.
 QUANTIZED_SUFFIXES = (
     "attention.query_key_value.weight",
