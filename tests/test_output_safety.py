@@ -157,3 +157,16 @@ def _dead_pid() -> int:
         os.kill(process.pid, 0)
         return int(uuid.uuid4().int % 2**22) + 2**22  # reused at once: take one above the default pid_max
     return process.pid
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mounts a tmpfs (Linux)")
+def test_an_export_that_runs_out_of_space_is_one_line_and_leaves_nothing(tmp_path):
+    """The ONNX writer streams its data file itself: the staged folder turns its ENOSPC into the same one line."""
+    with small_file_system(tmp_path / "small", "3m") as small:
+        command = [sys.executable, "-m", "glm_engine.cli", "export", "onnx", "--output", str(small / "x")]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "could not write" in lines[0] and "no space left on its file system" in lines[0]
+        assert list(small.iterdir()) == []

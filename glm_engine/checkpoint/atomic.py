@@ -83,7 +83,13 @@ def staged_folder(final: str | Path, markers: tuple[str, ...] = ()) -> Iterator[
     staging = final / staging_name(final, inside) if inside else final.with_name(staging_name(final, inside))
     staging.mkdir(parents=True)
     try:
-        yield staging
+        try:
+            yield staging
+        except Exception as exc:  # a file written straight into the folder (not by atomic_path) ran out of space
+            error = space_error(exc, Path(getattr(exc, "filename", None) or staging), None)
+            if error is None:
+                raise
+            raise error from exc
         _fsync_tree(staging)
         _move_into_place(staging, final, inside, markers)
     finally:

@@ -45,6 +45,8 @@ def space_error(exc: BaseException, path: Path, needed: int | None) -> OutputErr
     may report a later, unrelated-looking assertion), by a measured shortage: less free space or a lower file-size
     limit than the write needed.
     """
+    if isinstance(exc, OutputError):
+        return None  # already said, by the write closest to the file
     limit = file_size_limit()
     over_limit = limit is not None and needed is not None and needed > limit
     if isinstance(exc, OSError):
@@ -53,7 +55,7 @@ def space_error(exc: BaseException, path: Path, needed: int | None) -> OutputErr
         over_limit = over_limit or exc.errno == errno.EFBIG
     elif not any(word in str(exc).lower() for word in SPACE_WORDS) and not (over_limit or _short_of(path, needed)):
         return None
-    size = f"about {human_bytes(needed)}" if needed else "more"
+    size = f"about {human_bytes(needed)}" if needed else "more than that"
     if over_limit or "too large" in str(exc).lower():
         shown = human_bytes(limit) if limit is not None else "the file system's largest file"
         return OutputError(
