@@ -22,6 +22,12 @@ class Interruptions:
         for signum in HANDLED:
             signal.signal(signum, self.handle)
 
+    def uninstall(self) -> None:
+        """Back to the default actions once the command has ended: a signal during interpreter shutdown ends the
+        process quietly instead of raising KeyboardInterrupt where nothing catches it."""
+        for signum in HANDLED:
+            signal.signal(signum, signal.SIG_DFL)
+
     def handle(self, signum: int, frame: FrameType | None) -> None:
         if self.first is not None:
             os._exit(128 + signum)  # a second signal: no more clean-up

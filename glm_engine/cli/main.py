@@ -43,6 +43,10 @@ def main() -> None:
         app()
     except SystemExit as exc:
         raise SystemExit(interruptions.exit_code(exc.code)) from None
+    except KeyboardInterrupt:  # raised where typer does not map it to exit 130 (while it tears down)
+        raise SystemExit(interruptions.exit_code(130)) from None
+    finally:
+        interruptions.uninstall()
 
 
 if __name__ == "__main__":
