@@ -219,3 +219,19 @@ def test_invalid_utf8_typed_at_the_prompt_is_reported_and_the_session_goes_on(co
     assert result.exit_code == 0, result.output
     assert "not valid UTF-8" in result.output and "Traceback" not in result.output
     assert result.output.count("Output: " if command == "run" else "ChatGLM3-6B：") == 1  # the next query answered
+
+
+def test_run_writes_terminal_markup_only_to_a_terminal(monkeypatch):
+    """Piped output is the plain answer (issue 18, item 9); FORCE_COLOR keeps the reference's underlining."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    piped = runner.invoke(app, ["run", *FAST], input="Hello [MASK] world\nstop\n")
+    assert piped.exit_code == 0, piped.output
+    assert "\x1b" not in piped.output and "Output: Hello" in piped.output
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    forced = runner.invoke(app, ["run", *FAST], input="Hello [MASK] world\nstop\n")
+    assert "\x1b[0;32m\x1b[4m" in forced.output
+    answer = piped.output.split("Output: ", 1)[1].splitlines()[0]
+    marked = forced.output.split("Output: ", 1)[1].splitlines()[0]
+    plain = marked.replace("\x1b[0;32m", "").replace("\x1b[4m", "").replace("\x1b[0m", "")
+    assert plain.replace(" ", "") == answer.replace(" ", "")

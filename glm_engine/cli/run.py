@@ -25,7 +25,7 @@ from glm_engine.cli.errors import user_errors
 from glm_engine.cli.model_kind import require_blank_infilling
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session, shared_queries
-from glm_engine.cli.render import styled_answer
+from glm_engine.cli.render import styled_answer, wants_colour
 from glm_engine.cli.typed_lines import typed_lines
 from glm_engine.engine import DEFAULT_MODEL, load
 from glm_engine.errors import GlmEngineError, InputError
@@ -106,11 +106,12 @@ def output_file(output_path: Path, query_id: str | None, text: str) -> Path:
 
 def report(completion: Completion, tokenizer: object, print_all_beams: bool) -> None:
     print(f"\nInput: {completion.prompt}\n")
+    colour = wants_colour(sys.stdout)
     if print_all_beams and len(completion.answers) > 1:
         for beam in range(len(completion.answers)):
-            print(f"Output beam {beam}:", styled_answer(completion, beam, tokenizer))
+            print(f"Output beam {beam}:", styled_answer(completion, beam, tokenizer, colour))
     else:
-        print("Output:", styled_answer(completion, 0, tokenizer))
+        print("Output:", styled_answer(completion, 0, tokenizer, colour))
 
 
 def save(completion: Completion, path: Path) -> None:
