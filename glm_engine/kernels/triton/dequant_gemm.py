@@ -10,6 +10,11 @@ rounding, which this path skips.
 INT4 columns are consumed in even/odd halves: ``x[:, 0::2] @ high_nibbles + x[:, 1::2] @ low_nibbles``, which avoids
 interleaving the nibbles in registers (the activation tile is small and cached; the weight is read once, coalesced).
 
+Ragged edges (K, N or M not a multiple of the tile) are masked loads, and every masked load whose values reach a sum
+or a ``tl.dot`` passes ``other=0``: ``tl.load`` documents masked-out lanes as undefined unless ``other`` is given
+(NVIDIA and AMD happen to zero them; another backend need not). ``tests/test_triton_ragged.py`` runs the kernels
+with masked lanes filled with NaN to hold them to that.
+
 Importing this module imports triton; :mod:`glm_engine.kernels.triton.linear` imports it only when a weight is
 prepared.
 """
@@ -75,8 +80,10 @@ def _decode_kernel(
         else:
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < K
-            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :])
-            xb = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :])
+            w_mask = mask_n[:, None] & mask_k[None, :]
+            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=w_mask, other=0)
+            x_mask = mask_m[:, None] & mask_k[None, :]
+            xb = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=x_mask, other=0.0)
             part = tl.sum(xb.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
         if GROUPED:
             group = tl.minimum(k0, K - 1) // GROUP_SIZE  # a last split may run past K: its part is 0
@@ -125,8 +132,10 @@ def _prefill_kernel(
         else:
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < K
-            w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_k[:, None] & mask_n[None, :])
-            xb = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :])
+            w_mask = mask_k[:, None] & mask_n[None, :]
+            w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=w_mask, other=0)
+            x_mask = mask_m[:, None] & mask_k[None, :]
+            xb = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=x_mask, other=0.0)
             part = tl.dot(xb.to(DOT_DTYPE), _int_to(w, DOT_DTYPE))
         if GROUPED:
             scale = tl.load(s_ptr + offs_n * stride_sn + k0 // GROUP_SIZE, mask=mask_n, other=0.0)

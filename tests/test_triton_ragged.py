@@ -1,0 +1,113 @@
+"""Triton dequant-GEMM edges: masked lanes at ragged K and N.
+
+``tl.load`` documents masked-out lanes as undefined unless ``other=`` is given; Triton's interpreter zeroes them,
+which would hide a missing ``other=``. The ``undefined_masked_lanes`` fixture makes the interpreter fill them with NaN
+(integers: 77) instead, so a masked lane that reaches a sum poisons the result. On a GPU the fixture does nothing
+(the kernels are compiled) and the tests check the same numbers. Shapes and tiles are tiny: the interpreter is slow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from bounds import max_nmse, nmse
+
+from glm_engine.kernels.triton import interpreting, triton_verdict
+from glm_engine.kernels.triton.configs import KernelConfig, Variant, choose_config
+from glm_engine.quant.weight import QuantizedWeight
+
+pytestmark = pytest.mark.skipif(not triton_verdict()[0], reason=f"needs triton: {triton_verdict()[1]}")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+POISON_INT = 77
+
+
+@pytest.fixture
+def undefined_masked_lanes(monkeypatch):
+    """Masked-out lanes of a load without ``other=`` come back as NaN (floats) or 77 (integers) in the interpreter."""
+    if not interpreting():
+        return
+    from triton.runtime import interpreter
+
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    if builder is None or not hasattr(builder, "create_masked_load"):
+        pytest.skip("this Triton's interpreter has no InterpreterBuilder.create_masked_load to stand in for")
+    original = builder.create_masked_load
+
+    def poisoned(self, ptrs, mask, other, *args):
+        if other is None:
+            element = ptrs.get_element_ty()
+            np_dtype = interpreter._get_np_dtype(element)
+            if element.is_bf16():
+                fill = np.uint16(0x7FC0)  # bf16 NaN, stored as its bits
+            elif np.issubdtype(np_dtype, np.floating):
+                fill = np.nan
+            else:
+                fill = POISON_INT
+            other = interpreter.TensorHandle(np.full(ptrs.data.shape, fill, dtype=np_dtype), element)
+        return original(self, ptrs, mask, other, *args)
+
+    monkeypatch.setattr(builder, "create_masked_load", poisoned)
+
+
+def quantized(out: int, columns: int, bits: int, group_size: int | None = None, seed: int = 0) -> QuantizedWeight:
+    weight = torch.randn(out, columns, generator=torch.Generator().manual_seed(seed)) * 0.05
+    return QuantizedWeight.quantize(weight, bits, group_size)
+
+
+def activations(m: int, columns: int, dtype: torch.dtype = torch.float16, seed: int = 1) -> torch.Tensor:
+    return torch.randn(m, columns, generator=torch.Generator().manual_seed(seed)).to(dtype).to(DEVICE)
+
+
+def run(x: torch.Tensor, weight: QuantizedWeight, config: KernelConfig) -> torch.Tensor:
+    from glm_engine.kernels.triton.dequant_gemm import dequant_matmul
+
+    return dequant_matmul(x, weight.stored.to(DEVICE), weight.scale.to(DEVICE), weight.bits, config)
+
+
+def reference(x: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
+    return x.double().cpu() @ weight.dequantize(torch.float32).double().T
+
+
+def tiny(variant: Variant, m: int, n: int, k: int, bits: int, **tiles: int) -> KernelConfig:
+    base = choose_config(m, n, k, bits, None, variant=variant)
+    small = (
+        dict(block_n=16, block_k=32, split_k=1)
+        if variant is Variant.DECODE
+        else dict(block_m=16, block_n=16, block_k=32)
+    )
+    return replace(base, **{**small, **tiles})
+
+
+def test_the_stand_in_interpreter_poisons_masked_lanes_without_other(undefined_masked_lanes):
+    """Without this the ragged tests below could not fail: a kernel that omits ``other=`` reads NaN."""
+    if not interpreting():
+        pytest.skip("compiled kernels: masked lanes are the hardware's, not the interpreter's")
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def masked_sum(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(out_ptr, tl.sum(tl.load(x_ptr + offs, mask=offs < n).to(tl.float32), axis=0))
+
+    out = torch.zeros(1)
+    masked_sum[(1,)](torch.ones(8, dtype=torch.float16), out, 5, BLOCK=8)
+    assert torch.isnan(out).all()
+    masked_sum[(1,)](torch.ones(8, dtype=torch.int8), out, 5, BLOCK=8)
+    assert out.item() == 5 + 3 * POISON_INT
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("variant", list(Variant), ids=lambda v: v.value)
+def test_ragged_k_and_n_read_no_masked_lane(undefined_masked_lanes, variant, bits):
+    """K = 80 is two and a half 32-wide K blocks, N = 40 two and a half 16-wide column blocks, M = 3 rows of a
+    4-row (decode) or 16-row (prefill) tile: every kind of edge, with masked lanes reading NaN."""
+    m, n, k = 3, 40, 80
+    weight = quantized(n, k, bits, seed=5)
+    x = activations(m, k, seed=6)
+    got = run(x, weight, tiny(variant, m, n, k, bits))
+    assert got.shape == (m, n) and torch.isfinite(got).all()
+    assert nmse(got.cpu(), reference(x, weight)) <= max_nmse(f"linear:{weight.format.value}", torch.float16)
