@@ -1,4 +1,4 @@
-"""Triton dequant-GEMM edges: masked lanes at ragged K and N.
+"""Triton dequant-GEMM edges: masked lanes at ragged K and N, and decode rows 1..4.
 
 ``tl.load`` documents masked-out lanes as undefined unless ``other=`` is given; Triton's interpreter zeroes them,
 which would hide a missing ``other=``. The ``undefined_masked_lanes`` fixture makes the interpreter fill them with NaN
@@ -16,12 +16,21 @@ import torch
 from bounds import max_nmse, nmse
 
 from glm_engine.kernels.triton import interpreting, triton_verdict
-from glm_engine.kernels.triton.configs import KernelConfig, Variant, choose_config
+from glm_engine.kernels.triton.configs import (
+    DECODE_MAX_M,
+    KernelConfig,
+    Variant,
+    choose_config,
+    decode_values_per_thread,
+)
 from glm_engine.quant.weight import QuantizedWeight
 
 pytestmark = pytest.mark.skipif(not triton_verdict()[0], reason=f"needs triton: {triton_verdict()[1]}")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 POISON_INT = 77
+# Registers a thread may hold: 255 on NVIDIA; AMD's 256 architectural VGPRs per lane. The budget leaves room for
+# addresses, masks and loop state besides the tiles' values.
+MAX_TILE_VALUES_PER_THREAD = 160
 
 
 @pytest.fixture
@@ -111,3 +120,37 @@ def test_ragged_k_and_n_read_no_masked_lane(undefined_masked_lanes, variant, bit
     got = run(x, weight, tiny(variant, m, n, k, bits))
     assert got.shape == (m, n) and torch.isfinite(got).all()
     assert nmse(got.cpu(), reference(x, weight)) <= max_nmse(f"linear:{weight.format.value}", torch.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_decode_rows_one_to_four_each_get_what_one_row_alone_gets(undefined_masked_lanes, bits, dtype):
+    """The decode kernel visits the rows of its tile one by one over the same dequantized weight tile: for M = 1..4
+    every row's output is bit-identical to that row computed alone, and within the conformance bound."""
+    n, k = 24, 96
+    weight = quantized(n, k, bits, group_size=32, seed=7)
+    x = activations(DECODE_MAX_M, k, dtype, seed=8)
+    alone = [run(x[r : r + 1], weight, tiny(Variant.DECODE, 1, n, k, bits)) for r in range(DECODE_MAX_M)]
+    for m in range(1, DECODE_MAX_M + 1):
+        config = tiny(Variant.DECODE, m, n, k, bits)
+        assert config.block_m == min(4, 1 << (m - 1).bit_length())
+        got = run(x[:m], weight, config)
+        for r in range(m):
+            assert torch.equal(got[r], alone[r][0]), f"row {r} of {m}"
+        assert nmse(got.cpu(), reference(x[:m], weight)) <= max_nmse(f"linear:{weight.format.value}", dtype)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "hip"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_decode_registers_do_not_grow_with_rows(platform, bits):
+    """From the tile shapes alone: four rows keep about the live values one row does, within a thread's registers."""
+    warp = 64 if platform == "hip" else 32
+    per_rows = [
+        decode_values_per_thread(choose_config(m, 12288, 12288, bits, None, platform=platform), bits, warp)
+        for m in range(1, DECODE_MAX_M + 1)
+    ]
+    assert max(per_rows) - min(per_rows) <= 4
+    assert max(per_rows) <= MAX_TILE_VALUES_PER_THREAD
+    one = choose_config(1, 12288, 12288, bits, None, platform=platform)
+    broadcast = DECODE_MAX_M * one.block_n * one.block_k // (one.num_warps * warp)  # the old [M, N, K] product
+    assert broadcast > max(per_rows)

@@ -4,9 +4,10 @@ Two kernels (``dequant_gemm.py``):
 
 - ``decode``: matrix-vector style for ``M <= DECODE_MAX_M`` rows (token-by-token generation). Each program streams a
   ``[BLOCK_N, BLOCK_K]`` tile of the quantized weight once and multiplies it by every row of ``x`` on the CUDA/vector
-  cores; the weight bytes dominate, so the aim is enough programs to saturate memory bandwidth. When the output
-  width alone gives too few programs, K is split (``split_k``) and the fp32 partial sums are added afterwards, in a
-  fixed order (deterministic, unlike atomics).
+  cores; the weight bytes dominate, so the aim is enough programs to saturate memory bandwidth. Each weight tile is
+  dequantized once and reused for every row, so registers do not grow with ``M`` (:func:`decode_values_per_thread`).
+  When the output width alone gives too few programs, K is split (``split_k``) and the fp32 partial sums are added
+  afterwards, in a fixed order (deterministic, unlike atomics).
 - ``prefill``: tiled ``tl.dot`` (tensor cores / MFMA) for larger ``M``, with grouped program order for L2 reuse.
 
 Both apply scales after a block's fp32 partial product: per block for groupwise weights (so ``BLOCK_K`` must divide
@@ -53,10 +54,11 @@ class KernelConfig:
     num_stages: int = 2
 
 
-# Starting points per (variant, bits, platform). INT4 decode reads 128 bytes of each weight row per tile too.
+# Starting points per (variant, bits, platform). INT4 decode reads 128 bytes of each weight row per tile too, which
+# is twice the values: 8 warps on CUDA keep its live values per thread near INT8's (decode_values_per_thread).
 _DECODE = {
     ("cuda", 8): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=128, num_warps=4, num_stages=3),
-    ("cuda", 4): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=256, num_warps=4, num_stages=3),
+    ("cuda", 4): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=256, num_warps=8, num_stages=3),
     ("hip", 8): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=128, num_warps=4, num_stages=2),
     ("hip", 4): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=256, num_warps=4, num_stages=2),
 }
@@ -133,6 +135,22 @@ def check_config(config: KernelConfig, bits: int, group_size: int | None) -> Non
         dot_k = config.block_k // (2 if bits == 4 else 1)
         if min(config.block_m, config.block_n, dot_k) < MIN_DOT_K:
             raise ValueError(f"tl.dot needs tiles of at least {MIN_DOT_K} (block_m, block_n, block_k per dot)")
+
+
+def decode_values_per_thread(config: KernelConfig, bits: int, warp_size: int = 32) -> int:
+    """fp32 values per thread the decode kernel keeps live, estimated from its tile shapes alone.
+
+    Live at once: the dequantized weight tile (``BLOCK_N x BLOCK_K`` values, INT4's two nibble halves together), one
+    row's product with it before the sum (INT4 sums one half, then the other), and the ``[BLOCK_M, BLOCK_N]`` partial
+    and accumulator, spread over ``num_warps * warp_size`` threads (64-wide wavefronts on AMD). The rows are visited
+    in turn, so only the last term grows with ``BLOCK_M``: at the CUDA INT8 tiles (64 x 128, 4 warps) 129 values at
+    M = 1 and 132 at M = 4, where a broadcast ``[BLOCK_M, BLOCK_N, BLOCK_K]`` product alone is 256 at M = 4 and
+    spills past the 255 registers a thread may hold. An upper bound: the compiler may fold the product into the sum.
+    """
+    threads = config.num_warps * warp_size
+    weight = config.block_n * config.block_k
+    product = weight // (2 if bits == 4 else 1)
+    return math.ceil((weight + product + 2 * config.block_m * config.block_n) / threads)
 
 
 # --- decode attention (``decode_attention.py``): one query row per (batch, head), keys split across programs ---

@@ -51,40 +51,63 @@ def _int_to(values, dtype: tl.constexpr):
 
 
 @triton.jit
+def _row_in_range(offs, row, M):
+    """``row < M`` as a vector shaped like ``offs``: Triton 3.9's interpreter rejects a load mask made by ``&`` of a
+    vector and a scalar comparison ("mask has unsupported dtype"); the compiler folds the broadcast away."""
+    return (tl.zeros_like(offs) + row) < M
+
+
+@triton.jit
 def _decode_kernel(
     x_ptr, w_ptr, s_ptr, out_ptr,
     M, N, K, stride_xm, stride_wn, stride_sn, stride_split, stride_om, blocks_per_split,
     INT4: tl.constexpr, GROUPED: tl.constexpr, GROUP_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """One ``[BLOCK_M, BLOCK_N]`` output tile over one K split, on the vector units (no tl.dot)."""
+    """One ``[BLOCK_M, BLOCK_N]`` output tile over one K split, on the vector units (no tl.dot).
+
+    Each K block's weight tile is loaded and converted to fp32 once, then reused for every row of ``x`` in turn
+    (``tl.static_range`` unrolls the rows): the live registers are one ``[BLOCK_N, BLOCK_K]`` tile and one row's
+    product of the same shape whatever ``BLOCK_M`` is, where a ``[BLOCK_M, BLOCK_N, BLOCK_K]`` broadcast product
+    would grow with the rows (``configs.decode_values_per_thread``). Every masked load that feeds a sum has
+    ``other=0``: Triton leaves masked-out lanes undefined otherwise.
+    """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = pid_m * BLOCK_M + rows
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for i in range(0, blocks_per_split):
         k0 = (pid_k * blocks_per_split + i) * BLOCK_K
+        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if INT4:
             offs_p = k0 // 2 + tl.arange(0, BLOCK_K // 2)
             mask_p = offs_p < K // 2
             high, low = _weight_halves(w_ptr, offs_n, offs_p, mask_n[:, None] & mask_p[None, :], stride_wn, False)
-            x_mask = mask_m[:, None] & mask_p[None, :]
-            x_even = tl.load(x_ptr + offs_m[:, None] * stride_xm + 2 * offs_p[None, :], mask=x_mask, other=0.0)
-            x_odd = tl.load(x_ptr + offs_m[:, None] * stride_xm + 2 * offs_p[None, :] + 1, mask=x_mask, other=0.0)
-            part = tl.sum(x_even.to(tl.float32)[:, None, :] * high.to(tl.float32)[None, :, :], axis=2)
-            part += tl.sum(x_odd.to(tl.float32)[:, None, :] * low.to(tl.float32)[None, :, :], axis=2)
+            high = high.to(tl.float32)
+            low = low.to(tl.float32)
+            for r in tl.static_range(BLOCK_M):
+                row = pid_m * BLOCK_M + r
+                x_row = x_ptr + row * stride_xm + 2 * offs_p
+                x_mask = mask_p & _row_in_range(offs_p, row, M)
+                x_even = tl.load(x_row, mask=x_mask, other=0.0).to(tl.float32)
+                x_odd = tl.load(x_row + 1, mask=x_mask, other=0.0).to(tl.float32)
+                dot = tl.sum(high * x_even[None, :], axis=1) + tl.sum(low * x_odd[None, :], axis=1)
+                part = tl.where(rows[:, None] == r, dot[None, :], part)
         else:
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < K
             w_mask = mask_n[:, None] & mask_k[None, :]
-            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=w_mask, other=0)
-            x_mask = mask_m[:, None] & mask_k[None, :]
-            xb = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=x_mask, other=0.0)
-            part = tl.sum(xb.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=w_mask, other=0).to(tl.float32)
+            for r in tl.static_range(BLOCK_M):
+                row = pid_m * BLOCK_M + r
+                x_mask = mask_k & _row_in_range(offs_k, row, M)
+                x = tl.load(x_ptr + row * stride_xm + offs_k, mask=x_mask, other=0.0).to(tl.float32)
+                part = tl.where(rows[:, None] == r, tl.sum(w * x[None, :], axis=1)[None, :], part)
         if GROUPED:
             group = tl.minimum(k0, K - 1) // GROUP_SIZE  # a last split may run past K: its part is 0
             scale = tl.load(s_ptr + offs_n * stride_sn + group, mask=mask_n, other=0.0)
