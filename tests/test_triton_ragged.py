@@ -1,4 +1,4 @@
-"""Triton dequant-GEMM edges: masked lanes at ragged K and N, and decode rows 1..4.
+"""Triton dequant-GEMM edges: masked lanes at ragged K and N, decode rows 1..4, and the split-K reduction.
 
 ``tl.load`` documents masked-out lanes as undefined unless ``other=`` is given; Triton's interpreter zeroes them,
 which would hide a missing ``other=``. The ``undefined_masked_lanes`` fixture makes the interpreter fill them with NaN
@@ -138,6 +138,24 @@ def test_decode_rows_one_to_four_each_get_what_one_row_alone_gets(undefined_mask
         for r in range(m):
             assert torch.equal(got[r], alone[r][0]), f"row {r} of {m}"
         assert nmse(got.cpu(), reference(x[:m], weight)) <= max_nmse(f"linear:{weight.format.value}", dtype)
+
+
+@pytest.mark.parametrize(("bits", "group_size"), [(8, None), (4, 32)])
+def test_split_k_sums_in_kernel_to_the_unsplit_result_the_same_way_every_time(undefined_masked_lanes, bits, group_size):
+    """Six 32-wide K blocks in three splits of two (and a ragged last split of four blocks in two): the partials are
+    added by one small launch in split order, so the result is the unsplit one up to fp32 rounding and identical
+    from run to run."""
+    m, n, k = 2, 24, 192
+    weight = quantized(n, k, bits, group_size, seed=9)
+    x = activations(m, k, seed=10)
+    unsplit = run(x, weight, tiny(Variant.DECODE, m, n, k, bits, split_k=1))
+    bound = max_nmse(f"linear:{weight.format.value}", torch.float16)
+    for split_k in (3, 4):
+        split = run(x, weight, tiny(Variant.DECODE, m, n, k, bits, split_k=split_k))
+        assert split.dtype == torch.float16 and split.shape == (m, n)
+        assert nmse(split.cpu(), unsplit.double().cpu()) <= bound
+        assert nmse(split.cpu(), reference(x, weight)) <= bound
+        assert torch.equal(split, run(x, weight, tiny(Variant.DECODE, m, n, k, bits, split_k=split_k)))
 
 
 @pytest.mark.parametrize("platform", ["cuda", "hip"])

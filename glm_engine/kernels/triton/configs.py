@@ -7,7 +7,7 @@ Two kernels (``dequant_gemm.py``):
   cores; the weight bytes dominate, so the aim is enough programs to saturate memory bandwidth. Each weight tile is
   dequantized once and reused for every row, so registers do not grow with ``M`` (:func:`decode_values_per_thread`).
   When the output width alone gives too few programs, K is split (``split_k``) and the fp32 partial sums are added
-  afterwards, in a fixed order (deterministic, unlike atomics).
+  by one more small launch, in a fixed order, fused with the cast (deterministic, unlike atomics).
 - ``prefill``: tiled ``tl.dot`` (tensor cores / MFMA) for larger ``M``, with grouped program order for L2 reuse.
 
 Both apply scales after a block's fp32 partial product: per block for groupwise weights (so ``BLOCK_K`` must divide
@@ -33,6 +33,8 @@ DECODE_MAX_M = 4  # rows at or below which the matrix-vector kernel beats tl.dot
 MIN_DOT_K = 16  # tl.dot needs K >= 16 per operand; an INT4 block of BLOCK_K splits into two dots of BLOCK_K / 2
 DEFAULT_SM_COUNT = 132  # H100 SXM; used when no device is asked (interpreter, CPU tensors)
 DECODE_WAVES = 2  # decode aims at this many programs per SM before it splits K
+SPLIT_SUM_BLOCK = 1024  # outputs per program of the split-K sum: 8 fp32 values a thread at 4 warps of 32
+SPLIT_SUM_WARPS = 4
 
 
 class Variant(str, Enum):

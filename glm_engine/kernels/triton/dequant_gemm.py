@@ -15,6 +15,12 @@ or a ``tl.dot`` passes ``other=0``: ``tl.load`` documents masked-out lanes as un
 (NVIDIA and AMD happen to zero them; another backend need not). ``tests/test_triton_ragged.py`` runs the kernels
 with masked lanes filled with NaN to hold them to that.
 
+A decode product split along K (``config.split_k > 1``) takes two launches: the decode kernel writes one fp32 partial
+per split, and :func:`_sum_splits_kernel` adds them in split order and casts to the activation dtype in the same
+pass. That replaces a ``sum`` and a cast (three launches in all) and stays deterministic; ``tl.atomic_add`` into an
+fp32 buffer would also need two launches (zeroing or the cast) and its sum order, hence its rounding, would change
+from run to run, which this project's conformance and run-to-run determinism do not allow.
+
 Importing this module imports triton; :mod:`glm_engine.kernels.triton.linear` imports it only when a weight is
 prepared.
 """
@@ -26,7 +32,13 @@ import triton
 import triton.language as tl
 
 from glm_engine.kernels.triton import interpreting
-from glm_engine.kernels.triton.configs import KernelConfig, Variant, check_config
+from glm_engine.kernels.triton.configs import (
+    SPLIT_SUM_BLOCK,
+    SPLIT_SUM_WARPS,
+    KernelConfig,
+    Variant,
+    check_config,
+)
 
 
 @triton.jit
@@ -118,6 +130,18 @@ def _decode_kernel(
         acc *= tl.load(s_ptr + offs_n * stride_sn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + pid_k * stride_split + offs_m[:, None] * stride_om + offs_n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _sum_splits_kernel(part_ptr, out_ptr, numel, splits, stride_split, BLOCK: tl.constexpr):
+    """``out = sum over s of part[s]``, cast to ``out``'s dtype: the split-K partials added in the fixed order
+    0, 1, ..., splits - 1 (deterministic: the same bits on every run, unlike fp32 atomics)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, splits):
+        total += tl.load(part_ptr + s * stride_split + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -215,10 +239,17 @@ def dequant_matmul(
     k_blocks = triton.cdiv(k, config.block_k)
     blocks_per_split = triton.cdiv(k_blocks, config.split_k)
     splits = triton.cdiv(k_blocks, blocks_per_split)
+    # One split writes the output directly; several write fp32 partials that one more launch adds and casts.
     out = torch.empty(splits, m, n, dtype=x.dtype if splits == 1 else torch.float32, device=x.device)
     grid = (triton.cdiv(n, config.block_n), splits, triton.cdiv(m, config.block_m))
     _decode_kernel[grid](
         x, stored, scale, out, m, n, k, x.stride(0), stored.stride(0), scale.stride(0), out.stride(0), out.stride(1),
         blocks_per_split, **common,
     )  # fmt: skip
-    return out[0] if splits == 1 else out.sum(0).to(x.dtype)
+    if splits == 1:
+        return out[0]
+    summed = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    _sum_splits_kernel[(triton.cdiv(m * n, SPLIT_SUM_BLOCK),)](
+        out, summed, m * n, splits, out.stride(0), BLOCK=SPLIT_SUM_BLOCK, num_warps=SPLIT_SUM_WARPS
+    )
+    return summed
