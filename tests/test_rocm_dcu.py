@@ -1,16 +1,34 @@
-"""The rocm_dcu backend's own logic, without a GPU: arch-name parsing, AMD vs Hygon, attention and Triton choices."""
+"""The rocm_dcu backend's own logic, without a GPU: arch-name parsing, AMD vs Hygon, attention and Triton choices,
+and which architectures the Triton kernels compile for (``torch.cuda`` stood in for)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import glm_engine.backends.rocm_dcu.ops as rocm_ops
+import glm_engine.backends.torch_cuda.backend as torch_cuda_backend
+from glm_engine.backends.base import Verdict
 from glm_engine.backends.registry import get_backend
-from glm_engine.backends.rocm_dcu.arch import Vendor, base_arch, classify, describe, has_fused_sdpa
-from glm_engine.backends.rocm_dcu.ops import RocmOps, rocm_policy
+from glm_engine.backends.rocm_dcu import RocmDcuBackend
+from glm_engine.backends.rocm_dcu.arch import (
+    Vendor,
+    base_arch,
+    classify,
+    describe,
+    has_fused_sdpa,
+    parse_version,
+    triton_target,
+)
+from glm_engine.backends.rocm_dcu.ops import RocmOps, rocm_policy, rocm_triton_verdict
 from glm_engine.backends.torch_cuda.attention import AttentionPath
+from glm_engine.kernels.triton import triton_verdict
 from glm_engine.kernels.triton.configs import choose_decode_attention_config
 from glm_engine.ops.interface import Op
+from glm_engine.ops.torch_ops import DequantizingLinear
+from glm_engine.quant.weight import QuantizedWeight
 
 
 @pytest.mark.parametrize(
@@ -85,3 +103,94 @@ def test_backends_listing_shows_free_of_total_memory():
 
     assert _memory({"memory_bytes": 80 * 2**30, "free_memory_bytes": 60 * 2**30}) == "60.0 / 80.0 GiB free"
     assert _memory({"memory_bytes": 80 * 2**30, "free_memory_bytes": None}) == "80.0 GiB"
+
+
+# --- which architectures the Triton kernels compile for (issue 19, ROCm 1) ---
+
+
+@pytest.mark.parametrize(
+    ("arch", "name", "version", "hcu", "ok", "says"),
+    [
+        ("gfx90a:sramecc+:xnack-", "AMD Instinct MI250X", "3.1.0", False, True, "targets"),
+        ("gfx942", "AMD Instinct MI300X", "3.3.1+gitabcdef", False, True, "targets"),
+        ("gfx1100", "Radeon RX 7900 XTX", "3.2.0", False, True, "targets"),
+        ("gfx906:sramecc-:xnack-", "AMD Radeon Instinct MI60", "3.7.1", False, False, "3.8 or newer"),
+        ("gfx906", "AMD Instinct MI50", "3.8.0", False, True, "targets"),
+        ("gfx906", "DCU Z100L", "3.9.0", False, False, "Hygon's DTK"),
+        ("gfx928", "DCU K100_AI", "3.0.0", False, False, "Hygon's DTK"),
+        ("gfx928", "DCU K100_AI", "3.0.0", True, True, "hcu backend"),
+        ("gfx803", "Radeon RX 580", "3.9.0", False, False, "does not target"),
+        ("gfx1030", "Radeon RX 6800 XT", "3.9.0", False, False, "does not target"),
+    ],
+)
+def test_triton_target_per_architecture(arch, name, version, hcu, ok, says):
+    got, why = triton_target(arch, name, version, hcu)
+    assert got is ok and says in why
+
+
+def test_triton_versions_parse_to_major_minor():
+    assert parse_version("3.8.0") == (3, 8) and parse_version("3.10.1+rocm6.2") == (3, 10)
+    assert parse_version("pytorch-triton") == (0, 0)
+
+
+@pytest.fixture
+def triton_present(monkeypatch):
+    """triton imports here as ``version``, with or without Hygon's backend: set by the returned function."""
+
+    def present(version: str, hcu: bool = False) -> None:
+        monkeypatch.setattr(rocm_ops, "triton_verdict", lambda: (True, "triton available"))
+        monkeypatch.setattr(torch_cuda_backend, "triton_verdict", lambda: (True, "triton available"))
+        monkeypatch.setattr(rocm_ops, "installed_triton_version", lambda: version)
+        monkeypatch.setattr(rocm_ops, "hygon_triton_backend", lambda: hcu)
+
+    return present
+
+
+def test_an_arch_triton_does_not_target_falls_back_with_the_reason(monkeypatch, triton_present):
+    """gfx906 with Triton 3.7: decode attention takes the prefill path and quantized weights are dequantized per
+    product, each saying why, instead of the first decode step failing to compile."""
+    triton_present("3.7.1")
+    monkeypatch.setattr(rocm_ops, "device_arch", lambda device: ("gfx906:sramecc-:xnack-", "AMD Instinct MI50"))
+    assert not rocm_triton_verdict("gfx906", "AMD Instinct MI50")
+    ops = RocmOps(torch.device("cpu"), torch.float16)
+    path, why = ops.policy.choose(1, 128, torch.float16)
+    assert path is AttentionPath.REFERENCE and "Triton 3.8 or newer" in why
+    weight = QuantizedWeight.quantize(torch.randn(16, 64), 8, None)
+    assert isinstance(ops.prepare_quantized(weight), DequantizingLinear)
+    assert "dequantize per product" in ops.quant_path["int8-rowwise"] and "gfx906" in ops.quant_path["int8-rowwise"]
+
+
+@pytest.mark.skipif(not triton_verdict()[0], reason=f"needs triton: {triton_verdict()[1]}")
+def test_an_arch_triton_targets_keeps_the_triton_paths(monkeypatch, triton_present):
+    triton_present("3.8.0")
+    monkeypatch.setattr(rocm_ops, "device_arch", lambda device: ("gfx906", "AMD Instinct MI50"))
+    ops = RocmOps(torch.device("cpu"), torch.float16)
+    assert ops.policy.choose(1, 128, torch.float16)[0] is AttentionPath.TRITON_DECODE
+    weight = QuantizedWeight.quantize(torch.randn(16, 64), 8, None)
+    assert not isinstance(ops.prepare_quantized(weight), DequantizingLinear)
+    assert ops.quant_path["int8-rowwise"] == "fused Triton dequant-GEMM"
+
+
+def test_without_a_hip_device_only_the_import_is_checked(triton_present):
+    triton_present("3.0.0")
+    assert rocm_triton_verdict("", "")  # CPU tensors under the interpreter: no architecture to check
+
+
+def hip_devices(monkeypatch, *devices: tuple[str, str]) -> RocmDcuBackend:
+    """A rocm_dcu backend that sees ``devices`` (gcnArchName, name), as on a HIP build with those GPUs."""
+    props = [SimpleNamespace(gcnArchName=arch, name=name, multi_processor_count=60) for arch, name in devices]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(props))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i if isinstance(i, int) else 0])
+    backend = RocmDcuBackend()
+    backend.availability = lambda: Verdict(True, "stood in")
+    return backend
+
+
+def test_supports_says_when_quantized_linears_are_dequantized_for_the_arch(monkeypatch, triton_present):
+    triton_present("3.7.1")
+    backend = hip_devices(monkeypatch, ("gfx906", "AMD Instinct MI50"))
+    note = backend.supports(Op.LINEAR, torch.float16, "int4-groupwise").reason
+    assert note.startswith("dequantized to torch.float16 per product") and "gfx906" in note
+    triton_present("3.1.0")
+    backend = hip_devices(monkeypatch, ("gfx942", "AMD Instinct MI300X"))
+    assert "fused Triton" in backend.supports(Op.LINEAR, torch.float16, "int4-groupwise").reason

@@ -20,6 +20,14 @@ table, from public sources (checked 2025):
   gfx942 (pytorch/pytorch#141958: "flash attention backend via AOTriton for gfx90a and gfx942, but not gfx908"),
   and gfx950 since AOTriton 0.9.2b/0.10b (ROCm/pytorch#2074, pytorch/pytorch#156499). DTK builds for DCUs ship
   their own attention libraries whose coverage we cannot verify, so DCUs take the math path.
+- Triton targets (``triton_target``): upstream Triton's AMD backend names the ISA families it compiles for
+  (``TargetFeatures::getISAFamily``): CDNA1-4 (gfx908, gfx90a, gfx942, gfx950), RDNA3/RDNA4 (gfx11xx, gfx12xx), and
+  gfx906 only since Triton 3.8.0 (triton-lang/triton#9628, "[AMD] Add GCN5.1 / gfx906 target"; its dots are
+  FMA-lowered, no MFMA). RDNA1/RDNA2 have a family name there too, but AMD's Triton team does not support them
+  (ROCm/triton#904), so they are not assumed. Anything else, Hygon's gfx92x/gfx93x included, is an unknown target to
+  upstream Triton. Hygon's own Triton build carries a separate ``hcu`` compiler backend (as published in FlagTree's
+  ``third_party/hcu``, which maps gfx928 and gfx936 to its CDNA2 family), so a DCU runs the kernels only when that
+  backend is installed.
 """
 
 from __future__ import annotations
@@ -61,6 +69,17 @@ HYGON_GFX906 = ArchFacts(Vendor.HYGON_DCU, "Z100 family")
 
 # Archs whose ROCm torch ships SDPA fused kernels (AOTriton); see the module docstring for sources.
 FUSED_SDPA_ARCHES = frozenset({"gfx90a", "gfx942", "gfx950"})
+
+# Archs upstream Triton's AMD backend compiles for, with the first Triton release that does (None: any release this
+# project supports). RDNA3/RDNA4 parts are matched by prefix below.
+TRITON_ARCHES: dict[str, tuple[int, int] | None] = {
+    "gfx906": (3, 8),
+    "gfx908": None,
+    "gfx90a": None,
+    "gfx942": None,
+    "gfx950": None,
+}
+TRITON_RDNA_PREFIXES = ("gfx11", "gfx12")
 
 _GFX = re.compile(r"^(gfx[0-9a-f]+)", re.IGNORECASE)
 
@@ -107,3 +126,34 @@ def has_fused_sdpa(gcn_arch_name: str, device_name: str = "") -> bool:
     if classify(gcn_arch_name, device_name).vendor is Vendor.HYGON_DCU:
         return False
     return base_arch(gcn_arch_name) in FUSED_SDPA_ARCHES
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    """``"3.8.0+git1234"`` -> ``(3, 8)``; ``(0, 0)`` when the string does not start with two numbers."""
+    match = re.match(r"^(\d+)\.(\d+)", version.strip())
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def triton_target(gcn_arch_name: str, device_name: str, triton_version: str, hygon_backend: bool) -> tuple[bool, str]:
+    """``(ok, reason)``: whether the installed Triton compiles kernels for this device.
+
+    ``triton_version`` is ``triton.__version__``; ``hygon_backend`` says whether Triton has Hygon's ``hcu`` compiler
+    backend. The reason says what to do when it does not (see the module docstring for the facts)."""
+    where = describe(gcn_arch_name, device_name)
+    arch = base_arch(gcn_arch_name)
+    if classify(gcn_arch_name, device_name).vendor is Vendor.HYGON_DCU:
+        if hygon_backend:
+            return True, f"Triton with Hygon's hcu backend compiles for {where}"
+        return False, (
+            f"this Triton has no Hygon hcu backend, and upstream Triton is not known to run on {where}; install the "
+            "Triton build from Hygon's DTK to use the Triton kernels"
+        )
+    if arch in TRITON_ARCHES or arch.startswith(TRITON_RDNA_PREFIXES):
+        needed = TRITON_ARCHES.get(arch)
+        if needed is not None and parse_version(triton_version) < needed:
+            return False, (
+                f"Triton {triton_version} does not target {where}; Triton {needed[0]}.{needed[1]} or newer does "
+                "(triton-lang/triton#9628)"
+            )
+        return True, f"Triton {triton_version} targets {where}"
+    return False, f"Triton's AMD backend does not target {where}"

@@ -4,7 +4,8 @@ A ROCm build of torch (AMD) or a DTK build (Hygon DCU) exposes its GPUs through 
 ``torch.version.hip`` set; collectives go through RCCL under the ``nccl`` process-group name. Devices, dtypes and the
 op table come from the shared ``torch.cuda`` base (``backends/torch_cuda/``); this class answers its vendor
 questions: which vendor and family each device is comes from its gfx architecture name (:mod:`.arch`), which also
-decides the op table's attention path (:mod:`.ops`); the driver version is the ROCm amdgpu module's.
+decides whether the Triton kernels compile for the device and the op table's attention path (:mod:`.ops`); the
+driver version is the ROCm amdgpu module's.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import torch
 
 from glm_engine.backends.base import Verdict
 from glm_engine.backends.rocm_dcu.arch import base_arch, describe
-from glm_engine.backends.rocm_dcu.ops import RocmOps
+from glm_engine.backends.rocm_dcu.ops import RocmOps, rocm_triton_verdict
 from glm_engine.backends.torch_cuda.backend import TorchCudaBackend
+from glm_engine.ops.interface import Op
+from glm_engine.quant.formats import QuantFormat
 
 AMDGPU_DRIVER_FILE = Path("/sys/module/amdgpu/version")  # set by the out-of-tree (ROCm) amdgpu module only
 
@@ -67,3 +70,17 @@ class RocmDcuBackend(TorchCudaBackend):
 
     def runtime_version(self) -> str:
         return f"HIP {torch.version.hip}"
+
+    def device_archs(self) -> list[tuple[str, str]]:
+        """``(gcnArchName, name)`` of every visible device (asked only once the backend is available)."""
+        props = (torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count()))
+        return [(getattr(p, "gcnArchName", ""), p.name) for p in props]
+
+    def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
+        """The shared note, except that quantized linears on an arch Triton does not compile for are dequantized per
+        product, and say why."""
+        if op is Op.LINEAR and quant_format is not None and self.availability():
+            verdict = rocm_triton_verdict(*self.device_archs()[0])
+            if not verdict:
+                return f"dequantized to {dtype} per product ({verdict.reason})"
+        return super().support_note(op, dtype, quant_format)
