@@ -1,5 +1,5 @@
 """The rocm_dcu backend's own logic, without a GPU: arch-name parsing, AMD vs Hygon, attention and Triton choices,
-and which architectures the Triton kernels compile for (``torch.cuda`` stood in for)."""
+which architectures the Triton kernels compile for and which compute in bf16 (``torch.cuda`` stood in for)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from glm_engine.backends.rocm_dcu import RocmDcuBackend
 from glm_engine.backends.rocm_dcu.arch import (
     Vendor,
     base_arch,
+    bf16_reason,
     classify,
     describe,
+    has_bf16,
     has_fused_sdpa,
     parse_version,
     triton_target,
@@ -194,3 +196,37 @@ def test_supports_says_when_quantized_linears_are_dequantized_for_the_arch(monke
     triton_present("3.1.0")
     backend = hip_devices(monkeypatch, ("gfx942", "AMD Instinct MI300X"))
     assert "fused Triton" in backend.supports(Op.LINEAR, torch.float16, "int4-groupwise").reason
+
+
+# --- bf16 from the architecture (issue 19, ROCm 2) ---
+
+
+@pytest.mark.parametrize(
+    ("arch", "name", "bf16"),
+    [
+        ("gfx906:sramecc-:xnack-", "AMD Radeon Instinct MI60", False),
+        ("gfx906", "DCU Z100L", False),
+        ("gfx908", "AMD Instinct MI100", True),
+        ("gfx90a:sramecc+:xnack-", "AMD Instinct MI250X", True),
+        ("gfx942", "AMD Instinct MI300X", True),
+        ("gfx950", "AMD Instinct MI355X", True),
+        ("gfx1100", "Radeon RX 7900 XTX", True),
+        ("gfx1201", "Radeon RX 9070 XT", True),
+        ("gfx1030", "Radeon RX 6800 XT", False),
+        ("gfx928", "DCU K100_AI", False),  # no public source confirms it
+    ],
+)
+def test_bf16_by_architecture(arch, name, bf16):
+    assert has_bf16(arch, name) is bf16
+    assert (bf16_reason(arch, name) == "") is bf16
+
+
+def test_bf16_is_offered_only_when_every_device_has_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what every HIP build says
+    mi300 = hip_devices(monkeypatch, ("gfx942", "AMD Instinct MI300X"), ("gfx90a", "AMD Instinct MI250X"))
+    assert torch.bfloat16 in mi300.supported_dtypes() and mi300.supports(Op.LINEAR, torch.bfloat16)
+    mixed = hip_devices(monkeypatch, ("gfx90a", "AMD Instinct MI250X"), ("gfx906", "AMD Instinct MI50"))
+    assert mixed.supported_dtypes() == (torch.float16, torch.float32)
+    verdict = mixed.supports(Op.LINEAR, torch.bfloat16)
+    assert not verdict and "gfx906" in verdict.reason and "use fp16" in verdict.reason
+    assert mixed.supports(Op.LINEAR, torch.float16)

@@ -20,6 +20,11 @@ table, from public sources (checked 2025):
   gfx942 (pytorch/pytorch#141958: "flash attention backend via AOTriton for gfx90a and gfx942, but not gfx908"),
   and gfx950 since AOTriton 0.9.2b/0.10b (ROCm/pytorch#2074, pytorch/pytorch#156499). DTK builds for DCUs ship
   their own attention libraries whose coverage we cannot verify, so DCUs take the math path.
+- bf16 arithmetic (``BF16_ARCHES``): the ROCm "Data types and precision support" page lists bfloat16 on the compute
+  units and matrix cores of MI100, MI200 and MI300 (gfx908, gfx90a, gfx94x) and MI350 (gfx950); rocWMMA's supported
+  architectures add bf16 WMMA on RDNA3 (gfx11xx) and RDNA4 (gfx12xx). gfx906 (MI50/MI60, Z100) has no bf16
+  instructions at all, yet ``torch.cuda.is_bf16_supported()`` is True on every HIP build, so the arch decides. No
+  public source we found states bf16 arithmetic for a Hygon DCU, so none is offered bf16.
 - Triton targets (``triton_target``): upstream Triton's AMD backend names the ISA families it compiles for
   (``TargetFeatures::getISAFamily``): CDNA1-4 (gfx908, gfx90a, gfx942, gfx950), RDNA3/RDNA4 (gfx11xx, gfx12xx), and
   gfx906 only since Triton 3.8.0 (triton-lang/triton#9628, "[AMD] Add GCN5.1 / gfx906 target"; its dots are
@@ -69,6 +74,10 @@ HYGON_GFX906 = ArchFacts(Vendor.HYGON_DCU, "Z100 family")
 
 # Archs whose ROCm torch ships SDPA fused kernels (AOTriton); see the module docstring for sources.
 FUSED_SDPA_ARCHES = frozenset({"gfx90a", "gfx942", "gfx950"})
+
+# Archs with bf16 arithmetic; see the module docstring. RDNA3/RDNA4 are matched by prefix below.
+BF16_ARCHES = frozenset({"gfx908", "gfx90a", "gfx940", "gfx941", "gfx942", "gfx950"})
+BF16_PREFIXES = ("gfx11", "gfx12")
 
 # Archs upstream Triton's AMD backend compiles for, with the first Triton release that does (None: any release this
 # project supports). RDNA3/RDNA4 parts are matched by prefix below.
@@ -126,6 +135,24 @@ def has_fused_sdpa(gcn_arch_name: str, device_name: str = "") -> bool:
     if classify(gcn_arch_name, device_name).vendor is Vendor.HYGON_DCU:
         return False
     return base_arch(gcn_arch_name) in FUSED_SDPA_ARCHES
+
+
+def has_bf16(gcn_arch_name: str, device_name: str = "") -> bool:
+    """Whether the device computes in bf16 (instructions for it, not emulation through fp32)."""
+    if classify(gcn_arch_name, device_name).vendor is Vendor.HYGON_DCU:
+        return False
+    arch = base_arch(gcn_arch_name)
+    return arch in BF16_ARCHES or arch.startswith(BF16_PREFIXES)
+
+
+def bf16_reason(gcn_arch_name: str, device_name: str = "") -> str:
+    """Why a device gets no bf16, in words a user can act on ("" when it has bf16)."""
+    if has_bf16(gcn_arch_name, device_name):
+        return ""
+    where = describe(gcn_arch_name, device_name)
+    if classify(gcn_arch_name, device_name).vendor is Vendor.HYGON_DCU:
+        return f"{where}: no public source confirms bf16 arithmetic on Hygon DCUs; use fp16"
+    return f"{where} has no bf16 arithmetic (bf16 needs gfx908/gfx90a/gfx94x/gfx950 or RDNA3+); use fp16"
 
 
 def parse_version(version: str) -> tuple[int, int]:

@@ -4,7 +4,8 @@ A ROCm build of torch (AMD) or a DTK build (Hygon DCU) exposes its GPUs through 
 ``torch.version.hip`` set; collectives go through RCCL under the ``nccl`` process-group name. Devices, dtypes and the
 op table come from the shared ``torch.cuda`` base (``backends/torch_cuda/``); this class answers its vendor
 questions: which vendor and family each device is comes from its gfx architecture name (:mod:`.arch`), which also
-decides whether the Triton kernels compile for the device and the op table's attention path (:mod:`.ops`); the
+decides bf16 (``torch.cuda.is_bf16_supported()`` is True on every HIP build, gfx906 included, which has no bf16
+arithmetic), whether the Triton kernels compile for the device and the op table's attention path (:mod:`.ops`); the
 driver version is the ROCm amdgpu module's.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from glm_engine.backends.base import Verdict
-from glm_engine.backends.rocm_dcu.arch import base_arch, describe
+from glm_engine.backends.rocm_dcu.arch import base_arch, bf16_reason, describe
 from glm_engine.backends.rocm_dcu.ops import RocmOps, rocm_triton_verdict
 from glm_engine.backends.torch_cuda.backend import TorchCudaBackend
 from glm_engine.ops.interface import Op
@@ -75,6 +76,20 @@ class RocmDcuBackend(TorchCudaBackend):
         """``(gcnArchName, name)`` of every visible device (asked only once the backend is available)."""
         props = (torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count()))
         return [(getattr(p, "gcnArchName", ""), p.name) for p in props]
+
+    def bf16_verdict(self) -> Verdict:
+        """bf16 where every visible device has bf16 arithmetic by its architecture (``arch.has_bf16``)."""
+        refused = [why for arch, name in self.device_archs() if (why := bf16_reason(arch, name))]
+        return Verdict(not refused, "; ".join(dict.fromkeys(refused)))
+
+    def bf16_supported(self) -> bool:
+        return bool(self.bf16_verdict())
+
+    def supports(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | str | None = None) -> Verdict:
+        """The shared answer, except that a refused bf16 says which device lacks it and to use fp16."""
+        if dtype == torch.bfloat16 and self.availability() and not (verdict := self.bf16_verdict()):
+            return Verdict(False, f"{self.name} does not compute in bf16: {verdict.reason}")
+        return super().supports(op, dtype, quant_format)
 
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
         """The shared note, except that quantized linears on an arch Triton does not compile for are dequantized per
