@@ -33,6 +33,9 @@ table, from public sources (checked 2025):
   upstream Triton. Hygon's own Triton build carries a separate ``hcu`` compiler backend (as published in FlagTree's
   ``third_party/hcu``, which maps gfx928 and gfx936 to its CDNA2 family), so a DCU runs the kernels only when that
   backend is installed.
+- LDS per workgroup (``lds_bytes``): 64 KiB on MI50, MI100, MI200 and MI300, 160 KiB on MI350 (AMD's "GPU
+  specifications" table); 64 KiB is the most one RDNA workgroup may allocate and is assumed for Hygon's gfx9-derived
+  DCUs (no public figure found).
 """
 
 from __future__ import annotations
@@ -89,6 +92,10 @@ TRITON_ARCHES: dict[str, tuple[int, int] | None] = {
     "gfx950": None,
 }
 TRITON_RDNA_PREFIXES = ("gfx11", "gfx12")
+
+KIB = 1024
+LDS_BYTES = {"gfx950": 160 * KIB}  # every other arch: DEFAULT_LDS_BYTES
+DEFAULT_LDS_BYTES = 64 * KIB
 
 _GFX = re.compile(r"^(gfx[0-9a-f]+)", re.IGNORECASE)
 
@@ -184,3 +191,8 @@ def triton_target(gcn_arch_name: str, device_name: str, triton_version: str, hyg
             )
         return True, f"Triton {triton_version} targets {where}"
     return False, f"Triton's AMD backend does not target {where}"
+
+
+def lds_bytes(gcn_arch_name: str) -> int:
+    """Local data share (shared memory) one workgroup may use on this arch."""
+    return LDS_BYTES.get(base_arch(gcn_arch_name), DEFAULT_LDS_BYTES)

@@ -64,11 +64,16 @@ _DECODE = {
     ("hip", 8): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=128, num_warps=4, num_stages=2),
     ("hip", 4): KernelConfig(Variant.DECODE, block_m=1, block_n=64, block_k=256, num_warps=4, num_stages=2),
 }
+# HIP prefill takes BLOCK_K = 32: at 64, two stages of fp16 A and int8 B plus the dequantized B operand fill the whole
+# 64 KiB LDS of MI200/MI300 (shared_memory_bytes), which leaves the compiler nothing for its own scratch and caps
+# occupancy at one program per CU. At 32 it is half that, and tests/test_rocm_configs.py holds every HIP tile to
+# LDS_BUDGET of its arch's LDS.
 _PREFILL = {
     "cuda": KernelConfig(Variant.PREFILL, block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
-    "hip": KernelConfig(Variant.PREFILL, block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=2),
+    "hip": KernelConfig(Variant.PREFILL, block_m=128, block_n=128, block_k=32, num_warps=8, num_stages=2),
 }
 _PREFILL_SMALL_M = 64  # up to this many rows, 64-row tiles waste less of the tensor-core work
+LDS_BUDGET = 0.75  # share of an AMD arch's LDS a HIP tile may plan for; the rest is the compiler's scratch
 
 
 def next_power_of_2(n: int) -> int:
@@ -153,6 +158,27 @@ def decode_values_per_thread(config: KernelConfig, bits: int, warp_size: int = 3
     weight = config.block_n * config.block_k
     product = weight // (2 if bits == 4 else 1)
     return math.ceil((weight + product + 2 * config.block_m * config.block_n) / threads)
+
+
+def shared_memory_bytes(config: KernelConfig, bits: int, activation_bytes: int = 2) -> int:
+    """Shared memory (LDS on AMD) one program of ``config`` needs, estimated from tile sizes, stages and dtypes.
+
+    Prefill: ``num_stages`` buffers of the activation tile (``BLOCK_M x BLOCK_K``) and of the stored weight tile
+    (``BLOCK_K x BLOCK_N`` bytes, INT4 half that), plus the weight tile dequantized to the activation dtype, which
+    reaches ``tl.dot`` through shared memory as an operand layout; the epilogue's ``BLOCK_M x BLOCK_N`` output tile
+    in the activation dtype (a layout conversion before the store) reuses that space, so the larger of the two
+    counts. Decode (no ``tl.dot``): ``num_stages`` buffers of its weight and activation tiles, if the pipeliner staged
+    them, and the ``[BLOCK_M, BLOCK_N]`` fp32 partial sums of its cross-thread reductions. A buffer per stage is the
+    most a software pipeliner keeps in shared memory (AMD's stream pipeliner stages only ``tl.dot`` operands there
+    and the rest in registers, triton-lang/triton#4148), so this is an upper bound, which a budget check wants.
+    """
+    weight_bytes = config.block_k * config.block_n // (2 if bits == 4 else 1)
+    activations = config.block_m * config.block_k * activation_bytes
+    if config.variant is Variant.PREFILL:
+        operand = config.block_k * config.block_n * activation_bytes
+        loop = config.num_stages * (activations + weight_bytes) + operand
+        return max(loop, config.block_m * config.block_n * activation_bytes)
+    return config.num_stages * (activations + weight_bytes) + config.block_m * config.block_n * 4
 
 
 # --- decode attention (``decode_attention.py``): one query row per (batch, head), keys split across programs ---
