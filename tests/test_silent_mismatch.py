@@ -76,3 +76,18 @@ def test_the_released_shapes_fix_the_head_count(fingerprint, hidden, layers, nam
     check_head_count(fingerprint, {}, hidden, layers, fingerprint.releases[(hidden, layers)][1], "ok")
     with pytest.raises(ConfigError, match=f"is {name}, which has"):
         check_head_count(fingerprint, {}, hidden, layers, 64, "folder")
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_native_heads_that_contradict_the_converted_head_count_are_refused(tmp_path, small_config, sharded):
+    """No rotary buffer and no released shape to compare with: the head count written with the weights decides."""
+    state = glm_weights.random_state_dict(small_config, seed=2, dtype=torch.float16)
+    save_native(tmp_path / "n", small_config, state, max_shard_bytes=1 << 14 if sharded else 1 << 40)
+    assert (tmp_path / "n" / "model.safetensors.index.json").is_file() == sharded
+    config = json.loads((tmp_path / "n" / "config.json").read_text())
+    heads = small_config.num_attention_heads
+    (tmp_path / "n" / "config.json").write_text(json.dumps({**config, "num_attention_heads": heads * 2}))
+    with pytest.raises(ConfigError, match=rf"says num_attention_heads {heads * 2}.* converted for {heads} heads"):
+        glm_engine.load(tmp_path / "n", tokenizer=False)
+    (tmp_path / "n" / "config.json").write_text(json.dumps(config))
+    assert glm_engine.load(tmp_path / "n", tokenizer=False) is not None

@@ -21,6 +21,7 @@ from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.checkpoint.layout import TensorInfo
 from glm_engine.errors import CheckpointError
 from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
+from glm_engine.model.head_fingerprint import HEADS_METADATA_KEY
 
 WEIGHTS_FILE_NAME = "model.safetensors"
 INDEX_FILE_NAME = "model.safetensors.index.json"
@@ -79,6 +80,10 @@ class LazySafetensors(Mapping[str, torch.Tensor]):
                 raise CheckpointError(f"cannot read {path}: {exc}") from None
         return self._open[1]
 
+    def file_metadata(self, path: Path) -> dict[str, str]:
+        """The ``__metadata__`` strings of one of the files (what ``write_native`` stored there)."""
+        return dict(self._handle(path).metadata() or {})
+
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._file_of:
             raise KeyError(key)
@@ -102,10 +107,12 @@ class LazySafetensors(Mapping[str, torch.Tensor]):
 
 
 def open_native(folder: Path) -> tuple[LazySafetensors, dict[str, str]]:
-    """The weights of a native checkpoint folder and the index's metadata (empty for a single file)."""
+    """The weights of a native checkpoint folder and the metadata written with them (the index's, or the single
+    file's)."""
     index_path = folder / INDEX_FILE_NAME
     if not index_path.is_file():
-        return LazySafetensors(folder / WEIGHTS_FILE_NAME), {}
+        weights = LazySafetensors(folder / WEIGHTS_FILE_NAME)
+        return weights, weights.file_metadata(folder / WEIGHTS_FILE_NAME)
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
         weight_map = {str(k): folder / str(v) for k, v in index["weight_map"].items()}
@@ -145,7 +152,8 @@ def write_native(
     written: list[tuple[Path, list[str]]] = []
     pending: dict[str, torch.Tensor] = {}
     pending_bytes = 0
-    file_metadata = {"format": "pt", **(metadata or {})}
+    # the head count is the one shape-preserving config field a wrong value of goes unnoticed: kept with the weights
+    file_metadata = {"format": "pt", HEADS_METADATA_KEY: str(config.num_attention_heads), **(metadata or {})}
 
     def flush() -> None:
         nonlocal pending, pending_bytes

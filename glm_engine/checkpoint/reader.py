@@ -21,6 +21,7 @@ from glm_engine.checkpoint import hf, layout, native, sat
 from glm_engine.errors import CheckpointError
 from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.model.glm130b.weights import is_quantized_key, parameter_shapes, split_of
+from glm_engine.model.head_fingerprint import check_stored_head_count
 from glm_engine.model.weights import ReadRequest
 from glm_engine.parallel.degree import check_tp_degree
 from glm_engine.parallel.sharding import ShardBuilder, Split
@@ -250,11 +251,12 @@ def open_checkpoint(path: str | Path, config: GLMConfig | None = None) -> Checkp
 
 def _open_native(path: Path, config: GLMConfig | None) -> Checkpoint:
     config = config or native.read_native_config(path)
-    weights, _ = native.open_native(path)
+    weights, metadata = native.open_native(path)
     infos = weights.infos()
     bits = layout.detect_quantization(infos, config, 1, str(path))
     group_size = layout.detect_group_size(infos, config, 1) if bits else None
     unused = layout.validate(infos, config, 1, bits, str(path), group_size)
+    check_stored_head_count(metadata, config.num_attention_heads, str(path))
     files = sorted({weights.file_of(k) for k in weights})
     return Checkpoint(path, "native", config, 1, bits, files, [infos], unused)
 

@@ -1,7 +1,8 @@
 """A wrong ``num_attention_heads`` where the head size is derived (``hidden_size / heads``: GLM-130B, ChatGLM-6B)
-keeps every weight's shape, so the model loads and generates garbage. Two fingerprints catch it: the rotary
-``inv_freq`` buffers such checkpoints store (their length follows the head size) and the published shapes of the
-released models (docs/checkpoints.md#what-loading-checks)."""
+keeps every weight's shape, so the model loads and generates garbage. Three fingerprints catch it: the rotary
+``inv_freq`` buffers such checkpoints store (their length follows the head size), the head count ``convert`` writes
+into a native checkpoint's metadata, and the published shapes of the released models
+(docs/checkpoints.md#what-loading-checks)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from glm_engine.errors import ConfigError
+
+HEADS_METADATA_KEY = "num_attention_heads"  # in a native checkpoint's safetensors/index metadata
 
 
 @dataclass(frozen=True)
@@ -43,4 +46,14 @@ def check_head_count(
         raise ConfigError(
             f"{source}: hidden size {hidden} with {layers} layers is {name}, which has {expected} attention heads, "
             f"but the config says {heads}; fix num_attention_heads in config.json"
+        )
+
+
+def check_stored_head_count(metadata: Mapping[str, str], heads: int, source: str) -> None:
+    """A ConfigError when the head count ``convert`` stored with the weights differs from the config's."""
+    stored = metadata.get(HEADS_METADATA_KEY)
+    if stored is not None and stored.isdigit() and int(stored) != heads:
+        raise ConfigError(
+            f"{source}: the config says num_attention_heads {heads}, but these weights were converted for "
+            f"{stored} heads (recorded in their metadata); fix num_attention_heads in config.json or --config"
         )
