@@ -23,6 +23,7 @@ import torch
 ALL_TOKENS = 2147483647
 GIB = 2**30
 MAX_GROUP_RATIO = 64  # num_heads / num_key_value_heads <= 64 (prompt, incremental and fused-infer pages)
+MAX_KN = 65535  # npu_weight_quant_batchmatmul: K and N in [1, 65535]
 
 
 class _NpuDeviceModule:
@@ -366,6 +367,12 @@ class TorchNpuDouble:
             values = weight
         k, n = values.shape
         assert x.shape[1] == k, "The k of x and weight should be equal"
+        # The page's constraints: "K、N的范围为[1, 65535]"; M in [1, 2^31-1] for a non-transposed x, [1, 65535] for a
+        # transposed one (op-plugin docs/context/torch_npu-npu_weight_quant_batchmatmul.md, 约束说明).
+        assert 1 <= k <= MAX_KN and 1 <= n <= MAX_KN, f"K={k}, N={n}: the op takes K and N in [1, {MAX_KN}]"
+        max_m = MAX_KN if x.stride(0) == 1 and x.shape[0] > 1 else 2**31 - 1
+        assert 1 <= x.shape[0] <= max_m, f"M={x.shape[0]} is out of the documented range"
+        self.calls.append(("npu_weight_quant_batchmatmul", {"weight": weight, "m": x.shape[0], "k": k, "n": n}))
         assert antiquant_group_size == 0 or (32 <= antiquant_group_size <= k - 1 and antiquant_group_size % 32 == 0)
         groups = 1 if antiquant_group_size == 0 else -(-k // antiquant_group_size)
         assert tuple(antiquant_scale.shape) == (groups, n)

@@ -8,6 +8,8 @@ skips with the reason where no NPU is.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 from bounds import max_nmse, nmse
@@ -15,9 +17,12 @@ from npu_double import TorchNpuDouble
 
 from glm_engine.backends.ascend.ops import AscendOps
 from glm_engine.backends.ascend.quant import (
+    MAX_KN,
+    MAX_N_PER_CALL,
     NpuQuantLinear,
     antiquant_group_size,
     antiquant_scale,
+    column_blocks,
     int4_values,
     int8_weight,
     unsupported_reason,
@@ -85,6 +90,53 @@ def test_what_the_npu_op_cannot_run_falls_back_with_the_reason():
     assert "multiple of 8" in unsupported_reason(quantized(8, 36, 4, None), torch.float16)
     with pytest.raises(BackendError, match=r"prepared for torch\.float16"):
         NpuQuantLinear(quantized(8, 64, 8, None), torch.float16, TorchNpuDouble())(torch.zeros(1, 64))
+
+
+@pytest.mark.parametrize(
+    ("n", "widths"),
+    [
+        (65535, [65535]),  # at the documented limit: one call
+        (65536, [32768, 32768]),  # GLM-130B's TP=1 dense_h_to_4h
+        (130528, [65280, 65248]),  # a quantized GLM-4 output projection (--quant-output)
+        (150528, [50176, 50176, 50176]),  # a quantized GLM-130B output projection
+    ],
+)
+def test_columns_beyond_the_ops_n_limit_are_split_into_aligned_blocks(n, widths):
+    blocks = column_blocks(n)
+    assert [b - a for a, b in blocks] == widths
+    assert blocks[0][0] == 0 and blocks[-1][1] == n and all(x[1] == y[0] for x, y in pairwise(blocks))
+    assert all(b - a <= (MAX_KN if len(blocks) == 1 else MAX_N_PER_CALL) for a, b in blocks)
+    assert all((b - a) % 64 == 0 for a, b in blocks[:-1])
+
+
+@pytest.mark.parametrize(("bits", "group_size"), [(8, None), (4, 32)])
+def test_a_weight_wider_than_the_ops_n_limit_runs_in_column_blocks(bits, group_size):
+    """N = 65600 > 65535: the double refuses it in one call (the documented limit), the table splits it."""
+    npu = TorchNpuDouble()
+    weight = quantized(MAX_KN + 65, 64, bits, group_size, seed=7)
+    wide = quantized(MAX_KN + 65, 64, 8, None, seed=7)
+    with pytest.raises(AssertionError, match="K and N in"):
+        npu.npu_weight_quant_batchmatmul(torch.zeros(1, 64).half(), wide.stored.t(), torch.ones(1, MAX_KN + 65).half())
+    ops = AscendOps(torch.device("cpu"), torch.float16, npu=npu, family=SocFamily.ATLAS_A2)
+    packed = ops.prepare_quantized(weight)
+    assert "split into 2 calls" in ops.quant_path[weight.format.value]
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(8)).half()
+    npu.calls.clear()
+    got = packed(x)
+    calls = [args for name, args in npu.calls if name == "npu_weight_quant_batchmatmul"]
+    assert [(c["n"], c["m"]) for c in calls] == [(32832, 3), (32768, 3)]
+    if bits == 8:  # each block is a view of the stored bytes: no copy of the weight
+        assert calls[1]["weight"].data_ptr() == weight.stored[32832:].data_ptr()
+    assert got.shape == (3, MAX_KN + 65)
+    assert nmse(got, DequantizingLinear(weight)(x.float())) <= max_nmse(f"linear:{weight.format.value}", torch.float16)
+
+
+def test_an_input_wider_than_the_ops_k_limit_is_dequantized_with_the_reason():
+    weight = quantized(4, MAX_KN + 1, 8, None)
+    assert f"K <= {MAX_KN}" in unsupported_reason(weight, torch.float16, SocFamily.ATLAS_A2)
+    ops = AscendOps(torch.device("cpu"), torch.float16, npu=TorchNpuDouble(), family=SocFamily.ATLAS_A2)
+    assert isinstance(ops.prepare_quantized(weight), DequantizingLinear)
+    assert "input width is 65536" in ops.quant_path["int8-rowwise"]
 
 
 def test_ascend_backend_declares_the_formats_and_how_they_run():

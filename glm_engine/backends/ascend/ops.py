@@ -31,7 +31,7 @@ import torch
 
 from glm_engine.backends.ascend.attention import choose_kernel, fused_attention, grouped_kv_reason, shape_reason
 from glm_engine.backends.ascend.fused import npu_rmsnorm, npu_swiglu, rmsnorm_reason, swiglu_reason
-from glm_engine.backends.ascend.quant import NpuQuantLinear, unsupported_reason
+from glm_engine.backends.ascend.quant import NpuQuantLinear, split_note, unsupported_reason
 from glm_engine.backends.ascend.soc import SocFamily, has_bf16
 from glm_engine.ops.interface import PackedLinear, expand_groups
 from glm_engine.ops.torch_ops import DequantizingLinear, TorchOps
@@ -132,5 +132,6 @@ class AscendOps(TorchOps):
         if why:
             self.quant_path[weight.format.value] = f"dequantize per product: {why}"
             return DequantizingLinear(weight.to(self.device))
-        self.quant_path[weight.format.value] = "torch_npu.npu_weight_quant_batchmatmul"
+        how = "torch_npu.npu_weight_quant_batchmatmul" + split_note(weight.out_features)
+        self.quant_path[weight.format.value] = how
         return NpuQuantLinear(weight.to(self.device), self.dtype, self._torch_npu())

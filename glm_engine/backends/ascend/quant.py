@@ -22,10 +22,24 @@ What torch_npu documents, and this module relies on:
   ``test/test_custom_ops/test_npu_convert_weight_to_int4pack.py``) is the reverse of glm-engine's bytes (even column
   in the high nibble), so INT4 weights are unpacked to values and re-packed by torch_npu itself.
 
+- Shape limits (the page's 约束说明, https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/torch_npu-npu_weight_quant_batchmatmul.md,
+  and aclnnWeightQuantBatchMatmulV2's parameter errors in CANN ops-nn): ``x`` and ``weight`` are ``(M, K)`` and
+  ``(K, N)`` with **K and N in [1, 65535]**; M in [1, 2^31 - 1] for a non-transposed ``x`` (ours: rows of a contiguous
+  tensor). GLM-130B's TP=1 ``dense_h_to_4h`` (N = 2 x 32768 = 65536) and a quantized output projection
+  (``--quant-output``, N = the vocabulary, 130528 or 150528) exceed N; no GLM linear exceeds K (the widest input is
+  32768).
+
 So at load: INT8 keeps its stored ``[N, K]`` bytes and passes their transpose; INT4 is unpacked to int32 ``[N, K]``,
 packed by ``npu_convert_weight_to_int4pack`` to ``[N, K / 8]`` and passed transposed; scales ``[N, groups]`` are cast
 to the activation dtype and passed transposed (``(groups, N)``). For bf16 activations the fp16 scales are rounded to
 bf16 (the op takes scales in ``x``'s dtype), a relative change of at most 2^-9 per scale.
+
+A weight wider than 65535 output columns is split along N at load into column blocks of at most
+:data:`MAX_N_PER_CALL` (each a row range of the stored ``[N, K]`` layout, so its transpose is still the documented
+transposed view, no copy), one call each, their outputs concatenated. Splitting N is exact: every output column is the
+same dot product over all of K, only computed by another call (the one extra cost is the concatenation of the
+``[M, N]`` output). A K above 65535 would need the partial sums of several calls added, which rounds the output once
+more in fp16/bf16; that is not split but dequantized per product, with the reason (:func:`unsupported_reason`).
 """
 
 from __future__ import annotations
@@ -42,6 +56,11 @@ from glm_engine.quant.weight import QuantizedWeight
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)  # x dtypes npu_weight_quant_batchmatmul takes
 GROUP_MULTIPLE = 32  # antiquant_group_size: 0 or a multiple of 32 below K (op-plugin's check)
 INT4_PER_INT32 = 8  # npu_convert_weight_to_int4pack: eight INT4 values per int32 word
+MAX_KN = 65535  # npu_weight_quant_batchmatmul: K and N in [1, 65535] (its page's constraints, see the module doc)
+# Column blocks of a split N: the largest multiple of 64 within the limit (64-aligned N is what the op's fast paths
+# name, e.g. the int64-scale and FRACTAL_NZ cases), so a split never leaves a block that breaks an alignment.
+N_ALIGN = 64
+MAX_N_PER_CALL = MAX_KN // N_ALIGN * N_ALIGN  # 65472
 
 
 def unsupported_reason(weight: QuantizedWeight, dtype: torch.dtype, family: SocFamily | None = None) -> str:
@@ -63,7 +82,35 @@ def unsupported_reason(weight: QuantizedWeight, dtype: torch.dtype, family: SocF
         )
     if weight.bits == 4 and weight.in_features % INT4_PER_INT32:
         return f"npu_convert_weight_to_int4pack needs an input width that is a multiple of 8, not {weight.in_features}"
+    if weight.in_features > MAX_KN:
+        return (
+            f"npu_weight_quant_batchmatmul documents K <= {MAX_KN}, this weight's input width is {weight.in_features} "
+            "(splitting K would add partial sums in the activation dtype, one rounding more than the contract)"
+        )
     return ""
+
+
+def column_blocks(out_features: int) -> list[tuple[int, int]]:
+    """``[start, end)`` output-column ranges, each at most :data:`MAX_N_PER_CALL` wide, covering ``out_features``:
+    one range when the width is within the op's N limit, else as few near-equal 64-aligned blocks as the limit
+    allows."""
+    if out_features <= MAX_KN:
+        return [(0, out_features)]
+    parts = -(-out_features // MAX_N_PER_CALL)
+    width = -(-out_features // parts)
+    width = -(-width // N_ALIGN) * N_ALIGN  # <= MAX_N_PER_CALL, since ceil(N / parts) <= MAX_N_PER_CALL
+    return [(start, min(start + width, out_features)) for start in range(0, out_features, width)]
+
+
+def split_note(out_features: int) -> str:
+    """How a weight of ``out_features`` columns is served: "" for one call, else the split and why."""
+    blocks = column_blocks(out_features)
+    if len(blocks) == 1:
+        return ""
+    return (
+        f", N={out_features} split into {len(blocks)} calls of <= {MAX_N_PER_CALL} columns (the op documents "
+        f"N <= {MAX_KN})"
+    )
 
 
 def antiquant_group_size(weight: QuantizedWeight) -> int:
@@ -87,7 +134,8 @@ def int4_values(weight: QuantizedWeight) -> torch.Tensor:
 
 
 class NpuQuantLinear(PackedLinear):
-    """``x @ W.T`` by ``torch_npu.npu_weight_quant_batchmatmul`` on the layout made here, once, at load."""
+    """``x @ W.T`` by ``torch_npu.npu_weight_quant_batchmatmul`` on the layout made here, once, at load: one
+    ``(weight, scale)`` pair per block of :func:`column_blocks` (one block below the op's N limit)."""
 
     def __init__(self, weight: QuantizedWeight, dtype: torch.dtype, npu: ModuleType) -> None:
         super().__init__(weight)
@@ -97,20 +145,23 @@ class NpuQuantLinear(PackedLinear):
         self.npu = npu
         self.dtype = dtype
         self.group_size = antiquant_group_size(weight)
-        self.scale = antiquant_scale(weight, dtype)
-        if weight.bits == 8:
-            self.weight = int8_weight(weight)
-        else:
-            self.weight = npu.npu_convert_weight_to_int4pack(int4_values(weight)).t()
+        scale = antiquant_scale(weight, dtype).t()  # [N, groups], contiguous
+        stored = weight.stored if weight.bits == 8 else npu.npu_convert_weight_to_int4pack(int4_values(weight))
+        # Row ranges of the [N, K] (or packed [N, K / 8]) layout, each passed transposed: still the documented
+        # transposed (K, N) view, without a copy.
+        self.blocks = [(stored[a:b].t(), scale[a:b].t()) for a, b in column_blocks(weight.out_features)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != self.dtype:
             raise BackendError(f"this weight was prepared for {self.dtype} activations, got {x.dtype}")
         rows = x.reshape(-1, self.in_features)
-        out = self.npu.npu_weight_quant_batchmatmul(rows, self.weight, self.scale, antiquant_group_size=self.group_size)
+        outs = [
+            self.npu.npu_weight_quant_batchmatmul(rows, weight, scale, antiquant_group_size=self.group_size)
+            for weight, scale in self.blocks
+        ]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     @property
     def nbytes(self) -> int:
-        weight = self.weight.numel() * self.weight.element_size()
-        return weight + self.scale.numel() * self.scale.element_size()
+        return sum(w.numel() * w.element_size() + s.numel() * s.element_size() for w, s in self.blocks)
