@@ -157,6 +157,42 @@ def test_decode_reads_the_kv_cache_in_place_and_matches_the_reference(family):
     assert args["atten_mask"].shape == (2, 1, 1, 32) and bool(args["atten_mask"][..., 10:].all())
 
 
+@pytest.mark.parametrize("family", [A2, A3])
+def test_each_step_builds_one_kernel_mask_for_every_layer_without_padding_a_bool_tensor(family, monkeypatch):
+    """Every layer of a step gets the same mask object (counted in the double's calls); a new step builds one new
+    mask; the mask is widened to the cache buffer by fill and copy, never by a bool pad."""
+
+    def no_pad(*args, **kwargs):
+        raise AssertionError("the decode mask is widened without F.pad (a bool constant_pad_nd)")
+
+    monkeypatch.setattr(torch.nn.functional, "pad", no_pad)
+    npu = double_for(family)
+    ops = AscendOps(torch.device("cpu"), torch.float16, npu=npu, family=family)
+    layers = 3
+    cache = KVCache(layers, 2, 4, 32, 64, torch.float16, "cpu")
+    q, k0, v0 = qkv(2, 4, 9, 9, 64, torch.float16, seed=1)
+    prefill_blocked = glm_blocked(2, 9, 9, context=6, pads=[0, 2])
+    for layer in range(layers):
+        ops.attention(q, *cache.update(layer, k0, v0), prefill_blocked, layer_scale=layer + 1.0)
+    cache.advance(9)
+    steps = []
+    for step in range(2):
+        q, k1, v1 = qkv(2, 4, 1, 1, 64, torch.float16, seed=2 + step)
+        blocked = glm_blocked(2, 1, 10 + step, context=6, pads=[0, 2])  # a new tensor per step, as decode slices it
+        steps.append(blocked)
+        for layer in range(layers):
+            ops.attention(q, *cache.update(layer, k1, v1), blocked, layer_scale=layer + 1.0)
+        cache.advance(1)
+    masks = [args["atten_mask"] for _, args in npu.calls]
+    assert len(masks) == 3 * layers
+    per_call = [masks[i * layers : (i + 1) * layers] for i in range(3)]
+    assert all(m is group[0] for group in per_call for m in group)  # one mask object per call, shared by the layers
+    assert len({id(group[0]) for group in per_call}) == 3 and ops.masks.builds == 3
+    last = per_call[2][0]
+    assert last.shape == (2, 1, 1, 32) and last.dtype == torch.bool and last.is_contiguous()
+    assert torch.equal(last[..., :11], steps[1].expand(2, 1, 1, 11)) and bool(last[..., 11:].all())
+
+
 def test_kv_views_that_are_not_a_buffer_prefix_are_copied():
     k = torch.randn(2, 4, 8, 16).transpose(1, 2)  # [2, 8, 4, 16] with heads innermost: not a prefix of any buffer
     kk, _, length = kv_in_place(k, k)

@@ -71,11 +71,19 @@ run (``glm-engine conformance --backend ascend``, the ``grouped_attention`` rows
 Decode reads the KV cache in place: the cache hands attention a view ``[b, h, :length, d]`` of a contiguous
 ``[b, h, max_length, d]`` buffer; the decode kernels take the whole buffer plus ``actual_seq_lengths(_kv)`` (the
 valid prefix), so no copy of the cache is made per step (:func:`kv_in_place`).
+
+The kernels' ``atten_mask`` is made once per forward call and shared by every layer (:class:`SharedMask`): every layer
+of a step gets the same ``blocked`` tensor, so rebuilding it per layer (a contiguous copy, and for decode a mask
+widened to the cache buffer) repeated the same work L times a step. The widened decode mask is filled, then the valid
+prefix copied in, rather than padded: whether torch_npu has a device kernel for a *bool* ``constant_pad_nd`` is not
+documented (it may fall back to the host), while a fill and a strided copy are plain device kernels for any dtype.
+Not measured on an NPU.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from enum import Enum
 from types import ModuleType
 
@@ -172,12 +180,56 @@ def kv_heads_argument(heads: int, groups: int) -> int:
     return SAME_HEADS if groups == heads else groups
 
 
-def kernel_mask(blocked: torch.Tensor, batch: int, sq: int, sk: int, full_batch: bool) -> torch.Tensor:
+def kernel_mask(
+    blocked: torch.Tensor, batch: int, sq: int, sk: int, full_batch: bool, buffer_keys: int | None = None
+) -> torch.Tensor:
     """``blocked`` (True = may not attend, broadcastable to ``[b, 1, sq, sk]``) as the kernels' ``atten_mask``:
     a contiguous bool ``[b or 1, 1, sq, sk]`` where True (1) = not computed, the same convention.
-    ``full_batch`` expands a batch-shared mask to ``b`` rows (the Q_S = 1 shapes all name B)."""
+    ``full_batch`` expands a batch-shared mask to ``b`` rows (the Q_S = 1 shapes all name B). ``buffer_keys`` widens
+    the key axis to the whole KV buffer handed to a decode kernel, the keys past ``sk`` blocked (never computed)."""
     rows = batch if full_batch or blocked.shape[0] != 1 else 1
-    return blocked.to(torch.bool).expand(rows, 1, sq, sk).contiguous()
+    wanted = blocked.to(torch.bool).expand(rows, 1, sq, sk)
+    if buffer_keys is None or buffer_keys == sk:
+        return wanted.contiguous()
+    mask = torch.ones(rows, 1, sq, buffer_keys, dtype=torch.bool, device=blocked.device)  # fill + copy: no bool pad
+    mask[..., :sk] = wanted
+    return mask
+
+
+class SharedMask:
+    """The kernels' ``atten_mask`` of the current forward call, built on the first layer and handed to the others.
+
+    The key is the ``blocked`` tensor itself (held by a weak reference, so an ended step's mask is not kept alive and
+    a freed tensor's id cannot be mistaken for a new one) and the mask's arguments. Every layer of one call receives
+    the same ``blocked`` object; the next step passes another one (the generator slices a new row of its mask), so
+    the cache misses exactly once per call. A caller that rewrote one mask tensor in place between calls of the same
+    shape would get the old mask; none does (masks are built per call), and ``_version`` catches it where torch tracks
+    versions (outside inference mode). ``builds`` counts the masks made, for tests and diagnostics."""
+
+    def __init__(self) -> None:
+        self._blocked: weakref.ref[torch.Tensor] | None = None
+        self._key: tuple = ()
+        self._mask: torch.Tensor | None = None
+        self.builds = 0
+
+    def get(
+        self, blocked: torch.Tensor, batch: int, sq: int, sk: int, full_batch: bool, buffer_keys: int | None = None
+    ) -> torch.Tensor:
+        key = (batch, sq, sk, full_batch, buffer_keys, _version(blocked))
+        if self._mask is not None and self._blocked is not None and self._blocked() is blocked and self._key == key:
+            return self._mask
+        self._mask = kernel_mask(blocked, batch, sq, sk, full_batch, buffer_keys)
+        self._blocked, self._key = weakref.ref(blocked), key
+        self.builds += 1
+        return self._mask
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """torch's in-place write counter of ``t``, or None for inference tensors (which do not track it)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def kv_in_place(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | None]:
@@ -213,17 +265,20 @@ def fused_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     blocked: torch.Tensor,
+    masks: SharedMask | None = None,
 ) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d), blocked excluded) v`` for ``q [b, h, sq, d]``, ``k, v [b, g, sk, d]`` in BNSD
-    (``g`` key/value heads: :func:`grouped_kv_reason` must have allowed them for ``kernel``)."""
+    (``g`` key/value heads: :func:`grouped_kv_reason` must have allowed them for ``kernel``). ``masks`` shares the
+    kernel mask between the layers of one call (a fresh :class:`SharedMask` when None)."""
     b, heads, sq, d = q.shape
     kv_heads = kv_heads_argument(heads, k.shape[1])
     scale = 1.0 / math.sqrt(d)
+    masks = masks or SharedMask()
     q = q.contiguous()
     if sq == 1:
-        return _decode(npu, kernel, q, k, v, blocked, scale)
+        return _decode(npu, kernel, q, k, v, blocked, scale, masks)
     k, v = k.contiguous(), v.contiguous()
-    mask = kernel_mask(blocked, b, sq, k.shape[2], full_batch=False)
+    mask = masks.get(blocked, b, sq, k.shape[2], full_batch=False)
     if kernel is AttentionKernel.FUSION:
         out = npu.npu_fusion_attention(
             q, k, v, heads, "BNSD", atten_mask=mask, scale=scale, keep_prob=1.0, sparse_mode=0
@@ -270,14 +325,14 @@ def _decode(
     v: torch.Tensor,
     blocked: torch.Tensor,
     scale: float,
+    masks: SharedMask,
 ) -> torch.Tensor:
     b, heads = q.shape[:2]
     valid = k.shape[2]
     kv_heads = kv_heads_argument(heads, k.shape[1])
     k, v, kv_length = kv_in_place(k, v)
-    mask = kernel_mask(blocked, b, 1, valid, full_batch=True)
-    if kv_length is not None and k.shape[2] > valid:  # the rows past the valid prefix are never computed
-        mask = torch.nn.functional.pad(mask, (0, k.shape[2] - valid), value=True)
+    # the rows past the valid prefix of the buffer are never computed: the mask covers them, blocked
+    mask = masks.get(blocked, b, 1, valid, full_batch=True, buffer_keys=k.shape[2])
     lengths = None if kv_length is None else [kv_length] * b
     if kernel is AttentionKernel.INCRE:
         return npu.npu_incre_flash_attention(

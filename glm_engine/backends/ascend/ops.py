@@ -29,7 +29,13 @@ from types import ModuleType
 
 import torch
 
-from glm_engine.backends.ascend.attention import choose_kernel, fused_attention, grouped_kv_reason, shape_reason
+from glm_engine.backends.ascend.attention import (
+    SharedMask,
+    choose_kernel,
+    fused_attention,
+    grouped_kv_reason,
+    shape_reason,
+)
 from glm_engine.backends.ascend.fused import npu_rmsnorm, npu_swiglu, rmsnorm_reason, swiglu_reason
 from glm_engine.backends.ascend.quant import NpuQuantLinear, split_note, unsupported_reason
 from glm_engine.backends.ascend.soc import SocFamily, has_bf16
@@ -77,6 +83,7 @@ class AscendOps(TorchOps):
         self.family = family
         self.quant_path: dict[str, str] = {}  # format name -> how the last weight of that format is served
         self.paths: dict[str, str] = {}  # "attention-prefill", "rotary", "rmsnorm" ... -> kernel or reason
+        self.masks = SharedMask()  # the fused kernels' atten_mask, built once per forward call for every layer
 
     def _torch_npu(self) -> ModuleType | object:
         if self._npu is None:
@@ -101,7 +108,7 @@ class AscendOps(TorchOps):
             self.paths[key] = f"{kernel.value}, key/value heads repeated: {repeat}"
         else:
             self.paths[key] = kernel.value + (f", {groups} key/value heads read in place" if groups != heads else "")
-        return fused_attention(self._torch_npu(), kernel, q, k, v, blocked)
+        return fused_attention(self._torch_npu(), kernel, q, k, v, blocked, self.masks)
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, weight_in_fp32: bool = False) -> torch.Tensor:
         why = rmsnorm_reason(self._torch_npu(), self.family, x.dtype)
