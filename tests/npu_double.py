@@ -15,6 +15,7 @@ the tests that skip without an NPU (and ``glm-engine conformance --backend ascen
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,15 +25,27 @@ ALL_TOKENS = 2147483647
 GIB = 2**30
 MAX_GROUP_RATIO = 64  # num_heads / num_key_value_heads <= 64 (prompt, incremental and fused-infer pages)
 MAX_KN = 65535  # npu_weight_quant_batchmatmul: K and N in [1, 65535]
+_A2_A3 = re.compile(r"^Ascend910(B\d|_93)")  # Atlas A2 / A3 SoC names (the bare Ascend910B is first generation)
 
 
 class _NpuDeviceModule:
     """``torch_npu.npu`` (== ``torch.npu``): the device queries the backend makes."""
 
-    def __init__(self, name: str, soc_code: int | None, cann: str, count: int, memory: int) -> None:
+    def __init__(
+        self, name: str, soc_code: int | None, cann: str, count: int, memory: int, jit_compile: bool | None
+    ) -> None:
         self._name, self._soc_code, self._count, self._memory = name, soc_code, count, memory
         self.utils = SimpleNamespace(get_cann_version=lambda module="CANN": cann)
         self.current = 0
+        # set_compile_mode's documented defaults: jit_compile=False on Atlas A2/A3, True on the training and
+        # inference series (torch_npu API reference, torch_npu.npu.set_compile_mode)
+        self.jit_compile = not _A2_A3.match(name) if jit_compile is None else jit_compile
+
+    def set_compile_mode(self, jit_compile: bool = True) -> None:
+        self.jit_compile = jit_compile
+
+    def is_jit_compile_false(self) -> bool:
+        return not self.jit_compile
 
     def is_available(self) -> bool:
         return self._count > 0
@@ -137,9 +150,14 @@ class TorchNpuDouble:
         count: int = 1,
         memory: int = 64 * GIB,
         omit: tuple[str, ...] = (),
+        jit_compile: bool | None = None,
     ) -> None:
-        self.npu = _NpuDeviceModule(device_name, soc_code, cann, count, memory)
+        self.npu = _NpuDeviceModule(device_name, soc_code, cann, count, memory, jit_compile)
+        if "is_jit_compile_false" in omit:  # an older torch_npu without the query
+            self.npu.is_jit_compile_false = None
         self.inference_series = device_name.startswith("Ascend310P")  # pages list per-product limits for it
+        self.binary_family = bool(_A2_A3.match(device_name))  # npu_rotary_mul's jit_compile=False products
+        self.atlas_a3 = device_name.startswith("Ascend910_93")
         self.omit = set(omit)
         self.calls: list[tuple[str, dict[str, Any]]] = []  # (function, its tensor/int arguments), for assertions
 
@@ -334,6 +352,14 @@ class TorchNpuDouble:
         assert input.dtype == r1.dtype == r2.dtype and input.dtype in (torch.float16, torch.bfloat16, torch.float32)
         assert r1.shape == r2.shape and r1.shape[2] == 1 and r1.shape[1] == input.shape[1]  # 1S1D / BS1D for BSND
         assert r1.shape[0] in (1, input.shape[0]) and r1.shape[3] == input.shape[3]
+        b, _, n, d = input.shape
+        if self.npu.jit_compile:  # the page's jit_compile=True constraints (training, A2 and inference series)
+            assert not self.atlas_a3, "jit_compile=True lists no Atlas A3 limits"
+            assert r1.shape[0] == 1, "jit_compile=True: r1/r2 are 1S1D for BSND (positions shared by the batch)"
+            assert d == 128 and b <= 1000 and n <= 1000 and b * n <= 1024, "jit_compile=True: D=128, B*N <= 1024"
+        else:  # jit_compile=False: Atlas A2/A3 only
+            assert self.binary_family, "jit_compile=False is documented for Atlas A2/A3 only"
+            assert d % 2 == 0 and d < 896 and b < 1000 and n < 1000, "jit_compile=False: even D < 896, B, N < 1000"
         assert float(r1.abs().max()) <= 1 and float(r2.abs().max()) <= 1, "r1, r2 must lie in [-1, 1]"
         self.calls.append(("npu_rotary_mul", {"r1": r1}))
         x = input.float()

@@ -240,6 +240,42 @@ def test_rotary_on_310p_needs_head_dim_128_and_batch_shared_positions():
     assert ops.paths["rotary"] == "npu_rotary_mul"
 
 
+def test_per_row_rotary_positions_run_fused_only_while_jit_compile_is_false():
+    """BS1D (each row at its own positions) is documented for jit_compile=False; with jit_compile=True the page lists
+    1S1D only, so per-row positions go portable while batch-shared ones (head dim 128) stay fused."""
+    npu = double_for(A2)  # jit_compile=False: the documented default on Atlas A2
+    ops = AscendOps(torch.device("cpu"), torch.float16, npu=npu, family=A2)
+    q = torch.randn(2, 5, 4, 128).half()
+    per_row, shared = torch.ones(2, 5, 1, 128).half(), torch.ones(1, 5, 1, 128).half()
+    ops.rotary(q, q, per_row, per_row * 0)
+    assert ops.paths["rotary"] == "npu_rotary_mul"
+    npu.npu.set_compile_mode(jit_compile=True)
+    with pytest.raises(AssertionError, match="1S1D"):  # the double enforces the jit_compile=True layouts
+        npu.npu_rotary_mul(q, per_row, per_row * 0)
+    npu.calls.clear()
+    ops.rotary(q, q, per_row, per_row * 0)
+    assert "jit_compile=False only" in ops.paths["rotary"] and not npu.calls
+    ops.rotary(q, q, shared, shared * 0)
+    assert ops.paths["rotary"] == "npu_rotary_mul" and len(npu.calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("family", "kwargs", "reason"),
+    [
+        (A3, {"jit_compile": True}, "no limits for jit_compile=True on Atlas A3"),
+        (INFERENCE, {"jit_compile": False}, "jit_compile=False for Atlas A2/A3 only"),
+        (A2, {"omit": ("is_jit_compile_false",)}, "cannot say which is set"),
+    ],
+)
+def test_rotary_in_a_compile_mode_its_page_lists_no_limits_for_is_portable(family, kwargs, reason):
+    npu = double_for(family, **kwargs)
+    ops = AscendOps(torch.device("cpu"), torch.float16, npu=npu, family=family)
+    q = torch.randn(1, 5, 4, 128).half()
+    cos = torch.ones(1, 5, 1, 128).half()
+    ops.rotary(q, q, cos, cos * 0)
+    assert ops.paths["rotary"].startswith("portable: ") and reason in ops.paths["rotary"] and not npu.calls
+
+
 def test_310p_serves_only_fp16_per_channel_int8_weights_in_the_npu_matmul():
     ops = AscendOps(torch.device("cpu"), torch.float16, npu=double_for(INFERENCE), family=INFERENCE)
     weight = torch.randn(16, 64, generator=torch.Generator().manual_seed(4)) * 0.05

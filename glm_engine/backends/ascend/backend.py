@@ -190,7 +190,10 @@ class AscendBackend(OpLevelBackend):
         if op is Op.ROTARY:
             if family is SocFamily.UNKNOWN:
                 return "portable (npu_rotary_mul's constraints are documented per product; SoC not known here)"
-            return "torch_npu.npu_rotary_mul where its documented shape limits hold, else portable"
+            return (
+                "torch_npu.npu_rotary_mul where its documented limits for the current compile mode hold (per-row "
+                "positions need jit_compile=False), else portable"
+            )
         if op is Op.LAYERNORM:
             return "F.layer_norm (native on NPU)"
         if op is not Op.LINEAR or quant_format is None:

@@ -6,12 +6,19 @@ the detected SoC; the portable ops (with the reason recorded in ``paths``) every
 - rotary: ``torch_npu.npu_rotary_mul(input, r1, r2, rotary_mode='half') -> Tensor`` computes
   ``r1 * input + r2 * cat(-x2, x1)`` with ``x1, x2 = chunk(input, 2, -1)``: exactly the contract's
   ``x * cos + rotate_half(x) * sin``. Documented for the Atlas training, A2, A3 and inference series, fp16/bf16/fp32,
-  4-D tensors. With ``jit_compile=False`` (Atlas A2/A3) a BSND input takes r1/r2 as ``1S1D``, ``BS1D`` or ``BSND``,
-  ``D < 896`` and even, ``B, N < 1000``; with ``jit_compile=True`` (the only documented mode on the Atlas training and
-  inference series) r1/r2 are "generally" ``1S1D`` for BSND, ``D = 128``, ``B, N <= 1000``, the broadcast axes holding
-  at most 1024 elements. r1/r2 must lie in [-1, 1] (cos/sin do). The fused op rounds once where the reference's
-  three element-wise fp16 ops round three times.
-  https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/torch_npu-npu_rotary_mul.md
+  4-D tensors. Its constraints are given per compile mode: with ``jit_compile=False`` (listed for Atlas A2/A3) a BSND
+  input takes r1/r2 as ``1S1D``, ``BS1D`` or ``BSND``, ``D < 896`` and even, ``B, N < 1000``; with
+  ``jit_compile=True`` (listed for the Atlas training, A2 and inference series; not A3) r1/r2 are "generally"
+  ``1S1D`` for BSND, ``D = 128``, ``B, N <= 1000``, the broadcast axes holding at most 1024 elements. So the per-row
+  positions (``BS1D``: each row of the batch at its own positions, which generation with left padding needs) are
+  documented for ``jit_compile=False`` only. The mode is a process setting (``torch_npu.npu.set_compile_mode``; the
+  default is False on A2/A3 and True on the training and inference series) and is read with
+  ``torch_npu.npu.is_jit_compile_false()`` at each call; a mode or family the page lists no limits for runs the
+  portable ops, with the reason. r1/r2 must lie in [-1, 1] (cos/sin do). The fused op rounds once where the
+  reference's three element-wise fp16 ops round three times.
+  https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/torch_npu-npu_rotary_mul.md and
+  https://www.hiascend.com/document/detail/zh/Pytorch/600/apiref/apilist/ptaoplist_000945.html
+  (``is_jit_compile_false``: True when operators run as binaries, i.e. ``jit_compile=False``)
 - layernorm: ``F.layer_norm``, which torch_npu implements natively (aclnnLayerNorm); no torch_npu-specific layer
   norm op is documented with a matching signature, so none is called.
 - RMSNorm, SwiGLU: :mod:`glm_engine.backends.ascend.fused` (``npu_rms_norm``, ``npu_swiglu`` where their rounding is
@@ -45,25 +52,54 @@ from glm_engine.quant.weight import QuantizedWeight
 
 ROTARY_MAX_DIM = 896  # npu_rotary_mul, jit_compile=False: D < 896 and even
 ROTARY_MAX_BN = 1000  # B and N below 1000 (jit_compile=False) / at most 1000 (jit_compile=True)
-ROTARY_JIT_DIM = 128  # jit_compile=True (Atlas training/inference series): D must be 128
+ROTARY_JIT_DIM = 128  # jit_compile=True: D must be 128
 ROTARY_JIT_MAX_BROADCAST = 1024  # jit_compile=True: the broadcast axes hold at most 1024 elements
+# The families each compile mode's constraints are listed for on the npu_rotary_mul page.
+ROTARY_BINARY_FAMILIES = (SocFamily.ATLAS_A2, SocFamily.ATLAS_A3)  # jit_compile=False
+ROTARY_JIT_FAMILIES = (SocFamily.ATLAS_TRAINING, SocFamily.ATLAS_A2, SocFamily.ATLAS_INFERENCE)  # jit_compile=True
 
 
-def rotary_reason(family: SocFamily, dtype: torch.dtype, q: torch.Tensor, cos: torch.Tensor) -> str:
-    """Why ``npu_rotary_mul`` cannot run ``q [b, s, n, d]`` with ``cos [b or 1, s, 1, d]`` on ``family``, or ""."""
+def jit_compile_false(npu: ModuleType | object) -> bool | None:
+    """``torch_npu.npu.is_jit_compile_false()``: True when operators run as prebuilt binaries (``jit_compile=False``),
+    False when they are compiled online; None when this torch_npu cannot say."""
+    query = getattr(getattr(npu, "npu", None), "is_jit_compile_false", None)
+    if query is None:
+        return None
+    try:
+        return bool(query())
+    except Exception:  # an uninitialised runtime; the portable path runs, with this reason
+        return None
+
+
+def rotary_reason(
+    family: SocFamily, dtype: torch.dtype, q: torch.Tensor, cos: torch.Tensor, binary: bool | None
+) -> str:
+    """Why ``npu_rotary_mul`` cannot run ``q [b, s, n, d]`` with ``cos [b or 1, s, 1, d]`` on ``family`` in the
+    current compile mode (``binary``: :func:`jit_compile_false`), or ""."""
     b, _, n, d = q.shape
     if family is SocFamily.UNKNOWN:
         return "npu_rotary_mul's constraints are documented per product; this SoC is not one of them"
     if dtype == torch.bfloat16 and not has_bf16(family):
         return f"bf16 is documented for Atlas A2/A3 only, not {family.value}"
-    if family in (SocFamily.ATLAS_A2, SocFamily.ATLAS_A3):
+    if binary is None:
+        return (
+            "npu_rotary_mul's limits depend on the compile mode, and this torch_npu cannot say which is set "
+            "(no torch_npu.npu.is_jit_compile_false)"
+        )
+    if binary:
+        if family not in ROTARY_BINARY_FAMILIES:
+            return f"npu_rotary_mul documents jit_compile=False for Atlas A2/A3 only, not {family.value}"
         if d % 2 or d >= ROTARY_MAX_DIM or b >= ROTARY_MAX_BN or n >= ROTARY_MAX_BN:
             return f"npu_rotary_mul needs an even head dim < {ROTARY_MAX_DIM} and batch, heads < {ROTARY_MAX_BN}"
         return ""
-    if d != ROTARY_JIT_DIM or cos.shape[0] != 1 or b * n > ROTARY_JIT_MAX_BROADCAST:
+    if family not in ROTARY_JIT_FAMILIES:
+        return f"npu_rotary_mul documents no limits for jit_compile=True on {family.value}"
+    if d != ROTARY_JIT_DIM or cos.shape[0] != 1 or b * n > ROTARY_JIT_MAX_BROADCAST or max(b, n) > ROTARY_MAX_BN:
+        per_row = " (per-row positions, BS1D, are documented for jit_compile=False only)" if cos.shape[0] != 1 else ""
         return (
-            f"npu_rotary_mul on {family.value} takes head dim {ROTARY_JIT_DIM}, positions shared by the batch (1S1D) "
-            f"and batch x heads <= {ROTARY_JIT_MAX_BROADCAST}; got d={d}, cos batch {cos.shape[0]}, {b}x{n}"
+            f"npu_rotary_mul with jit_compile=True takes head dim {ROTARY_JIT_DIM}, positions shared by the batch "
+            f"(1S1D) and batch x heads <= {ROTARY_JIT_MAX_BROADCAST}; got d={d}, cos batch {cos.shape[0]}, "
+            f"{b}x{n}{per_row}"
         )
     return ""
 
@@ -125,7 +161,7 @@ class AscendOps(TorchOps):
     def rotary(
         self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        why = rotary_reason(self.family, q.dtype, q, cos)
+        why = rotary_reason(self.family, q.dtype, q, cos, jit_compile_false(self._torch_npu()))
         if why:
             self.paths["rotary"] = f"portable: {why}"
             return super().rotary(q, k, cos, sin)
