@@ -37,6 +37,7 @@ class _NpuDeviceModule:
         self._name, self._soc_code, self._count, self._memory = name, soc_code, count, memory
         self.utils = SimpleNamespace(get_cann_version=lambda module="CANN": cann)
         self.current = 0
+        self.touched: list[int] = []  # device indices the device queries reached
         # set_compile_mode's documented defaults: jit_compile=False on Atlas A2/A3, True on the training and
         # inference series (torch_npu API reference, torch_npu.npu.set_compile_mode)
         self.jit_compile = not _A2_A3.match(name) if jit_compile is None else jit_compile
@@ -53,13 +54,22 @@ class _NpuDeviceModule:
     def device_count(self) -> int:
         return self._count
 
+    # The queries below need the device's runtime (a memory query makes a context on it); ``touched`` records which
+    # device each one reached, so tests can check that a process touches no NPU but its own.
     def get_device_name(self, index: int = 0) -> str:
+        self.touched.append(index)
         return self._name
 
     def get_device_properties(self, index: int = 0) -> SimpleNamespace:
+        self.touched.append(index)
         return SimpleNamespace(name=self._name, total_memory=self._memory)
 
+    def mem_get_info(self, index: int = 0) -> tuple[int, int]:
+        self.touched.append(index)
+        return self._memory // 2, self._memory
+
     def get_soc_version(self) -> int:
+        self.touched.append(self.current)
         if self._soc_code is None:
             raise RuntimeError("no SoC code")
         return self._soc_code

@@ -284,18 +284,38 @@ def test_310p_serves_only_fp16_per_channel_int8_weights_in_the_npu_matmul():
     assert "per-channel INT8 only" in ops.quant_path["int4-rowwise"]
 
 
-def test_devices_report_the_npu_model_soc_memory_and_cann_version():
+def test_devices_report_the_npu_model_soc_memory_and_cann_version(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     backend = AscendBackend(npu=double_for(A2, count=2, cann="8.0.RC3"))
     assert backend.availability().ok and "CANN 8.0.RC3" in backend.availability().reason
     devices = backend.devices()
-    assert [d.name for d in devices] == ["Ascend910B2", "Ascend910B2"]
-    assert devices[1].total_memory_bytes == 64 * GIB
-    assert (
-        "Atlas A2" in devices[0].detail and "SoC code 221" in devices[0].detail and "CANN 8.0.RC3" in devices[0].detail
-    )
+    assert [d.name for d in devices] == ["Ascend910B2", "Ascend NPU (not queried)"]
+    assert devices[0].total_memory_bytes == 64 * GIB and devices[0].free_memory_bytes == 32 * GIB
+    assert "Atlas A2" in devices[0].detail and "CANN 8.0.RC3" in devices[0].detail
+    assert devices[0].capability == "Ascend910B2" and "npu:0" in devices[1].detail
     row = describe_backend(backend)
     assert row["available"] and row["dtypes"] == ["fp16", "bf16", "fp32"] and row["distributed_backend"] == "hccl"
     assert backend.family(0) is A2 and backend.family(5) is SocFamily.UNKNOWN  # op_table hands the family to AscendOps
+
+
+@pytest.mark.parametrize(("local_rank", "own"), [(None, 0), ("2", 2)])
+def test_each_process_queries_only_its_own_npu(monkeypatch, local_rank, own):
+    """Counting the NPUs touches none; names and memory are asked of the process's own device only, so the launcher
+    and every rank do not each open a context on every NPU (what ``devices()``, the TP device check and
+    ``supported_dtypes`` call)."""
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    npu = double_for(A2, count=4)
+    backend = AscendBackend(npu=npu)
+    devices = backend.devices()
+    assert len(devices) == 4 and [d.index for d in devices if d.total_memory_bytes] == [own]
+    backend.supported_dtypes()
+    backend.supports(Op.ATTENTION, torch.bfloat16)
+    assert set(npu.npu.touched) == {own}
+    assert backend.family(own) is A2  # what op_table(dtype, own) hands its AscendOps
+    assert set(npu.npu.touched) == {own}
 
 
 def test_supports_names_the_soc_restrictions():

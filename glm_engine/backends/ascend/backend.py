@@ -7,16 +7,24 @@ for :meth:`devices` (so imports torch_npu) before it calls ``init_process_group(
 
 Device facts (torch_npu API reference, "NPU Device" and ``torch_npu.npu.utils.get_cann_version``):
 ``torch_npu.npu.get_device_name(i)`` is the SoC name, ``get_device_properties(i).total_memory`` the HBM bytes,
+``torch_npu.npu.mem_get_info(i)`` the free and total bytes (``torch.npu`` mirrors ``torch.cuda``'s API),
 ``torch_npu.npu.get_soc_version()`` the SoC code of the current device, and the CANN version comes from
 ``torch_npu.npu.utils.get_cann_version(module="CANN")`` (newer torch_npu) or ``torch.version.cann`` (set by torch_npu).
 https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/NPU-Device.md,
 https://gitcode.com/Ascend/op-plugin/blob/master/docs/context/torch_npu-npu-utils-get_cann_version.md
+
+Only this process's own NPU is queried (:func:`own_device`: ``LOCAL_RANK`` under a launcher, else 0); the others are
+counted with ``device_count()`` and listed without a query. The per-device queries need the device's runtime (a
+memory query creates a context on it, as on CUDA), so describing every NPU from every rank, and from the launcher
+that starts them, would put tp + 1 contexts on each NPU before any rank picks its own. A node's NPUs are taken to be
+one model, so the SoC family of the own device stands for the node's (its dtypes, its kernels).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from types import ModuleType
 
 import torch
@@ -66,18 +74,45 @@ def soc_version(npu: ModuleType | object) -> int | None:
         return None
 
 
-def describe_npus(npu: ModuleType | object) -> list[DeviceInfo]:
-    """Each visible NPU: SoC name, memory, family, SoC code and CANN version."""
+UNQUERIED = "Ascend NPU (not queried)"  # the name of a device this process does not use
+
+
+def own_device() -> int:
+    """The NPU this process computes on: ``LOCAL_RANK`` (a rank under torchrun or glm-engine's launcher), else 0."""
+    try:
+        return max(0, int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        return 0
+
+
+def describe_npu(npu: ModuleType | object, index: int) -> DeviceInfo:
+    """SoC name, total and free memory, family, SoC code and CANN version of NPU ``index`` (touches that device)."""
     device = npu.npu
-    code = soc_version(npu)
-    cann = cann_version(npu)
+    name = str(device.get_device_name(index))
+    memory = getattr(device.get_device_properties(index), "total_memory", None)
+    free = None
+    mem_get_info = getattr(device, "mem_get_info", None)
+    if mem_get_info is not None:
+        try:
+            free, memory = mem_get_info(index)
+        except Exception:  # an older torch_npu or a runtime refusing the query: total memory from the properties
+            free = None
+    family = classify_soc(name)
+    code = soc_version(npu) if family is SocFamily.UNKNOWN else None  # the current device's; only when needed
+    family = classify_soc(name, code)
+    detail = f"{family.value}; SoC code {code if code is not None else '-'}; CANN {cann_version(npu)}"
+    return DeviceInfo(index, name, memory, detail, free, name)
+
+
+def describe_npus(npu: ModuleType | object, own: int | None = None) -> list[DeviceInfo]:
+    """Every visible NPU, counted without touching any; only ``own`` (default :func:`own_device`) is queried."""
+    own = own_device() if own is None else own
     infos = []
-    for index in range(device.device_count()):
-        name = str(device.get_device_name(index))
-        memory = getattr(device.get_device_properties(index), "total_memory", None)
-        family = classify_soc(name, code)
-        detail = f"{family.value}; SoC code {code if code is not None else '?'}; CANN {cann}"
-        infos.append(DeviceInfo(index, name, memory, detail))
+    for index in range(npu.npu.device_count()):
+        if index == own:
+            infos.append(describe_npu(npu, index))
+        else:
+            infos.append(DeviceInfo(index, UNQUERIED, detail=f"not queried from this process (it runs on npu:{own})"))
     return infos
 
 
@@ -149,15 +184,22 @@ class AscendBackend(OpLevelBackend):
         return describe_npus(module)
 
     def families(self) -> list[SocFamily]:
-        """The SoC family of each visible device (empty when unavailable)."""
+        """The SoC family of this process's own NPU, standing for the node's (empty when unavailable)."""
         if not self.availability():
             return []
-        module, _ = self._module()
-        return [classify_soc(d.name, soc_version(module)) for d in describe_npus(module)]
+        return [self.family(own_device())]
 
     def family(self, device_index: int = 0) -> SocFamily:
-        families = self.families()
-        return families[device_index] if device_index < len(families) else SocFamily.UNKNOWN
+        """The SoC family of NPU ``device_index`` (the device an op table for it runs on: querying it touches no
+        other NPU); UNKNOWN beyond the visible devices."""
+        if not self.availability():
+            return SocFamily.UNKNOWN
+        module, _ = self._module()
+        if device_index >= module.npu.device_count():
+            return SocFamily.UNKNOWN
+        name = str(module.npu.get_device_name(device_index))
+        family = classify_soc(name)
+        return family if family is not SocFamily.UNKNOWN else classify_soc(name, soc_version(module))
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         families = self.families()
@@ -173,7 +215,7 @@ class AscendBackend(OpLevelBackend):
         return super().supports(op, dtype, quant_format)
 
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
-        family = self.family()
+        family = self.family(own_device())
         module, _ = self._module()
         per_family = {
             Op.ATTENTION: _attention_paths,
