@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,8 +30,13 @@ from glm_engine.backends.tensorrt.plan import (  # noqa: E402
 from glm_engine.cli.main import app  # noqa: E402
 from glm_engine.engine import DEFAULT_MODEL  # noqa: E402
 from glm_engine.errors import InputError  # noqa: E402
+from glm_engine.export.decoder_onnx import DecoderGraph, QuantEmit  # noqa: E402
+from glm_engine.export.onnx_builder import GraphBuilder  # noqa: E402
 from glm_engine.export.onnx_export import export_onnx  # noqa: E402
+from glm_engine.export.verify import verify_export  # noqa: E402
 from glm_engine.exported import MODEL_FILE, QuantTarget, read_exported  # noqa: E402
+from glm_engine.exported.names import OPSET  # noqa: E402
+from glm_engine.model.registry import preset_family  # noqa: E402
 from glm_engine.quant.spec import QuantSpec  # noqa: E402
 
 TRT_MISSING = tensorrt_missing_reason()
@@ -142,6 +148,74 @@ def test_the_tensorrt_target_emits_only_standard_symmetric_int4_dequantization(t
     assert all({a.name: a.i for a in n.attribute} == {"axis": 0, "block_size": 64} for n in dq)
 
 
+def layernorm_input_types(folder) -> list[tuple[int, int]]:
+    """(data input type, gain type) of every LayerNormalization in the exported graph, from ONNX's type inference."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(folder / MODEL_FILE), load_external_data=False))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return [(types[n.input[0]], types[n.input[1]]) for n in model.graph.node if n.op_type == "LayerNormalization"]
+
+
+def test_the_tensorrt_target_normalizes_fp16_graphs_in_fp32(tmp_path):
+    """A strongly typed TensorRT network may normalize an fp16 input in fp16 (DeepNorm's hidden values overflow its
+    sum of squares): for --target tensorrt every LayerNormalization takes fp32 between casts; ORT's form is kept."""
+    float32, float16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    export_onnx(DEFAULT_MODEL, tmp_path / "trt", dtype=torch.float16, target=QuantTarget.tensorrt, max_seq=64)
+    export_onnx(DEFAULT_MODEL, tmp_path / "ort", dtype=torch.float16, max_seq=64)
+    trt_norms, ort_norms = layernorm_input_types(tmp_path / "trt"), layernorm_input_types(tmp_path / "ort")
+    assert len(trt_norms) == len(ort_norms) == 2 * 4 + 1  # two per layer and the final one
+    assert set(trt_norms) == {(float32, float32)} and set(ort_norms) == {(float16, float16)}
+    model = onnx.load(str(tmp_path / "trt" / MODEL_FILE), load_external_data=False)
+    consumers = {i: n for n in model.graph.node for i in n.input}
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert all(consumers[n.output[0]].op_type == "Cast" for n in norms)  # back to fp16 after each
+    report = verify_export(str(tmp_path / "trt"), DEFAULT_MODEL)  # same numbers as the engine in ONNX Runtime
+    assert report.passed, report.describe()
+
+
+def layernorm_graph(folder, target: QuantTarget, x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor):
+    """A graph of one ``DecoderGraph.layernorm`` (GLM-130B's config) for ``target``, written to ``folder``."""
+    _, config = preset_family("glm-130b")
+    g = GraphBuilder(folder / f"{target.value}.onnx.data", OPSET)
+    graph = DecoderGraph(g, config, torch.float16, 8, QuantEmit(target))
+    g.add_input("x", torch.float16, list(x.shape))
+    g.add_output("y", torch.float16, list(x.shape), graph.layernorm("x", "ln", gain, bias))
+    g.finish(folder / f"{target.value}.onnx", "ln", "test", {})
+    return onnx.load(str(folder / f"{target.value}.onnx"))
+
+
+def test_deepnorm_sized_fp16_values_do_not_overflow_the_tensorrt_layernorm(tmp_path):
+    """Hidden values of a few tens over GLM-130B's 12288 columns (DeepNorm's residual scales by alpha ~11.8) have a
+    sum of squares far above fp16's 65504. The TensorRT form normalizes them in fp32: exact to fp16 rounding under
+    ONNX Runtime, and under ONNX's reference evaluator, which, like a strongly typed TensorRT network, computes a
+    node in its input's type, so the plain fp16 node overflows there while the TensorRT form does not."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'glm-engine[onnx]')")
+    from onnx.reference import ReferenceEvaluator
+
+    gen = torch.Generator().manual_seed(0)
+    width = 12288
+    x = (4 + 30 * torch.randn(2, 3, width, generator=gen)).half()
+    gain, bias = (1 + 0.2 * torch.randn(width, generator=gen)).half(), (0.1 * torch.randn(width, generator=gen)).half()
+    assert (x.float() ** 2).sum(-1).min() > 100 * torch.finfo(torch.float16).max
+    expected = torch.nn.functional.layer_norm(x.double(), (width,), gain.double(), bias.double(), 1e-5)
+    unused = {"input_ids": np.zeros((1, 1), np.int64), "position_ids": np.zeros((1, 1), np.int64)}
+    unused |= {"attention_mask": np.zeros((1, 1, 1, 1), bool), "logits_to_keep": np.zeros(1, np.int64)}
+    feeds = {"x": x.numpy(), **unused}
+    errors = {}
+    for target in (QuantTarget.tensorrt, QuantTarget.ort):
+        model = layernorm_graph(tmp_path, target, x, gain, bias)
+        session = ort.InferenceSession(str(tmp_path / f"{target.value}.onnx"), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        (by_ort,) = session.run(None, {k: v for k, v in feeds.items() if k in names})
+        with np.errstate(over="ignore", invalid="ignore"):
+            (by_reference,) = ReferenceEvaluator(model).run(None, feeds)
+        errors[target] = [np.nan_to_num(np.abs(y - expected.numpy()), nan=np.inf).max() for y in (by_ort, by_reference)]
+    fp16_step = 2.0**-10 * expected.abs().max().item()  # fp16's spacing at the largest output
+    assert max(errors[QuantTarget.tensorrt]) < fp16_step
+    assert errors[QuantTarget.ort][0] < fp16_step  # ONNX Runtime follows stash_type (fp32 statistics)
+    assert errors[QuantTarget.ort][1] > 1.0  # computed in fp16 the sum of squares overflows
+
+
 def test_cli_says_precisely_why_an_engine_cannot_be_built_here(trt_export, tmp_path):
     if TRT_MISSING is None:
         pytest.skip("TensorRT is installed here: the build test below runs instead")
@@ -184,7 +258,7 @@ def test_engine_builds_once_then_comes_from_the_cache_and_matches_onnxruntime(tm
     from glm_engine.export.verify import compare_runners
 
     onnx_dir = tmp_path / "fp16"
-    export_onnx(DEFAULT_MODEL, onnx_dir, dtype=torch.float16, max_seq=64)
+    export_onnx(DEFAULT_MODEL, onnx_dir, dtype=torch.float16, target=QuantTarget.tensorrt, max_seq=64)
     limits = Limits(2, 64, 16)
     first = build_engine(onnx_dir, tmp_path / "e1", limits, cache_dir=tmp_path / "cache")
     second = build_engine(onnx_dir, tmp_path / "e2", limits, cache_dir=tmp_path / "cache")

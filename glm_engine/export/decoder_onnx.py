@@ -218,10 +218,29 @@ class DecoderGraph:
         return self.g.node("Add", [product, self.g.weight(f"{name}.bias", bias.to(self.dtype))])
 
     def layernorm(self, x: str, name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+        """``LayerNormalization`` over the hidden dimension; in fp32 between two casts for the TensorRT target of a
+        low-precision graph (:meth:`layernorm_dtype`). The gain and bias keep the model dtype's values either way."""
         g = self.g
-        w = g.weight(f"{name}.weight", weight.to(self.dtype))
-        inputs = [x, w] if bias is None else [x, w, g.weight(f"{name}.bias", bias.to(self.dtype))]
-        return g.node("LayerNormalization", inputs, axis=-1, epsilon=self.config.layernorm_epsilon)
+        compute = self.layernorm_dtype()
+        w = g.weight(f"{name}.weight", weight.to(self.dtype).to(compute))
+        inputs = [x, w] if bias is None else [x, w, g.weight(f"{name}.bias", bias.to(self.dtype).to(compute))]
+        if compute == self.dtype:
+            return g.node("LayerNormalization", inputs, axis=-1, epsilon=self.config.layernorm_epsilon)
+        inputs[0] = g.node("Cast", [x], to=onnx_type(compute))
+        normed = g.node("LayerNormalization", inputs, axis=-1, epsilon=self.config.layernorm_epsilon)
+        return g.node("Cast", [normed], to=onnx_type(self.dtype))
+
+    def layernorm_dtype(self) -> torch.dtype:
+        """The dtype ``LayerNormalization`` computes in: fp32 for the TensorRT target, else the graph's.
+
+        ONNX's ``stash_type`` (default fp32) asks for fp32 statistics, but TensorRT builds the graph strongly typed
+        (``build.py``), where a layer's types follow its inputs (TensorRT "Strongly Typed Networks"; TensorRT 11's
+        normalization layer has no compute precision of its own), so an fp16 input may be normalized in fp16. With
+        DeepNorm's residual (``normed * alpha + branch``, alpha = (2 * 70) ** 0.5 ~ 11.8 for GLM-130B) the hidden
+        values reach magnitudes whose squares summed over 12288 columns exceed fp16's 65504. Casting in and out keeps
+        the statistics in fp32 and rounds once, as the engine's ``F.layer_norm`` (fp32 math on an fp16 tensor)
+        does. The ``ort`` target keeps the plain node (ONNX Runtime follows ``stash_type``)."""
+        return FP32 if self.quant.target is QuantTarget.tensorrt else self.dtype
 
     def rmsnorm(self, x: str, name: str, weight: torch.Tensor) -> str:
         """``TorchOps.rmsnorm``: ``h = x * rsqrt(mean(x^2) + eps)`` in fp32; the gain (the model-dtype weight) then
