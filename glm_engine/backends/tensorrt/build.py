@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,12 @@ from glm_engine.exported import (
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "glm-engine" / "tensorrt"
 DEFAULT_WORKSPACE_BYTES = 8 << 30
 Progress = Callable[[str, int, int], None]  # (phase, step, steps)
+# INT4 weights (blocked DequantizeLinear) need TensorRT 10.0: its Developer Guide (10.0.1, revision history) "Added
+# support for INT4 type under Supported Types", its release added INT4 weight-only quantization with block
+# quantization, and its ONNX parser "support for INT4 quantization" (ONNX-TensorRT changelog, 10.0 EA; the operators
+# table lists DequantizeLinear for INT8, FP8 and INT4, zero point zero). Older parsers reject the INT4 initializers;
+# the TensorRT 10 Python API this module and the runner use needs 10 too (pyproject's tensorrt>=10).
+MIN_TENSORRT = (10, 0)
 
 
 def tensorrt_missing_reason() -> str | None:
@@ -54,12 +61,78 @@ def tensorrt_missing_reason() -> str | None:
             "the tensorrt Python package is not installed (pip install tensorrt needs NVIDIA's package index; "
             "the lean runtime wheels have no Builder)"
         )
+    too_old = tensorrt_version_reason(installed_tensorrt_version())
+    if too_old is not None:
+        return too_old
     if torch.version.cuda is None or not torch.cuda.is_available():
         return (
             "TensorRT needs a CUDA device and a CUDA build of torch; none found: install a CUDA build of torch and "
             "check the NVIDIA driver"
         )
     return None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"10.0.1.6"`` -> ``(10, 0, 1, 6)``: the leading digits of each dot-separated part, up to the first part
+    without any (``"10.8.0.post1"`` -> ``(10, 8, 0)``)."""
+    parts = []
+    for part in version.split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
+
+
+def installed_tensorrt_version() -> str | None:
+    """The installed TensorRT's version from the package metadata (without importing it, so without touching CUDA),
+    or None when no distribution providing the ``tensorrt`` module is found (the runner checks the module's own
+    ``__version__`` when it opens an engine)."""
+    from importlib import metadata
+
+    for name in metadata.packages_distributions().get("tensorrt", []):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def tensorrt_version_reason(version: str | None) -> str | None:
+    """Why TensorRT ``version`` is too old for this backend, naming it and the version needed; None when it is
+    recent enough or unknown."""
+    if version is None or version_tuple(version)[:2] >= MIN_TENSORRT:
+        return None
+    needed = ".".join(map(str, MIN_TENSORRT))
+    return (
+        f"TensorRT {version} is installed; this backend needs TensorRT {needed} or newer (its name-based execution "
+        f"API, and the INT4 weights of --quant int4 --target tensorrt): install tensorrt>={needed}"
+    )
+
+
+def check_tensorrt_version(version: str, description: dict, folder: str | Path) -> None:
+    """A BackendError when TensorRT ``version`` is older than what this folder needs: 10.0 for any engine (the
+    API used here), which is also the first to build the INT4 weights of ``--quant int4 --target tensorrt``."""
+    if version_tuple(version)[:2] >= MIN_TENSORRT:
+        return
+    quant = description.get("quantization") or {}
+    what = "its INT4 weights (blocked DequantizeLinear) need" if quant.get("bits") == 4 else "it needs"
+    raise BackendError(
+        f"TensorRT {version} cannot build or run {folder}: {what} TensorRT "
+        f"{'.'.join(map(str, MIN_TENSORRT))} or newer; install tensorrt>=10 from NVIDIA's package index"
+    )
+
+
+def low_precision_norms(trt: object, network: object) -> list[str]:
+    """The normalization layers of a parsed ``network`` whose input is not fp32: a strongly typed network computes
+    them in their input type, which overflows on DeepNorm's hidden values in fp16 (``DecoderGraph.layernorm_dtype``;
+    an export made with ``--target tensorrt`` has none)."""
+    names = []
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type == trt.LayerType.NORMALIZATION and layer.get_input(0).dtype != trt.float32:
+            names.append(layer.name)
+    return names
 
 
 @dataclass(frozen=True)
@@ -104,6 +177,7 @@ def build_engine(
         raise BackendError(f"cannot build a TensorRT engine here: {reason}")
     import tensorrt as trt
 
+    check_tensorrt_version(trt.__version__, info.description, onnx_dir)
     io = GraphIO.from_genai_config(info.description)
     profiles = plan_profiles(io, limits)
     key = cache_key(
@@ -152,6 +226,13 @@ def _build(trt: object, model_file: Path, profiles: list[Profile], workspace: in
     if not parser.parse_from_file(str(model_file)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BackendError(f"TensorRT could not parse {model_file}: {errors}")
+    norms = low_precision_norms(trt, network)
+    if norms:
+        raise InputError(
+            f"{model_file} normalizes {len(norms)} tensors below fp32 (first: {norms[0]}), which a strongly typed "
+            "TensorRT network computes in that precision and DeepNorm's values overflow: re-export it with "
+            "`glm-engine export onnx ... --target tensorrt` (LayerNorm in fp32)"
+        )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     for planned in profiles:

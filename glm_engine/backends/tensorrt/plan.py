@@ -174,18 +174,26 @@ def cache_key(
 
 @dataclass(frozen=True)
 class Binding:
-    """How one engine I/O tensor is bound: its name, whether the engine reads or writes it, its role and the
-    element count of the preallocated buffer behind it (at the largest shape the limits allow)."""
+    """How one engine I/O tensor is bound: its name, whether the engine reads or writes it, its role, the element
+    count of its largest shape under the limits, and whether it is bound to the KV cache itself (``past``/``present``:
+    the halves of ``TrtKVCache``) rather than to a buffer of the runner's own."""
 
     name: str
     is_input: bool
     role: str  # "input_ids" | "position_ids" | "attention_mask" | "logits_to_keep" | "past" | "present" | "logits"
     capacity: int
+    in_cache: bool = False
+
+    @property
+    def buffered(self) -> bool:
+        """Whether the runner allocates a buffer of ``capacity`` elements for it, once, at open."""
+        return not self.in_cache
 
 
 def binding_plan(io: GraphIO, limits: Limits) -> list[Binding]:
-    """One buffer per I/O tensor, sized once for ``limits``: the runner binds views of these (by name) every call,
-    so nothing is allocated while decoding."""
+    """Every I/O tensor, sized once for ``limits``: the inputs and the logits get one runner buffer each, bound as
+    views every call, so nothing is allocated while decoding; the KV tensors are bound straight to the KV cache
+    (``kv_cache.TrtKVCache``), which makes the engine's past and present the cache's own memory."""
     b, s, h, d = limits.max_batch, limits.max_seq, io.num_kv_heads, io.head_size
     kv = b * h * s * d
     plan = [
@@ -195,10 +203,15 @@ def binding_plan(io: GraphIO, limits: Limits) -> list[Binding]:
     ]
     if io.keeps_logits:
         plan.append(Binding("logits_to_keep", True, "logits_to_keep", s))
-    plan += [Binding(name, True, "past", kv) for name in io.kv_names()]
+    plan += [Binding(name, True, "past", kv, in_cache=True) for name in io.kv_names()]
     plan.append(Binding("logits", False, "logits", b * s * io.vocab_size))
-    plan += [Binding(name, False, "present", kv) for name in present_names(io.num_layers)]
+    plan += [Binding(name, False, "present", kv, in_cache=True) for name in present_names(io.num_layers)]
     return plan
+
+
+def buffered_elements(plan: list[Binding]) -> int:
+    """Elements the runner preallocates for ``plan`` (the KV cache's own halves come with each cache)."""
+    return sum(b.capacity for b in plan if b.buffered)
 
 
 def engine_metadata(description: dict[str, Any], key: str, profiles: list[Profile], limits: Limits) -> dict[str, Any]:
