@@ -1,6 +1,6 @@
 """Console rendering of answers as the reference's generate.py shows them: each blank underlined, [MASK] blanks
 also green, and for English text spaces around each blank (in the rendering only). The markup is for a terminal
-only: piped or redirected output gets the plain answer (docs/cli.md#colour)."""
+only: piped or redirected output gets the plain answer (docs/cli.md)."""
 
 from __future__ import annotations
 
