@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from cuda_double import GIB, ContextCountingCuda, h100
 
 import glm_engine
 import glm_engine.backends.cuda.backend as cuda_backend_module
@@ -24,14 +25,11 @@ from glm_engine.backends.cuda.platform import nvidia_driver_version, parse_nvidi
 from glm_engine.backends.rocm_dcu import RocmDcuBackend
 
 PACKAGE = Path(glm_engine.__file__).parent
-GIB = 2**30
 
 
-def fake_devices(monkeypatch, *props: SimpleNamespace) -> None:
-    """torch.cuda reports ``props`` as its devices, each with half its memory free."""
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(props))
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (props[i].total_memory // 2, props[i].total_memory))
+def fake_devices(monkeypatch, *props: SimpleNamespace, nvml: bool = False) -> ContextCountingCuda:
+    """torch.cuda reports ``props`` as its devices (``mem_get_info``: half of each free), counting contexts."""
+    return ContextCountingCuda(list(props), nvml=nvml).install(monkeypatch)
 
 
 def available(backend):
@@ -40,14 +38,11 @@ def available(backend):
 
 
 def test_cuda_lists_devices_by_compute_capability_with_the_nvidia_driver(monkeypatch):
-    h100 = SimpleNamespace(
-        name="NVIDIA H100 80GB HBM3", major=9, minor=0, multi_processor_count=132, total_memory=80 * GIB
-    )
-    fake_devices(monkeypatch, h100)
+    fake_devices(monkeypatch, h100())
     monkeypatch.setattr(torch.version, "cuda", "12.4")
     monkeypatch.setattr(cuda_backend_module, "nvidia_driver_version", lambda: "550.54.14")
     [device] = available(CudaBackend()).devices()
-    assert device.capability == "sm_90" and device.name == h100.name
+    assert device.capability == "sm_90" and device.name == h100().name
     assert device.detail == "sm_90, 132 SMs, driver 550.54.14, CUDA 12.4"
     assert device.free_memory_bytes == 40 * GIB and device.total_memory_bytes == 80 * GIB
 
@@ -81,6 +76,38 @@ def test_a_missing_driver_file_leaves_the_driver_out_of_the_line(monkeypatch, tm
     assert available(RocmDcuBackend()).devices()[0].detail.endswith("304 CUs, HIP 6.2.41133")
 
 
+def test_listing_devices_creates_a_context_on_this_processs_device_only(monkeypatch):
+    """Free memory through cudaMemGetInfo on the current device alone; the others' from NVML when it is installed,
+    else unknown, and none of them gets a context (issue 19, CUDA 8)."""
+    cuda = fake_devices(monkeypatch, *(h100() for _ in range(4)))
+    cuda.current = 2  # a rank after set_device(2)
+    backend = available(CudaBackend())
+    free = [d.free_memory_bytes for d in backend.devices()]
+    assert cuda.contexts == {2} and free == [None, None, 40 * GIB, None]
+    assert backend.device_count() == 4 and cuda.contexts == {2}  # counting asks for no context either
+    with_nvml = fake_devices(monkeypatch, *(h100() for _ in range(4)), nvml=True)
+    assert [d.free_memory_bytes for d in backend.devices()] == [40 * GIB, 70 * GIB, 70 * GIB, 70 * GIB]
+    assert with_nvml.contexts == {0}
+
+
+def test_a_device_held_by_another_process_leaves_its_free_memory_unknown(monkeypatch):
+    """Under EXCLUSIVE_PROCESS cudaMemGetInfo fails on a device in use elsewhere: the listing still comes back."""
+    cuda = fake_devices(monkeypatch, h100())
+
+    def busy(device=None):
+        raise RuntimeError("CUDA error: all CUDA-capable devices are busy or unavailable")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", busy)
+    [device] = available(CudaBackend()).devices()
+    assert device.free_memory_bytes is None and device.total_memory_bytes == 80 * GIB and cuda.contexts == set()
+
+
+def test_an_unavailable_backend_counts_no_devices():
+    for backend in (CudaBackend(), RocmDcuBackend()):
+        if not backend.availability():
+            assert backend.device_count() == 0
+
+
 def test_driver_version_is_read_from_the_nvidia_kernel_module_line():
     text = (
         "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14  Thu Feb 22 01:44:30 UTC 2024\n"
@@ -94,9 +121,9 @@ def test_driver_version_is_read_from_the_nvidia_kernel_module_line():
 
 @pytest.mark.parametrize(("capabilities", "bf16"), [([(9, 0), (8, 0)], True), ([(9, 0), (7, 5)], False)])
 def test_cuda_offers_bf16_only_when_every_device_is_ampere_or_newer(monkeypatch, capabilities, bf16):
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: capabilities[i])
+    cuda = fake_devices(monkeypatch, *(h100(major=major, minor=minor) for major, minor in capabilities))
     assert (torch.bfloat16 in available(CudaBackend()).supported_dtypes()) is bf16
+    assert cuda.contexts == set()
 
 
 def test_no_unavailable_backend_lists_devices_or_bf16():

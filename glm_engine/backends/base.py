@@ -131,6 +131,11 @@ class Backend(ABC):
         """Devices found (empty when unavailable)."""
         return []
 
+    def device_count(self) -> int:
+        """How many devices this process sees, counted without touching any: what a launcher and each rank compare
+        the ranks per node with. Backends whose :meth:`devices` creates device contexts override it."""
+        return len(self.devices())
+
     @abstractmethod
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         """Compute dtypes this backend runs, best first (the first is the default)."""

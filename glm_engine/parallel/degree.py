@@ -43,7 +43,7 @@ def check_device_count(backend: Backend, ranks_per_node: int) -> None:
     """Raise ParallelError when a node would start more ranks than ``backend`` has devices (the CPU has no limit)."""
     if backend.device_type == "cpu":
         return
-    available = len(backend.devices())
+    available = backend.device_count()  # counted without a context on any device (the launcher uses none)
     if ranks_per_node > available:
         raise ParallelError(
             f"{ranks_per_node} ranks per node need {ranks_per_node} {backend.name} devices, but this node has "

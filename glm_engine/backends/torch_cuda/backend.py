@@ -22,6 +22,34 @@ from glm_engine.kernels.triton.linear import ACTIVATION_DTYPES
 from glm_engine.ops.interface import Op, OpTable
 from glm_engine.quant.formats import QuantFormat
 
+
+def free_memory_bytes(index: int, total: int, own: int | None) -> int | None:
+    """Free bytes on device ``index`` (``total`` bytes), creating a context on no device but ``own``.
+
+    ``cudaMemGetInfo`` (``torch.cuda.mem_get_info``) needs a context on the device it asks about, and the CUDA
+    runtime creates one on first need (CUDA Runtime API, "Interactions with the CUDA Driver API": the primary
+    context is initialised at the first call that requires an active context). A context holds about half a GiB
+    and, under the EXCLUSIVE_PROCESS compute mode, cannot be had on a device another process uses; so only this
+    process's own device is asked that way. For the others, ``total`` minus ``torch.cuda.device_memory_used``
+    (what NVML or amdsmi reports as used, as nvidia-smi/amd-smi show it; no context) is the estimate; it needs
+    nvidia-ml-py (pynvml) or amdsmi installed, and without them, or on a torch too old to have it, the value is
+    unknown (None).
+    """
+    if index == own:
+        try:
+            return torch.cuda.mem_get_info(index)[0]
+        except RuntimeError:  # the device is held by another process (EXCLUSIVE_PROCESS) or the driver refused
+            return None
+    used_of = getattr(torch.cuda, "device_memory_used", None)  # absent from older torch releases
+    if used_of is None:
+        return None
+    try:
+        used = int(used_of(index))
+    except Exception:  # no pynvml/amdsmi (ModuleNotFoundError), or the library's own errors (NVMLError ...)
+        return None
+    return max(0, total - used)
+
+
 # How each attention path reads grouped key/value heads (backends/torch_cuda/attention.py).
 GROUPED_READS = {
     AttentionPath.TRITON_DECODE: GROUPED_IN_PLACE,
@@ -66,27 +94,36 @@ class TorchCudaBackend(OpLevelBackend):
 
     # --- shared behaviour ---
 
-    def device_info(self, index: int, versions: str) -> DeviceInfo:
-        """Name, total/free memory, architecture and unit count of device ``index``; ``versions`` ends the line."""
+    def device_info(self, index: int, versions: str, own: int | None = None) -> DeviceInfo:
+        """Name, total/free memory, architecture and unit count of device ``index``; ``versions`` ends the line.
+
+        ``own`` is this process's device, the only one whose free memory may be read through a context
+        (:func:`free_memory_bytes`); the properties come from ``cudaGetDeviceProperties``, which needs none.
+        """
         props = torch.cuda.get_device_properties(index)
-        try:
-            free, _total = torch.cuda.mem_get_info(index)
-        except RuntimeError:
-            free = None
+        free = free_memory_bytes(index, props.total_memory, own)
         detail = f"{self.describe_device(props)}, {props.multi_processor_count} {self.compute_units}, {versions}"
         return DeviceInfo(index, props.name, props.total_memory, detail, free, self.device_capability(props))
 
     def devices(self) -> list[DeviceInfo]:
         """Each visible device with its driver/runtime versions (empty when unavailable).
 
-        Free memory comes from ``torch.cuda.mem_get_info``, which creates a context on each device: this is for
-        ``glm-engine backends`` and diagnostics, never called at import or by ``availability()``.
+        Creates no context on any device but this process's own (``torch.cuda.current_device()``: the rank's
+        device after ``set_device``, device 0 otherwise), whose free memory ``cudaMemGetInfo`` reads; the others'
+        free memory comes from NVML/amdsmi where installed, else is unknown (:func:`free_memory_bytes`). Never
+        called at import or by ``availability()``; a launcher and a rank count devices with :meth:`device_count`.
         """
         if not self.availability():
             return []
         driver = self.driver_version()
         versions = ", ".join(v for v in (f"driver {driver}" if driver else "", self.runtime_version()) if v)
-        return [self.device_info(index, versions) for index in range(torch.cuda.device_count())]
+        own = torch.cuda.current_device()
+        return [self.device_info(index, versions, own) for index in range(torch.cuda.device_count())]
+
+    def device_count(self) -> int:
+        """Visible devices, counted without a context: ``torch.cuda.device_count()`` asks NVML (amdsmi on ROCm)
+        where it can, else ``cudaGetDeviceCount``, which initialises the driver but creates no context."""
+        return torch.cuda.device_count() if self.availability() else 0
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
         if self.availability() and self.bf16_supported():
