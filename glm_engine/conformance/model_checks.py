@@ -36,7 +36,7 @@ from glm_engine.model.family import Family
 from glm_engine.model.graph import DecoderModel
 from glm_engine.model.registry import FAMILIES, family_named
 from glm_engine.ops.interface import Op, OpTable
-from glm_engine.parallel.communicator import Communicator, TorchDistributedCommunicator
+from glm_engine.parallel.communicator import Communicator, TorchDistributedCommunicator, process_group_device
 from glm_engine.quant.formats import QuantFormat
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -153,7 +153,13 @@ def _tp_worker(rank: int, backend_name: str, work: list, init_file: str, out_fil
     assert isinstance(backend, OpLevelBackend)
     if backend.device_type != "cpu":
         torch.get_device_module(backend.device_type).set_device(rank)
-    dist.init_process_group(backend.dist_backend, init_method=f"file://{init_file}", rank=rank, world_size=2)
+    dist.init_process_group(
+        backend.dist_backend,
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=2,
+        device_id=process_group_device(backend, rank),
+    )
     try:
         comm = TorchDistributedCommunicator(rank)
         traces = []
@@ -178,7 +184,7 @@ def tp2_traces(backend: OpLevelBackend, work: list[tuple[str, torch.dtype, list[
 
 def tp_degrees(backend: OpLevelBackend) -> list[int]:
     """TP=1 always; TP=2 on the CPU (gloo) or where the backend sees two devices."""
-    return [1, 2] if backend.device_type == "cpu" or len(backend.devices()) >= 2 else [1]
+    return [1, 2] if backend.device_type == "cpu" or backend.device_count() >= 2 else [1]
 
 
 def _row(backend: OpLevelBackend, shape: str, dtype: torch.dtype, status: Status, detail: str) -> CaseResult:

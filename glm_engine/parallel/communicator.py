@@ -32,6 +32,9 @@ CONTROL_TIMEOUT = timedelta(days=7)
 MAX_DETAIL_CHARS = 160
 # The variables torchrun (and torch's elastic launcher) sets for every worker.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# Process-group backends whose ``barrier`` takes ``device_ids`` (torch.distributed.barrier: NCCL; torch_npu's HCCL
+# likewise); gloo's refuses them in older torch releases.
+DEVICE_BARRIER_BACKENDS = ("nccl", "hccl")
 
 T = TypeVar("T")
 
@@ -74,13 +77,16 @@ class Communicator:
 class TorchDistributedCommunicator(Communicator):
     """The collectives over the default ``torch.distributed`` process group (initialised by the caller)."""
 
-    def __init__(self, local_rank: int = 0, owns_group: bool = False) -> None:
+    def __init__(self, local_rank: int = 0, owns_group: bool = False, barrier_device: int | None = None) -> None:
+        """``barrier_device``: the device index ``barrier`` runs on (see :func:`barrier_device`); None lets torch
+        choose, which is right for gloo and for a group bound to its device at ``init_process_group``."""
         if not dist.is_initialized():
             raise ParallelError("torch.distributed is not initialised; use init_from_environment() under torchrun")
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.local_rank = local_rank
         self._owns_group = owns_group
+        self._barrier_device = barrier_device
         # Python objects travel on a CPU (gloo) group with a long timeout: an idle prompt is not a failure, and
         # pickled objects never need a device copy.
         self._control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
@@ -110,7 +116,10 @@ class TorchDistributedCommunicator(Communicator):
 
     def barrier(self) -> None:
         with self._collective("barrier"):
-            dist.barrier()
+            if self._barrier_device is None:
+                dist.barrier()
+            else:  # named, so NCCL/HCCL never guesses the device from the rank (torch.distributed.barrier's note)
+                dist.barrier(device_ids=[self._barrier_device])
 
     @contextmanager
     def _collective(self, name: str) -> Iterator[None]:
@@ -164,27 +173,57 @@ def launch_environment() -> LaunchEnvironment:
         raise ParallelError(f"torchrun's RANK/WORLD_SIZE/LOCAL_RANK must be integers: {exc}") from None
 
 
+def process_group_device(backend: Backend, local_rank: int) -> torch.device | None:
+    """The device ``init_process_group(device_id=...)`` binds the default group to: the rank's GPU under NCCL.
+
+    torch.distributed's documentation of ``device_id``: under NCCL the communicator is formed at once (an NCCL
+    setup error surfaces in ``init_process_group``, not at the first collective), and ``barrier`` runs on that device
+    instead of guessing one from the global rank, which is wrong when ranks and devices do not line up. Elsewhere
+    None: torch refuses a CPU ``device_id`` (gloo); and under HCCL, ``new_group`` gives every later group the default
+    group's bound device, including the communicator's gloo control group, while torch registers gloo for the cpu
+    and cuda device types only (``Backend.backend_capability``), so an ``npu`` binding would leave that group
+    without a backend. HCCL ranks name their device to ``barrier`` instead (:func:`barrier_device`).
+    """
+    if backend.dist_backend != "nccl":
+        return None
+    return torch.device(backend.device_type, local_rank)
+
+
+def barrier_device(backend: Backend, local_rank: int) -> int | None:
+    """The device index a rank's ``barrier`` names: LOCAL_RANK under NCCL/HCCL, None under gloo (the CPU)."""
+    return local_rank if backend.dist_backend in DEVICE_BARRIER_BACKENDS else None
+
+
 def init_from_environment(backend: Backend, timeout: timedelta = DEFAULT_TIMEOUT) -> TorchDistributedCommunicator:
     """Join the process group torchrun describes, with ``backend``'s process-group backend, on device LOCAL_RANK.
 
     Checks LOCAL_RANK against the devices this node has before touching any, so a job with more ranks per node than
-    devices fails with a message instead of two ranks sharing (or hanging on) one device.
+    devices fails with a message instead of two ranks sharing (or hanging on) one device. Devices are counted with
+    ``backend.device_count()``, which creates no context: the only device a rank touches is its own, made current
+    before anything else runs on it (a context on every GPU from every rank would cost each GPU one context per
+    rank, and fail under the EXCLUSIVE_PROCESS compute mode).
     """
     env = launch_environment()
     if backend.device_type == "cpu":
         if "OMP_NUM_THREADS" not in os.environ:  # ranks of one node share its cores instead of oversubscribing them
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
     else:
-        available = len(backend.devices())
+        available = backend.device_count()
         if env.local_rank >= available:
             raise ParallelError(
                 f"rank {env.rank} has LOCAL_RANK {env.local_rank}, but this node has {available} {backend.name} "
                 f"device(s): start at most {available} ranks per node (--nproc-per-node / --tp)"
             )
         torch.get_device_module(backend.device_type).set_device(env.local_rank)
+    barrier_on = barrier_device(backend, env.local_rank)
     if dist.is_initialized():  # the caller set up the group: use it as it is
-        return TorchDistributedCommunicator(env.local_rank)
+        return TorchDistributedCommunicator(env.local_rank, barrier_device=barrier_on)
     dist.init_process_group(
-        backend=backend.dist_backend, init_method="env://", rank=env.rank, world_size=env.world_size, timeout=timeout
+        backend=backend.dist_backend,
+        init_method="env://",
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=timeout,
+        device_id=process_group_device(backend, env.local_rank),
     )
-    return TorchDistributedCommunicator(env.local_rank, owns_group=True)
+    return TorchDistributedCommunicator(env.local_rank, owns_group=True, barrier_device=barrier_on)
