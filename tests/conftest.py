@@ -8,6 +8,7 @@ import pytest
 import torch
 
 # Triton kernels run in Triton's CPU interpreter where no GPU is present; this must be set before triton is imported.
+# (A ROCm build of torch answers torch.cuda too: its GPUs are "cuda" devices.)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -20,6 +21,23 @@ from glm_engine.model.graph import DecoderModel
 # layout, which shows that nothing depends on GLM-130B's ids), with room for longer test prompts.
 SMALL_LAYOUT = CONFORMANCE_CONFIG.vocab_layout
 SMALL_CONFIG = CONFORMANCE_CONFIG.with_overrides(max_sequence_length=128)
+
+
+def kernel_device_for(gpu_present: bool) -> torch.device:
+    """Where tests put the tensors a Triton kernel reads: a compiled kernel reads device memory only (given a CPU
+    tensor it fails with "Pointer argument cannot be accessed from Triton"), while the interpreter that runs the
+    kernels without a GPU reads host memory."""
+    return torch.device("cuda", 0) if gpu_present else torch.device("cpu")
+
+
+KERNEL_DEVICE = kernel_device_for(torch.cuda.is_available())
+
+
+@pytest.fixture(scope="session")
+def kernel_device() -> torch.device:
+    """The device of the tensors a test hands a Triton kernel, or an op table that launches one (every such test
+    takes this fixture; tests/test_suite_devices.py checks that)."""
+    return KERNEL_DEVICE
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """Attention on the torch.cuda backends: the Triton decode kernel, SDPA's formulation and the per-call choice.
 
-Without a GPU the kernel runs in Triton's interpreter on CPU tensors (conftest.py sets ``TRITON_INTERPRET=1``) and
-SDPA runs on the CPU, both against ``reference_attention`` in float64: that checks the semantics (mask, scale,
-split merging, layer scaling being a no-op) while the GPU-only test checks the compiled kernel at real shapes.
+Without a GPU the kernel runs in Triton's interpreter on CPU tensors (conftest.py sets ``TRITON_INTERPRET=1``; with
+one, the kernel tests put their tensors on the GPU: the ``kernel_device`` fixture) and SDPA runs on the CPU, both
+against ``reference_attention`` in float64: that checks the semantics (mask, scale, split merging, layer scaling
+being a no-op) while the GPU-only test checks the compiled kernel at real shapes.
 """
 
 from __future__ import annotations
@@ -55,20 +56,21 @@ def random_blocked(b: int, sk: int, seed: int = 1) -> torch.Tensor:
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize(("b", "h", "sk", "d", "splits"), [(2, 3, 150, 16, 3), (1, 2, 37, 24, 1), (3, 1, 64, 32, 8)])
-def test_decode_kernel_matches_the_reference(b, h, sk, d, splits, dtype):
+def test_decode_kernel_matches_the_reference(b, h, sk, d, splits, dtype, kernel_device):
     """Ragged last tile, head_dim not a power of two, more splits than tiles: all equal the float64 reference."""
     from glm_engine.kernels.triton.decode_attention import decode_attention
 
     q, k, v = qkv(b, h, sk, d, dtype)
     blocked = random_blocked(b, sk)
-    got = decode_attention(q, k, v, blocked, DecodeAttentionConfig(16, splits, 4, 1))
+    on = [t.to(kernel_device) for t in (q, k, v, blocked)]
+    got = decode_attention(*on, DecodeAttentionConfig(16, splits, 4, 1)).cpu()
     expected = reference_attention(q.double(), k.double(), v.double(), blocked, 7.0)
     assert got.shape == (b, h, 1, d) and got.dtype == dtype
     assert nmse(got, expected) <= max_nmse("attention:decode", dtype)
 
 
 @needs_triton
-def test_decode_kernel_honours_the_mask_and_skips_blocked_tiles():
+def test_decode_kernel_honours_the_mask_and_skips_blocked_tiles(kernel_device):
     """Keys after the current length blocked (the CUDA-graph layout) give the same output as a cache cut there, and
     a blocked key holding huge values changes nothing."""
     from glm_engine.kernels.triton.decode_attention import decode_attention
@@ -78,19 +80,23 @@ def test_decode_kernel_honours_the_mask_and_skips_blocked_tiles():
     blocked[..., 40:] = True
     k[:, :, 70], v[:, :, 70] = 1e4, 1e4  # poison inside a blocked tile and a blocked position
     config = DecodeAttentionConfig(16, 2, 4, 1)
-    full = decode_attention(q, k, v, blocked, config)
-    cut = decode_attention(q, k[:, :, :40], v[:, :, :40], blocked[..., :40], config)
+
+    def kernel(q, k, v, blocked):
+        return decode_attention(*(t.to(kernel_device) for t in (q, k, v, blocked)), config).cpu()
+
+    full = kernel(q, k, v, blocked)
+    cut = kernel(q, k[:, :, :40], v[:, :, :40], blocked[..., :40])
     assert torch.isfinite(full).all()
     kept = [t[:, :, :40].double() for t in (k, v)]
     expected = reference_attention(q.double(), *kept, blocked[..., :40], 1.0)
     for got in (full, cut):
         assert nmse(got, expected) <= max_nmse("attention:decode", torch.float16)
-    unmasked = decode_attention(q, k, v, torch.zeros_like(blocked), config)
+    unmasked = kernel(q, k, v, torch.zeros_like(blocked))
     assert nmse(unmasked, full.double()) > 1e-2  # the mask matters: the check above could fail
 
 
 @needs_triton
-def test_decode_kernel_reads_strided_cache_views():
+def test_decode_kernel_reads_strided_cache_views(kernel_device):
     """k, v as the KV cache hands them out: slices of [layers, 2, b, h, max, d] storage, not contiguous."""
     from glm_engine.kernels.triton.decode_attention import decode_attention
 
@@ -98,7 +104,10 @@ def test_decode_kernel_reads_strided_cache_views():
     k, v = storage[1, 0, :, :, :50], storage[1, 1, :, :, :50]
     q = torch.randn(2, 3, 1, 16).half()
     blocked = random_blocked(2, 50)
-    got = decode_attention(q, k, v, blocked, DecodeAttentionConfig(16, 2, 4, 1))
+    on_device = storage.to(kernel_device)  # the same strided views of storage on the kernel's device
+    k_on, v_on = on_device[1, 0, :, :, :50], on_device[1, 1, :, :, :50]
+    config = DecodeAttentionConfig(16, 2, 4, 1)
+    got = decode_attention(q.to(kernel_device), k_on, v_on, blocked.to(kernel_device), config).cpu()
     expected = reference_attention(q.double(), k.double(), v.double(), blocked, 1.0)
     assert nmse(got, expected) <= max_nmse("attention:decode", torch.float16)
 
@@ -143,16 +152,17 @@ def test_decode_splits_fill_the_gpu_at_small_batch_and_stop_at_the_cache():
 
 @needs_triton
 @pytest.mark.parametrize("sq", [1, 5])
-def test_cuda_op_table_routes_calls_and_records_why(sq):
-    ops = CudaOps(torch.device("cpu"), torch.float16)
+def test_cuda_op_table_routes_calls_and_records_why(sq, kernel_device):
+    ops = CudaOps(kernel_device, torch.float16)
     q, k, v = qkv(2, 2, 20, 16, torch.float16, sq=sq)
     blocked = generation_blocked(15, 20)[None, None, -sq:]
+    on = [t.to(kernel_device) for t in (q, k, v, blocked)]
     if sq == 1:
-        got = ops.attention(q, k, v, blocked, 3.0)
+        got = ops.attention(*on, 3.0).cpu()
         assert ops.attention_path["decode"].startswith("triton_decode")
         bound = max_nmse("attention:decode", torch.float16)
     else:
-        got = ops.attention(q.float(), k.float(), v.float(), blocked, 3.0)  # SDPA on CPU has no fp16 mask kernel
+        got = ops.attention(*(t.float() for t in on[:3]), on[3], 3.0).cpu()  # SDPA on CPU has no fp16 mask kernel
         assert ops.attention_path["prefill"].startswith("sdpa")
         bound = max_nmse("attention:prefill", torch.float32)
     expected = reference_attention(q.double(), k.double(), v.double(), blocked, 3.0)

@@ -72,12 +72,13 @@ def wrongly_grouped(k: torch.Tensor, heads: int) -> torch.Tensor:
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("groups", GROUPS, ids=[f"g{g}" for g in GROUPS])
-def test_decode_kernel_reads_grouped_heads_in_place(groups, dtype):
+def test_decode_kernel_reads_grouped_heads_in_place(groups, dtype, kernel_device):
     from glm_engine.kernels.triton.decode_attention import decode_attention
 
     q, k, v = grouped_qkv(2, HEADS, groups, 1, 70, 16, dtype)
     blocked = random_blocked(2, 70)
-    got = decode_attention(q, k, v, blocked, DecodeAttentionConfig(16, 3, 4, 1))
+    on = [t.to(kernel_device) for t in (q, k, v, blocked)]
+    got = decode_attention(*on, DecodeAttentionConfig(16, 3, 4, 1)).cpu()
     assert got.shape == (2, HEADS, 1, 16) and got.dtype == dtype
     assert nmse(got, reference(q, k, v, blocked, 7.0)) <= max_nmse("grouped_attention:decode", dtype)
     if 1 < groups < HEADS:  # the comparison can fail: another grouping of the same heads is far off
@@ -86,27 +87,28 @@ def test_decode_kernel_reads_grouped_heads_in_place(groups, dtype):
 
 
 @needs_triton
-def test_decode_kernel_refuses_key_value_heads_that_do_not_divide_the_query_heads():
+def test_decode_kernel_refuses_key_value_heads_that_do_not_divide_the_query_heads(kernel_device):
     from glm_engine.kernels.triton.decode_attention import decode_attention
 
-    q, k, v = grouped_qkv(1, HEADS, 3, 1, 16, 16, torch.float16)
+    q, k, v = (t.to(kernel_device) for t in grouped_qkv(1, HEADS, 3, 1, 16, 16, torch.float16))
     with pytest.raises(ValueError, match="divide the 8 query heads"):
-        decode_attention(q, k, v, random_blocked(1, 16), DecodeAttentionConfig(16, 1, 4, 1))
+        decode_attention(q, k, v, random_blocked(1, 16).to(kernel_device), DecodeAttentionConfig(16, 1, 4, 1))
 
 
 @needs_triton
 @pytest.mark.parametrize("groups", GROUPS, ids=[f"g{g}" for g in GROUPS])
-def test_cuda_decode_step_reads_the_whole_grouped_cache_as_a_graph_step_hands_it_over(groups):
+def test_cuda_decode_step_reads_the_whole_grouped_cache_as_a_graph_step_hands_it_over(groups, kernel_device):
     """A captured decode step attends over the preallocated cache (a strided view of ``[layers, 2, b, g, max, d]``
     storage) with the unwritten tail blocked: same output as the filled prefix alone, no copy of the cache."""
-    ops = CudaOps(torch.device("cpu"), torch.float16)
+    ops = CudaOps(kernel_device, torch.float16)
     storage = torch.randn(2, 2, 2, groups, 96, 16).half()
     storage[1, :, :, :, 40:] = 1e4  # unwritten positions hold garbage; the mask must keep them out
     k, v = storage[1, 0], storage[1, 1]
     q = torch.randn(2, HEADS, 1, 16).half()
     blocked = torch.zeros(1, 1, 1, 96, dtype=torch.bool)
     blocked[..., 40:] = True
-    got = ops.attention(q, k, v, blocked, 1.0)
+    on_device = storage.to(kernel_device)  # the same strided views of storage on the kernel's device
+    got = ops.attention(q.to(kernel_device), on_device[1, 0], on_device[1, 1], blocked.to(kernel_device), 1.0).cpu()
     expected = reference(q, k[:, :, :40], v[:, :, :40], blocked[..., :40])
     assert nmse(got, expected) <= max_nmse("grouped_attention:decode", torch.float16)
     path = ops.attention_path["decode"]

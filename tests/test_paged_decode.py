@@ -1,5 +1,6 @@
 """The paged decode kernel (``kernels/triton/paged_decode_attention.py``) and its use by the serving core: without a
-GPU the kernel runs in Triton's interpreter on CPU tensors (conftest.py sets ``TRITON_INTERPRET=1``)."""
+GPU the kernel runs in Triton's interpreter on CPU tensors (conftest.py sets ``TRITON_INTERPRET=1``); with one it is
+compiled and reads tensors on the GPU (the ``kernel_device`` fixture)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def _pool_and_rows(dtype: torch.dtype, lengths: list[int], heads: int = 4, group
     return q, k_pool, v_pool, slots, torch.tensor(lengths)
 
 
+def _on(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.to(device) for t in tensors]
+
+
 def _reference(q, k_pool, v_pool, slots, lengths, row):
     n = int(lengths[row])
     keys = k_pool[slots[row, :n]].transpose(0, 1)[None].double()
@@ -42,32 +47,33 @@ def _reference(q, k_pool, v_pool, slots, lengths, row):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-def test_each_sequence_reads_its_own_slots_and_equals_the_reference(dtype):
+def test_each_sequence_reads_its_own_slots_and_equals_the_reference(dtype, kernel_device):
     """Ragged lengths (1 key, a partial tile, several splits), grouped key/value heads read in place."""
     from glm_engine.kernels.triton.paged_decode_attention import paged_decode_attention
 
     q, k_pool, v_pool, slots, lengths = _pool_and_rows(dtype, [1, 37, 150])
-    got = paged_decode_attention(q, k_pool, v_pool, slots, lengths, CONFIG, blocks_per_split=2)
+    on = _on(kernel_device, q, k_pool, v_pool, slots, lengths)
+    got = paged_decode_attention(*on, CONFIG, blocks_per_split=2).cpu()
     assert got.shape == q.shape and got.dtype == dtype
     for row in range(3):
         assert nmse(got[row], _reference(q, k_pool, v_pool, slots, lengths, row)) <= max_nmse("attention:decode", dtype)
 
 
 @needs_triton
-def test_a_sequences_result_does_not_depend_on_the_others_in_the_launch():
+def test_a_sequences_result_does_not_depend_on_the_others_in_the_launch(kernel_device):
     from glm_engine.kernels.triton.paged_decode_attention import paged_decode_attention
 
-    q, k_pool, v_pool, slots, lengths = _pool_and_rows(torch.float32, [150, 37, 90])
+    q, k_pool, v_pool, slots, lengths = _on(kernel_device, *_pool_and_rows(torch.float32, [150, 37, 90]))
     together = paged_decode_attention(q, k_pool, v_pool, slots, lengths, CONFIG, blocks_per_split=2)
     alone = paged_decode_attention(q[1:2], k_pool, v_pool, slots[1:2, :37], lengths[1:2], CONFIG, blocks_per_split=2)
     assert torch.equal(alone[0], together[1])
 
 
 @needs_triton
-def test_the_cuda_op_table_sends_decode_rows_to_the_paged_kernel_and_says_so():
-    ops = CudaOps(torch.device("cpu"), torch.float16)
+def test_the_cuda_op_table_sends_decode_rows_to_the_paged_kernel_and_says_so(kernel_device):
+    ops = CudaOps(kernel_device, torch.float16)
     q, k_pool, v_pool, slots, lengths = _pool_and_rows(torch.float16, [3, 20])
-    got = ops.paged_decode_attention(q, k_pool, v_pool, slots, lengths)
+    got = ops.paged_decode_attention(*_on(kernel_device, q, k_pool, v_pool, slots, lengths)).cpu()
     assert "paged: keys read through the block table" in ops.attention_path["decode"]
     assert nmse(got[1], _reference(q, k_pool, v_pool, slots, lengths, 1)) <= max_nmse("attention:decode", torch.float16)
 

@@ -1,8 +1,9 @@
 """Triton dequant-GEMM kernels against dequantize-then-fp32-matmul, config choice, and the cuda op table's choice.
 
-Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by conftest.py), on CPU tensors,
-at tiny shapes with tiny tiles so that several programs, K splits and ragged edges are exercised. Without triton the
-kernel tests skip with the reason; config and fallback tests run everywhere.
+Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by conftest.py), on CPU tensors;
+with one they are compiled and read tensors on the GPU (the ``kernel_device`` fixture). Both run them at tiny shapes
+with tiny tiles so that several programs, K splits and ragged edges are exercised. Without triton the kernel tests
+skip with the reason; config and fallback tests run everywhere.
 """
 
 from __future__ import annotations
@@ -70,13 +71,15 @@ def small_config(variant: Variant, m: int, n: int, k: int, bits: int, group_size
 @pytest.mark.parametrize("m", [1, 3, 17])
 @pytest.mark.parametrize(("bits", "group_size"), [(8, None), (8, 32), (8, 64), (4, None), (4, 32), (4, 64), (4, 128)])
 @pytest.mark.parametrize("variant", list(Variant), ids=lambda v: v.value)
-def test_kernel_matches_dequantize_then_matmul(variant, bits, group_size, m, dtype):
+def test_kernel_matches_dequantize_then_matmul(variant, bits, group_size, m, dtype, kernel_device):
     from glm_engine.kernels.triton.dequant_gemm import dequant_matmul
 
     n, k = (48, 128) if m != 3 else (32, 128 if (group_size or 0) >= 64 else 64)
     weight = quantized(n, k, bits, group_size)
     x = activations(m, k, dtype)
-    got = dequant_matmul(x, weight.stored, weight.scale, bits, small_config(variant, m, n, k, bits, group_size))
+    on = weight.to(kernel_device)
+    config = small_config(variant, m, n, k, bits, group_size)
+    got = dequant_matmul(x.to(kernel_device), on.stored, on.scale, bits, config).cpu()
     assert got.dtype == dtype and got.shape == (m, n)
     assert torch.isfinite(got).all()
     assert nmse(got, x, weight) <= bound(weight, dtype)
@@ -85,18 +88,19 @@ def test_kernel_matches_dequantize_then_matmul(variant, bits, group_size, m, dty
 @needs_triton
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("variant", list(Variant), ids=lambda v: v.value)
-def test_rowwise_kernel_handles_a_ragged_last_k_block(variant, bits):
+def test_rowwise_kernel_handles_a_ragged_last_k_block(variant, bits, kernel_device):
     from glm_engine.kernels.triton.dequant_gemm import dequant_matmul
 
     weight = quantized(24, 96, bits, None, seed=3)  # 96 = one full 64-wide K block and half of another
     x = activations(5, 96, torch.float16, seed=4)
     config = replace(small_config(variant, 5, 24, 96, bits, None), block_k=64)
-    got = dequant_matmul(x, weight.stored, weight.scale, bits, config)
+    on = weight.to(kernel_device)
+    got = dequant_matmul(x.to(kernel_device), on.stored, on.scale, bits, config).cpu()
     assert nmse(got, x, weight) <= bound(weight, torch.float16)
 
 
 @needs_triton
-def test_int4_nibble_order_matters():
+def test_int4_nibble_order_matters(kernel_device):
     """The even column is in the high nibble: the same bytes read with swapped nibbles give a different product."""
     from glm_engine.kernels.triton.dequant_gemm import dequant_matmul
 
@@ -104,22 +108,28 @@ def test_int4_nibble_order_matters():
     swapped = QuantizedWeight(((weight.stored << 4) | ((weight.stored >> 4) & 0x0F)).to(torch.int8), weight.scale, 4)
     x = activations(2, 64, torch.float16)
     config = small_config(Variant.DECODE, 2, 32, 64, 4, 32)
-    assert nmse(dequant_matmul(x, weight.stored, weight.scale, 4, config), x, weight) <= bound(weight, torch.float16)
-    assert nmse(dequant_matmul(x, swapped.stored, swapped.scale, 4, config), x, weight) > 0.1
+
+    def product(w: QuantizedWeight) -> torch.Tensor:
+        on = w.to(kernel_device)
+        return dequant_matmul(x.to(kernel_device), on.stored, on.scale, 4, config).cpu()
+
+    assert nmse(product(weight), x, weight) <= bound(weight, torch.float16)
+    assert nmse(product(swapped), x, weight) > 0.1
 
 
 @needs_triton
 @pytest.mark.parametrize("m", [2, 9])
-def test_cuda_op_table_runs_quantized_linears_through_triton(m):
-    """CudaOps on CPU tensors (the interpreter): batch-shaped inputs, the kernel picked by M, then the bias."""
-    ops = CudaOps(torch.device("cpu"), torch.float16)
+def test_cuda_op_table_runs_quantized_linears_through_triton(m, kernel_device):
+    """CudaOps on the kernel device (CPU tensors in the interpreter): batch-shaped inputs, the kernel picked by M, then
+    the bias."""
+    ops = CudaOps(kernel_device, torch.float16)
     weight = quantized(32, 64, 4, 32)
     packed = ops.prepare_quantized(weight)
     assert type(packed).__name__ == "TritonQuantLinear" and ops.quant_path["int4-groupwise"].startswith("fused")
     assert packed.nbytes == weight.nbytes
     x = activations(m, 64, torch.float16).view(1, m, 64)
     bias = torch.randn(32).half()
-    got = ops.linear(x, packed, bias)
+    got = ops.linear(x.to(kernel_device), packed, bias.to(kernel_device)).cpu()
     expected = DequantizingLinear(weight)(x.float()) + bias.float()
     assert got.shape == (1, m, 32) and got.dtype == torch.float16
     assert suite_nmse(got, expected) <= bound(weight, torch.float16)
@@ -182,10 +192,10 @@ def test_unsupported_groups_and_bad_tiles_are_named():
 
 
 @needs_triton
-def test_triton_linear_refuses_what_it_cannot_run():
+def test_triton_linear_refuses_what_it_cannot_run(kernel_device):
     from glm_engine.kernels.triton.linear import TritonQuantLinear
 
     with pytest.raises(BackendError, match="multiple of 32"):
-        TritonQuantLinear(quantized(16, 96, 4, 48))
+        TritonQuantLinear(quantized(16, 96, 4, 48).to(kernel_device))
     with pytest.raises(BackendError, match="fp16/bf16"):
-        TritonQuantLinear(quantized(16, 64, 8, None))(torch.zeros(1, 64))
+        TritonQuantLinear(quantized(16, 64, 8, None).to(kernel_device))(torch.zeros(1, 64, device=kernel_device))
