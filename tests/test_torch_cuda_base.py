@@ -21,7 +21,11 @@ import glm_engine.backends.cuda.backend as cuda_backend_module
 import glm_engine.backends.rocm_dcu.backend as rocm_backend_module
 from glm_engine.backends.base import Verdict
 from glm_engine.backends.cuda import CudaBackend
-from glm_engine.backends.cuda.platform import nvidia_driver_version, parse_nvidia_driver_version
+from glm_engine.backends.cuda.platform import (
+    nvidia_driver_version,
+    parse_nvidia_driver_version,
+    primary_context_devices,
+)
 from glm_engine.backends.rocm_dcu import RocmDcuBackend
 
 PACKAGE = Path(glm_engine.__file__).parent
@@ -117,6 +121,39 @@ def test_driver_version_is_read_from_the_nvidia_kernel_module_line():
     open_module = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build"
     assert parse_nvidia_driver_version(open_module) == "570.86.15"
     assert parse_nvidia_driver_version("") == ""
+
+
+class FakeDriver:
+    """libcuda's calls ``primary_context_devices`` makes: ``active`` devices of ``count`` hold a primary context; the
+    pointer arguments are filled as the driver API documents."""
+
+    def __init__(self, count: int, active: set[int], failing: str = "") -> None:
+        self.count, self.active, self.failing = count, active, failing
+
+    def _result(self, name: str) -> int:
+        return 3 if name == self.failing else 0  # CUDA_ERROR_NOT_INITIALIZED
+
+    def cuInit(self, flags):
+        return self._result("cuInit")
+
+    def cuDeviceGetCount(self, count):
+        count._obj.value = self.count
+        return self._result("cuDeviceGetCount")
+
+    def cuDeviceGet(self, device, ordinal):
+        device._obj.value = ordinal
+        return self._result("cuDeviceGet")
+
+    def cuDevicePrimaryCtxGetState(self, device, flags, active):
+        active._obj.value = int(device.value in self.active)
+        return self._result("cuDevicePrimaryCtxGetState")
+
+
+def test_the_devices_holding_a_context_are_read_from_the_driver():
+    assert primary_context_devices(FakeDriver(4, {1})) == [1]
+    assert primary_context_devices(FakeDriver(2, set())) == []
+    assert primary_context_devices(FakeDriver(2, {0}, failing="cuInit")) is None
+    assert primary_context_devices(FakeDriver(2, {0}, failing="cuDevicePrimaryCtxGetState")) is None
 
 
 @pytest.mark.parametrize(("capabilities", "bf16"), [([(9, 0), (8, 0)], True), ([(9, 0), (7, 5)], False)])
