@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The device check (docs/benchmarking.md#the-device-check): one pass over what a GPU machine must show, each step in
+# its own process under its own time limit, ending in one summary table; under 8 minutes on one GPU. Installs
+# nothing: it imports this checkout (PYTHONPATH) next to the torch and Triton already installed, so it runs offline.
+# Usage: bash tools/device_check.sh [--cpu] [--dry-run] [--only STEP] [--skip STEP] [--out DIR] [--limit-scale X]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+exec "${PYTHON:-python3}" -m tools.device_check "$@"
