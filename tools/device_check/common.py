@@ -36,7 +36,7 @@ def gpu_backend_name(requested: str = "auto") -> str:
         verdict = get_backend(name).availability()
         if verdict:
             return name
-        reasons.append(f"{name}: {verdict.reason}")
+        reasons.append(f"{name}: {verdict.reason.split(';')[0]}")  # its first clause: the table stays compact
     raise NoDevice("; ".join(reasons))
 
 
@@ -85,5 +85,6 @@ def summary(text: str) -> None:
 
 
 def skipped(why: str) -> int:
-    summary(f"skipped: {why}")
+    """Report why the step has nothing to check here (the runner's status column says SKIP)."""
+    summary(why)
     return SKIPPED

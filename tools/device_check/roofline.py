@@ -27,7 +27,7 @@ PROBE_GIB = 1.0
 CPU_LAYER = (64, 256)  # the interpreter's size for --cpu
 # HBM peak read bandwidth from NVIDIA's data sheets, in decimal GB/s, matched on torch's device name: H200 (SXM and
 # NVL) 4.8 TB/s; H100 SXM5 3.35 TB/s, whose name reads "NVIDIA H100 80GB HBM3" (the PCIe and NVL cards differ).
-HBM_PEAK_GBPS = ((r"\bH200\b", 4800.0), (r"\bH100\b.*\b(SXM|HBM3)\b", 3350.0))
+HBM_PEAK_GBPS = ((r"\bH200\b", 4800.0), (r"\bH100\b.*\b(SXM|HBM3)", 3350.0))
 
 
 def hbm_peak_gbps(device_name: str) -> float | None:

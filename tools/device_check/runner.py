@@ -26,7 +26,7 @@ from tools.device_check.common import FAILED, PASSED, SKIPPED, SUMMARY_PREFIX, t
 
 REPO = Path(__file__).resolve().parents[2]
 POLL_S = 0.2
-MAX_SUMMARY_CHARS = 160  # of a crashed step's last line (its exception) in the summary table
+MAX_SUMMARY_CHARS = 160  # of a step's summary (a crashed step's: its last line, the exception) in the table
 STATUS = {PASSED: "pass", FAILED: "FAIL", SKIPPED: "SKIP"}
 
 
@@ -78,7 +78,7 @@ def run_step(step: Step, argv: Sequence[str], echo: Callable[[str], None] = prin
     else:
         status = STATUS.get(process.returncode) or crash_status(process.returncode)
         last_lines = [line for line in text.splitlines() if line.strip()]
-        last = last_lines[-1][:MAX_SUMMARY_CHARS] if last_lines else "no output"
+        last = last_lines[-1] if last_lines else "no output"
         summary = summaries[-1] if summaries and not status.startswith("CRASH") else last
     return StepResult(step, status, seconds, summary, text)
 
@@ -110,9 +110,15 @@ def _echo_new(out, shown: int, echo: Callable[[str], None]) -> int:
 def summary_table(results: Sequence[StepResult]) -> str:
     """One row per step: status, seconds (of its limit) and its summary line."""
     rows = [
-        [i + 1, r.step.name, r.status, f"{r.seconds:.0f}/{r.step.timeout_s}", r.summary] for i, r in enumerate(results)
+        [i + 1, r.step.name, r.status, f"{r.seconds:.0f}/{r.step.timeout_s}", shorten(r.summary)]
+        for i, r in enumerate(results)
     ]
     return table(["#", "step", "status", "s (limit)", "summary"], rows)
+
+
+def shorten(text: str, limit: int = MAX_SUMMARY_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, marked where cut (the step's whole output is in the report)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def plan_table(steps: Sequence[Step], cpu: bool, backend: str) -> str:
