@@ -1,6 +1,6 @@
 """Triton dequant-GEMM on a GPU: correctness at real tiles, then decode/prefill speed next to the fp16 GEMM.
 
-One prepared pass for a short GPU session (``benchmarks/gpu_check.sh`` runs it), printing what
+A longer pass than the device check's (``tools/device_check.sh`` checks the kernels at ragged shapes), printing what
 ``glm_engine.bench.dequant_gemm`` measures:
 
 1. Checks: every kernel variant x format (INT8/INT4, rowwise and groups of 32/64/128) x dtype (fp16/bf16) at
