@@ -25,8 +25,7 @@ from glm_engine.kernels.triton.configs import (
 )
 from glm_engine.quant.weight import QuantizedWeight
 
-pytestmark = pytest.mark.skipif(not triton_verdict()[0], reason=f"needs triton: {triton_verdict()[1]}")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif(not triton_verdict()[0], reason=f"needs triton: {triton_verdict()[1]}")
 POISON_INT = 77
 # Registers a thread may hold: 255 on NVIDIA; AMD's 256 architectural VGPRs per lane. The budget leaves room for
 # addresses, masks and loop state besides the tiles' values.
@@ -66,14 +65,17 @@ def quantized(out: int, columns: int, bits: int, group_size: int | None = None, 
     return QuantizedWeight.quantize(weight, bits, group_size)
 
 
-def activations(m: int, columns: int, dtype: torch.dtype = torch.float16, seed: int = 1) -> torch.Tensor:
-    return torch.randn(m, columns, generator=torch.Generator().manual_seed(seed)).to(dtype).to(DEVICE)
+def activations(
+    m: int, columns: int, device: torch.device, dtype: torch.dtype = torch.float16, seed: int = 1
+) -> torch.Tensor:
+    return torch.randn(m, columns, generator=torch.Generator().manual_seed(seed)).to(dtype).to(device)
 
 
 def run(x: torch.Tensor, weight: QuantizedWeight, config: KernelConfig) -> torch.Tensor:
+    """The kernel on ``x``'s device (``kernel_device``: the GPU where there is one, else the interpreter's CPU)."""
     from glm_engine.kernels.triton.dequant_gemm import dequant_matmul
 
-    return dequant_matmul(x, weight.stored.to(DEVICE), weight.scale.to(DEVICE), weight.bits, config)
+    return dequant_matmul(x, weight.stored.to(x.device), weight.scale.to(x.device), weight.bits, config)
 
 
 def reference(x: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
@@ -90,7 +92,8 @@ def tiny(variant: Variant, m: int, n: int, k: int, bits: int, **tiles: int) -> K
     return replace(base, **{**small, **tiles})
 
 
-def test_the_stand_in_interpreter_poisons_masked_lanes_without_other(undefined_masked_lanes):
+@needs_triton
+def test_the_stand_in_interpreter_poisons_masked_lanes_without_other(undefined_masked_lanes, kernel_device):
     """Without this the ragged tests below could not fail: a kernel that omits ``other=`` reads NaN."""
     if not interpreting():
         pytest.skip("compiled kernels: masked lanes are the hardware's, not the interpreter's")
@@ -102,34 +105,36 @@ def test_the_stand_in_interpreter_poisons_masked_lanes_without_other(undefined_m
         offs = tl.arange(0, BLOCK)
         tl.store(out_ptr, tl.sum(tl.load(x_ptr + offs, mask=offs < n).to(tl.float32), axis=0))
 
-    out = torch.zeros(1)
-    masked_sum[(1,)](torch.ones(8, dtype=torch.float16), out, 5, BLOCK=8)
+    out = torch.zeros(1, device=kernel_device)
+    masked_sum[(1,)](torch.ones(8, dtype=torch.float16, device=kernel_device), out, 5, BLOCK=8)
     assert torch.isnan(out).all()
-    masked_sum[(1,)](torch.ones(8, dtype=torch.int8), out, 5, BLOCK=8)
+    masked_sum[(1,)](torch.ones(8, dtype=torch.int8, device=kernel_device), out, 5, BLOCK=8)
     assert out.item() == 5 + 3 * POISON_INT
 
 
+@needs_triton
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("variant", list(Variant), ids=lambda v: v.value)
-def test_ragged_k_and_n_read_no_masked_lane(undefined_masked_lanes, variant, bits):
+def test_ragged_k_and_n_read_no_masked_lane(undefined_masked_lanes, kernel_device, variant, bits):
     """K = 80 is two and a half 32-wide K blocks, N = 40 two and a half 16-wide column blocks, M = 3 rows of a
     4-row (decode) or 16-row (prefill) tile: every kind of edge, with masked lanes reading NaN."""
     m, n, k = 3, 40, 80
     weight = quantized(n, k, bits, seed=5)
-    x = activations(m, k, seed=6)
+    x = activations(m, k, kernel_device, seed=6)
     got = run(x, weight, tiny(variant, m, n, k, bits))
     assert got.shape == (m, n) and torch.isfinite(got).all()
     assert nmse(got.cpu(), reference(x, weight)) <= max_nmse(f"linear:{weight.format.value}", torch.float16)
 
 
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("bits", [8, 4])
-def test_decode_rows_one_to_four_each_get_what_one_row_alone_gets(undefined_masked_lanes, bits, dtype):
+def test_decode_rows_one_to_four_each_get_what_one_row_alone_gets(undefined_masked_lanes, kernel_device, bits, dtype):
     """The decode kernel visits the rows of its tile one by one over the same dequantized weight tile: for M = 1..4
     every row's output is bit-identical to that row computed alone, and within the conformance bound."""
     n, k = 24, 96
     weight = quantized(n, k, bits, group_size=32, seed=7)
-    x = activations(DECODE_MAX_M, k, dtype, seed=8)
+    x = activations(DECODE_MAX_M, k, kernel_device, dtype, seed=8)
     alone = [run(x[r : r + 1], weight, tiny(Variant.DECODE, 1, n, k, bits)) for r in range(DECODE_MAX_M)]
     for m in range(1, DECODE_MAX_M + 1):
         config = tiny(Variant.DECODE, m, n, k, bits)
@@ -140,14 +145,17 @@ def test_decode_rows_one_to_four_each_get_what_one_row_alone_gets(undefined_mask
         assert nmse(got.cpu(), reference(x[:m], weight)) <= max_nmse(f"linear:{weight.format.value}", dtype)
 
 
+@needs_triton
 @pytest.mark.parametrize(("bits", "group_size"), [(8, None), (4, 32)])
-def test_split_k_sums_in_kernel_to_the_unsplit_result_the_same_way_every_time(undefined_masked_lanes, bits, group_size):
+def test_split_k_sums_in_kernel_to_the_unsplit_result_the_same_way_every_time(
+    undefined_masked_lanes, kernel_device, bits, group_size
+):
     """Six 32-wide K blocks in three splits of two (and a ragged last split of four blocks in two): the partials are
     added by one small launch in split order, so the result is the unsplit one up to fp32 rounding and identical
     from run to run."""
     m, n, k = 2, 24, 192
     weight = quantized(n, k, bits, group_size, seed=9)
-    x = activations(m, k, seed=10)
+    x = activations(m, k, kernel_device, seed=10)
     unsplit = run(x, weight, tiny(Variant.DECODE, m, n, k, bits, split_k=1))
     bound = max_nmse(f"linear:{weight.format.value}", torch.float16)
     for split_k in (3, 4):
