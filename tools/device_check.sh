@@ -6,4 +6,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec "${PYTHON:-python3}" -m tools.device_check "$@"
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "error: $PY cannot import torch; the device check uses the torch (and Triton) installed on the GPU machine:" \
+    "activate that environment or set PYTHON=/path/to/its/python" >&2
+  exit 1
+fi
+exec "$PY" -m tools.device_check "$@"
