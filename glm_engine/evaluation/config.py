@@ -7,6 +7,7 @@ defaults. Here an unknown key, a key of another task type, a value of the wrong 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -17,6 +18,7 @@ import yaml
 
 from glm_engine.errors import TaskError
 from glm_engine.generation.options import STRATEGIES
+from glm_engine.generation.strategies import beam_candidates_per_step
 
 # Where `glm-engine evaluate` finds the example tasks shipped with the package (built for the demo model).
 EXAMPLE_TASKS_DIR = Path(__file__).resolve().parent.parent / "assets" / "eval_tasks"
@@ -183,12 +185,27 @@ def _check(config: TaskConfig, where: str) -> None:
             raise TaskError(f"{where}: {key} must be at least 1, got {value}")
     if config.min_gen_length < 0:
         raise TaskError(f"{where}: min_gen_length must be >= 0, got {config.min_gen_length}")
+    if not math.isfinite(config.length_penalty):
+        raise TaskError(f"{where}: length_penalty must be a finite number, got {config.length_penalty}")
     if config.no_repeat_ngram_size < 0 or config.no_repeat_ngram_size == 1:
         raise TaskError(f"{where}: no_repeat_ngram_size must be 0 (off) or >= 2, got {config.no_repeat_ngram_size}")
     if config.type is TaskType.LANGUAGE_MODEL and config.generation_length >= config.max_seq_length - 1:
         raise TaskError(
             f"{where}: generation_length {config.generation_length} must be below max_seq_length - 1 "
             f"({config.max_seq_length - 1}), the window it slides in"
+        )
+
+
+def check_beams_fit(config: TaskConfig, vocab_size: int, end_tokens: int) -> None:
+    """A TaskError when a beam-search task asks for more candidate tokens per step than the model's vocabulary holds
+    (checked before the model loads, from its config, and again by the Python API)."""
+    if config.type is not TaskType.GENERATION or config.sampling_strategy != "BeamSearchStrategy":
+        return
+    per_beam = beam_candidates_per_step(1, end_tokens)
+    if per_beam * config.num_beams > vocab_size:
+        raise TaskError(
+            f"task {config.name}: num_beams {config.num_beams} draws {per_beam * config.num_beams} candidate tokens "
+            f"per step ({per_beam} per beam), more than the model's {vocab_size}; use at most {vocab_size // per_beam}"
         )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from glm_engine.engine import Engine
 from glm_engine.errors import TaskError
-from glm_engine.evaluation.config import TaskConfig
+from glm_engine.evaluation.config import TaskConfig, TaskType, check_beams_fit
 from glm_engine.evaluation.metrics import Metric, resolve_metrics
 from glm_engine.evaluation.registry import resolve_task
 from glm_engine.evaluation.report import FileResult, TaskResult
@@ -121,6 +121,10 @@ def run_prepared(
     engine: Engine, prepared: Sequence[PreparedTask], progress: Progress | None = None
 ) -> list[TaskResult]:
     """Read every task's data, then score the tasks in order."""
+    for task in prepared:
+        if task.task.config.type is TaskType.GENERATION:  # GLM blank filling: its tokenizer has the vocabulary layout
+            end_tokens = len(engine.tokenizer.layout.end_tokens)
+            check_beams_fit(task.task.config, engine.runner.config.vocab_size, end_tokens)
     for task in prepared:
         task.load_data(engine)
     return [run_task(engine, p, progress) for p in prepared]

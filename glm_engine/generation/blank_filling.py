@@ -93,11 +93,8 @@ def fill_blanks(
     if generator is None:
         generator = torch.Generator().manual_seed(options.seed)
     config, layout = runner.config, tokenizer.layout
-    if options.out_seq_length > config.max_sequence_length:
-        raise InputError(
-            f"out_seq_length {options.out_seq_length} exceeds the model's maximum sequence length "
-            f"{config.max_sequence_length}"
-        )
+    banned_ids = sum(len(range(config.vocab_size)[s]) if isinstance(s, slice) else 1 for s in banned)
+    options.check_fits(config.max_sequence_length, config.vocab_size, len(layout.end_tokens), banned_ids)
     plans = [plan_prompt(p, tokenizer, config.max_sequence_length) for p in prompts]
     best = [list(p.tokens) for p in plans]  # each prompt's sequence, earlier blanks filled by its best beam
     fills: list[list[_Fill]] = [[] for _ in plans]

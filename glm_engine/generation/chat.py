@@ -8,6 +8,7 @@ counts the prompt (``docs/glm-semantics.md``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from glm_engine.backends.base import ModelRunner
 from glm_engine.errors import InputError
 from glm_engine.generation.decode import Strategy, TokenCallback, decode_aligned
 from glm_engine.generation.masks import AlignedBatch
-from glm_engine.generation.option_types import check_option_types
+from glm_engine.generation.option_types import check_option_types, check_seed
 from glm_engine.generation.strategies import BaseStrategy, GreedyStrategy
 
 # chat()/stream_chat() defaults of the ChatGLM line, and transformers' GenerationConfig default top_k that sampling
@@ -85,13 +86,14 @@ class ChatOptions:
         checks = [
             (self.max_length > 0, "max_length must be > 0"),
             (self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens must be > 0"),
-            (self.temperature > 0, "temperature must be > 0"),
+            (0 < self.temperature < math.inf, "temperature must be a finite number > 0"),
             (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
             (0.0 <= self.top_p <= 1.0, "top_p must be in [0, 1] (0 = off)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+        check_seed(self.seed)
 
     @classmethod
     def from_kwargs(cls, **options: object) -> ChatOptions:

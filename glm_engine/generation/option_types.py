@@ -31,3 +31,14 @@ def check_option_types(options: Any) -> None:
         wrong_bool = isinstance(value, bool) and bool not in types
         if wrong_bool or not isinstance(value, types):
             raise InputError(f"{field.name} must be {words}, got {value!r}")
+
+
+# torch.Generator.manual_seed takes any 64-bit seed, signed or not; a larger one is an OverflowError deep in torch.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """An InputError when ``seed`` does not fit a random generator's 64 bits."""
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise InputError(f"{name} must fit in 64 bits (-2**63 to 2**64 - 1), got {seed}")

@@ -3,14 +3,15 @@ docs/glm-semantics.md#generation-defaults)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from glm_engine.errors import InputError
-from glm_engine.generation.option_types import check_option_types
-from glm_engine.generation.strategies import BaseStrategy, BeamSearchStrategy
+from glm_engine.generation.option_types import check_option_types, check_seed
+from glm_engine.generation.strategies import BaseStrategy, BeamSearchStrategy, beam_candidates_per_step
 
 STRATEGIES = ("BaseStrategy", "BeamSearchStrategy")
 
@@ -45,13 +46,15 @@ class GenerationOptions:
                 self.no_repeat_ngram_size >= 0 and self.no_repeat_ngram_size != 1,
                 "no_repeat_ngram_size must be 0 (off) or >= 2",
             ),
-            (self.temperature > 0, "temperature must be > 0"),
+            (math.isfinite(self.length_penalty), "length_penalty must be a finite number"),
+            (0 < self.temperature < math.inf, "temperature must be a finite number > 0"),
             (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
             (0.0 <= self.top_p <= 1.0, "top_p must be in [0, 1] (0 = off)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+        check_seed(self.seed)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> GenerationOptions:
@@ -60,6 +63,25 @@ class GenerationOptions:
         if unknown:
             raise InputError(f"unknown generation options {unknown}; known: {sorted(known)}")
         return cls(**kwargs)
+
+    def check_fits(self, max_sequence_length: int, vocab_size: int, end_tokens: int, banned_ids: int = 0) -> None:
+        """An InputError when a model cannot take these options: a longer sequence than its positions, or more beam
+        candidates per step than the ``vocab_size - banned_ids`` tokens it may generate (checked before loading too,
+        from the model's config)."""
+        if self.out_seq_length > max_sequence_length:
+            raise InputError(
+                f"out_seq_length {self.out_seq_length} exceeds the model's maximum sequence length "
+                f"{max_sequence_length}"
+            )
+        if self.sampling_strategy != "BeamSearchStrategy":
+            return
+        choices = vocab_size - banned_ids
+        per_beam = beam_candidates_per_step(1, end_tokens)
+        if per_beam * self.num_beams > choices:
+            raise InputError(
+                f"num_beams {self.num_beams} draws {per_beam * self.num_beams} candidate tokens per step ({per_beam} "
+                f"per beam), more than the model's {choices} tokens; use at most {choices // per_beam} beams"
+            )
 
     @property
     def beams(self) -> int:

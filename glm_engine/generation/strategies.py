@@ -132,6 +132,12 @@ class BaseStrategy:
         return [[tokens] for tokens in self._tokens]
 
 
+def beam_candidates_per_step(num_beams: int, end_tokens: int) -> int:
+    """Tokens a beam step draws: per beam, one more than the end tokens, so beams that end cannot starve the others
+    (the reference's rule); the model must have at least this many tokens to choose from."""
+    return (max(1, end_tokens) + 1) * num_beams
+
+
 class BeamSearchStrategy:
     """GLM-130B's beam search: length penalty on the full length, n-gram bans on generated n-grams, min length."""
 
@@ -231,7 +237,7 @@ class BeamSearchStrategy:
         scores = F.log_softmax(logits, dim=-1) + self._scores[..., None]
         scores = scores.view(batch, beams_so_far * vocab)
         probs = F.softmax(scores, dim=-1)
-        num_candidates = (max(1, len(self.end_tokens)) + 1) * self.num_beams
+        num_candidates = beam_candidates_per_step(self.num_beams, len(self.end_tokens))
         if self.deterministic:
             candidates = torch.topk(probs, num_candidates, dim=-1).indices
         else:
