@@ -58,22 +58,29 @@ def serve(
     """Serve a model over an OpenAI-compatible HTTP API (chat and text completions, streaming, /metrics)."""
     with user_errors():
         try:
-            from glm_engine.server.run import ServeOptions, follow_rank
+            from glm_engine.server.run import ServeOptions, check_can_listen, follow_rank
             from glm_engine.server.run import serve as run_server
         except ImportError as exc:
             raise InputError(f"serve needs the serve extra ({exc}): pip install 'glm-engine[serve]'") from None
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
-        limits = SchedulerLimits(max_tokens=max_batch_tokens, chunk=prefill_chunk, max_running=max_num_seqs)
+        try:
+            limits = SchedulerLimits(max_tokens=max_batch_tokens, chunk=prefill_chunk, max_running=max_num_seqs)
+        except InputError as exc:
+            raise InputError(f"{exc}: check --prefill-chunk, --max-batch-tokens and --max-num-seqs") from None
         options = ServeOptions(
             host=host,
             port=port,
             kv_cache_memory=kv_cache_memory,
             max_queue=max_queue,
-            api_key=api_key or os.environ.get(API_KEY_ENV) or None,
+            api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
             shutdown_timeout=shutdown_timeout,
             max_request_bytes=max_request_bytes,
             limits=limits,
         )
+        if served_model_name is not None and not served_model_name.strip():
+            raise InputError("--served-model-name is empty; give the name clients ask for, or leave it out")
+        if os.environ.get("RANK", "0") == "0":  # rank 0 listens; the others would find its socket taken
+            check_can_listen(host, port)
     load_args = dict(
         backend=backend,
         dtype=dtype,

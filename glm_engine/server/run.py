@@ -5,8 +5,10 @@ its blocks) and exits 0. SIGINT (Ctrl-C) drains the same way and exits as an int
 from __future__ import annotations
 
 import functools
+import math
 import re
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from glm_engine.serving.lockstep import follow, run_job
 from glm_engine.serving.scheduler import SchedulerLimits
 
 MEMINFO = Path("/proc/meminfo")
+MAX_PORT = 65535  # TCP ports are 16 bits
 UNITS = {"": 1, "B": 1}
 for _power, _letter in enumerate("KMGT", start=1):
     UNITS.update({_letter: 1024**_power, f"{_letter}B": 1024**_power, f"{_letter}IB": 1024**_power})
@@ -39,6 +42,23 @@ class ServeOptions:
     shutdown_timeout: float = 30.0
     max_request_bytes: int = 1 << 20
     limits: SchedulerLimits = field(default_factory=SchedulerLimits)
+
+    def __post_init__(self) -> None:
+        """Refuse what the server could only fail on (or silently bend) after the model has loaded."""
+        parse_kv_cache_memory(self.kv_cache_memory)
+        checks = [
+            (0 <= self.port <= MAX_PORT, f"--port must be in 0-{MAX_PORT} (0: any free port), got {self.port}"),
+            (self.max_queue >= 0, f"--max-queue must be at least 0, got {self.max_queue}"),
+            (self.max_request_bytes >= 1, f"--max-request-bytes must be at least 1, got {self.max_request_bytes}"),
+            (
+                0 <= self.shutdown_timeout < math.inf,
+                f"--shutdown-timeout takes seconds >= 0, got {self.shutdown_timeout}",
+            ),
+            (self.api_key is None or self.api_key.strip() != "", "--api-key is empty; give a key or leave it out"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
 
 
 def free_device_bytes(device: torch.device) -> int:
@@ -57,22 +77,50 @@ def free_device_bytes(device: torch.device) -> int:
     raise InputError("cannot tell the free memory here: give --kv-cache-memory as a size, e.g. 2GiB")
 
 
-def kv_cache_bytes(spec: str, device: torch.device) -> int:
-    """``--kv-cache-memory``: a size (``2GiB``, ``0.5GiB``, ``512MiB``, whole bytes) or a fraction in (0, 1) of the
-    free memory where the cache goes."""
+def parse_kv_cache_memory(spec: str) -> tuple[float | None, int | None]:
+    """``--kv-cache-memory`` as ``(fraction, None)`` for a fraction in (0, 1) of the free memory, or ``(None, bytes)``
+    for a size (``2GiB``, ``0.5GiB``, ``512MiB``, whole bytes); anything else is an InputError."""
     text = spec.strip().upper()
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Z]*)", text)
     if match is None or match.group(2) not in UNITS:
         raise InputError(f"--kv-cache-memory {spec!r}: give a size such as 2GiB or 512MiB, or a fraction such as 0.3")
     value, unit = float(match.group(1)), match.group(2)
     if not unit and 0 < value < 1:
-        return int(value * free_device_bytes(device))
+        return value, None
     if not unit and not value.is_integer():
         raise InputError(f"--kv-cache-memory {spec!r}: a fraction is below 1; a size needs a unit (1.5GiB)")
     size = int(value * UNITS[unit])
     if size < 1:
         raise InputError(f"--kv-cache-memory {spec!r} is empty; give a size or a fraction in (0, 1)")
-    return size
+    return None, size
+
+
+def kv_cache_bytes(spec: str, device: torch.device) -> int:
+    """``--kv-cache-memory`` in bytes: a size, or a fraction of the free memory where the cache goes."""
+    fraction, size = parse_kv_cache_memory(spec)
+    return int(fraction * free_device_bytes(device)) if fraction is not None else int(size or 0)
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """An InputError, before the model loads, when the server could not listen on ``host:port``: a host that names no
+    address, an address that is not this machine's, a port in use. The probe binds as uvicorn does
+    (``SO_REUSEADDR``), then lets go."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(
+            f"--host {host!r} is no address here ({exc}); give an IP address such as 127.0.0.1 or 0.0.0.0, or a "
+            "host name that resolves"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise InputError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host, or stop "
+                "what listens there"
+            ) from None
 
 
 class DrainingServer(uvicorn.Server):
