@@ -47,6 +47,11 @@ class Shape:
     inner: int | None = None
     kv_heads: int | None = None  # key/value groups of a grouped-query model
 
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value is not None and value < 1:  # 0 would read as "not given" below and keep the preset's size
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
     def given(self) -> bool:
         return any(v is not None for v in asdict(self).values())
 

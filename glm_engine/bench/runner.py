@@ -76,6 +76,14 @@ def check_plan(source: ModelSource, points: Sequence[Point]) -> None:
         REGISTRY.resolve(name)  # BackendError: unknown or unavailable, with the reason
 
 
+# What torch's allocators say when memory runs out (CUDA raises OutOfMemoryError; the CPU one a RuntimeError).
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory")
+
+
+def _out_of_memory(exc: RuntimeError) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or any(m in str(exc).lower() for m in OUT_OF_MEMORY_MESSAGES)
+
+
 def _groups(points: Sequence[Point]) -> list[tuple[tuple, list[Point]]]:
     return [(key, list(group)) for key, group in itertools.groupby(points, key=lambda p: p.load_key)]
 
@@ -132,18 +140,26 @@ def _run_group(
         if note not in run.notes and leader:
             run.notes.append(note)
     for point in points:
-        work = build_workload(
-            source.family,
-            source.config,
-            point.batch,
-            context_length(point),
-            point.tokens_needed(),
-            source.text_ids,
-            options.seed,
-        )
-        result = measure(
-            loaded.runner, work, point, options.repetitions, options.warmup, _stepper(loaded, point.test.n_gen)
-        )
+        try:
+            work = build_workload(
+                source.family,
+                source.config,
+                point.batch,
+                context_length(point),
+                point.tokens_needed(),
+                source.text_ids,
+                options.seed,
+            )
+            result = measure(
+                loaded.runner, work, point, options.repetitions, options.warmup, _stepper(loaded, point.test.n_gen)
+            )
+        except RuntimeError as exc:  # a point too large for the device fails alone; the plan goes on
+            if not _out_of_memory(exc):
+                raise
+            reason = f"out of memory at batch {point.batch}, {point.tokens_needed()} tokens: use a smaller --batch"
+            on_row(skipped_row(first.backend, point, reason, FAILED, device=device.get("name", "")))
+            progress(point.label)
+            continue
         on_row(
             row_from_measurement(
                 first.backend,
