@@ -3,6 +3,7 @@ TTFT, inter-token latency, peak memory, decode GB/s against the measured rooflin
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -30,10 +31,13 @@ from glm_engine.bench.report import ReportFormat, render_report
 from glm_engine.bench.rows import add_ratios
 from glm_engine.bench.runner import BenchOptions, BenchRun, check_plan, run_as_torchrun_rank, run_plan, run_tp_job
 from glm_engine.bench.spec import Point, expand, parse_ints, parse_quant, parse_tests, split_values
+from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
+from glm_engine.cli.output_paths import check_output_file
 from glm_engine.cli.progress import progress_bar
 from glm_engine.errors import InputError
 from glm_engine.exported import exported_backend, refuse_exported_folder
+from glm_engine.generation.option_types import check_seed
 from glm_engine.parallel.communicator import init_from_environment, running_under_torchrun
 
 DEFAULT_TESTS = "pp128,tg32"  # llama-bench's pp512/tg128 take minutes per row on a small CPU
@@ -44,7 +48,34 @@ ListOption = list[str] | None
 def _emit(text: str, out: Path | None) -> None:
     print(text)
     if out is not None:
-        out.write_text(text + "\n", encoding="utf-8")
+        write_atomically(out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+
+def _check_paths(
+    out: Path | None,
+    plot: Path | None,
+    baseline: bool,
+    baseline_python: str | None,
+    baseline_code: Path | None,
+    chatglm_cpp: Path | None,
+    chatglm_cpp_python: str | None,
+) -> None:
+    """The files the report goes to can be written, and the helpers named exist, before anything is measured."""
+    for path, flag in ((out, "--out"), (plot, "--plot")):
+        if path is not None:
+            check_output_file(path, flag)
+    interpreters = [("--baseline-python", baseline_python if baseline else None)]
+    interpreters.append(("--chatglm-cpp-python", chatglm_cpp_python if chatglm_cpp is not None else None))
+    for flag, python in interpreters:
+        if python is not None and shutil.which(python) is None:
+            raise InputError(f"{flag} {python}: no such interpreter (give its path, or a command on PATH)")
+    if baseline and baseline_code is not None and not baseline_code.is_dir():
+        raise InputError(f"--baseline-code {baseline_code} is not a folder; give the folder with modeling_chatglm.py")
+    if chatglm_cpp is not None and not chatglm_cpp.exists():
+        raise InputError(
+            f"--compare-chatglm-cpp {chatglm_cpp} does not exist; give chatglm.cpp's chatglm_cpp package folder or "
+            "an interpreter that imports it"
+        )
 
 
 @record
@@ -202,6 +233,8 @@ def bench(
         source = resolve_model(model, shape)
         if repetitions < 1 or warmup < 0:
             raise InputError("--repetitions must be at least 1 and --warmup at least 0")
+        check_seed(seed, "--seed")
+        _check_paths(out, plot, baseline, baseline_python, baseline_code, compare_chatglm_cpp, chatglm_cpp_python)
         if not bandwidth_gib >= 0:  # also refuses nan
             raise InputError(f"--bandwidth-gib takes a size in GiB, or 0 to skip the measurement; got {bandwidth_gib}")
         if plot is not None:

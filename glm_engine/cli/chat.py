@@ -12,7 +12,6 @@ from and written to a JSON file after every round: OpenAI-style messages (``[{"r
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -25,11 +24,13 @@ import typer
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.model_kind import require_chat
+from glm_engine.cli.output_paths import check_output_file
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.run import check_backend_fits
 from glm_engine.cli.typed_lines import typed_lines
 from glm_engine.engine import Engine, load
+from glm_engine.engine.arguments import is_valid_text
 from glm_engine.errors import InputError
 from glm_engine.generation.chat import DEFAULT_TOP_K, ChatOptions
 from glm_engine.parallel.communicator import Communicator
@@ -50,9 +51,7 @@ def read_history(path: Path | None) -> History:
     rather than after the first reply. A list of ``[query, response]`` pairs (the earlier form) becomes messages."""
     if path is None:
         return []
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise InputError(f"--history-file {path}: its folder {folder} does not exist or is not writable")
+    check_output_file(path, "--history-file")
     if not path.exists():
         return []
     try:
@@ -62,15 +61,21 @@ def read_history(path: Path | None) -> History:
     if isinstance(data, list) and all(
         isinstance(r, list) and len(r) == 2 and all(isinstance(t, str) for t in r) for r in data
     ):
-        return [m for q, r in data for m in ({"role": "user", "content": q}, {"role": "assistant", "content": r})]
-    if isinstance(data, list) and all(
+        data = [m for q, r in data for m in ({"role": "user", "content": q}, {"role": "assistant", "content": r})]
+    elif not isinstance(data, list) or not all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content", ""), str) for m in data
     ):
-        return data
-    raise InputError(
-        f"--history-file {path} must hold a list of messages ({{'role': ..., 'content': ...}}) or of [query, "
-        "response] string pairs"
-    )
+        raise InputError(
+            f"--history-file {path} must hold a list of messages ({{'role': ..., 'content': ...}}) or of [query, "
+            "response] string pairs"
+        )
+    for number, message in enumerate(data, start=1):  # JSON's \ud800-style escapes can spell text no tokenizer takes
+        if not is_valid_text(json.dumps(message, ensure_ascii=False)):
+            raise InputError(
+                f"--history-file {path}: message {number} holds a lone surrogate (\\ud800-\\udfff), "
+                "which is no text; fix or remove it"
+            )
+    return data
 
 
 def write_history(path: Path | None, history: History) -> None:
@@ -83,6 +88,8 @@ def with_system(history: History, system: str | None) -> History:
     """``history`` opened by the ``--system`` message (replacing one it already starts with)."""
     if system is None:
         return history
+    if not is_valid_text(system):
+        raise InputError("--system is not valid UTF-8 text; pass it again in your terminal's encoding")
     rest = history[1:] if history and history[0].get("role") == "system" else history
     return [{"role": "system", "content": system}, *rest]
 

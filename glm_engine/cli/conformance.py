@@ -12,7 +12,9 @@ import torch
 import typer
 
 from glm_engine.backends.base import parse_dtype
+from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import USER_ERROR_EXIT_CODE, user_errors
+from glm_engine.cli.output_paths import check_output_file
 from glm_engine.cli.progress import progress_bar
 from glm_engine.conformance.model_checks import run_model_checks
 from glm_engine.conformance.report import ReportFormat, perf_report, results_report, selftest_report, support_report
@@ -50,7 +52,7 @@ def _parse_dtypes(names: list[str] | None) -> list | None:
 def _emit(text: str, out: Path | None) -> None:
     print(text)
     if out is not None:
-        out.write_text(text + "\n")
+        write_atomically(out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def conformance(
@@ -71,6 +73,8 @@ def conformance(
 ) -> None:
     """Check every op of a backend against the CPU reference in float64 (exit 1 when any row fails)."""
     with user_errors():
+        if out is not None:
+            check_output_file(out, "--out")  # before the checks run, not after them
         if self_test_:
             results = self_test(seed)
             _emit(selftest_report(results, output), out)

@@ -18,9 +18,10 @@ from rich.console import Console
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.model_kind import require_evaluable
+from glm_engine.cli.output_paths import check_output_file
 from glm_engine.cli.progress import file_progress, progress_bar
 from glm_engine.engine import DEFAULT_MODEL, load
-from glm_engine.evaluation.config import TaskType, find_task_files, load_task_file
+from glm_engine.evaluation.config import TaskType, check_beams_fit, find_task_files, load_task_file
 from glm_engine.evaluation.datasets import DataWarning
 from glm_engine.evaluation.report import render_tables, to_json
 from glm_engine.evaluation.runner import prepare, run_prepared
@@ -67,10 +68,14 @@ def evaluate(
     """Evaluate on multiple-choice, generation and language-modelling tasks (the reference's YAML and jsonl); causal
     models (ChatGLM2/3, GLM-4) on multiple-choice and language-modelling tasks."""
     with user_errors():
+        if out is not None:
+            check_output_file(out, "--out")  # before the model loads, not after the whole evaluation
         configs = [load_task_file(path) for path in find_task_files([*(tasks or []), *(task or [])])]
         prepared = prepare(configs, data_path)  # every task checked before the model loads
-        generation = [c.name for c in configs if c.type is TaskType.GENERATION]
-        require_evaluable(checkpoint or DEFAULT_MODEL, config, backend, generation)
+        generation = [c for c in configs if c.type is TaskType.GENERATION]
+        model = require_evaluable(checkpoint or DEFAULT_MODEL, config, backend, [c.name for c in generation]).config
+        for task_config in generation:  # a blank-filling model: its config has GLM's vocabulary layout
+            check_beams_fit(task_config, model.vocab_size, len(model.vocab_layout.end_tokens))
         with progress_bar("loading weights") as progress:
             engine = load(
                 checkpoint or DEFAULT_MODEL,

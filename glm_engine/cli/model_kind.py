@@ -4,12 +4,13 @@ take causal models too); ``chat`` needs a family with a chat format."""
 
 from __future__ import annotations
 
-from glm_engine.engine.source import open_source
+from glm_engine.engine.source import ModelSource, open_source
 from glm_engine.errors import InputError
 
 
-def require_blank_infilling(model: str, config: str | None, backend: str, command: str) -> None:
-    """An InputError naming ``glm-engine chat`` for a chat model given to ``run``/``evaluate``."""
+def require_blank_infilling(model: str, config: str | None, backend: str, command: str) -> ModelSource:
+    """The model's source (metadata only); an InputError naming ``glm-engine chat`` for a chat model given to
+    ``run``/``evaluate``."""
     source = open_source(model, config)
     if not source.family.blank_infilling:
         where = f" --backend {backend}" if backend != "auto" else ""
@@ -17,6 +18,7 @@ def require_blank_infilling(model: str, config: str | None, backend: str, comman
             f"{source.description} is a {source.family.title} model, which chats; `glm-engine {command}` fills "
             f"GLM blanks: use `glm-engine chat --checkpoint {model}{where}` (or Engine.generate / Engine.chat)"
         )
+    return source
 
 
 def require_chat(model: str, backend: str) -> None:
@@ -30,13 +32,13 @@ def require_chat(model: str, backend: str) -> None:
         )
 
 
-def require_evaluable(model: str, config: str | None, backend: str, generation_tasks: list[str]) -> None:
-    """An InputError for a model ``evaluate`` cannot score: a chat model that is neither (ChatGLM-6B), or generation
-    tasks (GLM blank filling) given to a causal model, naming the tasks."""
+def require_evaluable(model: str, config: str | None, backend: str, generation_tasks: list[str]) -> ModelSource:
+    """The model's source (metadata only); an InputError for a model ``evaluate`` cannot score: a chat model that is
+    neither (ChatGLM-6B), or generation tasks (GLM blank filling) given to a causal model, naming the tasks."""
     source = open_source(model, config)
     family = source.family
     if family.blank_infilling:
-        return
+        return source
     if not family.causal_lm:
         require_blank_infilling(model, config, backend, "evaluate")
     if generation_tasks:
@@ -45,3 +47,4 @@ def require_evaluable(model: str, config: str | None, backend: str, generation_t
             f"{', '.join(generation_tasks)} fill GLM blanks: evaluate it on multiple-choice (mul) and language-model "
             "(lm) tasks"
         )
+    return source

@@ -23,6 +23,7 @@ import typer
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.model_kind import require_blank_infilling
+from glm_engine.cli.output_paths import check_output_folder
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session, shared_queries
 from glm_engine.cli.render import styled_answer, wants_colour
@@ -40,6 +41,10 @@ PROMPT = "\nPlease Input Query (stop to exit) >>> "
 _DEFAULTS = GenerationOptions()
 UNSAFE_IN_NAMES = frozenset('/\\<>:"|?*')  # separators, and what Windows file systems refuse
 MAX_NAME_BYTES = 255  # a file name's limit on the common file systems
+# An answer is written through a hidden ".<name>.tmp-<pid>" beside it (checkpoint/atomic.py), so the answer's own
+# name must leave room for that prefix and suffix, with a pid of up to 7 digits (Linux's pid_max is 2**22).
+ATOMIC_NAME_EXTRA = len(".") + len(".tmp-") + 7
+MAX_ANSWER_NAME_BYTES = MAX_NAME_BYTES - ATOMIC_NAME_EXTRA
 GENERATION_OPTIONS = tuple(f.name for f in fields(GenerationOptions))
 
 
@@ -82,12 +87,17 @@ def read_queries(path: Path, with_id: bool) -> list[tuple[str | None, str]]:
                 f"{path}:{number}: id {query_id!r} cannot name an answer file (no '.', '..', control characters "
                 'or any of / \\ < > : " | ? *)'
             )
-        if len(f"{query_id}.txt".encode()) > MAX_NAME_BYTES:
-            raise InputError(f"{path}:{number}: id {query_id[:40]!r}... is too long for a file name")
+        if len(f"{query_id}.txt".encode()) > MAX_ANSWER_NAME_BYTES:
+            raise InputError(
+                f"{path}:{number}: id {query_id[:40]!r}... is too long for a file name (at most "
+                f"{MAX_ANSWER_NAME_BYTES - len('.txt')} UTF-8 bytes); shorten it"
+            )
         if query_id in seen:
             raise InputError(f"{path}:{number}: id {query_id!r} repeats line {seen[query_id]}; ids must be unique")
         seen[query_id] = number
         queries.append((query_id, text))
+    if not queries:
+        raise InputError(f"--input-source {path} has no queries (it is empty or holds only blank lines)")
     return queries
 
 
@@ -160,6 +170,7 @@ def serve(
         answered += 1
         if comm.is_leader:
             report(completion, engine.tokenizer, print_all_beams)
+            output_path.mkdir(parents=True, exist_ok=True)  # only now: a run that fails earlier leaves no folder
             save(completion, output_file(output_path, query_id, text))
             print(f"Taken time {time.perf_counter() - started:.2f}", file=sys.stderr)
     if failed and not interactive:
@@ -170,9 +181,7 @@ def _open_queries(input_source: str, output_path: Path, with_id: bool) -> Iterab
     """The queries (a file is read and checked whole, up front); the paths are checked before any loading."""
     if input_source != INTERACTIVE and not Path(input_source).is_file():
         raise InputError(f"--input-source {input_source!r} is neither 'interactive' nor an existing file")
-    if output_path.exists() and not output_path.is_dir():
-        raise InputError(f"--output-path {output_path} is a file; answers go into a folder")
-    output_path.mkdir(parents=True, exist_ok=True)  # fail now, not after minutes of loading
+    check_output_folder(output_path, "--output-path")  # fail now, not after minutes of loading
     return interactive_queries() if input_source == INTERACTIVE else read_queries(Path(input_source), with_id)
 
 
@@ -261,10 +270,11 @@ def run(
         backend_options={"provider": ort_provider} if ort_provider else None,
     )
     with user_errors():
-        GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
+        generation = GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
         check_backend_fits(checkpoint, backend, ort_provider)
-        require_blank_infilling(checkpoint or DEFAULT_MODEL, config, backend, "run")
+        model = require_blank_infilling(checkpoint or DEFAULT_MODEL, config, backend, "run").config
+        generation.check_fits(model.max_sequence_length, model.vocab_size, len(model.vocab_layout.end_tokens))
 
     def serve_rank(comm: Communicator, degree: int) -> None:
         serve(comm, degree, options, load_args, input_source, output_path, with_id, print_all_beams)
