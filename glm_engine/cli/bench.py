@@ -33,6 +33,7 @@ from glm_engine.bench.runner import BenchOptions, BenchRun, check_plan, run_as_t
 from glm_engine.bench.spec import Point, expand, parse_ints, parse_quant, parse_tests, split_values
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
+from glm_engine.cli.option_checks import refuse_empty
 from glm_engine.cli.output_paths import check_output_file
 from glm_engine.cli.progress import progress_bar
 from glm_engine.errors import InputError
@@ -229,6 +230,9 @@ def bench(
         _tp_rank(tp_job, tp_rows)
         return
     with user_errors():
+        refuse_empty(
+            {"--model": model, "--baseline-python": baseline_python, "--chatglm-cpp-python": chatglm_cpp_python}
+        )
         shape = Shape(layers, hidden, heads, inner, kv_heads)
         source = resolve_model(model, shape)
         if repetitions < 1 or warmup < 0:

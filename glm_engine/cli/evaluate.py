@@ -18,6 +18,7 @@ from rich.console import Console
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.model_kind import require_evaluable
+from glm_engine.cli.option_checks import refuse_empty
 from glm_engine.cli.output_paths import check_output_file
 from glm_engine.cli.progress import file_progress, progress_bar
 from glm_engine.engine import DEFAULT_MODEL, load
@@ -68,6 +69,15 @@ def evaluate(
     """Evaluate on multiple-choice, generation and language-modelling tasks (the reference's YAML and jsonl); causal
     models (ChatGLM2/3, GLM-4) on multiple-choice and language-modelling tasks."""
     with user_errors():
+        refuse_empty(
+            {
+                "a task argument": tasks,
+                "--task": task,
+                "--checkpoint": checkpoint,
+                "--tokenizer": tokenizer,
+                "--config": config,
+            }
+        )
         if out is not None:
             check_output_file(out, "--out")  # before the model loads, not after the whole evaluation
         configs = [load_task_file(path) for path in find_task_files([*(tasks or []), *(task or [])])]

@@ -23,6 +23,7 @@ import typer
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.cli.errors import user_errors
 from glm_engine.cli.model_kind import require_blank_infilling
+from glm_engine.cli.option_checks import refuse_empty
 from glm_engine.cli.output_paths import check_output_folder
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session, shared_queries
@@ -270,6 +271,7 @@ def run(
         backend_options={"provider": ort_provider} if ort_provider else None,
     )
     with user_errors():
+        refuse_empty({"--checkpoint": checkpoint, "--config": config, "--tokenizer": tokenizer})
         generation = GenerationOptions.from_kwargs(**options)  # reject bad options before loading anything
         QuantSpec.requested(quant, quant_scheme, quant_group_size)
         check_backend_fits(checkpoint, backend, ort_provider)

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from glm_engine.cli.errors import user_errors
+from glm_engine.cli.option_checks import refuse_empty
 from glm_engine.cli.progress import progress_bar
 from glm_engine.cli.ranks import run_session
 from glm_engine.engine import load
@@ -57,6 +58,7 @@ def serve(
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat and text completions, streaming, /metrics)."""
     with user_errors():
+        refuse_empty({"--checkpoint": checkpoint, "--tokenizer": tokenizer})
         try:
             from glm_engine.server.run import ServeOptions, check_can_listen, follow_rank
             from glm_engine.server.run import serve as run_server
