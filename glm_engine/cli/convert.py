@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from enum import Enum
 from pathlib import Path
@@ -63,16 +64,22 @@ def convert(
 ) -> None:
     """Convert between the reference's SAT format and glm-engine's native sharded safetensors."""
     with user_errors():
-        if shard_size_gb <= 0:
-            raise InputError(f"--shard-size-gb must be positive, got {shard_size_gb}")
+        limit = _shard_bytes(shard_size_gb)
         started = time.perf_counter()
         with progress_bar(f"writing {to.value}") as progress:
             if to is Target.native:
-                limit = int(shard_size_gb * GIB)
                 conversions.convert_to_native(input_folder, output_folder, _config(config), limit, progress)
             else:
                 conversions.convert_tp(input_folder, output_folder, tp, None, _config(config), progress)
         _report(output_folder, started)
+
+
+def _shard_bytes(shard_size_gb: float) -> int:
+    """``--shard-size-gb`` in bytes; nan and inf are refused with the rest (``nan <= 0`` is False, and ``int()`` of
+    either raised a traceback)."""
+    if not math.isfinite(shard_size_gb) or shard_size_gb <= 0:
+        raise InputError(f"--shard-size-gb must be positive and finite, got {shard_size_gb}")
+    return int(shard_size_gb * GIB)
 
 
 def _config(config: str | None) -> GLMConfig | None:
@@ -101,13 +108,13 @@ def quantize(
 ) -> None:
     """Quantize the four linears per layer offline into a native checkpoint that loads quantized."""
     with user_errors():
+        if bits not in (4, 8):  # QuantSpec.parse's "choose int8 or int4" names no flag of this command
+            raise InputError(f"--bits must be 4 or 8, got {bits}")
         spec = QuantSpec.parse(bits, scheme, group_size)
-        if shard_size_gb <= 0:
-            raise InputError(f"--shard-size-gb must be positive, got {shard_size_gb}")
+        limit = _shard_bytes(shard_size_gb)
         source = open_checkpoint(checkpoint, _config(config))
         check_quant_fits(weight_layout(source.config), 1, spec)
         started = time.perf_counter()
         with progress_bar(f"quantizing to {spec.describe()}") as progress:
-            limit = int(shard_size_gb * GIB)
             conversions.convert_to_native(checkpoint, output, _config(config), limit, progress, quant=spec)
         _report(output, started)
