@@ -16,6 +16,7 @@ ROWS = [
     row("input-is-a-file", ["--input-folder", "{tmp}/a_file", *NEW, "--target-tp", "1"], "is a file"),
     row("output-not-given", DEMO, "Missing option '--output-folder'", USAGE_ERROR),
     row("output-non-empty-folder", [*DEMO, "--output-folder", "{tmp}/nonempty", "--target-tp", "1"], "not empty"),
+    row("output-unwritable", [*DEMO, "--output-folder", "{unwritable}/out", "--target-tp", "1"], "takes no new files"),
     row("target-tp-zero", [*DEMO, *NEW, "--target-tp", "0"], "it must be at least 1"),
     row("target-tp-negative", [*DEMO, *NEW, "--target-tp", "-1"], "it must be at least 1"),
     row("target-tp-default-does-not-divide", [*DEMO, *NEW], "3 attention heads do not divide by 4"),

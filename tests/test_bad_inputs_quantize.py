@@ -1,6 +1,5 @@
 """``glm-engine quantize`` given bad input: one ``error:`` line, the right exit code, no traceback, no output folder
-written. The input is the built-in demo model; every row fails before quantizing it. Rows marked xfail are defects
-in code owned elsewhere (cli/convert.py, checkpoint/atomic.py), kept here until they are fixed."""
+written. The input is the built-in demo model; every row fails before quantizing it."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ ROWS = [
     row("checkpoint-empty-folder", ["--checkpoint", "{tmp}/emptydir", *NEW], "is not a checkpoint"),
     row("output-non-empty-folder", [*DEMO, "--output", "{tmp}/nonempty"], "already exists and is not empty"),
     row("output-a-file", [*DEMO, "--output", "{tmp}/a_file"], "is a file, not a folder"),
+    row("output-unwritable", [*DEMO, "--output", "{unwritable}/out"], "takes no new files"),
     row("bits-unsupported", [*DEMO, *NEW, "--bits", "3"], "--bits must be 4 or 8, got 3"),
     row("bits-not-a-number", [*DEMO, *NEW, "--bits", "abc"], "'--bits'", USAGE_ERROR),
     row("scheme-unknown", [*DEMO, *NEW, "--scheme", "nope"], "unknown quantization scheme 'nope'"),

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from glm_engine.checkpoint.space import space_error
+from glm_engine.checkpoint.space import check_writable, space_error
 from glm_engine.checkpoint.staging import STAGING_TAG, remove_stale, staging_folders, staging_name
 from glm_engine.errors import OutputError
 
@@ -78,6 +78,7 @@ def staged_folder(final: str | Path, markers: tuple[str, ...] = ()) -> Iterator[
     """
     final = Path(final)
     _check_output_free(final)
+    check_writable(final)
     remove_stale(final)
     inside = final.is_dir()
     staging = final / staging_name(final, inside) if inside else final.with_name(staging_name(final, inside))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import resource
 import shutil
+import tempfile
 from pathlib import Path
 
 from glm_engine.errors import OutputError
@@ -78,8 +79,33 @@ def _short_of(path: Path, needed: int | None) -> bool:
     return free_bytes(path) + written < needed
 
 
+def check_writable(output: Path) -> None:
+    """Refuse an output no file can be created in (read-only mount, permissions, /sys) before anything is written or
+    measured: such a file system may report 0 B free, and a space error would then blame the wrong thing.
+
+    Probed with an anonymous temporary file where the output's staging folder goes (inside ``output`` when it is a
+    folder, else its nearest existing ancestor): permission bits do not tell, root passes them all."""
+    folder = Path(output).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return  # a file in the way: the output checks say so in their own words
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        if exc.errno in SPACE_ERRNOS:
+            return  # the space checks name the space
+        raise OutputError(
+            f"cannot write {output}: {folder} takes no new files ({exc.strerror or exc}); choose a folder you can "
+            "write to"
+        ) from None
+
+
 def check_space(output: Path, needed: int, what: str) -> None:
-    """Refuse before writing anything when ``output``'s file system has less than ``needed`` bytes free."""
+    """Refuse before writing anything when ``output``'s file system has less than ``needed`` bytes free (or takes no
+    files at all)."""
+    check_writable(output)
     free = free_bytes(output)
     if needed > free:
         raise OutputError(
