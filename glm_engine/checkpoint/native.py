@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.checkpoint.layout import TensorInfo
+from glm_engine.checkpoint.torch_file import DAMAGED_ADVICE
 from glm_engine.errors import CheckpointError
 from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.model.head_fingerprint import HEADS_METADATA_KEY
@@ -76,7 +77,9 @@ class LazySafetensors(Mapping[str, torch.Tensor]):
             self._open = None  # release the previous file's mapping first
             try:
                 self._open = (path, safe_open(str(path), framework="pt"))
-            except Exception as exc:  # safetensors raises its own error types for missing files and corrupt headers
+            except SafetensorError as exc:  # a header that does not parse, or does not cover the file exactly
+                raise CheckpointError(f"cannot read {path}: {exc}; {DAMAGED_ADVICE}") from None
+            except OSError as exc:  # missing, a folder, unreadable
                 raise CheckpointError(f"cannot read {path}: {exc}") from None
         return self._open[1]
 
