@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 
-from glm_engine.engine.arguments import is_valid_text
+from glm_engine.tokenizer.text_input import is_valid_text
 
 INVALID_LINE = "error: that line is not valid UTF-8 text; type it again"
 

@@ -9,15 +9,7 @@ from typing import Any
 import torch
 
 from glm_engine.errors import InputError
-
-
-def is_valid_text(text: str) -> bool:
-    """Whether ``text`` encodes to UTF-8 (no lone surrogates: bytes that were not UTF-8, or half of a pair)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+from glm_engine.tokenizer.text_input import is_valid_text
 
 
 def check_prompts(prompts: Any) -> list[str]:

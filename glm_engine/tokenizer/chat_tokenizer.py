@@ -67,7 +67,8 @@ class ChatTokenizer(ABC):
     @abstractmethod
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Ids of ``text`` as the release's ``tokenizer.encode(text, add_special_tokens=...)`` gives them (with the
-        release's prefix when ``add_special_tokens``)."""
+        release's prefix when ``add_special_tokens``); a ``text`` that is not a valid Unicode ``str`` is an
+        :class:`~glm_engine.errors.InputError`."""
 
     @abstractmethod
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from glm_engine.errors import InputError, TokenizerError
+from glm_engine.errors import TokenizerError
 from glm_engine.model.chatglm.config import ChatGLMConfig
 from glm_engine.tokenizer.cleanup import clean_up_tokenization
+from glm_engine.tokenizer.text_input import check_text
 
 LINEBREAK_PIECE = "<n>"
 TAB_PIECE = "<|tab|>"
@@ -111,9 +112,7 @@ class ChatGLMTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` as the reference's ``tokenizer.encode(text, add_special_tokens=False)`` gives them."""
-        if not isinstance(text, str):
-            raise InputError(f"text to encode must be a str, got {type(text).__name__}")
-        parts = _NO_SPLIT_PATTERN.split(text)
+        parts = _NO_SPLIT_PATTERN.split(check_text(text))
         ids: list[int] = []
         for i, part in enumerate(parts):
             if i % 2:

@@ -35,6 +35,7 @@ from glm_engine.generation.chat_messages import chatglm2_prompt, chatglm3_turns
 from glm_engine.generation.tool_calls import clean_reply_text, parse_chatglm3_reply
 from glm_engine.tokenizer.added_tokens import AddedToken, AddedTokenSplitter, added_tokens, read_tokenizer_config
 from glm_engine.tokenizer.chat_tokenizer import ChatReply, ChatTokenizer, Message, Tool
+from glm_engine.tokenizer.text_input import CHAT_PROMPT, check_text
 
 CHATGLM2_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
 CHATGLM3_ROLES = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
@@ -97,7 +98,7 @@ class SentencePieceGLMTokenizer(ChatTokenizer):
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = self.prefix if add_special_tokens else []
-        for part in self._splitter.split(text):
+        for part in self._splitter.split(check_text(text)):
             ids.extend([part.id] if isinstance(part, AddedToken) else self._ids_by_name(part))
         return ids
 
@@ -125,7 +126,7 @@ class ChatGLM2Tokenizer(SentencePieceGLMTokenizer):
     ) -> list[int]:
         """``tokenizer(build_prompt(query, history))``; the prompt always ends with ``答：``, ChatGLM2's cue to
         answer, so ``add_generation_prompt`` has nothing to add or leave out."""
-        prompt = chatglm2_prompt(messages, tools)
+        prompt = check_text(chatglm2_prompt(messages, tools), CHAT_PROMPT)
         if plain_content:
             return self.prefix + (self._sp.encode(prompt) if prompt else [])
         return self.encode(prompt)
@@ -157,6 +158,7 @@ class ChatGLM3Tokenizer(SentencePieceGLMTokenizer):
         ``<|assistant|>``. Content is always encoded as plain SentencePiece text (see the module docstring)."""
         ids = self.prefix
         for turn in chatglm3_turns(messages, tools):
+            check_text(turn.metadata + turn.content, f"the {turn.role} turn")
             ids.append(self.special_ids[f"<|{turn.role}|>"])
             ids.extend(self._sp.encode(turn.metadata + "\n"))
             ids.extend(self._sp.encode(turn.content) if turn.content else [])

@@ -9,7 +9,8 @@ Semantics reproduced from the release (glm-4-9b-chat, run under transformers 4.4
 * **Encoding**: transformers first cuts the text at the added tokens ``tokenizer_config.json`` lists (all 14 in the
   release), so a typed ``<|user|>`` becomes its id, and encodes the pieces between them as ordinary text; with special
   tokens added the ids start with ``[gMASK] <sop>``. A folder without a ``tokenizer_config.json`` is read as the
-  release's (all 14 cut out).
+  release's (all 14 cut out). Text that is not valid Unicode (a lone surrogate) is an ``InputError``, where tiktoken
+  would silently encode U+FFFD in its place (``text_input.py``).
 * **Decoding** (``convert_tokens_to_string``): consecutive rank tokens are joined as bytes and decoded as UTF-8 with
   replacement characters; a special is written as its string in between, with no spaces (all 14 are special tokens
   of the release's config, so transformers' slow decode does not space them; transformers 5 never does).
@@ -47,6 +48,7 @@ from glm_engine.tokenizer.added_tokens import (
     token_string,
 )
 from glm_engine.tokenizer.chat_tokenizer import ChatReply, ChatTokenizer, Message, Tool
+from glm_engine.tokenizer.text_input import CHAT_PROMPT, check_text
 
 # GLM-4's split pattern (tokenization_chatglm.py).
 SPLIT_PATTERN = (
@@ -170,7 +172,7 @@ class GLM4TiktokenTokenizer(ChatTokenizer):
         return ids
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return (self.prefix if add_special_tokens else []) + self._encode_cut(text)
+        return (self.prefix if add_special_tokens else []) + self._encode_cut(check_text(text))
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         text, pending = [], bytearray()
@@ -210,7 +212,7 @@ class GLM4TiktokenTokenizer(ChatTokenizer):
         text = render_chat_template(
             source, conversation, tools_variable, add_generation_prompt, self._template_variables
         )
-        return self._encode_cut(text, shield)
+        return self._encode_cut(check_text(text, CHAT_PROMPT), shield)
 
     def parse_reply(self, ids: Sequence[int], tools: Sequence[Tool] | None = None) -> ChatReply:
         """The reply's assistant turns (split at ``<|assistant|>``), each read by GLM-4's OpenAI server rule."""

@@ -41,6 +41,7 @@ from glm_engine.tokenizer.added_tokens import (
 )
 from glm_engine.tokenizer.chat_tokenizer import ChatReply, ChatTokenizer, Message, Tool
 from glm_engine.tokenizer.cleanup import clean_up_tokenization
+from glm_engine.tokenizer.text_input import CHAT_PROMPT, check_text
 
 TOKENIZER_JSON = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -108,7 +109,7 @@ class HFJsonTokenizer(ChatTokenizer):
         return plain
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+        return list(self._tokenizer.encode(check_text(text), add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         known = [int(token_id) for token_id in ids if 0 <= int(token_id) < self.vocab_size]
@@ -134,7 +135,7 @@ class HFJsonTokenizer(ChatTokenizer):
             text = render_chat_template(
                 source, conversation, tools_variable, add_generation_prompt, self._template_variables
             )
-            return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+            return list(self._tokenizer.encode(check_text(text, CHAT_PROMPT), add_special_tokens=False).ids)
         shield = ContentShield(self._added_strings)
         text = render_chat_template(
             source,
@@ -144,7 +145,7 @@ class HFJsonTokenizer(ChatTokenizer):
             self._template_variables,
         )
         ids: list[int] = []
-        for part in self._splitter.split(text):
+        for part in self._splitter.split(check_text(text, CHAT_PROMPT)):
             if isinstance(part, AddedToken):
                 ids.append(part.id)
             else:

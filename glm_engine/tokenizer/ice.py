@@ -23,8 +23,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from glm_engine.errors import InputError, TokenizerError
+from glm_engine.errors import TokenizerError
 from glm_engine.model.glm130b.vocab import VocabLayout
+from glm_engine.tokenizer.text_input import check_text
 
 MODEL_FILENAME = "ice_text.model"
 # icetk's cache directory; expanded with the current $HOME each time it is used.
@@ -104,8 +105,7 @@ class GLMTokenizer:
 
     def encode(self, text: str, *, ignore_linebreak: bool = True) -> list[int]:
         """Token ids of plain text (no mask parsing), icetk's ``encode``: ``\\n`` becomes ``<n>`` only if asked."""
-        if not isinstance(text, str):
-            raise InputError(f"text to encode must be a str, got {type(text).__name__}")
+        check_text(text)
         if not ignore_linebreak:
             text = text.replace("\n", LINEBREAK_PIECE)
         return [piece + self.text_offset for piece in self._sp.encode(text)]
@@ -113,8 +113,7 @@ class GLMTokenizer:
     def tokenize_prompt(self, text: str) -> list[int]:
         """Ids of a prompt whose ``[MASK]``/``[sMASK]``/``[gMASK]`` become mask ids; each text segment is encoded
         on its own (its own dummy prefix; empty segments give nothing). Adding gMASK/eos is the caller's job."""
-        if not isinstance(text, str):
-            raise InputError(f"prompt must be a str, got {type(text).__name__}")
+        check_text(text, "prompt")
         mask_ids = self.layout.mask_ids
         ids: list[int] = []
         for i, part in enumerate(MASK_PATTERN.split(text)):
