@@ -5,9 +5,12 @@ The tokenizers: GLM-130B's icetk-style SentencePiece (the packaged test model, a
 ChatGLM2's and ChatGLM3's (on the 4000-piece test model), GLM-4's tiktoken ranks and its ``tokenizer.json`` (the tiny
 GLM-4 folders). What holds, each pinned by a test below:
 
-* **All**: any ``str`` encodes to ids inside the vocabulary and decodes to a ``str``; text that is not valid Unicode
-  (a lone surrogate) is an ``InputError``, never a library crash; ``decode`` takes any ints, ids past the vocabulary
-  included.
+* **All**: any ``str`` encodes to ids inside the vocabulary and decodes to a ``str``, a string of 200,000 characters
+  included; text that is not valid Unicode (a lone surrogate, as bytes that are not UTF-8 become when read with
+  ``surrogateescape``) is an ``InputError``, never a library crash, and so is what is not a ``str`` (``None``, an int,
+  bytes); ``decode`` takes any ints, ids past the vocabulary included, NumPy and torch integers alike, and refuses
+  what is not an integer (``1.5``, ``True``, ``None``, a string, bytes) with an ``InputError`` instead of reading it
+  as some id.
 * **GLM-4, tiktoken and tokenizer.json** (byte-level BPE): ``decode(encode(s)) == s`` for every valid string, typed
   special strings included (cut out as their ids and written back); with special tokens, ``"[gMASK]<sop>" + s``.
 * **GLM-130B, ChatGLM2, ChatGLM3** (SentencePiece with the ``nmt_nfkc`` normalizer, no byte fallback): for text made
@@ -37,8 +40,10 @@ import re
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sentencepiece as spm
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -158,8 +163,8 @@ def id_limit(name: str, tokenizer) -> int:
     """One past the largest id ``encode`` may produce."""
     if name in CHAT:
         return tokenizer.vocab_size
-    if name == "chatglm6b":
-        return tokenizer.config.vocab_size
+    if name == "chatglm6b":  # typed special strings become the config's ids, past the pieces in the test model
+        return max(tokenizer.vocab_size, *(i + 1 for i in tokenizer.special_ids.values()))
     return max(tokenizer.text_id_range.stop, *(i + 1 for i in tokenizer.special_ids))
 
 
@@ -303,3 +308,75 @@ def test_typed_specials_in_a_message_never_become_special_ids_with_plain_content
     ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], plain_content=True)
     plain = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], plain_content=True)
     assert special_ids(tokenizers, name, ids) == special_ids(tokenizers, name, plain)
+
+
+NOT_TEXT = (None, 123, 1.5, b"Hello", bytearray(b"Hello"), ["Hello"])
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("value", NOT_TEXT, ids=lambda v: type(v).__name__)
+def test_what_is_not_text_is_an_input_error_naming_the_argument(tokenizers, name, value):
+    hint = ": decode bytes first" if isinstance(value, (bytes, bytearray)) else ""
+    with pytest.raises(InputError, match=f"^text to encode must be a str, got {type(value).__name__}{hint}$"):
+        encode(name, tokenizers[name], value)
+    if name in ("glm130b", "demo"):
+        with pytest.raises(InputError, match=r"^prompt must be a str"):
+            tokenizers[name].tokenize_prompt(value)
+
+
+@pytest.mark.parametrize("name", ALL)
+@PROPERTY
+@given(data=st.binary(max_size=24))
+def test_bytes_read_with_surrogateescape_are_text_or_an_input_error(tokenizers, name, data):
+    """What ``run``/``chat`` read from a terminal: bytes that are UTF-8 encode, any other byte is an ``InputError``
+    naming where it is (Python's own strict decode is the judge)."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad_at = len(data[: exc.start].decode("utf-8"))
+        with pytest.raises(InputError, match=f"lone surrogate .* at index {bad_at} "):
+            encode(name, tokenizers[name], text)
+        return
+    ids = encode(name, tokenizers[name], text)
+    assert all(0 <= i < id_limit(name, tokenizers[name]) for i in ids)
+    if name in ("glm4", "hf"):
+        assert tokenizers[name].decode(ids).encode("utf-8") == data
+
+
+# 200,000 characters: every valid fragment above, then runs that are worst cases for BPE merges and whitespace pieces.
+VALID_FRAGMENTS = "".join(f for f in FRAGMENTS if is_valid_unicode(f))
+HUGE_TEXT = (VALID_FRAGMENTS * (100_000 // len(VALID_FRAGMENTS) + 1))[:100_000] + "a" * 50_000 + " " * 25_000
+HUGE_TEXT += "中" * 25_000
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_huge_text_encodes_to_known_ids(tokenizers, name):
+    tokenizer = tokenizers[name]
+    assert len(HUGE_TEXT) == 200_000
+    ids = encode(name, tokenizer, HUGE_TEXT)
+    assert len(ids) > 50_000 and all(0 <= i < id_limit(name, tokenizer) for i in ids)
+    decoded = tokenizer.decode(ids)
+    if name in ("glm4", "hf"):
+        assert decoded == HUGE_TEXT
+    else:
+        assert decoded.endswith("中" * 25_000)
+
+
+NOT_IDS = ([1.5], [True], [None], ["7"], [7, 2.0], b"ab", "ab", None, 5, torch.tensor(5), torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("ids", NOT_IDS, ids=repr)
+def test_decode_refuses_what_is_not_an_integer(tokenizers, name, ids):
+    with pytest.raises(InputError, match=r"^ids to decode"):
+        tokenizers[name].decode(ids)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_decode_reads_numpy_and_torch_integers_as_ints(tokenizers, name):
+    tokenizer = tokenizers[name]
+    ids = encode(name, tokenizer, "Hello 清华大学")
+    assert tokenizer.decode(ids) != ""
+    for same in (np.array(ids), np.array(ids, dtype=np.int32), torch.tensor(ids), [torch.tensor(i) for i in ids]):
+        assert tokenizer.decode(same) == tokenizer.decode(ids)

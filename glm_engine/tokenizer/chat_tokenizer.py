@@ -73,7 +73,8 @@ class ChatTokenizer(ABC):
     @abstractmethod
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of ``ids`` as the release's ``tokenizer.decode`` renders it; ids outside the vocabulary (padding
-        rows of the model) render as nothing."""
+        rows of the model) render as nothing, and an id that is not an integer is an
+        :class:`~glm_engine.errors.InputError`."""
 
     @abstractmethod
     def apply_chat_template(

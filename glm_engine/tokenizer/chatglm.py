@@ -28,7 +28,7 @@ import sentencepiece as spm
 from glm_engine.errors import TokenizerError
 from glm_engine.model.chatglm.config import ChatGLMConfig
 from glm_engine.tokenizer.cleanup import clean_up_tokenization
-from glm_engine.tokenizer.text_input import check_text
+from glm_engine.tokenizer.text_input import check_ids, check_text
 
 LINEBREAK_PIECE = "<n>"
 TAB_PIECE = "<|tab|>"
@@ -132,8 +132,7 @@ class ChatGLMTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``: pads and specials dropped, image ids skipped, ChatGLM's whitespace pieces restored."""
         pieces: list[int] = []
-        for token_id in ids:
-            token_id = int(token_id)
+        for token_id in check_ids(ids):
             if token_id == self.config.pad_token_id or token_id in self._special_ids:
                 continue
             piece = token_id - self.offset

@@ -35,7 +35,7 @@ from glm_engine.generation.chat_messages import chatglm2_prompt, chatglm3_turns
 from glm_engine.generation.tool_calls import clean_reply_text, parse_chatglm3_reply
 from glm_engine.tokenizer.added_tokens import AddedToken, AddedTokenSplitter, added_tokens, read_tokenizer_config
 from glm_engine.tokenizer.chat_tokenizer import ChatReply, ChatTokenizer, Message, Tool
-from glm_engine.tokenizer.text_input import CHAT_PROMPT, check_text
+from glm_engine.tokenizer.text_input import CHAT_PROMPT, check_ids, check_text
 
 CHATGLM2_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
 CHATGLM3_ROLES = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
@@ -110,7 +110,7 @@ class SentencePieceGLMTokenizer(ChatTokenizer):
         return self._sp.id_to_piece(token_id)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        names = [self._token_name(int(token_id), skip_special_tokens) for token_id in ids]
+        names = [self._token_name(token_id, skip_special_tokens) for token_id in check_ids(ids)]
         return self._sp.decode_pieces(names) if names else ""
 
 

@@ -48,7 +48,7 @@ from glm_engine.tokenizer.added_tokens import (
     token_string,
 )
 from glm_engine.tokenizer.chat_tokenizer import ChatReply, ChatTokenizer, Message, Tool
-from glm_engine.tokenizer.text_input import CHAT_PROMPT, check_text
+from glm_engine.tokenizer.text_input import CHAT_PROMPT, check_ids, check_text
 
 # GLM-4's split pattern (tokenization_chatglm.py).
 SPLIT_PATTERN = (
@@ -176,8 +176,7 @@ class GLM4TiktokenTokenizer(ChatTokenizer):
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         text, pending = [], bytearray()
-        for token_id in ids:
-            token_id = int(token_id)
+        for token_id in check_ids(ids):
             if token_id in self._decoder:
                 pending += self._decoder[token_id]
             elif token_id in self._special_names and not skip_special_tokens:

@@ -41,7 +41,7 @@ from glm_engine.tokenizer.added_tokens import (
 )
 from glm_engine.tokenizer.chat_tokenizer import ChatReply, ChatTokenizer, Message, Tool
 from glm_engine.tokenizer.cleanup import clean_up_tokenization
-from glm_engine.tokenizer.text_input import CHAT_PROMPT, check_text
+from glm_engine.tokenizer.text_input import CHAT_PROMPT, check_ids, check_text
 
 TOKENIZER_JSON = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -112,7 +112,7 @@ class HFJsonTokenizer(ChatTokenizer):
         return list(self._tokenizer.encode(check_text(text), add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        known = [int(token_id) for token_id in ids if 0 <= int(token_id) < self.vocab_size]
+        known = [token_id for token_id in check_ids(ids) if 0 <= token_id < self.vocab_size]
         text = self._tokenizer.decode(known, skip_special_tokens=skip_special_tokens)
         return clean_up_tokenization(text) if self._clean_up else text
 

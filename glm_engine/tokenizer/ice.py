@@ -25,7 +25,7 @@ import sentencepiece as spm
 
 from glm_engine.errors import TokenizerError
 from glm_engine.model.glm130b.vocab import VocabLayout
-from glm_engine.tokenizer.text_input import check_text
+from glm_engine.tokenizer.text_input import check_ids, check_text
 
 MODEL_FILENAME = "ice_text.model"
 # icetk's cache directory; expanded with the current $HOME each time it is used.
@@ -128,8 +128,7 @@ class GLMTokenizer:
         out: list[str] = []
         run: list[int] = []
         lo, hi = self.text_id_range.start, self.text_id_range.stop
-        for token_id in ids:
-            token_id = int(token_id)
+        for token_id in check_ids(ids):
             if token_id in self._special_names:
                 out.append(self._decode_run(run))
                 out.append(f"[{self._special_names[token_id]}]")
