@@ -99,7 +99,8 @@ class ChatGLMTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """How many ids it can produce: the image-token offset plus the SentencePiece pieces."""
+        """How many ids its text pieces take: the image-token offset plus the SentencePiece pieces (the special
+        tokens take the ids the model config names, checked against the config on their own)."""
         return self.offset + self._num_pieces
 
     @property
