@@ -3,16 +3,29 @@
 Without a GPU the kernel runs in Triton's interpreter on CPU tensors (conftest.py sets ``TRITON_INTERPRET=1``; with
 one, the kernel tests put their tensors on the GPU: the ``kernel_device`` fixture) and SDPA runs on the CPU, both
 against ``reference_attention`` in float64: that checks the semantics (mask, scale, split merging, layer scaling
-being a no-op) while the GPU-only test checks the compiled kernel at real shapes.
+being a no-op) while the GPU-only test checks the compiled kernel at real shapes. Which SDPA kernel a device call may
+use, and what a failure does, is checked on meta tensors against a stand-in for torch's dispatcher (``FakeSdpa``).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch.nn.attention import SDPBackend
 
+import glm_engine.backends.torch_cuda.attention as cuda_attention
 from glm_engine.backends.cuda.ops import CudaOps, cuda_policy
-from glm_engine.backends.torch_cuda.attention import AttentionPath, AttentionPolicy, sdpa_attention
+from glm_engine.backends.torch_cuda.attention import (
+    ENV_CUDNN,
+    AttentionPath,
+    AttentionPolicy,
+    run_sdpa,
+    sdpa_attention,
+    sdpa_kernels,
+)
 from glm_engine.errors import BackendError
 from glm_engine.generation.masks import generation_blocked
 from glm_engine.kernels.triton import triton_verdict
@@ -208,3 +221,134 @@ def test_sdpa_prefill_on_the_gpu_matches_the_reference_in_fp16():
     blocked = generation_blocked(200, 300)[None, None].cuda()
     expected = reference_attention(q.cpu().double(), k.cpu().double(), v.cpu().double(), blocked.cpu(), 70.0)
     assert nmse(sdpa_attention(q, k, v, blocked).cpu(), expected) <= max_nmse("attention:prefill", torch.float16)
+
+
+# --- which SDPA kernel runs, and what happens when none does (items the GPU would otherwise decide alone) ---------
+
+
+class FakeSdpa:
+    """Stands in, on meta tensors, for what ``run_sdpa`` asks of torch: the dispatcher's ``can_use_*_attention``
+    answers (``takes``: kernel names that say yes), the ``sdpa_kernel`` context (recorded) and the SDPA call itself
+    (zeros, or raises ``error``); ``reference_attention`` gives ones: the (CPU) output says which path ran."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, takes: set[str], error: Exception | None = None) -> None:
+        self.allowed: list[list] = []
+        self.error = error
+        for name, attr in cuda_attention.FUSED_SDPA_CHECKS:
+            answer = name in takes
+            monkeypatch.setattr(torch.backends.cuda, attr, lambda params, debug=False, a=answer: a, raising=False)
+        monkeypatch.setattr(cuda_attention, "sdpa_kernel", self.sdpa_kernel)
+        monkeypatch.setattr(cuda_attention, "F", SimpleNamespace(scaled_dot_product_attention=self.sdpa))
+        monkeypatch.setattr(cuda_attention, "reference_attention", lambda q, k, v, blocked, scale: torch.ones(q.shape))
+
+    @contextmanager
+    def sdpa_kernel(self, backends):
+        self.allowed.append(list(backends))
+        yield
+
+    def sdpa(self, q, k, v, attn_mask=None, **kwargs):
+        if self.error is not None:
+            raise self.error
+        return torch.zeros(q.shape)
+
+
+def meta_qkv(dtype=torch.float16, sq=5):
+    q, k, v = (torch.empty(1, 2, s, 64, dtype=dtype, device="meta") for s in (sq, 5, 5))
+    return q, k, v, torch.zeros(1, 1, sq, 5, dtype=torch.bool, device="meta")
+
+
+def test_the_cuda_policy_names_the_memory_efficient_kernel_and_cudnn_only_when_asked(monkeypatch):
+    monkeypatch.delenv(ENV_CUDNN, raising=False)
+    default = cuda_policy(True, "triton available")
+    assert default.sdpa_kernels == (SDPBackend.EFFICIENT_ATTENTION,)
+    assert (
+        "memory-efficient kernel" in default.prefill_reason
+        and f"cuDNN off unless {ENV_CUDNN}=1" in default.prefill_reason
+    )
+    monkeypatch.setenv(ENV_CUDNN, "1")
+    opted = cuda_policy(True, "triton available")
+    assert opted.sdpa_kernels == (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)
+    assert "cuDNN opted in" in opted.prefill_reason
+    assert cuda_policy(True, "", cudnn=False).sdpa_kernels == (SDPBackend.EFFICIENT_ATTENTION,)  # the caller decides
+    assert SDPBackend.FLASH_ATTENTION not in opted.sdpa_kernels  # flash takes no mask: never offered a masked call
+
+
+def test_sdpa_runs_exactly_the_allowed_kernel_the_dispatcher_accepts(monkeypatch):
+    fake = FakeSdpa(monkeypatch, takes={"cuDNN", "memory-efficient", "flash"})
+    run = run_sdpa(*meta_qkv()[:3], meta_qkv()[3])
+    assert run.path is AttentionPath.SDPA and run.detail == "memory-efficient kernel"
+    assert fake.allowed == [[SDPBackend.EFFICIENT_ATTENTION]]  # cuDNN said yes too, but was not asked for
+    run = run_sdpa(*meta_qkv()[:3], meta_qkv()[3], kernels=sdpa_kernels(cudnn=True))
+    assert run.detail == "cuDNN kernel" and fake.allowed[-1] == [SDPBackend.CUDNN_ATTENTION]
+
+
+def test_no_allowed_kernel_falls_back_to_the_reference_and_says_so(monkeypatch):
+    fake = FakeSdpa(monkeypatch, takes={"flash", "cuDNN"})  # neither is allowed by default
+    q, k, v, blocked = meta_qkv()
+    run = run_sdpa(q, k, v, blocked)
+    assert run.path is AttentionPath.REFERENCE and "no allowed SDPA kernel (memory-efficient)" in run.detail
+    assert fake.allowed == []  # SDPA was not tried: torch would have raised "No available kernel"
+    assert torch.equal(run.out, torch.ones(q.shape))
+
+
+def test_fp32_without_a_fused_kernel_runs_torchs_math_kernel_in_fp32_and_says_it_fell_back(monkeypatch):
+    fake = FakeSdpa(monkeypatch, takes=set())
+    run = run_sdpa(*meta_qkv(torch.float32)[:3], meta_qkv(torch.float32)[3])
+    assert run.path is AttentionPath.SDPA and run.detail.startswith("math kernel")
+    assert run.fallback.startswith("no allowed SDPA kernel") and fake.allowed == [[SDPBackend.MATH]]
+    fake = FakeSdpa(monkeypatch, takes={"memory-efficient"})
+    run = run_sdpa(*meta_qkv(torch.float32)[:3], meta_qkv(torch.float32)[3])
+    assert run.detail == "memory-efficient kernel" and run.fallback == ""
+    assert fake.allowed == [[SDPBackend.EFFICIENT_ATTENTION]]
+
+
+def test_a_kernel_refusing_an_fp32_call_hands_it_to_the_math_kernel(monkeypatch):
+    fake = FakeSdpa(monkeypatch, takes={"memory-efficient"})
+    refusals = [RuntimeError("cutlassF: no kernel found to launch!")]
+
+    def refuses_once(q, k, v, attn_mask=None, **kwargs):
+        if refusals:
+            raise refusals.pop()
+        return torch.zeros(q.shape)
+
+    monkeypatch.setattr(cuda_attention, "F", SimpleNamespace(scaled_dot_product_attention=refuses_once))
+    run = run_sdpa(*meta_qkv(torch.float32)[:3], meta_qkv(torch.float32)[3])
+    assert run.detail.startswith("math kernel") and "cutlassF: no kernel found to launch" in run.fallback
+    assert fake.allowed == [[SDPBackend.EFFICIENT_ATTENTION], [SDPBackend.MATH]]
+
+
+def test_only_torchs_no_kernel_error_falls_back_and_every_other_error_surfaces(monkeypatch):
+    q, k, v, blocked = meta_qkv()
+    FakeSdpa(monkeypatch, takes={"memory-efficient"}, error=RuntimeError("No available kernel. Aborting execution."))
+    run = run_sdpa(q, k, v, blocked)
+    assert run.path is AttentionPath.REFERENCE and "No available kernel" in run.fallback
+    for error in (
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        torch.OutOfMemoryError("No available kernel memory"),  # out of memory never counts, whatever it says
+        RuntimeError("cuDNN Frontend error: [cudnn_frontend] Error: No execution plans support the graph."),
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+    ):
+        FakeSdpa(monkeypatch, takes={"memory-efficient"}, error=error)
+        with pytest.raises(type(error), match=str(error)[:20]):
+            run_sdpa(q, k, v, blocked)
+
+
+def test_the_op_table_records_which_path_ran_and_keeps_every_fallback(monkeypatch):
+    ops = CudaOps(torch.device("meta"), torch.float16, cuda_policy(True, "triton available"))
+    q, k, v, blocked = meta_qkv()
+    FakeSdpa(monkeypatch, takes={"memory-efficient"})
+    ops.attention(q, k, v, blocked, 1.0)
+    assert (
+        ops.attention_path["prefill"].startswith("sdpa: torch SDPA")
+        and "ran the memory-efficient kernel" in (ops.attention_path["prefill"])
+    )
+    assert ops.attention_fallbacks == {}
+    FakeSdpa(monkeypatch, takes=set())
+    ops.attention(q, k, v, blocked, 1.0)
+    assert ops.attention_path["prefill"].startswith(
+        "reference: fallback from sdpa's fused kernels to the reference path: no allowed SDPA kernel"
+    )
+    assert ops.attention_fallbacks["prefill"].startswith("sdpa fell back to the reference path")
+    FakeSdpa(monkeypatch, takes={"memory-efficient"})
+    ops.attention(q, k, v, blocked, 1.0)  # a later call that runs SDPA again does not erase the fallback
+    assert ops.attention_path["prefill"].startswith("sdpa") and "prefill" in ops.attention_fallbacks

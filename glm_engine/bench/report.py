@@ -101,7 +101,7 @@ def _main_table(rows: Sequence[Row], first: str, baseline: str) -> list[str]:
             _ratio(r.vs_first),
             _ratio(r.vs_baseline),
             *([_ratio(r.vs_chatglm_cpp)] if against_cpp else []),
-            r.reason,
+            r.reason or (f"fallback: {r.fallback}" if r.fallback else ""),
         ]
         for r in rows
     ]

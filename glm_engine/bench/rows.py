@@ -58,6 +58,8 @@ class Row:
     vs_baseline: float | None = None  # tokens/s over transformers' at the same configuration
     vs_chatglm_cpp: float | None = None  # tokens/s over chatglm.cpp's at the same width (--compare-chatglm-cpp)
     timer: str = ""
+    paths: str = ""  # which attention paths and decode stepper ran, and why (runner.ran_paths)
+    fallback: str = ""  # why a path fell back to a slower one during the point ("" when none did)
     samples: dict[str, Any] = field(default_factory=dict)  # raw per-repetition data (JSON output only)
 
     @property

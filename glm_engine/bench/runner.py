@@ -111,9 +111,43 @@ def _device_entry(
     return run.devices[backend]
 
 
-def _stepper(loaded: LoadedModel, steps: int) -> Callable[[], Any]:
-    """Decode steps as generation runs them: the runner's own stepper (device graphs where its backend replays them)."""
-    return lambda: loaded.runner.decode_stepper(steps, None)
+def _stepper(loaded: LoadedModel, steps: int, made: list[Any]) -> Callable[[], Any]:
+    """Decode steps as generation runs them: the runner's own stepper (device graphs where its backend replays them),
+    kept in ``made`` so the row can say how the steps ran."""
+
+    def make() -> Any:
+        made.append(loaded.runner.decode_stepper(steps, None))
+        return made[-1]
+
+    return make
+
+
+# Where an op table keeps what its attention calls ran (the torch.cuda tables: backends/torch_cuda/ops.py).
+PATH_RECORDS = ("attention_path", "attention_fallbacks")
+
+
+def _records(runner: Any) -> dict[str, dict[str, str]]:
+    ops = getattr(runner, "ops", None)
+    return {name: r for name in PATH_RECORDS if isinstance(r := getattr(ops, name, None), dict)}
+
+
+def ran_paths(runner: Any, steppers: Sequence[Any]) -> tuple[str, str]:
+    """What ran during a point (the attention path of each phase with its reason, how decode steps ran) and why a
+    path fell back ("" when none did), from the op table's records and the stepper's ``reason``/``fallback``."""
+    records = _records(runner)
+    parts = [f"{phase}: {path}" for phase, path in records.get("attention_path", {}).items()]
+    fallbacks = [f"{phase}: {why}" for phase, why in records.get("attention_fallbacks", {}).items()]
+    for stepper in steppers[-1:]:
+        parts.append(f"steps: {stepper.reason}")
+        if getattr(stepper, "fallback", ""):
+            fallbacks.append(f"steps: {stepper.fallback}")
+    return "; ".join(parts), "; ".join(fallbacks)
+
+
+def _forget_paths(runner: Any) -> None:
+    """Empty the op table's records, so a row reports only what ran for its own point."""
+    for record in _records(runner).values():
+        record.clear()
 
 
 def _run_group(
@@ -140,6 +174,8 @@ def _run_group(
         if note not in run.notes and leader:
             run.notes.append(note)
     for point in points:
+        steppers: list[Any] = []
+        _forget_paths(loaded.runner)
         try:
             work = build_workload(
                 source.family,
@@ -150,9 +186,8 @@ def _run_group(
                 source.text_ids,
                 options.seed,
             )
-            result = measure(
-                loaded.runner, work, point, options.repetitions, options.warmup, _stepper(loaded, point.test.n_gen)
-            )
+            make_stepper = _stepper(loaded, point.test.n_gen, steppers)
+            result = measure(loaded.runner, work, point, options.repetitions, options.warmup, make_stepper)
         except RuntimeError as exc:  # a point too large for the device fails alone; the plan goes on
             if not _out_of_memory(exc):
                 raise
@@ -160,18 +195,18 @@ def _run_group(
             on_row(skipped_row(first.backend, point, reason, FAILED, device=device.get("name", "")))
             progress(point.label)
             continue
-        on_row(
-            row_from_measurement(
-                first.backend,
-                point,
-                result,
-                loaded.weight_bytes,
-                device.get("read_bandwidth_gbps"),
-                loaded.device_name,
-                cache_bytes=device.get("last_level_cache_bytes"),
-                kv_bytes_per_token=loaded.kv_bytes_per_token,
-            )
+        row = row_from_measurement(
+            first.backend,
+            point,
+            result,
+            loaded.weight_bytes,
+            device.get("read_bandwidth_gbps"),
+            loaded.device_name,
+            cache_bytes=device.get("last_level_cache_bytes"),
+            kv_bytes_per_token=loaded.kv_bytes_per_token,
         )
+        row.paths, row.fallback = ran_paths(loaded.runner, steppers if point.test.n_gen else [])
+        on_row(row)
         progress(point.label)
     del loaded
 

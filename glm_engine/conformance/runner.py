@@ -117,24 +117,51 @@ def _check_outputs(outputs: Sequence[torch.Tensor], expected: Sequence[torch.Ten
     return None
 
 
+# Where an op table keeps the attention path its calls ran, and every fallback (the torch.cuda tables:
+# backends/torch_cuda/ops.py); bench reads the same records.
+PATH_RECORDS = ("attention_path", "attention_fallbacks")
+
+
+def _records(table: OpTable) -> list[dict[str, str]]:
+    return [r for name in PATH_RECORDS if isinstance(r := getattr(table, name, None), dict)]
+
+
+def _ran(table: OpTable) -> str:
+    """The attention path the case ran, with its reason, and a fallback that a later call of the case ran past (the
+    path shows only the last call), where the table records them; "" elsewhere."""
+    paths = getattr(table, "attention_path", None)
+    if not isinstance(paths, dict):
+        return ""
+    fallbacks = getattr(table, "attention_fallbacks", None) or {}
+    shown = [f"{phase}: {path}" for phase, path in paths.items()]
+    shown += [f"{phase} earlier: {why}" for phase, why in fallbacks.items() if "fallback" not in paths.get(phase, "")]
+    return "; ".join(shown)
+
+
 def run_case(case: OpCase, table: OpTable, inputs: Inputs) -> tuple[Status, float | None, float, str]:
-    """Run one case on ``table``: (status, nmse, bound, detail)."""
+    """Run one case on ``table``: (status, nmse, bound, detail); the detail names the attention path that ran."""
     bound = threshold_for(case.check, table.dtype).max_nmse
     expected = expected_outputs(case, inputs, table.dtype)
+    for record in _records(table):
+        record.clear()  # only this case's calls
     try:
         with torch.no_grad(), poisoned_allocations(table.device):
             prepared = case.prepare(table, to_backend(inputs, table.dtype, table.device))
             outputs = case.run(table, prepared)
             synchronize(table.device)
     except Exception as exc:  # an op that raises is a failed row, not a crashed suite
-        return Status.FAIL, None, bound, f"raised {type(exc).__name__}: {exc}"
+        return Status.FAIL, None, bound, _joined(f"raised {type(exc).__name__}: {exc}", _ran(table))
     problem = _check_outputs(outputs, expected, table)
     if problem:
-        return Status.FAIL, None, bound, problem
+        return Status.FAIL, None, bound, _joined(problem, _ran(table))
     error = nmse(outputs, expected)
     if not error <= bound:
-        return Status.FAIL, error, bound, f"NMSE {error:.2e} > {bound:.0e}"
-    return Status.PASS, error, bound, ""
+        return Status.FAIL, error, bound, _joined(f"NMSE {error:.2e} > {bound:.0e}", _ran(table))
+    return Status.PASS, error, bound, _ran(table)
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def dtypes_for(backend: Backend, requested: Sequence[torch.dtype] | None) -> list[torch.dtype]:

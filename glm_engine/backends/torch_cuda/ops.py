@@ -1,12 +1,13 @@
 """The op table the ``torch.cuda`` backends share: the portable ops plus fused attention and quantized linears.
 
 Attention goes to SDPA (prefill), a Triton split-K kernel (one query row per head) or the portable path, per call,
-by the table's :class:`~glm_engine.backends.torch_cuda.attention.AttentionPolicy`; the last choice per phase is kept
-in ``attention_path`` with its reason (and, for grouped key/value heads, whether they were read in place or
-repeated). Quantized weights run through the Triton dequant-GEMM kernels
-(``glm_engine.kernels.triton``) when Triton imports and the format and compute dtype suit them; otherwise through the
-portable :class:`DequantizingLinear`, with the reason kept on the table (``quant_path``) and shown by
-``Backend.supports``. Cached decode steps replay CUDA graphs (``graphs.py``) where they are usable.
+by the table's :class:`~glm_engine.backends.torch_cuda.attention.AttentionPolicy`; the path that last *ran* per phase
+is kept in ``attention_path`` with its reason (the SDPA kernel, or why an SDPA call fell back to the reference path;
+for grouped key/value heads, whether they were read in place or repeated), and every fallback in
+``attention_fallbacks``, which ``bench`` and ``conformance`` report. Quantized weights run through the Triton
+dequant-GEMM kernels (``glm_engine.kernels.triton``) when Triton imports and the format and compute dtype suit them;
+otherwise through the portable :class:`DequantizingLinear`, with the reason kept on the table (``quant_path``) and
+shown by ``Backend.supports``. Cached decode steps replay CUDA graphs (``graphs.py``) where they are usable.
 
 Each backend subclasses :class:`TorchCudaOps` with its attention policy and Triton platform
 (``backends/cuda/ops.py``: ``CudaOps``; ``backends/rocm_dcu/ops.py``: ``RocmOps``).
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from glm_engine.backends.torch_cuda.attention import REPEATED, AttentionPath, AttentionPolicy, grouped_sdpa
+from glm_engine.backends.torch_cuda.attention import REPEATED, AttentionPath, AttentionPolicy, SdpaRun, run_sdpa
 from glm_engine.backends.torch_cuda.graphs import GraphedDecoder, graphs_verdict
 from glm_engine.errors import BackendError
 from glm_engine.kernels.triton.configs import DEFAULT_SM_COUNT, choose_decode_attention_config
@@ -48,7 +49,8 @@ class TorchCudaOps(TorchOps):
         super().__init__(device, dtype)
         self.policy = policy or self.default_policy()
         self.quant_path: dict[str, str] = {}  # format name -> how the last weight of that format is served
-        self.attention_path: dict[str, str] = {}  # "prefill"/"decode" -> the path of the last such call, and why
+        self.attention_path: dict[str, str] = {}  # "prefill"/"decode" -> the path the last such call ran, and why
+        self.attention_fallbacks: dict[str, str] = {}  # phase -> why an SDPA call of that phase ran the reference
         self.sm_count = (
             torch.cuda.get_device_properties(device).multi_processor_count
             if device.type == "cuda"
@@ -93,9 +95,12 @@ class TorchCudaOps(TorchOps):
             )
             return decode_attention(q, k, v, blocked, config)
         if path is AttentionPath.SDPA:
-            out, grouped_note = grouped_sdpa(q, k, v, blocked, layer_scale)
-            self._record(phase, path, why, grouped_note)
-            return out
+            run = run_sdpa(q, k, v, blocked, layer_scale, self.policy.sdpa_kernels)
+            if run.fallback:
+                self._record_fallback(phase, run)
+            else:
+                self._record(phase, path, f"{why}; ran the {run.detail}" if run.detail else why, run.grouped_note)
+            return run.out
         self._record(phase, path, why, REPEATED if grouped else "")
         return reference_attention(q, k, v, blocked, layer_scale)
 
@@ -116,6 +121,15 @@ class TorchCudaOps(TorchOps):
             q.shape[1], slots.shape[1], sm_count=self.sm_count, platform=self.platform
         )
         return paged_decode_attention(q, k_pool, v_pool, slots, lengths, config)
+
+    def _record_fallback(self, phase: str, run: SdpaRun) -> None:
+        """Keep an SDPA call that no allowed fused kernel ran: what ran instead and why, as the phase's path and in
+        ``attention_fallbacks`` (kept until the reports clear it, however later calls run)."""
+        ran = run.detail if run.path is AttentionPath.SDPA else "reference path"
+        self.attention_fallbacks[phase] = f"sdpa fell back to the {ran}: {run.fallback}"
+        self._record(
+            phase, run.path, f"fallback from sdpa's fused kernels to the {ran}: {run.fallback}", run.grouped_note
+        )
 
     def _record(self, phase: str, path: AttentionPath, why: str, grouped_note: str) -> None:
         """Keep how the last ``phase`` call ran (``attention_path``), with how grouped key/value heads were read."""
