@@ -2,20 +2,25 @@
 
 The buffers, the cache view that writes at a device-held position, the full-length mask and the re-capture rules
 are device-independent, so on the CPU the same :class:`DecodeGraph` runs with an eager "capture" (``lambda step:
-step``) against the ordinary cached decode. Only the CUDA-graph recording itself needs a GPU (last test).
+step``) against the ordinary cached decode. The clean-up after a failed capture runs against a double
+of the CUDA calls that follows their documented behaviour (``cuda_graph_double.py``). Only the CUDA-graph recording
+itself needs a GPU (last test).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
+from cuda_graph_double import INVALIDATED, NOT_PERMITTED, FakeCudaGraphs
 
 import glm_engine
 import glm_engine.backends.torch_cuda.ops as torch_cuda_ops
 from glm_engine.backends.base import RunnerCapabilities
 from glm_engine.backends.cuda.ops import CudaOps
+from glm_engine.backends.torch_cuda.capture import CaptureFailed, cuda_graph_capture
 from glm_engine.backends.torch_cuda.graphs import (
     ENV_VAR,
     MAX_CAPTURES,
@@ -60,7 +65,7 @@ def test_the_torch_cuda_op_table_hands_out_the_graphed_decoder_or_eager_steps_wi
     monkeypatch.delenv(ENV_VAR, raising=False)
     ops = CudaOps(torch.device("cpu"), torch.float32)
     graphed = ops.decode_stepper(cuda_runner(), 16, None)
-    assert isinstance(graphed, GraphedDecoder) and graphed.reason == graphs_verdict(cuda_runner(), None, 16).reason
+    assert isinstance(graphed, GraphedDecoder) and graphed.reason.startswith(graphs_verdict(cuda_runner()).reason)
     refused = ops.decode_stepper(cuda_runner(), 16, False)
     assert isinstance(refused, EagerStepper) and "caller" in refused.reason
     too_short = ops.decode_stepper(cuda_runner(), MIN_GRAPH_STEPS - 1, None)
@@ -144,14 +149,26 @@ def test_beam_search_reorders_rows_in_place_under_one_graph(monkeypatch, engine)
     assert made[0].captures == 1 and made[0].graph_steps > 1
 
 
-def test_a_failed_capture_falls_back_to_eager_steps_without_losing_a_token(monkeypatch, engine):
-    def failing(step):
-        raise RuntimeError("operation not permitted when stream is capturing")
+class ForbiddenWhileCapturing:
+    """The model with an op in its step that may not run while a stream captures (a host sync, as ``.item()``)."""
 
+    def __init__(self, runner, cuda: FakeCudaGraphs) -> None:
+        self.runner, self.cuda = runner, cuda
+
+    def forward(self, *args, **kwargs):
+        self.cuda.op(permitted_while_capturing=False)
+        return self.runner.forward(*args, **kwargs)
+
+
+def test_a_failed_capture_falls_back_to_eager_steps_without_losing_a_token(monkeypatch, engine):
+    """The capture fails the way CUDA documents (the op raises, then ending the invalidated capture raises too): the
+    reason leads with the op's error, the stream and allocator are left clean, and the tokens are the eager ones."""
+    cuda = FakeCudaGraphs()
     made: list[GraphedDecoder] = []
 
     def decoder(runner, steps, requested):
-        made.append(GraphedDecoder(runner, Verdict(True, "emulated"), capture=failing))
+        capture = partial(cuda_graph_capture, api=cuda)
+        made.append(GraphedDecoder(ForbiddenWhileCapturing(runner, cuda), Verdict(True, "emulated"), capture))
         return made[-1]
 
     prompts = ["Once upon a time", "天空是[MASK]色的"]
@@ -159,7 +176,87 @@ def test_a_failed_capture_falls_back_to_eager_steps_without_losing_a_token(monke
     expected = [r.token_ids for r in engine.generate(prompts, **options)]
     monkeypatch.setattr(engine.runner.ops, "decode_stepper", decoder)
     assert [r.token_ids for r in engine.generate(prompts, **options)] == expected
-    assert made[0].graph_steps == 1 and made[0].eager_steps > 0 and "capture failed" in made[0].reason
+    assert made[0].graph_steps == 1 and made[0].eager_steps > 0
+    assert made[0].fallback.startswith(f"graph capture failed, later steps run eagerly: RuntimeError: {NOT_PERMITTED}")
+    assert INVALIDATED in made[0].fallback and made[0].reason == made[0].fallback
+    assert cuda.clean()
+
+
+def naive_capture(step, cuda: FakeCudaGraphs):
+    """``torch.cuda.graph``'s order: capture_end on the way out, then the stream restored (not on failure)."""
+    graph = cuda.new_graph()
+    context = cuda.use_stream(cuda.side_stream())
+    context.__enter__()
+    graph.capture_begin(pool=cuda.new_pool())
+    try:
+        step()
+    finally:
+        graph.capture_end()
+    context.__exit__(None, None, None)
+
+
+def test_the_double_reproduces_the_documented_failure_that_hides_the_first_error():
+    """What the clean-up guards against: ending an invalidated capture raises a second error that replaces the op's,
+    leaves the capture stream current and the allocator routing to the pool. (A check of the double itself.)"""
+    cuda = FakeCudaGraphs()
+    with pytest.raises(RuntimeError, match=INVALIDATED) as info:
+        naive_capture(lambda: cuda.op(permitted_while_capturing=False), cuda)
+    assert NOT_PERMITTED in str(info.value.__context__)
+    assert cuda.current != cuda.DEFAULT and cuda.routes and not cuda.clean()
+
+
+def test_a_failed_op_surfaces_first_and_leaves_the_stream_and_the_allocator_usable():
+    cuda = FakeCudaGraphs()
+    with pytest.raises(CaptureFailed) as info:
+        cuda_graph_capture(lambda: cuda.op(permitted_while_capturing=False), api=cuda)
+    failed = info.value
+    assert str(failed).startswith(f"RuntimeError: {NOT_PERMITTED} (ending the invalidated capture then raised")
+    assert INVALIDATED in str(failed.end_error) and failed.__cause__ is failed.first
+    assert cuda.clean()
+    replay = cuda_graph_capture(lambda: torch.ones(2), api=cuda)  # the same process captures again afterwards
+    assert torch.equal(replay(), torch.ones(2)) and cuda.graphs[-1].replays == 1 and cuda.clean()
+
+
+def test_a_capture_that_only_fails_to_end_or_begin_is_cleaned_up_too():
+    cuda = FakeCudaGraphs()
+
+    def invalidates_silently():  # the capture is invalidated without the op raising (an async error, say)
+        cuda.invalidated = True
+        return torch.zeros(1)
+
+    with pytest.raises(CaptureFailed, match=INVALIDATED):
+        cuda_graph_capture(invalidates_silently, api=cuda)
+    assert cuda.clean()
+    cuda.side_stream = lambda: cuda.DEFAULT  # capture_begin refuses the default stream
+    with pytest.raises(CaptureFailed, match="non-default stream"):
+        cuda_graph_capture(lambda: torch.zeros(1), api=cuda)
+    assert cuda.clean()
+
+
+def test_a_broken_device_is_not_mistaken_for_a_capture_problem():
+    """After a failed capture the device is synchronized: a sticky error there is raised as it is (eager steps
+    could not run either), with the capture's error as its context, not turned into a fallback."""
+    cuda = FakeCudaGraphs()
+
+    def step():
+        cuda.sticky = RuntimeError("CUDA error: an illegal memory access was encountered")
+        cuda.op(permitted_while_capturing=False)
+
+    with pytest.raises(RuntimeError, match="illegal memory access") as info:
+        cuda_graph_capture(step, api=cuda)
+    assert not isinstance(info.value, CaptureFailed)
+    assert cuda.capturing is None and cuda.current == cuda.DEFAULT
+
+
+def test_an_interrupt_during_capture_is_cleaned_up_and_passed_on_unchanged():
+    cuda = FakeCudaGraphs()
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cuda_graph_capture(interrupted, api=cuda)
+    assert cuda.clean()
 
 
 def test_hip_graphs_are_opt_in(monkeypatch):

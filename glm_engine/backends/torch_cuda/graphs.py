@@ -26,7 +26,8 @@ repay a capture. A capture that fails (an op that syncs with the host, a stack t
 decoder to eager steps with the reason; the failed step's logits come from its warm-up, so no token is lost. Beam
 search reorders cache rows in place (same storage, so the graph stays valid) but its first step replaces the cache
 by one with more rows: the decoder then captures once more for the new batch, at most ``MAX_CAPTURES`` times per
-decode, and runs eagerly after that.
+decode, and runs eagerly after that. How a failed capture is cleaned up (its first error kept, the stream and the
+allocator left usable) is ``capture.py``'s.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from collections.abc import Callable
 import torch
 
 from glm_engine.backends.base import ModelRunner, Verdict
+from glm_engine.backends.torch_cuda.capture import CaptureFailed, cuda_graph_capture
 from glm_engine.model.kv_cache import KVCache
 
 ENV_VAR = "GLM_ENGINE_CUDA_GRAPHS"  # "0" turns decode-step graphs off (default: on for CUDA), "1" on for HIP too
@@ -103,24 +105,12 @@ class GraphKVCache(KVCache):
 Capture = Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]]
 
 
-def cuda_graph_capture(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """Capture ``step`` (already run once, eagerly, by the caller) into a CUDA graph; return its replay."""
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
-
-    def replay() -> torch.Tensor:
-        graph.replay()
-        return out
-
-    return replay
-
-
 class DecodeGraph:
     """Static buffers and the captured step for one cache storage and batch shape.
 
-    ``capture`` turns the step closure into a replay function; the default records a CUDA graph. Tests pass
-    ``lambda step: step`` to run the same buffers eagerly on the CPU.
+    ``capture`` turns the step closure into a replay function; the default records a CUDA graph
+    (:func:`~glm_engine.backends.torch_cuda.capture.cuda_graph_capture`). Tests pass ``lambda step: step`` to run the
+    same buffers eagerly on the CPU, or that function with a double of the CUDA calls.
     """
 
     def __init__(
@@ -170,15 +160,18 @@ class DecodeGraph:
     def step(
         self, cache: KVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor
     ) -> torch.Tensor:
-        """Logits ``[b, 1, vocab]`` of one decode step; the new keys/values land in ``cache``, which advances."""
+        """Logits ``[b, 1, vocab]`` of one decode step; the new keys/values land in ``cache``, which advances.
+
+        The first step runs eagerly (the warm-up) and is then captured; a capture that fails raises
+        :class:`CaptureError` with that step's logits, after the cache advanced."""
         self.load(cache, input_ids, position_ids, blocked)
         if self._replay is None:
             logits = self._warm_up()
             try:
                 self._replay = self._capture(self._forward)
-            except Exception as exc:  # an op that syncs with the host or is not capturable on this stack
+            except CaptureFailed as exc:  # cleaned up (capture.py); the step itself already ran eagerly
                 cache.advance(1)
-                raise CaptureError(f"{type(exc).__name__}: {exc}", logits) from exc
+                raise CaptureError(str(exc), logits) from exc
         else:
             logits = self._replay().clone()
         cache.advance(1)
@@ -198,12 +191,14 @@ class DecodeGraph:
 
 class GraphedDecoder:
     """Runs decode steps through :class:`DecodeGraph` where possible, eagerly otherwise; re-captures when the cache
-    changes (beam expansion) up to ``MAX_CAPTURES`` times. ``reason`` says how the steps ran."""
+    changes (beam expansion) up to ``MAX_CAPTURES`` times. ``reason`` says how the steps ran; ``fallback`` says why
+    graphs stopped ("" while they run), for the reports."""
 
     def __init__(self, runner: ModelRunner, verdict: Verdict, capture: Capture = cuda_graph_capture) -> None:
         self.runner = runner
         self.enabled = verdict.ok
         self.reason = verdict.reason
+        self.fallback = ""
         self.captures = 0
         self.graph_steps = 0
         self.eager_steps = 0
@@ -223,7 +218,8 @@ class GraphedDecoder:
             return graph.step(cache, input_ids, position_ids, blocked)
         except CaptureError as exc:  # the step itself ran eagerly; never fail a generation over a graph
             self.enabled, self._graph = False, None
-            self.reason = f"graph capture failed, later steps run eagerly: {exc}"
+            self.fallback = f"graph capture failed, later steps run eagerly: {exc}"
+            self.reason = self.fallback
             return exc.logits
 
     def _graph_for(
