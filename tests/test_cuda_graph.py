@@ -1,8 +1,8 @@
 """Decode-step CUDA graphs: when they are used, and that the static-buffer step computes what the eager step does.
 
-The buffers, the cache view that writes at a device-held position, the full-length mask and the re-capture rules
-are device-independent, so on the CPU the same :class:`DecodeGraph` runs with an eager "capture" (``lambda step:
-step``) against the ordinary cached decode. The clean-up after a failed capture runs against a double
+The buffers, the cache view that writes at a device-held position, the full-length mask, the key buckets and the
+re-capture rules are device-independent, so on the CPU the same :class:`DecodeGraph` runs with an eager "capture"
+(``lambda step: step``) against the ordinary cached decode. The clean-up after a failed capture runs against a double
 of the CUDA calls that follows their documented behaviour (``cuda_graph_double.py``). Only the CUDA-graph recording
 itself needs a GPU (last test).
 """
@@ -17,9 +17,10 @@ import torch
 from cuda_graph_double import INVALIDATED, NOT_PERMITTED, FakeCudaGraphs
 
 import glm_engine
+import glm_engine.backends.torch_cuda.graphs as graphs_module
 import glm_engine.backends.torch_cuda.ops as torch_cuda_ops
 from glm_engine.backends.base import RunnerCapabilities
-from glm_engine.backends.cuda.ops import CudaOps
+from glm_engine.backends.cuda.ops import CudaOps, cuda_policy
 from glm_engine.backends.torch_cuda.capture import CaptureFailed, cuda_graph_capture
 from glm_engine.backends.torch_cuda.graphs import (
     ENV_VAR,
@@ -29,6 +30,7 @@ from glm_engine.backends.torch_cuda.graphs import (
     GraphedDecoder,
     Verdict,
     graphs_verdict,
+    key_bucket,
 )
 from glm_engine.generation.masks import generation_blocked, generation_positions
 from glm_engine.ops.interface import EagerStepper
@@ -257,6 +259,63 @@ def test_an_interrupt_during_capture_is_cleaned_up_and_passed_on_unchanged():
     with pytest.raises(KeyboardInterrupt):
         cuda_graph_capture(interrupted, api=cuda)
     assert cuda.clean()
+
+
+def test_key_buckets_are_powers_of_two_from_the_minimum_up_to_the_cache():
+    assert [key_bucket(n, 2048) for n in (1, 64, 65, 128, 129, 1000, 1025, 2048)] == [
+        64, 64, 128, 128, 256, 1024, 2048, 2048,
+    ]  # fmt: skip
+    assert key_bucket(300, 320) == 320 and key_bucket(3, 40, minimum=4) == 4 and key_bucket(5, 40, minimum=4) == 8
+
+
+def test_only_decode_attention_that_reads_every_key_gets_buckets(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    kernel = CudaOps(torch.device("cpu"), torch.float16, cuda_policy(True, "triton available"))
+    assert not kernel.decode_stepper(cuda_runner(), 16, None).key_buckets  # the Triton kernel skips blocked tiles
+    fp32 = CudaOps(torch.device("cpu"), torch.float32, cuda_policy(True, "triton available"))
+    no_triton = CudaOps(torch.device("cpu"), torch.float16, cuda_policy(False, "triton is not installed"))
+    for ops in (fp32, no_triton):
+        stepper = ops.decode_stepper(cuda_runner(), 16, None)
+        assert stepper.key_buckets and "power-of-two buckets" in stepper.reason
+
+
+def test_bucketed_steps_attend_over_the_bucket_only_and_equal_the_eager_steps(monkeypatch, small_model):
+    """Graph mode hands attention ``key_bucket(filled)`` keys, not ``max_length``: one capture per bucket, same
+    logits as the ordinary cached decode, and the unwritten positions inside a bucket stay blocked."""
+    monkeypatch.setattr(graphs_module, "MIN_KEY_BUCKET", 4)
+    total, context = 20, 3
+    tokens = torch.randint(20, 400, (2, total), generator=torch.Generator().manual_seed(1))
+    positions = generation_positions(context, total, 2, False).expand(2, -1)
+    blocked = generation_blocked(context, total)[None, None]
+    eager_cache = prefill(small_model, tokens, positions, blocked, context)
+    graph_cache = prefill(small_model, tokens, positions, blocked, context)
+    attended: list[int] = []
+    attention = small_model.ops.attention
+
+    def spy(q, k, v, mask, layer_scale):
+        attended.append(k.shape[2])
+        assert mask.shape[-1] == k.shape[2]
+        return attention(q, k, v, mask, layer_scale)
+
+    captures: list[int] = []
+
+    def counting(step):
+        captures.append(len(attended))
+        return step
+
+    graph = None
+    for col in range(context, total):
+        args = (tokens[:, col : col + 1], positions[:, col : col + 1], blocked[..., col : col + 1, : col + 1])
+        expected = small_model.forward(*args, eager_cache)
+        graph = graph or DecodeGraph(small_model, graph_cache, *args, capture=counting, key_buckets=True)
+        attended.clear()
+        monkeypatch.setattr(small_model.ops, "attention", spy)
+        got = graph.step(graph_cache, *args)
+        monkeypatch.setattr(small_model.ops, "attention", attention)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert set(attended) == {key_bucket(col + 1, total, 4)}
+    assert graph.captured == [4, 8, 16, 20] and len(captures) == 4
+    torch.testing.assert_close(graph_cache.storage, eager_cache.storage)
 
 
 def test_hip_graphs_are_opt_in(monkeypatch):

@@ -11,9 +11,19 @@ rewritten to need nothing else:
 - static input buffers ``input_ids [b, 1]``, ``position_ids`` (the runner's layout with one column: ``[b, 1]``, or
   ChatGLM's ``[b, 2, 1]``) and ``blocked [b, 1, 1, max_length]``, copied into before each replay;
 - a view of the decode's own KV cache (:class:`GraphKVCache`, the same storage) that writes the new key/value at a
-  position held in a device tensor and returns the *whole* preallocated cache to attention, with every position at
-  or after the current length blocked in the mask buffer. Attention therefore has the same shape every step; the
-  decode kernel skips fully blocked tiles, so the empty part costs one mask byte per position.
+  position held in a device tensor and returns a fixed-length prefix of the preallocated cache to attention, with
+  every position at or after the current length blocked in the mask buffer. Attention therefore has the same shape
+  at every replay of one graph.
+
+How long that prefix is depends on the decode attention. The Triton decode kernel skips fully blocked tiles, so it is
+handed the whole cache (``max_length`` keys) and the empty part costs one mask byte per position: one graph serves
+the whole decode. SDPA (fp32 decode, or no Triton) does work for every key it is handed, blocked or not, so there the
+prefix is a *bucket*: the power of two at or above the filled length (at least ``MIN_KEY_BUCKET``, at most
+``max_length``), one graph per bucket, captured when the decode first reaches it (:func:`key_bucket`). A step then
+attends over fewer than twice the filled keys, and a decode to ``max_length`` captures at most
+``log2(max_length / MIN_KEY_BUCKET) + 1`` graphs (6 for 2048). Buckets on a linear grid (every 256 keys, say) would
+waste less per step but capture ``max_length / 256`` graphs, each with its own memory pool (one step's activations);
+slicing to the exact filled length would need a capture per step, which is no graph at all.
 
 The first step of a graph runs eagerly on a side stream (compiling Triton kernels and creating library workspaces,
 which capture forbids) and produces that step's logits; capture follows and later steps replay. The model code is
@@ -43,7 +53,14 @@ from glm_engine.model.kv_cache import KVCache
 
 ENV_VAR = "GLM_ENGINE_CUDA_GRAPHS"  # "0" turns decode-step graphs off (default: on for CUDA), "1" on for HIP too
 MIN_GRAPH_STEPS = 4  # decodes with fewer cached steps run eagerly: capture costs about two eager steps
-MAX_CAPTURES = 2  # per decode: the first batch shape, and the beam-expanded one
+MAX_CAPTURES = 2  # per decode: the first batch shape, and the beam-expanded one (key buckets not counted)
+MIN_KEY_BUCKET = 64  # the shortest key prefix a bucketed graph attends over (the Triton kernels' key tile is 16-64)
+
+
+def key_bucket(filled: int, max_length: int, minimum: int = MIN_KEY_BUCKET) -> int:
+    """The key length a bucketed graph step attends over when ``filled`` positions (the new one included) hold keys:
+    the power of two at or above ``filled``, at least ``minimum``, at most ``max_length``."""
+    return min(max_length, max(minimum, 1 << max(filled - 1, 0).bit_length()))
 
 
 def graphs_verdict(runner: ModelRunner, requested: bool | None = None, steps: int | None = None) -> Verdict:
@@ -80,15 +97,16 @@ class CaptureError(RuntimeError):
 class GraphKVCache(KVCache):
     """A view of a :class:`KVCache`'s storage for a captured step: one token per row, written at ``write_index``.
 
-    ``update`` returns the keys/values of all ``max_length`` positions; the caller blocks the unwritten ones.
-    ``advance`` does nothing: the owner of the graph sets ``write_index`` before each replay and advances the real
-    cache after it.
+    ``update`` returns the keys/values of the first ``key_length`` positions (all ``max_length`` unless the owner
+    sets a bucket); the caller blocks the unwritten ones. ``advance`` does nothing: the owner of the graph sets
+    ``write_index`` before each replay and advances the real cache after it.
     """
 
     def __init__(self, cache: KVCache) -> None:  # shares storage; allocates only the index
         self.storage = cache.storage
         self.length = cache.length
         self.write_index = torch.zeros(1, dtype=torch.long, device=cache.storage.device)
+        self.key_length = cache.max_length
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if k.shape[2] != 1:
@@ -96,7 +114,7 @@ class GraphKVCache(KVCache):
         keys, values = self.storage[layer, 0], self.storage[layer, 1]
         keys.index_copy_(2, self.write_index, k)
         values.index_copy_(2, self.write_index, v)
-        return keys, values
+        return keys[:, :, : self.key_length], values[:, :, : self.key_length]
 
     def advance(self, num_tokens: int) -> None:
         return None
@@ -106,7 +124,8 @@ Capture = Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]]
 
 
 class DecodeGraph:
-    """Static buffers and the captured step for one cache storage and batch shape.
+    """Static buffers and the captured steps for one cache storage and batch shape: one graph, or one per key bucket
+    when ``key_buckets`` (module docstring).
 
     ``capture`` turns the step closure into a replay function; the default records a CUDA graph
     (:func:`~glm_engine.backends.torch_cuda.capture.cuda_graph_capture`). Tests pass ``lambda step: step`` to run the
@@ -121,6 +140,7 @@ class DecodeGraph:
         position_ids: torch.Tensor,
         blocked: torch.Tensor,
         capture: Capture = cuda_graph_capture,
+        key_buckets: bool = False,
     ) -> None:
         self.runner = runner
         self.storage = cache.storage
@@ -129,8 +149,14 @@ class DecodeGraph:
         self.input_ids = torch.zeros_like(input_ids, device=device)
         self.position_ids = torch.zeros_like(position_ids, device=device)
         self.blocked = torch.ones(blocked.shape[0], 1, 1, cache.max_length, dtype=torch.bool, device=device)
+        self.key_buckets = key_buckets
         self._capture = capture
-        self._replay: Callable[[], torch.Tensor] | None = None
+        self._replays: dict[int, Callable[[], torch.Tensor]] = {}  # key length -> the replay of its graph
+
+    @property
+    def captured(self) -> list[int]:
+        """The key lengths captured so far (one entry, ``max_length``, without buckets)."""
+        return list(self._replays)
 
     def matches(
         self, cache: KVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor
@@ -145,8 +171,15 @@ class DecodeGraph:
             and cache.length < cache.max_length
         )
 
-    def _forward(self) -> torch.Tensor:
-        return self.runner.forward(self.input_ids, self.position_ids, self.blocked, self.cache)
+    def key_length(self, cache: KVCache) -> int:
+        """How many cached positions the step at ``cache.length`` attends over (its bucket, or the whole cache)."""
+        if not self.key_buckets:
+            return cache.max_length
+        return key_bucket(cache.length + 1, cache.max_length, MIN_KEY_BUCKET)
+
+    def _forward(self, key_length: int) -> torch.Tensor:
+        self.cache.key_length = key_length  # read while the step is traced (warm-up, capture), fixed in the graph
+        return self.runner.forward(self.input_ids, self.position_ids, self.blocked[..., :key_length], self.cache)
 
     def load(self, cache: KVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, blocked: torch.Tensor) -> None:
         """Copy one step's inputs into the static buffers; positions from ``cache.length`` on stay blocked."""
@@ -162,29 +195,32 @@ class DecodeGraph:
     ) -> torch.Tensor:
         """Logits ``[b, 1, vocab]`` of one decode step; the new keys/values land in ``cache``, which advances.
 
-        The first step runs eagerly (the warm-up) and is then captured; a capture that fails raises
-        :class:`CaptureError` with that step's logits, after the cache advanced."""
+        A step whose key length has no graph yet runs eagerly (the warm-up) and is then captured; a capture that
+        fails raises :class:`CaptureError` with that step's logits, after the cache advanced."""
         self.load(cache, input_ids, position_ids, blocked)
-        if self._replay is None:
-            logits = self._warm_up()
+        key_length = self.key_length(cache)
+        replay = self._replays.get(key_length)
+        if replay is None:
+            logits = self._warm_up(key_length)
             try:
-                self._replay = self._capture(self._forward)
+                self._replays[key_length] = self._capture(lambda: self._forward(key_length))
             except CaptureFailed as exc:  # cleaned up (capture.py); the step itself already ran eagerly
                 cache.advance(1)
                 raise CaptureError(str(exc), logits) from exc
         else:
-            logits = self._replay().clone()
+            logits = replay().clone()
         cache.advance(1)
         return logits
 
-    def _warm_up(self) -> torch.Tensor:
-        """The first step, run eagerly (on a side stream on CUDA, as capture requires of preceding work)."""
+    def _warm_up(self, key_length: int) -> torch.Tensor:
+        """The first step at ``key_length``, run eagerly (on a side stream on CUDA, as capture requires of preceding
+        work)."""
         if self.storage.device.type != "cuda":
-            return self._forward()
+            return self._forward(key_length)
         stream = torch.cuda.Stream(self.storage.device)
         stream.wait_stream(torch.cuda.current_stream(self.storage.device))
         with torch.cuda.stream(stream):
-            logits = self._forward()
+            logits = self._forward(key_length)
         torch.cuda.current_stream(self.storage.device).wait_stream(stream)
         return logits
 
@@ -192,16 +228,24 @@ class DecodeGraph:
 class GraphedDecoder:
     """Runs decode steps through :class:`DecodeGraph` where possible, eagerly otherwise; re-captures when the cache
     changes (beam expansion) up to ``MAX_CAPTURES`` times. ``reason`` says how the steps ran; ``fallback`` says why
-    graphs stopped ("" while they run), for the reports."""
+    graphs stopped ("" while they run), for the reports.
 
-    def __init__(self, runner: ModelRunner, verdict: Verdict, capture: Capture = cuda_graph_capture) -> None:
+    ``key_buckets``: hand attention a power-of-two bucket of the cache instead of all of it (module docstring); the
+    op table sets it where decode attention does work for every key (``TorchCudaOps.decode_reads_every_key``)."""
+
+    def __init__(
+        self, runner: ModelRunner, verdict: Verdict, capture: Capture = cuda_graph_capture, key_buckets: bool = False
+    ) -> None:
         self.runner = runner
         self.enabled = verdict.ok
         self.reason = verdict.reason
+        if key_buckets:
+            self.reason += "; keys attended in power-of-two buckets of the filled cache, one graph per bucket"
         self.fallback = ""
         self.captures = 0
         self.graph_steps = 0
         self.eager_steps = 0
+        self.key_buckets = key_buckets
         self._graph: DecodeGraph | None = None
         self._capture = capture
 
@@ -232,6 +276,8 @@ class GraphedDecoder:
         if self.captures >= MAX_CAPTURES:
             self.reason = f"the cache changed shape more than {MAX_CAPTURES} times; later steps run eagerly"
             return None
-        self._graph = DecodeGraph(self.runner, cache, input_ids, position_ids, blocked, self._capture)
+        self._graph = DecodeGraph(
+            self.runner, cache, input_ids, position_ids, blocked, self._capture, key_buckets=self.key_buckets
+        )
         self.captures += 1
         return self._graph

@@ -7,7 +7,10 @@ for grouped key/value heads, whether they were read in place or repeated), and e
 ``attention_fallbacks``, which ``bench`` and ``conformance`` report. Quantized weights run through the Triton
 dequant-GEMM kernels (``glm_engine.kernels.triton``) when Triton imports and the format and compute dtype suit them;
 otherwise through the portable :class:`DequantizingLinear`, with the reason kept on the table (``quant_path``) and
-shown by ``Backend.supports``. Cached decode steps replay CUDA graphs (``graphs.py``) where they are usable.
+shown by ``Backend.supports``. Cached decode steps replay CUDA graphs (``graphs.py``) where they are usable; where
+the decode attention reads every key it is handed (SDPA, unlike the Triton kernel that skips blocked tiles), the
+graphs are captured per power-of-two bucket of the filled cache length, so a step attends over at most twice the
+filled keys.
 
 Each backend subclasses :class:`TorchCudaOps` with its attention policy and Triton platform
 (``backends/cuda/ops.py``: ``CudaOps``; ``backends/rocm_dcu/ops.py``: ``RocmOps``).
@@ -67,7 +70,14 @@ class TorchCudaOps(TorchOps):
         verdict = graphs_verdict(runner, requested, steps)
         if not verdict:
             return EagerStepper(runner, verdict.reason)
-        return GraphedDecoder(runner, verdict)
+        return GraphedDecoder(runner, verdict, key_buckets=self.decode_reads_every_key(runner))
+
+    def decode_reads_every_key(self, runner: Any) -> bool:
+        """Whether one-row attention in this table's dtype does work for every key it is handed, blocked or not
+        (SDPA, the reference path), so a graph step should be handed only a bucket of the cache, not all of it; the
+        Triton decode kernel skips fully blocked tiles and takes the whole cache at no cost."""
+        head_dim = getattr(getattr(runner, "config", None), "head_dim", 128)
+        return self.policy.choose(1, head_dim, self.dtype)[0] is not AttentionPath.TRITON_DECODE
 
     def prepare_quantized(self, weight: QuantizedWeight) -> PackedLinear:
         ok, why = kernel_verdict(weight, self.dtype)
