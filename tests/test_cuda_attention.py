@@ -223,6 +223,20 @@ def test_sdpa_prefill_on_the_gpu_matches_the_reference_in_fp16():
     assert nmse(sdpa_attention(q, k, v, blocked).cpu(), expected) <= max_nmse("attention:prefill", torch.float16)
 
 
+@needs_gpu
+@pytest.mark.parametrize("s", [300, 320, 1088])  # 320 and 1088 are s % 128 == 64, where cuDNN's masked tiles fail
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_sdpa_runs_the_memory_efficient_kernel_it_names_on_the_gpu(s, dtype):
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    q, k, v = (t.cuda() for t in qkv(1, 4, s, 128, dtype, sq=s))
+    blocked = generation_blocked(s - 64, s)[None, None].cuda()
+    run = run_sdpa(q, k, v, blocked)
+    assert run.path is AttentionPath.SDPA and run.detail == "memory-efficient kernel" and not run.fallback
+    expected = reference_attention(q.cpu().double(), k.cpu().double(), v.cpu().double(), blocked.cpu(), 1.0)
+    assert nmse(run.out.cpu(), expected) <= max_nmse("attention:prefill", dtype)
+
+
 # --- which SDPA kernel runs, and what happens when none does (items the GPU would otherwise decide alone) ---------
 
 

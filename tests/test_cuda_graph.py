@@ -33,6 +33,7 @@ from glm_engine.backends.torch_cuda.graphs import (
     key_bucket,
 )
 from glm_engine.generation.masks import generation_blocked, generation_positions
+from glm_engine.kernels.triton import triton_verdict
 from glm_engine.ops.interface import EagerStepper
 
 OWN_OPS = RunnerCapabilities(kv_cache=True, tensor_parallel=1, op_level=True)
@@ -344,10 +345,32 @@ def test_captured_decode_on_the_gpu_gives_the_eager_tokens(monkeypatch, dtype):
     made: list[GraphedDecoder] = []
     original = torch_cuda_ops.GraphedDecoder
 
-    def recording(runner, verdict):
-        made.append(original(runner, verdict))
+    def recording(runner, verdict, **kwargs):
+        made.append(original(runner, verdict, **kwargs))
         return made[-1]
 
     monkeypatch.setattr(torch_cuda_ops, "GraphedDecoder", recording)
     assert [r.token_ids for r in gpu.generate(prompts, **options)] == expected
-    assert made[0].graph_steps > 0 and made[0].captures == 1, made[0].reason
+    assert made[0].graph_steps > 0 and made[0].captures == 1 and not made[0].fallback, made[0].reason
+    # fp32 decode attention is SDPA, which reads every key it is handed: bucketed; fp16 goes to the Triton kernel
+    assert made[0].key_buckets == (dtype == "fp32" or not triton_verdict().ok)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.version.hip is not None, reason="needs a CUDA GPU")
+def test_a_host_sync_inside_a_real_capture_surfaces_first_and_the_device_captures_again():
+    x = torch.ones(4, device="cuda")
+
+    def syncs():
+        y = x * 2
+        y.sum().item()  # a host sync: not permitted while the stream captures
+        return y
+
+    syncs()  # the eager warm-up, as the decoder runs it
+    with pytest.raises(CaptureFailed) as info:
+        cuda_graph_capture(syncs)
+    first = info.value.first
+    assert str(info.value).startswith(f"{type(first).__name__}: {first}") and first is not info.value.end_error
+    assert not torch.cuda.is_current_stream_capturing()
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    replay = cuda_graph_capture(lambda: x * 3)  # the stream and the allocator are usable: capture works again
+    assert torch.equal(replay().cpu(), torch.full((4,), 3.0))
