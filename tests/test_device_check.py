@@ -166,3 +166,30 @@ def test_the_summary_table_has_one_row_per_step_and_cuts_long_summaries():
 )
 def test_the_hbm_peak_is_known_for_h100_sxm_and_h200_only(name, peak):
     assert hbm_peak_gbps(name) == peak
+
+
+def test_the_sdpa_step_names_what_the_engine_ran_and_fails_the_engine_for_any_error(monkeypatch):
+    """A forced backend that raises is "no kernel" (it refuses the arguments); the engine's own path falls back on
+    its own, so its row names the kernel or the fallback, and anything it raises fails the row."""
+    import torch
+
+    import glm_engine.backends.torch_cuda.attention as attention
+    from glm_engine.backends.torch_cuda.attention import AttentionPath, SdpaRun
+    from glm_engine.ops.torch_ops import reference_attention
+    from tools.device_check import sdpa
+
+    inputs = sdpa.glm_inputs(40, torch.float32, torch.device("cpu"))
+    (q, k, v), blocked = inputs
+    expected = reference_attention(q.double(), k.double(), v.double(), blocked, 1.0)
+    refusal = RuntimeError("No available kernel. Aborting execution.")
+
+    def refuses(*args):
+        raise refusal
+
+    assert sdpa.check(inputs, expected, 40, torch.float32, "flash_attention", refuses)[6].startswith("no kernel")
+    assert sdpa.check(inputs, expected, 40, torch.float32, "engine run_sdpa", refuses)[6].startswith("FAIL (raised")
+    fell_back = SdpaRun(reference_attention(q, k, v, blocked, 1.0), AttentionPath.REFERENCE, "why", fallback="why")
+    monkeypatch.setattr(attention, "run_sdpa", lambda *args: fell_back)
+    engine = dict(sdpa.backend_calls())["engine run_sdpa"]
+    row = sdpa.check(inputs, expected, 40, torch.float32, "engine run_sdpa", engine)
+    assert row[6] == "ok (fallback to the reference: why)"

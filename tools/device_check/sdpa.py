@@ -5,7 +5,9 @@ mask SDPA must honour. Each backend torch has (math, memory-efficient, flash, cu
 ``torch.nn.attention.sdpa_kernel`` at s = 300, 320 (tile-ragged and tile-aligned) and 1088 in fp16 and bf16, and
 compared with ``reference_attention`` in float64 by the conformance suite's NMSE and its ``attention:prefill`` bound;
 "no kernel" is a backend refusing the arguments (flash takes no arbitrary mask), not a failure. The last row per
-shape is the engine's own SDPA path (``backends/torch_cuda/attention.sdpa_attention``), whatever it picks.
+shape is the engine's own SDPA path (``backends/torch_cuda/attention.run_sdpa`` on the kernels the cuda policy
+allows: memory-efficient, cuDNN only with ``GLM_ENGINE_SDPA_CUDNN=1``), and its result names the kernel that ran or
+the fallback it took.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def backend_calls() -> list[tuple[str, Callable]]:
     """(name, attention(q, k, v, blocked)) for each SDPA backend this torch has, then the engine's path."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from glm_engine.backends.torch_cuda.attention import sdpa_attention
+    from glm_engine.backends.torch_cuda.attention import run_sdpa, sdpa_kernels
 
     def forced(backend):
         def call(q, k, v, blocked):
@@ -47,8 +49,13 @@ def backend_calls() -> list[tuple[str, Callable]]:
 
         return call
 
+    def engine(q, k, v, blocked):
+        run = run_sdpa(q, k, v, blocked, 1.0, sdpa_kernels())
+        engine.ran = f"fallback to the {run.path.value}: {run.fallback}" if run.fallback else run.detail
+        return run.out
+
     calls = [(name.lower(), forced(getattr(SDPBackend, name))) for name in BACKEND_NAMES if hasattr(SDPBackend, name)]
-    return [*calls, ("engine sdpa_attention", sdpa_attention)]
+    return [*calls, ("engine run_sdpa", engine)]
 
 
 def check(inputs, expected: torch.Tensor, s: int, dtype: torch.dtype, name: str, call: Callable) -> list[object]:
@@ -61,11 +68,14 @@ def check(inputs, expected: torch.Tensor, s: int, dtype: torch.dtype, name: str,
     try:
         got = call(q, k, v, blocked).cpu()
     except RuntimeError as exc:  # "No available kernel" and the like: the backend refuses these arguments
+        if name.startswith("engine"):  # the engine falls back on those itself: anything it raises is a failure
+            return [s, str(dtype)[6:], name, "-", bound, "-", f"FAIL (raised {str(exc).strip().splitlines()[0][:60]})"]
         return [s, str(dtype)[6:], name, "-", bound, "-", "no kernel: " + str(exc).strip().splitlines()[0][:60]]
     error = nmse([got], [expected])
     worst = float((got.double() - expected).abs().max())
     verdict = "NaN" if math.isnan(error) else ("ok" if error <= bound else "FAIL")
-    return [s, str(dtype)[6:], name, error, bound, worst, verdict]
+    ran = getattr(call, "ran", "")  # the engine's row: which kernel ran, or the fallback
+    return [s, str(dtype)[6:], name, error, bound, worst, verdict + (f" ({ran[:60]})" if ran else "")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, call in backend_calls():
                 live.add(check(inputs, expected, s, dtype, name, call))
     rows = live.rows
-    bad = [f"{r[2]} s={r[0]} {r[1]}: {r[6]}" for r in rows if r[6] in ("FAIL", "NaN")]
+    bad = [f"{r[2]} s={r[0]} {r[1]}: {r[6]}" for r in rows if str(r[6]).split(" (")[0] in ("FAIL", "NaN")]
     refused = sum(str(r[6]).startswith("no kernel") for r in rows)
     summary(
         f"{len(rows) - refused - len(bad)} ok, {len(bad)} bad, {refused} no kernel"
