@@ -88,3 +88,21 @@ def skipped(why: str) -> int:
     """Report why the step has nothing to check here (the runner's status column says SKIP)."""
     summary(why)
     return SKIPPED
+
+
+def triton_device(args: argparse.Namespace) -> torch.device | str:
+    """The device the Triton steps run on, or why they cannot run here (a str). ``--cpu`` runs Triton's interpreter,
+    which must be chosen before triton is imported."""
+    if args.cpu:
+        import os
+
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from glm_engine.kernels.triton import triton_verdict
+
+    ok, why = triton_verdict()
+    if not ok:
+        return why
+    try:
+        return target(args)[0]
+    except NoDevice as exc:
+        return str(exc)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tools.device_check.common import FAILED, PASSED, LiveTable, NoDevice, arguments, skipped, summary, target
+from tools.device_check.common import FAILED, PASSED, LiveTable, arguments, skipped, summary, triton_device
 
 ROWS = (1, 4, 128, 17, 3)  # most important first: a step cut at its limit has decode and prefill at every format
 # bench's formats and INT8 at the smaller groups too (INT8 groups need 16 columns per dot, INT4 32).
@@ -29,19 +29,9 @@ CPU_SHAPES = {"rowwise": (40, 96), "groupwise": (40, 128)}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = arguments(__doc__.split("\n")[0], argv)
-    if args.cpu:
-        import os
-
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
-    from glm_engine.kernels.triton import triton_verdict
-
-    ok, why = triton_verdict()
-    if not ok:
-        return skipped(why)
-    try:
-        device, _ = target(args)
-    except NoDevice as exc:
-        return skipped(str(exc))
+    device = triton_device(args)
+    if isinstance(device, str):
+        return skipped(device)
     from glm_engine.bench.dequant_gemm import check_kernels, format_name
 
     rows = CPU_ROWS if args.cpu else ROWS

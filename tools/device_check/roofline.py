@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tools.device_check.common import PASSED, LiveTable, NoDevice, arguments, skipped, summary, target
+from tools.device_check.common import PASSED, LiveTable, arguments, skipped, summary, triton_device
 
 LAYER = (12288, 12288)  # (out, in): GLM-130B's hidden width (docs/families.md)
 ROWS = (1, 4)
@@ -44,19 +44,9 @@ def share(gbps: float, ceiling: float | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = arguments(__doc__.split("\n")[0], argv)
-    if args.cpu:
-        import os
-
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
-    from glm_engine.kernels.triton import triton_verdict
-
-    ok, why = triton_verdict()
-    if not ok:
-        return skipped(why)
-    try:
-        device, _ = target(args)
-    except NoDevice as exc:
-        return skipped(str(exc))
+    device = triton_device(args)
+    if isinstance(device, str):
+        return skipped(device)
     from glm_engine.bench.dequant_gemm import time_kernels
     from glm_engine.bench.roofline import measure_read_bandwidth
 
