@@ -187,9 +187,9 @@ def package_env(package: Path | None) -> dict[str, str]:
     return env
 
 
-def probe(python: str, package: Path | None) -> tuple[str, str]:
+def probe(python: str, package: Path | None, option: str = "--compare-chatglm-cpp") -> tuple[str, str]:
     """(chatglm.cpp's version, '') when ``python`` imports the package, its compiled module and its converter; else
-    ('', the reason, quoting the import error)."""
+    ('', the reason, quoting the import error; ``option`` is the flag that names the interpreter)."""
     where = f"{python}" + (f" with {package} on its path" if package is not None else "")
     try:
         with tempfile.TemporaryDirectory(prefix="glm-engine-bench-ggml-probe-") as cwd:
@@ -211,8 +211,8 @@ def probe(python: str, package: Path | None) -> tuple[str, str]:
     if answer.get("problem"):
         return "", (
             f"{where} cannot import chatglm.cpp ({answer['problem']}): build it (`pip install chatglm-cpp`, which "
-            "also needs torch, transformers, tabulate and tqdm for its converter) or point --compare-chatglm-cpp "
-            "at an interpreter that has it"
+            f"also needs torch, transformers, tabulate and tqdm for its converter) or point {option} at an "
+            "interpreter that has it"
         )
     return str(answer.get("version", "")), ""
 
