@@ -327,7 +327,12 @@ def run_ggml(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-CHILDREN = {"ours": run_ours, "convert": convert_ggml, "ggml": run_ggml}
+def write_random(spec: dict[str, Any]) -> dict[str, Any]:
+    folder = write_random_folder(Path(spec["folder"]), spec["layers"], Path(spec["tokenizer"]), spec["seed"])
+    return {"folder": str(folder)}
+
+
+CHILDREN = {"ours": run_ours, "convert": convert_ggml, "ggml": run_ggml, "random": write_random}
 
 
 def child_main(spec_path: str) -> int:
@@ -357,27 +362,32 @@ class Session:
 
     def child(self, python: str, spec: dict[str, Any], extra_env: dict[str, str] | None = None) -> dict[str, Any]:
         """Run ``spec`` in its own process of ``python``; its JSON answer, or ``{"error": ...}``."""
-        from .chatglm_cpp import package_env
-
         self.count += 1
-        path = self.workdir / f"run-{self.count}.json"
-        path.write_text(json.dumps(spec), encoding="utf-8")
-        command = [python, "-m", "glm_engine.bench.vs_chatglm_cpp", "--child", str(path)]
-        env = {**package_env(None), **(extra_env or {})}
+        return run_child(python, spec, self.workdir / f"run-{self.count}.json", extra_env)
+
+
+def run_child(python: str, spec: dict[str, Any], path: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write ``spec`` to ``path`` and run it in a process of ``python`` (this checkout first on its path, started in
+    ``path``'s folder); its JSON answer, or ``{"error": ...}`` with the last line it wrote to stderr."""
+    from .chatglm_cpp import package_env
+
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    command = [python, "-m", "glm_engine.bench.vs_chatglm_cpp", "--child", str(path)]
+    env = {**package_env(None), **(extra_env or {})}
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S, cwd=path.parent
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"killed after {CHILD_TIMEOUT_S} s"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode == 0 and lines:
         try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S, cwd=self.workdir
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"killed after {CHILD_TIMEOUT_S} s"}
-        lines = done.stdout.strip().splitlines()
-        if done.returncode == 0 and lines:
-            try:
-                return json.loads(lines[-1])
-            except ValueError:
-                pass
-        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        return {"error": f"exit status {done.returncode}: {last}"}
+            return json.loads(lines[-1])
+        except ValueError:
+            pass
+    last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    return {"error": f"exit status {done.returncode}: {last}"}
 
 
 def run_width(session: Session, width: str, ggml_type: str, ours: list[tuple[str, dict[str, Any]]]) -> list[Run]:
@@ -461,8 +471,14 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Session, str]:
     if args.hf_dir is not None:
         folder = staged_folder(args.hf_dir, tokenizer, workdir)
     else:
+        # in a child, so that the parent does not keep the weights' memory while the runs are measured
         print(f"writing {args.random_layers} random ChatGLM-6B layers into {workdir} ...", flush=True)
-        folder = write_random_folder(workdir / "random-chatglm-6b", args.random_layers, tokenizer, args.seed)
+        folder = workdir / "random-chatglm-6b"
+        spec = {"kind": "random", "folder": str(folder), "layers": args.random_layers}
+        spec.update(tokenizer=str(tokenizer), seed=args.seed)
+        written = run_child(sys.executable, spec, workdir / "random.json")
+        if written.get("error"):
+            raise BenchError(f"writing the random weights failed: {written['error']}")
     source = resolve_model(str(folder))
     if source.family.name != "chatglm":
         raise BenchError(
