@@ -6,6 +6,7 @@ interpreter with chatglm.cpp built (docs/benchmarking.md#the-chatglmcpp-script).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -29,10 +30,12 @@ COMPILER = shutil.which("cc") or shutil.which("gcc")
 
 
 def _tiny_folder(folder: Path, tokenizer: bool = True) -> Path:
-    """chatglm-tiny as a Hugging Face folder, laid out as the releases are (``lm_head`` equal to the embedding)."""
+    """chatglm-tiny as a Hugging Face folder, laid out as the releases are (``lm_head`` equal to the embedding), with
+    the MLP 4x the width as ChatGLM-6B's (chatglm.cpp's converter refuses any other ratio)."""
     from safetensors.torch import save_file
 
-    config = chatglm_preset("chatglm-tiny")
+    tiny = chatglm_preset("chatglm-tiny")
+    config = dataclasses.replace(tiny, inner_hidden_size=4 * tiny.hidden_size)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({**config.to_hf_dict(), "architectures": ["ChatGLMModel"]}))
     weights = random_state_dict(config, seed=1, dtype=torch.float16)
