@@ -12,7 +12,7 @@ measured at the start of the same run (``glm-engine bench``'s probe), peak RSS o
 over the timed repetitions alone), and the CPU's model and SIMD flags. Asserts nothing.
 
 chatglm.cpp is not a dependency of glm-engine; build it into its own venv, outside the repository (checked on this
-project's machines, Python 3.11; about 7 minutes on 2 cores; the sdist is needed, and ``--no-build-isolation``
+project's machines, Python 3.11; 10.5 minutes niced on 2 busy cores; the sdist is needed, and ``--no-build-isolation``
 because ``--no-binary :all:`` would otherwise build its build dependency cmake from source too)::
 
     python3 -m venv /work/peers/chatglm-cpp/venv && cd /work/peers/chatglm-cpp
