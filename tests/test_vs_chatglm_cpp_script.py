@@ -115,6 +115,16 @@ def test_without_chatglm_cpp_the_error_quotes_the_import_and_the_install_line(tm
     assert "torch==2.13.0" in err and "chatglm-cpp==0.4.2" in err and "Traceback" not in err
 
 
+def test_a_folder_the_loader_refuses_is_one_line_too(tmp_path, fake_site, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "nonsense"}))
+    shutil.copy(BUILTIN_TOKENIZER_PATH, folder / "ice_text.model")
+    assert main(["--hf-dir", str(folder), "--bandwidth-gib", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"vs_chatglm_cpp.py: error: {folder} is not a checkpoint" in err and "Traceback" not in err
+
+
 def test_chatglm_cpp_thread_rule_and_the_cpu_count_that_gives_each_thread_count():
     # chatglm.cpp 0.4.2's get_num_physical_cores: every hardware thread up to 4, half above; decode at most 16
     assert [ggml_threads(n) for n in (1, 2, 4, 6, 8, 64)] == [1, 2, 4, 3, 4, 16]

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glm_engine.errors import GlmEngineError
+
 PACKAGE_TOKENIZER = "ice_text.model"  # ChatGLM-6B's SentencePiece file; chatglm.cpp stores it in its model file
 # The peer's interpreter, as checked on this project's machines (docs/benchmarking.md#the-chatglmcpp-script).
 INSTALL = (
@@ -537,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="vs-chatglm-cpp-", dir=args.workdir) as tmp:
             return compare(args, widths, Path(tmp))
-    except BenchError as exc:
+    except (BenchError, GlmEngineError) as exc:  # a folder our loader refuses says why, as the CLI does
         print(f"vs_chatglm_cpp.py: error: {exc}", file=sys.stderr)
         return 2
 
