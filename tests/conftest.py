@@ -12,6 +12,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# No timed kernel trials in tests: the CPU linears take their fixed defaults (docs/cpu-kernels.md); the tests of the
+# trial itself use their own chooser with a fake clock. Set the variable to a kernel's name to run the suite on it.
+os.environ.setdefault("GLM_ENGINE_CPU_KERNELS", "off")
+
 from glm_engine.backends.registry import get_backend, op_table_for
 from glm_engine.model.glm130b.config import CONFORMANCE_CONFIG, GLMConfig
 from glm_engine.model.glm130b.weights import random_state_dict

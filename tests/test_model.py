@@ -5,8 +5,6 @@ import pytest
 import torch
 from bounds import max_nmse, nmse
 
-from glm_engine.backends.cpu import features as cpu_features
-from glm_engine.backends.cpu import ops as cpu_ops
 from glm_engine.backends.cpu.ops import CpuOps
 from glm_engine.generation.decode import decode
 from glm_engine.generation.masks import GenerationRow, align_left, generation_blocked, generation_positions
@@ -157,55 +155,6 @@ def test_cpu_fused_attention_keeps_the_reference_semantics(dtype):
     fused = ops.attention(q, k, v, blocked, layer_scale=3.0)
     exact = reference_attention(q.double(), k.double(), v.double(), blocked, 3.0)
     assert nmse(fused, exact) <= max_nmse("attention:prefill", dtype)
-
-
-@pytest.mark.parametrize("shape", [(96,), (1, 96), (1, 1, 96)])
-@pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("uses_mv", [False, True])
-def test_cpu_bf16_single_row_linear_matches_the_matrix_product(shape, with_bias, uses_mv, monkeypatch):
-    """One bf16 row goes through torch.mv/addmv where that kernel is the faster one, else F.linear; either way the
-    shape is F.linear's and the result within the bf16 linear bound."""
-    monkeypatch.setattr(cpu_ops, "one_row_bf16_uses_mv", lambda: uses_mv)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(*shape, generator=gen).bfloat16()
-    weight = torch.randn(40, 96, generator=gen).bfloat16()
-    bias = torch.randn(40, generator=gen).bfloat16() if with_bias else None
-    out = CpuOps(torch.device("cpu"), torch.bfloat16).linear(x, weight, bias)
-    expected = torch.nn.functional.linear(x, weight, bias)
-    assert out.shape == expected.shape and out.dtype == torch.bfloat16
-    exact = torch.nn.functional.linear(x.double(), weight.double(), None if bias is None else bias.double())
-    assert nmse(out, exact) <= max_nmse("linear", torch.bfloat16)
-    if uses_mv:
-        row = x.reshape(-1)
-        kernel = torch.mv(weight, row) if bias is None else torch.addmv(bias, weight, row)
-        assert torch.equal(out.reshape(-1), kernel)
-
-
-@pytest.mark.parametrize(
-    ("capability", "flags", "uses_mv"),
-    [
-        ("AVX512", "avx2 avx512f avx512_vnni", True),  # Intel Xeon without bf16: mv streams 24 GB/s against 14
-        ("AVX512", "avx2 avx512f avx512_bf16", False),  # AMD EPYC Zen 4: F.linear 16.5 GB/s against 7.8
-        ("AVX512", "avx512f amx_bf16 amx_tile", False),
-        ("AVX2", "avx avx2 fma", False),  # AVX2-only AMD EPYC: F.linear 13 GB/s against 1.6
-        ("DEFAULT", "", False),
-    ],
-)
-def test_the_one_row_bf16_kernel_follows_the_cpus_instruction_set(capability, flags, uses_mv, monkeypatch, tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    second = "processor\t: 1\nflags\t: amx_bf16\n"  # only the first processor's lines are read
-    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n{second}")
-    monkeypatch.setattr(cpu_features, "CPUINFO", cpuinfo)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    for cached in (cpu_features._cpuinfo_fields, cpu_features.one_row_bf16_uses_mv):
-        cached.cache_clear()
-    try:
-        assert cpu_features.one_row_bf16_uses_mv() is uses_mv
-        assert cpu_features.cpu_model_name() == "Some CPU"
-        assert cpu_features.one_row_bf16_note().startswith("one-row products as torch.mv") is uses_mv
-    finally:
-        for cached in (cpu_features._cpuinfo_fields, cpu_features.one_row_bf16_uses_mv):
-            cached.cache_clear()
 
 
 def test_fp16_on_cpu_runs_and_tracks_fp32(small_config):

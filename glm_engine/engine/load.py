@@ -31,6 +31,7 @@ from glm_engine.engine.source import DEFAULT_MODEL, MAX_RANDOM_PARAMETERS, Model
 from glm_engine.errors import InputError, ParallelError
 from glm_engine.exported import FILES_SECTION, read_exported, refuse_exported_folder
 from glm_engine.model.graph import DecoderModel
+from glm_engine.model.parts import DenseBias
 from glm_engine.model.weights import ModelWeights, ReadRequest
 from glm_engine.ops.interface import Op, OpTable
 from glm_engine.parallel.communicator import Communicator
@@ -109,6 +110,7 @@ def load(
     weights = load_weights(source, quant_plan, ops, comm, progress)
     runner = DecoderModel(model_config, weights, ops, comm)
     runner.cuda_graphs = cuda_graphs
+    notes += ops.prepare_linears(representative_linears(runner))
     notes += _closing_notes(source, chosen, run_dtype, tp, weights)
     banned = family.generation_bans(model_config, tok, source.random) if tok else ()
     return Engine(runner, tok, chosen, source.description, notes, banned)
@@ -142,6 +144,20 @@ def load_weights(
     return ModelWeights.assemble(
         layout, tensors, ops.dtype, ops.device, ops.prepare_quantized, tied_output, source.reader.unused_keys
     )
+
+
+def representative_linears(runner: DecoderModel) -> list[tuple[str, Any, torch.Tensor | None]]:
+    """The first layer's linears and the output layer as ``ops.linear`` sees them (label, weight, bias): the shapes
+    every layer repeats, which a backend that picks kernels by measuring times (``OpTable.prepare_linears``)."""
+    layer = runner.weights.layers[0]
+    fused = runner.parts.dense_bias is DenseBias.FUSED and runner.comm.world_size == 1
+    return [
+        ("qkv", layer.query_key_value_weight, layer.query_key_value_bias),
+        ("dense", layer.dense_weight, layer.dense_bias if fused else None),
+        ("h_to_4h", layer.dense_h_to_4h_weight, layer.dense_h_to_4h_bias),
+        ("4h_to_h", layer.dense_4h_to_h_weight, layer.dense_4h_to_h_bias if fused else None),
+        ("output", runner.weights.logits_weight, None),
+    ]
 
 
 def _closing_notes(

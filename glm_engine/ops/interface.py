@@ -9,6 +9,7 @@ attention works on ``[batch, heads, seq, head_dim]``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any, Protocol
 
@@ -138,6 +139,20 @@ class OpTable(ABC):
     def linear(self, x: torch.Tensor, weight: torch.Tensor | PackedLinear, bias: torch.Tensor | None) -> torch.Tensor:
         """``x @ weight.T + bias`` with ``weight [out, in]`` (PyTorch Linear convention), or a quantized weight
         prepared by ``prepare_quantized`` (the product as its dequantized weight computes it, then the bias)."""
+
+    def prepare_linears(
+        self, linears: Sequence[tuple[str, torch.Tensor | PackedLinear, torch.Tensor | None]]
+    ) -> list[str]:
+        """Get ready to run a loaded model's linears, given as ``(label, weight, bias)`` as ``linear`` will see them
+        (one layer's and the output layer: the others repeat their shapes), and return notes for the load report.
+
+        A backend that picks kernels by measuring does it here (the CPU: docs/cpu-kernels.md); by default nothing."""
+        return []
+
+    def linear_kernel(self, rows: int, weight: torch.Tensor | PackedLinear, bias: torch.Tensor | None) -> str:
+        """The kernel ``linear`` runs for ``rows`` rows of this weight and why, for reports ("" when there is
+        nothing to say)."""
+        return ""
 
     @abstractmethod
     def prepare_quantized(self, weight: QuantizedWeight) -> PackedLinear:

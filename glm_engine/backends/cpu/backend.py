@@ -7,7 +7,8 @@ import os
 import torch
 
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
-from glm_engine.backends.cpu.features import cpu_model_name, one_row_bf16_note
+from glm_engine.backends.cpu.features import cpu_model_name, kernel_flags
+from glm_engine.backends.cpu.kernel_chooser import cached_summary
 from glm_engine.backends.cpu.ops import CpuOps
 from glm_engine.backends.cpu.quant_linear import CPU_QUANT_FORMATS
 from glm_engine.ops.interface import Op, OpTable
@@ -36,6 +37,12 @@ _QUANT_NOTES = {
 }
 
 
+LINEAR_NOTE = (
+    "each shape's kernel (F.linear, addmv, mv then bias, oneDNN on or off, fp32 for many rows) chosen by a timed "
+    "trial on this CPU, cached (GLM_ENGINE_CPU_KERNELS; docs/cpu-kernels.md)"
+)
+
+
 def grouped_attention_note(dtype: torch.dtype) -> str:
     """How grouped key/value heads are read in ``dtype`` (``CpuOps.attention``)."""
     if dtype == torch.float16:
@@ -56,7 +63,9 @@ class CpuBackend(OpLevelBackend):
         return Verdict(True, "always available")
 
     def devices(self) -> list[DeviceInfo]:
-        detail = f"{torch.get_num_threads()} threads, {os.cpu_count()} logical cores"
+        detail = (
+            f"{torch.get_num_threads()} threads, {os.cpu_count()} logical cores, {kernel_flags()}; {cached_summary()}"
+        )
         return [DeviceInfo(0, cpu_model_name(), _total_memory_bytes(), detail)]
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
@@ -70,10 +79,8 @@ class CpuBackend(OpLevelBackend):
             return _QUANT_NOTES[quant_format] + (
                 "" if dtype == torch.bfloat16 else "; activations rounded to bf16 for the product, result cast back"
             )
-        if dtype == torch.float16 and op is Op.LINEAR:
-            return "prefill-sized products computed in fp32 and rounded to fp16 (torch's CPU fp16 GEMM is slow)"
-        if dtype == torch.bfloat16 and op is Op.LINEAR:
-            return one_row_bf16_note()
+        if op is Op.LINEAR:
+            return LINEAR_NOTE
         if op is Op.ATTENTION:
             return "explicit reference path" if dtype == torch.float16 else "scaled_dot_product_attention"
         if op is Op.GROUPED_ATTENTION:
