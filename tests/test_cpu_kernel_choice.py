@@ -191,7 +191,7 @@ def test_off_takes_the_fixed_defaults_without_timing(tmp_path):
     assert chooser.dense(9, weight.bfloat16(), None).name == "linear"
     assert not (tmp_path / "unused.json").exists()
     assert notes[0].startswith("cpu linear kernels (GLM_ENGINE_CPU_KERNELS=off) on ")
-    assert len(notes) == 4 and all("(off)" in n for n in notes[1:])
+    assert len(notes) == 1 and notes[0].endswith(kernel_chooser.FIXED_RULE)
 
 
 def test_a_forced_kernel_runs_where_it_applies_and_the_default_elsewhere(tmp_path):
@@ -221,3 +221,18 @@ def test_cpu_ops_run_the_kernel_the_variable_names(monkeypatch):
     monkeypatch.setenv(MODE_ENV, "off")
     assert kernel_chooser.chooser().mode == "off"  # a changed variable takes a new chooser
     assert ops.linear_kernel(1, weight, bias) == "linear (off)"
+
+
+def test_perf_rows_and_load_notes_name_the_cpu_kernel():
+    from glm_engine import load
+    from glm_engine.backends.cpu import CpuBackend
+    from glm_engine.conformance.cases import LinearCase
+    from glm_engine.conformance.runner import run_perf
+
+    case = LinearCase(1, 64, 48, bias=True)
+    (row,) = run_perf(CpuBackend(), dtypes=[torch.bfloat16], cases=(case,))
+    assert row.detail == "linear (off)" and row.gbps is not None
+    quantized = LinearCase(1, 64, 48, bits=8)
+    assert run_perf(CpuBackend(), dtypes=[torch.bfloat16], cases=(quantized,))[0].detail.startswith("Int8Rowwise")
+    notes = load("glm-tiny", backend="cpu", dtype="bf16").notes
+    assert any(n.startswith(f"cpu linear kernels ({MODE_ENV}=off) on ") for n in notes)

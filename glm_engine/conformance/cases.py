@@ -72,6 +72,10 @@ class OpCase(ABC):
     def run(self, ops: OpTable, inputs: Inputs) -> tuple[torch.Tensor, ...]:
         """Call the op; every output of the op, in order."""
 
+    def kernel_detail(self, ops: OpTable, inputs: Inputs) -> str:
+        """The kernel ``ops`` ran this case with and why, for the perf report ("" when there is nothing to say)."""
+        return ""
+
     def flops(self) -> int:
         """Floating-point operations of one call (0: report bandwidth instead)."""
         return 0
@@ -203,6 +207,9 @@ class LinearCase(OpCase):
 
     def flops(self) -> int:
         return 2 * self.m * self.k * self.n
+
+    def kernel_detail(self, ops: OpTable, inputs: Inputs) -> str:
+        return ops.linear_kernel(self.m, inputs["weight"], inputs["bias"])
 
 
 @dataclass(frozen=True)

@@ -296,6 +296,7 @@ def run_perf(
                 row.median_us = seconds * 1e6
                 row.gbps = case.bytes_moved(prepared, outputs) / seconds / 1e9
                 row.tflops = case.flops() / seconds / 1e12 if case.flops() else None
+                row.detail = case.kernel_detail(table, prepared)
         rows.append(row)
         if progress is not None:
             progress(done + 1, len(work))

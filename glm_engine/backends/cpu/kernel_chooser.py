@@ -163,6 +163,9 @@ class KernelChooser:
             f"cpu linear kernels ({MODE_ENV}={self.mode}{timing}) on {cpu_model_name()} ({kernel_flags()}), "
             f"{torch.get_num_threads()} threads, torch {torch.__version__}"
         ]
+        if self.cache is None:  # off or forced: nothing was timed, and every shape takes the same rule
+            forced = f"{self.mode} wherever it applies, elsewhere " if self.mode in CANDIDATES else ""
+            return [f"{lines[0]}: {forced}{FIXED_RULE}"]
         head = "cpu kernels"
         for rows in RowClass:
             parts = []
@@ -178,6 +181,7 @@ class KernelChooser:
         return lines
 
 
+FIXED_RULE = "F.linear, and fp16 products of more than 8 rows in fp32 rounded to fp16 (the fixed defaults)"
 _CHOOSER: KernelChooser | None = None
 
 

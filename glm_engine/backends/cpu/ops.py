@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from glm_engine.backends.cpu.kernel_chooser import Linear, chooser
+from glm_engine.backends.cpu.kernel_chooser import Linear, chooser, packed_kernel_name
 from glm_engine.backends.cpu.quant_linear import prepare_cpu_quantized
 from glm_engine.ops.interface import PackedLinear, expand_groups
 from glm_engine.ops.torch_ops import TorchOps, reference_attention, sdpa_takes_enable_gqa
@@ -41,7 +41,7 @@ class CpuOps(TorchOps):
 
     def linear_kernel(self, rows: int, weight: torch.Tensor | PackedLinear, bias: torch.Tensor | None) -> str:
         if isinstance(weight, PackedLinear):
-            return ""
+            return f"{packed_kernel_name(weight)} (the format's only kernel)"
         return chooser().choice_for(rows, weight, bias).describe()
 
     def prepare_quantized(self, weight: QuantizedWeight) -> PackedLinear:
