@@ -236,3 +236,21 @@ def test_perf_rows_and_load_notes_name_the_cpu_kernel():
     assert run_perf(CpuBackend(), dtypes=[torch.bfloat16], cases=(quantized,))[0].detail.startswith("Int8Rowwise")
     notes = load("glm-tiny", backend="cpu", dtype="bf16").notes
     assert any(n.startswith(f"cpu linear kernels ({MODE_ENV}=off) on ") for n in notes)
+
+
+def test_quantized_kernels_are_measured_once_and_reported(tmp_path):
+    from glm_engine.backends.cpu.quant_linear import prepare_cpu_quantized
+    from glm_engine.quant.weight import QuantizedWeight
+
+    weight = torch.randn(48, 64, generator=torch.Generator().manual_seed(0))
+    packed = prepare_cpu_quantized(QuantizedWeight.quantize(weight, 8, None))
+    linears = [("qkv", packed, None)]
+    path = tmp_path / "cpu-kernels.json"
+    clock = CountingClock()
+    notes = KernelChooser("auto", path, clock).prepare(linears)
+    assert clock.readings > 0
+    gbps = packed.nbytes / 1.0 / 1e9  # each fake call takes one second
+    assert notes[-1].endswith(f"quantized qkv: Int8RowwiseLinear {gbps:.3g} GB/s (one row, the format's only kernel)")
+    again = CountingClock()
+    assert KernelChooser("auto", path, again).prepare(linears)[-1] == notes[-1]
+    assert again.readings == 0

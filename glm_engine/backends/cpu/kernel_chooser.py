@@ -60,9 +60,9 @@ def _dense_item(key: Key, weight: torch.Tensor, bias: torch.Tensor | None, names
     return TrialItem(cache_key(key), w.numel() * w.element_size(), runs)
 
 
-def _packed_item(label: str, weight: PackedLinear) -> TrialItem:
+def _packed_item(key: str, weight: PackedLinear) -> TrialItem:
     x = torch.randn(1, weight.in_features, generator=torch.Generator().manual_seed(0))
-    return TrialItem(label, weight.nbytes, {packed_kernel_name(weight): lambda: weight(x)})
+    return TrialItem(key, weight.nbytes, {packed_kernel_name(weight): lambda: weight(x)})
 
 
 def packed_kernel_name(packed: PackedLinear) -> str:
@@ -149,12 +149,23 @@ class KernelChooser:
         return self.notes(linears)
 
     def _time_quantized(self, packed: Sequence[tuple[str, PackedLinear]]) -> None:
-        """GB/s of each quantized weight's kernel for one row (timed unless the mode is ``off`` or a forced name)."""
-        if self.cache is None or not packed:
+        """GB/s of each quantized weight's kernel for one row: cached, else timed (not in ``off`` or forced modes)."""
+        if self.cache is None:
             return
-        items = [_packed_item(label, weight) for label, weight in packed]
-        for result in self._timed(items):
-            self.quantized[result.key] = (result.winner, result.gbps())
+        items, labels = [], {}
+        for label, weight in packed:
+            key = f"quant|{weight.format.value}|{RowClass.ONE.value}|{weight.out_features}x{weight.in_features}"
+            cached = self.cache.get(key) if self.mode == "auto" else None
+            if cached is not None:
+                self.quantized[label] = (cached["kernel"], cached["gbps"])
+            elif key not in labels:
+                labels[key] = label
+                items.append(_packed_item(key, weight))
+        if items:
+            results = self._timed(items)
+            self.cache.update(results)
+            for result in results:
+                self.quantized[labels[result.key]] = (result.winner, result.gbps())
 
     def notes(self, linears: Sequence[Linear]) -> list[str]:
         """One line per row class naming each linear's kernel, plus the quantized kernels' GB/s."""
