@@ -154,7 +154,8 @@ class KernelChooser:
             return
         items, labels = [], {}
         for label, weight in packed:
-            key = f"quant|{weight.format.value}|{RowClass.ONE.value}|{weight.out_features}x{weight.in_features}"
+            kernel, shape = packed_kernel_name(weight), f"{weight.out_features}x{weight.in_features}"
+            key = f"quant|{weight.format.value}|{kernel}|{RowClass.ONE.value}|{shape}"  # a new kernel: a new key
             cached = self.cache.get(key) if self.mode == "auto" else None
             if cached is not None:
                 self.quantized[label] = (cached["kernel"], cached["gbps"])
