@@ -164,11 +164,11 @@ def kernel_mode() -> str:
 
 
 # Trial inputs: a one/few-row trial reads at most TRIAL_MAX_BYTES of a weight (its first rows: a row-parallel product
-# streams every row alike; with the items interleaved, 48 MiB slices do not stay in a 32 MiB L3); a many-row trial
+# streams every row alike; interleaved, a layer's five slices, 160 MiB, do not stay in a 32 MiB L3); a many-row trial
 # multiplies TRIAL_ROWS rows by MANY_TRIAL_OUT rows of the weight (compute-bound: a slice times the same per byte).
-TRIAL_MAX_BYTES = 48 * 2**20
+TRIAL_MAX_BYTES = 32 * 2**20
 TRIAL_ROWS = {RowClass.ONE: 1, RowClass.FEW: 4, RowClass.MANY: 16}
-MANY_TRIAL_OUT = 1024
+MANY_TRIAL_OUT = 512
 
 
 Key = tuple[RowClass, torch.dtype, int, int, bool]

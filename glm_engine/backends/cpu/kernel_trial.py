@@ -32,7 +32,7 @@ from glm_engine.backends.cpu.features import cpu_flags, cpu_model_name
 
 CACHE_FILE_NAME = "cpu-kernels.json"
 CACHE_VERSION = 1
-TRIAL_ROUNDS = 4  # rounds of the interleaved trial; the minimum over them is taken
+TRIAL_ROUNDS = 3  # rounds of the interleaved trial; the minimum over them is taken
 PRUNE_FACTOR = 4.0  # after round one, candidates this much slower than an item's best are not timed further on it
 
 Clock = Callable[[], float]
