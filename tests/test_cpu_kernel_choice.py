@@ -69,6 +69,13 @@ def test_onednn_is_off_inside_and_restored_after():
     with pytest.raises(RuntimeError), onednn_disabled():
         raise RuntimeError("restored even when the call fails")
     assert torch.backends.mkldnn.enabled == before
+    outer, inner = onednn_disabled(), onednn_disabled()  # two threads' calls overlapping: A in, B in, A out, B out
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)
+    assert torch.backends.mkldnn.enabled is False  # B is still inside
+    inner.__exit__(None, None, None)
+    assert torch.backends.mkldnn.enabled == before  # not B's saved False
 
 
 class FakeClock:

@@ -24,6 +24,7 @@ where the bias is added (``mv+bias`` rounds the product, then the sum), so all s
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,17 +55,32 @@ def row_class(rows: int) -> RowClass:
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
+class _OneDnnSwitch:
+    """Counts the calls inside ``onednn_disabled`` so that overlapping ones (two threads) restore the setting found
+    before the first of them, not each other's ``False``."""
+
+    lock = threading.Lock()
+    depth = 0
+    saved = True
+
+
 @contextmanager
 def onednn_disabled() -> Iterator[None]:
     """oneDNN (mkldnn) off for the calls inside, restored after: torch then dispatches a CPU linear or matrix-vector
-    product to its own or BLAS's kernels. Measured to change the dispatch in torch 2.13 (docs/cpu-kernels.md); the
-    switch is process-global, so a thread running another op meanwhile also sees it off (same results, other speed)."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    product to its own or BLAS's kernels. Measured to change the dispatch in torch 2.13 (docs/cpu-kernels.md). The
+    switch is process-global, so another thread computing meanwhile also sees it off (same results, other speed)."""
+    with _OneDnnSwitch.lock:
+        if _OneDnnSwitch.depth == 0:
+            _OneDnnSwitch.saved = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+        _OneDnnSwitch.depth += 1
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = before
+        with _OneDnnSwitch.lock:
+            _OneDnnSwitch.depth -= 1
+            if _OneDnnSwitch.depth == 0:
+                torch.backends.mkldnn.enabled = _OneDnnSwitch.saved
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
