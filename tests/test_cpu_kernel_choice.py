@@ -243,6 +243,7 @@ def test_perf_rows_and_load_notes_name_the_cpu_kernel():
     assert run_perf(CpuBackend(), dtypes=[torch.bfloat16], cases=(quantized,))[0].detail.startswith("Int8Rowwise")
     notes = load("glm-tiny", backend="cpu", dtype="bf16").notes
     assert any(n.startswith(f"cpu linear kernels ({MODE_ENV}=off) on ") for n in notes)
+    assert f"linear in bf16: {kernel_chooser.FIXED_RULE} ({MODE_ENV}=off; docs/cpu-kernels.md)" in notes
 
 
 def test_quantized_kernels_are_measured_once_and_reported(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
 from glm_engine.backends.cpu.features import cpu_model_name, kernel_flags
-from glm_engine.backends.cpu.kernel_chooser import cached_summary
+from glm_engine.backends.cpu.kernel_chooser import cached_summary, linear_note
 from glm_engine.backends.cpu.ops import CpuOps
 from glm_engine.backends.cpu.quant_linear import CPU_QUANT_FORMATS
 from glm_engine.ops.interface import Op, OpTable
@@ -35,12 +35,6 @@ _QUANT_NOTES = {
         "torch _weight_int4pack_mm_for_cpu in bf16 (other group sizes than multiples of 32: dequantized per product)"
     ),
 }
-
-
-LINEAR_NOTE = (
-    "each shape's kernel (F.linear, addmv, mv then bias, oneDNN on or off, fp32 for many rows) chosen by a timed "
-    "trial on this CPU, cached (GLM_ENGINE_CPU_KERNELS; docs/cpu-kernels.md)"
-)
 
 
 def grouped_attention_note(dtype: torch.dtype) -> str:
@@ -80,7 +74,7 @@ class CpuBackend(OpLevelBackend):
                 "" if dtype == torch.bfloat16 else "; activations rounded to bf16 for the product, result cast back"
             )
         if op is Op.LINEAR:
-            return LINEAR_NOTE
+            return linear_note()
         if op is Op.ATTENTION:
             return "explicit reference path" if dtype == torch.float16 else "scaled_dot_product_attention"
         if op is Op.GROUPED_ATTENTION:

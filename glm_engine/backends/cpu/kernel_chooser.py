@@ -206,6 +206,22 @@ def chooser() -> KernelChooser:
     return _CHOOSER
 
 
+def linear_note() -> str:
+    """How linears are computed in the current mode, for the backend's support note (no timing)."""
+    try:
+        mode = kernel_mode()
+    except InputError as exc:
+        return str(exc)
+    if mode in ("auto", "trial"):
+        kept = "cached" if mode == "auto" else "fresh"
+        return (
+            "each shape's kernel (F.linear, addmv, mv then bias, oneDNN on or off, fp32 for many rows) chosen by a "
+            f"timed trial on this CPU, {kept} ({MODE_ENV}={mode}; docs/cpu-kernels.md)"
+        )
+    forced = f"{mode} wherever it applies, elsewhere " if mode in CANDIDATES else ""
+    return f"{forced}{FIXED_RULE} ({MODE_ENV}={mode}; docs/cpu-kernels.md)"
+
+
 def cached_summary() -> str:
     """What ``glm-engine backends`` shows: the mode and the choices cached for this machine, without timing."""
     try:
