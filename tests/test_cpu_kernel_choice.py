@@ -262,3 +262,17 @@ def test_quantized_kernels_are_measured_once_and_reported(tmp_path):
     again = CountingClock()
     assert KernelChooser("auto", path, again).prepare(linears)[-1] == notes[-1]
     assert again.readings == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", [c.name for c in candidates_for(RowClass.FEW, torch.float32, True)])
+def test_a_row_in_a_serving_tile_does_not_depend_on_its_tile_mates(name, dtype):
+    """Serving runs every product in tiles of 8 rows (serving/row_tiled.py, docs/serving.md#batch-invariance): a
+    row's result must not depend on the other rows of its tile, whichever candidate the trial picked for 8 rows."""
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(96, 256, generator=gen).to(dtype)
+    bias = torch.randn(96, generator=gen).to(dtype)
+    row = torch.randn(1, 256, generator=gen)
+    tiles = [torch.cat((row, torch.randn(7, 256, generator=gen) * scale)).to(dtype) for scale in (1.0, 100.0)]
+    first, second = (CANDIDATES[name].run(tile, weight, bias)[0] for tile in tiles)
+    assert torch.equal(first, second)
