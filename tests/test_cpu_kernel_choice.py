@@ -230,12 +230,13 @@ def test_cpu_ops_run_the_kernel_the_variable_names(monkeypatch):
     assert ops.linear_kernel(1, weight, bias) == "linear (off)"
 
 
-def test_perf_rows_and_load_notes_name_the_cpu_kernel():
+def test_perf_rows_and_load_notes_name_the_cpu_kernel(monkeypatch):
     from glm_engine import load
     from glm_engine.backends.cpu import CpuBackend
     from glm_engine.conformance.cases import LinearCase
     from glm_engine.conformance.runner import run_perf
 
+    monkeypatch.setenv(MODE_ENV, "off")  # whatever the suite runs with
     case = LinearCase(1, 64, 48, bias=True)
     (row,) = run_perf(CpuBackend(), dtypes=[torch.bfloat16], cases=(case,))
     assert row.detail == "linear (off)" and row.gbps is not None
