@@ -72,7 +72,7 @@ def test_quantized_linears_keep_the_packed_size():
     int4 = prepare_cpu_quantized(quantized(64, 256, 4, 64))
     int8 = prepare_cpu_quantized(quantized(64, 256, 8, None))
     assert isinstance(int4, Int4Linear)
-    assert int4.nbytes == 64 * 128 + (256 // 64) * 64 * 2 * 2  # packed nibbles, bf16 scale and zero per group
+    assert int4.nbytes == 64 * 128 + (256 // 64) * 64 * 2  # packed nibbles, one bf16 scale per group (no zero)
     assert int8.nbytes == 64 * 256 + 64 * 2
 
 

@@ -24,6 +24,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from glm_engine.backends.cpu.int_dot import (
+    extension_status,
+    int_dot_linear,
+    pack_int4_blocks,
+    pack_int8_blocks,
+    requested,
+)
 from glm_engine.backends.cpu.quant_kernels import (
     INT4_GROUP_SIZES,
     INT4_N_MULTIPLE,
@@ -97,7 +104,10 @@ def _kernel_group_size(span: int) -> int:
 
 
 class Int4Linear(CpuQuantizedLinear):
-    """INT4, rowwise or groupwise, on ``_weight_int4pack_mm_for_cpu`` (rows padded to a multiple of 16)."""
+    """INT4, rowwise or groupwise, on ``_weight_int4pack_mm_for_cpu`` (rows padded to a multiple of 16).
+
+    Only the bf16 scales are kept (``[kernel groups, out]``); the kernel's interleaved ``(scale, zero)`` operand,
+    whose zeros are all 0 for our symmetric values, is assembled for each product and dropped after it."""
 
     def __init__(self, weight: QuantizedWeight) -> None:
         super().__init__(weight)
@@ -110,13 +120,17 @@ class Int4Linear(CpuQuantizedLinear):
         unsigned = weight.values().to(torch.int32) + INT4_OFFSET
         unsigned = F.pad(unsigned, (0, self.in_padding, 0, row_padding), value=INT4_OFFSET)
         self.packed = int4_pack(unsigned)
-        groups = padded_in // self.group_size
-        scale = weight.scale.repeat_interleave(groups // weight.groups, dim=1)  # [out, kernel groups]
-        scale = F.pad(scale, (0, 0, 0, row_padding))
-        self.scales_and_zeros = torch.stack((scale.t(), torch.zeros_like(scale.t())), dim=-1).to(KERNEL_DTYPE)
+        self.repeat = padded_in // self.group_size // weight.groups  # kernel groups per stored scale
+        self.scales = F.pad(weight.scale, (0, 0, 0, row_padding)).t().to(KERNEL_DTYPE).contiguous()  # [groups, out]
+
+    def scales_and_zeros(self) -> torch.Tensor:
+        """The kernel's ``[kernel groups, out, 2]`` operand: each scale (repeated over the kernel's groups) beside a
+        zero of 0."""
+        scales = self.scales.repeat_interleave(self.repeat, dim=0) if self.repeat > 1 else self.scales
+        return torch.stack((scales, torch.zeros_like(scales)), dim=-1)
 
     def _matmul(self, rows: torch.Tensor) -> torch.Tensor:
-        return int4_matmul(rows, self.packed, self.group_size, self.scales_and_zeros)
+        return int4_matmul(rows, self.packed, self.group_size, self.scales_and_zeros())
 
 
 class Int8GroupwiseLinear(Int4Linear):
@@ -126,7 +140,8 @@ class Int8GroupwiseLinear(Int4Linear):
     (lo - 8) * s + 8 s``: ``hi`` runs as the kernel's ``u - 8`` with scale ``16 s`` and zero 0, ``lo`` as ``u`` with
     scale ``s`` and zero ``8 s`` (both exact in bf16). The halves sit side by side along the input, ``[hi | lo]``,
     and the activation is repeated, so one product sums both. torch's int8 kernel has one scale per row; per-group
-    calls to it were measured 1.4-2.6x slower at decode (32-128 calls of ~20 us each for 4096x4096)."""
+    calls to it were measured 1.4-2.6x slower at decode (32-128 calls of ~20 us each for 4096x4096). Only ``s`` is
+    kept; ``16 s`` and the zeros are derived for each product."""
 
     def __init__(self, weight: QuantizedWeight) -> None:
         PackedLinear.__init__(self, weight)
@@ -135,14 +150,39 @@ class Int8GroupwiseLinear(Int4Linear):
         row_padding = _round_up(self.out_features, INT4_N_MULTIPLE) - self.out_features
         unsigned = torch.cat(((q >> 4) + INT4_OFFSET, q & 15), dim=1)
         self.packed = int4_pack(F.pad(unsigned, (0, 0, 0, row_padding), value=INT4_OFFSET))
-        scale = weight.scale.float().repeat_interleave(weight.group_size // self.group_size, dim=1)
-        scale = F.pad(scale, (0, 0, 0, row_padding)).t()  # [kernel groups, out]
+        self.repeat = weight.group_size // self.group_size
+        self.scales = F.pad(weight.scale, (0, 0, 0, row_padding)).t().to(KERNEL_DTYPE).contiguous()  # [groups, out]
+
+    def scales_and_zeros(self) -> torch.Tensor:
+        scale = self.scales.repeat_interleave(self.repeat, dim=0) if self.repeat > 1 else self.scales
         scales = torch.cat((16 * scale, scale))
         zeros = torch.cat((torch.zeros_like(scale), INT4_OFFSET * scale))
-        self.scales_and_zeros = torch.stack((scales, zeros), dim=-1).to(KERNEL_DTYPE)
+        return torch.stack((scales, zeros), dim=-1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return super().__call__(torch.cat((x, x), dim=-1))
+
+
+class IntDotLinear(PackedLinear):
+    """INT4 (rowwise, groupwise) and INT8 groupwise on the integer dot-product kernel (``int_dot``): activations
+    quantized to int8 per block of 32, VNNI products. Holds the stored values (INT4 re-laid per block of 32, INT8 as
+    they are) and the stored fp16 scales, nothing else; in-features are padded to 32 with zero weights."""
+
+    def __init__(self, weight: QuantizedWeight) -> None:
+        super().__init__(weight)
+        self.bits = weight.bits
+        values = weight.values()
+        self.values = pack_int4_blocks(values) if weight.bits == 4 else pack_int8_blocks(values)
+        self.scales = weight.scale.contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = int_dot_linear(rows, self.values, self.scales, self.bits)
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.numel() + self.scales.numel() * self.scales.element_size()
 
 
 _LAYOUTS: dict[QuantFormat, type[CpuQuantizedLinear]] = {
@@ -152,10 +192,26 @@ _LAYOUTS: dict[QuantFormat, type[CpuQuantizedLinear]] = {
     QuantFormat.INT4_GROUPWISE: Int4Linear,
 }
 CPU_QUANT_FORMATS = tuple(_LAYOUTS)
+TORCH_KERNELS, INT_DOT_KERNEL = "torch", "int-dot"
+CPU_QUANT_KERNELS = (INT_DOT_KERNEL, TORCH_KERNELS)  # the candidates ``prepare_cpu_quantized(kernel=...)`` takes
+# Formats the integer dot-product kernel runs when the user opts in (GLM_ENGINE_CPU_INT_DOT=1): torch's int4 kernel
+# is compute-bound (docs/quantization.md#the-integer-dot-product-kernel); INT8 rowwise keeps torch's int8 kernel,
+# which streams at read bandwidth with bf16 activations (no activation quantization).
+INT_DOT_FORMATS = frozenset({QuantFormat.INT4_ROWWISE, QuantFormat.INT4_GROUPWISE, QuantFormat.INT8_GROUPWISE})
 
 
-def prepare_cpu_quantized(weight: QuantizedWeight) -> PackedLinear:
-    """The CPU runtime layout of a stored quantized weight (on the CPU).
+def default_cpu_quant_kernel(quant_format: QuantFormat) -> str:
+    """The kernel ``prepare_cpu_quantized`` uses for ``quant_format``: torch's weight-only kernels (the reference
+    semantics), or the integer dot-product kernel for INT4 and INT8 groupwise where the user opted in and it builds
+    (it is built on this first call)."""
+    if quant_format in INT_DOT_FORMATS and requested() and extension_status().available:
+        return INT_DOT_KERNEL
+    return TORCH_KERNELS
+
+
+def prepare_cpu_quantized(weight: QuantizedWeight, kernel: str | None = None) -> PackedLinear:
+    """The CPU runtime layout of a stored quantized weight (on the CPU), for ``kernel`` (one of
+    ``CPU_QUANT_KERNELS``; default :func:`default_cpu_quant_kernel`).
 
     Groupwise weights whose group size is not a multiple of 32 take the portable path (``DequantizingLinear``, in the
     activations' dtype): re-sharding a TP-quantized reference checkpoint makes groups of ``in / TP`` columns, which
@@ -163,4 +219,9 @@ def prepare_cpu_quantized(weight: QuantizedWeight) -> PackedLinear:
     weight = weight.to("cpu")
     if weight.groups > 1 and int4_kernel_group_size(weight.group_size) is None:
         return DequantizingLinear(weight)
+    kernel = kernel or default_cpu_quant_kernel(weight.format)
+    if kernel == INT_DOT_KERNEL:
+        return IntDotLinear(weight)
+    if kernel != TORCH_KERNELS:
+        raise BackendError(f"unknown CPU quantized kernel {kernel!r}; choose one of {', '.join(CPU_QUANT_KERNELS)}")
     return _LAYOUTS[weight.format](weight)
