@@ -121,24 +121,24 @@ inline float horizontal_sum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(quad, _mm_movehdup_ps(quad)));
 }
 
-// Rows [m0, m0 + tile) of the output for weight row n, whose scale for block b is ``dw[b]``. Blocks go in pairs into two accumulators per row (indices fixed at compile time, so they stay in
-// registers) to hide the FMA latency.
+// Rows [m0, m0 + tile) of the output for weight row n, whose scales are ``dw`` (one per group of
+// ``blocks_per_group`` blocks). Blocks go in pairs into two accumulators per row (indices fixed at compile time, so
+// they stay in registers) to hide the FMA latency.
 template <int Bits, int Tile>
-void row_tile(const uint8_t* w, const float* dw, const QuantizedRows& a, int64_t blocks, int64_t m0,
-              int64_t stride_bytes, float* out, int64_t n, int64_t out_features) {
+void row_tile(const uint8_t* w, const float* dw, int64_t blocks_per_group, const QuantizedRows& a, int64_t blocks,
+              int64_t m0, int64_t stride_bytes, float* out, int64_t n, int64_t out_features) {
   __m256 even[Tile], odd[Tile];
   const int8_t* q_rows[Tile];
   const int32_t* start_rows[Tile];
   const float* da_rows[Tile];
   for (int r = 0; r < Tile; ++r) {
     even[r] = odd[r] = _mm256_setzero_ps();
-    da_rows[r] = a.scale.data() + (m0 + r) * blocks;
     q_rows[r] = a.q.data() + (m0 + r) * blocks * kBlock;
     start_rows[r] = a.start.data() + (m0 + r) * blocks * kLanes;
+    da_rows[r] = a.scale.data() + (m0 + r) * blocks;
   }
-  auto block = [&](int64_t b, __m256* acc) {
+  auto block = [&](int64_t b, __m256 weight_scale, __m256* acc) {
     const __m256i u = load_block<Bits>(w + b * stride_bytes);
-    const __m256 weight_scale = _mm256_broadcast_ss(dw + b);
     for (int r = 0; r < Tile; ++r) {
       const __m256i start = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(start_rows[r] + b * kLanes));
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q_rows[r] + b * kBlock));
@@ -147,20 +147,33 @@ void row_tile(const uint8_t* w, const float* dw, const QuantizedRows& a, int64_t
       acc[r] = _mm256_fmadd_ps(sums, factor, acc[r]);
     }
   };
-  int64_t b = 0;
-  for (; b + 2 <= blocks; b += 2) {
-    block(b, even);
-    block(b + 1, odd);
+  if (blocks_per_group == 1) {  // a scale per block
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+      block(b, _mm256_broadcast_ss(dw + b), even);
+      block(b + 1, _mm256_broadcast_ss(dw + b + 1), odd);
+    }
+    if (b < blocks) block(b, _mm256_broadcast_ss(dw + b), even);
+  } else {  // pairs of blocks inside each group
+    for (int64_t first = 0, g = 0; first < blocks; first += blocks_per_group, ++g) {
+      const __m256 weight_scale = _mm256_broadcast_ss(dw + g);
+      const int64_t last = first + blocks_per_group;
+      int64_t b = first;
+      for (; b + 2 <= last; b += 2) {
+        block(b, weight_scale, even);
+        block(b + 1, weight_scale, odd);
+      }
+      if (b < last) block(b, weight_scale, even);
+    }
   }
-  if (b < blocks) block(b, even);
   for (int r = 0; r < Tile; ++r) out[(m0 + r) * out_features + n] = horizontal_sum(_mm256_add_ps(even[r], odd[r]));
 }
 #endif
 
 // Portable version of row_tile for one activation row.
 template <int Bits>
-void row_scalar(const uint8_t* w, const float* dw, const QuantizedRows& a, int64_t blocks, int64_t m,
-                int64_t stride_bytes, float* out, int64_t n, int64_t out_features) {
+void row_scalar(const uint8_t* w, const float* dw, int64_t blocks_per_group, const QuantizedRows& a, int64_t blocks,
+                int64_t m, int64_t stride_bytes, float* out, int64_t n, int64_t out_features) {
   float total = 0.0f;
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* wb = w + b * stride_bytes;
@@ -177,7 +190,7 @@ void row_scalar(const uint8_t* w, const float* dw, const QuantizedRows& a, int64
       }
       sum += u * q[j];
     }
-    total += static_cast<float>(sum) * (dw[b] * a.scale[ab]);
+    total += static_cast<float>(sum) * (dw[b / blocks_per_group] * a.scale[ab]);
   }
   out[m * out_features + n] = total;
 }
@@ -201,28 +214,21 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& weight, const at::
   const uint16_t* s_ptr = reinterpret_cast<const uint16_t*>(scales.data_ptr());
   const int64_t row_bytes = weight.size(1);
   at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> dw_groups(groups), dw(blocks);  // the weight row's scales per group, per block
+    std::vector<float> dw(groups);  // the weight row's scales
     for (int64_t n = begin; n < end; ++n) {
-      if (blocks_per_group == 1) {
-        halves_to_floats(s_ptr + n * groups, groups, dw.data());
-      } else {
-        halves_to_floats(s_ptr + n * groups, groups, dw_groups.data());
-        for (int64_t g = 0; g < groups; ++g) {
-          std::fill(dw.data() + g * blocks_per_group, dw.data() + (g + 1) * blocks_per_group, dw_groups[g]);
-        }
-      }
+      halves_to_floats(s_ptr + n * groups, groups, dw.data());
       const uint8_t* w = w_ptr + n * row_bytes;
       int64_t m = 0;
 #if defined(__AVX2__)
       for (; m + kRowTile <= rows; m += kRowTile) {
-        row_tile<Bits, kRowTile>(w, dw.data(), a, blocks, m, stride_bytes, out_ptr, n, out_features);
+        row_tile<Bits, kRowTile>(w, dw.data(), blocks_per_group, a, blocks, m, stride_bytes, out_ptr, n, out_features);
       }
       for (; m < rows; ++m) {
-        row_tile<Bits, 1>(w, dw.data(), a, blocks, m, stride_bytes, out_ptr, n, out_features);
+        row_tile<Bits, 1>(w, dw.data(), blocks_per_group, a, blocks, m, stride_bytes, out_ptr, n, out_features);
       }
 #endif
       for (; m < rows; ++m) {
-        row_scalar<Bits>(w, dw.data(), a, blocks, m, stride_bytes, out_ptr, n, out_features);
+        row_scalar<Bits>(w, dw.data(), blocks_per_group, a, blocks, m, stride_bytes, out_ptr, n, out_features);
       }
     }
   });
