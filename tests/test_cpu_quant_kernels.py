@@ -120,3 +120,17 @@ def test_the_cpu_op_table_uses_the_kernels_and_adds_the_bias():
     bias = torch.randn(16).bfloat16()
     assert isinstance(packed, Int4Linear)
     assert torch.equal(ops.linear(x, packed, bias), packed(x) + bias)
+
+
+def test_int4_layers_share_one_operand_buffer_without_mixing_their_scales():
+    """INT4 layers keep only their scales; the kernel's (scale, zero) operand is written into one buffer per thread
+    before each product, so layers of different sizes called in turn must each get their own scales and zeros of 0."""
+    big, small = quantized(64, 512, 4, 32, seed=7), quantized(16, 128, 4, None, seed=8)
+    layers = [prepare_cpu_quantized(big, "torch"), prepare_cpu_quantized(small, "torch")]
+    x = [torch.randn(2, w.in_features, generator=torch.Generator().manual_seed(9)).bfloat16() for w in (big, small)]
+    alone = [layer(rows) for layer, rows in zip(layers, x)]
+    for _ in range(2):
+        for layer, rows, expected in zip(layers, x, alone):
+            assert torch.equal(layer(rows), expected)
+    operand = layers[0].scales_and_zeros()
+    assert torch.equal(operand[..., 0], layers[0].scales) and not operand[..., 1].any()

@@ -12,6 +12,8 @@ margin for other vector widths); int4 needs ``N`` to be a multiple of 16 and gro
 
 from __future__ import annotations
 
+import sys
+import threading
 from functools import cache
 
 import torch
@@ -67,3 +69,34 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_a
 
     ``packed`` from :func:`int4_pack`; ``scales_and_zeros [K / group_size, N, 2]`` in ``x``'s dtype (scale, zero)."""
     return private_op("_weight_int4pack_mm_for_cpu")(x, packed, group_size, scales_and_zeros)
+
+
+class _Operand(threading.local):
+    """One per thread: the interleaved ``(scale, zero)`` buffer the int4 kernel reads, shared by every layer."""
+
+    words: torch.Tensor | None = None  # int32: one (scale, zero) pair of 16-bit values per word
+
+
+_OPERAND = _Operand()
+
+
+def _words(numel: int) -> torch.Tensor:
+    if _OPERAND.words is None or _OPERAND.words.numel() < numel:
+        _OPERAND.words = torch.empty(numel, dtype=torch.int32)
+    return _OPERAND.words[:numel]
+
+
+def int4_scales_and_zeros(scales: torch.Tensor) -> torch.Tensor:
+    """The kernel's ``[groups, N, 2]`` operand for 16-bit ``scales [groups, N]`` with zeros of 0.
+
+    Symmetric formats need no zero point, so layers keep only their scales and the kernel's interleaved operand is
+    written into one buffer per thread just before each product (docs/quantization.md#quantization-on-the-cpu):
+    memory holds one layer's operand instead of a zero per group in every layer, and the operand is cache-hot when
+    the kernel reads it. On a little-endian CPU a pair is one int32 word whose low half is the scale, so a zero of 0
+    is a zero-extending copy of the scales' bits (measured on an AMD EPYC Zen 4, one thread, 1024x4096: 11-19 us
+    against 0.22-0.23 ms for the product)."""
+    if sys.byteorder != "little":
+        return torch.stack((scales, torch.zeros_like(scales)), dim=-1)
+    words = _words(scales.numel())
+    words.copy_(scales.reshape(-1).view(torch.uint16))
+    return words.view(scales.dtype).view(*scales.shape, 2)
