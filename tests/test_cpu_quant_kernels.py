@@ -103,13 +103,17 @@ def test_a_private_op_with_another_signature_names_the_torch_version(monkeypatch
         quant_kernels.private_op.cache_clear()
 
 
-def test_cpu_backend_declares_every_format_and_how_it_runs():
+def test_cpu_backend_declares_every_format_and_how_it_runs(monkeypatch):
+    monkeypatch.delenv("GLM_ENGINE_CPU_INT_DOT", raising=False)
     cpu = CpuBackend()
     assert set(cpu.quant_formats()) == set(QuantFormat)
     fp32 = cpu.supports(Op.LINEAR, torch.float32, "int4-groupwise")
     assert fp32.ok and "_weight_int4pack_mm_for_cpu" in fp32.reason and "rounded to bf16" in fp32.reason
     bf16 = cpu.supports(Op.LINEAR, torch.bfloat16, "int8-rowwise")
     assert bf16.ok and "_weight_int8pack_mm" in bf16.reason and "rounded" not in bf16.reason
+    monkeypatch.setenv("GLM_ENGINE_CPU_INT_DOT", "1")  # opted in: INT4 and INT8 groupwise name the other kernel
+    assert "integer dot-product kernel" in cpu.supports(Op.LINEAR, torch.float32, "int4-rowwise").reason
+    assert "_weight_int8pack_mm" in cpu.supports(Op.LINEAR, torch.float32, "int8-rowwise").reason
 
 
 def test_the_cpu_op_table_uses_the_kernels_and_adds_the_bias():

@@ -7,10 +7,11 @@ import os
 import torch
 
 from glm_engine.backends.base import DeviceInfo, OpLevelBackend, Verdict
+from glm_engine.backends.cpu import int_dot
 from glm_engine.backends.cpu.features import cpu_model_name, kernel_flags
 from glm_engine.backends.cpu.kernel_chooser import cached_summary, linear_note
 from glm_engine.backends.cpu.ops import CpuOps
-from glm_engine.backends.cpu.quant_linear import CPU_QUANT_FORMATS
+from glm_engine.backends.cpu.quant_linear import CPU_QUANT_FORMATS, INT_DOT_FORMATS
 from glm_engine.ops.interface import Op, OpTable
 from glm_engine.ops.torch_ops import sdpa_takes_enable_gqa
 from glm_engine.quant.formats import QuantFormat
@@ -35,6 +36,12 @@ _QUANT_NOTES = {
         "torch _weight_int4pack_mm_for_cpu in bf16 (other group sizes than multiples of 32: dequantized per product)"
     ),
 }
+
+# Said without building anything: the kernel is built when the first such weight loads, else torch's kernels run.
+_INT_DOT_NOTE = (
+    f"{int_dot.SWITCH_VARIABLE}=1: integer dot-product kernel (int8 activations per block of 32, VNNI; compiled at "
+    "first use where a C++ compiler is present, else torch's weight-only kernels)"
+)
 
 
 def grouped_attention_note(dtype: torch.dtype) -> str:
@@ -70,6 +77,8 @@ class CpuBackend(OpLevelBackend):
 
     def support_note(self, op: Op, dtype: torch.dtype, quant_format: QuantFormat | None) -> str:
         if op is Op.LINEAR and quant_format is not None:
+            if quant_format in INT_DOT_FORMATS and int_dot.requested():
+                return _INT_DOT_NOTE
             return _QUANT_NOTES[quant_format] + (
                 "" if dtype == torch.bfloat16 else "; activations rounded to bf16 for the product, result cast back"
             )
