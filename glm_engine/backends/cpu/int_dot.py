@@ -134,9 +134,10 @@ def pack_int4_blocks(values: torch.Tensor) -> torch.Tensor:
     up to 32 (zero weights), per block of 32 columns 16 bytes whose byte j holds columns j (low) and j + 16 (high)."""
     out, columns = values.shape
     padded = -(-columns // BLOCK) * BLOCK
-    unsigned = F.pad(values.to(torch.int16) + INT4_OFFSET, (0, padded - columns), value=INT4_OFFSET)
+    unsigned = (values.to(torch.int8) + INT4_OFFSET).view(torch.uint8)  # one byte per weight while re-laying
+    unsigned = F.pad(unsigned, (0, padded - columns), value=INT4_OFFSET)
     halves = unsigned.view(out, padded // BLOCK, 2, BLOCK // 2)
-    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).to(torch.uint8).reshape(out, padded // 2)
+    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(out, padded // 2)
 
 
 def pack_int8_blocks(values: torch.Tensor) -> torch.Tensor:

@@ -127,8 +127,7 @@ class Int4Linear(CpuQuantizedLinear):
     def scales_and_zeros(self) -> torch.Tensor:
         """The kernel's ``[kernel groups, out, 2]`` operand: each scale (repeated over the kernel's groups) beside a
         zero of 0, in the per-thread buffer of ``int4_scales_and_zeros`` (valid until the next product)."""
-        scales = self.scales.repeat_interleave(self.repeat, dim=0) if self.repeat > 1 else self.scales
-        return int4_scales_and_zeros(scales)
+        return int4_scales_and_zeros(self.scales, self.repeat)
 
     def _matmul(self, rows: torch.Tensor) -> torch.Tensor:
         return int4_matmul(rows, self.packed, self.group_size, self.scales_and_zeros())
