@@ -138,3 +138,16 @@ def test_int4_layers_share_one_operand_buffer_without_mixing_their_scales():
             assert torch.equal(layer(rows), expected)
     operand = layers[0].scales_and_zeros()
     assert torch.equal(operand[..., 0], layers[0].scales) and not operand[..., 1].any()
+
+
+def test_the_shared_operand_buffer_works_inside_and_outside_inference_mode():
+    """The buffer may first be needed under torch.inference_mode() (the engine's) and later outside it (tests, the
+    conformance suite), or the other way round."""
+    quant_kernels._OPERAND.words = None
+    layer = prepare_cpu_quantized(quantized(16, 128, 4, 32, seed=10), "torch")
+    x = torch.randn(1, 128, generator=torch.Generator().manual_seed(11)).bfloat16()
+    with torch.inference_mode():
+        inside = layer(x)
+    assert torch.equal(layer(x), inside)
+    with torch.inference_mode():
+        assert torch.equal(layer(x), inside)

@@ -82,7 +82,10 @@ _OPERAND = _Operand()
 
 def _words(numel: int) -> torch.Tensor:
     if _OPERAND.words is None or _OPERAND.words.numel() < numel:
-        _OPERAND.words = torch.empty(numel, dtype=torch.int32)
+        # A normal tensor even when first needed under torch.inference_mode(): an inference tensor could not be
+        # written in place outside it later.
+        with torch.inference_mode(False):
+            _OPERAND.words = torch.empty(numel, dtype=torch.int32)
     return _OPERAND.words[:numel]
 
 

@@ -84,9 +84,10 @@ void halves_to_floats(const uint16_t* src, int64_t count, float* dst) {
 template <int Bits>
 inline __m256i load_block(const uint8_t* w) {
   if constexpr (Bits == 4) {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+    // The 16 bytes in both halves, the upper half shifted right by 4: low nibbles, then high nibbles.
+    const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+    const __m256i shifted = _mm256_srlv_epi64(both, _mm256_set_epi64x(4, 4, 0, 0));
+    return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
   } else {
     const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
     return _mm256_xor_si256(raw, _mm256_set1_epi8(static_cast<char>(0x80)));
