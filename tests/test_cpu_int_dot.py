@@ -56,12 +56,14 @@ def compiled() -> int_dot.ExtensionStatus:
     return status
 
 
-def test_int4_block_layout_puts_column_j_low_and_j_plus_16_high():
-    values = (torch.arange(64, dtype=torch.int8) % 15 - 7).reshape(1, 64)
+def test_int4_layout_pairs_blocks_and_keeps_a_final_odd_block_whole():
+    """Pairs of blocks: byte j holds column j (low) and j + 32 (high); a final unpaired block: j and j + 16."""
+    values = (torch.arange(96, dtype=torch.int8) % 15 - 7).reshape(1, 96)  # three blocks: a pair and one more
     layout = int_dot.pack_int4_blocks(values)
-    assert layout.shape == (1, 32) and layout.dtype == torch.uint8
-    assert layout[0, 0] == (values[0, 0] + 8) | ((values[0, 16] + 8) << 4)
-    assert layout[0, 16] == (values[0, 32] + 8) | ((values[0, 48] + 8) << 4)
+    assert layout.shape == (1, 48) and layout.dtype == torch.uint8
+    assert layout[0, 0] == (values[0, 0] + 8) | ((values[0, 32] + 8) << 4)
+    assert layout[0, 31] == (values[0, 31] + 8) | ((values[0, 63] + 8) << 4)
+    assert layout[0, 32] == (values[0, 64] + 8) | ((values[0, 80] + 8) << 4)
     assert torch.equal(int_dot._unpack_blocks(layout, 4), values.int())
 
 

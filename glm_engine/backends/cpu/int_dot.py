@@ -131,13 +131,20 @@ def extension_status() -> ExtensionStatus:
 
 def pack_int4_blocks(values: torch.Tensor) -> torch.Tensor:
     """The kernel's INT4 layout of int8 values ``[N, K]`` in [-8, 7]: uint8 ``[N, Kp / 2]`` with ``Kp`` = K rounded
-    up to 32 (zero weights), per block of 32 columns 16 bytes whose byte j holds columns j (low) and j + 16 (high)."""
+    up to 32 (zero weights). Blocks of 32 columns go in pairs: 32 bytes whose byte j holds column j of the pair (low
+    nibble) and column j + 32 (high), so one load and one shift unpack both; a row's final unpaired block is 16 bytes
+    whose byte j holds its columns j (low) and j + 16 (high)."""
     out, columns = values.shape
-    padded = -(-columns // BLOCK) * BLOCK
+    blocks = -(-columns // BLOCK)
     unsigned = (values.to(torch.int8) + INT4_OFFSET).view(torch.uint8)  # one byte per weight while re-laying
-    unsigned = F.pad(unsigned, (0, padded - columns), value=INT4_OFFSET)
-    halves = unsigned.view(out, padded // BLOCK, 2, BLOCK // 2)
-    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(out, padded // 2)
+    unsigned = F.pad(unsigned, (0, blocks * BLOCK - columns), value=INT4_OFFSET)
+    paired = blocks // 2 * 2 * BLOCK
+    pairs = unsigned[:, :paired].reshape(out, blocks // 2, 2, BLOCK)
+    parts = [(pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(out, paired // 2)]
+    if blocks % 2:
+        last = unsigned[:, paired:].reshape(out, 2, BLOCK // 2)
+        parts.append(last[:, 0] | (last[:, 1] << 4))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0].contiguous()
 
 
 def pack_int8_blocks(values: torch.Tensor) -> torch.Tensor:
@@ -151,9 +158,14 @@ def _unpack_blocks(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Signed values ``[N, Kp]`` of a layout made by :func:`pack_int4_blocks` / :func:`pack_int8_blocks`."""
     if bits == 8:
         return weight.view(torch.int8).to(torch.int32)
-    out = weight.shape[0]
-    blocks = weight.view(out, -1, BLOCK // 2).to(torch.int32)
-    return torch.cat((blocks & 0x0F, blocks >> 4), dim=-1).reshape(out, -1) - INT4_OFFSET
+    out, blocks = weight.shape[0], weight.shape[1] * 2 // BLOCK
+    paired = blocks // 2 * BLOCK  # bytes of the full pairs
+    pairs = weight[:, :paired].reshape(out, blocks // 2, BLOCK).to(torch.int32)
+    parts = [torch.stack((pairs & 0x0F, pairs >> 4), dim=2).reshape(out, -1)]
+    if blocks % 2:
+        last = weight[:, paired:].to(torch.int32)
+        parts.append(torch.cat((last & 0x0F, last >> 4), dim=1))
+    return torch.cat(parts, dim=1) - INT4_OFFSET
 
 
 def quantize_activations(x: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,8 +5,9 @@
 // qa/da are the activations quantized per row and block of 32: da = absmax / 127, qa = round(x / da).
 //
 // The products use vpdpbusd (unsigned bytes x signed bytes into int32), so the weights enter unsigned: INT4 as
-// u = q + 8 (two per byte, block-wise: byte j of a block holds columns j and j + 16), INT8 as u = q + 128 (an xor
-// of the sign bit). The offset is removed exactly by starting each block's accumulator at -offset * (lane sums of
+// u = q + 8, two per byte, laid out per pair of blocks (64 columns in 32 bytes, byte j holding column j in its low
+// and column j + 32 in its high nibble, so one load and one shift give both blocks; a row's final unpaired block
+// is 16 bytes, byte j holding columns j and j + 16); INT8 as u = q + 128 (the stored byte with its sign bit flipped). The offset is removed exactly by starting each block's accumulator at -offset * (lane sums of
 // qa), computed once per activation block. Without VNNI the same sums come from vpmaddubsw on 4-bit pieces
 // (no saturation); without AVX2 a scalar loop computes them. Rows of the output are split over torch's threads
 // (at::parallel_for).
@@ -80,17 +81,35 @@ void halves_to_floats(const uint16_t* src, int64_t count, float* dst) {
 }
 
 #if defined(__AVX2__)
-// The 32 unsigned weight values of one block.
+// The 32 unsigned weight values of block b of a row of ``blocks`` blocks (layout: see the top of this file).
 template <int Bits>
-inline __m256i load_block(const uint8_t* w) {
+inline __m256i load_block(const uint8_t* w, int64_t b, int64_t blocks) {
   if constexpr (Bits == 4) {
-    // The 16 bytes in both halves, the upper half shifted right by 4: low nibbles, then high nibbles.
-    const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-    const __m256i shifted = _mm256_srlv_epi64(both, _mm256_set_epi64x(4, 4, 0, 0));
-    return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    if ((b | 1) < blocks) {  // one of a pair: low (even b) or high (odd b) nibbles of the pair's 32 bytes
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (b & ~int64_t{1}) * 16));
+      return _mm256_and_si256((b & 1) ? _mm256_srli_epi16(v, 4) : v, nibble);
+    }
+    // The final, unpaired block: its 16 bytes in both halves, the upper half shifted right by 4.
+    const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + b * 16)));
+    return _mm256_and_si256(_mm256_srlv_epi64(both, _mm256_set_epi64x(4, 4, 0, 0)), nibble);
   } else {
-    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * kBlock));
     return _mm256_xor_si256(raw, _mm256_set1_epi8(static_cast<char>(0x80)));
+  }
+}
+
+// Blocks b (even) and b + 1 of a full pair: INT4 from one 32-byte load.
+template <int Bits>
+inline void load_pair(const uint8_t* w, int64_t b, __m256i& first, __m256i& second) {
+  if constexpr (Bits == 4) {
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * 16));
+    first = _mm256_and_si256(v, nibble);
+    second = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+  } else {
+    first = load_block<Bits>(w, b, b + 2);
+    second = load_block<Bits>(w, b + 1, b + 2);
   }
 }
 
@@ -127,7 +146,7 @@ inline float horizontal_sum(__m256 v) {
 // they stay in registers) to hide the FMA latency.
 template <int Bits, int Tile>
 void row_tile(const uint8_t* w, const float* dw, int64_t blocks_per_group, const QuantizedRows& a, int64_t blocks,
-              int64_t m0, int64_t stride_bytes, float* out, int64_t n, int64_t out_features) {
+              int64_t m0, float* out, int64_t n, int64_t out_features) {
   __m256 even[Tile], odd[Tile];
   const int8_t* q_rows[Tile];
   const int32_t* start_rows[Tile];
@@ -138,8 +157,7 @@ void row_tile(const uint8_t* w, const float* dw, int64_t blocks_per_group, const
     start_rows[r] = a.start.data() + (m0 + r) * blocks * kLanes;
     da_rows[r] = a.scale.data() + (m0 + r) * blocks;
   }
-  auto block = [&](int64_t b, __m256 weight_scale, __m256* acc) {
-    const __m256i u = load_block<Bits>(w + b * stride_bytes);
+  auto rows = [&](int64_t b, __m256i u, __m256 weight_scale, __m256* acc) {
     for (int r = 0; r < Tile; ++r) {
       const __m256i start = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(start_rows[r] + b * kLanes));
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q_rows[r] + b * kBlock));
@@ -148,23 +166,25 @@ void row_tile(const uint8_t* w, const float* dw, int64_t blocks_per_group, const
       acc[r] = _mm256_fmadd_ps(sums, factor, acc[r]);
     }
   };
+  auto pair = [&](int64_t b, __m256 first_scale, __m256 second_scale) {  // b even, b + 1 < blocks
+    __m256i first, second;
+    load_pair<Bits>(w, b, first, second);
+    rows(b, first, first_scale, even);
+    rows(b + 1, second, second_scale, odd);
+  };
   if (blocks_per_group == 1) {  // a scale per block
     int64_t b = 0;
-    for (; b + 2 <= blocks; b += 2) {
-      block(b, _mm256_broadcast_ss(dw + b), even);
-      block(b + 1, _mm256_broadcast_ss(dw + b + 1), odd);
-    }
-    if (b < blocks) block(b, _mm256_broadcast_ss(dw + b), even);
-  } else {  // pairs of blocks inside each group
+    for (; b + 2 <= blocks; b += 2) pair(b, _mm256_broadcast_ss(dw + b), _mm256_broadcast_ss(dw + b + 1));
+    if (b < blocks) rows(b, load_block<Bits>(w, b, blocks), _mm256_broadcast_ss(dw + b), even);
+  } else {  // pairs of blocks inside each group (groups of an odd number of blocks go block by block)
     for (int64_t first = 0, g = 0; first < blocks; first += blocks_per_group, ++g) {
       const __m256 weight_scale = _mm256_broadcast_ss(dw + g);
       const int64_t last = first + blocks_per_group;
       int64_t b = first;
-      for (; b + 2 <= last; b += 2) {
-        block(b, weight_scale, even);
-        block(b + 1, weight_scale, odd);
+      if (blocks_per_group % 2 == 0) {
+        for (; b + 2 <= last; b += 2) pair(b, weight_scale, weight_scale);
       }
-      if (b < last) block(b, weight_scale, even);
+      for (; b < last; ++b) rows(b, load_block<Bits>(w, b, blocks), weight_scale, even);
     }
   }
   for (int r = 0; r < Tile; ++r) out[(m0 + r) * out_features + n] = horizontal_sum(_mm256_add_ps(even[r], odd[r]));
@@ -174,10 +194,9 @@ void row_tile(const uint8_t* w, const float* dw, int64_t blocks_per_group, const
 // Portable version of row_tile for one activation row.
 template <int Bits>
 void row_scalar(const uint8_t* w, const float* dw, int64_t blocks_per_group, const QuantizedRows& a, int64_t blocks,
-                int64_t m, int64_t stride_bytes, float* out, int64_t n, int64_t out_features) {
+                int64_t m, float* out, int64_t n, int64_t out_features) {
   float total = 0.0f;
   for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* wb = w + b * stride_bytes;
     const int64_t ab = m * blocks + b;
     const int8_t* q = a.q.data() + ab * kBlock;
     int32_t sum = 0;
@@ -185,9 +204,14 @@ void row_scalar(const uint8_t* w, const float* dw, int64_t blocks_per_group, con
     for (int64_t j = 0; j < kBlock; ++j) {
       int32_t u;
       if constexpr (Bits == 4) {
-        u = j < 16 ? (wb[j] & 0x0F) : (wb[j - 16] >> 4);
+        if ((b | 1) < blocks) {  // column j of a pair's low (even b) or high (odd b) nibbles
+          const uint8_t byte = w[(b & ~int64_t{1}) * 16 + j];
+          u = (b & 1) ? (byte >> 4) : (byte & 0x0F);
+        } else {  // the final, unpaired block
+          u = j < 16 ? (w[b * 16 + j] & 0x0F) : (w[b * 16 + j - 16] >> 4);
+        }
       } else {
-        u = wb[j] ^ 0x80;
+        u = w[b * kBlock + j] ^ 0x80;
       }
       sum += u * q[j];
     }
@@ -207,7 +231,6 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& weight, const at::
               " columns, the weight ", blocks * kBlock);
   TORCH_CHECK(blocks % groups == 0, "int_dot_linear: ", groups, " scale groups do not divide ", blocks, " blocks");
   const int64_t blocks_per_group = blocks / groups;
-  const int64_t stride_bytes = kBlock * Bits / 8;
   const QuantizedRows a = quantize_rows(xf.data_ptr<float>(), rows, columns, blocks, Bits == 4 ? 8 : 128);
   at::Tensor out = at::empty({rows, out_features}, xf.options());
   float* out_ptr = out.data_ptr<float>();
@@ -222,14 +245,14 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& weight, const at::
       int64_t m = 0;
 #if defined(__AVX2__)
       for (; m + kRowTile <= rows; m += kRowTile) {
-        row_tile<Bits, kRowTile>(w, dw.data(), blocks_per_group, a, blocks, m, stride_bytes, out_ptr, n, out_features);
+        row_tile<Bits, kRowTile>(w, dw.data(), blocks_per_group, a, blocks, m, out_ptr, n, out_features);
       }
       for (; m < rows; ++m) {
-        row_tile<Bits, 1>(w, dw.data(), blocks_per_group, a, blocks, m, stride_bytes, out_ptr, n, out_features);
+        row_tile<Bits, 1>(w, dw.data(), blocks_per_group, a, blocks, m, out_ptr, n, out_features);
       }
 #endif
       for (; m < rows; ++m) {
-        row_scalar<Bits>(w, dw.data(), blocks_per_group, a, blocks, m, stride_bytes, out_ptr, n, out_features);
+        row_scalar<Bits>(w, dw.data(), blocks_per_group, a, blocks, m, out_ptr, n, out_features);
       }
     }
   });
