@@ -164,9 +164,8 @@ def test_build_directory_lives_in_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     directory = int_dot.build_directory()
     assert directory.parent == tmp_path / "glm-engine" / "cpu-extension"
-    assert directory.name == int_dot.build_key(
-        int_dot.SOURCE.read_text(), torch.__version__, int_dot.cpu_flags(), platform.machine()
-    )
+    source = int_dot.SOURCE.read_text() + "\n// compiled with: " + " ".join(int_dot._compile_flags())
+    assert directory.name == int_dot.build_key(source, torch.__version__, int_dot.cpu_flags(), platform.machine())
 
 
 @pytest.fixture

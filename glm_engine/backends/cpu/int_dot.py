@@ -67,8 +67,9 @@ def build_key(source: str, torch_version: str, flags: frozenset[str] | set[str],
 
 
 def build_directory() -> Path:
-    """This machine's build folder for the current source, torch and CPU."""
-    key = build_key(SOURCE.read_text(), torch.__version__, cpu_flags(), platform.machine())
+    """This machine's build folder for the current source (with its compile flags), torch and CPU."""
+    source = SOURCE.read_text() + "\n// compiled with: " + " ".join(_compile_flags())
+    key = build_key(source, torch.__version__, cpu_flags(), platform.machine())
     return cache_root() / key
 
 
