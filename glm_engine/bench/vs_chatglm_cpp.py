@@ -464,7 +464,7 @@ def print_table(results: list[tuple[str, list[Run]]], bandwidth_gbps: float | No
 def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Session, str]:
     """Check the tokenizer and chatglm.cpp, write or stage the folder, and read its config (nothing is timed);
     the session and chatglm.cpp's version."""
-    from .chatglm_cpp import converter_config, converter_for
+    from .chatglm_cpp import CONVERTERS, converter_config, converter_for
     from .models import resolve_model
 
     tokenizer = tokenizer_file(args)
@@ -482,12 +482,12 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Session, str]:
         if written.get("error"):
             raise BenchError(f"writing the random weights failed: {written['error']}")
     source = resolve_model(str(folder))
-    if source.family.name != "chatglm":
+    converter, _, problem = converter_for(source)
+    if converter and converter != CONVERTERS[("chatglm", None)][0]:  # the converter names the release
         raise BenchError(
             f"{args.hf_dir} is a {source.family.title} folder; this script compares ChatGLM-6B: use "
             "`glm-engine bench --compare-chatglm-cpp` for ChatGLM2/3 and GLM-4"
         )
-    converter, _, problem = converter_for(source)
     if problem:
         raise BenchError(problem)
     job = {
