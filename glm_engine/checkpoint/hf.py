@@ -106,6 +106,8 @@ def open_weight_file(path: Path) -> Mapping[str, torch.Tensor]:
 
 def _infos(path: Path) -> dict[str, TensorInfo]:
     weights = open_weight_file(path)
+    if isinstance(weights, LazySafetensors):  # from the header: reading values would read the tensors
+        return {k: TensorInfo(v.shape, v.dtype, path.name) for k, v in weights.infos().items()}
     infos = {k: TensorInfo(tuple(v.shape), v.dtype, path.name) for k, v in weights.items()}
     del weights
     return infos

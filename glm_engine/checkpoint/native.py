@@ -1,9 +1,9 @@
 """glm-engine's native checkpoint: ``config.json`` + safetensors with the reference's key names (TP=1 layout).
 
 Small models are one ``model.safetensors``; large ones are ``model-00001-of-0000N.safetensors`` files plus
-``model.safetensors.index.json`` (``weight_map``: key -> file, as Hugging Face writes it). Loading memory-maps the
-files, so host RAM holds a tensor only while it is converted. Quantized weights keep the reference's stored form
-(int8, INT4 packed) with ``*_scale`` keys.
+``model.safetensors.index.json`` (``weight_map``: key -> file, as Hugging Face writes it). Loading reads each tensor
+straight into its final dtype (``checkpoint/stream.py``), so host RAM holds the weights plus one chunk. Quantized
+weights keep the reference's stored form (int8, INT4 packed) with ``*_scale`` keys.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.checkpoint.layout import TensorInfo
+from glm_engine.checkpoint.stream import DTYPES, StoredTensor, read_header, read_tensor
 from glm_engine.checkpoint.torch_file import DAMAGED_ADVICE
 from glm_engine.errors import CheckpointError
 from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
@@ -27,16 +28,6 @@ from glm_engine.model.head_fingerprint import HEADS_METADATA_KEY
 WEIGHTS_FILE_NAME = "model.safetensors"
 INDEX_FILE_NAME = "model.safetensors.index.json"
 DEFAULT_SHARD_BYTES = 4 * 2**30
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "I32": torch.int32,
-    "I64": torch.int64,
-}
 
 
 def is_native_checkpoint(folder: Path) -> bool:
@@ -44,10 +35,11 @@ def is_native_checkpoint(folder: Path) -> bool:
 
 
 class LazySafetensors(Mapping[str, torch.Tensor]):
-    """A read-only mapping over one or more safetensors files: tensors are read (memory-mapped) on access.
+    """A read-only mapping over one or more safetensors files: each tensor is read on access into memory of its own
+    (``stream.read_tensor``: no mapped file pages stay in the resident set, and the result does not change if the
+    file does), and :meth:`read_as` reads it converted, chunk by chunk, without a stored-dtype copy.
 
-    Only one file is open at a time: reading keys file by file (``keys_by_file``) keeps the mapped pages the
-    process holds to one file's worth, however large the checkpoint.
+    Only one file's header is open at a time (``keys_by_file`` orders keys so each file is opened once).
     """
 
     def __init__(self, files: Mapping[str, Path] | Path) -> None:
@@ -55,6 +47,7 @@ class LazySafetensors(Mapping[str, torch.Tensor]):
         self._file_of: dict[str, Path] = {}
         self._infos: dict[str, TensorInfo] = {}
         self._open: tuple[Path, Any] | None = None
+        self._stored: dict[str, StoredTensor] = {}
         paths = [files] if isinstance(files, Path) else sorted(set(files.values()))
         for path in paths:
             handle = self._handle(path)
@@ -63,9 +56,8 @@ class LazySafetensors(Mapping[str, torch.Tensor]):
                     continue
                 part = handle.get_slice(key)
                 self._file_of[key] = path
-                self._infos[key] = TensorInfo(
-                    tuple(part.get_shape()), _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8)
-                )
+                self._infos[key] = TensorInfo(tuple(part.get_shape()), DTYPES.get(part.get_dtype(), torch.uint8))
+            self._stored.update({k: v for k, v in read_header(path).items() if self._file_of.get(k) == path})
         self._open = None
         if not isinstance(files, Path):
             absent = sorted(k for k, p in files.items() if self._file_of.get(k) != p)
@@ -88,9 +80,17 @@ class LazySafetensors(Mapping[str, torch.Tensor]):
         return dict(self._handle(path).metadata() or {})
 
     def __getitem__(self, key: str) -> torch.Tensor:
+        return self.read_as(key, None)
+
+    def read_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
+        """The tensor ``key`` in ``dtype`` (None: as stored), allocated once and filled from the file."""
         if key not in self._file_of:
             raise KeyError(key)
-        return self._handle(self._file_of[key]).get_tensor(key)
+        stored = self._stored.get(key)
+        if stored is None:  # a dtype torch has no name for here: safetensors' own reader, then a private copy
+            tensor = self._handle(self._file_of[key]).get_tensor(key).clone()
+            return tensor if dtype is None else tensor.to(dtype)
+        return read_tensor(stored, dtype)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._file_of)

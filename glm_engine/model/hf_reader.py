@@ -3,14 +3,16 @@ read one file at a time, or a state dict in memory, in the released form (INT4/I
 
 Each file's tensors are made canonical (a stored INT4/INT8 weight and its ``weight_scale`` become one
 ``QuantizedWeight``, fused parts one tensor, even when they sit in different files), cut to the rank's shard by the
-family's split rules, quantized or converted, before the next file is opened: host RAM holds one source file plus the
-converted weights.
+family's split rules, quantized or converted, before the next file is opened. Tensors are read one at a time as they
+are converted (safetensors straight into the runtime dtype), so host RAM holds the converted weights plus one source
+tensor; an output matrix equal to the embedding is held once (``weights.tie_output``; ``docs/checkpoints.md#memory``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +20,7 @@ from glm_engine.checkpoint.hf import HFCheckpoint, TensorInfo, open_weight_file
 from glm_engine.errors import CheckpointError
 from glm_engine.model.hf_release import LoadPlan, ReleaseSpec, canonical_state_dict, dequantize_stored, plan_load
 from glm_engine.model.state_dict import StateDictReader
-from glm_engine.model.weights import Progress, ReadRequest, Weight
+from glm_engine.model.weights import Progress, ReadRequest, Weight, quantized_copy, tie_output
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -66,18 +68,28 @@ class ReleaseReader:
                 f"{self.description} is already INT{self.plan.bits}; quantizing it again would compound the "
                 "rounding. Load it as it is, or quantize its FP16 original"
             )
+        layout = self.layout
+        tied = self.plan.tied_output and layout.output_key in wanted
+        from_files = [k for k in wanted if not (tied and k == layout.output_key)]
+        if tied and layout.embedding_key not in from_files:
+            from_files.insert(0, layout.embedding_key)
         out: dict[str, Weight] = {}
-        for part in self._parts(wanted):
-            canonical = canonical_state_dict(part, self.plan.quantized_bits, self.spec)
-            names = [k for k in wanted if k in canonical and k not in out]
-            reader = StateDictReader(self.layout, canonical, self.description, dequantize=dequantize_stored)
+        for part in self._parts(from_files):
+            canonical = _Canonical(part, self.plan.quantized_bits, self.spec)
+            names = [k for k in from_files if k in canonical and k not in out]
+            reader = StateDictReader(layout, canonical, self.description, dequantize=dequantize_stored)
             done = len(out)
             step = None if progress is None else (lambda n, _total, done=done: progress(done + n, len(wanted)))
             out.update(reader.read(request, names, step))
+            tie_output(out, layout)
+        if tied:  # the files leave the output matrix out: the embedding serves (see ReleaseSpec.output_may_be_absent)
+            table = out[layout.embedding_key]
+            quant = request.output_quant
+            out[layout.output_key] = table if quant is None else quantized_copy(table, quant).to(request.device)
         absent = [k for k in wanted if k not in out]
         if absent:  # plan_load saw these keys, so a file changed or an index lied about where they are
             raise CheckpointError(f"tensors listed by the checkpoint were not found while loading: {absent[:5]}")
-        return out
+        return {k: out[k] for k in wanted}
 
     def _parts(self, keys: list[str]) -> Iterator[dict[str, torch.Tensor]]:
         """The file tensors ``keys`` need, grouped so that every quantized weight comes with its scale and every fused
@@ -94,11 +106,13 @@ class ReleaseReader:
         pending: dict[str, torch.Tensor] = {}
         for name in sorted(by_file, key=order.index):
             weights = open_weight_file(Path(self.checkpoint.path) / name)
-            part = {**pending, **{k: weights[k] for k in by_file[name]}}
+            here = set(by_file[name]) | set(pending)
+            complete = {m for ms in members.values() if all(m in here for m in ms) for m in ms}
+            yield _FilePart(weights, pending, [k for k in by_file[name] if k in complete])
+            # a fused key's or quantized weight's members that continue in a later file are read now, kept for it
+            pending = {k: v for k, v in pending.items() if k not in complete}
+            pending.update({k: weights[k] for k in by_file[name] if k not in complete})
             del weights
-            complete = {m for ms in members.values() if all(m in part for m in ms) for m in ms}
-            pending = {k: v for k, v in part.items() if k not in complete}
-            yield {k: v for k, v in part.items() if k in complete}
         if pending:
             raise CheckpointError(f"weights without their scales or fused parts: {sorted(pending)[:5]}")
 
@@ -111,3 +125,62 @@ def _infos(state_dict: Mapping[str, torch.Tensor | QuantizedWeight], source: str
         else TensorInfo(tuple(v.shape), v.dtype, source)
         for k, v in state_dict.items()
     }
+
+
+class _FilePart(Mapping[str, torch.Tensor]):
+    """One file's tensors that are complete in it (plus members held back from earlier files), read on access: a
+    safetensors tensor is read only when converted, so the source tensors are not all held at once."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], held: Mapping[str, torch.Tensor], keys: list[str]) -> None:
+        self.weights, self.held = weights, held
+        self.keys_ = [*held, *keys]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.held[key] if key in self.held else self.weights[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+    def read_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        """``key`` converted to ``dtype`` while read, where the file can (``LazySafetensors.read_as``)."""
+        read_as = getattr(self.weights, "read_as", None)
+        if read_as is None or key in self.held:
+            return self[key].to(dtype)
+        return read_as(key, dtype)
+
+
+class _Canonical(Mapping[str, Any]):
+    """A part's tensors under the layout's keys (``hf_release.canonical_state_dict``), each built when asked for."""
+
+    def __init__(self, part: Mapping[str, torch.Tensor], bits: Mapping[str, int], spec: ReleaseSpec) -> None:
+        self.part, self.bits, self.spec = part, bits, spec
+        present = set(part)
+        self.keys_ = [
+            key
+            for key in spec.layout.shapes
+            if (members := spec.members(key, bits)) and all(m in present for m in members)
+        ]
+
+    def __getitem__(self, key: str) -> Weight:
+        if key not in self.keys_:
+            raise KeyError(key)
+        members = self.spec.members(key, self.bits)
+        if members == [key]:
+            return self.part[key]
+        return canonical_state_dict({m: self.part[m] for m in members}, self.bits, self.spec)[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+    def read_as(self, key: str, dtype: torch.dtype) -> Weight:
+        """A plain floating-point key read straight into ``dtype``; fused and quantized keys as :meth:`__getitem__`
+        builds them (the caller converts)."""
+        if self.spec.members(key, self.bits) == [key] and hasattr(self.part, "read_as"):
+            return self.part.read_as(key, dtype)
+        return self[key]

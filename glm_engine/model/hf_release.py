@@ -38,6 +38,9 @@ class ReleaseSpec:
     quantization_bit: int = 0  # what config.json says (0: nothing, or not said)
     # layout key -> (file key, rows) of each part, stacked on dim 0 in this order
     fused: Mapping[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    # the files may leave the output matrix out, the embedding serving as it (ChatGLM-6B: transformers ties
+    # ``lm_head`` to the embedding, and its safetensors saving drops the tied copy)
+    output_may_be_absent: bool = False
 
     def file_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every key the files must hold, with its unquantized shape (fused keys as their parts)."""
@@ -63,6 +66,7 @@ class LoadPlan:
 
     quantized_bits: dict[str, int]  # weight key -> 4 or 8
     unused_keys: list[str]
+    tied_output: bool = False  # the output matrix is absent from the files: the embedding serves
 
     @property
     def bits(self) -> int:
@@ -93,6 +97,10 @@ def plan_load(entries: Mapping[str, TensorInfo], spec: ReleaseSpec, source: str)
     scales = {k[: -len(SCALE_SUFFIX)]: v for k, v in present.items() if k.endswith(".weight" + SCALE_SUFFIX)}
     tensors = {k: v for k, v in present.items() if not k.endswith(".weight" + SCALE_SUFFIX)}
     missing = sorted(set(expected) - set(tensors))
+    output, embedding = spec.layout.output_key, spec.layout.embedding_key
+    tied = spec.output_may_be_absent and output in missing and embedding in tensors
+    if tied:
+        missing.remove(output)
     extra = sorted(set(tensors) - set(expected))
     unexpected = [f"{k} (in {tensors[k].file})" for k in extra if k.startswith(spec.model_prefixes)]
     unexpected += [f"{k}{SCALE_SUFFIX} (in {v.file})" for k, v in sorted(scales.items()) if k not in tensors]
@@ -116,7 +124,7 @@ def plan_load(entries: Mapping[str, TensorInfo], spec: ReleaseSpec, source: str)
     if quantized and set(quantized) - spec.layout.quantizable - {spec.layout.embedding_key, spec.layout.output_key}:
         odd = sorted(set(quantized) - spec.layout.quantizable)[:3]
         raise CheckpointError(f"{source}: {odd} are stored quantized, which no release of this family does")
-    return LoadPlan(quantized, [k for k in extra if not k.startswith(spec.model_prefixes)])
+    return LoadPlan(quantized, [k for k in extra if not k.startswith(spec.model_prefixes)], tied)
 
 
 def _check_tensor(key: str, info: TensorInfo, want: tuple[int, ...], scale: TensorInfo | None) -> int | str | None:

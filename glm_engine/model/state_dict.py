@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from glm_engine.model.weights import QUANTIZED_FIELDS, Progress, ReadRequest, Weight, WeightLayout
+from glm_engine.model.weights import QUANTIZED_FIELDS, Progress, ReadRequest, Weight, WeightLayout, tie_output
 from glm_engine.parallel.sharding import Split, shard
 from glm_engine.quant.sharding import shard_quantized, target_row_group
 from glm_engine.quant.spec import QuantSpec
@@ -77,13 +77,20 @@ class StateDictReader:
         out: dict[str, Weight] = {}
         for done, key in enumerate(wanted, start=1):
             out[key] = self._one(key, request, quantize.get(key))
+            tie_output(out, self.layout)
             if progress is not None:
                 progress(done, len(wanted))
         return out
 
     def _one(self, key: str, request: ReadRequest, quant: QuantSpec | None) -> Weight:
-        value, split = self.state_dict[key], self.layout.split(key)
+        split = self.layout.split(key)
         rank, tp, device = request.rank, request.tp, request.device
+        read_as = getattr(self.state_dict, "read_as", None)  # a file reader that converts while it reads
+        whole = tp == 1 or split is Split.REPLICATED
+        if read_as is not None and whole and quant is None and request.dtype is not None:
+            value = read_as(key, request.dtype)
+        else:
+            value = self.state_dict[key]
         if isinstance(value, QuantizedWeight):
             piece = shard_quantized(key, split, value, rank, tp)
             # only the four linears run quantized; a release's quantized embedding or lm_head is dequantized as the

@@ -208,7 +208,9 @@ class ModelWeights:
         if missing:
             raise CheckpointError(f"tensors missing while loading: {missing[:5]}")
         embeddings = take(layout.embedding_key)
-        output = take(layout.output_key) if layout.output_key is not None else None
+        output = None  # tied (the reader handed the embedding itself as the output matrix): the embedding serves
+        if layout.output_key is not None and tensors[layout.output_key] is not tensors[layout.embedding_key]:
+            output = take(layout.output_key)
         if output is None and output_quant is not None:
             if prepare is None:
                 raise CheckpointError("a quantized output projection needs a backend to run it (prepare)")
@@ -232,7 +234,7 @@ class ModelWeights:
             out.update({layout.layer_key(n, name): getattr(layer, name) for name in layout.layer_fields})
         out.update(zip(layout.final_norm_keys, (self.final_layernorm_weight, self.final_layernorm_bias)))
         if layout.output_key is not None:
-            out[layout.output_key] = self.output
+            out[layout.output_key] = self.logits_weight  # a tied output matrix is the embedding
         return out
 
     def nbytes(self) -> int:
@@ -249,6 +251,23 @@ class ModelWeights:
         if self.output is not None:
             total -= _nbytes(self.word_embeddings)
         return total
+
+
+def tie_output(tensors: dict[str, Weight], layout: WeightLayout) -> None:
+    """Hold a separate output matrix once when it equals the embedding: ``tensors[output_key]`` becomes the embedding
+    tensor itself (``assemble`` then ties them), and the duplicate is freed.
+
+    ChatGLM-6B's release stores ``lm_head.weight`` beside ``word_embeddings.weight`` although transformers ties them,
+    so a whole ``[vocab, h]`` table (1.07 GB in bf16) would be held twice. Compared after conversion, on the values
+    the model computes with, so tying never changes a logit. A quantized output (``--quant-output``) is never tied.
+    """
+    if layout.output_key is None:
+        return
+    table, head = tensors.get(layout.embedding_key), tensors.get(layout.output_key)
+    if not isinstance(table, torch.Tensor) or not isinstance(head, torch.Tensor) or head is table:
+        return
+    if (head.shape, head.dtype, head.device) == (table.shape, table.dtype, table.device) and torch.equal(head, table):
+        tensors[layout.output_key] = table
 
 
 def quantized_copy(table: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:
@@ -275,8 +294,18 @@ def scaled_noise(key: str, noise: torch.Tensor) -> torch.Tensor:
 def check_finite(key: str, tensor: torch.Tensor) -> None:
     """A CheckpointError naming ``key`` when a floating-point tensor holds NaN or infinity (a damaged checkpoint
     would otherwise load and generate garbage, or crash in sampling)."""
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    if tensor.is_floating_point() and not _all_finite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
         raise CheckpointError(
             f"{key} holds {bad} NaN or infinite values of {tensor.numel()}: the checkpoint is damaged"
         )
+
+
+# Elements checked at once: ``isfinite`` makes a bool per element, which for a whole embedding table would be a
+# transient half its size at the loading peak.
+FINITE_CHUNK = 2**24
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    flat = tensor.reshape(-1)
+    return all(bool(torch.isfinite(flat[i : i + FINITE_CHUNK]).all()) for i in range(0, flat.numel(), FINITE_CHUNK))

@@ -2,7 +2,9 @@
 validation and the INT4/INT8 releases' stored form (``model/hf_release.py``) read.
 
 Keys are those of ``THUDM/chatglm-6b``'s ``pytorch_model.bin.index.json``: GLM-130B's per-layer names
-(``transformer.layers.{i}.attention.query_key_value.weight`` ...) plus ``lm_head.weight``, a separate output matrix.
+(``transformer.layers.{i}.attention.query_key_value.weight`` ...) plus ``lm_head.weight``, the output matrix, which
+transformers ties to the embedding: a folder may leave it out (safetensors saving drops the tied copy), and one equal
+to the embedding is held once (``weights.tie_output``).
 ``*.rotary_emb.inv_freq`` buffers are recomputed, never loaded (the reference ignores them too).
 
 Quantized checkpoints (``THUDM/chatglm-6b-int4`` / ``-int8``, or ``model.quantize(bits)`` saved) replace a linear's
@@ -88,7 +90,9 @@ def release_spec(config: ChatGLMConfig) -> ReleaseSpec:
         f"the ChatGLM config ({config.num_layers} layers, hidden {config.hidden_size}, MLP {config.inner_hidden_size}, "
         f"vocab {config.vocab_size})"
     )
-    return ReleaseSpec(weight_layout(config), summary, MODEL_KEY_PREFIXES, config.quantization_bit)
+    return ReleaseSpec(
+        weight_layout(config), summary, MODEL_KEY_PREFIXES, config.quantization_bit, output_may_be_absent=True
+    )
 
 
 def plan_load(entries: Mapping[str, TensorInfo], config: ChatGLMConfig, source: str) -> LoadPlan:
