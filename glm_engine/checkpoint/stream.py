@@ -23,7 +23,7 @@ from glm_engine.errors import CheckpointError
 
 # One staging buffer's size when a tensor is converted while read: large enough that reads run at disk/page-cache
 # speed, small beside any model (the peak of loading is the weights plus this).
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = 16 * 2**20
 _HEADER_LENGTH = struct.Struct("<Q")  # safetensors: an 8-byte little-endian header length, then the JSON header
 DTYPES = {
     "F64": torch.float64,

@@ -244,6 +244,21 @@ class ModelWeights:
         tensors += [getattr(layer, f.name) for layer in self.layers for f in fields(LayerWeights)]
         return sum(_nbytes(t) for t in tensors if t is not None)
 
+    def held_bytes(self) -> int:
+        """Bytes of memory the weights hold: each distinct storage once, so a tied output matrix counts once (a test-
+        safe counter: it reads no process statistics)."""
+        tensors = [self.word_embeddings, self.final_layernorm_weight, self.final_layernorm_bias, self.output]
+        tensors += [getattr(layer, f.name) for layer in self.layers for f in fields(LayerWeights)]
+        storages: dict[int, int] = {}
+        packed = 0
+        for tensor in tensors:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+            elif tensor is not None:
+                packed += _nbytes(tensor)
+        return sum(storages.values()) + packed
+
     def streamed_bytes(self) -> int:
         """Bytes a decode step reads: every weight in its runtime form, except an embedding table that is not also
         the output projection, of which a step reads one row per token."""
@@ -301,9 +316,9 @@ def check_finite(key: str, tensor: torch.Tensor) -> None:
         )
 
 
-# Elements checked at once: ``isfinite`` makes a bool per element, which for a whole embedding table would be a
-# transient half its size at the loading peak.
-FINITE_CHUNK = 2**24
+# Elements checked at once: ``isfinite`` makes a bool per element (and temporaries), which for a whole embedding
+# table would be a transient of half its size or more at the loading peak.
+FINITE_CHUNK = 2**20
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
