@@ -9,7 +9,9 @@ plus what the operation holds at its worst, memory-mapped checkpoint pages it to
 checkpoint take", which a bench row cannot: its model is loaded before the timed repetitions start.
 
 Random checkpoints are written one TP rank (SAT) or one file (native safetensors) at a time, in fp16 as released
-checkpoints store them, with the built-in test tokenizer beside them, so loading and exporting them needs nothing else.
+checkpoints store them, with the built-in test tokenizer beside them, so loading and exporting them needs nothing else;
+ChatGLM-6B-shaped Hugging Face folders (``write_random_chatglm_folder``) one file per layer, with ``lm_head`` stored
+equal to the embedding as the release stores it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from glm_engine.checkpoint.layout import expected_layout
 from glm_engine.checkpoint.native import write_native
 from glm_engine.checkpoint.sat import LATEST_FILE_NAME, sat_shard_path, write_sat_shard
 from glm_engine.errors import GlmEngineError, InputError
+from glm_engine.model.chatglm.config import ChatGLMConfig
+from glm_engine.model.chatglm.weights import EMBEDDING_KEY, LM_HEAD_KEY, parameter_shapes
 from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
 from glm_engine.tokenizer import BUILTIN_TOKENIZER_PATH, MODEL_FILENAME
 
@@ -136,3 +140,45 @@ def write_random_checkpoint(
         written = sum(path.stat().st_size for path in (folder / SAT_TAG).iterdir())
     shutil.copyfile(BUILTIN_TOKENIZER_PATH, folder / MODEL_FILENAME)
     return written
+
+
+# ChatGLM-6B's released widths (THUDM/chatglm-6b config.json): hidden 4096, 32 heads, MLP 16384, vocab 130528.
+CHATGLM_6B_WIDTHS = {"hidden_size": 4096, "num_attention_heads": 32, "inner_hidden_size": 16384, "vocab_size": 130528}
+
+
+def write_random_chatglm_folder(
+    folder: str | Path, num_layers: int, dtype: torch.dtype = torch.float16, seed: int = 0, **widths: int
+) -> int:
+    """Write a random ChatGLM-6B-shaped Hugging Face folder (``num_layers`` layers at the release's widths unless
+    ``widths`` say otherwise) into the new ``folder``: ``config.json`` and safetensors files with an index, the
+    embedding and an equal ``lm_head`` in the first file, one file per layer. Returns the weight bytes written."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise InputError(f"{folder} is not empty: random checkpoints are written into a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = ChatGLMConfig(num_layers=num_layers, **{**CHATGLM_6B_WIDTHS, **widths})
+    (folder / "config.json").write_text(json.dumps(config.to_hf_dict()))
+    generator = torch.Generator().manual_seed(seed)
+    groups: dict[str, list[str]] = {}
+    for key in parameter_shapes(config):
+        group = f"layer{key.split('.')[2]}" if ".layers." in key else "embedding"
+        groups.setdefault(group, []).append(key)
+    weight_map: dict[str, str] = {}
+    for number, keys in enumerate(groups.values(), start=1):
+        name = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
+        shapes = parameter_shapes(config)
+        tensors = {
+            k: torch.randn(shapes[k], generator=generator, dtype=dtype) * RANDOM_WEIGHT_STD
+            for k in keys
+            if k != LM_HEAD_KEY
+        }
+        if LM_HEAD_KEY in keys:
+            tensors[LM_HEAD_KEY] = tensors[EMBEDDING_KEY].clone()  # tied, stored twice as the release does
+        save_file(tensors, str(folder / name))
+        weight_map.update(dict.fromkeys(tensors, name))
+        del tensors
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return sum((folder / name).stat().st_size for name in set(weight_map.values()))
