@@ -310,7 +310,7 @@ def _key(ggml_type: str, point: dict) -> str:
 
 def _row(g: GgmlPoint, record: dict, device: dict[str, Any]) -> Row:
     samples = [Sample(**s) for s in record["samples"]]
-    result = Measurement(samples, record["host_peak_bytes"], None, record["timer"])
+    result = Measurement(samples, record["host_peak_bytes"], None, record["timer"], record.get("process_peak_bytes"))
     return row_from_measurement(
         ENGINE,
         g.point,

@@ -86,11 +86,38 @@ def host_resident_bytes() -> int | None:
     return _status_bytes("VmRSS:")
 
 
+# The process's VmHWM as it stood before each MemoryTracker reset: the process peak (loading included) survives the
+# per-measurement resets.
+_peak_before_resets = 0
+
+
+def process_peak_bytes() -> int | None:
+    """The process's peak resident set since it started, loading included, across ``MemoryTracker`` resets (Linux
+    ``VmHWM``; elsewhere ``resource.getrusage``, which no reset touches); None where neither exists."""
+    now = _vm_hwm_bytes()
+    if now is None:
+        return _max_rss_bytes()
+    return max(now, _peak_before_resets)
+
+
+def _max_rss_bytes() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    kib_or_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib_or_bytes if sys.platform == "darwin" else kib_or_bytes * 1024
+
+
 def host_peak_note() -> str:
     """How the host peak is measured here."""
+    process = (
+        "; peak RSS MB: the measuring process's peak resident set so far, loading included (the process that ran "
+        "the point; points measured in one process show its peak up to each)"
+    )
     if _CLEAR_REFS.exists() and _vm_hwm_bytes() is not None:
-        return "peak resident set size per measurement (VmHWM, reset through /proc/self/clear_refs)"
-    return "peak resident set size of the whole process so far (resource.getrusage)"
+        return "host MB: peak resident set size per measurement (VmHWM, reset through /proc/self/clear_refs)" + process
+    return "host MB: peak resident set size of the whole process so far (resource.getrusage)" + process
 
 
 class MemoryTracker:
@@ -101,6 +128,8 @@ class MemoryTracker:
         self.device = device
 
     def reset(self) -> None:
+        global _peak_before_resets
+        _peak_before_resets = max(_peak_before_resets, _vm_hwm_bytes() or 0)
         with contextlib.suppress(OSError):  # no procfs (macOS) or not allowed: host_peak() gives the lifetime peak
             _CLEAR_REFS.write_text(_RESET_PEAK_RSS)
         module = _module(self.device)
@@ -109,14 +138,7 @@ class MemoryTracker:
 
     def host_peak(self) -> int | None:
         peak = _vm_hwm_bytes()
-        if peak is not None:
-            return peak
-        try:
-            import resource
-        except ImportError:  # Windows
-            return None
-        kib_or_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return kib_or_bytes if sys.platform == "darwin" else kib_or_bytes * 1024
+        return peak if peak is not None else _max_rss_bytes()
 
     def device_peak(self) -> int | None:
         module = _module(self.device)

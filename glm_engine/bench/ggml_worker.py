@@ -176,6 +176,7 @@ def _measure_type(job: dict[str, Any], ggml_type: str, points: list[tuple[Any, d
             "point": raw,
             "samples": [asdict(s) for s in result.samples],
             "host_peak_bytes": result.host_peak_bytes,
+            "process_peak_bytes": result.process_peak_bytes,
             "device_peak_bytes": None,
             "timer": result.timer,
             "weight_bytes": weight_bytes,

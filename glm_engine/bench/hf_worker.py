@@ -185,6 +185,7 @@ def main(job_path: str, out_path: str) -> None:
                 "point": raw,
                 "samples": [asdict(s) for s in result.samples],
                 "host_peak_bytes": result.host_peak_bytes,
+                "process_peak_bytes": result.process_peak_bytes,
                 "device_peak_bytes": result.device_peak_bytes,
                 "timer": result.timer,
                 "weight_bytes": weight_bytes,

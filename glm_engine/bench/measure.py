@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from glm_engine.bench.device import MemoryTracker, Timer
+from glm_engine.bench.device import MemoryTracker, Timer, process_peak_bytes
 from glm_engine.bench.spec import Point, context_length
 from glm_engine.bench.workload import Workload
 
@@ -61,6 +61,7 @@ class Measurement:
     host_peak_bytes: int | None
     device_peak_bytes: int | None
     timer: str
+    process_peak_bytes: int | None = None  # the process's peak resident set so far, loading included
 
 
 def run_once(runner: Runner, cache: object, work: Workload, point: Point, timer: Timer, stepper: Stepper) -> Sample:
@@ -105,4 +106,4 @@ def measure(
             run_once(runner, cache, work, point, timer, stepper)
         memory.reset()
         samples = [run_once(runner, cache, work, point, timer, stepper) for _ in range(repetitions)]
-    return Measurement(samples, memory.host_peak(), memory.device_peak(), timer.kind)
+    return Measurement(samples, memory.host_peak(), memory.device_peak(), timer.kind, process_peak_bytes())

@@ -46,6 +46,7 @@ class Row:
     itl_median_ms: float | None = None
     itl_p90_ms: float | None = None
     peak_host_mb: float | None = None
+    peak_rss_mb: float | None = None  # the measuring process's peak resident set so far, loading included (VmHWM)
     peak_device_mb: float | None = None
     weights_gb: float | None = None  # GB a decode step reads (models.streamed_bytes)
     weight_gbps: float | None = None
@@ -121,6 +122,7 @@ def row_from_measurement(
         itl_median_ms=stats.median(steps) * 1e3 if steps else None,
         itl_p90_ms=stats.percentile(steps, 90) * 1e3 if steps else None,
         peak_host_mb=measurement.host_peak_bytes / 2**20 if measurement.host_peak_bytes is not None else None,
+        peak_rss_mb=measurement.process_peak_bytes / 2**20 if measurement.process_peak_bytes is not None else None,
         peak_device_mb=measurement.device_peak_bytes / 2**20 if measurement.device_peak_bytes is not None else None,
         weights_gb=weight_bytes / GB if weight_bytes is not None else None,
         bandwidth_gbps=bandwidth_gbps,

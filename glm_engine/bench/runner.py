@@ -343,7 +343,13 @@ def _run_baseline(
             advance(point.label)
             return
         samples = [Sample(**s) for s in record["samples"]]
-        result = Measurement(samples, record["host_peak_bytes"], record["device_peak_bytes"], record["timer"])
+        result = Measurement(
+            samples,
+            record["host_peak_bytes"],
+            record["device_peak_bytes"],
+            record["timer"],
+            record.get("process_peak_bytes"),
+        )
         run.rows.append(
             row_from_measurement(
                 BASELINE_NAME,
