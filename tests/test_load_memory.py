@@ -115,7 +115,7 @@ def test_a_tensor_read_does_not_change_when_its_file_does(tmp_path):
 # A ChatGLM-6B-shaped model small enough for a test, large enough that its weights dominate a load's fixed costs:
 # embedding 64 MiB in bf16, stored twice in fp16 (embedding and an equal lm_head), so the load converts every tensor.
 LARGE = ChatGLMConfig(
-    num_layers=4,
+    num_layers=6,
     hidden_size=1024,
     num_attention_heads=16,
     inner_hidden_size=4096,
