@@ -71,6 +71,29 @@ def test_an_lm_head_equal_to_the_embedding_is_held_once(tmp_path, layout, dtype)
     assert torch.equal(one.state_dict()[LM_HEAD_KEY], tied_state_dict(SMALL)[LM_HEAD_KEY].to(run_dtype))
 
 
+def test_a_tied_lm_head_in_safetensors_is_compared_in_the_file_never_read(tmp_path, monkeypatch):
+    read = []
+    reading = LazySafetensors.read_as
+
+    def recording(self, key, dtype):
+        read.append(key)
+        return reading(self, key, dtype)
+
+    monkeypatch.setattr(LazySafetensors, "read_as", recording)
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 1024)  # the comparison runs over several chunks
+    tied = write_folder(tmp_path / "tied", SMALL, tied_state_dict(SMALL))
+    held = glm_engine.load(tied, backend="cpu", dtype="bf16", tokenizer=False).runner.weights
+    assert held.output is None and EMBEDDING_KEY in read and LM_HEAD_KEY not in read
+    assert sorted(read) == sorted(set(read))  # every other tensor read once (membership tests read nothing)
+    read.clear()
+    differs = tied_state_dict(SMALL)
+    differs[LM_HEAD_KEY][-1, -1] += 1  # one value in the last chunk
+    folder = write_folder(tmp_path / "differs", SMALL, differs)
+    held = glm_engine.load(folder, backend="cpu", dtype="bf16", tokenizer=False).runner.weights
+    assert held.output is not None and LM_HEAD_KEY in read
+    assert torch.equal(held.output, differs[LM_HEAD_KEY].to(torch.bfloat16))
+
+
 def test_a_folder_without_lm_head_uses_the_embedding(tmp_path):
     weights = tied_state_dict(SMALL)
     del weights[LM_HEAD_KEY]  # as transformers' safetensors saving leaves a tied lm_head out

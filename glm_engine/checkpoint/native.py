@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from glm_engine.checkpoint.atomic import write_atomically
 from glm_engine.checkpoint.layout import TensorInfo
-from glm_engine.checkpoint.stream import DTYPES, StoredTensor, read_header, read_tensor
+from glm_engine.checkpoint.stream import DTYPES, StoredTensor, equals, read_header, read_tensor
 from glm_engine.checkpoint.torch_file import DAMAGED_ADVICE
 from glm_engine.errors import CheckpointError
 from glm_engine.model.glm130b.config import CONFIG_FILE_NAME, GLMConfig
@@ -82,6 +82,13 @@ class LazySafetensors(Mapping[str, torch.Tensor]):
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.read_as(key, None)
 
+    def equals(self, key: str, tensor: torch.Tensor) -> bool:
+        """Whether ``key``, converted to ``tensor``'s dtype, equals ``tensor``, compared chunk by chunk in the file."""
+        stored = self._stored.get(key)
+        if stored is None:
+            return torch.equal(self.read_as(key, tensor.dtype), tensor)
+        return equals(stored, tensor)
+
     def read_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
         """The tensor ``key`` in ``dtype`` (None: as stored), allocated once and filled from the file."""
         if key not in self._file_of:
@@ -91,6 +98,9 @@ class LazySafetensors(Mapping[str, torch.Tensor]):
             tensor = self._handle(self._file_of[key]).get_tensor(key).clone()
             return tensor if dtype is None else tensor.to(dtype)
         return read_tensor(stored, dtype)
+
+    def __contains__(self, key: object) -> bool:  # Mapping's would read the tensor
+        return key in self._file_of
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._file_of)

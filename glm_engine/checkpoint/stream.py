@@ -90,6 +90,23 @@ def read_tensor(stored: StoredTensor, dtype: torch.dtype | None = None) -> torch
     return result
 
 
+def equals(stored: StoredTensor, tensor: torch.Tensor) -> bool:
+    """Whether ``stored``, converted to ``tensor``'s dtype, equals ``tensor`` (a CPU tensor), compared chunk by chunk:
+    a tied copy in the file (ChatGLM-6B's ``lm_head``) is recognised without being read into memory of its own."""
+    if stored.shape != tuple(tensor.shape) or tensor.device.type != "cpu":
+        return False
+    flat = tensor.reshape(-1)
+    step = CHUNK_BYTES // stored.dtype.itemsize
+    staging = torch.empty(step if flat.numel() else 0, dtype=stored.dtype)
+    with stored.path.open("rb", buffering=0) as handle:
+        for first in range(0, flat.numel(), step):
+            piece = staging[: min(step, flat.numel() - first)]
+            _read_exactly(handle.fileno(), _bytes_of(piece), stored.start + first * stored.dtype.itemsize, stored.path)
+            if not torch.equal(piece.to(tensor.dtype), flat[first : first + piece.numel()]):
+                return False
+    return True
+
+
 def _bytes_of(tensor: torch.Tensor) -> memoryview:
     """A writable byte view of a contiguous tensor's memory (any dtype, bfloat16 included)."""
     return memoryview(tensor.view(torch.uint8).numpy()).cast("B")

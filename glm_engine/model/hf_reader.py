@@ -20,7 +20,7 @@ from glm_engine.checkpoint.hf import HFCheckpoint, TensorInfo, open_weight_file
 from glm_engine.errors import CheckpointError
 from glm_engine.model.hf_release import LoadPlan, ReleaseSpec, canonical_state_dict, dequantize_stored, plan_load
 from glm_engine.model.state_dict import StateDictReader
-from glm_engine.model.weights import Progress, ReadRequest, Weight, quantized_copy, tie_output
+from glm_engine.model.weights import Progress, ReadRequest, Weight, WeightLayout, quantized_copy, tie_output
 from glm_engine.quant.spec import QuantSpec
 from glm_engine.quant.weight import QuantizedWeight
 
@@ -78,9 +78,15 @@ class ReleaseReader:
             canonical = _Canonical(part, self.plan.quantized_bits, self.spec)
             names = [k for k in from_files if k in canonical and k not in out]
             reader = StateDictReader(layout, canonical, self.description, dequantize=dequantize_stored)
-            done = len(out)
-            step = None if progress is None else (lambda n, _total, done=done: progress(done + n, len(wanted)))
-            out.update(reader.read(request, names, step))
+            for batch in _embedding_first(names, layout):
+                if layout.output_key in batch and _equal_in_file(canonical, out, request, layout):
+                    out[layout.output_key] = out[layout.embedding_key]  # compared in the file: never read
+                    batch = [k for k in batch if k != layout.output_key]
+                    if progress is not None:
+                        progress(len(out), len(wanted))
+                done = len(out)
+                step = None if progress is None else (lambda n, _total, done=done: progress(done + n, len(wanted)))
+                out.update(reader.read(request, batch, step))
             tie_output(out, layout)
         if tied:  # the files leave the output matrix out: the embedding serves (see ReleaseSpec.output_may_be_absent)
             table = out[layout.embedding_key]
@@ -127,6 +133,23 @@ def _infos(state_dict: Mapping[str, torch.Tensor | QuantizedWeight], source: str
     }
 
 
+def _embedding_first(names: list[str], layout: WeightLayout) -> list[list[str]]:
+    """``names`` in one batch, or the embedding alone first when the output matrix comes in the same part (so the
+    output can be compared with the embedding before it is read)."""
+    if layout.embedding_key in names and layout.output_key in names:
+        return [[layout.embedding_key], [k for k in names if k != layout.embedding_key]]
+    return [names]
+
+
+def _equal_in_file(part: _Canonical, out: Mapping[str, Weight], request: ReadRequest, layout: WeightLayout) -> bool:
+    """Whether the output matrix in the file equals the embedding already held (whole, on the CPU, floating point),
+    compared chunk by chunk without reading it into memory of its own (``stream.equals``)."""
+    table = out.get(layout.embedding_key)
+    if not isinstance(table, torch.Tensor) or table.device.type != "cpu" or request.tp != 1:
+        return False
+    return request.output_quant is None and part.equals(layout.output_key, table)
+
+
 class _FilePart(Mapping[str, torch.Tensor]):
     """One file's tensors that are complete in it (plus members held back from earlier files), read on access: a
     safetensors tensor is read only when converted, so the source tensors are not all held at once."""
@@ -138,11 +161,21 @@ class _FilePart(Mapping[str, torch.Tensor]):
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.held[key] if key in self.held else self.weights[key]
 
+    def __contains__(self, key: object) -> bool:  # Mapping's would read the tensor
+        return key in self.keys_
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys_)
 
     def __len__(self) -> int:
         return len(self.keys_)
+
+    def equals(self, key: str, tensor: torch.Tensor) -> bool:
+        """Whether ``key``, converted to ``tensor``'s dtype, equals ``tensor``; compared in the file where it can be."""
+        equals = getattr(self.weights, "equals", None)
+        if equals is None or key in self.held:
+            return torch.equal(self[key].to(tensor.dtype), tensor)
+        return equals(key, tensor)
 
     def read_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         """``key`` converted to ``dtype`` while read, where the file can (``LazySafetensors.read_as``)."""
@@ -172,11 +205,20 @@ class _Canonical(Mapping[str, Any]):
             return self.part[key]
         return canonical_state_dict({m: self.part[m] for m in members}, self.bits, self.spec)[key]
 
+    def __contains__(self, key: object) -> bool:  # Mapping's would build (read) the value
+        return key in self.keys_
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys_)
 
     def __len__(self) -> int:
         return len(self.keys_)
+
+    def equals(self, key: str, tensor: torch.Tensor) -> bool:
+        """Whether a plain floating-point key equals ``tensor`` after conversion (fused and quantized keys never do)."""
+        if self.spec.members(key, self.bits) != [key] or not hasattr(self.part, "equals"):
+            return False
+        return self.part.equals(key, tensor)
 
     def read_as(self, key: str, dtype: torch.dtype) -> Weight:
         """A plain floating-point key read straight into ``dtype``; fused and quantized keys as :meth:`__getitem__`
