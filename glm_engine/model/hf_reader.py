@@ -97,7 +97,7 @@ class ReleaseReader:
             raise CheckpointError(f"tensors listed by the checkpoint were not found while loading: {absent[:5]}")
         return {k: out[k] for k in wanted}
 
-    def _parts(self, keys: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    def _parts(self, keys: list[str]) -> Iterator[Mapping[str, torch.Tensor]]:
         """The file tensors ``keys`` need, grouped so that every quantized weight comes with its scale and every fused
         key with all its parts: one group per file, a key whose members continue in a later file held back."""
         quantized = self.plan.quantized_bits
