@@ -1,6 +1,7 @@
 """Lean loading (docs/checkpoints.md#memory): a tied output matrix is held once on every load path, safetensors are
 read straight into the runtime dtype, and loading peaks near the size of the weights it keeps."""
 
+import dataclasses
 import json
 
 import pytest
@@ -11,6 +12,7 @@ import glm_engine
 from glm_engine.bench.footprint import measure_footprint
 from glm_engine.checkpoint import stream
 from glm_engine.checkpoint.native import LazySafetensors
+from glm_engine.errors import CheckpointError
 from glm_engine.model.chatglm.config import ChatGLMConfig
 from glm_engine.model.chatglm.weights import EMBEDDING_KEY, LM_HEAD_KEY, random_state_dict
 
@@ -107,6 +109,9 @@ def test_a_folder_without_lm_head_uses_the_embedding(tmp_path):
     assert torch.equal(engine.forward(ids), reference.forward(ids))
     quantized = glm_engine.load(folder, backend="cpu", dtype="bf16", tokenizer=False, quant="int8", quant_output=True)
     assert quantized.runner.weights.output is not None  # a quantized output is a copy of its own, never tied
+    untied = write_folder(tmp_path / "untied", dataclasses.replace(SMALL, tie_word_embeddings=False), weights)
+    with pytest.raises(CheckpointError, match=r"missing: lm_head\.weight"):  # config.json says lm_head is its own
+        glm_engine.load(untied, backend="cpu", dtype="fp32", tokenizer=False)
 
 
 def test_the_glm_130b_families_tied_embedding_has_no_second_copy():

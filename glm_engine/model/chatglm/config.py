@@ -68,6 +68,8 @@ class ChatGLMConfig(DecoderConfig):
     position_encoding_2d: bool = True
     quantization_bit: int = 0
     num_image_tokens: int = SLIM_NUM_IMAGE_TOKENS  # from tokenizer_config.json: where text piece 0 sits
+    # transformers' default (PretrainedConfig): lm_head shares the embedding, so a folder may leave lm_head out
+    tie_word_embeddings: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -85,6 +87,8 @@ class ChatGLMConfig(DecoderConfig):
             if value >= self.vocab_size:
                 raise ConfigError(f"{name} ({value}) must be below vocab_size ({self.vocab_size})")
         non_negative_int("num_image_tokens", self.num_image_tokens)
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ConfigError(f"tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
         eps = self.layernorm_epsilon
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
             raise ConfigError(f"layernorm_epsilon must be a number in (0, 1), got {eps!r}")
@@ -131,6 +135,8 @@ class ChatGLMConfig(DecoderConfig):
         in ``tokenizer_config.json``."""
         data = asdict(self)
         del data["num_image_tokens"]
+        if self.tie_word_embeddings:  # the default, left out as transformers leaves defaults out
+            del data["tie_word_embeddings"]
         return {"model_type": MODEL_TYPE, **data}
 
     @classmethod

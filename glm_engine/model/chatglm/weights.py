@@ -91,7 +91,11 @@ def release_spec(config: ChatGLMConfig) -> ReleaseSpec:
         f"vocab {config.vocab_size})"
     )
     return ReleaseSpec(
-        weight_layout(config), summary, MODEL_KEY_PREFIXES, config.quantization_bit, output_may_be_absent=True
+        weight_layout(config),
+        summary,
+        MODEL_KEY_PREFIXES,
+        config.quantization_bit,
+        output_may_be_absent=config.tie_word_embeddings,
     )
 
 
