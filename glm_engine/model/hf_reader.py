@@ -150,18 +150,14 @@ def _equal_in_file(part: _Canonical, out: Mapping[str, Weight], request: ReadReq
     return request.output_quant is None and part.equals(layout.output_key, table)
 
 
-class _FilePart(Mapping[str, torch.Tensor]):
-    """One file's tensors that are complete in it (plus members held back from earlier files), read on access: a
-    safetensors tensor is read only when converted, so the source tensors are not all held at once."""
+class _LazyView(Mapping[str, Any]):
+    """A mapping over a fixed key list whose values are read or built only when asked for: membership, iteration
+    and length never touch a value (``Mapping``'s default ``__contains__`` would read it)."""
 
-    def __init__(self, weights: Mapping[str, torch.Tensor], held: Mapping[str, torch.Tensor], keys: list[str]) -> None:
-        self.weights, self.held = weights, held
-        self.keys_ = [*held, *keys]
+    def __init__(self, keys: list[str]) -> None:
+        self.keys_ = dict.fromkeys(keys)  # ordered, with O(1) membership
 
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self.held[key] if key in self.held else self.weights[key]
-
-    def __contains__(self, key: object) -> bool:  # Mapping's would read the tensor
+    def __contains__(self, key: object) -> bool:
         return key in self.keys_
 
     def __iter__(self) -> Iterator[str]:
@@ -169,6 +165,18 @@ class _FilePart(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self.keys_)
+
+
+class _FilePart(_LazyView):
+    """One file's tensors that are complete in it (plus members held back from earlier files), read on access: a
+    safetensors tensor is read only when converted, so the source tensors are not all held at once."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], held: Mapping[str, torch.Tensor], keys: list[str]) -> None:
+        super().__init__([*held, *keys])
+        self.weights, self.held = weights, held
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.held[key] if key in self.held else self.weights[key]
 
     def equals(self, key: str, tensor: torch.Tensor) -> bool:
         """Whether ``key``, converted to ``tensor``'s dtype, equals ``tensor``; compared in the file where it can be."""
@@ -185,17 +193,19 @@ class _FilePart(Mapping[str, torch.Tensor]):
         return read_as(key, dtype)
 
 
-class _Canonical(Mapping[str, Any]):
+class _Canonical(_LazyView):
     """A part's tensors under the layout's keys (``hf_release.canonical_state_dict``), each built when asked for."""
 
     def __init__(self, part: Mapping[str, torch.Tensor], bits: Mapping[str, int], spec: ReleaseSpec) -> None:
         self.part, self.bits, self.spec = part, bits, spec
         present = set(part)
-        self.keys_ = [
-            key
-            for key in spec.layout.shapes
-            if (members := spec.members(key, bits)) and all(m in present for m in members)
-        ]
+        super().__init__(
+            [
+                key
+                for key in spec.layout.shapes
+                if (members := spec.members(key, bits)) and all(m in present for m in members)
+            ]
+        )
 
     def __getitem__(self, key: str) -> Weight:
         if key not in self.keys_:
@@ -204,15 +214,6 @@ class _Canonical(Mapping[str, Any]):
         if members == [key]:
             return self.part[key]
         return canonical_state_dict({m: self.part[m] for m in members}, self.bits, self.spec)[key]
-
-    def __contains__(self, key: object) -> bool:  # Mapping's would build (read) the value
-        return key in self.keys_
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys_)
-
-    def __len__(self) -> int:
-        return len(self.keys_)
 
     def equals(self, key: str, tensor: torch.Tensor) -> bool:
         """Whether a plain floating-point key equals ``tensor`` after conversion (fused and quantized keys never do)."""
