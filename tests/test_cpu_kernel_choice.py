@@ -142,9 +142,10 @@ def test_auto_runs_a_trial_once_then_uses_the_cache(tmp_path):
     notes = first.prepare(_weights())
     assert clock.readings > 0 and path.exists()
     assert any("1 row: qkv 48x32" in n and "(trial" in n for n in notes)
-    stored = json.loads(path.read_text())
-    assert stored["machine"] == kernel_trial.machine_fingerprint()
-    assert stored["choices"]["dense|bfloat16|1 row|48x32+bias"]["kernel"] in CANDIDATES
+    stored = json.loads(path.read_text())["machines"]
+    record = stored[kernel_trial.machine_id(kernel_trial.machine_fingerprint())]
+    assert record["machine"] == kernel_trial.machine_fingerprint()
+    assert record["choices"]["dense|bfloat16|1 row|48x32+bias"]["kernel"] in CANDIDATES
 
     again = CountingClock()
     second = KernelChooser("auto", path, again)
@@ -160,10 +161,18 @@ def test_auto_runs_a_trial_once_then_uses_the_cache(tmp_path):
     assert fresh.readings > 0  # trial ignores the cache
 
 
-def test_a_cache_from_another_machine_is_ignored(tmp_path):
+def test_a_cache_from_another_machine_is_ignored_and_kept(tmp_path):
     path = tmp_path / "cpu-kernels.json"
-    other = dict(kernel_trial.machine_fingerprint(), torch="1.0.0")
-    path.write_text(json.dumps({"machine": other, "choices": {"dense|x": {"kernel": "addmv", "gbps": 1.0}}}))
+    other = dict(kernel_trial.machine_fingerprint(), threads=99)
+    record = {"machine": other, "choices": {"dense|x": {"kernel": "addmv", "gbps": 1.0}}}
+    path.write_text(json.dumps({"machines": {kernel_trial.machine_id(other): record}}))
+    cache = ChoiceCache(path)
+    assert cache.entries == {}
+    cache.update([TrialResult("dense|k", 1_000_000_000, {"linear": 0.5})])
+    machines = json.loads(path.read_text())["machines"]
+    assert machines[kernel_trial.machine_id(other)] == record  # another thread count's trial is not undone
+    assert ChoiceCache(path).get("dense|k")["kernel"] == "linear"
+    path.write_text(json.dumps({"machine": other, "choices": {}}))  # the first format: stale, ignored
     assert ChoiceCache(path).entries == {}
     path.write_text("{not json")
     assert ChoiceCache(path).entries == {}

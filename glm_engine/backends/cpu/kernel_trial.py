@@ -31,7 +31,8 @@ import torch
 from glm_engine.backends.cpu.features import cpu_flags, cpu_model_name
 
 CACHE_FILE_NAME = "cpu-kernels.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one record per machine fingerprint
+MAX_MACHINES = 16
 TRIAL_ROUNDS = 3  # rounds of the interleaved trial; the minimum over them is taken
 PRUNE_FACTOR = 4.0  # after round one, candidates this much slower than an item's best are not timed further on it
 
@@ -118,31 +119,54 @@ def machine_fingerprint() -> dict[str, Any]:
     }
 
 
+def machine_id(machine: dict[str, Any]) -> str:
+    """A short stable name for one fingerprint, under which the file keeps that machine's choices."""
+    return hashlib.sha1(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class ChoiceCache:
-    """The choices measured on this machine, read from and written through to ``path``."""
+    """The choices measured on this machine, read from and written through to ``path``.
+
+    The file keeps every fingerprint's choices side by side (``{"machines": {id: {"machine", "choices"}}}``), so runs
+    with another thread count, torch or CPU sharing one home directory do not undo each other's trials; at most
+    ``MAX_MACHINES`` are kept, the least recently written dropped first."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or cache_path()
         self.machine = machine_fingerprint()
-        self.entries: dict[str, dict[str, Any]] = self._read()
+        self.entries: dict[str, dict[str, Any]] = dict(
+            self._machines().get(machine_id(self.machine), {}).get("choices", {})
+        )
 
-    def _read(self) -> dict[str, dict[str, Any]]:
+    def _machines(self) -> dict[str, dict[str, Any]]:
+        """Every machine's record in the file ({} for a missing, damaged or older-format file)."""
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
-        if not isinstance(data, dict) or data.get("machine") != self.machine:
-            return {}  # another CPU, torch or thread count: every choice is stale
-        entries = data.get("choices")
-        return entries if isinstance(entries, dict) else {}
+        machines = data.get("machines") if isinstance(data, dict) else None
+        if not isinstance(machines, dict):
+            return {}
+        return {
+            key: record
+            for key, record in machines.items()
+            if isinstance(record, dict)
+            and isinstance(record.get("choices"), dict)
+            and key == machine_id(record.get("machine") or {})
+        }
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.entries.get(key)
 
     def update(self, results: Sequence[TrialResult]) -> None:
-        """Add ``results`` and rewrite the file atomically (a failed write leaves the choices in memory only)."""
+        """Add ``results`` and rewrite the file atomically, keeping the other machines' records as the file holds them
+        now (a failed write leaves the choices in memory only)."""
         self.entries.update({r.key: r.record() for r in results})
-        payload = json.dumps({"machine": self.machine, "choices": self.entries}, indent=1, sort_keys=True)
+        machines = self._machines()
+        machines.pop(machine_id(self.machine), None)
+        machines[machine_id(self.machine)] = {"machine": self.machine, "choices": self.entries}  # newest last
+        kept = dict(list(machines.items())[-MAX_MACHINES:])
+        payload = json.dumps({"machines": kept}, indent=1)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".cpu-kernels-", suffix=".json")
