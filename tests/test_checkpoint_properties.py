@@ -14,6 +14,7 @@ into another valid one (``layernorm_epsilon``), so there the property is only "a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickletools
 import shutil
@@ -27,31 +28,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
+from test_chatglm_checkpoint import CONFIG
 
 from glm_engine.checkpoint import save_native
 from glm_engine.checkpoint.convert import convert_tp
 from glm_engine.checkpoint.native import write_native
 from glm_engine.engine.source import open_source
 from glm_engine.errors import CheckpointError, GlmEngineError
-from glm_engine.model.chatglm.config import ChatGLMConfig
 from glm_engine.model.chatglm.weights import random_state_dict as chatglm_state_dict
 from glm_engine.model.glm130b.config import CONFORMANCE_CONFIG
 from glm_engine.model.glm130b.weights import random_state_dict
 from glm_engine.model.weights import ReadRequest
 
 GLM_CONFIG = CONFORMANCE_CONFIG.with_overrides(num_layers=1)
-CHATGLM_CONFIG = ChatGLMConfig(
-    num_layers=1,
-    hidden_size=32,
-    num_attention_heads=4,
-    inner_hidden_size=48,
-    vocab_size=128,
-    max_sequence_length=64,
-    bos_token_id=124,
-    eos_token_id=125,
-    mask_token_id=120,
-    gmask_token_id=121,
-)
+CHATGLM_CONFIG = dataclasses.replace(CONFIG, num_layers=1)
 LAYOUTS = ("native", "native-sharded", "sat", "hf-bin", "hf-safetensors")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin")
 ZIP_LOCAL_HEADER_SIZE = 30

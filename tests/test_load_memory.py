@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_chatglm_checkpoint import CONFIG
 
 import glm_engine
 from glm_engine.bench.footprint import measure_footprint
@@ -16,18 +17,7 @@ from glm_engine.errors import CheckpointError
 from glm_engine.model.chatglm.config import ChatGLMConfig
 from glm_engine.model.chatglm.weights import EMBEDDING_KEY, LM_HEAD_KEY, random_state_dict
 
-SMALL = ChatGLMConfig(
-    num_layers=2,
-    hidden_size=32,
-    num_attention_heads=4,
-    inner_hidden_size=48,
-    vocab_size=128,
-    max_sequence_length=64,
-    bos_token_id=124,
-    eos_token_id=125,
-    mask_token_id=120,
-    gmask_token_id=121,
-)
+SMALL = CONFIG  # the checkpoint tests' tiny ChatGLM-6B
 
 
 def write_folder(folder, config, state_dict, layout="safetensors-index"):
