@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from glm_engine.quant import reference
 from glm_engine.quant.reference import dequantize, pack_int4, quantize, quantize_rowwise, unpack_int4
 
 
@@ -65,3 +66,17 @@ def test_tiny_scales_saturate_instead_of_wrapping_around():
     """A subnormal fp16 scale can put |W/scale| above 127.5; the int8 cast must not flip the weight's sign."""
     q, _ = quantize_rowwise(torch.tensor([[2e-4, -2e-4, 1e-4, 0.0]]), 8)
     assert q[0, 0] > 0 and q[0, 1] < 0 and int(q.abs().max()) <= 127
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantizing_in_blocks_of_rows_gives_the_same_bytes(monkeypatch, bits):
+    """The row blocks that bound quantization's temporaries change nothing: zero rows, subnormal scales, a last
+    partial block included."""
+    weight = torch.randn(37, 24, dtype=torch.float16) * 3
+    weight[5] = 0
+    weight[11] = 1e-7
+    whole_q, whole_scale = reference.quantize_rowwise(weight, bits)
+    monkeypatch.setattr(reference, "QUANTIZE_BLOCK_ELEMENTS", 24 * 4)
+    q, scale = reference.quantize_rowwise(weight, bits)
+    assert torch.equal(q, whole_q) and torch.equal(scale, whole_scale)
+    assert torch.equal(q[5], torch.zeros(24, dtype=torch.int8))

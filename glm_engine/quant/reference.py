@@ -22,6 +22,9 @@ def _check_bits(bits: int) -> None:
         raise CheckpointError(f"quantization bit width must be 4 or 8, got {bits}")
 
 
+QUANTIZE_BLOCK_ELEMENTS = 1 << 24  # 32 MiB of fp16 at a time
+
+
 def quantize_rowwise(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(q, scale)``: int8 values ``[out, in]`` (not yet packed) and the fp16 per-row scale ``[out]``.
 
@@ -31,13 +34,20 @@ def quantize_rowwise(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, tor
     _check_bits(bits)
     if weight.dim() != 2:
         raise CheckpointError(f"only 2-D weights are quantized, got shape {tuple(weight.shape)}")
-    half = weight.to(torch.float16)
-    scale = half.abs().amax(dim=-1) / (2 ** (bits - 1) - 1)
     limit = 2 ** (bits - 1) - 1
-    q = torch.round(half / scale[:, None])
-    # Identical to the reference wherever it is defined; a tiny (subnormal) fp16 scale can push |W/scale| past
-    # 127.5, where a bare int8 cast would wrap around and flip the weight's sign, so saturate instead.
-    q = torch.nan_to_num(q, nan=0.0).clamp(-limit, limit).to(torch.int8)
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float16, device=weight.device)
+    # In blocks of rows, each row's arithmetic unchanged: the temporaries (abs, quotient, rounding) stay one block's
+    # size, not several copies of a weight as large as a 130528 x 4096 output layer (docs/checkpoints.md#memory).
+    step = max(1, QUANTIZE_BLOCK_ELEMENTS // max(1, weight.shape[1]))
+    for start in range(0, weight.shape[0], step):
+        half = weight[start : start + step].to(torch.float16)
+        block_scale = half.abs().amax(dim=-1) / limit
+        block = torch.round(half / block_scale[:, None])
+        # Identical to the reference wherever it is defined; a tiny (subnormal) fp16 scale can push |W/scale| past
+        # 127.5, where a bare int8 cast would wrap around and flip the weight's sign, so saturate instead.
+        q[start : start + step] = torch.nan_to_num(block, nan=0.0).clamp_(-limit, limit).to(torch.int8)
+        scale[start : start + step] = block_scale
     return q, scale
 
 
